@@ -1,0 +1,2 @@
+//! Routing decision cost (filled in with the ACL router).
+fn main() {}

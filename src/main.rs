@@ -1,0 +1,3 @@
+//! The `wasp` binary: CLI parsing, tracing setup, then one library call.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Compiled ACLs: the matchers built from `config::acl` specs, evaluated per request.

@@ -1,0 +1,49 @@
+//! Routing: which backend serves a request.
+//!
+//! Owns the [`Router`] decision trait, the read-only [`RequestView`] every router sees, ACL
+//! evaluation (`acl`) and the native rule-based router (`native::AclRouter`). ACL *syntax* is
+//! parsed and validated in `config::acl`; this module compiles those specs into matchers and
+//! evaluates them. Nothing here parses text per request.
+
+pub mod acl;
+pub mod native;
+
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Method};
+
+pub use native::AclRouter;
+
+/// What a router sees of a request. Borrowed from the request being proxied: building one
+/// costs nothing, and every field is already canonical (see `proxy::canon`): `host` is the
+/// lower-cased authority without port, `path` is the normalised path that will be forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// `"http"` or `"https"`.
+    pub scheme: &'a str,
+    /// Host without port, lower case; empty when the request had none (HTTP/1.0).
+    pub host: &'a str,
+    /// Normalised path, always starting with `/`.
+    pub path: &'a str,
+    /// Raw query string without the `?`; empty when absent.
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub client: SocketAddr,
+    pub frontend: &'a str,
+}
+
+/// A routing decision. Backends are named by their index in the snapshot's backend list,
+/// resolved when the router was built, so deciding never hashes or compares names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteDecision {
+    /// Send the request to this backend.
+    Backend(usize),
+    /// No rule matched and there is no default backend: the proxy answers 503.
+    NoBackend,
+}
+
+/// The routing decision: native ACL rules or a plugin implement it.
+pub trait Router: Send + Sync + std::fmt::Debug {
+    fn route(&self, req: &RequestView<'_>) -> RouteDecision;
+}

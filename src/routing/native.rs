@@ -1,0 +1,1 @@
+//! The native router: HAProxy-style `use_backend` rules over named ACLs, then the default backend.
