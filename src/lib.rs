@@ -20,3 +20,8 @@
 
 pub mod config;
 pub mod routing;
+pub mod balance;
+pub mod health;
+pub mod upstream;
+pub mod proxy;
+pub mod snapshot;

@@ -1,0 +1,71 @@
+//! The access log: one line per request, written when its response has been sent.
+//!
+//! Fields (stable keys): `client`, `frontend`, `backend`, `server`, `method`, `path`, `status`,
+//! `bytes` (response body bytes sent), `complete` (false when the response was cut short), and
+//! the timings in milliseconds: `t_request` (first byte of the request head to the head being
+//! parsed), `t_connect` (upstream TCP connect; 0 on a reused pooled connection, absent when no
+//! server was reached), `t_response` (request parsed to response headers ready) and `t_total`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tokio::time::Instant;
+
+use crate::health::state::ActiveGuard;
+use crate::proxy::body::Finish;
+use crate::proxy::client_io::InFlight;
+
+/// Tracing target of access-log events, for filtering (`RUST_LOG=wasp::access=off`).
+pub const TARGET: &str = "wasp::access";
+
+/// Everything known about a request by the time its response starts; finished (and logged)
+/// when the response body ends. Also holds the request's in-flight guards, so counts drop
+/// exactly when the response is over.
+#[derive(Debug)]
+pub struct Record {
+    pub log: bool,
+    pub client: SocketAddr,
+    pub frontend: Arc<str>,
+    pub backend: Option<Arc<str>>,
+    pub server: Option<Arc<str>>,
+    pub method: Method,
+    pub path: String,
+    pub status: u16,
+    pub head_started: Instant,
+    pub received: Instant,
+    pub t_connect: Option<Duration>,
+    pub t_response: Option<Duration>,
+    pub in_flight: Option<InFlight>,
+    pub active: Option<ActiveGuard>,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+impl Finish for Record {
+    fn finish(self: Box<Self>, bytes: u64, complete: bool) {
+        if !self.log {
+            return;
+        }
+        let now = Instant::now();
+        tracing::info!(
+            target: TARGET,
+            client = %self.client,
+            frontend = &*self.frontend,
+            backend = self.backend.as_deref().unwrap_or("-"),
+            server = self.server.as_deref().unwrap_or("-"),
+            method = self.method.as_str(),
+            path = self.path.as_str(),
+            status = self.status,
+            bytes,
+            complete,
+            t_request = ms(self.received.saturating_duration_since(self.head_started)),
+            t_connect = self.t_connect.map(ms),
+            t_response = self.t_response.map(ms),
+            t_total = ms(now - self.head_started.min(self.received)),
+        );
+    }
+}

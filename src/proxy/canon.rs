@@ -1,0 +1,242 @@
+//! One canonical authority and one canonical path per request.
+//!
+//! Routing (ACLs, plugins) and forwarding must see the same values, or a request can match one
+//! rule and reach something else on the server. The rules:
+//!
+//! - **Authority.** HTTP/1.1 needs exactly one `Host` header (none or several: 400); HTTP/1.0
+//!   may omit it. An absolute-form request URI's authority wins over `Host`. For HTTP/2,
+//!   `:authority` is used, and a `host` header that disagrees with it is a 400. The canonical
+//!   *host* (for ACLs) is the authority without port, lower-cased.
+//! - **Path.** Dot segments are resolved as RFC 3986 does (`/a/./b/../c` is `/a/c`, never
+//!   above the root), including percent-encoded dots (`%2e`, `%2E`); runs of slashes merge into
+//!   one. The normalised path is what ACLs match *and* what the server receives. Encoded slashes
+//!   (`%2F`) and backslashes stay as they are, since many applications rely on them, but a
+//!   segment that would become a dot segment once they are decoded (`..%2F`, `..\`) is refused
+//!   with 400, so no server that decodes them can be walked out of a routed prefix.
+
+use std::borrow::Cow;
+
+use http::uri::Authority;
+use http::{HeaderMap, Uri, Version, header};
+
+/// Why a request's authority or path was refused (always a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CanonError {
+    #[error("missing host header")]
+    MissingHost,
+    #[error("several host headers")]
+    DuplicateHost,
+    #[error("invalid host header")]
+    InvalidHost,
+    #[error("host header disagrees with :authority")]
+    AuthorityMismatch,
+    #[error("path escapes its prefix through an encoded separator")]
+    EncodedTraversal,
+}
+
+/// The request's canonical authority (with port, as sent), if it has one.
+pub fn authority(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<Authority>, CanonError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(CanonError::DuplicateHost);
+    }
+    let from_header = match host {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| CanonError::InvalidHost)?;
+            Some(text.parse::<Authority>().map_err(|_| CanonError::InvalidHost)?)
+        }
+        None => None,
+    };
+    if let Some(auth) = uri.authority() {
+        if version == Version::HTTP_2 {
+            if let Some(h) = &from_header {
+                if !h.as_str().eq_ignore_ascii_case(auth.as_str()) {
+                    return Err(CanonError::AuthorityMismatch);
+                }
+            }
+        }
+        // Userinfo never belongs in a forwarded authority.
+        if auth.as_str().contains('@') {
+            return Err(CanonError::InvalidHost);
+        }
+        return Ok(Some(auth.clone()));
+    }
+    match from_header {
+        Some(h) if h.as_str().contains('@') => Err(CanonError::InvalidHost),
+        Some(h) => Ok(Some(h)),
+        None if version == Version::HTTP_11 => Err(CanonError::MissingHost),
+        None => Ok(None),
+    }
+}
+
+/// The host part of an authority, without port, lower-cased (brackets kept for IPv6).
+pub fn host(authority: &Authority) -> Cow<'_, str> {
+    let host = authority.host();
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// The normalised form of `path` (see the module doc); borrowed when nothing changes.
+pub fn path(path: &str) -> Result<Cow<'_, str>, CanonError> {
+    if path == "*" || !path.starts_with('/') {
+        return Ok(Cow::Borrowed(path));
+    }
+    if !needs_work(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.is_empty() {
+            // `//` merges; a final empty segment means the path ended with `/`.
+            trailing_slash = i == last;
+            continue;
+        }
+        trailing_slash = false;
+        match dot_kind(seg) {
+            Dot::One => trailing_slash = i == last,
+            Dot::Two => {
+                out.pop();
+                trailing_slash = i == last;
+            }
+            Dot::None => {
+                if hides_dot_segment(seg) {
+                    return Err(CanonError::EncodedTraversal);
+                }
+                out.push(seg);
+            }
+        }
+    }
+    let mut normal = String::with_capacity(path.len());
+    for seg in &out {
+        normal.push('/');
+        normal.push_str(seg);
+    }
+    if trailing_slash || out.is_empty() {
+        normal.push('/');
+    }
+    Ok(Cow::Owned(normal))
+}
+
+/// Fast check: can this path change under normalisation, or need refusing?
+fn needs_work(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.windows(2).any(|w| w == b"//" || w == b"/.")
+        || contains_ci(b, b"%2e")
+        || contains_ci(b, b"%2f")
+        || contains_ci(b, b"%5c")
+        || b.contains(&b'\\')
+}
+
+fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+enum Dot {
+    None,
+    One,
+    Two,
+}
+
+/// Whether a segment is `.` or `..`, counting `%2e` as a dot.
+fn dot_kind(seg: &str) -> Dot {
+    let mut dots = 0;
+    let mut rest = seg.as_bytes();
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return Dot::None;
+        }
+        dots += 1;
+    }
+    match dots {
+        1 => Dot::One,
+        2 => Dot::Two,
+        _ => Dot::None,
+    }
+}
+
+/// Whether a segment contains a dot segment once `%2F`, `%5C` and `\` are read as separators.
+fn hides_dot_segment(seg: &str) -> bool {
+    let decoded = seg.replace("%2f", "/").replace("%2F", "/").replace("%5c", "/").replace("%5C", "/").replace('\\', "/");
+    if !decoded.contains('/') {
+        return false;
+    }
+    decoded.split('/').any(|part| !matches!(dot_kind(part), Dot::None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> String {
+        path(p).expect("accepted").into_owned()
+    }
+
+    #[test]
+    fn clean_paths_are_borrowed() {
+        assert!(matches!(path("/item/42").unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(path("/a.b/c.d").unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn dot_segments_and_slashes_normalise() {
+        assert_eq!(norm("/item/../admin"), "/admin");
+        assert_eq!(norm("/item/%2e%2E/admin"), "/admin");
+        assert_eq!(norm("/item/.%2e/admin"), "/admin");
+        assert_eq!(norm("/a/./b/"), "/a/b/");
+        assert_eq!(norm("/a/b/.."), "/a/");
+        assert_eq!(norm("/../../etc"), "/etc");
+        assert_eq!(norm("//item///x"), "/item/x");
+        assert_eq!(norm("/.."), "/");
+        assert_eq!(norm("/a/..."), "/a/...", "three dots is a name");
+    }
+
+    #[test]
+    fn encoded_separators_stay_but_cannot_hide_traversal() {
+        assert_eq!(norm("/files/a%2Fb"), "/files/a%2Fb");
+        assert_eq!(path("/item/..%2Fadmin"), Err(CanonError::EncodedTraversal));
+        assert_eq!(path("/item/..%5cadmin"), Err(CanonError::EncodedTraversal));
+        assert_eq!(path("/item/..\\admin"), Err(CanonError::EncodedTraversal));
+        assert_eq!(path("/item/x%2F%2e%2e%2Fy"), Err(CanonError::EncodedTraversal));
+    }
+
+    fn headers(hosts: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in hosts {
+            h.append(header::HOST, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn authority_rules() {
+        let origin: Uri = "/x".parse().unwrap();
+        let a = authority(Version::HTTP_11, &origin, &headers(&["Example.COM:8080"])).unwrap().unwrap();
+        assert_eq!(a.as_str(), "Example.COM:8080");
+        assert_eq!(host(&a), "example.com");
+        assert_eq!(authority(Version::HTTP_11, &origin, &headers(&[])), Err(CanonError::MissingHost));
+        assert_eq!(authority(Version::HTTP_10, &origin, &headers(&[])), Ok(None));
+        assert_eq!(authority(Version::HTTP_11, &origin, &headers(&["a", "b"])), Err(CanonError::DuplicateHost));
+        assert_eq!(authority(Version::HTTP_11, &origin, &headers(&["a b"])), Err(CanonError::InvalidHost));
+        let absolute: Uri = "http://real.example/x".parse().unwrap();
+        let a = authority(Version::HTTP_11, &absolute, &headers(&["other"])).unwrap().unwrap();
+        assert_eq!(a.as_str(), "real.example", "absolute-form wins over Host");
+        assert_eq!(
+            authority(Version::HTTP_2, &absolute, &headers(&["other"])),
+            Err(CanonError::AuthorityMismatch)
+        );
+        assert!(authority(Version::HTTP_2, &absolute, &headers(&["REAL.example"])).is_ok());
+        let ipv6 = authority(Version::HTTP_11, &origin, &headers(&["[::1]:80"])).unwrap().unwrap();
+        assert_eq!(host(&ipv6), "[::1]");
+    }
+}

@@ -1,0 +1,361 @@
+//! The client side of a connection, with HAProxy's client timeouts enforced at the socket.
+//!
+//! hyper has no body or idle timeouts, and its header-read timeout closes silently where
+//! HAProxy answers 408. This wrapper owns those rules, driven by what the connection is doing:
+//!
+//! - **Waiting for a request head** (nothing in flight): the head must arrive within
+//!   `http_request`, counted from accept for the first request and from the first byte for later
+//!   ones; otherwise the client gets `408 Request Timeout` and the connection closes. An idle
+//!   keep-alive connection that sends nothing for `http_keep_alive` is closed silently.
+//! - **A request in flight**: no read deadline here (request bodies have their own idle
+//!   timeout, and a slow server is `timeout server`'s business).
+//! - **HTTP/2**: a connection with no stream in flight and no traffic for `client` is closed.
+//! - **Writing**: a client that accepts no bytes for `client` (a blocked write) is cut.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The bytes of an HTTP/1.1 408, written straight to the socket when a head times out.
+const RESPONSE_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// State shared between a connection's socket wrapper and the requests it carries.
+#[derive(Debug)]
+pub struct ConnShared {
+    accepted: Instant,
+    in_flight: AtomicUsize,
+    timed_out_head: AtomicBool,
+    /// When the first byte of the latest request head arrived, in ns since `accepted`.
+    head_start_ns: AtomicU64,
+}
+
+impl Default for ConnShared {
+    fn default() -> Self {
+        Self {
+            accepted: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            timed_out_head: AtomicBool::new(false),
+            head_start_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnShared {
+    /// When the first byte of the current HTTP/1 request head arrived (for HTTP/2, when the
+    /// connection last became idle or accepted).
+    pub fn head_started(&self) -> Instant {
+        self.accepted + Duration::from_nanos(self.head_start_ns.load(Ordering::Relaxed))
+    }
+
+    fn mark_head_start(&self, at: Instant) {
+        let ns = u64::try_from((at - self.accepted).as_nanos()).unwrap_or(u64::MAX);
+        self.head_start_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Marks a request as in flight until the returned guard is dropped (when its response
+    /// has been sent or abandoned).
+    pub fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight { shared: Arc::clone(self) }
+    }
+
+    /// Whether the connection ended because a request head did not arrive in time (a 408).
+    pub fn timed_out_head(&self) -> bool {
+        self.timed_out_head.load(Ordering::Acquire)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// One request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight {
+    shared: Arc<ConnShared>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The client-side timeouts of a frontend.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    pub client: Duration,
+    pub http_request: Duration,
+    pub http_keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Unknown,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request head. `first`: the connection's first request; `started`: some
+    /// bytes of the head have arrived.
+    AwaitingHead { since: Instant, first: bool, started: bool },
+    InFlight,
+}
+
+/// A client socket with the timeouts described in the module doc.
+#[derive(Debug)]
+pub struct ClientIo<IO> {
+    io: IO,
+    shared: Arc<ConnShared>,
+    timeouts: ClientTimeouts,
+    proto: Proto,
+    phase: Phase,
+    last_activity: Instant,
+    read_timer: Option<Pin<Box<Sleep>>>,
+    write_blocked_since: Option<Instant>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<IO> ClientIo<IO> {
+    pub fn new(io: IO, shared: Arc<ConnShared>, timeouts: ClientTimeouts) -> Self {
+        let now = Instant::now();
+        Self {
+            io,
+            shared,
+            timeouts,
+            proto: Proto::Unknown,
+            phase: Phase::AwaitingHead { since: now, first: true, started: false },
+            last_activity: now,
+            read_timer: None,
+            write_blocked_since: None,
+            write_timer: None,
+        }
+    }
+
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Keeps `phase` in step with the requests in flight.
+    fn sync_phase(&mut self, now: Instant) {
+        let busy = self.shared.in_flight() > 0;
+        match (self.phase, busy) {
+            (Phase::AwaitingHead { .. }, true) => self.phase = Phase::InFlight,
+            (Phase::InFlight, false) => {
+                self.phase = Phase::AwaitingHead { since: now, first: false, started: false }
+            }
+            _ => {}
+        }
+    }
+
+    /// The instant at which waiting for more client bytes becomes a timeout, if any.
+    fn read_deadline(&self) -> Option<Instant> {
+        match (self.proto, self.phase) {
+            (_, Phase::InFlight) => None,
+            (Proto::Http2, Phase::AwaitingHead { .. }) => Some(self.last_activity + self.timeouts.client),
+            (_, Phase::AwaitingHead { since, first, started }) => {
+                if first || started {
+                    Some(since + self.timeouts.http_request)
+                } else {
+                    Some(since + self.timeouts.http_keep_alive)
+                }
+            }
+        }
+    }
+}
+
+/// Polls `timer` towards `deadline`; true once the deadline has passed.
+fn expired(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) -> bool {
+    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if sleep.deadline() != deadline {
+        sleep.as_mut().reset(deadline);
+    }
+    sleep.as_mut().poll(cx).is_ready()
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("client {what} timeout"))
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let fresh = &buf.filled()[before..];
+                if fresh.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                let now = Instant::now();
+                if this.proto == Proto::Unknown {
+                    let n = fresh.len().min(H2_PREFACE_START.len());
+                    this.proto =
+                        if fresh[..n] == H2_PREFACE_START[..n] { Proto::Http2 } else { Proto::Http1 };
+                }
+                this.last_activity = now;
+                this.sync_phase(now);
+                if let Phase::AwaitingHead { since, first, started: false } = this.phase {
+                    // The first request's clock runs from accept; later ones from their first byte.
+                    let since = if first { since } else { now };
+                    this.phase = Phase::AwaitingHead { since, first, started: true };
+                    this.shared.mark_head_start(now);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let now = Instant::now();
+                this.sync_phase(now);
+                let Some(deadline) = this.read_deadline() else {
+                    this.read_timer = None;
+                    return Poll::Pending;
+                };
+                if !expired(&mut this.read_timer, deadline, cx) {
+                    return Poll::Pending;
+                }
+                let Phase::AwaitingHead { first, started, .. } = this.phase else {
+                    return Poll::Pending;
+                };
+                if this.proto != Proto::Http2 && (first || started) {
+                    // Best effort: hyper is not writing while it waits for a head.
+                    this.shared.timed_out_head.store(true, Ordering::Release);
+                    let _ = Pin::new(&mut this.io).poll_write(cx, RESPONSE_408);
+                    let _ = Pin::new(&mut this.io).poll_flush(cx);
+                    return Poll::Ready(Err(timed_out("request")));
+                }
+                Poll::Ready(Err(timed_out("idle")))
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
+    fn on_write<T>(&mut self, res: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match res {
+            Poll::Ready(r) => {
+                self.write_blocked_since = None;
+                self.write_timer = None;
+                if r.is_ok() {
+                    self.last_activity = Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let since = *self.write_blocked_since.get_or_insert_with(Instant::now);
+                if expired(&mut self.write_timer, since + self.timeouts.client, cx) {
+                    return Poll::Ready(Err(timed_out("write")));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.on_write(res, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.on_write(res, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.io).poll_flush(cx);
+        this.on_write(res, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::*;
+
+    fn timeouts() -> ClientTimeouts {
+        ClientTimeouts {
+            client: Duration::from_secs(30),
+            http_request: Duration::from_secs(10),
+            http_keep_alive: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_gets_408_after_http_request() {
+        let (server_end, mut client) = duplex(4096);
+        let shared = Arc::new(ConnShared::default());
+        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let start = Instant::now();
+        let n = io.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        assert!(shared.timed_out_head());
+        let mut got = vec![0u8; RESPONSE_408.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 408"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_request_has_no_read_deadline_and_idle_keepalive_closes_silently() {
+        let (server_end, mut client) = duplex(4096);
+        let shared = Arc::new(ConnShared::default());
+        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+        client.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        let guard = shared.begin_request();
+        // With a request in flight, a read waits beyond every client timeout.
+        let waited = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "no read deadline while a request is in flight");
+        drop(guard);
+        let start = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(5), "http_keep_alive");
+        assert!(!shared.timed_out_head(), "idle keep-alive close sends no 408");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocked_write_is_cut_after_client_timeout() {
+        let (server_end, _client) = duplex(16);
+        let shared = Arc::new(ConnShared::default());
+        let mut io = ClientIo::new(server_end, shared, timeouts());
+        let start = Instant::now();
+        let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,143 @@
+//! Header rewriting on the way through: hop-by-hop removal (both directions) and the
+//! forwarding headers wasp adds.
+//!
+//! Order matters: hop-by-hop headers, including every header the `Connection` header names,
+//! are removed *before* wasp adds its own, so `Connection: X-Forwarded-For` cannot delete them.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
+/// `Trailer`, `Transfer-Encoding`, `Upgrade`, and `Proxy-*` headers.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are collected first; removing while iterating is not possible.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if let Ok(text) = value.to_str() {
+            for token in text.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    // Any other Proxy-* header (e.g. Proxy-Authorization-Info) is hop-by-hop too.
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Replaces whatever forwarding headers the client sent with wasp's own: the client sent them,
+/// so they cannot be trusted. `host` is the canonical authority, if any.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str, host: Option<&str>) {
+    headers.remove(&FORWARDED);
+    headers.remove(&X_REAL_IP);
+    headers.insert(X_FORWARDED_FOR.clone(), ip_value(client));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(v) => {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    // An address's text form is always a valid header value.
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-foo", "1"),
+            ("x-kept", "yes"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(left, vec!["x-kept", "content-length"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_forwarding_headers_added_after() {
+        let mut h = map(&[("connection", "x-forwarded-for")]);
+        strip_hop_by_hop(&mut h);
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http", Some("example.com"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+    }
+
+    #[test]
+    fn client_supplied_forwarding_headers_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        set_forwarded(&mut h, "::ffff:192.0.2.7".parse().unwrap(), "https", None);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("x-forwarded-host").is_none());
+        assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), "http", Some("a.example:8080"));
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(h["x-forwarded-host"], "a.example:8080");
+    }
+}

@@ -1,0 +1,143 @@
+//! Listeners: accept connections and serve HTTP/1.1 and HTTP/2 (prior knowledge) on them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::Proxy;
+use crate::proxy::access;
+use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
+use crate::proxy::http::{ConnInfo, serve};
+
+/// Pending connections the kernel queues per listener.
+const BACKLOG: u32 = 1024;
+/// HTTP/2 streams a client may have open at once.
+const H2_MAX_STREAMS: u32 = 100;
+/// HTTP/2 streams a connection may cause us to reset before it is closed.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+/// Pause after an accept error such as running out of file descriptors.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Binds a listening socket (with `SO_REUSEADDR`, as a restart needs).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// A running accept loop; [`ListenerHandle::stop`] closes the socket (open connections go on).
+#[derive(Debug)]
+pub struct ListenerHandle {
+    /// The address as configured.
+    pub bind: SocketAddr,
+    /// The address actually bound (differs when the configured port is 0).
+    pub local: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ListenerHandle {
+    /// Stops accepting and waits until the socket is closed.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts accepting on `listener` for the frontend configured with `bind`.
+pub fn spawn_listener(
+    listener: TcpListener,
+    bind: SocketAddr,
+    proxy: Arc<Proxy>,
+    graceful: Arc<GracefulShutdown>,
+) -> io::Result<ListenerHandle> {
+    let local = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = token.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, client)) => {
+                    let watcher = graceful.watcher();
+                    tokio::spawn(serve_connection(tcp, client, bind, Arc::clone(&proxy), watcher));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %local, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+        tracing::info!(listener = %local, "listener closed");
+    });
+    Ok(ListenerHandle { bind, local, stop, task })
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    client: SocketAddr,
+    bind: SocketAddr,
+    proxy: Arc<Proxy>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let snapshot = proxy.snapshot();
+    let Some(frontend) = snapshot.frontend_for(bind) else { return };
+    let _ = tcp.set_nodelay(true);
+    let frontend_name = Arc::clone(&frontend.name);
+    let timeouts = ClientTimeouts {
+        client: frontend.timeouts.client,
+        http_request: frontend.timeouts.http_request,
+        http_keep_alive: frontend.timeouts.http_keep_alive,
+    };
+    let max_header_size = frontend.max_header_size;
+    drop(snapshot);
+
+    let conn = Arc::new(ConnShared::default());
+    let io = TokioIo::new(ClientIo::new(tcp, Arc::clone(&conn), timeouts));
+    let info = Arc::new(ConnInfo { bind, client, scheme: "http", conn: Arc::clone(&conn) });
+    let service = service_fn(move |req| serve(Arc::clone(&proxy), Arc::clone(&info), req));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        // Head timeouts (with a 408) are ClientIo's; hyper's own would close silently.
+        .header_read_timeout(None)
+        .max_buf_size(max_header_size.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS));
+    let served = watcher.watch(builder.serve_connection(io, service)).await;
+
+    if conn.timed_out_head() {
+        connection_error(client, &frontend_name, 408, "request head timeout");
+        return;
+    }
+    let Err(e) = served else { return };
+    match e.downcast_ref::<hyper::Error>() {
+        Some(he) if he.is_parse_too_large() => connection_error(client, &frontend_name, 431, "request head too large"),
+        Some(he) if he.is_parse() => connection_error(client, &frontend_name, 400, &he.to_string()),
+        _ => tracing::debug!(client = %client, frontend = &*frontend_name, error = %e, "connection closed"),
+    }
+}
+
+/// Logs a request hyper refused before wasp saw it (hyper already answered it).
+fn connection_error(client: SocketAddr, frontend: &str, status: u16, error: &str) {
+    tracing::info!(target: access::TARGET, client = %client, frontend, status, error, "bad request");
+}

@@ -1,0 +1,43 @@
+//! The data path: listeners, the HTTP request path, forwarding, error answers, access log.
+//!
+//! `listener` accepts and serves connections (`client_io` enforces client timeouts at the
+//! socket), `http` carries each request through routing, balancing and forwarding (`canon`
+//! makes its authority and path canonical, `headers` rewrites headers), `respond` is the one
+//! place failures become statuses, `body` and `access` finish each response with its log line.
+
+pub mod access;
+pub mod body;
+pub mod canon;
+pub mod client_io;
+pub mod headers;
+pub mod http;
+pub mod listener;
+pub mod respond;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::snapshot::Snapshot;
+
+/// The live proxy state shared by every listener and connection: the current snapshot.
+#[derive(Debug)]
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+}
+
+impl Proxy {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self { snapshot: ArcSwap::from_pointee(snapshot) }
+    }
+
+    /// The current snapshot; callers keep this `Arc` for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Makes `snapshot` the one new requests see. In-flight requests finish on the old one.
+    pub fn install(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+}

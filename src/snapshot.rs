@@ -1,0 +1,144 @@
+//! The immutable [`Snapshot`]: everything derived from one validated config, ready for the
+//! request path. A reload builds a new one and swaps it in with a single `ArcSwap::store`; a
+//! request loads it once and keeps that `Arc` to the end.
+//!
+//! Run-time facts (health, in-flight counts, admin overrides) are not here: servers point into
+//! the shared [`StateTable`], so they carry over from one snapshot to the next.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::Authority;
+
+use crate::balance::{Balancer, build_balancer};
+use crate::config::{Config, Global, Timeouts};
+use crate::health::{ServerKey, ServerState, StateTable};
+use crate::routing::{AclRouter, Router};
+use crate::upstream::{ClientCache, UpstreamClient};
+
+/// Why a snapshot could not be built from a config that passed validation.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("frontend {frontend}: {source}")]
+    Router { frontend: String, source: crate::routing::native::BuildError },
+    #[error("backend {backend}: server {server}: address {addr} is not a valid authority")]
+    Authority { backend: String, server: String, addr: SocketAddr },
+}
+
+/// One frontend, ready to serve.
+#[derive(Debug)]
+pub struct Frontend {
+    pub name: Arc<str>,
+    pub binds: Vec<SocketAddr>,
+    pub router: Box<dyn Router>,
+    pub timeouts: Timeouts,
+    pub forwardfor: bool,
+    pub max_header_size: usize,
+}
+
+/// One backend, ready to serve.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: Arc<str>,
+    pub servers: Vec<Server>,
+    pub balancer: Box<dyn Balancer>,
+    pub client: UpstreamClient,
+    pub timeouts: Timeouts,
+    pub retries: u32,
+}
+
+/// One server of a backend.
+#[derive(Debug)]
+pub struct Server {
+    pub name: Arc<str>,
+    /// `ip:port`, prebuilt for request URIs.
+    pub authority: Authority,
+    pub state: Arc<ServerState>,
+}
+
+/// Everything one config says, compiled.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub global: Global,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+    by_bind: HashMap<SocketAddr, usize>,
+}
+
+impl Snapshot {
+    /// The frontend that owns the listener bound for `bind` (the address as configured).
+    pub fn frontend_for(&self, bind: SocketAddr) -> Option<&Frontend> {
+        self.by_bind.get(&bind).map(|&i| &self.frontends[i])
+    }
+
+    /// Every configured listen address.
+    pub fn binds(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.by_bind.keys().copied()
+    }
+}
+
+/// Builds a snapshot from a validated config. Server state comes from (and is registered in)
+/// `states`; upstream clients from `clients`.
+pub fn build_snapshot(
+    config: Arc<Config>,
+    states: &StateTable,
+    clients: &ClientCache,
+) -> Result<Snapshot, SnapshotError> {
+    let mut backends = Vec::with_capacity(config.backends.len());
+    for b in &config.backends {
+        let mut servers = Vec::with_capacity(b.servers.len());
+        for s in &b.servers {
+            let key = ServerKey { backend: b.name.clone(), addr: s.addr };
+            let authority = Authority::try_from(s.addr.to_string()).map_err(|_| SnapshotError::Authority {
+                backend: b.name.clone(),
+                server: s.name.clone(),
+                addr: s.addr,
+            })?;
+            servers.push(Server { name: Arc::from(s.name.as_str()), authority, state: states.server(key, s.weight) });
+        }
+        let server_states: Vec<_> = servers.iter().map(|s| Arc::clone(&s.state)).collect();
+        let balancer = build_balancer(b, &server_states, states.backend(&b.name));
+        backends.push(Backend {
+            name: Arc::from(b.name.as_str()),
+            servers,
+            balancer,
+            client: clients.client(b.timeouts.connect),
+            timeouts: b.timeouts,
+            retries: b.retries,
+        });
+    }
+
+    let index: HashMap<&str, usize> = config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+    let mut frontends = Vec::with_capacity(config.frontends.len());
+    let mut by_bind = HashMap::new();
+    for (i, f) in config.frontends.iter().enumerate() {
+        let router = AclRouter::build(f, |name| index.get(name).copied())
+            .map_err(|source| SnapshotError::Router { frontend: f.name.clone(), source })?;
+        for bind in &f.binds {
+            by_bind.insert(*bind, i);
+        }
+        frontends.push(Frontend {
+            name: Arc::from(f.name.as_str()),
+            binds: f.binds.clone(),
+            router: Box::new(router),
+            timeouts: f.timeouts,
+            forwardfor: f.forwardfor,
+            max_header_size: f.max_header_size,
+        });
+    }
+
+    Ok(Snapshot { global: config.global.clone(), config, frontends, backends, by_bind })
+}
+
+/// Forgets the run-time state of servers that `config` no longer names. Called once a snapshot
+/// built from `config` is live, so a rejected reload never loses state.
+pub fn prune_states(config: &Config, states: &StateTable) {
+    let keep: HashSet<ServerKey> = config
+        .backends
+        .iter()
+        .flat_map(|b| b.servers.iter().map(|s| ServerKey { backend: b.name.clone(), addr: s.addr }))
+        .collect();
+    states.retain(|k| keep.contains(k));
+}

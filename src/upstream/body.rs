@@ -1,0 +1,169 @@
+//! Request bodies on their way to a server, streamed, never buffered whole.
+//!
+//! - [`IdleBody`] cuts a body that produces no frame for an inactivity timeout (`client` for
+//!   uploads, `server` for downloads).
+//! - [`UpstreamBody`] is what goes to a server. A request body stays *reclaimable* until the
+//!   upstream connection first reads from it, so a request whose connect failed can be sent to
+//!   another server with its body intact: nothing of it reached the first one.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+/// Errors a proxied body can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+pin_project! {
+    /// A body that fails with [`BodyError::Idle`] when no frame arrives for `idle`.
+    pub struct IdleBody<B> {
+        #[pin]
+        inner: B,
+        idle: Duration,
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<B> IdleBody<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self { inner, idle, timer: None }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = *this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    *this.timer = None;
+                    return Poll::Ready(Some(Err(BodyError::Idle(idle))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client's request body on its way upstream.
+pub type ClientBody = IdleBody<Incoming>;
+
+/// A request body slot shared between attempts: whoever reads first takes the body.
+#[derive(Clone)]
+pub struct Reclaimable {
+    slot: Arc<Mutex<Option<ClientBody>>>,
+    hint: SizeHint,
+}
+
+impl fmt::Debug for Reclaimable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reclaimable").field("hint", &self.hint).finish_non_exhaustive()
+    }
+}
+
+impl Reclaimable {
+    pub fn new(body: ClientBody) -> Self {
+        let hint = body.size_hint();
+        Self { slot: Arc::new(Mutex::new(Some(body))), hint }
+    }
+
+    /// Whether the body is still unread, i.e. a new attempt can carry it.
+    pub fn is_intact(&self) -> bool {
+        self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    fn take(&self) -> Option<ClientBody> {
+        self.slot.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+/// What is sent to a server as a request body.
+pub enum UpstreamBody {
+    Empty,
+    /// Not yet read: the body is still in the shared slot.
+    Pending(Reclaimable),
+    /// Being read: taken out of the slot.
+    Streaming(Box<ClientBody>),
+}
+
+impl fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamBody::Empty => f.write_str("Empty"),
+            UpstreamBody::Pending(_) => f.write_str("Pending"),
+            UpstreamBody::Streaming(_) => f.write_str("Streaming"),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if let UpstreamBody::Pending(slot) = this {
+            *this = match slot.take() {
+                Some(body) => UpstreamBody::Streaming(Box::new(body)),
+                // Another attempt owns it now; this one must not send anything.
+                None => UpstreamBody::Empty,
+            };
+        }
+        match this {
+            UpstreamBody::Streaming(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            _ => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Pending(slot) => slot.hint.exact() == Some(0),
+            UpstreamBody::Streaming(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Pending(slot) => slot.hint.clone(),
+            UpstreamBody::Streaming(body) => body.size_hint(),
+        }
+    }
+}
+
