@@ -25,3 +25,6 @@ pub mod health;
 pub mod upstream;
 pub mod proxy;
 pub mod snapshot;
+pub mod runtime;
+pub mod echo;
+pub mod demo;

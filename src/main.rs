@@ -1,3 +1,115 @@
 //! The `wasp` binary: CLI parsing, tracing setup, then one library call.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use wasp::config::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "wasp", version, about = "A WebAssembly-scriptable L4/L7 proxy and load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a config; SIGHUP reloads it, SIGTERM/SIGINT drain and stop.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config and print every problem as FILE:LINE:COL diagnostics.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start the reference lab in one process: echo servers node1..node4 and lab 2's routing.
+    Demo,
+    /// The lab's echo server: answers with its name and what it received.
+    Echo {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wasp: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => {
+            let (_, report) = config::load(&config);
+            print!("{}", report.render());
+            Ok(if report.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Run { config } => {
+            let (loaded, report) = config::load(&config);
+            let Some(loaded) = loaded else {
+                eprint!("{}", report.render());
+                return Ok(ExitCode::FAILURE);
+            };
+            let _log = init_tracing(loaded.global.log_format);
+            for line in report.render().lines().filter(|l| l.contains(": warning: ")) {
+                tracing::warn!("{line}");
+            }
+            runtime(loaded.global.workers)?.block_on(wasp::runtime::run(loaded))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            let _log = init_tracing(LogFormat::Text);
+            runtime(None)?.block_on(wasp::demo::run())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo { name, listen } => {
+            let _log = init_tracing(LogFormat::Text);
+            let addr: SocketAddr = config::parse_bind(&listen).map_err(anyhow::Error::msg).context("--listen")?;
+            runtime(Some(1))?.block_on(async {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    on_signal.cancel();
+                });
+                wasp::echo::run_echo(&name, addr, stop).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().context("starting the tokio runtime")
+}
+
+/// Logs go to stdout through a background writer, so a slow terminal or pipe never stalls a
+/// worker (lines are dropped instead if it falls far behind). `RUST_LOG` overrides the
+/// default `info` level, e.g. `RUST_LOG=wasp::access=off` silences the access log.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    guard
+}

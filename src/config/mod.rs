@@ -26,3 +26,6 @@ pub fn load(_path: &std::path::Path) -> (Option<Config>, Report) {
 pub fn load_str(_src: &str, _path: &std::path::Path) -> (Option<Config>, Report) {
     (None, Report { diagnostics: vec![] })
 }
+pub fn parse_bind(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| s.to_owned())
+}

@@ -1,0 +1,199 @@
+//! Process lifecycle: start from a config, reload on SIGHUP, stop gracefully on SIGTERM/SIGINT.
+//!
+//! A reload is: read and validate the file, build a new snapshot, open the listeners the new
+//! config adds, swap the snapshot in with one store, then close the listeners it dropped. Any
+//! failure before the swap leaves the running config untouched and is reported. Connections
+//! accepted before a reload keep being served; their next requests see the new snapshot.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::Mutex;
+
+use crate::config::{self, Config};
+use crate::health::StateTable;
+use crate::proxy::Proxy;
+use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
+use crate::snapshot::{SnapshotError, build_snapshot, prune_states};
+use crate::upstream::ClientCache;
+
+/// Why a config could not be started or reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{path}: config has errors:\n{report}")]
+    Invalid { path: PathBuf, report: String },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+    #[error("config loader task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running proxy: its live snapshot, listeners and run-time state.
+#[derive(Debug)]
+pub struct Runtime {
+    path: PathBuf,
+    proxy: Arc<Proxy>,
+    states: Arc<StateTable>,
+    clients: ClientCache,
+    graceful: Arc<GracefulShutdown>,
+    listeners: Mutex<HashMap<SocketAddr, ListenerHandle>>,
+}
+
+impl Runtime {
+    /// Builds the snapshot for `config` and opens its listeners.
+    pub async fn start(config: Config) -> Result<Runtime, RuntimeError> {
+        let config = Arc::new(config);
+        let states = Arc::new(StateTable::new());
+        let clients = ClientCache::default();
+        let snapshot = build_snapshot(Arc::clone(&config), &states, &clients)?;
+        let proxy = Arc::new(Proxy::new(snapshot));
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut listeners = HashMap::new();
+        for addr in binds(&config) {
+            let handle = open(addr, &proxy, &graceful)?;
+            tracing::info!(frontend = frontend_of(&config, addr), listener = %handle.local, "listening");
+            listeners.insert(addr, handle);
+        }
+        Ok(Runtime {
+            path: config.path.clone(),
+            proxy,
+            states,
+            clients,
+            graceful,
+            listeners: Mutex::new(listeners),
+        })
+    }
+
+    /// The live proxy (snapshot holder).
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// The run-time server state table.
+    pub fn states(&self) -> &Arc<StateTable> {
+        &self.states
+    }
+
+    /// The bound address of each configured listen address (they differ for port 0).
+    pub async fn local_addrs(&self) -> HashMap<SocketAddr, SocketAddr> {
+        self.listeners.lock().await.iter().map(|(k, h)| (*k, h.local)).collect()
+    }
+
+    /// Re-reads the config file this runtime was started from and applies it.
+    pub async fn reload(&self) -> Result<(), RuntimeError> {
+        let path = self.path.clone();
+        let (config, report) = tokio::task::spawn_blocking(move || config::load(&path)).await?;
+        for line in report.render().lines() {
+            tracing::warn!("{line}");
+        }
+        match config {
+            Some(config) => self.apply(config).await,
+            None => Err(RuntimeError::Invalid { path: self.path.clone(), report: report.render() }),
+        }
+    }
+
+    /// Applies a validated config: new snapshot, listeners opened and closed to match.
+    pub async fn apply(&self, config: Config) -> Result<(), RuntimeError> {
+        let config = Arc::new(config);
+        let snapshot = build_snapshot(Arc::clone(&config), &self.states, &self.clients)?;
+        let mut listeners = self.listeners.lock().await;
+        let wanted = binds(&config);
+        let mut opened = Vec::new();
+        for addr in &wanted {
+            if listeners.contains_key(addr) {
+                continue;
+            }
+            match open(*addr, &self.proxy, &self.graceful) {
+                Ok(handle) => opened.push(handle),
+                Err(e) => {
+                    for handle in opened {
+                        handle.stop().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.proxy.install(snapshot);
+        prune_states(&config, &self.states);
+        for handle in opened {
+            tracing::info!(frontend = frontend_of(&config, handle.bind), listener = %handle.local, "listening");
+            listeners.insert(handle.bind, handle);
+        }
+        let gone: Vec<SocketAddr> = listeners.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        for addr in gone {
+            if let Some(handle) = listeners.remove(&addr) {
+                handle.stop().await;
+            }
+        }
+        tracing::info!(file = %config.path.display(), "configuration loaded");
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `grace`, then returns. Idle
+    /// keep-alive connections are closed at once.
+    pub async fn shutdown(self, grace: Duration) {
+        let listeners = std::mem::take(&mut *self.listeners.lock().await);
+        for (_, handle) in listeners {
+            handle.stop().await;
+        }
+        let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
+            tracing::warn!("connections still referenced; not waiting for them");
+            return;
+        };
+        let open = graceful.count();
+        if open > 0 {
+            tracing::info!(connections = open, grace = ?grace, "waiting for in-flight requests");
+        }
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
+        }
+    }
+}
+
+fn open(addr: SocketAddr, proxy: &Arc<Proxy>, graceful: &Arc<GracefulShutdown>) -> Result<ListenerHandle, RuntimeError> {
+    let listener = bind(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
+    spawn_listener(listener, addr, Arc::clone(proxy), Arc::clone(graceful)).map_err(|source| RuntimeError::Bind { addr, source })
+}
+
+fn binds(config: &Config) -> Vec<SocketAddr> {
+    config.frontends.iter().flat_map(|f| f.binds.iter().copied()).collect()
+}
+
+fn frontend_of(config: &Config, addr: SocketAddr) -> &str {
+    config.frontends.iter().find(|f| f.binds.contains(&addr)).map_or("-", |f| f.name.as_str())
+}
+
+/// Serves `config` until SIGTERM or SIGINT; SIGHUP reloads its file.
+pub async fn run(config: Config) -> Result<(), RuntimeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
+    let runtime = Runtime::start(config).await?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!(file = %runtime.path.display(), "SIGHUP: reloading");
+                if let Err(e) = runtime.reload().await {
+                    tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: no new connections; in-flight requests may finish");
+    // The grace period of the configuration in force now (a reload may have changed it).
+    let grace = runtime.proxy.snapshot().global.grace;
+    runtime.shutdown(grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}

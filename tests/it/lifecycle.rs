@@ -1,0 +1,131 @@
+//! The real binary: SIGHUP reloads (routing changes, in-flight requests finish, bad configs are
+//! refused, listeners open and close) and SIGTERM drains.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::support::{Binary, Servers, field, get, server_name};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(default_backend: &str, one: SocketAddr, two: SocketAddr, gated: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+        [global]
+        grace = "10s"
+
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "{default_backend}"
+        acl = {{ held = "path_beg /held" }}
+        use_backend = [ {{ backend = "gated", if = "held" }} ]
+
+        [backend.one]
+        servers = [ {{ name = "one", addr = "{one}" }} ]
+        [backend.two]
+        servers = [ {{ name = "two", addr = "{two}" }} ]
+        [backend.gated]
+        servers = [ {{ name = "gated", addr = "{gated}" }} ]
+        {extra}
+        "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_routing_while_an_in_flight_request_completes() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let two = servers.echo("two").await;
+    let (gated, mut arrived, gate) = servers.gated("gated").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(&path, config("one", one, two, gated, "")).unwrap();
+    let wasp = Binary::run(&path);
+    let url = |p: &str| format!("http://{}{}", wasp.addr, p);
+    assert_eq!(server_name(&get(&url("/")).await.2), "one");
+
+    let held_url = url("/held");
+    let held = tokio::spawn(async move { get(&held_url).await });
+    arrived.recv().await.expect("held request reached its server");
+
+    std::fs::write(&path, config("two", one, two, gated, "")).unwrap();
+    wasp.signal("HUP");
+    wasp.wait_for("configuration loaded", WAIT);
+    assert_eq!(server_name(&get(&url("/")).await.2), "two", "new routing is live");
+
+    gate.open(1);
+    let (status, _, body) = held.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "gated\nreleased\n", "the in-flight request finished on the old snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_on_sighup_keeps_the_old_one_serving() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let two = servers.echo("two").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(&path, config("one", one, two, one, "")).unwrap();
+    let wasp = Binary::run(&path);
+    std::fs::write(&path, config("nowhere", one, two, one, "")).unwrap();
+    wasp.signal("HUP");
+    let diag = wasp.wait_for("nowhere", WAIT);
+    assert!(diag.contains("wasp.toml:"), "diagnostics name the file and line: {diag}");
+    wasp.wait_for("reload rejected", WAIT);
+    let (status, _, body) = get(&format!("http://{}/", wasp.addr)).await;
+    assert_eq!((status.as_u16(), server_name(&body)), (200, "one"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_opens_and_closes_listeners() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let two = servers.echo("two").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(&path, config("one", one, two, one, "")).unwrap();
+    let wasp = Binary::run(&path);
+    let second = r#"
+        [frontend.second]
+        bind = "127.0.0.1:0"
+        default_backend = "two"
+    "#;
+    std::fs::write(&path, config("one", one, two, one, second)).unwrap();
+    wasp.signal("HUP");
+    let line = wasp.wait_for("frontend=\"second\"", WAIT);
+    let added: SocketAddr = field(&line, "listener").parse().unwrap();
+    assert_eq!(server_name(&get(&format!("http://{added}/")).await.2), "two");
+
+    std::fs::write(&path, config("one", one, two, one, "")).unwrap();
+    wasp.signal("HUP");
+    wasp.wait_for(&format!("listener={added}"), WAIT);
+    wasp.wait_for("configuration loaded", WAIT);
+    assert!(tokio::net::TcpStream::connect(added).await.is_err(), "removed listener is closed");
+    assert_eq!(server_name(&get(&format!("http://{}/", wasp.addr)).await.2), "one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (gated, mut arrived, gate) = servers.gated("gated").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(&path, config("one", one, one, gated, "")).unwrap();
+    let mut wasp = Binary::run(&path);
+    let addr = wasp.addr;
+
+    let held = tokio::spawn(async move { get(&format!("http://{addr}/held")).await });
+    arrived.recv().await.expect("held request reached its server");
+    wasp.signal("TERM");
+    wasp.wait_for("stopping", WAIT);
+    wasp.wait_for("listener closed", WAIT);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connections while draining");
+
+    gate.open(1);
+    let (status, _, body) = held.await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "gated\nreleased\n"));
+    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT)).await.unwrap();
+    assert_eq!(code, 0);
+}

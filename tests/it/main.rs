@@ -1,0 +1,9 @@
+//! Integration tests: real sockets on 127.0.0.1, backends the tests start themselves, the
+//! library's runtime in-process or the real binary as a child process.
+
+mod support;
+
+mod labs;
+mod lifecycle;
+mod statuses;
+mod streaming;

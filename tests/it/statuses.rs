@@ -1,0 +1,219 @@
+//! Every status of the error table provoked for real, plus header rewriting.
+
+use std::time::{Duration, Instant};
+
+use http::Request;
+
+use crate::support::{Proxy, Servers, client, empty, get, raw, raw_status, send, server_name};
+
+/// A free port with nothing listening on it (bound, then released).
+async fn dead_addr() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+fn one_backend(servers: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        {extra}
+
+        [backend.app]
+        timeout = {{ connect = "1s", server = "2s" }}
+        servers = [ {servers} ]
+        "#
+    )
+}
+
+#[tokio::test]
+async fn refused_connect_tries_the_next_server() {
+    let servers = Servers::new();
+    let dead = dead_addr().await;
+    let alive = servers.echo("alive").await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "dead", addr = "{dead}" }}, {{ name = "alive", addr = "{alive}" }}"#),
+        "",
+    ))
+    .await;
+    for _ in 0..4 {
+        let (status, _, body) = get(&proxy.url("/")).await;
+        assert_eq!(status, 200);
+        assert_eq!(server_name(&body), "alive");
+    }
+}
+
+#[tokio::test]
+async fn no_server_reachable_is_503() {
+    let dead1 = dead_addr().await;
+    let dead2 = dead_addr().await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "a", addr = "{dead1}" }}, {{ name = "b", addr = "{dead2}" }}"#),
+        "",
+    ))
+    .await;
+    let (status, _, body) = get(&proxy.url("/")).await;
+    assert_eq!(status, 503);
+    assert_eq!(body, "503 Service Unavailable\n");
+}
+
+#[tokio::test]
+async fn no_matching_rule_and_no_default_is_503() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        acl = {{ api = "path_beg /api" }}
+        use_backend = [ {{ backend = "api", if = "api" }} ]
+
+        [backend.api]
+        servers = [ {{ name = "e", addr = "{echo}" }} ]
+        "#
+    ))
+    .await;
+    assert_eq!(get(&proxy.url("/api/x")).await.0, 200);
+    assert_eq!(get(&proxy.url("/elsewhere")).await.0, 503);
+}
+
+#[tokio::test]
+async fn upstream_that_never_answers_is_504_within_server_timeout() {
+    let servers = Servers::new();
+    let slow = servers.behaviour().await;
+    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "slow", addr = "{slow}" }}"#), "")).await;
+    let start = Instant::now();
+    let (status, _, _) = get(&proxy.url("/hang")).await;
+    let took = start.elapsed();
+    assert_eq!(status, 504);
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[tokio::test]
+async fn upstream_closing_early_is_502() {
+    let servers = Servers::new();
+    let closer = servers.closer().await;
+    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "c", addr = "{closer}" }}"#), "")).await;
+    let (status, _, body) = get(&proxy.url("/")).await;
+    assert_eq!(status, 502);
+    assert_eq!(body, "502 Bad Gateway\n");
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "e", addr = "{echo}" }}"#), "")).await;
+    let limit = Duration::from_secs(5);
+    let garbage = raw(proxy.addr(), b"GARBAGE\x01 / HTTP/1.1\r\n\r\n", limit).await;
+    assert_eq!(raw_status(&garbage), 400, "{garbage}");
+    let no_host = raw(proxy.addr(), b"GET / HTTP/1.1\r\n\r\n", limit).await;
+    assert_eq!(raw_status(&no_host), 400, "{no_host}");
+    let two_hosts = raw(proxy.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", limit).await;
+    assert_eq!(raw_status(&two_hosts), 400, "{two_hosts}");
+    let traversal = raw(proxy.addr(), b"GET /item/..%2Fadmin HTTP/1.1\r\nHost: a\r\n\r\n", limit).await;
+    assert_eq!(raw_status(&traversal), 400, "{traversal}");
+}
+
+#[tokio::test]
+async fn oversized_head_is_431() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "e", addr = "{echo}" }}"#), "")).await;
+    let mut req = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..100 {
+        req.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(700)).as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    assert!(req.len() > 64 * 1024);
+    let answer = raw(proxy.addr(), &req, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&answer), 431, "{answer}");
+    // Just under the limit is fine.
+    let ok = raw(proxy.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&ok), 200);
+}
+
+#[tokio::test]
+async fn slow_client_head_is_cut_with_408_within_http_request() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+        r#"timeout = { http_request = "1s" }"#,
+    ))
+    .await;
+    let start = Instant::now();
+    // Half a head, then silence: a slowloris.
+    let answer = raw(proxy.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ", Duration::from_secs(10)).await;
+    let took = start.elapsed();
+    assert_eq!(raw_status(&answer), 408, "{answer}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "e", addr = "{echo}" }}"#), "")).await;
+    let req = Request::get(proxy.url("/x"))
+        .header("host", "Shop.Example:8080")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("accept", "application/json")
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let h = &echo["headers"];
+    assert_eq!(h["host"], "Shop.Example:8080", "Host passes through");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "client-supplied XFF replaced");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "Shop.Example:8080");
+    assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none(), "{h}");
+    assert_ne!(h["connection"], "keep-alive, x-private");
+}
+
+#[tokio::test]
+async fn forwardfor_false_adds_nothing() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    let proxy =
+        Proxy::start(&one_backend(&format!(r#"{{ name = "e", addr = "{echo}" }}"#), "forwardfor = false")).await;
+    let req = Request::get(proxy.url("/")).header("accept", "application/json").body(empty()).unwrap();
+    let (_, _, body) = send(&client(), req).await;
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(echo["headers"].get("x-forwarded-for").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn normalised_path_is_what_routing_and_server_see() {
+    let servers = Servers::new();
+    let items = servers.echo("items").await;
+    let admin = servers.echo("admin").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "admin"
+        acl = {{ is_item = "path_beg /item" }}
+        use_backend = [ {{ backend = "items", if = "is_item" }} ]
+
+        [backend.items]
+        servers = [ {{ name = "i", addr = "{items}" }} ]
+        [backend.admin]
+        servers = [ {{ name = "a", addr = "{admin}" }} ]
+        "#
+    ))
+    .await;
+    let answer =
+        raw(proxy.addr(), b"GET /item/../admin?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(5))
+            .await;
+    assert_eq!(raw_status(&answer), 200);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert_eq!(server_name(body), "admin", "routed on the normalised path");
+    assert!(body.contains("GET /admin?x=1 "), "forwarded normalised: {body}");
+}

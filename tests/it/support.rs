@@ -1,0 +1,377 @@
+//! Test support: backends the tests start themselves, an in-process proxy from TOML text,
+//! the real binary as a child process, and small HTTP client helpers. Everything binds
+//! 127.0.0.1:0.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use wasp::runtime::Runtime;
+
+/// Stops the servers it was given when dropped.
+#[derive(Debug, Default)]
+pub struct Servers {
+    stop: CancellationToken,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Servers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An echo server named `name`; returns its address.
+    pub async fn echo(&self, name: &str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(wasp::echo::serve_echo(Arc::from(name), listener, self.stop.clone()));
+        addr
+    }
+
+    /// A server with test behaviours chosen by path:
+    /// `/delay/MS` answers "done" after MS milliseconds; `/hang` never answers;
+    /// `/bytes/N` streams N bytes; anything else answers "ok" after reading the whole body,
+    /// with the body size in `x-body-bytes`.
+    pub async fn behaviour(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service_fn(behave));
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A server that holds every request until the test opens the gate: each arrival is
+    /// reported on the returned channel, and each answer ("released") waits for the gate.
+    pub async fn gated(&self, name: &str) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>, Gate) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Gate(Arc::new(tokio::sync::Semaphore::new(0)));
+        let stop = self.stop.clone();
+        let permits = Arc::clone(&gate.0);
+        let name: Arc<str> = Arc::from(name);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let (arrived_tx, permits, name) = (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<Incoming>| {
+                        let (arrived_tx, permits, name) = (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
+                        async move {
+                            let _ = arrived_tx.send(());
+                            permits.acquire().await.expect("gate open").forget();
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("{name}\nreleased\n")))))
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+                });
+            }
+        });
+        (addr, arrived, gate)
+    }
+
+    /// A server that reads the request head and closes the connection without answering.
+    pub async fn closer(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = tcp.read(&mut buf).await;
+                    drop(tcp);
+                });
+            }
+        });
+        addr
+    }
+}
+
+/// Lets held requests of a gated server answer, one per permit.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Gate {
+    pub fn open(&self, requests: usize) {
+        self.0.add_permits(requests);
+    }
+}
+
+/// A pooled HTTP/1.1 client for streamed bodies.
+pub fn streaming_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn behave(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return Ok(Response::new(Full::new(Bytes::from_static(b"done")).boxed()));
+    }
+    if path == "/hang" {
+        std::future::pending::<()>().await;
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        return Ok(Response::new(streamed(n.parse().unwrap_or(0))));
+    }
+    let mut body = req.into_body();
+    let mut n = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        n += frame.data_ref().map_or(0, |d| d.len() as u64);
+    }
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
+    resp.headers_mut().insert("x-body-bytes", n.to_string().parse().unwrap());
+    Ok(resp)
+}
+
+/// A body of `left` bytes sent as frames of (at most) `chunk`.
+struct Repeat {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl http_body::Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64);
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(0..n as usize)))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// A body of `total` bytes in 64 KiB frames.
+pub fn streamed(total: u64) -> TestBody {
+    Repeat { left: total, chunk: Bytes::from(vec![b'u'; 64 * 1024]) }.boxed()
+}
+
+/// An in-process proxy started from TOML text.
+pub struct Proxy {
+    pub runtime: Runtime,
+    /// Bound address of each frontend's first listener, in config order.
+    pub addrs: Vec<SocketAddr>,
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Proxy {
+    /// Starts a proxy from `toml`; binds in it should use port 0.
+    pub async fn start(toml: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wasp.toml");
+        std::fs::write(&path, toml).unwrap();
+        let (config, report) = wasp::config::load(&path);
+        let config = config.unwrap_or_else(|| panic!("test config invalid:\n{}", report.render()));
+        let binds: Vec<SocketAddr> = config.frontends.iter().map(|f| f.binds[0]).collect();
+        let runtime = Runtime::start(config).await.expect("proxy starts");
+        let local = runtime.local_addrs().await;
+        let addrs = binds.iter().map(|b| local[b]).collect();
+        Proxy { runtime, addrs, _dir: dir, path }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+}
+
+/// An HTTP/1.1 client (pooled keep-alive).
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge client.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// GETs `url` and returns status, headers and body text.
+pub async fn get(url: &str) -> (StatusCode, http::HeaderMap, String) {
+    send(&client(), Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let resp = client.request(req).await.expect("request");
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The first line of an echo answer: the server's name.
+pub fn server_name(body: &str) -> &str {
+    body.lines().next().unwrap_or("")
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until the server closes
+/// (or `limit` passes).
+pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP/1 answer.
+pub fn raw_status(answer: &str) -> u16 {
+    answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The real `wasp` binary running a config file, its stdout (the log) read line by line.
+pub struct Binary {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+    pub addr: SocketAddr,
+}
+
+impl Binary {
+    /// Runs `wasp run -c path` and waits until it logs its listening address.
+    pub fn run(path: &Path) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasp"))
+            .args(["run", "-c"])
+            .arg(path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn wasp");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut binary = Binary { child, lines, addr: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        let line = binary.wait_for("listening", Duration::from_secs(20));
+        binary.addr = field(&line, "listener").parse().expect("listener address in log");
+        binary
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?} within {limit:?}"),
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(std::time::Instant::now() < deadline, "wasp did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory of the process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=value` in a text log line (quotes stripped).
+pub fn field(line: &str, key: &str) -> String {
+    let start = line.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key}= in {line:?}")) + key.len() + 1;
+    line[start..].split_whitespace().next().unwrap_or("").trim_matches('"').to_owned()
+}
+
+/// An empty request body.
+pub fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
