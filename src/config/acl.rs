@@ -43,8 +43,19 @@ pub struct AclError {
 }
 
 const FETCHES: &[&str] = &[
-    "path", "path_beg", "path_end", "path_reg", "path_sub", "hdr", "hdr_beg", "hdr_end", "hdr_reg",
-    "host", "method", "src", "url_param",
+    "path",
+    "path_beg",
+    "path_end",
+    "path_reg",
+    "path_sub",
+    "hdr",
+    "hdr_beg",
+    "hdr_end",
+    "hdr_reg",
+    "host",
+    "method",
+    "src",
+    "url_param",
 ];
 
 /// Byte offset and text of each whitespace-separated token.
@@ -84,7 +95,11 @@ pub fn parse_acl(text: &str) -> Result<AclSpec, AclError> {
             help: Some(format!("expected one of {}", FETCHES.join(", "))),
         });
     }
-    let patterns: Vec<(usize, &str)> = toks[1..].iter().copied().filter(|(_, t)| *t != "-i").collect();
+    let patterns: Vec<(usize, &str)> = toks[1..]
+        .iter()
+        .copied()
+        .filter(|(_, t)| *t != "-i")
+        .collect();
     if patterns.is_empty() {
         return Err(AclError {
             offset: text.len(),
@@ -131,7 +146,11 @@ pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
     for (at, tok) in tokens(text) {
         if tok == "or" || tok == "||" {
             if any.last().is_some_and(Vec::is_empty) || negate_next {
-                return Err(AclError { offset: at, message: format!("unexpected \"{tok}\""), help: None });
+                return Err(AclError {
+                    offset: at,
+                    message: format!("unexpected \"{tok}\""),
+                    help: None,
+                });
             }
             any.push(Vec::new());
             continue;
@@ -146,14 +165,20 @@ pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
         };
         negate_next = false;
         if let Some(group) = any.last_mut() {
-            group.push(Term { offset: at, name: name.to_owned(), negated });
+            group.push(Term {
+                offset: at,
+                name: name.to_owned(),
+                negated,
+            });
         }
     }
     if any.last().is_some_and(Vec::is_empty) {
         return Err(AclError {
             offset: text.len(),
             message: "missing acl name".into(),
-            help: Some("a condition names acls: \"is_api\", \"is_api !is_admin\", \"a or b\"".into()),
+            help: Some(
+                "a condition names acls: \"is_api\", \"is_api !is_admin\", \"a or b\"".into(),
+            ),
         });
     }
     Ok(Condition { any })
@@ -162,12 +187,18 @@ pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
 impl Condition {
     /// Every ACL name used, with its byte offset in the condition text.
     pub fn acl_names(&self) -> Vec<(usize, &str)> {
-        self.any.iter().flatten().map(|t| (t.offset, t.name.as_str())).collect()
+        self.any
+            .iter()
+            .flatten()
+            .map(|t| (t.offset, t.name.as_str()))
+            .collect()
     }
 
     /// The condition of a rule without `if`/`unless`.
     pub fn always() -> Condition {
-        Condition { any: vec![Vec::new()] }
+        Condition {
+            any: vec![Vec::new()],
+        }
     }
 }
 
@@ -183,7 +214,11 @@ mod tests {
         assert_eq!(parse_acl("path_beg").unwrap_err().offset, 8);
         let e = parse_acl("path_reg ^/(item").unwrap_err();
         assert_eq!(e.offset, 9);
-        assert!(e.message.starts_with("invalid regex \"^/(item\": "), "{}", e.message);
+        assert!(
+            e.message.starts_with("invalid regex \"^/(item\": "),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

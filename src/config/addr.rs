@@ -33,7 +33,9 @@ impl AddrError {
             }
             AddrError::BadPort { .. } => "a port is a number from 1 to 65535".to_owned(),
             AddrError::PortZero => "write the port the server listens on".to_owned(),
-            AddrError::Ipv6NeedsBrackets(_) => "write \"[ADDRESS]:PORT\", e.g. \"[::1]:8080\"".to_owned(),
+            AddrError::Ipv6NeedsBrackets(_) => {
+                "write \"[ADDRESS]:PORT\", e.g. \"[::1]:8080\"".to_owned()
+            }
             AddrError::BindHost(_) => {
                 "bind takes an IP address: \"127.0.0.1:PORT\" for loopback, \":PORT\" for all \
                  interfaces"
@@ -61,7 +63,9 @@ pub(crate) fn bind(s: &str) -> Result<SocketAddr, AddrError> {
     let ip = match host {
         "" | "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        _ => host.parse().map_err(|_| AddrError::BindHost(s.to_owned()))?,
+        _ => host
+            .parse()
+            .map_err(|_| AddrError::BindHost(s.to_owned()))?,
     };
     Ok(SocketAddr::new(ip, port))
 }
@@ -80,7 +84,10 @@ pub(crate) fn resolve_server(s: &str) -> Result<SocketAddr, AddrError> {
         return Ok(SocketAddr::new(ip, port));
     }
     let unresolvable = || AddrError::Unresolvable(host.to_owned());
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().map_err(|_| unresolvable())?.collect();
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|_| unresolvable())?
+        .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
@@ -109,11 +116,17 @@ fn split_host_port(s: &str) -> Result<(&str, u16), AddrError> {
         return Err(AddrError::Empty);
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| AddrError::MissingPort(s.to_owned()))?;
-        let port = after.strip_prefix(':').ok_or_else(|| AddrError::MissingPort(s.to_owned()))?;
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| AddrError::MissingPort(s.to_owned()))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| AddrError::MissingPort(s.to_owned()))?;
         (host, port)
     } else {
-        let (host, port) = s.rsplit_once(':').ok_or_else(|| AddrError::MissingPort(s.to_owned()))?;
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| AddrError::MissingPort(s.to_owned()))?;
         if host.contains(':') {
             return Err(AddrError::Ipv6NeedsBrackets(s.to_owned()));
         }
@@ -122,9 +135,10 @@ fn split_host_port(s: &str) -> Result<(&str, u16), AddrError> {
     if port.is_empty() {
         return Err(AddrError::MissingPort(s.to_owned()));
     }
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| AddrError::BadPort { port: port.to_owned(), addr: s.to_owned() })?;
+    let port = port.parse::<u16>().map_err(|_| AddrError::BadPort {
+        port: port.to_owned(),
+        addr: s.to_owned(),
+    })?;
     Ok((host, port))
 }
 
@@ -152,22 +166,47 @@ mod tests {
     #[test]
     fn bad_binds() {
         assert_eq!(bind(""), Err(AddrError::Empty));
-        assert_eq!(bind("127.0.0.1"), Err(AddrError::MissingPort("127.0.0.1".into())));
-        assert_eq!(bind("127.0.0.1:"), Err(AddrError::MissingPort("127.0.0.1:".into())));
+        assert_eq!(
+            bind("127.0.0.1"),
+            Err(AddrError::MissingPort("127.0.0.1".into()))
+        );
+        assert_eq!(
+            bind("127.0.0.1:"),
+            Err(AddrError::MissingPort("127.0.0.1:".into()))
+        );
         assert_eq!(
             bind("127.0.0.1:99999"),
-            Err(AddrError::BadPort { port: "99999".into(), addr: "127.0.0.1:99999".into() })
+            Err(AddrError::BadPort {
+                port: "99999".into(),
+                addr: "127.0.0.1:99999".into()
+            })
         );
         assert_eq!(
             bind("1.2.3.4:http"),
-            Err(AddrError::BadPort { port: "http".into(), addr: "1.2.3.4:http".into() })
+            Err(AddrError::BadPort {
+                port: "http".into(),
+                addr: "1.2.3.4:http".into()
+            })
         );
-        assert_eq!(bind("::1:80"), Err(AddrError::Ipv6NeedsBrackets("::1:80".into())));
+        assert_eq!(
+            bind("::1:80"),
+            Err(AddrError::Ipv6NeedsBrackets("::1:80".into()))
+        );
         assert_eq!(bind("::1"), Err(AddrError::Ipv6NeedsBrackets("::1".into())));
         assert_eq!(bind("[::1]"), Err(AddrError::MissingPort("[::1]".into())));
-        assert_eq!(bind("example.com:80"), Err(AddrError::BindHost("example.com:80".into())));
-        assert_eq!(bind("300.1.1.1:80"), Err(AddrError::BindHost("300.1.1.1:80".into())));
-        assert!(parse_bind("127.0.0.1").unwrap_err().starts_with("missing port in \"127.0.0.1\"; "));
+        assert_eq!(
+            bind("example.com:80"),
+            Err(AddrError::BindHost("example.com:80".into()))
+        );
+        assert_eq!(
+            bind("300.1.1.1:80"),
+            Err(AddrError::BindHost("300.1.1.1:80".into()))
+        );
+        assert!(
+            parse_bind("127.0.0.1")
+                .unwrap_err()
+                .starts_with("missing port in \"127.0.0.1\"; ")
+        );
     }
 
     #[test]
@@ -176,7 +215,10 @@ mod tests {
         assert_eq!(resolve_server("[::1]:9000"), Ok(sa("[::1]:9000")));
         assert_eq!(resolve_server("localhost:9001"), Ok(sa("127.0.0.1:9001")));
         assert_eq!(resolve_server("10.0.0.1:0"), Err(AddrError::PortZero));
-        assert_eq!(resolve_server(":80"), Err(AddrError::MissingHost(":80".into())));
+        assert_eq!(
+            resolve_server(":80"),
+            Err(AddrError::MissingHost(":80".into()))
+        );
         assert_eq!(
             resolve_server("nosuchhost.invalid:80"),
             Err(AddrError::Unresolvable("nosuchhost.invalid".into()))

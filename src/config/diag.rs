@@ -64,7 +64,10 @@ impl Report {
     }
 
     fn count(&self, severity: Severity) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == severity).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == severity)
+            .count()
     }
 
     /// Compiler-style text: one `FILE:LINE:COL: error: KEY.PATH: message` line per diagnostic
@@ -75,7 +78,13 @@ impl Report {
         let file = self.file.display();
         let mut out = String::new();
         for d in &self.diagnostics {
-            let _ = write!(out, "{file}:{}:{}: {}: ", d.line, d.col, d.severity.as_str());
+            let _ = write!(
+                out,
+                "{file}:{}:{}: {}: ",
+                d.line,
+                d.col,
+                d.severity.as_str()
+            );
             if !d.path.is_empty() {
                 let _ = write!(out, "{}: ", d.path);
             }
@@ -138,7 +147,11 @@ pub(crate) struct Sink<'s> {
 
 impl<'s> Sink<'s> {
     pub(crate) fn new(src: &'s str) -> Self {
-        Self { src, lines: LineIndex::new(src), diagnostics: Vec::new() }
+        Self {
+            src,
+            lines: LineIndex::new(src),
+            diagnostics: Vec::new(),
+        }
     }
 
     pub(crate) fn src(&self) -> &'s str {
@@ -166,10 +179,18 @@ impl<'s> Sink<'s> {
     }
 
     pub(crate) fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 
-    fn push(&mut self, severity: Severity, at: usize, path: &str, message: String) -> &mut Diagnostic {
+    fn push(
+        &mut self,
+        severity: Severity,
+        at: usize,
+        path: &str,
+        message: String,
+    ) -> &mut Diagnostic {
         let (line, col) = self.lines.line_col(self.src, at);
         let index = self.diagnostics.len();
         self.diagnostics.push(Diagnostic {
@@ -225,7 +246,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// `"a", "b", "c"` for help lines.
 pub(crate) fn quoted_list(items: &[&str]) -> String {
-    items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -270,9 +295,13 @@ mod tests {
         let src = "one\ntwo\n";
         let mut sink = Sink::new(src);
         sink.warning(4, "backend.b", "backend \"b\" is not used");
-        sink.error(1, "global.workers", "workers must be at least 1").help("try 1");
+        sink.error(1, "global.workers", "workers must be at least 1")
+            .help("try 1");
         sink.error(0, "", "syntax error");
-        let report = Report { file: "w.toml".into(), diagnostics: sink.into_diagnostics() };
+        let report = Report {
+            file: "w.toml".into(),
+            diagnostics: sink.into_diagnostics(),
+        };
         assert_eq!(report.errors(), 2);
         assert_eq!(report.warnings(), 1);
         assert!(report.has_errors());
@@ -305,8 +334,14 @@ mod tests {
     fn suggestions() {
         assert_eq!(edit_distance("balanse", "balance"), 1);
         assert_eq!(edit_distance("round_robn", "roundrobin"), 2);
-        assert_eq!(did_you_mean("balanse", &["mode", "balance", "servers"]), Some("balance"));
-        assert_eq!(did_you_mean("Servers", &["mode", "servers"]), Some("servers"));
+        assert_eq!(
+            did_you_mean("balanse", &["mode", "balance", "servers"]),
+            Some("balance")
+        );
+        assert_eq!(
+            did_you_mean("Servers", &["mode", "servers"]),
+            Some("servers")
+        );
         assert_eq!(did_you_mean("colour", &["mode", "balance"]), None);
         assert_eq!(did_you_mean("x", &["timeout"]), None);
     }

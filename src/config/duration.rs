@@ -69,7 +69,10 @@ pub(crate) fn parse(s: &str) -> Result<Duration, DurationError> {
             });
         }
         let Some(&(_, scale)) = UNITS.iter().find(|(u, _)| *u == unit) else {
-            return Err(DurationError::UnknownUnit { unit: unit.to_owned(), text: s.to_owned() });
+            return Err(DurationError::UnknownUnit {
+                unit: unit.to_owned(),
+                text: s.to_owned(),
+            });
         };
         let too_large = || DurationError::TooLarge(s.to_owned());
         let n: u128 = number.parse().map_err(|_| too_large())?;
@@ -79,7 +82,8 @@ pub(crate) fn parse(s: &str) -> Result<Duration, DurationError> {
             .ok_or_else(too_large)?;
         rest = tail;
     }
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| DurationError::TooLarge(s.to_owned()))?;
+    let secs =
+        u64::try_from(nanos / 1_000_000_000).map_err(|_| DurationError::TooLarge(s.to_owned()))?;
     // The remainder is below 10^9, so it always fits.
     let sub = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
     Ok(Duration::new(secs, sub))
@@ -111,7 +115,10 @@ mod tests {
             parse_duration("10").unwrap_err(),
             "missing unit in duration \"10\"; add a unit, e.g. \"10s\" or \"10ms\""
         );
-        assert_eq!(parse("1m30"), Err(DurationError::MissingUnit("1m30".into())));
+        assert_eq!(
+            parse("1m30"),
+            Err(DurationError::MissingUnit("1m30".into()))
+        );
     }
 
     #[test]
@@ -123,12 +130,20 @@ mod tests {
         assert_eq!(parse("1.5s"), Err(DurationError::Invalid("1.5s".into())));
         assert_eq!(
             parse("10sec"),
-            Err(DurationError::UnknownUnit { unit: "sec".into(), text: "10sec".into() })
+            Err(DurationError::UnknownUnit {
+                unit: "sec".into(),
+                text: "10sec".into()
+            })
         );
         assert_eq!(
             parse("99999999999999999999999999999999999999999d"),
-            Err(DurationError::TooLarge("99999999999999999999999999999999999999999d".into()))
+            Err(DurationError::TooLarge(
+                "99999999999999999999999999999999999999999d".into()
+            ))
         );
-        assert!(matches!(parse("999999999999999d"), Err(DurationError::TooLarge(_))));
+        assert!(matches!(
+            parse("999999999999999d"),
+            Err(DurationError::TooLarge(_))
+        ));
     }
 }

@@ -7,18 +7,22 @@
 //! (`walk`) rather than deserialized with serde derive, because serde stops at the first error
 //! while `wasp check` must report every problem in one run, each at its `line:col`.
 //!
-//! Pipeline: syntax (`toml`) -> per-section checks (`sections`) -> cross-section checks and
+//! Pipeline: syntax (`toml`) -> per-section checks (`sections`, `frontend`, `backend`, on the
+//! typed walker `walk` and shared `values`) -> cross-section checks and
 //! `[defaults]` applied (`validate`). A file that is not valid TOML gets its syntax errors only
 //! (all of them): the tree recovered from broken TOML is not trustworthy enough to validate.
 
 pub mod acl;
 mod addr;
+mod backend;
 mod diag;
 mod duration;
+mod frontend;
 pub mod model;
 mod sections;
 mod size;
 mod validate;
+mod values;
 mod walk;
 
 use std::path::Path;
@@ -46,10 +50,19 @@ pub fn load(path: &Path) -> (Option<Config>, Report) {
                 line: 1,
                 col: 1,
                 path: String::new(),
-                message: format!("cannot read config file: {}", lowercase_first(&e.to_string())),
+                message: format!(
+                    "cannot read config file: {}",
+                    lowercase_first(&e.to_string())
+                ),
                 help: None,
             };
-            (None, Report { file: path.to_owned(), diagnostics: vec![diagnostic] })
+            (
+                None,
+                Report {
+                    file: path.to_owned(),
+                    diagnostics: vec![diagnostic],
+                },
+            )
         }
     }
 }
@@ -67,19 +80,27 @@ pub fn load_str(src: &str, path: &Path) -> (Option<Config>, Report) {
         }
         None
     };
-    (config, Report { file: path.to_owned(), diagnostics: sink.into_diagnostics() })
+    (
+        config,
+        Report {
+            file: path.to_owned(),
+            diagnostics: sink.into_diagnostics(),
+        },
+    )
 }
 
 fn syntax_error(sink: &mut Sink<'_>, src: &str, e: &toml::de::Error) {
     let span = e.span().unwrap_or(0..0);
     let mut message = lowercase_first(e.message().trim());
-    if message == "duplicate key" {
-        if let Some(key) = src.get(span.clone()).filter(|k| !k.is_empty()) {
-            message = format!("duplicate key {key}");
-            if !key.starts_with(['"', '\'']) {
-                message = format!("duplicate key \"{key}\"");
-            }
-        }
+    // toml does not name the key; its span does.
+    if message == "duplicate key"
+        && let Some(key) = src.get(span.clone()).filter(|k| !k.is_empty())
+    {
+        message = if key.starts_with(['"', '\'']) {
+            format!("duplicate key {key}")
+        } else {
+            format!("duplicate key \"{key}\"")
+        };
     }
     sink.error(span.start, "", message);
 }

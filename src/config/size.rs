@@ -13,7 +13,9 @@ pub(crate) enum SizeError {
 impl SizeError {
     pub(crate) fn help(&self) -> &'static str {
         match self {
-            SizeError::Invalid(_) => "write bytes as an integer, or a string like \"64k\" or \"1m\"",
+            SizeError::Invalid(_) => {
+                "write bytes as an integer, or a string like \"64k\" or \"1m\""
+            }
             SizeError::TooLarge(_) => "sizes must fit in the address space",
         }
     }
@@ -49,6 +51,9 @@ mod tests {
         assert_eq!(parse("k"), Err(SizeError::Invalid("k".into())));
         assert_eq!(parse("6 4k"), Err(SizeError::Invalid("6 4k".into())));
         assert_eq!(parse("64kb"), Err(SizeError::Invalid("64kb".into())));
-        assert!(matches!(parse("99999999999999999999999k"), Err(SizeError::TooLarge(_))));
+        assert!(matches!(
+            parse("99999999999999999999999k"),
+            Err(SizeError::TooLarge(_))
+        ));
     }
 }

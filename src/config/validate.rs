@@ -4,12 +4,15 @@
 use std::path::Path;
 
 use crate::config::addr;
+use crate::config::backend::RawBackend;
 use crate::config::diag::{Sink, did_you_mean, quoted_list};
+use crate::config::frontend::RawFrontend;
 use crate::config::model::{
     Admin, Backend, Balance, Config, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES, Frontend, Mode,
     NamedAcl, Timeouts, UseBackend,
 };
-use crate::config::sections::{Defaults, PartialTimeouts, Raw, RawBackend, RawFrontend};
+use crate::config::sections::{Defaults, Raw};
+use crate::config::values::PartialTimeouts;
 
 /// Runs the cross-section checks, then builds the config if no error was found at all.
 pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Option<Config> {
@@ -32,7 +35,10 @@ fn check_backend_refs(raw: &Raw, sink: &mut Sink<'_>) {
     let names: Vec<&str> = raw.backends.iter().map(|b| b.name.as_str()).collect();
     let mut used = vec![false; names.len()];
     for f in &raw.frontends {
-        let refs = f.default_backend.iter().chain(f.rules.iter().filter_map(|r| r.backend.as_ref()));
+        let refs = f
+            .default_backend
+            .iter()
+            .chain(f.rules.iter().filter_map(|r| r.backend.as_ref()));
         for r in refs {
             if let Some(i) = names.iter().position(|n| *n == r.value) {
                 used[i] = true;
@@ -40,10 +46,13 @@ fn check_backend_refs(raw: &Raw, sink: &mut Sink<'_>) {
             }
             let help = match did_you_mean(&r.value, &names) {
                 Some(m) => format!("did you mean \"{m}\"?"),
-                None if names.is_empty() => "no backends are defined; add [backend.NAME]".to_owned(),
+                None if names.is_empty() => {
+                    "no backends are defined; add [backend.NAME]".to_owned()
+                }
                 None => format!("defined backends: {}", quoted_list(&names)),
             };
-            sink.error(r.at, &r.path, format!("unknown backend \"{}\"", r.value)).help(help);
+            sink.error(r.at, &r.path, format!("unknown backend \"{}\"", r.value))
+                .help(help);
         }
         if !f.routes {
             sink.warning(f.at, &f.path, "frontend has no backend").help(
@@ -53,8 +62,12 @@ fn check_backend_refs(raw: &Raw, sink: &mut Sink<'_>) {
     }
     for (b, used) in raw.backends.iter().zip(used) {
         if !used {
-            sink.warning(b.at, &b.path, format!("backend \"{}\" is not used by any frontend", b.name))
-                .help("route to it with default_backend or use_backend, or remove it");
+            sink.warning(
+                b.at,
+                &b.path,
+                format!("backend \"{}\" is not used by any frontend", b.name),
+            )
+            .help("route to it with default_backend or use_backend, or remove it");
         }
     }
 }
@@ -64,7 +77,11 @@ fn check_listeners(raw: &Raw, sink: &mut Sink<'_>) {
     let mut listeners: Vec<_> = raw
         .frontends
         .iter()
-        .flat_map(|f| f.binds.iter().map(move |b| (b, format!("frontend \"{}\"", f.name))))
+        .flat_map(|f| {
+            f.binds
+                .iter()
+                .map(move |b| (b, format!("frontend \"{}\"", f.name)))
+        })
         .chain(raw.admin.iter().map(|a| (a, "[admin]".to_owned())))
         .collect();
     listeners.sort_by_key(|(b, _)| b.at);
@@ -76,9 +93,13 @@ fn check_listeners(raw: &Raw, sink: &mut Sink<'_>) {
             let message = if prev.value == b.value {
                 format!("address {} is already bound by {prev_owner}", b.value)
             } else {
-                format!("address {} overlaps {} bound by {prev_owner}", b.value, prev.value)
+                format!(
+                    "address {} overlaps {} bound by {prev_owner}",
+                    b.value, prev.value
+                )
             };
-            sink.error(b.at, &b.path, message).help(format!("first bound at {}", prev.path));
+            sink.error(b.at, &b.path, message)
+                .help(format!("first bound at {}", prev.path));
         }
     }
 }
@@ -114,13 +135,20 @@ fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
             .rules
             .into_iter()
             .filter_map(|r| {
-                Some(UseBackend { backend: r.backend?.value, condition: r.condition?, negate: r.negate })
+                Some(UseBackend {
+                    backend: r.backend?.value,
+                    condition: r.condition?,
+                    negate: r.negate,
+                })
             })
             .collect(),
         default_backend: f.default_backend.map(|b| b.value),
         timeouts: resolve_timeouts(&d.timeouts, &f.timeouts),
         forwardfor: f.forwardfor.or(d.forwardfor).unwrap_or(true),
-        max_header_size: f.max_header_size.or(d.max_header_size).unwrap_or(DEFAULT_MAX_HEADER_SIZE),
+        max_header_size: f
+            .max_header_size
+            .or(d.max_header_size)
+            .unwrap_or(DEFAULT_MAX_HEADER_SIZE),
     }
 }
 
@@ -128,7 +156,10 @@ fn backend(b: RawBackend, d: &Defaults) -> Backend {
     Backend {
         name: b.name,
         mode: b.mode.or(d.mode).unwrap_or(Mode::Http),
-        balance: b.balance.or_else(|| d.balance.clone()).unwrap_or(Balance::RoundRobin),
+        balance: b
+            .balance
+            .or_else(|| d.balance.clone())
+            .unwrap_or(Balance::RoundRobin),
         servers: b.servers,
         timeouts: resolve_timeouts(&d.timeouts, &b.timeouts),
         retries: b.retries.or(d.retries).unwrap_or(DEFAULT_RETRIES),
@@ -142,7 +173,7 @@ mod tests {
 
     use super::resolve_timeouts;
     use crate::config::model::Timeouts;
-    use crate::config::sections::PartialTimeouts;
+    use crate::config::values::PartialTimeouts;
 
     const fn s(n: u64) -> Option<Duration> {
         Some(Duration::from_secs(n))
@@ -152,8 +183,16 @@ mod tests {
     fn timeouts_layer_builtin_defaults_section() {
         let none = PartialTimeouts::default();
         assert_eq!(resolve_timeouts(&none, &none), Timeouts::default());
-        let defaults = PartialTimeouts { client: s(1), connect: s(2), ..none };
-        let own = PartialTimeouts { client: s(3), server: s(4), ..none };
+        let defaults = PartialTimeouts {
+            client: s(1),
+            connect: s(2),
+            ..none
+        };
+        let own = PartialTimeouts {
+            client: s(3),
+            server: s(4),
+            ..none
+        };
         let t = resolve_timeouts(&defaults, &own);
         assert_eq!(t.client, Duration::from_secs(3));
         assert_eq!(t.connect, Duration::from_secs(2));
@@ -164,13 +203,38 @@ mod tests {
     #[test]
     fn keep_alive_follows_http_request_unless_set() {
         let none = PartialTimeouts::default();
-        let defaults = PartialTimeouts { http_request: s(7), ..none };
-        assert_eq!(resolve_timeouts(&defaults, &none).http_keep_alive, Duration::from_secs(7));
-        let own = PartialTimeouts { http_request: s(3), ..none };
-        assert_eq!(resolve_timeouts(&defaults, &own).http_keep_alive, Duration::from_secs(3));
-        let defaults = PartialTimeouts { http_request: s(7), http_keep_alive: s(1), ..none };
-        assert_eq!(resolve_timeouts(&defaults, &own).http_keep_alive, Duration::from_secs(1));
-        let own = PartialTimeouts { http_keep_alive: s(9), ..none };
-        assert_eq!(resolve_timeouts(&defaults, &own).http_keep_alive, Duration::from_secs(9));
+        let defaults = PartialTimeouts {
+            http_request: s(7),
+            ..none
+        };
+        assert_eq!(
+            resolve_timeouts(&defaults, &none).http_keep_alive,
+            Duration::from_secs(7)
+        );
+        let own = PartialTimeouts {
+            http_request: s(3),
+            ..none
+        };
+        assert_eq!(
+            resolve_timeouts(&defaults, &own).http_keep_alive,
+            Duration::from_secs(3)
+        );
+        let defaults = PartialTimeouts {
+            http_request: s(7),
+            http_keep_alive: s(1),
+            ..none
+        };
+        assert_eq!(
+            resolve_timeouts(&defaults, &own).http_keep_alive,
+            Duration::from_secs(1)
+        );
+        let own = PartialTimeouts {
+            http_keep_alive: s(9),
+            ..none
+        };
+        assert_eq!(
+            resolve_timeouts(&defaults, &own).http_keep_alive,
+            Duration::from_secs(9)
+        );
     }
 }

@@ -61,9 +61,19 @@ fn article(type_str: &str) -> &'static str {
 /// `a.b`, quoting `b` when it is not a bare TOML key.
 pub(crate) fn join(parent: &str, key: &str) -> String {
     let bare = !key.is_empty()
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let key = if bare { key.to_owned() } else { format!("\"{}\"", key.escape_default()) };
-    if parent.is_empty() { key } else { format!("{parent}.{key}") }
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key = if bare {
+        key.to_owned()
+    } else {
+        format!("\"{}\"", key.escape_default())
+    };
+    if parent.is_empty() {
+        key
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 impl<'a, 'i> Item<'a, 'i> {
@@ -71,9 +81,17 @@ impl<'a, 'i> Item<'a, 'i> {
         self.value.span().start
     }
 
-    pub(crate) fn type_error<'s>(&self, sink: &'s mut Sink<'_>, expected: &str) -> &'s mut Diagnostic {
+    pub(crate) fn type_error<'s>(
+        &self,
+        sink: &'s mut Sink<'_>,
+        expected: &str,
+    ) -> &'s mut Diagnostic {
         let found = article(self.value.get_ref().type_str());
-        sink.error(self.start(), &self.path, format!("expected {expected}, found {found}"))
+        sink.error(
+            self.start(),
+            &self.path,
+            format!("expected {expected}, found {found}"),
+        )
     }
 
     pub(crate) fn str(&self, sink: &mut Sink<'_>) -> Option<Str<'a>> {
@@ -87,14 +105,19 @@ impl<'a, 'i> Item<'a, 'i> {
         let exact = raw.len() == value.len() + 2
             && (raw.starts_with('"') || raw.starts_with('\''))
             && raw.get(1..raw.len() - 1) == Some(value);
-        Some(Str { value, start: span.start, content: exact.then_some(span.start + 1) })
+        Some(Str {
+            value,
+            start: span.start,
+            content: exact.then_some(span.start + 1),
+        })
     }
 
     pub(crate) fn bool(&self, sink: &mut Sink<'_>) -> Option<bool> {
         match self.value.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             DeValue::String(s) if s == "true" || s == "false" => {
-                self.type_error(sink, "a boolean").help(format!("write {s} without quotes"));
+                self.type_error(sink, "a boolean")
+                    .help(format!("write {s} without quotes"));
                 None
             }
             _ => {
@@ -114,7 +137,8 @@ impl<'a, 'i> Item<'a, 'i> {
                 }
             },
             DeValue::String(s) if s.parse::<i64>().is_ok() => {
-                self.type_error(sink, "an integer").help(format!("write {s} without quotes"));
+                self.type_error(sink, "an integer")
+                    .help(format!("write {s} without quotes"));
                 None
             }
             _ => {
@@ -140,7 +164,12 @@ impl<'a, 'i> Item<'a, 'i> {
             Some(max) => format!("expected {min}..={max}"),
             None => format!("expected at least {min}"),
         };
-        sink.error(self.start(), &self.path, format!("{what} {n} is out of range")).help(help);
+        sink.error(
+            self.start(),
+            &self.path,
+            format!("{what} {n} is out of range"),
+        )
+        .help(help);
         None
     }
 
@@ -154,7 +183,8 @@ impl<'a, 'i> Item<'a, 'i> {
         match duration::parse(s.value) {
             Ok(d) => Some(d),
             Err(e) => {
-                sink.error(s.start, &self.path, e.to_string()).help(e.help());
+                sink.error(s.start, &self.path, e.to_string())
+                    .help(e.help());
                 None
             }
         }
@@ -164,7 +194,11 @@ impl<'a, 'i> Item<'a, 'i> {
     pub(crate) fn duration_nonzero(&self, sink: &mut Sink<'_>) -> Option<Duration> {
         let d = self.duration(sink)?;
         if d.is_zero() {
-            sink.error(self.start(), &self.path, "duration must be greater than zero");
+            sink.error(
+                self.start(),
+                &self.path,
+                "duration must be greater than zero",
+            );
             return None;
         }
         Some(d)
@@ -232,7 +266,12 @@ impl<'a, 'i> Item<'a, 'i> {
             Some(m) => format!("did you mean \"{m}\"?"),
             None => format!("expected {}", or_list(&names)),
         };
-        sink.error(s.start, &self.path, format!("unknown {what} \"{}\"", s.value)).help(help);
+        sink.error(
+            s.start,
+            &self.path,
+            format!("unknown {what} \"{}\"", s.value),
+        )
+        .help(help);
         None
     }
 }
@@ -269,10 +308,20 @@ impl<'a, 'i> Table<'a, 'i> {
     pub(crate) fn new(path: String, start: usize, table: &'a DeTable<'i>) -> Self {
         let mut entries: Vec<Entry<'a, 'i>> = table
             .iter()
-            .map(|(k, value)| Entry { key: k.get_ref(), key_at: k.span().start, value, taken: false })
+            .map(|(k, value)| Entry {
+                key: k.get_ref(),
+                key_at: k.span().start,
+                value,
+                taken: false,
+            })
             .collect();
         entries.sort_by_key(|e| e.key_at);
-        Self { path, start, entries, known: Vec::new() }
+        Self {
+            path,
+            start,
+            entries,
+            known: Vec::new(),
+        }
     }
 
     pub(crate) fn path(&self) -> &str {
@@ -292,14 +341,26 @@ impl<'a, 'i> Table<'a, 'i> {
         let path = join(&self.path, key);
         let entry = self.entries.iter_mut().find(|e| e.key == key)?;
         entry.taken = true;
-        Some(Item { path, value: entry.value, key_at: entry.key_at })
+        Some(Item {
+            path,
+            value: entry.value,
+            key_at: entry.key_at,
+        })
     }
 
     /// Takes `key`, reporting it missing at the table when absent.
-    pub(crate) fn require(&mut self, sink: &mut Sink<'_>, key: &'static str) -> Option<Item<'a, 'i>> {
+    pub(crate) fn require(
+        &mut self,
+        sink: &mut Sink<'_>,
+        key: &'static str,
+    ) -> Option<Item<'a, 'i>> {
         let item = self.take(key);
         if item.is_none() {
-            sink.error(self.start, &self.path, format!("missing required key \"{key}\""));
+            sink.error(
+                self.start,
+                &self.path,
+                format!("missing required key \"{key}\""),
+            );
         }
         item
     }
@@ -333,7 +394,14 @@ impl<'a, 'i> Table<'a, 'i> {
             .iter_mut()
             .map(|e| {
                 e.taken = true;
-                (e.key, Item { path: join(path, e.key), value: e.value, key_at: e.key_at })
+                (
+                    e.key,
+                    Item {
+                        path: join(path, e.key),
+                        value: e.value,
+                        key_at: e.key_at,
+                    },
+                )
             })
             .collect()
     }
@@ -346,7 +414,8 @@ impl<'a, 'i> Table<'a, 'i> {
                 None if self.known.is_empty() => "this table takes no keys".to_owned(),
                 None => format!("valid keys are {}", quoted_list(&self.known)),
             };
-            sink.error(e.key_at, &self.path, format!("unknown key \"{}\"", e.key)).help(help);
+            sink.error(e.key_at, &self.path, format!("unknown key \"{}\"", e.key))
+                .help(help);
         }
     }
 }
@@ -372,7 +441,11 @@ mod tests {
     }
 
     fn show(d: &Diagnostic) -> String {
-        let help = d.help.as_deref().map(|h| format!(" [{h}]")).unwrap_or_default();
+        let help = d
+            .help
+            .as_deref()
+            .map(|h| format!(" [{h}]"))
+            .unwrap_or_default();
         format!("{}:{} {}: {}{help}", d.line, d.col, d.path, d.message)
     }
 
@@ -380,7 +453,10 @@ mod tests {
     fn takes_typed_values() {
         let src = "s = 'x'\nb = true\ni = 0x10\nd = \"1m30s\"\n[t]\nk = 1\n";
         let out = walk(src, |t, sink| {
-            assert_eq!(t.take("s").and_then(|i| i.str(sink)).map(|s| s.value), Some("x"));
+            assert_eq!(
+                t.take("s").and_then(|i| i.str(sink)).map(|s| s.value),
+                Some("x")
+            );
             assert_eq!(t.take_bool(sink, "b"), Some(true));
             assert_eq!(t.take_int_in(sink, "i", 0, Some(16)), Some(16));
             assert_eq!(t.take_duration(sink, "d"), Some(Duration::from_secs(90)));
@@ -494,8 +570,16 @@ mod tests {
         let src = "m = 'htp'\nn = 'zzz'\n";
         let out = walk(src, |t, sink| {
             let words = [("http", 1), ("tcp", 2)];
-            assert!(t.take("m").and_then(|i| i.keyword(sink, "mode", &words)).is_none());
-            assert!(t.take("n").and_then(|i| i.keyword(sink, "mode", &words)).is_none());
+            assert!(
+                t.take("m")
+                    .and_then(|i| i.keyword(sink, "mode", &words))
+                    .is_none()
+            );
+            assert!(
+                t.take("n")
+                    .and_then(|i| i.keyword(sink, "mode", &words))
+                    .is_none()
+            );
         });
         assert_eq!(
             out,
