@@ -112,3 +112,101 @@ fn lowercase_first(s: &str) -> String {
         None => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::{Severity, load_str};
+
+    fn messages(src: &str) -> Vec<String> {
+        let (_, report) = load_str(src, Path::new("t.toml"));
+        report
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}:{} {}: {}", d.line, d.col, d.path, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn other_toml_spellings_are_equivalent() {
+        // Dotted keys, sub-tables and arrays of tables instead of inline tables.
+        let src = r#"
+[frontend.web]
+bind = "127.0.0.1:8080"
+default_backend = "app"
+timeout.client = "3s"
+
+[frontend.web.acl]
+is_api = ["path_beg /api", "path_beg /v2"]
+
+[[frontend.web.use_backend]]
+backend = "app"
+unless = "is_api"
+
+[[backend.app.servers]]
+name = "s1"
+addr = "127.0.0.1:9001"
+weight = 0
+
+[backend.app.check]
+interval = "1m30s"
+http = "HEAD /"
+"#;
+        let (config, report) = load_str(src, Path::new("t.toml"));
+        assert_eq!(report.diagnostics, []);
+        let config = config.expect("config");
+        let web = &config.frontends[0];
+        assert_eq!(web.timeouts.client, Duration::from_secs(3));
+        assert_eq!(web.acls[0].name, "is_api");
+        assert!(web.rules[0].negate);
+        let app = &config.backends[0];
+        assert_eq!(app.servers[0].weight, 0);
+        assert_eq!(app.check.interval, Duration::from_secs(90));
+        assert_eq!(app.check.http, Some((http::Method::HEAD, "/".to_owned())));
+    }
+
+    #[test]
+    fn columns_after_multibyte_text_and_crlf() {
+        let src = "[global] # é日🦀\r\nworkers = 0 # ü\r\n\"clé\" = 1\r\n";
+        assert_eq!(
+            messages(src),
+            [
+                "2:11 global.workers: workers 0 is out of range",
+                "3:1 global: unknown key \"clé\""
+            ]
+        );
+        let src = "[frontend.web]\nbind = \"127.0.0.1:1\"\nacl = { a = \"é\" }\nuse_backend = [{ backend = \"b\", if = \"ü ñ\" }]\n[backend.b]\nservers = [{ name = \"s\", addr = \"127.0.0.1:2\" }]\n";
+        let m = messages(src);
+        assert!(
+            m.contains(&"3:14 frontend.web.acl.a: unknown fetch \"é\"".to_owned()),
+            "{m:?}"
+        );
+        // Columns count characters: "ñ" is at character 41 but byte 42 (after a 2-byte "ü").
+        assert!(
+            m.contains(&"4:39 frontend.web.use_backend[0].if: unknown acl \"ü\"".to_owned()),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(&"4:41 frontend.web.use_backend[0].if: unknown acl \"ñ\"".to_owned()),
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn warnings_still_yield_a_config() {
+        let src = "[frontend.web]\nbind = \"127.0.0.1:1\"\n";
+        let (config, report) = load_str(src, Path::new("t.toml"));
+        assert!(config.is_some());
+        assert_eq!(report.warnings(), 1);
+        assert_eq!(report.diagnostics[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn empty_file_is_a_valid_config() {
+        let (config, report) = load_str("", Path::new("t.toml"));
+        assert!(config.is_some_and(|c| c.frontends.is_empty()));
+        assert_eq!(report.render(), "check: ok\n");
+    }
+}
