@@ -1,10 +1,908 @@
-//! ACL and condition syntax (HAProxy's `FETCH [-i] PATTERN...` and `if`/`unless` expressions):
-//! parsed and validated at load time into [`AclSpec`] and [`Condition`].
+//! ACL and condition syntax (HAProxy's `FETCH [-i] [-m METHOD] PATTERN...` and `if`/`unless`
+//! expressions): parsed and validated at load time into [`AclSpec`] and [`Condition`].
+//!
+//! Everything that can be wrong with an ACL line is found here, with the byte offset where the
+//! problem starts, so that `wasp check` can point at it: unknown fetches (with a suggestion),
+//! bad flags, missing patterns, invalid regexes, CIDRs, lengths and header names. Compiling
+//! the parsed specs into per-request matchers is `routing::acl`'s job.
+//!
+//! Words are split on whitespace. As in HAProxy, `'...'` quotes a word verbatim, `"..."` quotes
+//! it with backslash escapes, and outside single quotes `\ `, `\\`, `\'`, `\"` and `\#` escape
+//! one character; any other backslash is kept as is (so `\.` reaches a regex intact).
 
-/// A parsed ACL: a sample fetch, a match method, flags and patterns.
-#[derive(Debug, Clone)]
-pub struct AclSpec {}
+use std::net::IpAddr;
 
-/// A parsed `if`/`unless` condition over ACL names.
+use http::HeaderName;
+use regex::bytes::{Regex, RegexBuilder};
+
+/// A problem in an ACL line or a condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AclError {
+    /// Byte offset in the parsed text where the problem starts.
+    pub offset: usize,
+    /// Lower case, says what is wrong.
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl AclError {
+    fn new(offset: usize, message: impl Into<String>) -> Self {
+        Self {
+            offset,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// Where a sample comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetch {
+    /// The normalised path.
+    Path,
+    /// The raw query string, without `?`.
+    Query,
+    /// The request's host, lower case, without port.
+    Host,
+    /// The method, as sent.
+    Method,
+    /// The client's address.
+    Src,
+    /// `hdr(name[,occ])`: every comma-separated value of every occurrence of the header
+    /// (commas inside double quotes do not split), or only the `occ`th value (1-based;
+    /// negative counts from the last).
+    Header {
+        name: HeaderName,
+        occurrence: Option<i32>,
+    },
+    /// `fhdr(name[,occ])`: every full header line, commas included.
+    FullHeader {
+        name: HeaderName,
+        occurrence: Option<i32>,
+    },
+    /// `url_param(name)`: the value of every `name=value` in the query (not percent-decoded).
+    UrlParam(String),
+}
+
+/// How a sample is compared with the patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchMethod {
+    /// Exact string.
+    Str,
+    Beg,
+    End,
+    Sub,
+    /// A slash-delimited sequence of segments.
+    Dir,
+    /// A sequence of `/ ? . :`-delimited words (domain name parts).
+    Dom,
+    Reg,
+    /// The sample's length in bytes, against integers or ranges.
+    Len,
+    /// The sample exists; takes no pattern.
+    Found,
+    /// An address against addresses and CIDRs.
+    Ip,
+}
+
+impl MatchMethod {
+    const ALL: [(&'static str, MatchMethod); 10] = [
+        ("str", Self::Str),
+        ("beg", Self::Beg),
+        ("end", Self::End),
+        ("sub", Self::Sub),
+        ("dir", Self::Dir),
+        ("dom", Self::Dom),
+        ("reg", Self::Reg),
+        ("len", Self::Len),
+        ("found", Self::Found),
+        ("ip", Self::Ip),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// An address or network from a `src` (or `-m ip`) pattern. IPv4-mapped IPv6 patterns and
+/// clients are treated as the IPv4 address they carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpNet {
+    V4 { net: u32, mask: u32 },
+    V6 { net: u128, mask: u128 },
+}
+
+impl IpNet {
+    /// `addr` must already be canonical (`IpAddr::to_canonical`).
+    pub fn contains_canonical(&self, addr: IpAddr) -> bool {
+        match (*self, addr) {
+            (Self::V4 { net, mask }, IpAddr::V4(a)) => u32::from(a) & mask == net,
+            (Self::V6 { net, mask }, IpAddr::V6(a)) => u128::from(a) & mask == net,
+            _ => false,
+        }
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.contains_canonical(addr.to_canonical())
+    }
+
+    fn new(addr: IpAddr, prefix: u32) -> Self {
+        match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                Self::V4 {
+                    net: u32::from(a) & mask,
+                    mask,
+                }
+            }
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) if prefix >= 96 => Self::new(IpAddr::V4(v4), prefix - 96),
+                _ => {
+                    let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                    Self::V6 {
+                        net: u128::from(a) & mask,
+                        mask,
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// One pattern, already validated (and compiled, for regexes).
 #[derive(Debug, Clone)]
-pub struct Condition {}
+pub enum Pattern {
+    Str(String),
+    Regex(Regex),
+    /// Inclusive length range.
+    Len {
+        min: u64,
+        max: u64,
+    },
+    Ip(IpNet),
+}
+
+/// One ACL line: a fetch, a match method, the `-i` flag and the patterns (any of them).
+#[derive(Debug, Clone)]
+pub struct AclTest {
+    fetch: Fetch,
+    method: MatchMethod,
+    ignore_case: bool,
+    patterns: Vec<Pattern>,
+}
+
+impl AclTest {
+    pub fn fetch(&self) -> &Fetch {
+        &self.fetch
+    }
+
+    pub fn method(&self) -> MatchMethod {
+        self.method
+    }
+
+    /// `-i` was given.
+    pub fn ignore_case(&self) -> bool {
+        self.ignore_case
+    }
+
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+}
+
+/// A parsed named or inline ACL: true when any of its lines matches.
+#[derive(Debug, Clone)]
+pub struct AclSpec {
+    tests: Vec<AclTest>,
+}
+
+impl AclSpec {
+    /// The same ACL name declared on several lines: true when any of them matches.
+    pub fn or(mut self, other: AclSpec) -> AclSpec {
+        self.tests.extend(other.tests);
+        self
+    }
+
+    pub fn tests(&self) -> &[AclTest] {
+        &self.tests
+    }
+}
+
+/// Parses one ACL line, e.g. `path_beg -i /item /basket`.
+pub fn parse_acl(text: &str) -> Result<AclSpec, AclError> {
+    let tokens = tokenize(text)?;
+    let test = parse_test(&tokens, text.len())?;
+    Ok(AclSpec { tests: vec![test] })
+}
+
+/// Whether `name` can name an ACL: ASCII letters, digits, `_ - . :`, as in HAProxy.
+pub fn is_valid_acl_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+        && name != "or"
+}
+
+/// What a condition term refers to.
+#[derive(Debug, Clone)]
+pub enum AclRef {
+    /// A named ACL of the frontend; `offset` is where the name starts in the condition.
+    Named { name: String, offset: usize },
+    /// An anonymous `{ ... }` ACL; `offset` is where its `{` is.
+    Inline { spec: AclSpec, offset: usize },
+}
+
+/// One possibly negated ACL in a condition.
+#[derive(Debug, Clone)]
+pub struct Term {
+    pub negate: bool,
+    pub acl: AclRef,
+}
+
+/// A parsed `if`/`unless` condition: OR of ANDs of terms (AND binds tighter; no parentheses).
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// `None` for [`Condition::always`].
+    any_of: Option<Vec<Vec<Term>>>,
+}
+
+impl Condition {
+    /// An unconditional rule.
+    pub fn always() -> Condition {
+        Condition { any_of: None }
+    }
+
+    pub fn is_always(&self) -> bool {
+        self.any_of.is_none()
+    }
+
+    /// The alternatives (OR), each a conjunction (AND) of terms; empty for [`Condition::always`].
+    pub fn alternatives(&self) -> &[Vec<Term>] {
+        self.any_of.as_deref().unwrap_or(&[])
+    }
+
+    /// Named ACLs referenced, with the offset of each reference.
+    pub fn acl_names(&self) -> Vec<(usize, &str)> {
+        self.alternatives()
+            .iter()
+            .flatten()
+            .filter_map(|t| match &t.acl {
+                AclRef::Named { name, offset } => Some((*offset, name.as_str())),
+                AclRef::Inline { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// Parses a condition, e.g. `is_item !is_admin or is_basket` or `{ path_beg /api } is_internal`.
+pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
+    let tokens = tokenize(text)?;
+    if tokens.is_empty() {
+        return Err(AclError::new(0, "empty condition")
+            .help("name at least one acl, e.g. `is_item` or `is_item or is_basket`"));
+    }
+    let mut any_of = Vec::new();
+    let mut all_of: Vec<Term> = Vec::new();
+    // A pending `!` word: where it is and whether the count so far negates.
+    let mut pending: Option<(usize, bool)> = None;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        let word = t.text.as_str();
+        if t.verbatim && (word == "or" || word == "||") {
+            if let Some((at, _)) = pending {
+                return Err(AclError::new(at, "'!' must be followed by an acl"));
+            }
+            if all_of.is_empty() {
+                return Err(AclError::new(
+                    t.offset,
+                    format!("expected an acl before '{word}'"),
+                ));
+            }
+            any_of.push(std::mem::take(&mut all_of));
+        } else if t.verbatim && word == "{" {
+            let close = tokens[i + 1..]
+                .iter()
+                .position(|c| c.verbatim && c.text == "}");
+            let Some(close) = close.map(|c| c + i + 1) else {
+                return Err(AclError::new(t.offset, "unclosed '{': missing '}'"));
+            };
+            let spec = AclSpec {
+                tests: vec![parse_test(&tokens[i + 1..close], tokens[close].offset)?],
+            };
+            let negated = pending.take().is_some_and(|(_, n)| n);
+            all_of.push(Term {
+                negate: negated,
+                acl: AclRef::Inline {
+                    spec,
+                    offset: t.offset,
+                },
+            });
+            i = close;
+        } else if t.verbatim && word == "}" {
+            return Err(AclError::new(
+                t.offset,
+                "unexpected '}' without a matching '{'",
+            ));
+        } else if t.verbatim && (word == "and" || word == "&&") {
+            return Err(AclError::new(t.offset, format!("unexpected '{word}'"))
+                .help("acls separated by spaces are ANDed: write `a b`, not `a and b`"));
+        } else {
+            let bangs = if t.verbatim {
+                word.len() - word.trim_start_matches('!').len()
+            } else {
+                0
+            };
+            let (at, before) = pending.take().unwrap_or((t.offset, false));
+            let negated = before != (bangs % 2 == 1);
+            let name = &word[bangs..];
+            if name.is_empty() {
+                pending = Some((at, negated));
+            } else if !is_valid_acl_name(name) {
+                let mut err = AclError::new(t.offset + bangs, format!("invalid acl name '{name}'"));
+                err = if name.starts_with('{') || name.ends_with('}') {
+                    err.help("inline acls need spaces around braces: `{ path_beg /api }`")
+                } else {
+                    err.help("acl names use letters, digits, '_', '-', '.' and ':'")
+                };
+                return Err(err);
+            } else {
+                let acl = AclRef::Named {
+                    name: name.to_owned(),
+                    offset: t.offset + bangs,
+                };
+                all_of.push(Term {
+                    negate: negated,
+                    acl,
+                });
+            }
+        }
+        i += 1;
+    }
+    if let Some((at, _)) = pending {
+        return Err(AclError::new(at, "'!' must be followed by an acl"));
+    }
+    if all_of.is_empty() {
+        let last = &tokens[tokens.len() - 1];
+        return Err(AclError::new(
+            last.offset,
+            format!("expected an acl after '{}'", last.text),
+        ));
+    }
+    any_of.push(all_of);
+    Ok(Condition {
+        any_of: Some(any_of),
+    })
+}
+
+/// A word of an ACL line or condition, quotes and escapes resolved.
+#[derive(Debug)]
+struct Token {
+    text: String,
+    /// Byte offsets of the raw word in the input.
+    offset: usize,
+    end: usize,
+    /// No quote or escape was involved: offsets inside `text` are offsets inside the input.
+    verbatim: bool,
+}
+
+fn tokenize(input: &str) -> Result<Vec<Token>, AclError> {
+    let mut tokens = Vec::new();
+    let mut chars = input.char_indices().peekable();
+    loop {
+        while chars.next_if(|(_, c)| c.is_ascii_whitespace()).is_some() {}
+        let Some(&(offset, _)) = chars.peek() else {
+            break;
+        };
+        let (mut text, mut verbatim, mut quote) = (String::new(), true, None);
+        while let Some(&(at, c)) = chars.peek() {
+            if quote.is_none() && c.is_ascii_whitespace() {
+                break;
+            }
+            chars.next();
+            match (quote, c) {
+                (None, '\'' | '"') => {
+                    quote = Some((c, at));
+                    verbatim = false;
+                }
+                (Some((q, _)), _) if c == q => quote = None,
+                (None | Some(('"', _)), '\\') => {
+                    match chars.next_if(|(_, n)| " \\'\"#".contains(*n)) {
+                        Some((_, escaped)) => {
+                            text.push(escaped);
+                            verbatim = false;
+                        }
+                        None => text.push('\\'),
+                    }
+                }
+                _ => text.push(c),
+            }
+        }
+        if let Some((q, at)) = quote {
+            return Err(AclError::new(at, format!("unterminated quote {q}")));
+        }
+        let end = chars.peek().map_or(input.len(), |&(at, _)| at);
+        tokens.push(Token {
+            text,
+            offset,
+            end,
+            verbatim,
+        });
+    }
+    Ok(tokens)
+}
+
+/// A fetch keyword: its canonical name, what it fetches and which match suffixes it takes.
+struct Keyword {
+    name: &'static str,
+    kind: FetchKind,
+    suffixes: &'static [MatchMethod],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FetchKind {
+    Path,
+    Query,
+    Host,
+    Method,
+    Src,
+    Hdr,
+    Fhdr,
+    UrlParam,
+}
+
+const STRING_SUFFIXES: &[MatchMethod] = {
+    use MatchMethod::*;
+    &[Beg, End, Sub, Dir, Dom, Reg, Len]
+};
+const HDR_SUFFIXES: &[MatchMethod] = {
+    use MatchMethod::*;
+    &[Beg, End, Sub, Dir, Dom, Reg, Len, Ip]
+};
+
+const KEYWORDS: &[Keyword] = &[
+    Keyword {
+        name: "path",
+        kind: FetchKind::Path,
+        suffixes: STRING_SUFFIXES,
+    },
+    Keyword {
+        name: "query",
+        kind: FetchKind::Query,
+        suffixes: STRING_SUFFIXES,
+    },
+    Keyword {
+        name: "host",
+        kind: FetchKind::Host,
+        suffixes: STRING_SUFFIXES,
+    },
+    Keyword {
+        name: "method",
+        kind: FetchKind::Method,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "src",
+        kind: FetchKind::Src,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "hdr",
+        kind: FetchKind::Hdr,
+        suffixes: HDR_SUFFIXES,
+    },
+    Keyword {
+        name: "req.hdr",
+        kind: FetchKind::Hdr,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "fhdr",
+        kind: FetchKind::Fhdr,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "req.fhdr",
+        kind: FetchKind::Fhdr,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "url_param",
+        kind: FetchKind::UrlParam,
+        suffixes: STRING_SUFFIXES,
+    },
+    Keyword {
+        name: "urlp",
+        kind: FetchKind::UrlParam,
+        suffixes: STRING_SUFFIXES,
+    },
+];
+
+const FETCH_HELP: &str = "valid fetches: path, query, host, method, src, hdr(NAME), fhdr(NAME), \
+     url_param(NAME) (or urlp(NAME)); path, query, host, hdr and url_param also take a match \
+     suffix _beg, _end, _sub, _dir, _dom, _reg or _len (hdr also _ip), e.g. path_beg, \
+     hdr_end(host); or use -m METHOD";
+
+fn takes_arg(kind: FetchKind) -> bool {
+    matches!(kind, FetchKind::Hdr | FetchKind::Fhdr | FetchKind::UrlParam)
+}
+
+/// Finds a keyword by its full name, e.g. `path_beg`: the keyword and the implied method.
+fn lookup_keyword(word: &str) -> Option<(&'static Keyword, Option<MatchMethod>)> {
+    KEYWORDS.iter().find_map(|kw| {
+        let rest = word.strip_prefix(kw.name)?;
+        if rest.is_empty() {
+            return Some((kw, None));
+        }
+        let method = kw
+            .suffixes
+            .iter()
+            .copied()
+            .find(|m| rest.strip_prefix('_') == Some(m.name()))?;
+        Some((kw, Some(method)))
+    })
+}
+
+/// Every full fetch name, for typo suggestions.
+fn all_fetch_names() -> impl Iterator<Item = String> {
+    KEYWORDS.iter().flat_map(|kw| {
+        std::iter::once(kw.name.to_owned()).chain(
+            kw.suffixes
+                .iter()
+                .map(|m| format!("{}_{}", kw.name, m.name())),
+        )
+    })
+}
+
+fn suggest(word: &str) -> Option<String> {
+    let (distance, best) = all_fetch_names()
+        .map(|n| (edit_distance(word, &n), n))
+        .min()?;
+    (distance <= 2 && distance * 3 <= word.len().max(1)).then_some(best)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Parses the fetch word, e.g. `hdr_beg(Host)`: the fetch, the implied method, the default one.
+fn parse_fetch(t: &Token) -> Result<(Fetch, Option<MatchMethod>, MatchMethod), AclError> {
+    let word = t.text.as_str();
+    let (kw_word, arg) = match word.split_once('(') {
+        Some((kw, rest)) => match rest.strip_suffix(')') {
+            Some(arg) => (kw, Some(arg)),
+            None => return Err(AclError::new(t.offset, format!("missing ')' in '{word}'"))),
+        },
+        None => (word, None),
+    };
+    let Some((kw, implied)) = lookup_keyword(kw_word) else {
+        let mut message = format!("unknown fetch '{kw_word}'");
+        if kw_word.starts_with('-') {
+            message = format!("expected a fetch before '{kw_word}'");
+        } else if let Some(s) = suggest(kw_word) {
+            return Err(
+                AclError::new(t.offset, message).help(format!("did you mean '{s}'? {FETCH_HELP}"))
+            );
+        }
+        return Err(AclError::new(t.offset, message).help(FETCH_HELP));
+    };
+    // Offset of the argument, exact when the word was written without quotes or escapes.
+    let arg_offset = if t.verbatim {
+        t.offset + kw_word.len() + 1
+    } else {
+        t.offset
+    };
+    let fetch = match (kw.kind, arg) {
+        (kind, None) if takes_arg(kind) => {
+            let what = if kind == FetchKind::UrlParam {
+                "a parameter name"
+            } else {
+                "a header name"
+            };
+            return Err(AclError::new(t.offset, format!("'{kw_word}' needs {what}"))
+                .help(format!("write {kw_word}(NAME)")));
+        }
+        (kind, Some(_)) if !takes_arg(kind) => {
+            return Err(AclError::new(
+                arg_offset,
+                format!("'{kw_word}' takes no argument"),
+            ));
+        }
+        (FetchKind::Hdr | FetchKind::Fhdr, Some(arg)) => {
+            let (name, occ) = match arg.split_once(',') {
+                Some((name, occ)) => {
+                    let at = arg_offset + name.len() + 1;
+                    match occ.trim().parse::<i32>() {
+                        Ok(n) if n != 0 => (name, Some(n)),
+                        _ => {
+                            return Err(AclError::new(at, format!("invalid occurrence '{occ}'"))
+                                .help("a non-zero integer: 1 is the first value, -1 the last"));
+                        }
+                    }
+                }
+                None => (arg, None),
+            };
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| AclError::new(arg_offset, format!("invalid header name '{name}'")))?;
+            match kw.kind {
+                FetchKind::Hdr => Fetch::Header {
+                    name,
+                    occurrence: occ,
+                },
+                _ => Fetch::FullHeader {
+                    name,
+                    occurrence: occ,
+                },
+            }
+        }
+        (_, Some(arg)) => {
+            if arg.is_empty() || arg.contains(',') {
+                return Err(AclError::new(
+                    arg_offset,
+                    format!("invalid parameter name '{arg}'"),
+                ));
+            }
+            Fetch::UrlParam(arg.to_owned())
+        }
+        (FetchKind::Path, None) => Fetch::Path,
+        (FetchKind::Query, None) => Fetch::Query,
+        (FetchKind::Host, None) => Fetch::Host,
+        (FetchKind::Method, None) => Fetch::Method,
+        (_, None) => Fetch::Src,
+    };
+    let default = if fetch == Fetch::Src {
+        MatchMethod::Ip
+    } else {
+        MatchMethod::Str
+    };
+    Ok((fetch, implied, default))
+}
+
+/// Parses one ACL line given as words; `end` is the offset just past it (for "missing" errors).
+fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclError> {
+    let Some((first, rest)) = tokens.split_first() else {
+        return Err(
+            AclError::new(end, "empty acl: expected a fetch and patterns")
+                .help("e.g. `path_beg /api` or `hdr(host) -i example.com`"),
+        );
+    };
+    let (fetch, implied, default) = parse_fetch(first)?;
+    let mut method = implied.unwrap_or(default);
+    let mut ignore_case = false;
+    let mut i = 0;
+    while let Some(t) = rest.get(i) {
+        let word = t.text.as_str();
+        match word {
+            "-i" => ignore_case = true,
+            "--" => {
+                i += 1;
+                break;
+            }
+            "-m" => {
+                if implied.is_some() {
+                    return Err(AclError::new(
+                        t.offset,
+                        format!("'{}' already implies '-m {}'", first.text, method.name()),
+                    )
+                    .help("use the plain fetch with -m, e.g. `path -m sub /x`"));
+                }
+                let Some(m) = rest.get(i + 1) else {
+                    return Err(AclError::new(t.end, "'-m' needs a match method")
+                        .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip"));
+                };
+                method = MatchMethod::ALL
+                    .iter()
+                    .find(|(n, _)| *n == m.text)
+                    .map(|(_, m)| *m)
+                    .ok_or_else(|| {
+                        AclError::new(m.offset, format!("unknown match method '{}'", m.text))
+                            .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip")
+                    })?;
+                i += 1;
+            }
+            "-f" | "-M" => {
+                return Err(AclError::new(t.offset, "pattern files are not supported")
+                    .help("list the patterns on the acl line"));
+            }
+            _ if word.len() > 1
+                && word.starts_with('-')
+                && word[1..].bytes().all(|b| b.is_ascii_alphabetic()) =>
+            {
+                return Err(AclError::new(t.offset, format!("unknown flag '{word}'"))
+                    .help("flags are -i and -m METHOD; write `--` before a pattern that starts with '-'"));
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    let patterns = &rest[i..];
+    if fetch == Fetch::Src && !matches!(method, MatchMethod::Ip | MatchMethod::Found) {
+        return Err(AclError::new(
+            first.offset,
+            format!("'src' is an address: '-m {}' does not apply", method.name()),
+        )
+        .help("match it against addresses and CIDRs, e.g. `src 10.0.0.0/8 ::1`"));
+    }
+    let patterns = match method {
+        MatchMethod::Found => match patterns.first() {
+            Some(p) => return Err(AclError::new(p.offset, "'-m found' takes no pattern")),
+            None => Vec::new(),
+        },
+        _ if patterns.is_empty() => {
+            let at = tokens.last().map_or(end, |t| t.end);
+            return Err(
+                AclError::new(at, format!("no pattern after '{}'", first.text))
+                    .help("give one or more patterns; any of them matching makes the acl true"),
+            );
+        }
+        MatchMethod::Reg => patterns
+            .iter()
+            .map(|p| parse_regex(p, ignore_case))
+            .collect::<Result<_, _>>()?,
+        MatchMethod::Len => parse_lengths(patterns)?,
+        MatchMethod::Ip => patterns.iter().map(parse_ip).collect::<Result<_, _>>()?,
+        MatchMethod::Dir | MatchMethod::Dom => {
+            let delims: &[char] = if method == MatchMethod::Dir {
+                &['/', '?']
+            } else {
+                &['/', '?', '.', ':']
+            };
+            if let Some(p) = patterns
+                .iter()
+                .find(|p| p.text.trim_matches(delims).is_empty())
+            {
+                return Err(AclError::new(
+                    p.offset,
+                    format!("pattern '{}' has nothing besides delimiters", p.text),
+                ));
+            }
+            patterns
+                .iter()
+                .map(|p| Pattern::Str(p.text.clone()))
+                .collect()
+        }
+        _ => patterns
+            .iter()
+            .map(|p| Pattern::Str(p.text.clone()))
+            .collect(),
+    };
+    Ok(AclTest {
+        fetch,
+        method,
+        ignore_case,
+        patterns,
+    })
+}
+
+fn parse_regex(t: &Token, ignore_case: bool) -> Result<Pattern, AclError> {
+    match RegexBuilder::new(&t.text)
+        .case_insensitive(ignore_case)
+        .build()
+    {
+        Ok(re) => Ok(Pattern::Regex(re)),
+        Err(e) => {
+            // The syntax error text is a multi-line diagram; keep its last "error: ..." line.
+            let full = e.to_string();
+            let reason = full
+                .lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix("error: "))
+                .unwrap_or(full.trim());
+            Err(AclError::new(
+                t.offset,
+                format!("invalid regex '{}': {}", t.text, reason.to_lowercase()),
+            ))
+        }
+    }
+}
+
+/// Lengths: `N`, `N:M`, `N:`, `:M`, or an operator word (`eq ge gt le lt`) before `N`.
+fn parse_lengths(tokens: &[Token]) -> Result<Vec<Pattern>, AclError> {
+    let mut out = Vec::new();
+    let mut op: Option<&Token> = None;
+    let invalid = |t: &Token| {
+        AclError::new(t.offset, format!("invalid length '{}'", t.text))
+            .help("an integer, a range such as 10:20, 10: or :20, or eq/ge/gt/le/lt followed by an integer")
+    };
+    for t in tokens {
+        let word = t.text.as_str();
+        if matches!(word, "eq" | "ge" | "gt" | "le" | "lt") && op.is_none() {
+            op = Some(t);
+            continue;
+        }
+        let int = |s: &str| s.parse::<u64>().map_err(|_| invalid(t));
+        let (min, max) = match (op.take().map(|o| o.text.as_str()), word.split_once(':')) {
+            (None, Some((a, b))) if !(a.is_empty() && b.is_empty()) => {
+                let min = if a.is_empty() { 0 } else { int(a)? };
+                let max = if b.is_empty() { u64::MAX } else { int(b)? };
+                (min, max)
+            }
+            (None, None) | (Some("eq"), None) => (int(word)?, int(word)?),
+            (Some("ge"), None) => (int(word)?, u64::MAX),
+            (Some("gt"), None) => (int(word)?.saturating_add(1), u64::MAX),
+            (Some("le"), None) => (0, int(word)?),
+            (Some("lt"), None) => match int(word)?.checked_sub(1) {
+                Some(max) => (0, max),
+                None => (1, 0), // "lt 0": matches nothing
+            },
+            _ => return Err(invalid(t)),
+        };
+        if min > max && word.contains(':') {
+            return Err(AclError::new(t.offset, format!("empty range '{word}'")));
+        }
+        out.push(Pattern::Len { min, max });
+    }
+    match op {
+        Some(o) => Err(AclError::new(
+            o.end,
+            format!("'{}' needs an integer after it", o.text),
+        )),
+        None => Ok(out),
+    }
+}
+
+/// An address, `ADDR/PREFIX`, or (IPv4) `ADDR/NETMASK`.
+fn parse_ip(t: &Token) -> Result<Pattern, AclError> {
+    let word = t.text.as_str();
+    let (addr, prefix) = word
+        .split_once('/')
+        .map_or((word, None), |(a, p)| (a, Some(p)));
+    let invalid = || {
+        AclError::new(t.offset, format!("invalid address or cidr '{word}'"))
+            .help("e.g. 10.0.0.1, 10.0.0.0/8, 10.0.0.0/255.0.0.0, ::1 or 2001:db8::/32")
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| invalid())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => match p.parse::<u32>()
+        {
+            Ok(n) if n <= max => n,
+            _ => {
+                let at = if t.verbatim {
+                    t.offset + addr.len() + 1
+                } else {
+                    t.offset
+                };
+                return Err(AclError::new(
+                    at,
+                    format!("prefix length '{p}' is out of range 0..={max}"),
+                ));
+            }
+        },
+        Some(p) => match (ip, p.parse::<std::net::Ipv4Addr>()) {
+            (IpAddr::V4(_), Ok(mask))
+                if u32::from(mask).leading_ones() + u32::from(mask).trailing_zeros() == 32 =>
+            {
+                u32::from(mask).leading_ones()
+            }
+            _ => return Err(invalid()),
+        },
+    };
+    Ok(Pattern::Ip(IpNet::new(ip, prefix)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+}

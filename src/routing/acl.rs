@@ -1,1 +1,493 @@
 //! Compiled ACLs: the matchers built from `config::acl` specs, evaluated per request.
+//!
+//! Compiling does all the work that does not depend on the request: patterns are lower-cased
+//! for `-i`, deduplicated and sorted for binary search, literal sets become one automaton,
+//! regexes of one ACL line become one `RegexSet`, CIDRs become masks. Evaluating reads the
+//! [`RequestView`] in place and never allocates.
+//!
+//! Samples, as in HAProxy:
+//! - `hdr(name)` yields every comma-separated value of every occurrence of the header, trimmed
+//!   of spaces and tabs; a comma inside a double-quoted string does not split. `fhdr(name)`
+//!   yields whole header lines. The ACL is true when any value matches. With an occurrence
+//!   (`hdr(name,2)`, `hdr(name,-1)`) only that value is tried.
+//! - `hdr(host)` reads the Host header as sent (with its port, if any); when the request has no
+//!   Host header (HTTP/2 carries `:authority`) it falls back to the canonical host. Host names
+//!   are case-insensitive, so `host` and `hdr(host)` always compare without case.
+//! - `url_param(name)` yields the value of every `name=value` in the query, split on `&`,
+//!   without percent-decoding; `name` without `=` is absent, `name=` is an empty value.
+//! - `src` is the client address; an IPv4-mapped IPv6 client (`::ffff:a.b.c.d`) is matched as
+//!   the IPv4 address it carries.
+//! - An absent sample (no such header or parameter) makes the ACL false, even for `-m len 0`.
+
+use std::cmp::Ordering;
+use std::net::IpAddr;
+
+use http::HeaderName;
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+
+use crate::config::acl::{AclSpec, AclTest, Fetch, IpNet, MatchMethod, Pattern};
+use crate::routing::RequestView;
+
+/// Above this many literal patterns, `sub` uses one automaton instead of a loop.
+const SUB_SCAN_MAX: usize = 4;
+
+/// An ACL spec turned into something that failed to compile although the spec was valid.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("cannot combine {count} patterns into one matcher: {source}")]
+    Regex { count: usize, source: regex::Error },
+}
+
+/// A compiled ACL: true when any of its lines matches.
+#[derive(Debug, Clone)]
+pub struct CompiledAcl {
+    tests: Box<[CompiledTest]>,
+}
+
+impl CompiledAcl {
+    pub fn compile(spec: &AclSpec) -> Result<Self, CompileError> {
+        let tests = spec
+            .tests()
+            .iter()
+            .map(CompiledTest::compile)
+            .collect::<Result<_, _>>()?;
+        Ok(Self { tests })
+    }
+
+    /// Evaluates the ACL against a request. Never allocates.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.tests.iter().any(|t| t.matches(req))
+    }
+}
+
+/// One ACL line: a sample and a matcher.
+#[derive(Debug, Clone)]
+struct CompiledTest {
+    sample: Sample,
+    matcher: Matcher,
+}
+
+impl CompiledTest {
+    fn compile(test: &AclTest) -> Result<Self, CompileError> {
+        let sample = Sample::compile(test.fetch());
+        // Host names are case-insensitive: the canonical host is lower case already.
+        let fold = test.ignore_case() || sample.is_host();
+        let matcher = Matcher::compile(test.method(), fold, test.patterns())?;
+        Ok(Self { sample, matcher })
+    }
+
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        match (&self.sample, &self.matcher) {
+            (Sample::Src, Matcher::Ip(nets)) => {
+                let ip = req.client.ip().to_canonical();
+                nets.iter().any(|n| n.contains_canonical(ip))
+            }
+            // The parser accepts only `ip` and `found` for `src`; a client always has an address.
+            (Sample::Src, _) => true,
+            (sample, matcher) => sample.any(req, |value| matcher.matches(value)),
+        }
+    }
+}
+
+/// Where the bytes to match come from.
+#[derive(Debug, Clone)]
+enum Sample {
+    Path,
+    Query,
+    Host,
+    Method,
+    Src,
+    Header {
+        name: HeaderName,
+        split: bool,
+        occurrence: Option<i32>,
+        host_fallback: bool,
+    },
+    UrlParam(Box<[u8]>),
+}
+
+impl Sample {
+    fn compile(fetch: &Fetch) -> Self {
+        let header = |name: &HeaderName, split, occurrence| Sample::Header {
+            host_fallback: name == http::header::HOST,
+            name: name.clone(),
+            split,
+            occurrence,
+        };
+        match fetch {
+            Fetch::Path => Self::Path,
+            Fetch::Query => Self::Query,
+            Fetch::Host => Self::Host,
+            Fetch::Method => Self::Method,
+            Fetch::Src => Self::Src,
+            Fetch::Header { name, occurrence } => header(name, true, *occurrence),
+            Fetch::FullHeader { name, occurrence } => header(name, false, *occurrence),
+            Fetch::UrlParam(name) => Self::UrlParam(name.as_bytes().into()),
+        }
+    }
+
+    fn is_host(&self) -> bool {
+        match self {
+            Self::Host => true,
+            Self::Header { host_fallback, .. } => *host_fallback,
+            _ => false,
+        }
+    }
+
+    /// Calls `f` on each value of the sample until it returns true; false if none did.
+    fn any(&self, req: &RequestView<'_>, mut f: impl FnMut(&[u8]) -> bool) -> bool {
+        match self {
+            Self::Path => f(req.path.as_bytes()),
+            Self::Query => f(req.query.as_bytes()),
+            Self::Host => f(req.host.as_bytes()),
+            Self::Method => f(req.method.as_str().as_bytes()),
+            Self::Src => false,
+            Self::Header {
+                name,
+                split,
+                occurrence,
+                host_fallback,
+            } => {
+                let values = || {
+                    let fallback =
+                        (*host_fallback && !req.host.is_empty() && !req.headers.contains_key(name))
+                            .then_some(req.host.as_bytes());
+                    let split = *split;
+                    req.headers
+                        .get_all(name)
+                        .iter()
+                        .flat_map(move |v| Values::new(v.as_bytes(), split))
+                        .chain(fallback)
+                };
+                match *occurrence {
+                    None => values().any(f),
+                    Some(n) if n > 0 => values().nth(n.unsigned_abs() as usize - 1).is_some_and(f),
+                    Some(n) => {
+                        let count = values().count();
+                        count
+                            .checked_sub(n.unsigned_abs() as usize)
+                            .and_then(|i| values().nth(i))
+                            .is_some_and(f)
+                    }
+                }
+            }
+            Self::UrlParam(name) => req.query.as_bytes().split(|&b| b == b'&').any(|param| {
+                param.len() > name.len()
+                    && param[name.len()] == b'='
+                    && param.starts_with(name)
+                    && f(&param[name.len() + 1..])
+            }),
+        }
+    }
+}
+
+/// The values of one header line: comma-separated elements (commas in double quotes do not
+/// split), or the whole line; trimmed of spaces and tabs.
+struct Values<'a> {
+    rest: Option<&'a [u8]>,
+    split: bool,
+}
+
+impl<'a> Values<'a> {
+    fn new(line: &'a [u8], split: bool) -> Self {
+        Self {
+            rest: Some(line),
+            split,
+        }
+    }
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        let end = if self.split {
+            element_end(rest)
+        } else {
+            rest.len()
+        };
+        self.rest = rest.get(end + 1..);
+        Some(rest[..end].trim_ascii_start().trim_ascii_end())
+    }
+}
+
+/// Index of the comma that ends the first element, or the length (RFC 9110 lists).
+fn element_end(s: &[u8]) -> usize {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => return i,
+            _ => {}
+        }
+    }
+    s.len()
+}
+
+/// A compiled match method with its patterns.
+#[derive(Debug, Clone)]
+enum Matcher {
+    Found,
+    Exact(SortedSet),
+    Prefix(SortedSet),
+    Suffix(SortedSet),
+    /// A few substrings, tried in turn.
+    SubScan {
+        needles: Box<[Box<[u8]>]>,
+        fold: bool,
+    },
+    /// Many substrings: one literal automaton (the regex crate's).
+    SubSet(Regex),
+    Words {
+        words: Box<[Box<[u8]>]>,
+        fold: bool,
+        delims: &'static [u8],
+    },
+    Regex(Regex),
+    RegexSet(RegexSet),
+    Len(Box<[(u64, u64)]>),
+    Ip(Box<[IpNet]>),
+}
+
+impl Matcher {
+    fn compile(
+        method: MatchMethod,
+        fold: bool,
+        patterns: &[Pattern],
+    ) -> Result<Self, CompileError> {
+        let strings = || {
+            patterns.iter().filter_map(move |p| match p {
+                Pattern::Str(s) if fold => {
+                    Some(s.to_ascii_lowercase().into_bytes().into_boxed_slice())
+                }
+                Pattern::Str(s) => Some(s.as_bytes().into()),
+                _ => None,
+            })
+        };
+        let words = |delims: &'static [u8]| Matcher::Words {
+            words: strings().map(|w| w.trim_ascii_delims(delims)).collect(),
+            fold,
+            delims,
+        };
+        Ok(match method {
+            MatchMethod::Found => Self::Found,
+            MatchMethod::Str => Self::Exact(SortedSet::new(strings(), fold)),
+            MatchMethod::Beg => Self::Prefix(SortedSet::new(strings(), fold)),
+            MatchMethod::End => Self::Suffix(SortedSet::new(strings(), fold)),
+            MatchMethod::Sub if patterns.len() <= SUB_SCAN_MAX => Self::SubScan {
+                needles: strings().collect(),
+                fold,
+            },
+            MatchMethod::Sub => {
+                let alternation = patterns
+                    .iter()
+                    .filter_map(|p| match p {
+                        Pattern::Str(s) => Some(regex::escape(s)),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|");
+                let re = RegexBuilder::new(&alternation)
+                    .unicode(false)
+                    .case_insensitive(fold)
+                    .build();
+                Self::SubSet(re.map_err(|source| CompileError::Regex {
+                    count: patterns.len(),
+                    source,
+                })?)
+            }
+            MatchMethod::Dir => words(b"/?"),
+            MatchMethod::Dom => words(b"/?.:"),
+            MatchMethod::Reg => {
+                let regexes: Vec<&Regex> = patterns
+                    .iter()
+                    .filter_map(|p| match p {
+                        Pattern::Regex(re) => Some(re),
+                        _ => None,
+                    })
+                    .collect();
+                match regexes.as_slice() {
+                    [one] if !fold => Self::Regex((*one).clone()),
+                    [one] => {
+                        let re = RegexBuilder::new(one.as_str())
+                            .case_insensitive(true)
+                            .build();
+                        Self::Regex(re.map_err(|source| CompileError::Regex { count: 1, source })?)
+                    }
+                    _ => {
+                        let set = RegexSetBuilder::new(regexes.iter().map(|r| r.as_str()))
+                            .case_insensitive(fold)
+                            .build();
+                        Self::RegexSet(set.map_err(|source| CompileError::Regex {
+                            count: regexes.len(),
+                            source,
+                        })?)
+                    }
+                }
+            }
+            MatchMethod::Len => Self::Len(
+                patterns
+                    .iter()
+                    .filter_map(|p| match p {
+                        Pattern::Len { min, max } => Some((*min, *max)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            MatchMethod::Ip => Self::Ip(
+                patterns
+                    .iter()
+                    .filter_map(|p| match p {
+                        Pattern::Ip(net) => Some(*net),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        })
+    }
+
+    fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            Self::Found => true,
+            Self::Exact(set) => set.contains(value),
+            Self::Prefix(set) => set
+                .lens
+                .iter()
+                .take_while(|&&l| l <= value.len())
+                .any(|&l| set.contains(&value[..l])),
+            Self::Suffix(set) => set
+                .lens
+                .iter()
+                .take_while(|&&l| l <= value.len())
+                .any(|&l| set.contains(&value[value.len() - l..])),
+            Self::SubScan { needles, fold } => needles.iter().any(|n| contains(value, n, *fold)),
+            Self::SubSet(re) | Self::Regex(re) => re.is_match(value),
+            Self::RegexSet(set) => set.is_match(value),
+            Self::Words {
+                words,
+                fold,
+                delims,
+            } => words.iter().any(|w| word_match(value, w, delims, *fold)),
+            Self::Len(ranges) => {
+                let len = value.len() as u64;
+                ranges.iter().any(|&(min, max)| (min..=max).contains(&len))
+            }
+            Self::Ip(nets) => std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<IpAddr>().ok())
+                .is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
+        }
+    }
+}
+
+/// Trimming delimiters off a pattern word, as HAProxy's `dir`/`dom` matching does.
+trait TrimDelims {
+    fn trim_ascii_delims(self, delims: &[u8]) -> Box<[u8]>;
+}
+
+impl TrimDelims for Box<[u8]> {
+    fn trim_ascii_delims(self, delims: &[u8]) -> Box<[u8]> {
+        let start = self
+            .iter()
+            .position(|b| !delims.contains(b))
+            .unwrap_or(self.len());
+        let end = self
+            .iter()
+            .rposition(|b| !delims.contains(b))
+            .map_or(start, |i| i + 1);
+        self[start..end].into()
+    }
+}
+
+/// Patterns sorted for binary search (lower case when folding), with their distinct lengths
+/// so that prefix and suffix tests are one lookup per length.
+#[derive(Debug, Clone)]
+struct SortedSet {
+    items: Box<[Box<[u8]>]>,
+    lens: Box<[usize]>,
+    fold: bool,
+}
+
+impl SortedSet {
+    fn new(items: impl Iterator<Item = Box<[u8]>>, fold: bool) -> Self {
+        let mut items: Vec<_> = items.collect();
+        items.sort_unstable();
+        items.dedup();
+        let mut lens: Vec<usize> = items.iter().map(|i| i.len()).collect();
+        lens.sort_unstable();
+        lens.dedup();
+        Self {
+            items: items.into(),
+            lens: lens.into(),
+            fold,
+        }
+    }
+
+    fn contains(&self, value: &[u8]) -> bool {
+        self.items
+            .binary_search_by(|item| cmp_folded(item, value, self.fold))
+            .is_ok()
+    }
+}
+
+/// Compares a (lower-case when folding) pattern with a value lower-cased on the fly.
+fn cmp_folded(pattern: &[u8], value: &[u8], fold: bool) -> Ordering {
+    if !fold {
+        return pattern.cmp(value);
+    }
+    pattern
+        .iter()
+        .copied()
+        .cmp(value.iter().map(u8::to_ascii_lowercase))
+}
+
+fn eq_folded(a: &[u8], b: &[u8], fold: bool) -> bool {
+    if fold {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8], fold: bool) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    haystack.len() >= needle.len()
+        && haystack
+            .windows(needle.len())
+            .any(|w| eq_folded(w, needle, fold))
+}
+
+/// HAProxy's `dir`/`dom` match: `word` occurs in `value` starting at the beginning or after a
+/// delimiter, and ending at the end or before a delimiter.
+fn word_match(value: &[u8], word: &[u8], delims: &[u8], fold: bool) -> bool {
+    if word.len() > value.len() {
+        return false;
+    }
+    let mut at_boundary = true;
+    for start in 0..=value.len() - word.len() {
+        if delims.contains(&value[start]) {
+            at_boundary = true;
+            continue;
+        }
+        if !std::mem::replace(&mut at_boundary, false) {
+            continue;
+        }
+        let end = start + word.len();
+        if eq_folded(&value[start..end], word, fold)
+            && value.get(end).is_none_or(|b| delims.contains(b))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+}
