@@ -287,97 +287,82 @@ impl Condition {
 /// Parses a condition, e.g. `is_item !is_admin or is_basket` or `{ path_beg /api } is_internal`.
 pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
     let tokens = tokenize(text)?;
-    if tokens.is_empty() {
+    let Some(last) = tokens.last() else {
         return Err(AclError::new(0, "empty condition")
             .help("name at least one acl, e.g. `is_item` or `is_item or is_basket`"));
-    }
+    };
+    let dangling_bang = |at| AclError::new(at, "'!' must be followed by an acl");
     let mut any_of = Vec::new();
     let mut all_of: Vec<Term> = Vec::new();
-    // A pending `!` word: where it is and whether the count so far negates.
+    // A pending `!` word: where it is and whether the `!`s so far negate.
     let mut pending: Option<(usize, bool)> = None;
     let mut i = 0;
-    while i < tokens.len() {
-        let t = &tokens[i];
-        let word = t.text.as_str();
-        if t.verbatim && (word == "or" || word == "||") {
-            if let Some((at, _)) = pending {
-                return Err(AclError::new(at, "'!' must be followed by an acl"));
-            }
-            if all_of.is_empty() {
-                return Err(AclError::new(
-                    t.offset,
-                    format!("expected an acl before '{word}'"),
-                ));
-            }
-            any_of.push(std::mem::take(&mut all_of));
-        } else if t.verbatim && word == "{" {
-            let close = tokens[i + 1..]
-                .iter()
-                .position(|c| c.verbatim && c.text == "}");
-            let Some(close) = close.map(|c| c + i + 1) else {
-                return Err(AclError::new(t.offset, "unclosed '{': missing '}'"));
-            };
-            let spec = AclSpec {
-                tests: vec![parse_test(&tokens[i + 1..close], tokens[close].offset)?],
-            };
-            let negated = pending.take().is_some_and(|(_, n)| n);
-            all_of.push(Term {
-                negate: negated,
-                acl: AclRef::Inline {
-                    spec,
-                    offset: t.offset,
-                },
-            });
-            i = close;
-        } else if t.verbatim && word == "}" {
-            return Err(AclError::new(
-                t.offset,
-                "unexpected '}' without a matching '{'",
-            ));
-        } else if t.verbatim && (word == "and" || word == "&&") {
-            return Err(AclError::new(t.offset, format!("unexpected '{word}'"))
-                .help("acls separated by spaces are ANDed: write `a b`, not `a and b`"));
-        } else {
-            let bangs = if t.verbatim {
-                word.len() - word.trim_start_matches('!').len()
-            } else {
-                0
-            };
-            let (at, before) = pending.take().unwrap_or((t.offset, false));
-            let negated = before != (bangs % 2 == 1);
-            let name = &word[bangs..];
-            if name.is_empty() {
-                pending = Some((at, negated));
-            } else if !is_valid_acl_name(name) {
-                let mut err = AclError::new(t.offset + bangs, format!("invalid acl name '{name}'"));
-                err = if name.starts_with('{') || name.ends_with('}') {
-                    err.help("inline acls need spaces around braces: `{ path_beg /api }`")
-                } else {
-                    err.help("acl names use letters, digits, '_', '-', '.' and ':'")
-                };
-                return Err(err);
-            } else {
-                let acl = AclRef::Named {
-                    name: name.to_owned(),
-                    offset: t.offset + bangs,
-                };
-                all_of.push(Term {
-                    negate: negated,
-                    acl,
-                });
-            }
-        }
+    while let Some(t) = tokens.get(i) {
         i += 1;
+        // Operators and braces are only recognised unquoted.
+        let word = if t.verbatim { t.text.as_str() } else { "" };
+        match word {
+            "or" | "||" => {
+                if let Some((at, _)) = pending {
+                    return Err(dangling_bang(at));
+                }
+                if all_of.is_empty() {
+                    let msg = format!("expected an acl before '{word}'");
+                    return Err(AclError::new(t.offset, msg));
+                }
+                any_of.push(std::mem::take(&mut all_of));
+                continue;
+            }
+            "and" | "&&" => {
+                return Err(AclError::new(t.offset, format!("unexpected '{word}'"))
+                    .help("acls separated by spaces are ANDed: write `a b`, not `a and b`"));
+            }
+            "}" => {
+                let msg = "unexpected '}' without a matching '{'";
+                return Err(AclError::new(t.offset, msg));
+            }
+            _ => {}
+        }
+        let bangs = word.len() - word.trim_start_matches('!').len();
+        let (at, before) = pending.take().unwrap_or((t.offset, false));
+        let negate = before != (bangs % 2 == 1);
+        let name = &t.text[bangs..];
+        if name.is_empty() {
+            pending = Some((at, negate));
+        } else if t.verbatim && name == "{" {
+            let close = tokens[i..].iter().position(|c| c.verbatim && c.text == "}");
+            let Some(close) = close.map(|c| c + i) else {
+                return Err(AclError::new(t.offset + bangs, "unclosed '{': missing '}'"));
+            };
+            let test = parse_test(&tokens[i..close], tokens[close].offset)?;
+            let acl = AclRef::Inline {
+                spec: AclSpec { tests: vec![test] },
+                offset: t.offset + bangs,
+            };
+            all_of.push(Term { negate, acl });
+            i = close + 1;
+        } else if !is_valid_acl_name(name) {
+            let msg = format!("invalid acl name '{name}'");
+            let err = AclError::new(t.offset + bangs, msg);
+            return Err(if name.starts_with('{') || name.ends_with('}') {
+                err.help("inline acls need spaces around braces: `{ path_beg /api }`")
+            } else {
+                err.help("acl names use letters, digits, '_', '-', '.' and ':'")
+            });
+        } else {
+            let acl = AclRef::Named {
+                name: name.to_owned(),
+                offset: t.offset + bangs,
+            };
+            all_of.push(Term { negate, acl });
+        }
     }
     if let Some((at, _)) = pending {
-        return Err(AclError::new(at, "'!' must be followed by an acl"));
+        return Err(dangling_bang(at));
     }
     if all_of.is_empty() {
-        let last = &tokens[tokens.len() - 1];
-        return Err(AclError::new(
-            last.offset,
-            format!("expected an acl after '{}'", last.text),
-        ));
+        let msg = format!("expected an acl after '{}'", last.text);
+        return Err(AclError::new(last.offset, msg));
     }
     any_of.push(all_of);
     Ok(Condition {
@@ -904,5 +889,566 @@ fn parse_ip(t: &Token) -> Result<Pattern, AclError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use http::HeaderName;
+
+    use super::{
+        AclError, AclRef, AclSpec, AclTest, Condition, Fetch, IpNet, MatchMethod, Pattern,
+        is_valid_acl_name, parse_acl, parse_condition,
+    };
+
+    fn one(text: &str) -> AclTest {
+        let spec = parse_acl(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+        assert_eq!(spec.tests().len(), 1);
+        spec.tests()[0].clone()
+    }
+
+    fn strings(test: &AclTest) -> Vec<&str> {
+        test.patterns()
+            .iter()
+            .map(|p| match p {
+                Pattern::Str(s) => s.as_str(),
+                Pattern::Regex(re) => re.as_str(),
+                other => panic!("not a string pattern: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn err(text: &str) -> AclError {
+        match parse_acl(text) {
+            Ok(spec) => panic!("{text:?} parsed: {spec:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn cond_err(text: &str) -> AclError {
+        match parse_condition(text) {
+            Ok(c) => panic!("{text:?} parsed: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn lab_acl_parses_to_path_prefix() {
+        let t = one("path_beg /item");
+        assert_eq!(t.fetch(), &Fetch::Path);
+        assert_eq!(t.method(), MatchMethod::Beg);
+        assert!(!t.ignore_case());
+        assert_eq!(strings(&t), ["/item"]);
+    }
+
+    #[test]
+    fn every_fetch_and_suffix_parses() {
+        let cases: &[(&str, Fetch, MatchMethod)] = &[
+            ("path /a", Fetch::Path, MatchMethod::Str),
+            ("path_end .jpg", Fetch::Path, MatchMethod::End),
+            ("path_sub x", Fetch::Path, MatchMethod::Sub),
+            ("path_dir img", Fetch::Path, MatchMethod::Dir),
+            ("path_dom a", Fetch::Path, MatchMethod::Dom),
+            ("path_reg ^/a", Fetch::Path, MatchMethod::Reg),
+            ("path_len 3", Fetch::Path, MatchMethod::Len),
+            ("query a=b", Fetch::Query, MatchMethod::Str),
+            ("host example.com", Fetch::Host, MatchMethod::Str),
+            ("host_end .example.com", Fetch::Host, MatchMethod::End),
+            ("host_reg ^www", Fetch::Host, MatchMethod::Reg),
+            ("method GET", Fetch::Method, MatchMethod::Str),
+            ("src 10.0.0.0/8", Fetch::Src, MatchMethod::Ip),
+            (
+                "url_param(id) 1",
+                Fetch::UrlParam("id".into()),
+                MatchMethod::Str,
+            ),
+            ("urlp(id) 1", Fetch::UrlParam("id".into()), MatchMethod::Str),
+            (
+                "urlp_beg(id) 1",
+                Fetch::UrlParam("id".into()),
+                MatchMethod::Beg,
+            ),
+            (
+                "url_param_sub(id) 1",
+                Fetch::UrlParam("id".into()),
+                MatchMethod::Sub,
+            ),
+        ];
+        for (text, fetch, method) in cases {
+            let t = one(text);
+            assert_eq!((t.fetch(), t.method()), (fetch, *method), "{text}");
+        }
+    }
+
+    #[test]
+    fn header_fetches_lowercase_the_name_and_take_an_occurrence() {
+        let host = HeaderName::from_static("host");
+        let t = one("hdr(Host) example.com");
+        assert_eq!(
+            t.fetch(),
+            &Fetch::Header {
+                name: host.clone(),
+                occurrence: None
+            }
+        );
+        let t = one("hdr_beg(X-Forwarded-For,-1) 10.");
+        let xff = HeaderName::from_static("x-forwarded-for");
+        assert_eq!(
+            t.fetch(),
+            &Fetch::Header {
+                name: xff.clone(),
+                occurrence: Some(-1)
+            }
+        );
+        assert_eq!(t.method(), MatchMethod::Beg);
+        let t = one("hdr_ip(x-forwarded-for) 10.0.0.0/8");
+        assert_eq!(t.method(), MatchMethod::Ip);
+        let t = one("fhdr(user-agent,2) -m sub x");
+        assert_eq!(
+            t.fetch(),
+            &Fetch::FullHeader {
+                name: HeaderName::from_static("user-agent"),
+                occurrence: Some(2)
+            }
+        );
+        assert_eq!(
+            one("req.hdr(host) a").fetch(),
+            &Fetch::Header {
+                name: host,
+                occurrence: None
+            }
+        );
+    }
+
+    #[test]
+    fn flags_and_match_method() {
+        let t = one("path -i -m beg /A /b");
+        assert!(t.ignore_case());
+        assert_eq!(t.method(), MatchMethod::Beg);
+        assert_eq!(strings(&t), ["/A", "/b"]);
+        let t = one("hdr(x) -m found");
+        assert_eq!(t.method(), MatchMethod::Found);
+        assert!(t.patterns().is_empty());
+        let t = one("hdr(x) -- -i -dash");
+        assert!(!t.ignore_case());
+        assert_eq!(strings(&t), ["-i", "-dash"]);
+        assert_eq!(one("src -m found").method(), MatchMethod::Found);
+    }
+
+    #[test]
+    fn quotes_and_escapes() {
+        let t = one(r#"hdr_sub(user-agent) "Mozilla 5" 'a\b c' x\ y \"q\" a\.b"#);
+        assert_eq!(
+            strings(&t),
+            ["Mozilla 5", r"a\b c", "x y", "\"q\"", r"a\.b"]
+        );
+        let t = one(r"path_reg ^/api/v[0-9]+\.json$");
+        assert_eq!(strings(&t), [r"^/api/v[0-9]+\.json$"]);
+        let e = err("path_beg 'abc");
+        assert_eq!((e.offset, e.message.as_str()), (9, "unterminated quote '"));
+    }
+
+    #[test]
+    fn or_combines_lines() {
+        let spec = parse_acl("path_beg /a")
+            .unwrap()
+            .or(parse_acl("host x").unwrap());
+        assert_eq!(spec.tests().len(), 2);
+        assert_eq!(spec.tests()[1].fetch(), &Fetch::Host);
+    }
+
+    #[test]
+    fn unknown_fetch_suggests_the_closest_name() {
+        let e = err("path_begin /x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (0, "unknown fetch 'path_begin'")
+        );
+        assert!(
+            e.help
+                .as_deref()
+                .unwrap()
+                .starts_with("did you mean 'path_beg'?"),
+            "{e:?}"
+        );
+        let e = err("hdr_bge(host) x");
+        assert!(
+            e.help
+                .as_deref()
+                .unwrap()
+                .starts_with("did you mean 'hdr_beg'?"),
+            "{e:?}"
+        );
+        let e = err("ssl_fc_sni x");
+        assert_eq!(e.message, "unknown fetch 'ssl_fc_sni'");
+        let help = e.help.unwrap();
+        assert!(!help.contains("did you mean"), "{help}");
+        assert!(
+            help.contains("path, query, host, method, src, hdr(NAME)"),
+            "{help}"
+        );
+        assert_eq!(err("method_beg G").message, "unknown fetch 'method_beg'");
+    }
+
+    #[test]
+    fn fetch_argument_errors_point_at_the_argument() {
+        let e = err("hdr(bad@name) x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (4, "invalid header name 'bad@name'")
+        );
+        let e = err(r"hdr(bad\ name) x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (0, "invalid header name 'bad name'")
+        );
+        let e = err("  hdr_beg(a:b) x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (10, "invalid header name 'a:b'")
+        );
+        let e = err("hdr(x,0) a");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (6, "invalid occurrence '0'")
+        );
+        assert_eq!(err("hdr() x").offset, 4);
+        assert_eq!(err("hdr x").message, "'hdr' needs a header name");
+        assert_eq!(
+            err("url_param x").message,
+            "'url_param' needs a parameter name"
+        );
+        assert_eq!(err("urlp() x").message, "invalid parameter name ''");
+        assert_eq!(err("path(x) /a").message, "'path' takes no argument");
+        assert_eq!(err("hdr(host x").message, "missing ')' in 'hdr(host'");
+    }
+
+    #[test]
+    fn missing_patterns_are_an_error_at_the_end() {
+        let e = err("path_beg");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (8, "no pattern after 'path_beg'")
+        );
+        let e = err("path_beg -i  ");
+        assert_eq!(e.offset, 11);
+        assert_eq!(err("").message, "empty acl: expected a fetch and patterns");
+        assert_eq!(err("-i /x").message, "expected a fetch before '-i'");
+    }
+
+    #[test]
+    fn flag_errors() {
+        let e = err("path -m begins /x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (8, "unknown match method 'begins'")
+        );
+        let e = err("path -m");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (7, "'-m' needs a match method")
+        );
+        let e = err("path_beg -m sub /x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (9, "'path_beg' already implies '-m beg'")
+        );
+        let e = err("path -x /a");
+        assert_eq!((e.offset, e.message.as_str()), (5, "unknown flag '-x'"));
+        assert_eq!(
+            err("path -f list.txt").message,
+            "pattern files are not supported"
+        );
+        let e = err("hdr(x) -m found y");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (16, "'-m found' takes no pattern")
+        );
+        let e = err("src -m beg 10.");
+        assert_eq!(e.message, "'src' is an address: '-m beg' does not apply");
+        let e = err("path_dir //");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (9, "pattern '//' has nothing besides delimiters")
+        );
+    }
+
+    #[test]
+    fn invalid_regex_points_at_the_pattern() {
+        let e = err("path_reg ^/ok ^/a(b");
+        assert_eq!(e.offset, 14);
+        assert_eq!(e.message, "invalid regex '^/a(b': unclosed group");
+        let e = err("hdr_reg(x) -i [z-a]");
+        assert_eq!(e.offset, 14);
+        assert!(e.message.starts_with("invalid regex '[z-a]': "), "{e:?}");
+    }
+
+    #[test]
+    fn regex_is_compiled_with_the_case_flag() {
+        let t = one("path_reg -i ^/API");
+        let Pattern::Regex(re) = &t.patterns()[0] else {
+            panic!()
+        };
+        assert!(re.is_match(b"/api/x"));
+        let t = one("path_reg ^/API");
+        let Pattern::Regex(re) = &t.patterns()[0] else {
+            panic!()
+        };
+        assert!(!re.is_match(b"/api/x"));
+    }
+
+    #[test]
+    fn addresses_and_cidrs() {
+        let nets: Vec<IpNet> = one(
+            "src 10.0.0.0/8 192.168.1.7 2001:db8::/32 ::ffff:172.16.0.0/108 10.1.0.0/255.255.0.0",
+        )
+        .patterns()
+        .iter()
+        .map(|p| match p {
+            Pattern::Ip(n) => *n,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+        let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+        assert!(nets[0].contains(v4(10, 200, 3, 4)));
+        assert!(!nets[0].contains(v4(11, 0, 0, 1)));
+        assert!(nets[1].contains(v4(192, 168, 1, 7)));
+        assert!(!nets[1].contains(v4(192, 168, 1, 8)));
+        assert!(nets[2].contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!nets[2].contains("2001:db9::5".parse().unwrap()));
+        // A mapped pattern is the IPv4 network it carries; a mapped client is its IPv4 address.
+        assert_eq!(
+            nets[3],
+            IpNet::V4 {
+                net: 0xac10_0000,
+                mask: 0xfff0_0000
+            }
+        );
+        assert!(nets[3].contains(v4(172, 16, 9, 9)));
+        assert!(nets[0].contains(IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped())));
+        assert!(nets[4].contains(v4(10, 1, 99, 1)));
+        assert!(!nets[4].contains(v4(10, 2, 0, 1)));
+        assert!(!nets[0].contains(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        // Host bits are masked off, as HAProxy does.
+        let Pattern::Ip(net) = one("src 10.1.2.3/8").patterns()[0] else {
+            panic!()
+        };
+        assert_eq!(
+            net,
+            IpNet::V4 {
+                net: 0x0a00_0000,
+                mask: 0xff00_0000
+            }
+        );
+        let Pattern::Ip(all) = one("src 0.0.0.0/0").patterns()[0] else {
+            panic!()
+        };
+        assert!(all.contains(v4(8, 8, 8, 8)));
+    }
+
+    #[test]
+    fn bad_cidrs_are_errors_at_their_offset() {
+        let e = err("src 10.0.0.0/8 10.0.0.0/33");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (24, "prefix length '33' is out of range 0..=32")
+        );
+        let e = err("src 10.0.0.300");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (4, "invalid address or cidr '10.0.0.300'")
+        );
+        assert_eq!(
+            err("src ::1/129").message,
+            "prefix length '129' is out of range 0..=128"
+        );
+        assert_eq!(
+            err("src 10.0.0.0/255.0.255.0").message,
+            "invalid address or cidr '10.0.0.0/255.0.255.0'"
+        );
+        assert_eq!(err("src 10.0.0.0/").offset, 4);
+        assert_eq!(
+            err("hdr_ip(x) nope").message,
+            "invalid address or cidr 'nope'"
+        );
+    }
+
+    #[test]
+    fn lengths() {
+        let ranges: Vec<(u64, u64)> = one("path_len 5 10:20 30: :3 gt 100 ge 7 lt 2 le 4 eq 9")
+            .patterns()
+            .iter()
+            .map(|p| match p {
+                Pattern::Len { min, max } => (*min, *max),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let max = u64::MAX;
+        assert_eq!(
+            ranges,
+            [
+                (5, 5),
+                (10, 20),
+                (30, max),
+                (0, 3),
+                (101, max),
+                (7, max),
+                (0, 1),
+                (0, 4),
+                (9, 9)
+            ]
+        );
+        assert_eq!(
+            err("path_len 5 gt").message,
+            "'gt' needs an integer after it"
+        );
+        assert_eq!(err("path_len 5 gt").offset, 13);
+        assert_eq!(err("path_len x").message, "invalid length 'x'");
+        assert_eq!(err("path_len 20:10").message, "empty range '20:10'");
+        assert_eq!(err("path -m len :").offset, 12);
+    }
+
+    #[test]
+    fn condition_and_binds_tighter_than_or() {
+        let c = parse_condition("a !b or c || ! d").unwrap();
+        let shape: Vec<Vec<(bool, &str)>> = c
+            .alternatives()
+            .iter()
+            .map(|all| {
+                all.iter()
+                    .map(|t| match &t.acl {
+                        AclRef::Named { name, .. } => (t.negate, name.as_str()),
+                        AclRef::Inline { .. } => panic!("inline"),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                vec![(false, "a"), (true, "b")],
+                vec![(false, "c")],
+                vec![(true, "d")]
+            ]
+        );
+        assert_eq!(c.acl_names(), [(0, "a"), (3, "b"), (8, "c"), (15, "d")]);
+        assert!(!c.is_always());
+    }
+
+    #[test]
+    fn double_negation_cancels() {
+        let c = parse_condition("!!a ! !b").unwrap();
+        let negs: Vec<bool> = c.alternatives()[0].iter().map(|t| t.negate).collect();
+        assert_eq!(negs, [false, false]);
+        assert_eq!(c.acl_names(), [(2, "a"), (7, "b")]);
+    }
+
+    #[test]
+    fn always_has_no_names() {
+        let c = Condition::always();
+        assert!(c.is_always());
+        assert!(c.alternatives().is_empty());
+        assert!(c.acl_names().is_empty());
+    }
+
+    #[test]
+    fn inline_acls() {
+        let c = parse_condition("is_api { path_beg /v1 /v2 } or !{ hdr(x) -m found }").unwrap();
+        let alts = c.alternatives();
+        assert_eq!(alts.len(), 2);
+        let AclRef::Inline { spec, offset } = &alts[0][1].acl else {
+            panic!("{c:?}")
+        };
+        assert_eq!(*offset, 7);
+        assert_eq!(strings(&spec.tests()[0]), ["/v1", "/v2"]);
+        assert!(!alts[0][1].negate);
+        assert!(alts[1][0].negate);
+        assert!(matches!(&alts[1][0].acl, AclRef::Inline { offset: 32, .. }));
+        assert_eq!(c.acl_names(), [(0, "is_api")]);
+    }
+
+    #[test]
+    fn inline_acl_errors_are_relative_to_the_condition() {
+        let text = "a { path_reg ^/x( } b";
+        let e = cond_err(text);
+        assert_eq!(e.offset, text.find("^/x(").unwrap());
+        assert!(e.message.starts_with("invalid regex"), "{e:?}");
+        let e = cond_err("a { pth_beg /x }");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (4, "unknown fetch 'pth_beg'")
+        );
+        let e = cond_err("a { path_beg }");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (12, "no pattern after 'path_beg'")
+        );
+        let e = cond_err("a {  }");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (5, "empty acl: expected a fetch and patterns")
+        );
+        let e = cond_err("a { path_beg /x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (2, "unclosed '{': missing '}'")
+        );
+        let e = cond_err("a } b");
+        assert_eq!(e.offset, 2);
+        let e = cond_err("{path_beg /x}");
+        assert_eq!(e.message, "invalid acl name '{path_beg'");
+        assert!(e.help.unwrap().contains("spaces around braces"));
+    }
+
+    #[test]
+    fn condition_errors() {
+        assert_eq!(cond_err("").message, "empty condition");
+        assert_eq!(cond_err("   ").offset, 0);
+        let e = cond_err("a or");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (2, "expected an acl after 'or'")
+        );
+        let e = cond_err("or a");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (0, "expected an acl before 'or'")
+        );
+        let e = cond_err("a || || b");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (5, "expected an acl before '||'")
+        );
+        let e = cond_err("a !");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (2, "'!' must be followed by an acl")
+        );
+        let e = cond_err("a ! or b");
+        assert_eq!(e.offset, 2);
+        let e = cond_err("a and b");
+        assert_eq!((e.offset, e.message.as_str()), (2, "unexpected 'and'"));
+        assert!(e.help.is_some());
+        assert_eq!(cond_err("a && b").message, "unexpected '&&'");
+        let e = cond_err("a !b,c");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (3, "invalid acl name 'b,c'")
+        );
+    }
+
+    #[test]
+    fn acl_names() {
+        assert!(is_valid_acl_name("is_item"));
+        assert!(is_valid_acl_name("a-b.c:d9"));
+        assert!(!is_valid_acl_name(""));
+        assert!(!is_valid_acl_name("or"));
+        assert!(!is_valid_acl_name("a b"));
+        assert!(!is_valid_acl_name("é"));
+    }
+
+    #[test]
+    fn types_are_shareable() {
+        fn check<T: std::fmt::Debug + Clone + Send + Sync>() {}
+        check::<AclSpec>();
+        check::<Condition>();
+        check::<AclError>();
+    }
 }
