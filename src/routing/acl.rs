@@ -489,5 +489,316 @@ fn word_match(value: &[u8], word: &[u8], delims: &[u8], fold: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::net::SocketAddr;
+
+    use http::{HeaderMap, HeaderValue, Method};
+
+    use super::CompiledAcl;
+    use crate::config::acl::parse_acl;
+    use crate::routing::RequestView;
+
+    /// An owned request to borrow views from.
+    struct Req {
+        method: Method,
+        host: &'static str,
+        path: &'static str,
+        query: &'static str,
+        headers: HeaderMap,
+        client: SocketAddr,
+    }
+
+    impl Req {
+        fn new(path: &'static str) -> Self {
+            Req {
+                method: Method::GET,
+                host: "example.com",
+                path,
+                query: "",
+                headers: HeaderMap::new(),
+                client: "192.0.2.10:40000".parse().unwrap(),
+            }
+        }
+
+        fn header(mut self, name: &'static str, value: &'static str) -> Self {
+            self.headers.append(name, HeaderValue::from_static(value));
+            self
+        }
+
+        fn view(&self) -> RequestView<'_> {
+            RequestView {
+                method: &self.method,
+                scheme: "http",
+                host: self.host,
+                path: self.path,
+                query: self.query,
+                headers: &self.headers,
+                client: self.client,
+                frontend: "web",
+            }
+        }
+    }
+
+    fn acl(text: &str) -> CompiledAcl {
+        let spec = parse_acl(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+        CompiledAcl::compile(&spec).unwrap()
+    }
+
+    /// Asserts which of `paths` the ACL matches.
+    fn on_paths(text: &str, yes: &[&'static str], no: &[&'static str]) {
+        let acl = acl(text);
+        for path in yes {
+            assert!(acl.matches(&Req::new(path).view()), "{text:?} should match {path:?}");
+        }
+        for path in no {
+            assert!(!acl.matches(&Req::new(path).view()), "{text:?} should not match {path:?}");
+        }
+    }
+
+    fn with_query(text: &str, query: &'static str) -> bool {
+        let req = Req { query, ..Req::new("/") };
+        acl(text).matches(&req.view())
+    }
+
+    fn with_headers(text: &str, headers: &[(&'static str, &'static str)]) -> bool {
+        let req = headers.iter().fold(Req::new("/"), |r, (n, v)| r.header(n, v));
+        acl(text).matches(&req.view())
+    }
+
+    fn from(text: &str, client: &str) -> bool {
+        let req = Req { client: client.parse().unwrap(), ..Req::new("/") };
+        acl(text).matches(&req.view())
+    }
+
+    #[test]
+    fn path_exact() {
+        on_paths("path /a /b/c", &["/a", "/b/c"], &["/a/", "/A", "/b", "/"]);
+        on_paths("path -i /Admin", &["/admin", "/ADMIN"], &["/admin/x"]);
+    }
+
+    #[test]
+    fn path_beg() {
+        on_paths("path_beg /item", &["/item", "/items", "/item/3"], &["/ite", "/x/item", "/Item"]);
+        on_paths("path_beg -i /Item /BASKET", &["/item/3", "/iTeM", "/basket?"], &["/bask"]);
+        // Many patterns of different lengths: one lookup per distinct length.
+        let many = "path_beg /b /c /dd /eee /ffff /ggggg /api/v1 /api/v2 /static";
+        on_paths(many, &["/api/v2/x", "/eee", "/static/a.css", "/ffff/"], &["/api/v3", "/", "/ee", "/a"]);
+    }
+
+    #[test]
+    fn path_end() {
+        on_paths("path_end .jpg .png", &["/a.jpg", "/b/c.png", ".jpg"], &["/a.jpeg", "/a.JPG", "/jpg"]);
+        on_paths("path_end -i .JPG", &["/a.jpg", "/a.Jpg"], &["/a.jpgx"]);
+    }
+
+    #[test]
+    fn path_sub_few_and_many() {
+        on_paths("path_sub admin", &["/admin", "/x/admin/y", "/superadmin"], &["/adm/in", "/ADMIN"]);
+        on_paths("path_sub -i Admin", &["/ADMIN", "/x/aDmIn"], &["/adm"]);
+        let many = "path_sub -i alpha beta gamma delta epsilon zeta é";
+        on_paths(many, &["/x/BETA/y", "/zetas", "/caf\u{e9}"], &["/alph", "/bet", "/"]);
+        let many = "path_sub alpha beta gamma delta epsilon zeta";
+        on_paths(many, &["/alphabet"], &["/ALPHA"]);
+    }
+
+    #[test]
+    fn path_dir_matches_whole_segments() {
+        on_paths("path_dir /img", &["/img", "/img/a.png", "/static/img", "/a/img/b"], &["/images", "/aimg/b", "/im"]);
+        on_paths("path_dir img/", &["/img/x"], &["/imgx"]);
+        on_paths("path_dir /api/v1", &["/api/v1", "/x/api/v1/users"], &["/api/v10", "/api/v", "/api"]);
+        on_paths("path_dir -i IMG", &["/a/img/b"], &["/a/imgs"]);
+    }
+
+    #[test]
+    fn dom_matches_dot_delimited_words() {
+        let acl = acl("host_dom example");
+        for (host, expected) in [("www.example.com", true), ("example", true), ("examples.com", false), ("myexample.com", false)] {
+            let req = Req { host, ..Req::new("/") };
+            assert_eq!(acl.matches(&req.view()), expected, "{host}");
+        }
+        on_paths("path_dom b.c", &["/a/b.c/d", "/b.c"], &["/ab.c", "/b.cd"]);
+    }
+
+    #[test]
+    fn path_reg_one_and_many() {
+        on_paths(r"path_reg ^/api/v[0-9]+/ \.php$", &["/api/v2/x", "/x/a.php"], &["/api/vx/", "/API/v2/"]);
+        on_paths(r"path_reg -i ^/api/v[0-9]+/", &["/API/V2/x"], &["/apix"]);
+        on_paths(r"path_reg -i ^/api/ ^/static/", &["/Static/a", "/API/"], &["/x/api/"]);
+        // Unanchored, as HAProxy: a regex matches anywhere in the sample.
+        on_paths("path_reg admin", &["/x/admin/y"], &["/x/adm"]);
+    }
+
+    #[test]
+    fn path_len_and_len_method() {
+        on_paths("path_len 2 10:", &["/a", "/0123456789"], &["/", "/abc", "/01234567"]);
+        on_paths("path -m len gt 3", &["/abc"], &["/ab"]);
+        on_paths("path_len lt 0", &[], &["/"]);
+    }
+
+    #[test]
+    fn found_on_a_path_always_holds() {
+        on_paths("path -m found", &["/"], &[]);
+    }
+
+    #[test]
+    fn any_of_several_lines() {
+        let spec = parse_acl("path_beg /a").unwrap().or(parse_acl("path_end .css").unwrap());
+        let acl = CompiledAcl::compile(&spec).unwrap();
+        assert!(acl.matches(&Req::new("/a/x").view()));
+        assert!(acl.matches(&Req::new("/x/s.css").view()));
+        assert!(!acl.matches(&Req::new("/x/s.js").view()));
+    }
+
+    #[test]
+    fn host_is_case_insensitive_and_portless() {
+        let req = Req { host: "api.example.com", ..Req::new("/") };
+        assert!(acl("host API.Example.com").matches(&req.view()));
+        assert!(acl("host_end .EXAMPLE.com").matches(&req.view()));
+        assert!(acl("host_beg api.").matches(&req.view()));
+        assert!(acl("host_reg ^API\\.").matches(&req.view()));
+        assert!(!acl("host example.com").matches(&req.view()));
+        let empty = Req { host: "", ..Req::new("/") };
+        assert!(!acl("host_sub e").matches(&empty.view()));
+    }
+
+    #[test]
+    fn method_is_case_sensitive_unless_i() {
+        let post = Req { method: Method::POST, ..Req::new("/") };
+        assert!(acl("method GET POST").matches(&post.view()));
+        assert!(!acl("method GET").matches(&post.view()));
+        assert!(!acl("method post").matches(&post.view()));
+        assert!(acl("method -i post").matches(&post.view()));
+    }
+
+    #[test]
+    fn query_exact() {
+        assert!(with_query("query a=1&b=2", "a=1&b=2"));
+        assert!(!with_query("query a=1", "a=1&b=2"));
+        assert!(with_query("query_sub b=2", "a=1&b=2"));
+    }
+
+    #[test]
+    fn hdr_any_value_of_any_occurrence() {
+        let accept = [("accept", "text/html, application/json;q=0.9"), ("accept", "image/png")];
+        assert!(with_headers("hdr(accept) image/png", &accept));
+        assert!(with_headers("hdr(Accept) application/json;q=0.9", &accept));
+        assert!(with_headers("hdr_beg(accept) application/", &accept));
+        assert!(!with_headers("hdr(accept) 'text/html, application/json;q=0.9'", &accept));
+        assert!(with_headers("fhdr(accept) 'text/html, application/json;q=0.9'", &accept));
+        assert!(!with_headers("fhdr(accept) text/html", &accept));
+        assert!(!with_headers("hdr(accept) image/gif", &accept));
+        assert!(!with_headers("hdr(x-other) image/png", &accept));
+    }
+
+    #[test]
+    fn hdr_commas_inside_quotes_do_not_split() {
+        let h = [("x-list", r#"a, "b, \"c" ,d"#)];
+        assert!(with_headers(r#"hdr(x-list) '"b, \"c"'"#, &h));
+        assert!(with_headers("hdr(x-list) d", &h));
+        assert!(!with_headers("hdr(x-list) '\"b'", &h));
+    }
+
+    #[test]
+    fn hdr_case_and_methods() {
+        let h = [("x-tenant", "Acme")];
+        assert!(with_headers("hdr(X-TENANT) Acme", &h));
+        assert!(!with_headers("hdr(x-tenant) acme", &h));
+        assert!(with_headers("hdr(x-tenant) -i ACME", &h));
+        assert!(with_headers("hdr_sub(x-tenant) cm", &h));
+        assert!(with_headers("hdr_end(x-tenant) me", &h));
+        assert!(with_headers("hdr_reg(x-tenant) ^A.m", &h));
+        assert!(with_headers("hdr_len(x-tenant) 4", &h));
+        assert!(with_headers("hdr_dir(x-tenant) Acme", &h));
+    }
+
+    #[test]
+    fn hdr_found_and_absent() {
+        assert!(with_headers("hdr(x-debug) -m found", &[("x-debug", "")]));
+        assert!(!with_headers("hdr(x-debug) -m found", &[("x-other", "1")]));
+        assert!(with_headers("hdr_len(x-debug) 0", &[("x-debug", "")]));
+        // An absent header is no sample, not an empty one.
+        assert!(!with_headers("hdr_len(x-debug) 0", &[]));
+    }
+
+    #[test]
+    fn hdr_occurrence() {
+        let xff = [("x-forwarded-for", "10.0.0.1, 10.0.0.2"), ("x-forwarded-for", "10.0.0.3")];
+        assert!(with_headers("hdr(x-forwarded-for,1) 10.0.0.1", &xff));
+        assert!(!with_headers("hdr(x-forwarded-for,1) 10.0.0.2", &xff));
+        assert!(with_headers("hdr(x-forwarded-for,2) 10.0.0.2", &xff));
+        assert!(with_headers("hdr(x-forwarded-for,-1) 10.0.0.3", &xff));
+        assert!(with_headers("hdr(x-forwarded-for,-3) 10.0.0.1", &xff));
+        assert!(!with_headers("hdr(x-forwarded-for,-4) -m found", &xff));
+        assert!(!with_headers("hdr(x-forwarded-for,4) -m found", &xff));
+        assert!(with_headers("fhdr(x-forwarded-for,1) '10.0.0.1, 10.0.0.2'", &xff));
+    }
+
+    #[test]
+    fn hdr_ip() {
+        let xff = [("x-forwarded-for", "203.0.113.9, 10.1.2.3")];
+        assert!(with_headers("hdr_ip(x-forwarded-for) 10.0.0.0/8", &xff));
+        assert!(!with_headers("hdr_ip(x-forwarded-for,1) 10.0.0.0/8", &xff));
+        assert!(!with_headers("hdr_ip(x-forwarded-for) 192.168.0.0/16", &xff));
+        assert!(!with_headers("hdr_ip(x-forwarded-for) 10.0.0.0/8", &[("x-forwarded-for", "unknown")]));
+        assert!(with_headers("hdr(x-real-ip) -m ip ::1", &[("x-real-ip", "::1")]));
+    }
+
+    #[test]
+    fn hdr_host_uses_the_header_then_the_canonical_host() {
+        let with_port = [("host", "Shop.Example.com:8080")];
+        assert!(with_headers("hdr(host) shop.example.com:8080", &with_port));
+        assert!(with_headers("hdr_beg(host) shop.example.com", &with_port));
+        assert!(!with_headers("hdr(host) shop.example.com", &with_port));
+        // HTTP/2: no Host header, the :authority became the canonical host.
+        assert!(with_headers("hdr(host) EXAMPLE.com", &[]));
+        let no_host = Req { host: "", ..Req::new("/") };
+        assert!(!acl("hdr(host) -m found").matches(&no_host.view()));
+    }
+
+    #[test]
+    fn url_param() {
+        assert!(with_query("url_param(id) 42", "id=42"));
+        assert!(with_query("urlp(id) 42", "a=1&id=42&b=2"));
+        assert!(with_query("urlp(id) 7", "id=42&id=7"));
+        // The name must be the whole parameter name, not a suffix or prefix of another.
+        assert!(!with_query("urlp(id) 42", "uid=42"));
+        assert!(!with_query("urlp(id) 42", "id2=42"));
+        assert!(!with_query("urlp(id) -m found", "xid=1&idx=2"));
+        // Empty value, and a parameter without '=' (absent, as in HAProxy).
+        assert!(with_query("urlp(id) -m found", "id="));
+        assert!(with_query("urlp(id) ''", "a=1&id=&b=2"));
+        assert!(with_query("urlp_len(id) 0", "id="));
+        assert!(!with_query("urlp(id) -m found", "id"));
+        assert!(!with_query("urlp(id) -m found", "id&x=1"));
+        assert!(!with_query("urlp(id) -m found", ""));
+        // Values are not percent-decoded; '=' inside a value is kept.
+        assert!(with_query("urlp(q) a%20b", "q=a%20b"));
+        assert!(with_query("urlp(q) a=b", "q=a=b"));
+        assert!(with_query("urlp_beg(lang) -i EN", "lang=en-GB"));
+        // Names are case-sensitive, as in HAProxy.
+        assert!(!with_query("urlp(ID) 1", "id=1"));
+    }
+
+    #[test]
+    fn src_ipv4_ipv6_and_mapped() {
+        assert!(from("src 10.0.0.0/8", "10.9.8.7:1234"));
+        assert!(!from("src 10.0.0.0/8", "11.0.0.1:1234"));
+        assert!(from("src 192.0.2.1 2001:db8::/32", "[2001:db8::42]:443"));
+        assert!(!from("src 2001:db8::/32", "[2001:db9::1]:443"));
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        assert!(from("src 10.0.0.0/8", "[::ffff:10.1.1.1]:5000"));
+        assert!(from("src ::ffff:10.0.0.0/104", "10.1.1.1:5000"));
+        assert!(!from("src 10.0.0.0/8", "[::1]:5000"));
+        assert!(from("src ::1 127.0.0.1", "[::1]:5000"));
+        assert!(from("src -m found", "[::1]:5000"));
+    }
+
+    #[test]
+    fn exact_sets_dedupe_and_fold() {
+        let acl = acl("path -i /B /a /c /A /b /d /e /f /g /h /i /j");
+        for path in ["/a", "/J", "/e"] {
+            assert!(acl.matches(&Req::new(path).view()), "{path}");
+        }
+        assert!(!acl.matches(&Req::new("/k").view()));
+        assert!(!acl.matches(&Req::new("/").view()));
+    }
 }
