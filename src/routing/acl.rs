@@ -547,25 +547,39 @@ mod tests {
     fn on_paths(text: &str, yes: &[&'static str], no: &[&'static str]) {
         let acl = acl(text);
         for path in yes {
-            assert!(acl.matches(&Req::new(path).view()), "{text:?} should match {path:?}");
+            assert!(
+                acl.matches(&Req::new(path).view()),
+                "{text:?} should match {path:?}"
+            );
         }
         for path in no {
-            assert!(!acl.matches(&Req::new(path).view()), "{text:?} should not match {path:?}");
+            assert!(
+                !acl.matches(&Req::new(path).view()),
+                "{text:?} should not match {path:?}"
+            );
         }
     }
 
     fn with_query(text: &str, query: &'static str) -> bool {
-        let req = Req { query, ..Req::new("/") };
+        let req = Req {
+            query,
+            ..Req::new("/")
+        };
         acl(text).matches(&req.view())
     }
 
     fn with_headers(text: &str, headers: &[(&'static str, &'static str)]) -> bool {
-        let req = headers.iter().fold(Req::new("/"), |r, (n, v)| r.header(n, v));
+        let req = headers
+            .iter()
+            .fold(Req::new("/"), |r, (n, v)| r.header(n, v));
         acl(text).matches(&req.view())
     }
 
     fn from(text: &str, client: &str) -> bool {
-        let req = Req { client: client.parse().unwrap(), ..Req::new("/") };
+        let req = Req {
+            client: client.parse().unwrap(),
+            ..Req::new("/")
+        };
         acl(text).matches(&req.view())
     }
 
@@ -577,42 +591,82 @@ mod tests {
 
     #[test]
     fn path_beg() {
-        on_paths("path_beg /item", &["/item", "/items", "/item/3"], &["/ite", "/x/item", "/Item"]);
-        on_paths("path_beg -i /Item /BASKET", &["/item/3", "/iTeM", "/basket?"], &["/bask"]);
+        on_paths(
+            "path_beg /item",
+            &["/item", "/items", "/item/3"],
+            &["/ite", "/x/item", "/Item"],
+        );
+        on_paths(
+            "path_beg -i /Item /BASKET",
+            &["/item/3", "/iTeM", "/basket?"],
+            &["/bask"],
+        );
         // Many patterns of different lengths: one lookup per distinct length.
         let many = "path_beg /b /c /dd /eee /ffff /ggggg /api/v1 /api/v2 /static";
-        on_paths(many, &["/api/v2/x", "/eee", "/static/a.css", "/ffff/"], &["/api/v3", "/", "/ee", "/a"]);
+        on_paths(
+            many,
+            &["/api/v2/x", "/eee", "/static/a.css", "/ffff/"],
+            &["/api/v3", "/", "/ee", "/a"],
+        );
     }
 
     #[test]
     fn path_end() {
-        on_paths("path_end .jpg .png", &["/a.jpg", "/b/c.png", ".jpg"], &["/a.jpeg", "/a.JPG", "/jpg"]);
+        on_paths(
+            "path_end .jpg .png",
+            &["/a.jpg", "/b/c.png", ".jpg"],
+            &["/a.jpeg", "/a.JPG", "/jpg"],
+        );
         on_paths("path_end -i .JPG", &["/a.jpg", "/a.Jpg"], &["/a.jpgx"]);
     }
 
     #[test]
     fn path_sub_few_and_many() {
-        on_paths("path_sub admin", &["/admin", "/x/admin/y", "/superadmin"], &["/adm/in", "/ADMIN"]);
+        on_paths(
+            "path_sub admin",
+            &["/admin", "/x/admin/y", "/superadmin"],
+            &["/adm/in", "/ADMIN"],
+        );
         on_paths("path_sub -i Admin", &["/ADMIN", "/x/aDmIn"], &["/adm"]);
         let many = "path_sub -i alpha beta gamma delta epsilon zeta é";
-        on_paths(many, &["/x/BETA/y", "/zetas", "/caf\u{e9}"], &["/alph", "/bet", "/"]);
+        on_paths(
+            many,
+            &["/x/BETA/y", "/zetas", "/caf\u{e9}"],
+            &["/alph", "/bet", "/"],
+        );
         let many = "path_sub alpha beta gamma delta epsilon zeta";
         on_paths(many, &["/alphabet"], &["/ALPHA"]);
     }
 
     #[test]
     fn path_dir_matches_whole_segments() {
-        on_paths("path_dir /img", &["/img", "/img/a.png", "/static/img", "/a/img/b"], &["/images", "/aimg/b", "/im"]);
+        on_paths(
+            "path_dir /img",
+            &["/img", "/img/a.png", "/static/img", "/a/img/b"],
+            &["/images", "/aimg/b", "/im"],
+        );
         on_paths("path_dir img/", &["/img/x"], &["/imgx"]);
-        on_paths("path_dir /api/v1", &["/api/v1", "/x/api/v1/users"], &["/api/v10", "/api/v", "/api"]);
+        on_paths(
+            "path_dir /api/v1",
+            &["/api/v1", "/x/api/v1/users"],
+            &["/api/v10", "/api/v", "/api"],
+        );
         on_paths("path_dir -i IMG", &["/a/img/b"], &["/a/imgs"]);
     }
 
     #[test]
     fn dom_matches_dot_delimited_words() {
         let acl = acl("host_dom example");
-        for (host, expected) in [("www.example.com", true), ("example", true), ("examples.com", false), ("myexample.com", false)] {
-            let req = Req { host, ..Req::new("/") };
+        for (host, expected) in [
+            ("www.example.com", true),
+            ("example", true),
+            ("examples.com", false),
+            ("myexample.com", false),
+        ] {
+            let req = Req {
+                host,
+                ..Req::new("/")
+            };
             assert_eq!(acl.matches(&req.view()), expected, "{host}");
         }
         on_paths("path_dom b.c", &["/a/b.c/d", "/b.c"], &["/ab.c", "/b.cd"]);
@@ -620,16 +674,28 @@ mod tests {
 
     #[test]
     fn path_reg_one_and_many() {
-        on_paths(r"path_reg ^/api/v[0-9]+/ \.php$", &["/api/v2/x", "/x/a.php"], &["/api/vx/", "/API/v2/"]);
+        on_paths(
+            r"path_reg ^/api/v[0-9]+/ \.php$",
+            &["/api/v2/x", "/x/a.php"],
+            &["/api/vx/", "/API/v2/"],
+        );
         on_paths(r"path_reg -i ^/api/v[0-9]+/", &["/API/V2/x"], &["/apix"]);
-        on_paths(r"path_reg -i ^/api/ ^/static/", &["/Static/a", "/API/"], &["/x/api/"]);
+        on_paths(
+            r"path_reg -i ^/api/ ^/static/",
+            &["/Static/a", "/API/"],
+            &["/x/api/"],
+        );
         // Unanchored, as HAProxy: a regex matches anywhere in the sample.
         on_paths("path_reg admin", &["/x/admin/y"], &["/x/adm"]);
     }
 
     #[test]
     fn path_len_and_len_method() {
-        on_paths("path_len 2 10:", &["/a", "/0123456789"], &["/", "/abc", "/01234567"]);
+        on_paths(
+            "path_len 2 10:",
+            &["/a", "/0123456789"],
+            &["/", "/abc", "/01234567"],
+        );
         on_paths("path -m len gt 3", &["/abc"], &["/ab"]);
         on_paths("path_len lt 0", &[], &["/"]);
     }
@@ -641,7 +707,9 @@ mod tests {
 
     #[test]
     fn any_of_several_lines() {
-        let spec = parse_acl("path_beg /a").unwrap().or(parse_acl("path_end .css").unwrap());
+        let spec = parse_acl("path_beg /a")
+            .unwrap()
+            .or(parse_acl("path_end .css").unwrap());
         let acl = CompiledAcl::compile(&spec).unwrap();
         assert!(acl.matches(&Req::new("/a/x").view()));
         assert!(acl.matches(&Req::new("/x/s.css").view()));
@@ -650,19 +718,28 @@ mod tests {
 
     #[test]
     fn host_is_case_insensitive_and_portless() {
-        let req = Req { host: "api.example.com", ..Req::new("/") };
+        let req = Req {
+            host: "api.example.com",
+            ..Req::new("/")
+        };
         assert!(acl("host API.Example.com").matches(&req.view()));
         assert!(acl("host_end .EXAMPLE.com").matches(&req.view()));
         assert!(acl("host_beg api.").matches(&req.view()));
         assert!(acl("host_reg ^API\\.").matches(&req.view()));
         assert!(!acl("host example.com").matches(&req.view()));
-        let empty = Req { host: "", ..Req::new("/") };
+        let empty = Req {
+            host: "",
+            ..Req::new("/")
+        };
         assert!(!acl("host_sub e").matches(&empty.view()));
     }
 
     #[test]
     fn method_is_case_sensitive_unless_i() {
-        let post = Req { method: Method::POST, ..Req::new("/") };
+        let post = Req {
+            method: Method::POST,
+            ..Req::new("/")
+        };
         assert!(acl("method GET POST").matches(&post.view()));
         assert!(!acl("method GET").matches(&post.view()));
         assert!(!acl("method post").matches(&post.view()));
@@ -678,12 +755,21 @@ mod tests {
 
     #[test]
     fn hdr_any_value_of_any_occurrence() {
-        let accept = [("accept", "text/html, application/json;q=0.9"), ("accept", "image/png")];
+        let accept = [
+            ("accept", "text/html, application/json;q=0.9"),
+            ("accept", "image/png"),
+        ];
         assert!(with_headers("hdr(accept) image/png", &accept));
         assert!(with_headers("hdr(Accept) application/json;q=0.9", &accept));
         assert!(with_headers("hdr_beg(accept) application/", &accept));
-        assert!(!with_headers("hdr(accept) 'text/html, application/json;q=0.9'", &accept));
-        assert!(with_headers("fhdr(accept) 'text/html, application/json;q=0.9'", &accept));
+        assert!(!with_headers(
+            "hdr(accept) 'text/html, application/json;q=0.9'",
+            &accept
+        ));
+        assert!(with_headers(
+            "fhdr(accept) 'text/html, application/json;q=0.9'",
+            &accept
+        ));
         assert!(!with_headers("fhdr(accept) text/html", &accept));
         assert!(!with_headers("hdr(accept) image/gif", &accept));
         assert!(!with_headers("hdr(x-other) image/png", &accept));
@@ -721,7 +807,10 @@ mod tests {
 
     #[test]
     fn hdr_occurrence() {
-        let xff = [("x-forwarded-for", "10.0.0.1, 10.0.0.2"), ("x-forwarded-for", "10.0.0.3")];
+        let xff = [
+            ("x-forwarded-for", "10.0.0.1, 10.0.0.2"),
+            ("x-forwarded-for", "10.0.0.3"),
+        ];
         assert!(with_headers("hdr(x-forwarded-for,1) 10.0.0.1", &xff));
         assert!(!with_headers("hdr(x-forwarded-for,1) 10.0.0.2", &xff));
         assert!(with_headers("hdr(x-forwarded-for,2) 10.0.0.2", &xff));
@@ -729,7 +818,10 @@ mod tests {
         assert!(with_headers("hdr(x-forwarded-for,-3) 10.0.0.1", &xff));
         assert!(!with_headers("hdr(x-forwarded-for,-4) -m found", &xff));
         assert!(!with_headers("hdr(x-forwarded-for,4) -m found", &xff));
-        assert!(with_headers("fhdr(x-forwarded-for,1) '10.0.0.1, 10.0.0.2'", &xff));
+        assert!(with_headers(
+            "fhdr(x-forwarded-for,1) '10.0.0.1, 10.0.0.2'",
+            &xff
+        ));
     }
 
     #[test]
@@ -737,9 +829,18 @@ mod tests {
         let xff = [("x-forwarded-for", "203.0.113.9, 10.1.2.3")];
         assert!(with_headers("hdr_ip(x-forwarded-for) 10.0.0.0/8", &xff));
         assert!(!with_headers("hdr_ip(x-forwarded-for,1) 10.0.0.0/8", &xff));
-        assert!(!with_headers("hdr_ip(x-forwarded-for) 192.168.0.0/16", &xff));
-        assert!(!with_headers("hdr_ip(x-forwarded-for) 10.0.0.0/8", &[("x-forwarded-for", "unknown")]));
-        assert!(with_headers("hdr(x-real-ip) -m ip ::1", &[("x-real-ip", "::1")]));
+        assert!(!with_headers(
+            "hdr_ip(x-forwarded-for) 192.168.0.0/16",
+            &xff
+        ));
+        assert!(!with_headers(
+            "hdr_ip(x-forwarded-for) 10.0.0.0/8",
+            &[("x-forwarded-for", "unknown")]
+        ));
+        assert!(with_headers(
+            "hdr(x-real-ip) -m ip ::1",
+            &[("x-real-ip", "::1")]
+        ));
     }
 
     #[test]
@@ -750,7 +851,10 @@ mod tests {
         assert!(!with_headers("hdr(host) shop.example.com", &with_port));
         // HTTP/2: no Host header, the :authority became the canonical host.
         assert!(with_headers("hdr(host) EXAMPLE.com", &[]));
-        let no_host = Req { host: "", ..Req::new("/") };
+        let no_host = Req {
+            host: "",
+            ..Req::new("/")
+        };
         assert!(!acl("hdr(host) -m found").matches(&no_host.view()));
     }
 

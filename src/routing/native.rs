@@ -261,5 +261,327 @@ impl Memo {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::net::SocketAddr;
+
+    use http::{HeaderMap, Method};
+
+    use super::{AclRouter, BuildError, Memo};
+    use crate::config::acl::{Condition, parse_acl, parse_condition};
+    use crate::config::{Frontend, Mode, NamedAcl, Timeouts, UseBackend};
+    use crate::routing::{RequestView, RouteDecision, Router};
+
+    const BACKENDS: [&str; 4] = ["webservers", "items", "baskets", "admin"];
+
+    fn index(name: &str) -> Option<usize> {
+        BACKENDS.iter().position(|b| *b == name)
+    }
+
+    fn frontend(acls: &[(&str, &str)], rules: &[(&str, &str)], default: Option<&str>) -> Frontend {
+        Frontend {
+            name: "web".into(),
+            binds: vec!["127.0.0.1:8080".parse().unwrap()],
+            mode: Mode::Http,
+            acls: acls
+                .iter()
+                .map(|(name, text)| NamedAcl {
+                    name: (*name).into(),
+                    spec: parse_acl(text).unwrap(),
+                })
+                .collect(),
+            rules: rules
+                .iter()
+                .map(|(backend, cond)| {
+                    let (negate, cond) = match cond.strip_prefix("unless ") {
+                        Some(c) => (true, c),
+                        None => (false, cond.strip_prefix("if ").unwrap_or(cond)),
+                    };
+                    let condition = if cond.is_empty() {
+                        Condition::always()
+                    } else {
+                        parse_condition(cond).unwrap()
+                    };
+                    UseBackend {
+                        backend: (*backend).into(),
+                        condition,
+                        negate,
+                    }
+                })
+                .collect(),
+            default_backend: default.map(Into::into),
+            timeouts: Timeouts::default(),
+            forwardfor: true,
+            max_header_size: 64 * 1024,
+        }
+    }
+
+    fn router(acls: &[(&str, &str)], rules: &[(&str, &str)], default: Option<&str>) -> AclRouter {
+        AclRouter::build(&frontend(acls, rules, default), index).unwrap()
+    }
+
+    fn route(router: &AclRouter, method: Method, path: &str) -> RouteDecision {
+        let headers = HeaderMap::new();
+        let client: SocketAddr = "10.0.0.5:50000".parse().unwrap();
+        let view = RequestView {
+            method: &method,
+            scheme: "http",
+            host: "example.com",
+            path,
+            query: "",
+            headers: &headers,
+            client,
+            frontend: "web",
+        };
+        router.route(&view)
+    }
+
+    fn get(router: &AclRouter, path: &str) -> RouteDecision {
+        route(router, Method::GET, path)
+    }
+
+    fn to(name: &str) -> RouteDecision {
+        RouteDecision::Backend(index(name).unwrap())
+    }
+
+    fn lab() -> AclRouter {
+        router(
+            &[
+                ("is_item", "path_beg /item"),
+                ("is_basket", "path_beg /basket"),
+            ],
+            &[("items", "is_item"), ("baskets", "is_basket")],
+            Some("webservers"),
+        )
+    }
+
+    #[test]
+    fn lab_two_routes_by_path_prefix() {
+        let r = lab();
+        assert_eq!(get(&r, "/item/1"), to("items"));
+        assert_eq!(get(&r, "/items"), to("items"));
+        assert_eq!(get(&r, "/basket"), to("baskets"));
+        assert_eq!(get(&r, "/"), to("webservers"));
+        assert_eq!(get(&r, "/x/item"), to("webservers"));
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let r = router(
+            &[("api", "path_beg /api"), ("admin", "path_beg /api/admin")],
+            &[("items", "api"), ("admin", "admin")],
+            None,
+        );
+        assert_eq!(get(&r, "/api/admin"), to("items"));
+        let r = router(
+            &[("api", "path_beg /api"), ("admin", "path_beg /api/admin")],
+            &[("admin", "admin"), ("items", "api")],
+            None,
+        );
+        assert_eq!(get(&r, "/api/admin"), to("admin"));
+        assert_eq!(get(&r, "/api/x"), to("items"));
+    }
+
+    #[test]
+    fn no_match_and_no_default_is_no_backend() {
+        let r = router(
+            &[("is_item", "path_beg /item")],
+            &[("items", "is_item")],
+            None,
+        );
+        assert_eq!(get(&r, "/other"), RouteDecision::NoBackend);
+        let empty = router(&[], &[], None);
+        assert_eq!(get(&empty, "/"), RouteDecision::NoBackend);
+        let only_default = router(&[], &[], Some("baskets"));
+        assert_eq!(get(&only_default, "/"), to("baskets"));
+    }
+
+    #[test]
+    fn unless_applies_when_the_condition_is_false() {
+        let r = router(
+            &[("is_get", "method GET HEAD")],
+            &[("admin", "unless is_get")],
+            Some("webservers"),
+        );
+        assert_eq!(route(&r, Method::POST, "/"), to("admin"));
+        assert_eq!(route(&r, Method::GET, "/"), to("webservers"));
+    }
+
+    #[test]
+    fn negation() {
+        let r = router(
+            &[("is_item", "path_beg /item")],
+            &[("items", "!is_item")],
+            Some("webservers"),
+        );
+        assert_eq!(get(&r, "/x"), to("items"));
+        assert_eq!(get(&r, "/item"), to("webservers"));
+        // `unless !a` is `if a`.
+        let r = router(
+            &[("is_item", "path_beg /item")],
+            &[("items", "unless !is_item")],
+            None,
+        );
+        assert_eq!(get(&r, "/item"), to("items"));
+        assert_eq!(get(&r, "/x"), RouteDecision::NoBackend);
+    }
+
+    #[test]
+    fn and_binds_tighter_than_or() {
+        // a b or c  ==  (a and b) or c
+        let acls = [
+            ("a", "path_sub a"),
+            ("b", "path_sub b"),
+            ("c", "path_sub c"),
+        ];
+        for cond in ["a b or c", "a b || c"] {
+            let r = router(&acls, &[("items", cond)], None);
+            for (path, expected) in [
+                ("/ab", true),
+                ("/a", false),
+                ("/b", false),
+                ("/c", true),
+                ("/ac", true),
+                ("/x", false),
+                ("/abc", true),
+            ] {
+                let got = get(&r, path) == to("items");
+                assert_eq!(got, expected, "{cond:?} on {path}");
+            }
+        }
+        // a or b c  ==  a or (b and c)
+        let r = router(&acls, &[("items", "a or b c")], None);
+        assert_eq!(get(&r, "/a"), to("items"));
+        assert_eq!(get(&r, "/b"), RouteDecision::NoBackend);
+        assert_eq!(get(&r, "/bc"), to("items"));
+    }
+
+    #[test]
+    fn inline_acls_in_rules() {
+        let r = router(
+            &[("is_get", "method GET")],
+            &[
+                ("admin", "{ path_beg /admin } !is_get"),
+                ("items", "is_get { path_end .json }"),
+            ],
+            Some("webservers"),
+        );
+        assert_eq!(route(&r, Method::POST, "/admin/x"), to("admin"));
+        assert_eq!(route(&r, Method::GET, "/admin/x"), to("webservers"));
+        assert_eq!(route(&r, Method::GET, "/a.json"), to("items"));
+    }
+
+    #[test]
+    fn same_acl_name_on_several_lines_is_any_of() {
+        let r = router(
+            &[("static", "path_beg /static"), ("static", "path_end .css")],
+            &[("items", "static")],
+            Some("webservers"),
+        );
+        assert_eq!(get(&r, "/static/x"), to("items"));
+        assert_eq!(get(&r, "/a/b.css"), to("items"));
+        assert_eq!(get(&r, "/a/b.js"), to("webservers"));
+    }
+
+    #[test]
+    fn always_rule() {
+        let r = router(&[], &[("baskets", "")], Some("webservers"));
+        assert_eq!(get(&r, "/anything"), to("baskets"));
+    }
+
+    #[test]
+    fn shared_acls_get_memo_slots_and_keep_their_value() {
+        let acls = [
+            ("a", "path_sub a"),
+            ("b", "path_sub b"),
+            ("once", "path_sub o"),
+        ];
+        let rules = [
+            ("admin", "a b"),
+            ("baskets", "!a once"),
+            ("items", "a or b"),
+        ];
+        let r = router(&acls, &rules, Some("webservers"));
+        assert_eq!(r.memo_slots, 2, "only a and b are used twice");
+        // /a: rule 1 evaluates a (true) then b (false); rule 2 reads a from the memo (true -> !a
+        // false); rule 3 reads a again.
+        assert_eq!(get(&r, "/a"), to("items"));
+        assert_eq!(get(&r, "/ab"), to("admin"));
+        assert_eq!(get(&r, "/o"), to("baskets"));
+        assert_eq!(get(&r, "/b"), to("items"));
+        assert_eq!(get(&r, "/x"), to("webservers"));
+    }
+
+    #[test]
+    fn memo_bits() {
+        for slots in [
+            1,
+            super::MEMO_STACK_SLOTS,
+            super::MEMO_STACK_SLOTS + 1,
+            1000,
+        ] {
+            let mut memo = Memo::new(slots);
+            assert_eq!(
+                matches!(memo, Memo::Heap(_)),
+                slots > super::MEMO_STACK_SLOTS
+            );
+            for slot in 0..slots {
+                assert_eq!(memo.get(slot), None);
+                memo.set(slot, slot % 3 == 0);
+            }
+            for slot in 0..slots {
+                assert_eq!(
+                    memo.get(slot),
+                    Some(slot % 3 == 0),
+                    "slot {slot} of {slots}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn many_shared_acls_spill_to_the_heap_and_still_route() {
+        let names: Vec<String> = (0..300).map(|i| format!("p{i}")).collect();
+        let texts: Vec<String> = (0..300).map(|i| format!("path /p{i}")).collect();
+        let acls: Vec<(&str, &str)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(texts.iter().map(String::as_str))
+            .collect();
+        let conds: Vec<String> = names.iter().map(|n| format!("{n} {n}")).collect();
+        let rules: Vec<(&str, &str)> = conds.iter().map(|c| ("items", c.as_str())).collect();
+        let r = router(&acls, &rules, None);
+        assert_eq!(r.memo_slots, 300);
+        assert_eq!(get(&r, "/p299"), to("items"));
+        assert_eq!(get(&r, "/p300"), RouteDecision::NoBackend);
+    }
+
+    #[test]
+    fn build_errors() {
+        let f = frontend(&[("a", "path /")], &[("nope", "a")], None);
+        let e = AclRouter::build(&f, index).unwrap_err();
+        assert!(
+            matches!(&e, BuildError::UnknownBackend { backend, .. } if backend == "nope"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "frontend web: backend \"nope\" is not in the snapshot"
+        );
+        let f = frontend(&[], &[], Some("gone"));
+        assert!(matches!(
+            AclRouter::build(&f, index),
+            Err(BuildError::UnknownBackend { .. })
+        ));
+        let f = frontend(&[("a", "path /")], &[("items", "a or b")], None);
+        let e = AclRouter::build(&f, index).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frontend web: condition uses undefined acl \"b\""
+        );
+    }
+
+    #[test]
+    fn router_is_shareable() {
+        fn check<T: Router + 'static>() {}
+        check::<AclRouter>();
+    }
 }
