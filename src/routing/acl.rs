@@ -30,6 +30,8 @@ use crate::routing::RequestView;
 
 /// Above this many literal patterns, `sub` uses one automaton instead of a loop.
 const SUB_SCAN_MAX: usize = 4;
+/// Up to this many patterns, exact/prefix/suffix sets are scanned rather than searched.
+const SMALL_SET: usize = 4;
 
 /// An ACL spec turned into something that failed to compile although the spec was valid.
 #[derive(Debug, thiserror::Error)]
@@ -353,16 +355,8 @@ impl Matcher {
         match self {
             Self::Found => true,
             Self::Exact(set) => set.contains(value),
-            Self::Prefix(set) => set
-                .lens
-                .iter()
-                .take_while(|&&l| l <= value.len())
-                .any(|&l| set.contains(&value[..l])),
-            Self::Suffix(set) => set
-                .lens
-                .iter()
-                .take_while(|&&l| l <= value.len())
-                .any(|&l| set.contains(&value[value.len() - l..])),
+            Self::Prefix(set) => set.has_prefix_of(value),
+            Self::Suffix(set) => set.has_suffix_of(value),
             Self::SubScan { needles, fold } => needles.iter().any(|n| contains(value, n, *fold)),
             Self::SubSet(re) | Self::Regex(re) => re.is_match(value),
             Self::RegexSet(set) => set.is_match(value),
@@ -427,9 +421,40 @@ impl SortedSet {
     }
 
     fn contains(&self, value: &[u8]) -> bool {
+        if self.items.len() <= SMALL_SET {
+            return self
+                .items
+                .iter()
+                .any(|item| eq_folded(item, value, self.fold));
+        }
         self.items
             .binary_search_by(|item| cmp_folded(item, value, self.fold))
             .is_ok()
+    }
+
+    /// Some pattern is a prefix of `value`.
+    fn has_prefix_of(&self, value: &[u8]) -> bool {
+        if self.items.len() <= SMALL_SET {
+            let fold = self.fold;
+            return self
+                .items
+                .iter()
+                .any(|p| value.get(..p.len()).is_some_and(|v| eq_folded(v, p, fold)));
+        }
+        let fits = self.lens.iter().take_while(|&&l| l <= value.len());
+        fits.into_iter().any(|&l| self.contains(&value[..l]))
+    }
+
+    /// Some pattern is a suffix of `value`.
+    fn has_suffix_of(&self, value: &[u8]) -> bool {
+        let tail = |l: usize| &value[value.len() - l..];
+        if self.items.len() <= SMALL_SET {
+            let fold = self.fold;
+            let fits = self.items.iter().filter(|p| p.len() <= value.len());
+            return fits.into_iter().any(|p| eq_folded(tail(p.len()), p, fold));
+        }
+        let fits = self.lens.iter().take_while(|&&l| l <= value.len());
+        fits.into_iter().any(|&l| self.contains(tail(l)))
     }
 }
 
@@ -618,6 +643,8 @@ mod tests {
             &["/a.jpeg", "/a.JPG", "/jpg"],
         );
         on_paths("path_end -i .JPG", &["/a.jpg", "/a.Jpg"], &["/a.jpgx"]);
+        let many = "path_end -i .jpg .PNG .gif .webp .css .js";
+        on_paths(many, &["/a.png", "/b/C.JS", "/x.webp"], &["/a.pn", "/s", "/a.jsx"]);
     }
 
     #[test]
