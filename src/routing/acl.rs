@@ -80,15 +80,18 @@ impl CompiledTest {
 
     fn matches(&self, req: &RequestView<'_>) -> bool {
         match (&self.sample, &self.matcher) {
-            (Sample::Src, Matcher::Ip(nets)) => {
-                let ip = req.client.ip().to_canonical();
-                nets.iter().any(|n| n.contains_canonical(ip))
-            }
+            (Sample::Src, Matcher::Ip(nets)) => src_in(req, nets),
             // The parser accepts only `ip` and `found` for `src`; a client always has an address.
             (Sample::Src, _) => true,
             (sample, matcher) => sample.any(req, |value| matcher.matches(value)),
         }
     }
+}
+
+#[inline(never)]
+fn src_in(req: &RequestView<'_>, nets: &[IpNet]) -> bool {
+    let ip = req.client.ip().to_canonical();
+    nets.iter().any(|n| n.contains_canonical(ip))
 }
 
 /// Where the bytes to match come from.
@@ -149,36 +152,43 @@ impl Sample {
                 split,
                 occurrence,
                 host_fallback,
-            } => {
-                let values = || {
-                    let fallback =
-                        (*host_fallback && !req.host.is_empty() && !req.headers.contains_key(name))
-                            .then_some(req.host.as_bytes());
-                    let split = *split;
-                    req.headers
-                        .get_all(name)
-                        .iter()
-                        .flat_map(move |v| Values::new(v.as_bytes(), split))
-                        .chain(fallback)
-                };
-                match *occurrence {
-                    None => values().any(f),
-                    Some(n) if n > 0 => values().nth(n.unsigned_abs() as usize - 1).is_some_and(f),
-                    Some(n) => {
-                        let count = values().count();
-                        count
-                            .checked_sub(n.unsigned_abs() as usize)
-                            .and_then(|i| values().nth(i))
-                            .is_some_and(f)
-                    }
-                }
-            }
+            } => any_header(req, name, *split, *occurrence, *host_fallback, f),
             Self::UrlParam(name) => req.query.as_bytes().split(|&b| b == b'&').any(|param| {
                 param.len() > name.len()
                     && param[name.len()] == b'='
                     && param.starts_with(name)
                     && f(&param[name.len() + 1..])
             }),
+        }
+    }
+}
+
+/// `Sample::any` for headers, kept out of line so the common path/host tests stay small.
+#[inline(never)]
+fn any_header(
+    req: &RequestView<'_>,
+    name: &HeaderName,
+    split: bool,
+    occurrence: Option<i32>,
+    host_fallback: bool,
+    f: impl FnMut(&[u8]) -> bool,
+) -> bool {
+    let lines = req.headers.get_all(name);
+    let fallback = (host_fallback && !req.host.is_empty() && lines.iter().next().is_none())
+        .then_some(req.host.as_bytes());
+    let values = || {
+        let lines = lines.iter();
+        lines
+            .flat_map(move |v| Values::new(v.as_bytes(), split))
+            .chain(fallback)
+    };
+    match occurrence {
+        None => values().any(f),
+        Some(n) if n > 0 => values().nth(n.unsigned_abs() as usize - 1).is_some_and(f),
+        Some(n) => {
+            let count = values().count();
+            let index = count.checked_sub(n.unsigned_abs() as usize);
+            index.and_then(|i| values().nth(i)).is_some_and(f)
         }
     }
 }
@@ -644,7 +654,11 @@ mod tests {
         );
         on_paths("path_end -i .JPG", &["/a.jpg", "/a.Jpg"], &["/a.jpgx"]);
         let many = "path_end -i .jpg .PNG .gif .webp .css .js";
-        on_paths(many, &["/a.png", "/b/C.JS", "/x.webp"], &["/a.pn", "/s", "/a.jsx"]);
+        on_paths(
+            many,
+            &["/a.png", "/b/C.JS", "/x.webp"],
+            &["/a.pn", "/s", "/a.jsx"],
+        );
     }
 
     #[test]
