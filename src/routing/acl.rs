@@ -36,7 +36,7 @@ const SMALL_SET: usize = 4;
 /// An ACL spec turned into something that failed to compile although the spec was valid.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    #[error("cannot combine {count} patterns into one matcher: {source}")]
+    #[error("cannot compile {count} pattern(s) into one matcher: {source}")]
     Regex { count: usize, source: regex::Error },
 }
 
