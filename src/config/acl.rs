@@ -1445,6 +1445,51 @@ mod tests {
     }
 
     #[test]
+    fn garbage_never_panics() {
+        // Deterministic xorshift over a hostile alphabet: every input must give Ok or Err.
+        let alphabet: Vec<char> = " \t'\"\\!{}()-,:/.|&#éx0i9mpathdrsc_beglnu"
+            .chars()
+            .collect();
+        let words = [
+            "path_beg",
+            "hdr(",
+            "src",
+            "-m",
+            "-i",
+            "or",
+            "{",
+            "}",
+            "!",
+            "url_param(",
+            "len",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let mut text = String::new();
+            for _ in 0..next() % 24 {
+                let r = next();
+                if r % 4 == 0 {
+                    text.push_str(words[(r / 4) as usize % words.len()]);
+                } else {
+                    text.push(alphabet[(r / 4) as usize % alphabet.len()]);
+                }
+            }
+            for result in [parse_acl(&text).map(drop), parse_condition(&text).map(drop)] {
+                if let Err(e) = result {
+                    assert!(e.offset <= text.len(), "{text:?}: {e:?}");
+                    assert!(text.is_char_boundary(e.offset), "{text:?}: {e:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn types_are_shareable() {
         fn check<T: std::fmt::Debug + Clone + Send + Sync>() {}
         check::<AclSpec>();
