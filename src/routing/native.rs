@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::config::Frontend;
-use crate::config::acl::{AclRef, Condition};
+use crate::config::acl::{AclRef, AclSpec, Condition};
 use crate::routing::acl::{CompileError, CompiledAcl};
 use crate::routing::{RequestView, RouteDecision, Router};
 
@@ -86,28 +86,19 @@ impl AclRouter {
 
         // Named ACLs; the same name on several lines means any of them.
         let mut by_name: HashMap<&str, usize> = HashMap::new();
-        let mut specs = Vec::new();
+        let mut named: Vec<(&str, AclSpec)> = Vec::new();
         for acl in &frontend.acls {
             match by_name.get(acl.name.as_str()) {
-                Some(&i) => {
-                    specs[i] =
-                        std::mem::replace(&mut specs[i], acl.spec.clone()).or(acl.spec.clone())
-                }
+                Some(&i) => named[i].1 = named[i].1.clone().or(acl.spec.clone()),
                 None => {
-                    by_name.insert(&acl.name, specs.len());
-                    specs.push(acl.spec.clone());
+                    by_name.insert(&acl.name, named.len());
+                    named.push((&acl.name, acl.spec.clone()));
                 }
             }
         }
-        let names: Vec<&str> = {
-            let mut names = vec![""; specs.len()];
-            by_name.iter().for_each(|(name, &i)| names[i] = name);
-            names
-        };
-        let acls = specs
+        let acls = named
             .iter()
-            .zip(&names)
-            .map(|(spec, name)| CompiledAcl::compile(spec).map_err(|e| acl_error(name, e)))
+            .map(|(name, spec)| CompiledAcl::compile(spec).map_err(|e| acl_error(name, e)))
             .collect::<Result<Box<[_]>, _>>()?;
 
         // Only ACLs referenced more than once need a memo slot.
