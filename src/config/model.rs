@@ -50,12 +50,7 @@ pub struct Global {
 
 impl Default for Global {
     fn default() -> Self {
-        Self {
-            workers: None,
-            log_format: LogFormat::Text,
-            access_log: true,
-            grace: DEFAULT_GRACE,
-        }
+        Self { workers: None, log_format: LogFormat::Text, access_log: true, grace: DEFAULT_GRACE }
     }
 }
 
