@@ -505,10 +505,10 @@ const KEYWORDS: &[Keyword] = &[
     },
 ];
 
-const FETCH_HELP: &str = "valid fetches: path, query, host, method, src, hdr(NAME), fhdr(NAME), \
-     url_param(NAME) (or urlp(NAME)); path, query, host, hdr and url_param also take a match \
-     suffix _beg, _end, _sub, _dir, _dom, _reg or _len (hdr also _ip), e.g. path_beg, \
-     hdr_end(host); or use -m METHOD";
+const FETCH_HELP: &str = "expected one of path, query, host, method, src, hdr(NAME), \
+     fhdr(NAME), url_param(NAME) (or urlp); path, query, host, hdr and url_param also with a \
+     match suffix _beg, _end, _sub, _dir, _dom, _reg, _len (hdr also _ip), e.g. path_beg, \
+     hdr_end(host)";
 
 fn takes_arg(kind: FetchKind) -> bool {
     matches!(kind, FetchKind::Hdr | FetchKind::Fhdr | FetchKind::UrlParam)
@@ -742,7 +742,7 @@ fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclError> {
             let at = tokens.last().map_or(end, |t| t.end);
             return Err(
                 AclError::new(at, format!("missing pattern after \"{}\"", first.text))
-                    .help("write FETCH PATTERN..., e.g. \"path_beg /api\"; several patterns mean any of them"),
+                    .help("write FETCH PATTERN..., e.g. \"path_beg /api\""),
             );
         }
         MatchMethod::Reg => patterns
