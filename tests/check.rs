@@ -526,7 +526,7 @@ fn values() {
             r#"values.toml:13:9: error: frontend."web 1".acl."is api": invalid acl name "is api""#,
             r#"    = help: names may contain letters, digits, '-', '_', '.' and ':'"#,
             r#"values.toml:13:45: error: frontend."web 1".acl.is_x: unknown fetch "pth_beg""#,
-            r#"    = help: expected one of path, path_beg, path_end, path_reg, path_sub, hdr, hdr_beg, hdr_end, hdr_reg, host, method, src, url_param"#,
+            r#"    = help: did you mean "path_beg"?"#,
             r#"values.toml:13:74: error: frontend."web 1".acl.is_y: missing pattern after "path_beg""#,
             r#"    = help: write FETCH PATTERN..., e.g. "path_beg /api""#,
             r#"values.toml:14:48: error: frontend."web 1".use_backend[0].if: missing acl name"#,

@@ -1,232 +1,1483 @@
-//! ACL and condition syntax (HAProxy's `FETCH [-i] PATTERN...` and `if`/`unless` expressions):
-//! parsed and validated at load time into [`AclSpec`] and [`Condition`].
+//! ACL and condition syntax (HAProxy's `FETCH [-i] [-m METHOD] PATTERN...` and `if`/`unless`
+//! expressions): parsed and validated at load time into [`AclSpec`] and [`Condition`].
 //!
-//! STAND-IN on the `cfg` branch: the real module is written on the `acl` branch and replaces
-//! this file at merge. It only has the agreed signatures and just enough checking (fetch names,
-//! missing patterns, `*_reg` regexes, condition tokens) for the config loader's tests.
+//! Everything that can be wrong with an ACL line is found here, with the byte offset where the
+//! problem starts, so that `wasp check` can point at it: unknown fetches (with a suggestion),
+//! bad flags, missing patterns, invalid regexes, CIDRs, lengths and header names. Compiling
+//! the parsed specs into per-request matchers is `routing::acl`'s job.
+//!
+//! Words are split on whitespace. As in HAProxy, `'...'` quotes a word verbatim, `"..."` quotes
+//! it with backslash escapes, and outside single quotes `\ `, `\\`, `\'`, `\"` and `\#` escape
+//! one character; any other backslash is kept as is (so `\.` reaches a regex intact).
 
-/// A parsed ACL: a sample fetch, a match method, flags and patterns.
-#[derive(Debug, Clone)]
-pub struct AclSpec {
-    /// Any of these matches (several `acl` strings for one name are OR-ed).
-    alternatives: Vec<Alternative>,
-}
+use std::net::IpAddr;
 
-#[derive(Debug, Clone)]
-struct Alternative {
-    #[allow(dead_code)] // only read by the real module
-    fetch: String,
-    #[allow(dead_code)]
-    patterns: Vec<String>,
-}
+use http::HeaderName;
+use regex::bytes::{Regex, RegexBuilder};
 
-/// A parsed `if`/`unless` condition over ACL names: an OR of ANDs of (possibly negated) names.
-#[derive(Debug, Clone)]
-pub struct Condition {
-    any: Vec<Vec<Term>>,
-}
-
-#[derive(Debug, Clone)]
-struct Term {
-    offset: usize,
-    name: String,
-    #[allow(dead_code)]
-    negated: bool,
-}
-
-/// A syntax error in an ACL or condition; `offset` is a byte offset into the text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A problem in an ACL line or a condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct AclError {
+    /// Byte offset in the parsed text where the problem starts.
     pub offset: usize,
+    /// Lower case, says what is wrong.
     pub message: String,
     pub help: Option<String>,
 }
 
-const FETCHES: &[&str] = &[
-    "path",
-    "path_beg",
-    "path_end",
-    "path_reg",
-    "path_sub",
-    "hdr",
-    "hdr_beg",
-    "hdr_end",
-    "hdr_reg",
-    "host",
-    "method",
-    "src",
-    "url_param",
-];
-
-/// Byte offset and text of each whitespace-separated token.
-fn tokens(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in text.char_indices() {
-        match (c.is_whitespace(), start) {
-            (true, Some(s)) => {
-                out.push((s, &text[s..i]));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
+impl AclError {
+    fn new(offset: usize, message: impl Into<String>) -> Self {
+        Self {
+            offset,
+            message: message.into(),
+            help: None,
         }
     }
-    if let Some(s) = start {
-        out.push((s, &text[s..]));
-    }
-    out
-}
 
-pub fn parse_acl(text: &str) -> Result<AclSpec, AclError> {
-    let toks = tokens(text);
-    let Some(&(fetch_at, fetch)) = toks.first() else {
-        return Err(AclError {
-            offset: 0,
-            message: "empty acl".into(),
-            help: Some("write FETCH PATTERN..., e.g. \"path_beg /api\"".into()),
-        });
-    };
-    let name = fetch.split_once('(').map_or(fetch, |(n, _)| n);
-    if !FETCHES.contains(&name) {
-        return Err(AclError {
-            offset: fetch_at,
-            message: format!("unknown fetch \"{name}\""),
-            help: Some(format!("expected one of {}", FETCHES.join(", "))),
-        });
-    }
-    let patterns: Vec<(usize, &str)> = toks[1..]
-        .iter()
-        .copied()
-        .filter(|(_, t)| *t != "-i")
-        .collect();
-    if patterns.is_empty() {
-        return Err(AclError {
-            offset: text.len(),
-            message: format!("missing pattern after \"{fetch}\""),
-            help: Some("write FETCH PATTERN..., e.g. \"path_beg /api\"".into()),
-        });
-    }
-    if name.ends_with("_reg") {
-        for &(at, p) in &patterns {
-            if let Err(e) = regex::Regex::new(p) {
-                let detail = e.to_string();
-                let detail = detail
-                    .lines()
-                    .find_map(|l| l.strip_prefix("error: "))
-                    .unwrap_or("syntax error")
-                    .to_owned();
-                return Err(AclError {
-                    offset: at,
-                    message: format!("invalid regex \"{p}\": {detail}"),
-                    help: None,
-                });
-            }
-        }
-    }
-    Ok(AclSpec {
-        alternatives: vec![Alternative {
-            fetch: fetch.to_owned(),
-            patterns: patterns.iter().map(|(_, p)| (*p).to_owned()).collect(),
-        }],
-    })
-}
-
-impl AclSpec {
-    /// Matches when either matches.
-    pub fn or(mut self, other: AclSpec) -> AclSpec {
-        self.alternatives.extend(other.alternatives);
+    fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
         self
     }
 }
 
-pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
-    let mut any = vec![Vec::new()];
-    let mut negate_next = false;
-    for (at, tok) in tokens(text) {
-        if tok == "or" || tok == "||" {
-            if any.last().is_some_and(Vec::is_empty) || negate_next {
-                return Err(AclError {
-                    offset: at,
-                    message: format!("unexpected \"{tok}\""),
-                    help: None,
-                });
-            }
-            any.push(Vec::new());
-            continue;
-        }
-        let (at, name, negated) = match tok.strip_prefix('!') {
-            Some("") => {
-                negate_next = !negate_next;
-                continue;
-            }
-            Some(rest) => (at + 1, rest, !negate_next),
-            None => (at, tok, negate_next),
-        };
-        negate_next = false;
-        if let Some(group) = any.last_mut() {
-            group.push(Term {
-                offset: at,
-                name: name.to_owned(),
-                negated,
-            });
+/// Where a sample comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetch {
+    /// The normalised path.
+    Path,
+    /// The raw query string, without `?`.
+    Query,
+    /// The request's host, lower case, without port.
+    Host,
+    /// The method, as sent.
+    Method,
+    /// The client's address.
+    Src,
+    /// `hdr(name[,occ])`: every comma-separated value of every occurrence of the header
+    /// (commas inside double quotes do not split), or only the `occ`th value (1-based;
+    /// negative counts from the last).
+    Header {
+        name: HeaderName,
+        occurrence: Option<i32>,
+    },
+    /// `fhdr(name[,occ])`: every full header line, commas included.
+    FullHeader {
+        name: HeaderName,
+        occurrence: Option<i32>,
+    },
+    /// `url_param(name)`: the value of every `name=value` in the query (not percent-decoded).
+    UrlParam(String),
+}
+
+/// How a sample is compared with the patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchMethod {
+    /// Exact string.
+    Str,
+    Beg,
+    End,
+    Sub,
+    /// A slash-delimited sequence of segments.
+    Dir,
+    /// A sequence of `/ ? . :`-delimited words (domain name parts).
+    Dom,
+    Reg,
+    /// The sample's length in bytes, against integers or ranges.
+    Len,
+    /// The sample exists; takes no pattern.
+    Found,
+    /// An address against addresses and CIDRs.
+    Ip,
+}
+
+impl MatchMethod {
+    const ALL: [(&'static str, MatchMethod); 10] = [
+        ("str", Self::Str),
+        ("beg", Self::Beg),
+        ("end", Self::End),
+        ("sub", Self::Sub),
+        ("dir", Self::Dir),
+        ("dom", Self::Dom),
+        ("reg", Self::Reg),
+        ("len", Self::Len),
+        ("found", Self::Found),
+        ("ip", Self::Ip),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// An address or network from a `src` (or `-m ip`) pattern. IPv4-mapped IPv6 patterns and
+/// clients are treated as the IPv4 address they carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpNet {
+    V4 { net: u32, mask: u32 },
+    V6 { net: u128, mask: u128 },
+}
+
+impl IpNet {
+    /// `addr` must already be canonical (`IpAddr::to_canonical`).
+    pub fn contains_canonical(&self, addr: IpAddr) -> bool {
+        match (*self, addr) {
+            (Self::V4 { net, mask }, IpAddr::V4(a)) => u32::from(a) & mask == net,
+            (Self::V6 { net, mask }, IpAddr::V6(a)) => u128::from(a) & mask == net,
+            _ => false,
         }
     }
-    if any.last().is_some_and(Vec::is_empty) {
-        return Err(AclError {
-            offset: text.len(),
-            message: "missing acl name".into(),
-            help: Some(
-                "a condition names acls: \"is_api\", \"is_api !is_admin\", \"a or b\"".into(),
-            ),
-        });
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.contains_canonical(addr.to_canonical())
     }
-    Ok(Condition { any })
+
+    fn new(addr: IpAddr, prefix: u32) -> Self {
+        match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                Self::V4 {
+                    net: u32::from(a) & mask,
+                    mask,
+                }
+            }
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) if prefix >= 96 => Self::new(IpAddr::V4(v4), prefix - 96),
+                _ => {
+                    let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                    Self::V6 {
+                        net: u128::from(a) & mask,
+                        mask,
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// One pattern, already validated (and compiled, for regexes).
+#[derive(Debug, Clone)]
+pub enum Pattern {
+    Str(String),
+    Regex(Regex),
+    /// Inclusive length range.
+    Len {
+        min: u64,
+        max: u64,
+    },
+    Ip(IpNet),
+}
+
+/// One ACL line: a fetch, a match method, the `-i` flag and the patterns (any of them).
+#[derive(Debug, Clone)]
+pub struct AclTest {
+    fetch: Fetch,
+    method: MatchMethod,
+    ignore_case: bool,
+    patterns: Vec<Pattern>,
+}
+
+impl AclTest {
+    pub fn fetch(&self) -> &Fetch {
+        &self.fetch
+    }
+
+    pub fn method(&self) -> MatchMethod {
+        self.method
+    }
+
+    /// `-i` was given.
+    pub fn ignore_case(&self) -> bool {
+        self.ignore_case
+    }
+
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+}
+
+/// A parsed named or inline ACL: true when any of its lines matches.
+#[derive(Debug, Clone)]
+pub struct AclSpec {
+    tests: Vec<AclTest>,
+}
+
+impl AclSpec {
+    /// The same ACL name declared on several lines: true when any of them matches.
+    pub fn or(mut self, other: AclSpec) -> AclSpec {
+        self.tests.extend(other.tests);
+        self
+    }
+
+    pub fn tests(&self) -> &[AclTest] {
+        &self.tests
+    }
+}
+
+/// Parses one ACL line, e.g. `path_beg -i /item /basket`.
+pub fn parse_acl(text: &str) -> Result<AclSpec, AclError> {
+    let tokens = tokenize(text)?;
+    let test = parse_test(&tokens, text.len())?;
+    Ok(AclSpec { tests: vec![test] })
+}
+
+/// What a condition term refers to.
+#[derive(Debug, Clone)]
+pub enum AclRef {
+    /// A named ACL of the frontend; `offset` is where the name starts in the condition.
+    Named { name: String, offset: usize },
+    /// An anonymous `{ ... }` ACL; `offset` is where its `{` is.
+    Inline { spec: AclSpec, offset: usize },
+}
+
+/// One possibly negated ACL in a condition.
+#[derive(Debug, Clone)]
+pub struct Term {
+    pub negate: bool,
+    pub acl: AclRef,
+}
+
+/// A parsed `if`/`unless` condition: OR of ANDs of terms (AND binds tighter; no parentheses).
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// `None` for [`Condition::always`].
+    any_of: Option<Vec<Vec<Term>>>,
 }
 
 impl Condition {
-    /// Every ACL name used, with its byte offset in the condition text.
-    pub fn acl_names(&self) -> Vec<(usize, &str)> {
-        self.any
-            .iter()
-            .flatten()
-            .map(|t| (t.offset, t.name.as_str()))
-            .collect()
+    /// An unconditional rule.
+    pub fn always() -> Condition {
+        Condition { any_of: None }
     }
 
-    /// The condition of a rule without `if`/`unless`.
-    pub fn always() -> Condition {
-        Condition {
-            any: vec![Vec::new()],
+    pub fn is_always(&self) -> bool {
+        self.any_of.is_none()
+    }
+
+    /// The alternatives (OR), each a conjunction (AND) of terms; empty for [`Condition::always`].
+    pub fn alternatives(&self) -> &[Vec<Term>] {
+        self.any_of.as_deref().unwrap_or(&[])
+    }
+
+    /// Named ACLs referenced, with the offset of each reference.
+    pub fn acl_names(&self) -> Vec<(usize, &str)> {
+        self.alternatives()
+            .iter()
+            .flatten()
+            .filter_map(|t| match &t.acl {
+                AclRef::Named { name, offset } => Some((*offset, name.as_str())),
+                AclRef::Inline { .. } => None,
+            })
+            .collect()
+    }
+}
+
+const NAMES_HELP: &str = r#"a condition names acls: "is_api", "is_api !is_admin", "a or b""#;
+
+/// Parses a condition, e.g. `is_item !is_admin or is_basket` or `{ path_beg /api } is_internal`.
+pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
+    let tokens = tokenize(text)?;
+    if tokens.is_empty() {
+        return Err(AclError::new(0, "empty condition").help(NAMES_HELP));
+    }
+    let dangling_bang = |at| AclError::new(at, "missing acl name after \"!\"");
+    let mut any_of = Vec::new();
+    let mut all_of: Vec<Term> = Vec::new();
+    // A pending `!` word: where it is and whether the `!`s so far negate.
+    let mut pending: Option<(usize, bool)> = None;
+    let mut i = 0;
+    while let Some(t) = tokens.get(i) {
+        i += 1;
+        // Operators and braces are only recognised unquoted.
+        let word = if t.verbatim { t.text.as_str() } else { "" };
+        match word {
+            "or" | "||" => {
+                if let Some((at, _)) = pending {
+                    return Err(dangling_bang(at));
+                }
+                if all_of.is_empty() {
+                    let msg = format!("unexpected \"{word}\"");
+                    return Err(AclError::new(t.offset, msg));
+                }
+                any_of.push(std::mem::take(&mut all_of));
+                continue;
+            }
+            "and" | "&&" => {
+                return Err(AclError::new(t.offset, format!("unexpected \"{word}\""))
+                    .help("acls separated by spaces are ANDed: write \"a b\", not \"a and b\""));
+            }
+            "}" => {
+                let msg = "unexpected \"}\" without a matching \"{\"";
+                return Err(AclError::new(t.offset, msg));
+            }
+            _ => {}
+        }
+        let bangs = word.len() - word.trim_start_matches('!').len();
+        let (at, before) = pending.take().unwrap_or((t.offset, false));
+        let negate = before != (bangs % 2 == 1);
+        let name = &t.text[bangs..];
+        if name.is_empty() {
+            pending = Some((at, negate));
+        } else if t.verbatim && name == "{" {
+            let close = tokens[i..].iter().position(|c| c.verbatim && c.text == "}");
+            let Some(close) = close.map(|c| c + i) else {
+                return Err(AclError::new(
+                    t.offset + bangs,
+                    "unclosed \"{\": missing \"}\"",
+                ));
+            };
+            let test = parse_test(&tokens[i..close], tokens[close].offset)?;
+            let acl = AclRef::Inline {
+                spec: AclSpec { tests: vec![test] },
+                offset: t.offset + bangs,
+            };
+            all_of.push(Term { negate, acl });
+            i = close + 1;
+        } else if name.starts_with('{') || name.ends_with('}') {
+            let msg = format!("invalid acl name \"{name}\"");
+            return Err(AclError::new(t.offset + bangs, msg)
+                .help("inline acls need spaces around braces: \"{ path_beg /api }\""));
+        } else {
+            // Any other word is a name; one that no `acl` defines is the loader's
+            // "unknown acl" diagnostic (with suggestions), reported for every such name.
+            let acl = AclRef::Named {
+                name: name.to_owned(),
+                offset: t.offset + bangs,
+            };
+            all_of.push(Term { negate, acl });
         }
     }
+    if let Some((at, _)) = pending {
+        return Err(dangling_bang(at));
+    }
+    if all_of.is_empty() {
+        return Err(AclError::new(text.len(), "missing acl name").help(NAMES_HELP));
+    }
+    any_of.push(all_of);
+    Ok(Condition {
+        any_of: Some(any_of),
+    })
+}
+
+/// A word of an ACL line or condition, quotes and escapes resolved.
+#[derive(Debug)]
+struct Token {
+    text: String,
+    /// Byte offsets of the raw word in the input.
+    offset: usize,
+    end: usize,
+    /// No quote or escape was involved: offsets inside `text` are offsets inside the input.
+    verbatim: bool,
+}
+
+fn tokenize(input: &str) -> Result<Vec<Token>, AclError> {
+    let mut tokens = Vec::new();
+    let mut chars = input.char_indices().peekable();
+    loop {
+        while chars.next_if(|(_, c)| c.is_ascii_whitespace()).is_some() {}
+        let Some(&(offset, _)) = chars.peek() else {
+            break;
+        };
+        let (mut text, mut verbatim, mut quote) = (String::new(), true, None);
+        while let Some(&(at, c)) = chars.peek() {
+            if quote.is_none() && c.is_ascii_whitespace() {
+                break;
+            }
+            chars.next();
+            match (quote, c) {
+                (None, '\'' | '"') => {
+                    quote = Some((c, at));
+                    verbatim = false;
+                }
+                (Some((q, _)), _) if c == q => quote = None,
+                (None | Some(('"', _)), '\\') => {
+                    match chars.next_if(|(_, n)| " \\'\"#".contains(*n)) {
+                        Some((_, escaped)) => {
+                            text.push(escaped);
+                            verbatim = false;
+                        }
+                        None => text.push('\\'),
+                    }
+                }
+                _ => text.push(c),
+            }
+        }
+        if let Some((q, at)) = quote {
+            return Err(AclError::new(at, format!("unterminated quote {q}")));
+        }
+        let end = chars.peek().map_or(input.len(), |&(at, _)| at);
+        tokens.push(Token {
+            text,
+            offset,
+            end,
+            verbatim,
+        });
+    }
+    Ok(tokens)
+}
+
+/// A fetch keyword: its canonical name, what it fetches and which match suffixes it takes.
+struct Keyword {
+    name: &'static str,
+    kind: FetchKind,
+    suffixes: &'static [MatchMethod],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FetchKind {
+    Path,
+    Query,
+    Host,
+    Method,
+    Src,
+    Hdr,
+    Fhdr,
+    UrlParam,
+}
+
+const STRING_SUFFIXES: &[MatchMethod] = {
+    use MatchMethod::*;
+    &[Beg, End, Sub, Dir, Dom, Reg, Len]
+};
+const HDR_SUFFIXES: &[MatchMethod] = {
+    use MatchMethod::*;
+    &[Beg, End, Sub, Dir, Dom, Reg, Len, Ip]
+};
+
+const KEYWORDS: &[Keyword] = &[
+    Keyword {
+        name: "path",
+        kind: FetchKind::Path,
+        suffixes: STRING_SUFFIXES,
+    },
+    Keyword {
+        name: "query",
+        kind: FetchKind::Query,
+        suffixes: STRING_SUFFIXES,
+    },
+    Keyword {
+        name: "host",
+        kind: FetchKind::Host,
+        suffixes: STRING_SUFFIXES,
+    },
+    Keyword {
+        name: "method",
+        kind: FetchKind::Method,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "src",
+        kind: FetchKind::Src,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "hdr",
+        kind: FetchKind::Hdr,
+        suffixes: HDR_SUFFIXES,
+    },
+    Keyword {
+        name: "req.hdr",
+        kind: FetchKind::Hdr,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "fhdr",
+        kind: FetchKind::Fhdr,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "req.fhdr",
+        kind: FetchKind::Fhdr,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "url_param",
+        kind: FetchKind::UrlParam,
+        suffixes: STRING_SUFFIXES,
+    },
+    Keyword {
+        name: "urlp",
+        kind: FetchKind::UrlParam,
+        suffixes: STRING_SUFFIXES,
+    },
+];
+
+const FETCH_HELP: &str = "expected one of path, query, host, method, src, hdr(NAME), \
+     fhdr(NAME), url_param(NAME) (or urlp); path, query, host, hdr and url_param also with a \
+     match suffix _beg, _end, _sub, _dir, _dom, _reg, _len (hdr also _ip), e.g. path_beg, \
+     hdr_end(host)";
+
+fn takes_arg(kind: FetchKind) -> bool {
+    matches!(kind, FetchKind::Hdr | FetchKind::Fhdr | FetchKind::UrlParam)
+}
+
+/// Finds a keyword by its full name, e.g. `path_beg`: the keyword and the implied method.
+fn lookup_keyword(word: &str) -> Option<(&'static Keyword, Option<MatchMethod>)> {
+    KEYWORDS.iter().find_map(|kw| {
+        let rest = word.strip_prefix(kw.name)?;
+        if rest.is_empty() {
+            return Some((kw, None));
+        }
+        let method = kw
+            .suffixes
+            .iter()
+            .copied()
+            .find(|m| rest.strip_prefix('_') == Some(m.name()))?;
+        Some((kw, Some(method)))
+    })
+}
+
+/// Every full fetch name, for typo suggestions.
+fn all_fetch_names() -> impl Iterator<Item = String> {
+    KEYWORDS.iter().flat_map(|kw| {
+        std::iter::once(kw.name.to_owned()).chain(
+            kw.suffixes
+                .iter()
+                .map(|m| format!("{}_{}", kw.name, m.name())),
+        )
+    })
+}
+
+fn suggest(word: &str) -> Option<String> {
+    let (distance, best) = all_fetch_names()
+        .map(|n| (edit_distance(word, &n), n))
+        .min()?;
+    (distance <= 2 && distance * 3 <= word.len().max(1)).then_some(best)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Parses the fetch word, e.g. `hdr_beg(Host)`: the fetch, the implied method, the default one.
+fn parse_fetch(t: &Token) -> Result<(Fetch, Option<MatchMethod>, MatchMethod), AclError> {
+    let word = t.text.as_str();
+    let (kw_word, arg) = match word.split_once('(') {
+        Some((kw, rest)) => match rest.strip_suffix(')') {
+            Some(arg) => (kw, Some(arg)),
+            None => {
+                return Err(AclError::new(
+                    t.offset,
+                    format!("missing \")\" in \"{word}\""),
+                ));
+            }
+        },
+        None => (word, None),
+    };
+    let Some((kw, implied)) = lookup_keyword(kw_word) else {
+        let mut message = format!("unknown fetch \"{kw_word}\"");
+        if kw_word.starts_with('-') {
+            message = format!("expected a fetch before \"{kw_word}\"");
+        } else if let Some(s) = suggest(kw_word) {
+            return Err(AclError::new(t.offset, message)
+                .help(format!("did you mean \"{s}\"?")));
+        }
+        return Err(AclError::new(t.offset, message).help(FETCH_HELP));
+    };
+    // Offset of the argument, exact when the word was written without quotes or escapes.
+    let arg_offset = if t.verbatim {
+        t.offset + kw_word.len() + 1
+    } else {
+        t.offset
+    };
+    let fetch = match (kw.kind, arg) {
+        (kind, None) if takes_arg(kind) => {
+            let what = if kind == FetchKind::UrlParam {
+                "a parameter name"
+            } else {
+                "a header name"
+            };
+            return Err(
+                AclError::new(t.offset, format!("\"{kw_word}\" needs {what}"))
+                    .help(format!("write {kw_word}(NAME)")),
+            );
+        }
+        (kind, Some(_)) if !takes_arg(kind) => {
+            return Err(AclError::new(
+                arg_offset,
+                format!("\"{kw_word}\" takes no argument"),
+            ));
+        }
+        (FetchKind::Hdr | FetchKind::Fhdr, Some(arg)) => {
+            let (name, occ) = match arg.split_once(',') {
+                Some((name, occ)) => {
+                    let at = arg_offset + name.len() + 1;
+                    match occ.trim().parse::<i32>() {
+                        Ok(n) if n != 0 => (name, Some(n)),
+                        _ => {
+                            return Err(AclError::new(at, format!("invalid occurrence \"{occ}\""))
+                                .help("a non-zero integer: 1 is the first value, -1 the last"));
+                        }
+                    }
+                }
+                None => (arg, None),
+            };
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                AclError::new(arg_offset, format!("invalid header name \"{name}\""))
+            })?;
+            match kw.kind {
+                FetchKind::Hdr => Fetch::Header {
+                    name,
+                    occurrence: occ,
+                },
+                _ => Fetch::FullHeader {
+                    name,
+                    occurrence: occ,
+                },
+            }
+        }
+        (_, Some(arg)) => {
+            if arg.is_empty() || arg.contains(',') {
+                return Err(AclError::new(
+                    arg_offset,
+                    format!("invalid parameter name \"{arg}\""),
+                ));
+            }
+            Fetch::UrlParam(arg.to_owned())
+        }
+        (FetchKind::Path, None) => Fetch::Path,
+        (FetchKind::Query, None) => Fetch::Query,
+        (FetchKind::Host, None) => Fetch::Host,
+        (FetchKind::Method, None) => Fetch::Method,
+        (_, None) => Fetch::Src,
+    };
+    let default = if fetch == Fetch::Src {
+        MatchMethod::Ip
+    } else {
+        MatchMethod::Str
+    };
+    Ok((fetch, implied, default))
+}
+
+/// Parses one ACL line given as words; `end` is the offset just past it (for "missing" errors).
+fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclError> {
+    let Some((first, rest)) = tokens.split_first() else {
+        return Err(
+            AclError::new(end, "empty acl").help("write FETCH PATTERN..., e.g. \"path_beg /api\"")
+        );
+    };
+    let (fetch, implied, default) = parse_fetch(first)?;
+    let mut method = implied.unwrap_or(default);
+    let mut ignore_case = false;
+    let mut i = 0;
+    while let Some(t) = rest.get(i) {
+        let word = t.text.as_str();
+        match word {
+            "-i" => ignore_case = true,
+            "--" => {
+                i += 1;
+                break;
+            }
+            "-m" => {
+                if implied.is_some() {
+                    return Err(AclError::new(
+                        t.offset,
+                        format!(
+                            "\"{}\" already implies \"-m {}\"",
+                            first.text,
+                            method.name()
+                        ),
+                    )
+                    .help("use the plain fetch with -m, e.g. \"path -m sub /x\""));
+                }
+                let Some(m) = rest.get(i + 1) else {
+                    return Err(AclError::new(t.end, "\"-m\" needs a match method")
+                        .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip"));
+                };
+                method = MatchMethod::ALL
+                    .iter()
+                    .find(|(n, _)| *n == m.text)
+                    .map(|(_, m)| *m)
+                    .ok_or_else(|| {
+                        AclError::new(m.offset, format!("unknown match method \"{}\"", m.text))
+                            .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip")
+                    })?;
+                i += 1;
+            }
+            "-f" | "-M" => {
+                return Err(AclError::new(t.offset, "pattern files are not supported")
+                    .help("list the patterns on the acl line"));
+            }
+            _ if word.len() > 1
+                && word.starts_with('-')
+                && word[1..].bytes().all(|b| b.is_ascii_alphabetic()) =>
+            {
+                return Err(AclError::new(t.offset, format!("unknown flag \"{word}\""))
+                    .help("flags are -i and -m METHOD; write \"--\" before a pattern that starts with '-'"));
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    let patterns = &rest[i..];
+    if fetch == Fetch::Src && !matches!(method, MatchMethod::Ip | MatchMethod::Found) {
+        return Err(AclError::new(
+            first.offset,
+            format!(
+                "\"src\" is an address: \"-m {}\" does not apply",
+                method.name()
+            ),
+        )
+        .help("match it against addresses and CIDRs, e.g. \"src 10.0.0.0/8 ::1\""));
+    }
+    let patterns = match method {
+        MatchMethod::Found => match patterns.first() {
+            Some(p) => return Err(AclError::new(p.offset, "\"-m found\" takes no pattern")),
+            None => Vec::new(),
+        },
+        _ if patterns.is_empty() => {
+            let at = tokens.last().map_or(end, |t| t.end);
+            return Err(
+                AclError::new(at, format!("missing pattern after \"{}\"", first.text))
+                    .help("write FETCH PATTERN..., e.g. \"path_beg /api\""),
+            );
+        }
+        MatchMethod::Reg => patterns
+            .iter()
+            .map(|p| parse_regex(p, ignore_case))
+            .collect::<Result<_, _>>()?,
+        MatchMethod::Len => parse_lengths(patterns)?,
+        MatchMethod::Ip => patterns.iter().map(parse_ip).collect::<Result<_, _>>()?,
+        MatchMethod::Dir | MatchMethod::Dom => {
+            let delims: &[char] = if method == MatchMethod::Dir {
+                &['/', '?']
+            } else {
+                &['/', '?', '.', ':']
+            };
+            if let Some(p) = patterns
+                .iter()
+                .find(|p| p.text.trim_matches(delims).is_empty())
+            {
+                return Err(AclError::new(
+                    p.offset,
+                    format!("pattern \"{}\" has nothing besides delimiters", p.text),
+                ));
+            }
+            patterns
+                .iter()
+                .map(|p| Pattern::Str(p.text.clone()))
+                .collect()
+        }
+        _ => patterns
+            .iter()
+            .map(|p| Pattern::Str(p.text.clone()))
+            .collect(),
+    };
+    Ok(AclTest {
+        fetch,
+        method,
+        ignore_case,
+        patterns,
+    })
+}
+
+fn parse_regex(t: &Token, ignore_case: bool) -> Result<Pattern, AclError> {
+    match RegexBuilder::new(&t.text)
+        .case_insensitive(ignore_case)
+        .build()
+    {
+        Ok(re) => Ok(Pattern::Regex(re)),
+        Err(e) => {
+            // The syntax error text is a multi-line diagram; keep its last "error: ..." line.
+            let full = e.to_string();
+            let reason = full
+                .lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix("error: "))
+                .unwrap_or(full.trim());
+            Err(AclError::new(
+                t.offset,
+                format!("invalid regex \"{}\": {}", t.text, reason.to_lowercase()),
+            ))
+        }
+    }
+}
+
+/// Lengths: `N`, `N:M`, `N:`, `:M`, or an operator word (`eq ge gt le lt`) before `N`.
+fn parse_lengths(tokens: &[Token]) -> Result<Vec<Pattern>, AclError> {
+    let mut out = Vec::new();
+    let mut op: Option<&Token> = None;
+    let invalid = |t: &Token| {
+        AclError::new(t.offset, format!("invalid length \"{}\"", t.text))
+            .help("an integer, a range such as 10:20, 10: or :20, or eq/ge/gt/le/lt followed by an integer")
+    };
+    for t in tokens {
+        let word = t.text.as_str();
+        if matches!(word, "eq" | "ge" | "gt" | "le" | "lt") && op.is_none() {
+            op = Some(t);
+            continue;
+        }
+        let int = |s: &str| s.parse::<u64>().map_err(|_| invalid(t));
+        let (min, max) = match (op.take().map(|o| o.text.as_str()), word.split_once(':')) {
+            (None, Some((a, b))) if !(a.is_empty() && b.is_empty()) => {
+                let min = if a.is_empty() { 0 } else { int(a)? };
+                let max = if b.is_empty() { u64::MAX } else { int(b)? };
+                (min, max)
+            }
+            (None, None) | (Some("eq"), None) => (int(word)?, int(word)?),
+            (Some("ge"), None) => (int(word)?, u64::MAX),
+            (Some("gt"), None) => (int(word)?.saturating_add(1), u64::MAX),
+            (Some("le"), None) => (0, int(word)?),
+            (Some("lt"), None) => match int(word)?.checked_sub(1) {
+                Some(max) => (0, max),
+                None => (1, 0), // "lt 0": matches nothing
+            },
+            _ => return Err(invalid(t)),
+        };
+        if min > max && word.contains(':') {
+            return Err(AclError::new(t.offset, format!("empty range \"{word}\"")));
+        }
+        out.push(Pattern::Len { min, max });
+    }
+    match op {
+        Some(o) => Err(AclError::new(
+            o.end,
+            format!("\"{}\" needs an integer after it", o.text),
+        )),
+        None => Ok(out),
+    }
+}
+
+/// An address, `ADDR/PREFIX`, or (IPv4) `ADDR/NETMASK`.
+fn parse_ip(t: &Token) -> Result<Pattern, AclError> {
+    let word = t.text.as_str();
+    let (addr, prefix) = word
+        .split_once('/')
+        .map_or((word, None), |(a, p)| (a, Some(p)));
+    let invalid = || {
+        AclError::new(t.offset, format!("invalid address or cidr \"{word}\""))
+            .help("e.g. 10.0.0.1, 10.0.0.0/8, 10.0.0.0/255.0.0.0, ::1 or 2001:db8::/32")
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| invalid())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => match p.parse::<u32>()
+        {
+            Ok(n) if n <= max => n,
+            _ => {
+                let at = if t.verbatim {
+                    t.offset + addr.len() + 1
+                } else {
+                    t.offset
+                };
+                return Err(AclError::new(
+                    at,
+                    format!("prefix length {p} is out of range 0..={max}"),
+                ));
+            }
+        },
+        Some(p) => match (ip, p.parse::<std::net::Ipv4Addr>()) {
+            (IpAddr::V4(_), Ok(mask))
+                if u32::from(mask).leading_ones() + u32::from(mask).trailing_zeros() == 32 =>
+            {
+                u32::from(mask).leading_ones()
+            }
+            _ => return Err(invalid()),
+        },
+    };
+    Ok(Pattern::Ip(IpNet::new(ip, prefix)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_acl, parse_condition};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use http::HeaderName;
+
+    use super::{
+        AclError, AclRef, AclSpec, AclTest, Condition, Fetch, IpNet, MatchMethod, Pattern,
+        parse_acl, parse_condition,
+    };
+
+    fn one(text: &str) -> AclTest {
+        let spec = parse_acl(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+        assert_eq!(spec.tests().len(), 1);
+        spec.tests()[0].clone()
+    }
+
+    fn strings(test: &AclTest) -> Vec<&str> {
+        test.patterns()
+            .iter()
+            .map(|p| match p {
+                Pattern::Str(s) => s.as_str(),
+                Pattern::Regex(re) => re.as_str(),
+                other => panic!("not a string pattern: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn err(text: &str) -> AclError {
+        match parse_acl(text) {
+            Ok(spec) => panic!("{text:?} parsed: {spec:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn cond_err(text: &str) -> AclError {
+        match parse_condition(text) {
+            Ok(c) => panic!("{text:?} parsed: {c:?}"),
+            Err(e) => e,
+        }
+    }
 
     #[test]
-    fn stand_in_acls() {
-        assert!(parse_acl("path_beg /item").is_ok());
-        assert!(parse_acl("hdr(host) -i example.com").is_ok());
-        assert_eq!(parse_acl("path_bgn /x").unwrap_err().offset, 0);
-        assert_eq!(parse_acl("path_beg").unwrap_err().offset, 8);
-        let e = parse_acl("path_reg ^/(item").unwrap_err();
-        assert_eq!(e.offset, 9);
-        assert!(
-            e.message.starts_with("invalid regex \"^/(item\": "),
-            "{}",
-            e.message
+    fn lab_acl_parses_to_path_prefix() {
+        let t = one("path_beg /item");
+        assert_eq!(t.fetch(), &Fetch::Path);
+        assert_eq!(t.method(), MatchMethod::Beg);
+        assert!(!t.ignore_case());
+        assert_eq!(strings(&t), ["/item"]);
+    }
+
+    #[test]
+    fn every_fetch_and_suffix_parses() {
+        let cases: &[(&str, Fetch, MatchMethod)] = &[
+            ("path /a", Fetch::Path, MatchMethod::Str),
+            ("path_end .jpg", Fetch::Path, MatchMethod::End),
+            ("path_sub x", Fetch::Path, MatchMethod::Sub),
+            ("path_dir img", Fetch::Path, MatchMethod::Dir),
+            ("path_dom a", Fetch::Path, MatchMethod::Dom),
+            ("path_reg ^/a", Fetch::Path, MatchMethod::Reg),
+            ("path_len 3", Fetch::Path, MatchMethod::Len),
+            ("query a=b", Fetch::Query, MatchMethod::Str),
+            ("host example.com", Fetch::Host, MatchMethod::Str),
+            ("host_end .example.com", Fetch::Host, MatchMethod::End),
+            ("host_reg ^www", Fetch::Host, MatchMethod::Reg),
+            ("method GET", Fetch::Method, MatchMethod::Str),
+            ("src 10.0.0.0/8", Fetch::Src, MatchMethod::Ip),
+            (
+                "url_param(id) 1",
+                Fetch::UrlParam("id".into()),
+                MatchMethod::Str,
+            ),
+            ("urlp(id) 1", Fetch::UrlParam("id".into()), MatchMethod::Str),
+            (
+                "urlp_beg(id) 1",
+                Fetch::UrlParam("id".into()),
+                MatchMethod::Beg,
+            ),
+            (
+                "url_param_sub(id) 1",
+                Fetch::UrlParam("id".into()),
+                MatchMethod::Sub,
+            ),
+        ];
+        for (text, fetch, method) in cases {
+            let t = one(text);
+            assert_eq!((t.fetch(), t.method()), (fetch, *method), "{text}");
+        }
+    }
+
+    #[test]
+    fn header_fetches_lowercase_the_name_and_take_an_occurrence() {
+        let host = HeaderName::from_static("host");
+        let t = one("hdr(Host) example.com");
+        assert_eq!(
+            t.fetch(),
+            &Fetch::Header {
+                name: host.clone(),
+                occurrence: None
+            }
+        );
+        let t = one("hdr_beg(X-Forwarded-For,-1) 10.");
+        let xff = HeaderName::from_static("x-forwarded-for");
+        assert_eq!(
+            t.fetch(),
+            &Fetch::Header {
+                name: xff.clone(),
+                occurrence: Some(-1)
+            }
+        );
+        assert_eq!(t.method(), MatchMethod::Beg);
+        let t = one("hdr_ip(x-forwarded-for) 10.0.0.0/8");
+        assert_eq!(t.method(), MatchMethod::Ip);
+        let t = one("fhdr(user-agent,2) -m sub x");
+        assert_eq!(
+            t.fetch(),
+            &Fetch::FullHeader {
+                name: HeaderName::from_static("user-agent"),
+                occurrence: Some(2)
+            }
+        );
+        assert_eq!(
+            one("req.hdr(host) a").fetch(),
+            &Fetch::Header {
+                name: host,
+                occurrence: None
+            }
         );
     }
 
     #[test]
-    fn stand_in_conditions() {
-        let c = parse_condition("a !b or ! c").unwrap();
-        assert_eq!(c.acl_names(), vec![(0, "a"), (3, "b"), (10, "c")]);
-        assert!(parse_condition("").is_err());
-        assert!(parse_condition("a or").is_err());
-        assert!(parse_condition("or a").is_err());
+    fn flags_and_match_method() {
+        let t = one("path -i -m beg /A /b");
+        assert!(t.ignore_case());
+        assert_eq!(t.method(), MatchMethod::Beg);
+        assert_eq!(strings(&t), ["/A", "/b"]);
+        let t = one("hdr(x) -m found");
+        assert_eq!(t.method(), MatchMethod::Found);
+        assert!(t.patterns().is_empty());
+        let t = one("hdr(x) -- -i -dash");
+        assert!(!t.ignore_case());
+        assert_eq!(strings(&t), ["-i", "-dash"]);
+        assert_eq!(one("src -m found").method(), MatchMethod::Found);
+    }
+
+    #[test]
+    fn quotes_and_escapes() {
+        let t = one(r#"hdr_sub(user-agent) "Mozilla 5" 'a\b c' x\ y \"q\" a\.b"#);
+        assert_eq!(
+            strings(&t),
+            ["Mozilla 5", r"a\b c", "x y", "\"q\"", r"a\.b"]
+        );
+        let t = one(r"path_reg ^/api/v[0-9]+\.json$");
+        assert_eq!(strings(&t), [r"^/api/v[0-9]+\.json$"]);
+        let e = err("path_beg 'abc");
+        assert_eq!((e.offset, e.message.as_str()), (9, "unterminated quote '"));
+    }
+
+    #[test]
+    fn or_combines_lines() {
+        let spec = parse_acl("path_beg /a")
+            .unwrap()
+            .or(parse_acl("host x").unwrap());
+        assert_eq!(spec.tests().len(), 2);
+        assert_eq!(spec.tests()[1].fetch(), &Fetch::Host);
+    }
+
+    #[test]
+    fn unknown_fetch_suggests_the_closest_name() {
+        let e = err("path_begin /x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (0, "unknown fetch \"path_begin\"")
+        );
+        assert!(
+            e.help
+                .as_deref()
+                .unwrap()
+                .starts_with("did you mean \"path_beg\"?"),
+            "{e:?}"
+        );
+        let e = err("hdr_bge(host) x");
+        assert!(
+            e.help
+                .as_deref()
+                .unwrap()
+                .starts_with("did you mean \"hdr_beg\"?"),
+            "{e:?}"
+        );
+        let e = err("ssl_fc_sni x");
+        assert_eq!(e.message, "unknown fetch \"ssl_fc_sni\"");
+        let help = e.help.unwrap();
+        assert!(!help.contains("did you mean"), "{help}");
+        assert!(
+            help.contains("path, query, host, method, src, hdr(NAME)"),
+            "{help}"
+        );
+        assert_eq!(err("method_beg G").message, "unknown fetch \"method_beg\"");
+    }
+
+    #[test]
+    fn fetch_argument_errors_point_at_the_argument() {
+        let e = err("hdr(bad@name) x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (4, "invalid header name \"bad@name\"")
+        );
+        let e = err(r"hdr(bad\ name) x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (0, "invalid header name \"bad name\"")
+        );
+        let e = err("  hdr_beg(a:b) x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (10, "invalid header name \"a:b\"")
+        );
+        let e = err("hdr(x,0) a");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (6, "invalid occurrence \"0\"")
+        );
+        assert_eq!(err("hdr() x").offset, 4);
+        assert_eq!(err("hdr x").message, "\"hdr\" needs a header name");
+        assert_eq!(
+            err("url_param x").message,
+            "\"url_param\" needs a parameter name"
+        );
+        assert_eq!(err("urlp() x").message, "invalid parameter name \"\"");
+        assert_eq!(err("path(x) /a").message, "\"path\" takes no argument");
+        assert_eq!(err("hdr(host x").message, "missing \")\" in \"hdr(host\"");
+    }
+
+    #[test]
+    fn missing_patterns_are_an_error_at_the_end() {
+        let e = err("path_beg");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (8, "missing pattern after \"path_beg\"")
+        );
+        let e = err("path_beg -i  ");
+        assert_eq!(e.offset, 11);
+        assert_eq!(err("").message, "empty acl");
+        assert_eq!(err("-i /x").message, "expected a fetch before \"-i\"");
+    }
+
+    #[test]
+    fn flag_errors() {
+        let e = err("path -m begins /x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (8, "unknown match method \"begins\"")
+        );
+        let e = err("path -m");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (7, "\"-m\" needs a match method")
+        );
+        let e = err("path_beg -m sub /x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (9, "\"path_beg\" already implies \"-m beg\"")
+        );
+        let e = err("path -x /a");
+        assert_eq!((e.offset, e.message.as_str()), (5, "unknown flag \"-x\""));
+        assert_eq!(
+            err("path -f list.txt").message,
+            "pattern files are not supported"
+        );
+        let e = err("hdr(x) -m found y");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (16, "\"-m found\" takes no pattern")
+        );
+        let e = err("src -m beg 10.");
+        assert_eq!(
+            e.message,
+            "\"src\" is an address: \"-m beg\" does not apply"
+        );
+        let e = err("path_dir //");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (9, "pattern \"//\" has nothing besides delimiters")
+        );
+    }
+
+    #[test]
+    fn invalid_regex_points_at_the_pattern() {
+        let e = err("path_reg ^/ok ^/a(b");
+        assert_eq!(e.offset, 14);
+        assert_eq!(e.message, "invalid regex \"^/a(b\": unclosed group");
+        let e = err("hdr_reg(x) -i [z-a]");
+        assert_eq!(e.offset, 14);
+        assert!(e.message.starts_with("invalid regex \"[z-a]\": "), "{e:?}");
+    }
+
+    #[test]
+    fn regex_is_compiled_with_the_case_flag() {
+        let t = one("path_reg -i ^/API");
+        let Pattern::Regex(re) = &t.patterns()[0] else {
+            panic!()
+        };
+        assert!(re.is_match(b"/api/x"));
+        let t = one("path_reg ^/API");
+        let Pattern::Regex(re) = &t.patterns()[0] else {
+            panic!()
+        };
+        assert!(!re.is_match(b"/api/x"));
+    }
+
+    #[test]
+    fn addresses_and_cidrs() {
+        let nets: Vec<IpNet> = one(
+            "src 10.0.0.0/8 192.168.1.7 2001:db8::/32 ::ffff:172.16.0.0/108 10.1.0.0/255.255.0.0",
+        )
+        .patterns()
+        .iter()
+        .map(|p| match p {
+            Pattern::Ip(n) => *n,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+        let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+        assert!(nets[0].contains(v4(10, 200, 3, 4)));
+        assert!(!nets[0].contains(v4(11, 0, 0, 1)));
+        assert!(nets[1].contains(v4(192, 168, 1, 7)));
+        assert!(!nets[1].contains(v4(192, 168, 1, 8)));
+        assert!(nets[2].contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!nets[2].contains("2001:db9::5".parse().unwrap()));
+        // A mapped pattern is the IPv4 network it carries; a mapped client is its IPv4 address.
+        assert_eq!(
+            nets[3],
+            IpNet::V4 {
+                net: 0xac10_0000,
+                mask: 0xfff0_0000
+            }
+        );
+        assert!(nets[3].contains(v4(172, 16, 9, 9)));
+        assert!(nets[0].contains(IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped())));
+        assert!(nets[4].contains(v4(10, 1, 99, 1)));
+        assert!(!nets[4].contains(v4(10, 2, 0, 1)));
+        assert!(!nets[0].contains(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        // Host bits are masked off, as HAProxy does.
+        let Pattern::Ip(net) = one("src 10.1.2.3/8").patterns()[0] else {
+            panic!()
+        };
+        assert_eq!(
+            net,
+            IpNet::V4 {
+                net: 0x0a00_0000,
+                mask: 0xff00_0000
+            }
+        );
+        let Pattern::Ip(all) = one("src 0.0.0.0/0").patterns()[0] else {
+            panic!()
+        };
+        assert!(all.contains(v4(8, 8, 8, 8)));
+    }
+
+    #[test]
+    fn bad_cidrs_are_errors_at_their_offset() {
+        let e = err("src 10.0.0.0/8 10.0.0.0/33");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (24, "prefix length 33 is out of range 0..=32")
+        );
+        let e = err("src 10.0.0.300");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (4, "invalid address or cidr \"10.0.0.300\"")
+        );
+        assert_eq!(
+            err("src ::1/129").message,
+            "prefix length 129 is out of range 0..=128"
+        );
+        assert_eq!(
+            err("src 10.0.0.0/255.0.255.0").message,
+            "invalid address or cidr \"10.0.0.0/255.0.255.0\""
+        );
+        assert_eq!(err("src 10.0.0.0/").offset, 4);
+        assert_eq!(
+            err("hdr_ip(x) nope").message,
+            "invalid address or cidr \"nope\""
+        );
+    }
+
+    #[test]
+    fn lengths() {
+        let ranges: Vec<(u64, u64)> = one("path_len 5 10:20 30: :3 gt 100 ge 7 lt 2 le 4 eq 9")
+            .patterns()
+            .iter()
+            .map(|p| match p {
+                Pattern::Len { min, max } => (*min, *max),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let max = u64::MAX;
+        assert_eq!(
+            ranges,
+            [
+                (5, 5),
+                (10, 20),
+                (30, max),
+                (0, 3),
+                (101, max),
+                (7, max),
+                (0, 1),
+                (0, 4),
+                (9, 9)
+            ]
+        );
+        assert_eq!(
+            err("path_len 5 gt").message,
+            "\"gt\" needs an integer after it"
+        );
+        assert_eq!(err("path_len 5 gt").offset, 13);
+        assert_eq!(err("path_len x").message, "invalid length \"x\"");
+        assert_eq!(err("path_len 20:10").message, "empty range \"20:10\"");
+        assert_eq!(err("path -m len :").offset, 12);
+    }
+
+    #[test]
+    fn condition_and_binds_tighter_than_or() {
+        let c = parse_condition("a !b or c || ! d").unwrap();
+        let shape: Vec<Vec<(bool, &str)>> = c
+            .alternatives()
+            .iter()
+            .map(|all| {
+                all.iter()
+                    .map(|t| match &t.acl {
+                        AclRef::Named { name, .. } => (t.negate, name.as_str()),
+                        AclRef::Inline { .. } => panic!("inline"),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                vec![(false, "a"), (true, "b")],
+                vec![(false, "c")],
+                vec![(true, "d")]
+            ]
+        );
+        assert_eq!(c.acl_names(), [(0, "a"), (3, "b"), (8, "c"), (15, "d")]);
+        assert!(!c.is_always());
+    }
+
+    #[test]
+    fn double_negation_cancels() {
+        let c = parse_condition("!!a ! !b").unwrap();
+        let negs: Vec<bool> = c.alternatives()[0].iter().map(|t| t.negate).collect();
+        assert_eq!(negs, [false, false]);
+        assert_eq!(c.acl_names(), [(2, "a"), (7, "b")]);
+    }
+
+    #[test]
+    fn always_has_no_names() {
+        let c = Condition::always();
+        assert!(c.is_always());
+        assert!(c.alternatives().is_empty());
+        assert!(c.acl_names().is_empty());
+    }
+
+    #[test]
+    fn inline_acls() {
+        let c = parse_condition("is_api { path_beg /v1 /v2 } or !{ hdr(x) -m found }").unwrap();
+        let alts = c.alternatives();
+        assert_eq!(alts.len(), 2);
+        let AclRef::Inline { spec, offset } = &alts[0][1].acl else {
+            panic!("{c:?}")
+        };
+        assert_eq!(*offset, 7);
+        assert_eq!(strings(&spec.tests()[0]), ["/v1", "/v2"]);
+        assert!(!alts[0][1].negate);
+        assert!(alts[1][0].negate);
+        assert!(matches!(&alts[1][0].acl, AclRef::Inline { offset: 32, .. }));
+        assert_eq!(c.acl_names(), [(0, "is_api")]);
+    }
+
+    #[test]
+    fn inline_acl_errors_are_relative_to_the_condition() {
+        let text = "a { path_reg ^/x( } b";
+        let e = cond_err(text);
+        assert_eq!(e.offset, text.find("^/x(").unwrap());
+        assert!(e.message.starts_with("invalid regex"), "{e:?}");
+        let e = cond_err("a { pth_beg /x }");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (4, "unknown fetch \"pth_beg\"")
+        );
+        let e = cond_err("a { path_beg }");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (12, "missing pattern after \"path_beg\"")
+        );
+        let e = cond_err("a {  }");
+        assert_eq!((e.offset, e.message.as_str()), (5, "empty acl"));
+        let e = cond_err("a { path_beg /x");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (2, "unclosed \"{\": missing \"}\"")
+        );
+        let e = cond_err("a } b");
+        assert_eq!(e.offset, 2);
+        let e = cond_err("{path_beg /x}");
+        assert_eq!(e.message, "invalid acl name \"{path_beg\"");
+        assert!(e.help.unwrap().contains("spaces around braces"));
+    }
+
+    #[test]
+    fn condition_errors() {
+        assert_eq!(cond_err("").message, "empty condition");
+        assert_eq!(cond_err("   ").offset, 0);
+        let e = cond_err("a or");
+        assert_eq!((e.offset, e.message.as_str()), (4, "missing acl name"));
+        let e = cond_err("or a");
+        assert_eq!((e.offset, e.message.as_str()), (0, "unexpected \"or\""));
+        let e = cond_err("a || || b");
+        assert_eq!((e.offset, e.message.as_str()), (5, "unexpected \"||\""));
+        let e = cond_err("a !");
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (2, "missing acl name after \"!\"")
+        );
+        let e = cond_err("a ! or b");
+        assert_eq!(e.offset, 2);
+        let e = cond_err("a and b");
+        assert_eq!((e.offset, e.message.as_str()), (2, "unexpected \"and\""));
+        assert!(e.help.is_some());
+        assert_eq!(cond_err("a && b").message, "unexpected \"&&\"");
+        // Other odd names parse; the loader reports them as unknown acls.
+        let c = parse_condition("a !b,c ü").unwrap();
+        assert_eq!(c.acl_names(), [(0, "a"), (3, "b,c"), (7, "ü")]);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // Deterministic xorshift over a hostile alphabet: every input must give Ok or Err.
+        let alphabet: Vec<char> = " \t'\"\\!{}()-,:/.|&#éx0i9mpathdrsc_beglnu"
+            .chars()
+            .collect();
+        let words = [
+            "path_beg",
+            "hdr(",
+            "src",
+            "-m",
+            "-i",
+            "or",
+            "{",
+            "}",
+            "!",
+            "url_param(",
+            "len",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let mut text = String::new();
+            for _ in 0..next() % 24 {
+                let r = next();
+                if r % 4 == 0 {
+                    text.push_str(words[(r / 4) as usize % words.len()]);
+                } else {
+                    text.push(alphabet[(r / 4) as usize % alphabet.len()]);
+                }
+            }
+            for result in [parse_acl(&text).map(drop), parse_condition(&text).map(drop)] {
+                if let Err(e) = result {
+                    assert!(e.offset <= text.len(), "{text:?}: {e:?}");
+                    assert!(text.is_char_boundary(e.offset), "{text:?}: {e:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn types_are_shareable() {
+        fn check<T: std::fmt::Debug + Clone + Send + Sync>() {}
+        check::<AclSpec>();
+        check::<Condition>();
+        check::<AclError>();
     }
 }

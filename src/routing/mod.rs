@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 
 use http::{HeaderMap, Method};
 
+pub use acl::{CompileError, CompiledAcl};
 pub use native::AclRouter;
+pub use native::BuildError;
 
 /// What a router sees of a request. Borrowed from the request being proxied: building one
 /// costs nothing, and every field is already canonical (see `proxy::canon`): `host` is the
