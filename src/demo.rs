@@ -39,7 +39,7 @@ pub async fn run() -> Result<(), DemoError> {
     let config = config.ok_or_else(|| DemoError::Config(report.render()))?;
     let grace = config.global.grace;
     let runtime = Runtime::start(config).await?;
-    let proxy = runtime.local_addrs().await.into_values().next().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let proxy = runtime.frontend_addrs("myfrontend").await.first().copied().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
     println!(
         "\nwasp demo: lab 2 is up.\n\
          \x20 echo servers  node1..node4 on 127.0.0.1:9001..9004\n\

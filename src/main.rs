@@ -66,9 +66,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             let _log = init_tracing(loaded.global.log_format);
-            for line in report.render().lines().filter(|l| l.contains(": warning: ")) {
-                tracing::warn!("{line}");
-            }
+            wasp::runtime::log_diagnostics(&report);
             runtime(loaded.global.workers)?.block_on(wasp::runtime::run(loaded))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -18,7 +18,7 @@ use crate::config::{self, Config};
 use crate::health::StateTable;
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
-use crate::snapshot::{SnapshotError, build_snapshot, prune_states};
+use crate::snapshot::{ListenKey, SnapshotError, build_snapshot, listen_keys, prune_states};
 use crate::upstream::ClientCache;
 
 /// Why a config could not be started or reloaded.
@@ -44,7 +44,7 @@ pub struct Runtime {
     states: Arc<StateTable>,
     clients: ClientCache,
     graceful: Arc<GracefulShutdown>,
-    listeners: Mutex<HashMap<SocketAddr, ListenerHandle>>,
+    listeners: Mutex<HashMap<ListenKey, ListenerHandle>>,
 }
 
 impl Runtime {
@@ -57,10 +57,10 @@ impl Runtime {
         let proxy = Arc::new(Proxy::new(snapshot));
         let graceful = Arc::new(GracefulShutdown::new());
         let mut listeners = HashMap::new();
-        for addr in binds(&config) {
-            let handle = open(addr, &proxy, &graceful)?;
-            tracing::info!(frontend = frontend_of(&config, addr), listener = %handle.local, "listening");
-            listeners.insert(addr, handle);
+        for (key, frontend) in listen_keys(&config) {
+            let handle = open(key.clone(), &proxy, &graceful)?;
+            tracing::info!(frontend, listener = %handle.local, "listening");
+            listeners.insert(key, handle);
         }
         Ok(Runtime {
             path: config.path.clone(),
@@ -82,18 +82,27 @@ impl Runtime {
         &self.states
     }
 
-    /// The bound address of each configured listen address (they differ for port 0).
-    pub async fn local_addrs(&self) -> HashMap<SocketAddr, SocketAddr> {
-        self.listeners.lock().await.iter().map(|(k, h)| (*k, h.local)).collect()
+    /// The bound address of each listener (it differs from the configured one for port 0).
+    pub async fn local_addrs(&self) -> HashMap<ListenKey, SocketAddr> {
+        self.listeners.lock().await.iter().map(|(k, h)| (k.clone(), h.local)).collect()
+    }
+
+    /// The bound addresses of a frontend's listeners.
+    pub async fn frontend_addrs(&self, frontend: &str) -> Vec<SocketAddr> {
+        let snapshot = self.proxy.snapshot();
+        let listeners = self.listeners.lock().await;
+        listeners
+            .iter()
+            .filter(|(k, _)| snapshot.frontend_for(k).is_some_and(|f| &*f.name == frontend))
+            .map(|(_, h)| h.local)
+            .collect()
     }
 
     /// Re-reads the config file this runtime was started from and applies it.
     pub async fn reload(&self) -> Result<(), RuntimeError> {
         let path = self.path.clone();
         let (config, report) = tokio::task::spawn_blocking(move || config::load(&path)).await?;
-        for line in report.render().lines() {
-            tracing::warn!("{line}");
-        }
+        log_diagnostics(&report);
         match config {
             Some(config) => self.apply(config).await,
             None => Err(RuntimeError::Invalid { path: self.path.clone(), report: report.render() }),
@@ -105,16 +114,16 @@ impl Runtime {
         let config = Arc::new(config);
         let snapshot = build_snapshot(Arc::clone(&config), &self.states, &self.clients)?;
         let mut listeners = self.listeners.lock().await;
-        let wanted = binds(&config);
+        let wanted = listen_keys(&config);
         let mut opened = Vec::new();
-        for addr in &wanted {
-            if listeners.contains_key(addr) {
+        for (key, frontend) in &wanted {
+            if listeners.contains_key(key) {
                 continue;
             }
-            match open(*addr, &self.proxy, &self.graceful) {
-                Ok(handle) => opened.push(handle),
+            match open(key.clone(), &self.proxy, &self.graceful) {
+                Ok(handle) => opened.push((handle, *frontend)),
                 Err(e) => {
-                    for handle in opened {
+                    for (handle, _) in opened {
                         handle.stop().await;
                     }
                     return Err(e);
@@ -123,13 +132,14 @@ impl Runtime {
         }
         self.proxy.install(snapshot);
         prune_states(&config, &self.states);
-        for handle in opened {
-            tracing::info!(frontend = frontend_of(&config, handle.bind), listener = %handle.local, "listening");
-            listeners.insert(handle.bind, handle);
+        for (handle, frontend) in opened {
+            tracing::info!(frontend, listener = %handle.local, "listening");
+            listeners.insert(handle.key.clone(), handle);
         }
-        let gone: Vec<SocketAddr> = listeners.keys().filter(|a| !wanted.contains(a)).copied().collect();
-        for addr in gone {
-            if let Some(handle) = listeners.remove(&addr) {
+        let gone: Vec<ListenKey> =
+            listeners.keys().filter(|k| !wanted.iter().any(|(w, _)| w == *k)).cloned().collect();
+        for key in gone {
+            if let Some(handle) = listeners.remove(&key) {
                 handle.stop().await;
             }
         }
@@ -158,17 +168,23 @@ impl Runtime {
     }
 }
 
-fn open(addr: SocketAddr, proxy: &Arc<Proxy>, graceful: &Arc<GracefulShutdown>) -> Result<ListenerHandle, RuntimeError> {
+/// Logs each diagnostic of a config report at its severity.
+pub fn log_diagnostics(report: &config::Report) {
+    for d in &report.diagnostics {
+        let text = d.render(&report.file);
+        let text = text.trim_end();
+        match d.severity {
+            config::Severity::Error => tracing::error!("{text}"),
+            config::Severity::Warning => tracing::warn!("{text}"),
+        }
+    }
+}
+
+fn open(key: ListenKey, proxy: &Arc<Proxy>, graceful: &Arc<GracefulShutdown>) -> Result<ListenerHandle, RuntimeError> {
+    let addr = key.addr;
     let listener = bind(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
-    spawn_listener(listener, addr, Arc::clone(proxy), Arc::clone(graceful)).map_err(|source| RuntimeError::Bind { addr, source })
-}
-
-fn binds(config: &Config) -> Vec<SocketAddr> {
-    config.frontends.iter().flat_map(|f| f.binds.iter().copied()).collect()
-}
-
-fn frontend_of(config: &Config, addr: SocketAddr) -> &str {
-    config.frontends.iter().find(|f| f.binds.contains(&addr)).map_or("-", |f| f.name.as_str())
+    spawn_listener(listener, key, Arc::clone(proxy), Arc::clone(graceful))
+        .map_err(|source| RuntimeError::Bind { addr, source })
 }
 
 /// Serves `config` until SIGTERM or SIGINT; SIGHUP reloads its file.

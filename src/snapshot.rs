@@ -64,18 +64,37 @@ pub struct Snapshot {
     pub global: Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
-    by_bind: HashMap<SocketAddr, usize>,
+    by_bind: HashMap<ListenKey, usize>,
+}
+
+/// Identifies a listener across reloads: its configured address, plus the frontend's name when
+/// the port is 0 (each such bind is its own ephemeral listener; any other address is one
+/// socket whichever frontend owns it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub addr: SocketAddr,
+    pub frontend: Option<Arc<str>>,
+}
+
+impl ListenKey {
+    pub fn new(frontend: &str, addr: SocketAddr) -> Self {
+        Self { addr, frontend: (addr.port() == 0).then(|| Arc::from(frontend)) }
+    }
+}
+
+/// Every listener a config asks for, with the frontend that owns it.
+pub fn listen_keys(config: &Config) -> Vec<(ListenKey, &str)> {
+    config
+        .frontends
+        .iter()
+        .flat_map(|f| f.binds.iter().map(move |&a| (ListenKey::new(&f.name, a), f.name.as_str())))
+        .collect()
 }
 
 impl Snapshot {
-    /// The frontend that owns the listener bound for `bind` (the address as configured).
-    pub fn frontend_for(&self, bind: SocketAddr) -> Option<&Frontend> {
-        self.by_bind.get(&bind).map(|&i| &self.frontends[i])
-    }
-
-    /// Every configured listen address.
-    pub fn binds(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.by_bind.keys().copied()
+    /// The frontend that owns the listener `key`.
+    pub fn frontend_for(&self, key: &ListenKey) -> Option<&Frontend> {
+        self.by_bind.get(key).map(|&i| &self.frontends[i])
     }
 }
 
@@ -117,7 +136,7 @@ pub fn build_snapshot(
         let router = AclRouter::build(f, |name| index.get(name).copied())
             .map_err(|source| SnapshotError::Router { frontend: f.name.clone(), source })?;
         for bind in &f.binds {
-            by_bind.insert(*bind, i);
+            by_bind.insert(ListenKey::new(&f.name, *bind), i);
         }
         frontends.push(Frontend {
             name: Arc::from(f.name.as_str()),

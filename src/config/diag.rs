@@ -2,7 +2,7 @@
 //! the 1-based `line:col` positions it prints them at.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -36,6 +36,20 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// This diagnostic as `wasp check` prints it: `FILE:LINE:COL: error: KEY.PATH: message`,
+    /// then `    = help: ...` when there is help; newline-terminated.
+    pub fn render(&self, file: &Path) -> String {
+        let mut out = format!("{}:{}:{}: {}: ", file.display(), self.line, self.col, self.severity.as_str());
+        if !self.path.is_empty() {
+            let _ = write!(out, "{}: ", self.path);
+        }
+        let _ = writeln!(out, "{}", self.message);
+        if let Some(help) = &self.help {
+            let _ = writeln!(out, "    = help: {help}");
+        }
+        out
+    }
+
     /// Attaches a help line.
     pub(crate) fn help(&mut self, help: impl Into<String>) -> &mut Self {
         self.help = Some(help.into());
@@ -75,23 +89,9 @@ impl Report {
     /// followed by `    = help: ...` when the diagnostic has help, then a summary line:
     /// `check: ok`, or the non-zero counts, e.g. `check: 2 errors, 1 warning`.
     pub fn render(&self) -> String {
-        let file = self.file.display();
         let mut out = String::new();
         for d in &self.diagnostics {
-            let _ = write!(
-                out,
-                "{file}:{}:{}: {}: ",
-                d.line,
-                d.col,
-                d.severity.as_str()
-            );
-            if !d.path.is_empty() {
-                let _ = write!(out, "{}: ", d.path);
-            }
-            let _ = writeln!(out, "{}", d.message);
-            if let Some(help) = &d.help {
-                let _ = writeln!(out, "    = help: {help}");
-            }
+            out.push_str(&d.render(&self.file));
         }
         let counts: Vec<String> = [(self.errors(), "error"), (self.warnings(), "warning")]
             .into_iter()

@@ -21,15 +21,15 @@ use crate::proxy::client_io::ConnShared;
 use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
 use crate::proxy::respond::{Failure, failure};
 use crate::routing::{RequestView, RouteDecision};
-use crate::snapshot::{Backend, Frontend, Snapshot};
+use crate::snapshot::{Backend, Frontend, ListenKey, Snapshot};
 use crate::upstream::ConnectTiming;
 use crate::upstream::body::{BodyError, IdleBody, Reclaimable, UpstreamBody};
 
 /// What a request knows about the connection it arrived on.
 #[derive(Debug)]
 pub struct ConnInfo {
-    /// The listen address as configured (the key of the frontend that owns the listener).
-    pub bind: SocketAddr,
+    /// The listener the connection came in on (which names its frontend).
+    pub bind: ListenKey,
     pub client: SocketAddr,
     pub scheme: &'static str,
     pub conn: Arc<ConnShared>,
@@ -59,7 +59,7 @@ pub async fn serve(proxy: Arc<Proxy>, info: Arc<ConnInfo>, req: Request<Incoming
     if record.log {
         record.path = req.uri().path().to_owned();
     }
-    let Some(frontend) = snapshot.frontend_for(info.bind) else {
+    let Some(frontend) = snapshot.frontend_for(&info.bind) else {
         // The listener outlived its frontend (a reload removed it); stop serving it.
         return Ok(local(Failure::NoBackend, record));
     };

@@ -17,6 +17,7 @@ use crate::proxy::Proxy;
 use crate::proxy::access;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::http::{ConnInfo, serve};
+use crate::snapshot::ListenKey;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 1024;
@@ -38,8 +39,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// A running accept loop; [`ListenerHandle::stop`] closes the socket (open connections go on).
 #[derive(Debug)]
 pub struct ListenerHandle {
-    /// The address as configured.
-    pub bind: SocketAddr,
+    /// Which configured bind this is.
+    pub key: ListenKey,
     /// The address actually bound (differs when the configured port is 0).
     pub local: SocketAddr,
     stop: CancellationToken,
@@ -57,13 +58,14 @@ impl ListenerHandle {
 /// Starts accepting on `listener` for the frontend configured with `bind`.
 pub fn spawn_listener(
     listener: TcpListener,
-    bind: SocketAddr,
+    key: ListenKey,
     proxy: Arc<Proxy>,
     graceful: Arc<GracefulShutdown>,
 ) -> io::Result<ListenerHandle> {
     let local = listener.local_addr()?;
     let stop = CancellationToken::new();
     let token = stop.clone();
+    let key_out = key.clone();
     let task = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -73,7 +75,7 @@ pub fn spawn_listener(
             match accepted {
                 Ok((tcp, client)) => {
                     let watcher = graceful.watcher();
-                    tokio::spawn(serve_connection(tcp, client, bind, Arc::clone(&proxy), watcher));
+                    tokio::spawn(serve_connection(tcp, client, key.clone(), Arc::clone(&proxy), watcher));
                 }
                 Err(e) => {
                     tracing::warn!(listener = %local, error = %e, "accept failed");
@@ -83,18 +85,18 @@ pub fn spawn_listener(
         }
         tracing::info!(listener = %local, "listener closed");
     });
-    Ok(ListenerHandle { bind, local, stop, task })
+    Ok(ListenerHandle { key: key_out, local, stop, task })
 }
 
 async fn serve_connection(
     tcp: TcpStream,
     client: SocketAddr,
-    bind: SocketAddr,
+    bind: ListenKey,
     proxy: Arc<Proxy>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let snapshot = proxy.snapshot();
-    let Some(frontend) = snapshot.frontend_for(bind) else { return };
+    let Some(frontend) = snapshot.frontend_for(&bind) else { return };
     let _ = tcp.set_nodelay(true);
     let frontend_name = Arc::clone(&frontend.name);
     let timeouts = ClientTimeouts {

@@ -221,10 +221,12 @@ impl Proxy {
         std::fs::write(&path, toml).unwrap();
         let (config, report) = wasp::config::load(&path);
         let config = config.unwrap_or_else(|| panic!("test config invalid:\n{}", report.render()));
-        let binds: Vec<SocketAddr> = config.frontends.iter().map(|f| f.binds[0]).collect();
+        let names: Vec<String> = config.frontends.iter().map(|f| f.name.clone()).collect();
         let runtime = Runtime::start(config).await.expect("proxy starts");
-        let local = runtime.local_addrs().await;
-        let addrs = binds.iter().map(|b| local[b]).collect();
+        let mut addrs = Vec::new();
+        for name in &names {
+            addrs.push(runtime.frontend_addrs(name).await[0]);
+        }
         Proxy { runtime, addrs, _dir: dir, path }
     }
 
