@@ -23,7 +23,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Validate a config and print every problem as FILE:LINE:COL diagnostics.
+    /// Validate a config and print every problem as FILE:LINE:COL diagnostics (to stderr);
+    /// exits 1 on any error, 0 when clean or with warnings only.
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
@@ -53,8 +54,9 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config } => {
+            // Diagnostics go to stderr, like a compiler's; stdout stays free.
             let (_, report) = config::load(&config);
-            print!("{}", report.render());
+            eprint!("{}", report.render());
             Ok(if report.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Run { config } => {

@@ -12,6 +12,8 @@ use crate::config::acl::{AclSpec, Condition};
 
 /// Default limit for a request head (request line plus headers), as HAProxy's `tune.bufsize`.
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// Smallest `max_header_size` accepted: HAProxy's smallest sensible `tune.bufsize`.
+pub const MIN_MAX_HEADER_SIZE: usize = 8192;
 /// Default number of extra attempts after a failed upstream connect.
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Default grace period for in-flight requests on shutdown.
@@ -50,7 +52,12 @@ pub struct Global {
 
 impl Default for Global {
     fn default() -> Self {
-        Self { workers: None, log_format: LogFormat::Text, access_log: true, grace: DEFAULT_GRACE }
+        Self {
+            workers: None,
+            log_format: LogFormat::Text,
+            access_log: true,
+            grace: DEFAULT_GRACE,
+        }
     }
 }
 

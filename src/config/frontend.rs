@@ -1,0 +1,243 @@
+//! `[frontend.NAME]`: listeners, ACLs, `use_backend` rules. ACL names used by a condition are
+//! checked here (they are local to the frontend); backend names are checked in `validate`.
+
+use std::net::SocketAddr;
+
+use toml::de::DeValue;
+
+use crate::config::acl::{self, AclError, AclSpec, Condition};
+use crate::config::addr;
+use crate::config::diag::{Sink, did_you_mean, quoted_list};
+use crate::config::model::Mode;
+use crate::config::values::{
+    At, PartialTimeouts, Side, bind_one, check_name, header_size, mode, section, timeouts,
+};
+use crate::config::walk::{Item, Str};
+
+#[derive(Debug)]
+pub(crate) struct RawFrontend {
+    pub(crate) name: String,
+    pub(crate) at: usize,
+    pub(crate) path: String,
+    pub(crate) binds: Vec<At<SocketAddr>>,
+    pub(crate) mode: Option<Mode>,
+    /// Every ACL name, with its spec when it parsed.
+    pub(crate) acls: Vec<(String, Option<AclSpec>)>,
+    pub(crate) rules: Vec<RawRule>,
+    pub(crate) default_backend: Option<At<String>>,
+    /// `default_backend` or `use_backend` was written (even if invalid).
+    pub(crate) routes: bool,
+    pub(crate) timeouts: PartialTimeouts,
+    pub(crate) forwardfor: Option<bool>,
+    pub(crate) max_header_size: Option<usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawRule {
+    pub(crate) backend: Option<At<String>>,
+    /// `None` when the condition was invalid.
+    pub(crate) condition: Option<Condition>,
+    pub(crate) negate: bool,
+}
+
+pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<RawFrontend> {
+    let mut t = section("frontend", name, item, sink)?;
+    let binds = t
+        .require(sink, "bind")
+        .map(|i| binds(&i, sink))
+        .unwrap_or_default();
+    let mode = t.take("mode").and_then(|i| mode(&i, sink));
+    let acls = t.take("acl").map(|i| acls(&i, sink)).unwrap_or_default();
+    let default_item = t.take("default_backend");
+    let default_backend = default_item.as_ref().and_then(|i| backend_ref(i, sink));
+    let rules_item = t.take("use_backend");
+    let acl_names: Vec<&str> = acls.iter().map(|(n, _)| n.as_str()).collect();
+    let rules = rules_item
+        .as_ref()
+        .map(|i| rules(i, &acl_names, sink))
+        .unwrap_or_default();
+    let f = RawFrontend {
+        name: name.to_owned(),
+        at: t.start(),
+        path: t.path().to_owned(),
+        binds,
+        mode,
+        rules,
+        default_backend,
+        routes: default_item.is_some() || rules_item.is_some(),
+        timeouts: timeouts(t.take("timeout"), Side::Frontend, sink),
+        forwardfor: t.take_bool(sink, "forwardfor"),
+        max_header_size: t
+            .take("max_header_size")
+            .and_then(|i| header_size(&i, sink)),
+        acls,
+    };
+    t.finish(sink);
+    Some(f)
+}
+
+fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<At<SocketAddr>> {
+    let Some(items) = item.one_or_many(sink) else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        sink.error(item.start(), &item.path, "bind needs at least one address")
+            .help("write bind = \":80\" or bind = [\"127.0.0.1:8080\", \"[::1]:8080\"]");
+    }
+    let mut out: Vec<At<SocketAddr>> = Vec::new();
+    for i in &items {
+        let Some(b) = bind_one(i, sink) else { continue };
+        match out.iter().find(|prev| addr::overlaps(prev.value, b.value)) {
+            Some(prev) => {
+                let message = if prev.value == b.value {
+                    format!("duplicate bind address {}", b.value)
+                } else {
+                    format!("bind address {} overlaps {}", b.value, prev.value)
+                };
+                sink.error(b.at, &b.path, message)
+                    .help(format!("already bound by {}", prev.path));
+            }
+            None => out.push(b),
+        }
+    }
+    out
+}
+
+fn acl_error(sink: &mut Sink<'_>, s: &Str<'_>, path: &str, e: AclError) {
+    let d = sink.error(s.at(e.offset), path, e.message);
+    if let Some(help) = e.help {
+        d.help(help);
+    }
+}
+
+fn acls(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<(String, Option<AclSpec>)> {
+    let Some(mut t) = item.table(sink) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, item) in t.take_all() {
+        check_name(sink, item.key_at, &item.path, "acl", name);
+        let texts = item.one_or_many(sink).unwrap_or_default();
+        if matches!(item.value.get_ref(), DeValue::Array(a) if a.is_empty()) {
+            sink.error(
+                item.start(),
+                &item.path,
+                "acl needs at least one expression",
+            )
+            .help("write NAME = \"FETCH PATTERN...\", e.g. is_api = \"path_beg /api\"");
+        }
+        let mut spec: Option<AclSpec> = None;
+        let mut valid = !texts.is_empty();
+        for text in &texts {
+            let Some(s) = text.str(sink) else {
+                valid = false;
+                continue;
+            };
+            match acl::parse_acl(s.value) {
+                Ok(a) => {
+                    spec = Some(match spec {
+                        Some(prev) => prev.or(a),
+                        None => a,
+                    })
+                }
+                Err(e) => {
+                    acl_error(sink, &s, &text.path, e);
+                    valid = false;
+                }
+            }
+        }
+        out.push((name.to_owned(), spec.filter(|_| valid)));
+    }
+    t.finish(sink);
+    out
+}
+
+fn backend_ref(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<At<String>> {
+    let s = item.str(sink)?;
+    Some(At {
+        value: s.value.to_owned(),
+        at: s.start,
+        path: item.path.clone(),
+    })
+}
+
+fn rules(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> Vec<RawRule> {
+    let Some(items) = item.array(sink) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    // The first rule without a condition: every rule after it is dead.
+    let mut catch_all: Option<String> = None;
+    for rule in &items {
+        let Some(mut t) = rule.table(sink) else {
+            continue;
+        };
+        let backend = t
+            .require(sink, "backend")
+            .and_then(|i| backend_ref(&i, sink));
+        let (if_item, unless_item) = (t.take("if"), t.take("unless"));
+        t.finish(sink);
+        let (condition, negate) = match (if_item, unless_item) {
+            (Some(a), Some(b)) => {
+                let later = if a.key_at > b.key_at { a } else { b };
+                sink.error(later.key_at, &rule.path, "both \"if\" and \"unless\" given")
+                    .help("a rule takes one condition; negate part of an \"if\" with \"!\"");
+                (None, false)
+            }
+            (Some(c), None) => (condition(&c, acl_names, sink), false),
+            (None, Some(c)) => (condition(&c, acl_names, sink), true),
+            (None, None) => {
+                if catch_all.is_none() {
+                    catch_all = Some(rule.path.clone());
+                    out.push(RawRule {
+                        backend,
+                        condition: Some(Condition::always()),
+                        negate: false,
+                    });
+                    continue;
+                }
+                (Some(Condition::always()), false)
+            }
+        };
+        if let Some(first) = &catch_all {
+            sink.warning(rule.start(), &rule.path, "rule can never match")
+                .help(format!(
+                    "{first} has no condition, so it matches every request"
+                ));
+        }
+        out.push(RawRule {
+            backend,
+            condition,
+            negate,
+        });
+    }
+    out
+}
+
+fn condition(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> Option<Condition> {
+    let s = item.str(sink)?;
+    let c = match acl::parse_condition(s.value) {
+        Ok(c) => c,
+        Err(e) => {
+            acl_error(sink, &s, &item.path, e);
+            return None;
+        }
+    };
+    let mut valid = true;
+    for (offset, name) in c.acl_names() {
+        if acl_names.contains(&name) {
+            continue;
+        }
+        valid = false;
+        let help = match did_you_mean(name, acl_names) {
+            Some(m) => format!("did you mean \"{m}\"?"),
+            None if acl_names.is_empty() => {
+                "this frontend defines no acls; add acl = { NAME = \"FETCH PATTERN\" }".to_owned()
+            }
+            None => format!("acls in this frontend: {}", quoted_list(acl_names)),
+        };
+        sink.error(s.at(offset), &item.path, format!("unknown acl \"{name}\""))
+            .help(help);
+    }
+    valid.then_some(c)
+}

@@ -1,0 +1,114 @@
+//! The whole file: the root table, `[global]`, `[defaults]`, `[admin]`, `[plugin.*]`, and the
+//! frontend and backend sections (walked in `frontend` and `backend`).
+//!
+//! Every check that needs only one section happens while walking it: types, values, required
+//! keys, ACL syntax and names, duplicates inside one frontend or backend. The result is a
+//! [`Raw`] config that keeps what `validate` needs for cross-section checks (positions, key
+//! paths) and leaves `[defaults]` unapplied. Invalid values are reported and then dropped: a
+//! `Raw` with errors is never turned into a `Config`.
+
+use std::net::SocketAddr;
+
+use crate::config::backend::{self, RawBackend};
+use crate::config::diag::Sink;
+use crate::config::frontend::{self, RawFrontend};
+use crate::config::model::{Balance, Global, LogFormat, Mode};
+use crate::config::values::{
+    At, PartialTimeouts, Side, balance, bind_one, header_size, mode, retries, timeouts,
+};
+use crate::config::walk::Table;
+
+/// More worker threads than this is a typo, not a tuning choice.
+const MAX_WORKERS: i64 = 1024;
+
+/// `[defaults]`: every field is a fallback for the sections that do not set it.
+#[derive(Debug, Default)]
+pub(crate) struct Defaults {
+    pub(crate) mode: Option<Mode>,
+    pub(crate) timeouts: PartialTimeouts,
+    pub(crate) retries: Option<u32>,
+    pub(crate) forwardfor: Option<bool>,
+    pub(crate) max_header_size: Option<usize>,
+    pub(crate) balance: Option<Balance>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Raw {
+    pub(crate) global: Global,
+    pub(crate) defaults: Defaults,
+    pub(crate) admin: Option<At<SocketAddr>>,
+    pub(crate) frontends: Vec<RawFrontend>,
+    pub(crate) backends: Vec<RawBackend>,
+}
+
+/// Walks the root table of a config file.
+pub(crate) fn walk(mut root: Table<'_, '_>, sink: &mut Sink<'_>) -> Raw {
+    let mut raw = Raw::default();
+    if let Some(t) = root.take("global").and_then(|i| i.table(sink)) {
+        raw.global = global(t, sink);
+    }
+    if let Some(t) = root.take("defaults").and_then(|i| i.table(sink)) {
+        raw.defaults = defaults(t, sink);
+    }
+    if let Some(mut t) = root.take("admin").and_then(|i| i.table(sink)) {
+        raw.admin = t.require(sink, "bind").and_then(|i| bind_one(&i, sink));
+        t.finish(sink);
+    }
+    if let Some(mut t) = root.take("frontend").and_then(|i| i.table(sink)) {
+        for (name, item) in t.take_all() {
+            raw.frontends.extend(frontend::walk(name, &item, sink));
+        }
+    }
+    if let Some(mut t) = root.take("backend").and_then(|i| i.table(sink)) {
+        for (name, item) in t.take_all() {
+            raw.backends.extend(backend::walk(name, &item, sink));
+        }
+    }
+    if let Some(mut t) = root.take("plugin").and_then(|i| i.table(sink)) {
+        for (name, item) in t.take_all() {
+            sink.error(item.start(), &item.path, "plugins are not supported yet").help(format!(
+                "remove [plugin.{name}]: the section is reserved for wasm plugins, which a later \
+                 version adds"
+            ));
+        }
+    }
+    root.finish(sink);
+    raw
+}
+
+fn global(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Global {
+    let mut g = Global::default();
+    if let Some(n) = t.take_int_in(sink, "workers", 1, Some(MAX_WORKERS)) {
+        g.workers = usize::try_from(n).ok();
+    }
+    let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+    if let Some(f) = t
+        .take("log_format")
+        .and_then(|i| i.keyword(sink, "log format", &formats))
+    {
+        g.log_format = f;
+    }
+    if let Some(b) = t.take_bool(sink, "access_log") {
+        g.access_log = b;
+    }
+    if let Some(d) = t.take_duration(sink, "grace") {
+        g.grace = d;
+    }
+    t.finish(sink);
+    g
+}
+
+fn defaults(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Defaults {
+    let d = Defaults {
+        mode: t.take("mode").and_then(|i| mode(&i, sink)),
+        timeouts: timeouts(t.take("timeout"), Side::Defaults, sink),
+        retries: retries(&mut t, sink),
+        forwardfor: t.take_bool(sink, "forwardfor"),
+        max_header_size: t
+            .take("max_header_size")
+            .and_then(|i| header_size(&i, sink)),
+        balance: t.take("balance").and_then(|i| balance(&i, sink)),
+    };
+    t.finish(sink);
+    d
+}

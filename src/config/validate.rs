@@ -1,0 +1,240 @@
+//! Cross-section checks (backend references, listeners shared between sections, unused
+//! backends) and the final step: `[defaults]` applied, a [`Config`] built when nothing is wrong.
+
+use std::path::Path;
+
+use crate::config::addr;
+use crate::config::backend::RawBackend;
+use crate::config::diag::{Sink, did_you_mean, quoted_list};
+use crate::config::frontend::RawFrontend;
+use crate::config::model::{
+    Admin, Backend, Balance, Config, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES, Frontend, Mode,
+    NamedAcl, Timeouts, UseBackend,
+};
+use crate::config::sections::{Defaults, Raw};
+use crate::config::values::PartialTimeouts;
+
+/// Runs the cross-section checks, then builds the config if no error was found at all.
+pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Option<Config> {
+    check_backend_refs(&raw, sink);
+    check_listeners(&raw, sink);
+    if sink.has_errors() {
+        return None;
+    }
+    let d = &raw.defaults;
+    Some(Config {
+        path: file.to_owned(),
+        global: raw.global.clone(),
+        admin: raw.admin.as_ref().map(|a| Admin { bind: a.value }),
+        frontends: raw.frontends.into_iter().map(|f| frontend(f, d)).collect(),
+        backends: raw.backends.into_iter().map(|b| backend(b, d)).collect(),
+    })
+}
+
+fn check_backend_refs(raw: &Raw, sink: &mut Sink<'_>) {
+    let names: Vec<&str> = raw.backends.iter().map(|b| b.name.as_str()).collect();
+    let mut used = vec![false; names.len()];
+    for f in &raw.frontends {
+        let refs = f
+            .default_backend
+            .iter()
+            .chain(f.rules.iter().filter_map(|r| r.backend.as_ref()));
+        for r in refs {
+            if let Some(i) = names.iter().position(|n| *n == r.value) {
+                used[i] = true;
+                continue;
+            }
+            let help = match did_you_mean(&r.value, &names) {
+                Some(m) => format!("did you mean \"{m}\"?"),
+                None if names.is_empty() => {
+                    "no backends are defined; add [backend.NAME]".to_owned()
+                }
+                None => format!("defined backends: {}", quoted_list(&names)),
+            };
+            sink.error(r.at, &r.path, format!("unknown backend \"{}\"", r.value))
+                .help(help);
+        }
+        if !f.routes {
+            sink.warning(f.at, &f.path, "frontend has no backend").help(
+                "every request will get 503; add default_backend = \"NAME\" or use_backend rules",
+            );
+        }
+    }
+    for (b, used) in raw.backends.iter().zip(used) {
+        if !used {
+            sink.warning(
+                b.at,
+                &b.path,
+                format!("backend \"{}\" is not used by any frontend", b.name),
+            )
+            .help("route to it with default_backend or use_backend, or remove it");
+        }
+    }
+}
+
+/// Two sections must not listen on the same address; reported at the later one in the file.
+fn check_listeners(raw: &Raw, sink: &mut Sink<'_>) {
+    let mut listeners: Vec<_> = raw
+        .frontends
+        .iter()
+        .flat_map(|f| {
+            f.binds
+                .iter()
+                .map(move |b| (b, format!("frontend \"{}\"", f.name)))
+        })
+        .chain(raw.admin.iter().map(|a| (a, "[admin]".to_owned())))
+        .collect();
+    listeners.sort_by_key(|(b, _)| b.at);
+    for (i, (b, owner)) in listeners.iter().enumerate() {
+        let clash = listeners[..i]
+            .iter()
+            .find(|(prev, prev_owner)| prev_owner != owner && addr::overlaps(prev.value, b.value));
+        if let Some((prev, prev_owner)) = clash {
+            let message = if prev.value == b.value {
+                format!("address {} is already bound by {prev_owner}", b.value)
+            } else {
+                format!(
+                    "address {} overlaps {} bound by {prev_owner}",
+                    b.value, prev.value
+                )
+            };
+            sink.error(b.at, &b.path, message)
+                .help(format!("first bound at {}", prev.path));
+        }
+    }
+}
+
+/// Built-in defaults <- `[defaults].timeout` <- the section's own `timeout`. `http_keep_alive`
+/// falls back to the resolved `http_request` when neither table sets it, as in HAProxy.
+pub(crate) fn resolve_timeouts(defaults: &PartialTimeouts, own: &PartialTimeouts) -> Timeouts {
+    let base = Timeouts::default();
+    let pick = |f: fn(&PartialTimeouts) -> Option<std::time::Duration>, fallback| {
+        f(own).or(f(defaults)).unwrap_or(fallback)
+    };
+    let http_request = pick(|t| t.http_request, base.http_request);
+    Timeouts {
+        client: pick(|t| t.client, base.client),
+        server: pick(|t| t.server, base.server),
+        connect: pick(|t| t.connect, base.connect),
+        http_request,
+        http_keep_alive: pick(|t| t.http_keep_alive, http_request),
+    }
+}
+
+fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
+    Frontend {
+        name: f.name,
+        binds: f.binds.into_iter().map(|b| b.value).collect(),
+        mode: f.mode.or(d.mode).unwrap_or(Mode::Http),
+        acls: f
+            .acls
+            .into_iter()
+            .filter_map(|(name, spec)| Some(NamedAcl { name, spec: spec? }))
+            .collect(),
+        rules: f
+            .rules
+            .into_iter()
+            .filter_map(|r| {
+                Some(UseBackend {
+                    backend: r.backend?.value,
+                    condition: r.condition?,
+                    negate: r.negate,
+                })
+            })
+            .collect(),
+        default_backend: f.default_backend.map(|b| b.value),
+        timeouts: resolve_timeouts(&d.timeouts, &f.timeouts),
+        forwardfor: f.forwardfor.or(d.forwardfor).unwrap_or(true),
+        max_header_size: f
+            .max_header_size
+            .or(d.max_header_size)
+            .unwrap_or(DEFAULT_MAX_HEADER_SIZE),
+    }
+}
+
+fn backend(b: RawBackend, d: &Defaults) -> Backend {
+    Backend {
+        name: b.name,
+        mode: b.mode.or(d.mode).unwrap_or(Mode::Http),
+        balance: b
+            .balance
+            .or_else(|| d.balance.clone())
+            .unwrap_or(Balance::RoundRobin),
+        servers: b.servers,
+        timeouts: resolve_timeouts(&d.timeouts, &b.timeouts),
+        retries: b.retries.or(d.retries).unwrap_or(DEFAULT_RETRIES),
+        check: b.check,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::resolve_timeouts;
+    use crate::config::model::Timeouts;
+    use crate::config::values::PartialTimeouts;
+
+    const fn s(n: u64) -> Option<Duration> {
+        Some(Duration::from_secs(n))
+    }
+
+    #[test]
+    fn timeouts_layer_builtin_defaults_section() {
+        let none = PartialTimeouts::default();
+        assert_eq!(resolve_timeouts(&none, &none), Timeouts::default());
+        let defaults = PartialTimeouts {
+            client: s(1),
+            connect: s(2),
+            ..none
+        };
+        let own = PartialTimeouts {
+            client: s(3),
+            server: s(4),
+            ..none
+        };
+        let t = resolve_timeouts(&defaults, &own);
+        assert_eq!(t.client, Duration::from_secs(3));
+        assert_eq!(t.connect, Duration::from_secs(2));
+        assert_eq!(t.server, Duration::from_secs(4));
+        assert_eq!(t.http_request, Timeouts::default().http_request);
+    }
+
+    #[test]
+    fn keep_alive_follows_http_request_unless_set() {
+        let none = PartialTimeouts::default();
+        let defaults = PartialTimeouts {
+            http_request: s(7),
+            ..none
+        };
+        assert_eq!(
+            resolve_timeouts(&defaults, &none).http_keep_alive,
+            Duration::from_secs(7)
+        );
+        let own = PartialTimeouts {
+            http_request: s(3),
+            ..none
+        };
+        assert_eq!(
+            resolve_timeouts(&defaults, &own).http_keep_alive,
+            Duration::from_secs(3)
+        );
+        let defaults = PartialTimeouts {
+            http_request: s(7),
+            http_keep_alive: s(1),
+            ..none
+        };
+        assert_eq!(
+            resolve_timeouts(&defaults, &own).http_keep_alive,
+            Duration::from_secs(1)
+        );
+        let own = PartialTimeouts {
+            http_keep_alive: s(9),
+            ..none
+        };
+        assert_eq!(
+            resolve_timeouts(&defaults, &own).http_keep_alive,
+            Duration::from_secs(9)
+        );
+    }
+}

@@ -1,0 +1,544 @@
+//! `wasp check` end to end: the real binary on fixture configs, compared line for line with
+//! the diagnostics a user sees (file:line:col, key path, message, help, summary) and the exit
+//! code. One fixture per diagnostic in `tests/fixtures/check/`, plus the example labs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use wasp::config::{self, Balance, Mode};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check")
+}
+
+/// Runs `wasp check -c FILE` in `dir`; returns the exit code and stderr.
+fn run_check(dir: &Path, file: &str) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .current_dir(dir)
+        .args(["check", "-c", file])
+        .output()
+        .expect("run wasp");
+    assert!(out.stdout.is_empty(), "check writes to stderr only");
+    let code = out.status.code().expect("exit code");
+    (code, String::from_utf8(out.stderr).expect("utf-8 output"))
+}
+
+/// Checks `tests/fixtures/check/NAME.toml` and compares the whole report.
+fn expect(name: &str, code: i32, lines: &[&str]) {
+    let (actual_code, stderr) = run_check(&fixtures(), &format!("{name}.toml"));
+    let expected = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    assert_eq!(stderr, expected, "report for {name}.toml");
+    assert_eq!(actual_code, code, "exit code for {name}.toml");
+}
+
+#[test]
+fn example_labs_pass_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for lab in ["examples/lab1-basic.toml", "examples/lab2-uri.toml"] {
+        assert_eq!(run_check(root, lab), (0, "check: ok\n".to_owned()), "{lab}");
+    }
+}
+
+#[test]
+fn lab2_loads_into_the_model() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lab2-uri.toml");
+    let (config, report) = config::load(&path);
+    assert_eq!(report.diagnostics, []);
+    let config = config.expect("config");
+    assert_eq!(
+        config.admin.as_ref().map(|a| a.bind),
+        Some("127.0.0.1:8404".parse().unwrap())
+    );
+    let [fe] = &config.frontends[..] else {
+        panic!("one frontend")
+    };
+    assert_eq!(fe.binds, ["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(fe.mode, Mode::Http);
+    assert_eq!(fe.default_backend.as_deref(), Some("webservers"));
+    let acls: Vec<&str> = fe.acls.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(acls, ["is_item", "is_basket"]);
+    let rules: Vec<(&str, bool)> = fe
+        .rules
+        .iter()
+        .map(|r| (r.backend.as_str(), r.negate))
+        .collect();
+    assert_eq!(rules, [("items", false), ("baskets", false)]);
+    assert_eq!(fe.timeouts.client, Duration::from_secs(10));
+    assert_eq!(
+        fe.timeouts.http_keep_alive,
+        Duration::from_secs(10),
+        "follows http_request"
+    );
+    assert!(fe.forwardfor);
+    let names: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["webservers", "items", "baskets"], "file order");
+    let baskets = config.backend("baskets").expect("baskets");
+    assert_eq!(baskets.balance, Balance::RoundRobin);
+    assert_eq!(baskets.retries, 3);
+    assert_eq!(baskets.timeouts.connect, Duration::from_secs(5));
+    let servers: Vec<(&str, String, u32, bool)> = baskets
+        .servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.addr.to_string(), s.weight, s.check))
+        .collect();
+    assert_eq!(
+        servers,
+        [
+            ("s3", "127.0.0.1:9003".to_owned(), 1, true),
+            ("s4", "127.0.0.1:9004".to_owned(), 1, true)
+        ]
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let (code, stderr) = run_check(&fixtures(), "does-not-exist.toml");
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "does-not-exist.toml:1:1: error: cannot read config file: no such file or directory \
+         (os error 2)\ncheck: 1 error\n"
+    );
+}
+
+/// Unknown keys at every level, with a suggestion or the list of valid keys.
+#[test]
+fn unknown_key() {
+    expect(
+        "unknown_key",
+        1,
+        &[
+            r#"unknown_key.toml:3:1: error: global: unknown key "wrokers""#,
+            r#"    = help: did you mean "workers"?"#,
+            r#"unknown_key.toml:8:13: error: frontend.web.timeout: unknown key "clinet""#,
+            r#"    = help: did you mean "client"?"#,
+            r#"unknown_key.toml:11:1: error: backend.app: unknown key "balanse""#,
+            r#"    = help: did you mean "balance"?"#,
+            r#"unknown_key.toml:12:52: error: backend.app.servers[0]: unknown key "wieght""#,
+            r#"    = help: did you mean "weight"?"#,
+            r#"unknown_key.toml:13:1: error: backend.app: unknown key "colour""#,
+            r#"    = help: valid keys are "mode", "balance", "servers", "timeout", "retries", "check""#,
+            r#"unknown_key.toml:15:2: error: unknown key "bakend""#,
+            r#"    = help: did you mean "backend"?"#,
+            r#"check: 6 errors"#,
+        ],
+    );
+}
+
+/// Values of the wrong TOML type.
+#[test]
+fn wrong_type() {
+    expect(
+        "wrong_type",
+        1,
+        &[
+            r#"wrong_type.toml:3:11: error: global.workers: expected an integer, found a string"#,
+            r#"    = help: write 2 without quotes"#,
+            r#"wrong_type.toml:4:14: error: global.access_log: expected a boolean, found a string"#,
+            r#"    = help: write true without quotes"#,
+            r#"wrong_type.toml:7:8: error: frontend.web.bind: expected a string or an array of strings, found an integer"#,
+            r#"wrong_type.toml:9:14: error: frontend.web.forwardfor: expected a boolean, found an integer"#,
+            r#"wrong_type.toml:12:11: error: backend.app.servers: expected an array, found a table"#,
+            r#"wrong_type.toml:13:11: error: backend.app.retries: expected an integer, found a float"#,
+            r#"check: 6 errors"#,
+        ],
+    );
+}
+
+/// Durations without a unit, with an unknown unit, malformed, or zero.
+#[test]
+fn bad_duration() {
+    expect(
+        "bad_duration",
+        1,
+        &[
+            r#"bad_duration.toml:3:9: error: global.grace: missing unit in duration "10""#,
+            r#"    = help: add a unit, e.g. "10s" or "10ms""#,
+            r#"bad_duration.toml:6:22: error: defaults.timeout.client: invalid duration "10 s""#,
+            r#"    = help: write a number and a unit, e.g. "10s", "250ms" or "1m30s""#,
+            r#"bad_duration.toml:6:39: error: defaults.timeout.server: expected a duration string, found an integer"#,
+            r#"    = help: durations need a unit, e.g. "30s""#,
+            r#"bad_duration.toml:6:53: error: defaults.timeout.connect: unknown unit "sec" in duration "5sec""#,
+            r#"    = help: units are us, ms, s, m, h and d"#,
+            r#"bad_duration.toml:11:28: error: frontend.web.timeout.http_request: duration must be greater than zero"#,
+            r#"bad_duration.toml:15:22: error: backend.app.check.interval: unknown unit "x" in duration "2x""#,
+            r#"    = help: units are us, ms, s, m, h and d"#,
+            r#"check: 6 errors"#,
+        ],
+    );
+}
+
+/// Listener and server addresses that do not parse.
+#[test]
+fn bad_address() {
+    expect(
+        "bad_address",
+        1,
+        &[
+            r#"bad_address.toml:3:8: error: admin.bind: missing port in "localhost""#,
+            r#"    = help: write it as host:port, e.g. "127.0.0.1:8080""#,
+            r#"bad_address.toml:6:9: error: frontend.web.bind[0]: invalid port "99999" in "127.0.0.1:99999""#,
+            r#"    = help: a port is a number from 1 to 65535"#,
+            r#"bad_address.toml:6:28: error: frontend.web.bind[1]: bind address "example.com:80" is not an IP address"#,
+            r#"    = help: bind takes an IP address: "127.0.0.1:PORT" for loopback, ":PORT" for all interfaces"#,
+            r#"bad_address.toml:6:46: error: frontend.web.bind[2]: IPv6 address in "::1:8080" needs brackets"#,
+            r#"    = help: write "[ADDRESS]:PORT", e.g. "[::1]:8080""#,
+            r#"bad_address.toml:11:25: error: backend.app.servers[0].addr: missing port in "127.0.0.1""#,
+            r#"    = help: write it as host:port, e.g. "127.0.0.1:8080""#,
+            r#"bad_address.toml:12:25: error: backend.app.servers[1].addr: port 0 is not a valid server port"#,
+            r#"    = help: write the port the server listens on"#,
+            r#"check: 6 errors"#,
+        ],
+    );
+}
+
+/// A server host name that does not resolve.
+#[test]
+fn unresolvable_host() {
+    expect(
+        "unresolvable_host",
+        1,
+        &[
+            r#"unresolvable_host.toml:9:25: error: backend.app.servers[1].addr: cannot resolve host "nosuchhost.invalid""#,
+            r#"    = help: check the name (and /etc/hosts or DNS), or write an IP address"#,
+            r#"check: 1 error"#,
+        ],
+    );
+}
+
+/// Default_backend and use_backend naming a backend that does not exist.
+#[test]
+fn undefined_backend() {
+    expect(
+        "undefined_backend",
+        1,
+        &[
+            r#"undefined_backend.toml:4:19: error: frontend.web.default_backend: unknown backend "webservrs""#,
+            r#"    = help: did you mean "webservers"?"#,
+            r#"undefined_backend.toml:8:15: error: frontend.web.use_backend[1].backend: unknown backend "nowhere""#,
+            r#"    = help: defined backends: "webservers""#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// A condition naming an undefined acl, pointing at that name.
+#[test]
+fn undefined_acl() {
+    expect(
+        "undefined_acl",
+        1,
+        &[
+            r#"undefined_acl.toml:7:39: error: frontend.web.use_backend[0].if: unknown acl "is_baskt""#,
+            r#"    = help: did you mean "is_basket"?"#,
+            r#"undefined_acl.toml:8:41: error: frontend.web.use_backend[1].unless: unknown acl "missing""#,
+            r#"    = help: acls in this frontend: "is_item", "is_basket""#,
+            r#"undefined_acl.toml:13:41: error: frontend.bare.use_backend[0].if: unknown acl "is_item""#,
+            r#"    = help: this frontend defines no acls; add acl = { NAME = "FETCH PATTERN" }"#,
+            r#"check: 3 errors"#,
+        ],
+    );
+}
+
+/// An invalid regex in an acl (exact column in a literal string, the string start when it has escapes).
+#[test]
+fn invalid_regex() {
+    expect(
+        "invalid_regex",
+        1,
+        &[
+            r#"invalid_regex.toml:5:19: error: frontend.web.acl.is_item: invalid regex "^/item/(\d+$": unclosed group"#,
+            r#"invalid_regex.toml:5:82: error: frontend.web.acl.is_api[1]: invalid regex "[a-": unclosed character class"#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// Two servers with one name in a backend.
+#[test]
+fn duplicate_server() {
+    expect(
+        "duplicate_server",
+        1,
+        &[
+            r#"duplicate_server.toml:12:12: error: backend.app.servers[2].name: duplicate server name "s1""#,
+            r#"    = help: already used by backend.app.servers[0]"#,
+            r#"check: 1 error"#,
+        ],
+    );
+}
+
+/// A backend with an empty or missing server list.
+#[test]
+fn empty_backend() {
+    expect(
+        "empty_backend",
+        1,
+        &[
+            r#"empty_backend.toml:9:11: error: backend.app.servers: backend has no servers"#,
+            r#"    = help: add { name = "s1", addr = "host:port" }"#,
+            r#"empty_backend.toml:11:1: error: backend.api: backend has no servers"#,
+            r#"    = help: add servers = [{ name = "s1", addr = "host:port" }]"#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// Two sections on one address, reported at the second.
+#[test]
+fn bind_conflict() {
+    expect(
+        "bind_conflict",
+        1,
+        &[
+            r#"bind_conflict.toml:10:9: error: frontend.b.bind[0]: address 127.0.0.1:8080 is already bound by frontend "a""#,
+            r#"    = help: first bound at frontend.a.bind[0]"#,
+            r#"bind_conflict.toml:14:9: error: frontend.c.bind[0]: address 0.0.0.0:8404 overlaps 127.0.0.1:8404 bound by [admin]"#,
+            r#"    = help: first bound at admin.bind"#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// One frontend listing an address twice.
+#[test]
+fn duplicate_bind() {
+    expect(
+        "duplicate_bind",
+        1,
+        &[
+            r#"duplicate_bind.toml:3:45: error: frontend.web.bind[2]: duplicate bind address 127.0.0.1:8080"#,
+            r#"    = help: already bound by frontend.web.bind[0]"#,
+            r#"duplicate_bind.toml:3:63: error: frontend.web.bind[3]: bind address 0.0.0.0:8081 overlaps 127.0.0.1:8081"#,
+            r#"    = help: already bound by frontend.web.bind[1]"#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// Warnings only: exit 0.
+#[test]
+fn unused_backend() {
+    expect(
+        "unused_backend",
+        0,
+        &[
+            r#"unused_backend.toml:6:1: warning: frontend.nowhere: frontend has no backend"#,
+            r#"    = help: every request will get 503; add default_backend = "NAME" or use_backend rules"#,
+            r#"unused_backend.toml:12:1: warning: backend.spare: backend "spare" is not used by any frontend"#,
+            r#"    = help: route to it with default_backend or use_backend, or remove it"#,
+            r#"check: 2 warnings"#,
+        ],
+    );
+}
+
+/// Weights outside 0..=256.
+#[test]
+fn weight_range() {
+    expect(
+        "weight_range",
+        1,
+        &[
+            r#"weight_range.toml:10:52: error: backend.app.servers[2].weight: weight 257 is out of range"#,
+            r#"    = help: expected 0..=256"#,
+            r#"weight_range.toml:11:52: error: backend.app.servers[3].weight: weight -1 is out of range"#,
+            r#"    = help: expected 0..=256"#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// A rule with both if and unless, pointing at the later key.
+#[test]
+fn if_unless() {
+    expect(
+        "if_unless",
+        1,
+        &[
+            r#"if_unless.toml:7:37: error: frontend.web.use_backend[0]: both "if" and "unless" given"#,
+            r#"    = help: a rule takes one condition; negate part of an "if" with "!""#,
+            r#"if_unless.toml:8:43: error: frontend.web.use_backend[1]: both "if" and "unless" given"#,
+            r#"    = help: a rule takes one condition; negate part of an "if" with "!""#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// Invalid TOML: every syntax error, nothing else.
+#[test]
+fn syntax_error() {
+    expect(
+        "syntax_error",
+        1,
+        &[
+            r#"syntax_error.toml:4:1: error: duplicate key "workers""#,
+            r#"syntax_error.toml:7:23: error: invalid basic string, expected `"`"#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// Required keys left out.
+#[test]
+fn missing_key() {
+    expect(
+        "missing_key",
+        1,
+        &[
+            r#"missing_key.toml:2:1: error: admin: missing required key "bind""#,
+            r#"missing_key.toml:4:1: error: frontend.web: missing required key "bind""#,
+            r#"missing_key.toml:7:16: error: frontend.web.use_backend[0]: missing required key "backend""#,
+            r#"missing_key.toml:11:3: error: backend.app.servers[0]: missing required key "addr""#,
+            r#"missing_key.toml:12:3: error: backend.app.servers[1]: missing required key "name""#,
+            r#"check: 5 errors"#,
+        ],
+    );
+}
+
+/// Independent errors in different sections and in the same section, all in one run.
+#[test]
+fn many_errors() {
+    expect(
+        "many_errors",
+        1,
+        &[
+            r#"many_errors.toml:3:11: error: global.workers: workers 0 is out of range"#,
+            r#"    = help: expected 1..=1024"#,
+            r#"many_errors.toml:4:14: error: global.log_format: unknown log format "xml""#,
+            r#"    = help: expected text or json"#,
+            r#"many_errors.toml:8:39: error: defaults.timeout.connect: missing unit in duration "5""#,
+            r#"    = help: add a unit, e.g. "5s" or "5ms""#,
+            r#"many_errors.toml:11:27: error: frontend.web.bind[1]: duplicate bind address 127.0.0.1:8080"#,
+            r#"    = help: already bound by frontend.web.bind[0]"#,
+            r#"many_errors.toml:12:19: error: frontend.web.default_backend: unknown backend "webservers""#,
+            r#"    = help: defined backends: "items", "spare""#,
+            r#"many_errors.toml:13:53: error: frontend.web.acl.bad: invalid regex "(": unclosed group"#,
+            r#"many_errors.toml:15:30: error: frontend.web.use_backend[0].if: unknown acl "is_itme""#,
+            r#"    = help: did you mean "is_item"?"#,
+            r#"many_errors.toml:16:15: error: frontend.web.use_backend[1].backend: unknown backend "baskets""#,
+            r#"    = help: defined backends: "items", "spare""#,
+            r#"many_errors.toml:18:13: error: frontend.web.timeout.connect: connect timeout does not apply to a frontend"#,
+            r#"    = help: set it in a backend or in [defaults]"#,
+            r#"many_errors.toml:21:11: error: backend.items.balance: unknown algorithm "round_robn""#,
+            r#"    = help: did you mean "roundrobin"?"#,
+            r#"many_errors.toml:23:52: error: backend.items.servers[0].weight: weight 300 is out of range"#,
+            r#"    = help: expected 0..=256"#,
+            r#"many_errors.toml:24:12: error: backend.items.servers[1].name: duplicate server name "s1""#,
+            r#"    = help: already used by backend.items.servers[0]"#,
+            r#"many_errors.toml:24:25: error: backend.items.servers[1].addr: cannot resolve host "nosuchhost.invalid""#,
+            r#"    = help: check the name (and /etc/hosts or DNS), or write an IP address"#,
+            r#"many_errors.toml:25:3: error: backend.items.servers[2]: missing required key "name""#,
+            r#"many_errors.toml:25:30: error: backend.items.servers[2]: unknown key "chek""#,
+            r#"    = help: did you mean "check"?"#,
+            r#"many_errors.toml:28:1: warning: backend.spare: backend "spare" is not used by any frontend"#,
+            r#"    = help: route to it with default_backend or use_backend, or remove it"#,
+            r#"many_errors.toml:29:11: error: backend.spare.servers: backend has no servers"#,
+            r#"    = help: add { name = "s1", addr = "host:port" }"#,
+            r#"check: 16 errors, 1 warning"#,
+        ],
+    );
+}
+
+/// Server-side timeouts in a frontend and client-side ones in a backend.
+#[test]
+fn timeout_side() {
+    expect(
+        "timeout_side",
+        1,
+        &[
+            r#"timeout_side.toml:8:29: error: frontend.web.timeout.server: server timeout does not apply to a frontend"#,
+            r#"    = help: set it in a backend or in [defaults]"#,
+            r#"timeout_side.toml:8:45: error: frontend.web.timeout.connect: connect timeout does not apply to a frontend"#,
+            r#"    = help: set it in a backend or in [defaults]"#,
+            r#"timeout_side.toml:12:29: error: backend.app.timeout.http_request: http_request timeout does not apply to a backend"#,
+            r#"    = help: set it in a frontend or in [defaults]"#,
+            r#"check: 3 errors"#,
+        ],
+    );
+}
+
+/// Balance algorithms other than roundrobin.
+#[test]
+fn unknown_algorithm() {
+    expect(
+        "unknown_algorithm",
+        1,
+        &[
+            r#"unknown_algorithm.toml:3:11: error: defaults.balance: unknown algorithm "leastconn""#,
+            r#"    = help: expected roundrobin"#,
+            r#"unknown_algorithm.toml:10:11: error: backend.app.balance: unknown algorithm "roundrobn""#,
+            r#"    = help: did you mean "roundrobin"?"#,
+            r#"check: 2 errors"#,
+        ],
+    );
+}
+
+/// Tcp mode and plugin sections, accepted keys that are errors for now.
+#[test]
+fn unsupported() {
+    expect(
+        "unsupported",
+        1,
+        &[
+            r#"unsupported.toml:3:8: error: defaults.mode: tcp mode is not supported yet"#,
+            r#"    = help: use mode = "http"; tcp mode comes in a later version"#,
+            r#"unsupported.toml:7:8: error: frontend.web.mode: tcp mode is not supported yet"#,
+            r#"    = help: use mode = "http"; tcp mode comes in a later version"#,
+            r#"unsupported.toml:13:1: error: plugin.my-router: plugins are not supported yet"#,
+            r#"    = help: remove [plugin.my-router]: the section is reserved for wasm plugins, which a later version adds"#,
+            r#"check: 3 errors"#,
+        ],
+    );
+}
+
+/// A rule after an unconditional one (warning).
+#[test]
+fn unreachable_rule() {
+    expect(
+        "unreachable_rule",
+        0,
+        &[
+            r#"unreachable_rule.toml:7:3: warning: frontend.web.use_backend[1]: rule can never match"#,
+            r#"    = help: frontend.web.use_backend[0] has no condition, so it matches every request"#,
+            r#"check: 1 warning"#,
+        ],
+    );
+}
+
+/// Values of the right type outside their domain.
+#[test]
+fn values() {
+    expect(
+        "values",
+        1,
+        &[
+            r#"values.toml:3:11: error: global.workers: workers 0 is out of range"#,
+            r#"    = help: expected 1..=1024"#,
+            r#"values.toml:4:14: error: global.log_format: unknown log format "jsno""#,
+            r#"    = help: did you mean "json"?"#,
+            r#"values.toml:7:19: error: defaults.max_header_size: max_header_size 4096 is too small"#,
+            r#"    = help: the minimum is 8192 bytes"#,
+            r#"values.toml:9:11: error: frontend."web 1": invalid frontend name "web 1""#,
+            r#"    = help: names may contain letters, digits, '-', '_', '.' and ':'"#,
+            r#"values.toml:12:19: error: frontend."web 1".max_header_size: invalid size "64kb""#,
+            r#"    = help: write bytes as an integer, or a string like "64k" or "1m""#,
+            r#"values.toml:13:9: error: frontend."web 1".acl."is api": invalid acl name "is api""#,
+            r#"    = help: names may contain letters, digits, '-', '_', '.' and ':'"#,
+            r#"values.toml:13:45: error: frontend."web 1".acl.is_x: unknown fetch "pth_beg""#,
+            r#"    = help: expected one of path, path_beg, path_end, path_reg, path_sub, hdr, hdr_beg, hdr_end, hdr_reg, host, method, src, url_param"#,
+            r#"values.toml:13:74: error: frontend."web 1".acl.is_y: missing pattern after "path_beg""#,
+            r#"    = help: write FETCH PATTERN..., e.g. "path_beg /api""#,
+            r#"values.toml:14:48: error: frontend."web 1".use_backend[0].if: missing acl name"#,
+            r#"    = help: a condition names acls: "is_api", "is_api !is_admin", "a or b""#,
+            r#"values.toml:18:11: error: backend.app.retries: retries -1 is out of range"#,
+            r#"    = help: expected 0..=100"#,
+            r#"values.toml:19:18: error: backend.app.check.http: invalid health check request "get /health""#,
+            r#"    = help: expected "METHOD /path", e.g. "GET /health""#,
+            r#"values.toml:19:40: error: backend.app.check.rise: rise 0 is out of range"#,
+            r#"    = help: expected 1..=1000"#,
+            r#"values.toml:19:64: error: backend.app.check.interval: duration must be greater than zero"#,
+            r#"check: 13 errors"#,
+        ],
+    );
+}
