@@ -522,7 +522,7 @@ median() {
 ensure_tools
 
 log "building wasp (cargo build --release)"
-(cd "$ROOT" && cargo build --release --quiet --bin wasp)
+(cd "$ROOT" && cargo build --release --quiet)
 WASP_BIN=$ROOT/target/release/wasp
 [[ -x $WASP_BIN ]] || die "$WASP_BIN missing after the build"
 
@@ -563,11 +563,8 @@ echo
 start_backends
 for p in $PROXIES; do
     start_proxy "$p"
+    RSS_IDLE[$p]=$(rss_kib "${PID_OF[$p]}") # after the readiness probe, before any load
     check_routing "$p"
-done
-sleep 1
-for p in $PROXIES; do
-    RSS_IDLE[$p]=$(rss_kib "${PID_OF[$p]}")
 done
 
 for ((round = 1; round <= ROUNDS; round++)); do
