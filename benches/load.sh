@@ -1,0 +1,619 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: wasp vs HAProxy vs nginx on the reference lab 2 routing.
+#
+#   benches/load.sh                  # defaults: DURATION=10 ROUNDS=3, about 3 minutes + build
+#   QUICK=1 benches/load.sh          # smoke run: DURATION=2 ROUNDS=1, about 20 s + build
+#   DURATION=30 ROUNDS=5 benches/load.sh
+#
+# Environment:
+#   DURATION     seconds per wrk run (default 10)
+#   ROUNDS       interleaved rounds (default 3); the table shows the median over rounds
+#   CONNECTIONS  wrk connections (default 50); THREADS wrk threads (default 2)
+#   PROXIES      which proxies to run, in round order (default "wasp haproxy nginx wasp+log")
+#   QUICK=1      DURATION=2 ROUNDS=1
+#   OUT_DIR      if set, generated configs, logs and raw wrk outputs are copied there
+#   ROUTING_CHECK  strict (default): stop if a proxy misroutes a lab 2 path before the load;
+#                warn: report it, mark the proxy with '!' in the table, and measure it anyway
+#
+# What it does: installs wrk, haproxy, nginx, curl and python3 with apt-get when missing (Debian,
+# root), builds wasp with `cargo build --release`, starts four nginx backends (node1..node4, one
+# nginx process, four server blocks) on free loopback ports, then wasp, wasp with its access log
+# on (`wasp+log`, stdout to /dev/null), HAProxy and nginx as proxies, all with lab 2's routing:
+# /item* -> items (node1, node2), /basket* -> baskets (node3, node4), anything else ->
+# webservers (node1..node3), round-robin, keep-alive to the backends, no active health checks
+# (nginx OSS has none, so none of the three runs them). Each round runs wrk against every proxy
+# in turn, plus once straight at node1 (`direct`). Everything lives in a temp dir that is
+# removed on exit; every process the script starts is stopped on exit, Ctrl-C or failure.
+#
+# Runtime per round is (number of proxies + 1) x DURATION plus a second or so of pauses, so the
+# default (5 runs x 10 s x 3 rounds) is about 2.8 minutes after the build.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+if [[ ${QUICK:-0} == 1 ]]; then
+    DURATION=${DURATION:-2}
+    ROUNDS=${ROUNDS:-1}
+fi
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-2}
+PROXIES=${PROXIES:-"wasp haproxy nginx wasp+log"}
+OUT_DIR=${OUT_DIR:-}
+ROUTING_CHECK=${ROUTING_CHECK:-strict}
+
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "load.sh: DURATION must be a positive integer" >&2; exit 2; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "load.sh: ROUNDS must be a positive integer" >&2; exit 2; }
+[[ $ROUTING_CHECK == strict || $ROUTING_CHECK == warn ]] ||
+    { echo "load.sh: ROUTING_CHECK must be strict or warn" >&2; exit 2; }
+for p in $PROXIES; do
+    case $p in
+        wasp | wasp+log | haproxy | nginx) ;;
+        *) echo "load.sh: unknown proxy '$p' in PROXIES (wasp, wasp+log, haproxy, nginx)" >&2; exit 2 ;;
+    esac
+done
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { printf 'load.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+ensure_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v python3 >/dev/null || missing+=(python3)
+    command -v ps >/dev/null || missing+=(procps)
+    if ((${#missing[@]} > 0)); then
+        [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; run as root or install them first"
+        log "installing ${missing[*]} with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # Debian keeps the daemons in /usr/sbin, which a non-login root shell may lack.
+    PATH=$PATH:/usr/sbin:/sbin
+    command -v cargo >/dev/null || die "cargo not found (install Rust to build wasp)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes and cleanup
+
+TMP=""
+PIDS=()    # every long-running process this script started
+
+alive() {
+    local state
+    [[ -r /proc/$1/stat ]] || return 1
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' || true; }
+
+stop_pid() {
+    local pid=$1 kids i
+    alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
+    kids=$(children_of "$pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        log "pid $pid ignored SIGTERM for 5 s, killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    for k in $kids; do
+        if alive "$k"; then kill -KILL "$k" 2>/dev/null || true; fi
+    done
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ -n $OUT_DIR ]]; then
+            if mkdir -p "$OUT_DIR"; then cp -r "$TMP"/. "$OUT_DIR"/ 2>/dev/null || true; fi
+            log "configs, logs and raw wrk output copied to $OUT_DIR"
+        fi
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "failed (line $LINENO): $BASH_COMMAND"' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# N free TCP ports on 127.0.0.1, held open together so they are distinct.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# Wait until URL answers 2xx, or fail after 15 s; PID must stay alive meanwhile.
+wait_http() {
+    local name=$1 pid=$2 url=$3 logf=$4 i
+    for ((i = 0; i < 150; i++)); do
+        if ! alive "$pid"; then
+            log "$name exited during startup; its output:"
+            sed 's/^/    /' "$logf" >&2 || true
+            die "$name did not start"
+        fi
+        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "$name did not answer $url within 15 s; its output:"
+    sed 's/^/    /' "$logf" >&2 || true
+    die "$name did not become ready"
+}
+
+# Resident memory in KiB of PID plus its direct children (nginx workers).
+rss_kib() {
+    local total=0 p v
+    for p in "$1" $(children_of "$1"); do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+write_backends_conf() {
+    local f=$TMP/backends/nginx.conf i
+    mkdir -p "$TMP/backends"
+    {
+        cat <<EOF
+worker_processes 1;
+pid $TMP/backends/nginx.pid;
+error_log $TMP/backends/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $TMP/backends/client_body;
+    proxy_temp_path $TMP/backends/proxy;
+    fastcgi_temp_path $TMP/backends/fastcgi;
+    uwsgi_temp_path $TMP/backends/uwsgi;
+    scgi_temp_path $TMP/backends/scgi;
+EOF
+        for i in 1 2 3 4; do
+            printf '    server { listen 127.0.0.1:%s; location / { return 200 "node%s\\n"; } }\n' \
+                "${NODE_PORT[$i]}" "$i"
+        done
+        echo "}"
+    } >"$f"
+}
+
+write_wasp_conf() {
+    local f=$1 port=$2 access_log=$3
+    cat >"$f" <<EOF
+# lab 2 routing, generated by benches/load.sh
+[global]
+workers = 2
+access_log = $access_log
+
+[defaults]
+mode = "http"
+timeout = { client = "10s", connect = "5s", server = "10s", http_request = "10s" }
+
+[frontend.myfrontend]
+bind = ["127.0.0.1:$port"]
+default_backend = "webservers"
+acl = { is_item = "path_beg /item", is_basket = "path_beg /basket" }
+use_backend = [
+  { backend = "items",   if = "is_item" },
+  { backend = "baskets", if = "is_basket" },
+]
+
+[backend.webservers]
+balance = "roundrobin"
+servers = [
+  { name = "s1", addr = "127.0.0.1:${NODE_PORT[1]}" },
+  { name = "s2", addr = "127.0.0.1:${NODE_PORT[2]}" },
+  { name = "s3", addr = "127.0.0.1:${NODE_PORT[3]}" },
+]
+
+[backend.items]
+balance = "roundrobin"
+servers = [
+  { name = "s1", addr = "127.0.0.1:${NODE_PORT[1]}" },
+  { name = "s2", addr = "127.0.0.1:${NODE_PORT[2]}" },
+]
+
+[backend.baskets]
+balance = "roundrobin"
+servers = [
+  { name = "s3", addr = "127.0.0.1:${NODE_PORT[3]}" },
+  { name = "s4", addr = "127.0.0.1:${NODE_PORT[4]}" },
+]
+EOF
+}
+
+write_haproxy_conf() {
+    local f=$1 port=$2
+    cat >"$f" <<EOF
+# lab 2 routing, generated by benches/load.sh; no log target, so HAProxy logs nothing
+global
+    nbthread 2
+    maxconn 4096
+    pidfile $TMP/haproxy/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse safe
+    timeout client 10s
+    timeout connect 5s
+    timeout server 10s
+    timeout http-request 10s
+
+frontend myfrontend
+    bind 127.0.0.1:$port
+    default_backend webservers
+    acl is_item path_beg /item
+    acl is_basket path_beg /basket
+    use_backend items if is_item
+    use_backend baskets if is_basket
+
+backend webservers
+    balance roundrobin
+    server s1 127.0.0.1:${NODE_PORT[1]}
+    server s2 127.0.0.1:${NODE_PORT[2]}
+    server s3 127.0.0.1:${NODE_PORT[3]}
+
+backend items
+    balance roundrobin
+    server s1 127.0.0.1:${NODE_PORT[1]}
+    server s2 127.0.0.1:${NODE_PORT[2]}
+
+backend baskets
+    balance roundrobin
+    server s3 127.0.0.1:${NODE_PORT[3]}
+    server s4 127.0.0.1:${NODE_PORT[4]}
+EOF
+}
+
+write_nginx_proxy_conf() {
+    local f=$1 port=$2 d
+    d=$(dirname "$f")
+    cat >"$f" <<EOF
+# lab 2 routing, generated by benches/load.sh
+worker_processes 2;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;   # as HAProxy: do not close client connections every 1000 requests
+    keepalive_timeout 10s;        # HAProxy's http-keep-alive defaults to timeout http-request
+    client_header_timeout 10s;
+    client_body_timeout 10s;
+    send_timeout 10s;
+    client_body_temp_path $d/client_body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+
+    upstream webservers {
+        server 127.0.0.1:${NODE_PORT[1]};
+        server 127.0.0.1:${NODE_PORT[2]};
+        server 127.0.0.1:${NODE_PORT[3]};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    upstream items {
+        server 127.0.0.1:${NODE_PORT[1]};
+        server 127.0.0.1:${NODE_PORT[2]};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    upstream baskets {
+        server 127.0.0.1:${NODE_PORT[3]};
+        server 127.0.0.1:${NODE_PORT[4]};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+
+    server {
+        listen 127.0.0.1:$port;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_connect_timeout 5s;
+        proxy_read_timeout 10s;
+        proxy_send_timeout 10s;
+        location /item   { proxy_pass http://items; }
+        location /basket { proxy_pass http://baskets; }
+        location /       { proxy_pass http://webservers; }
+    }
+}
+EOF
+}
+
+write_wrk_script() {
+    cat >"$TMP/mix.lua" <<'EOF'
+-- Rotate over lab 2's three routes so every request path is exercised in equal shares.
+local paths = { "/item/1", "/basket/1", "/" }
+local i = 0
+request = function()
+    i = i % #paths + 1
+    return wrk.format(nil, paths[i])
+end
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Starting things
+
+declare -A NODE_PORT=()
+declare -A PORT=()      # proxy name -> listening port
+declare -A PID_OF=()    # proxy name -> pid
+declare -A LOG_OF=()    # proxy name -> its log file
+declare -A RSS_IDLE=()  # proxy name -> KiB
+
+start_bg() {
+    # start_bg NAME LOGFILE CMD... : start CMD in the background, remember its pid. setsid keeps
+    # a terminal's Ctrl-C away from the daemons (nginx would act on it), so only cleanup stops
+    # them; it execs in place here, so $! is the daemon's own pid.
+    local name=$1 logf=$2
+    shift 2
+    setsid "$@" >"$logf" 2>&1 </dev/null &
+    local pid=$!
+    PIDS+=("$pid")
+    PID_OF[$name]=$pid
+    LOG_OF[$name]=$logf
+}
+
+start_backends() {
+    write_backends_conf
+    mkdir -p "$TMP/backends"
+    start_bg backends "$TMP/backends/stdout.log" \
+        nginx -p "$TMP/backends" -e "$TMP/backends/error.log" -c "$TMP/backends/nginx.conf" -g 'daemon off;'
+    local i
+    for i in 1 2 3 4; do
+        wait_http "backend node$i" "${PID_OF[backends]}" "http://127.0.0.1:${NODE_PORT[$i]}/" "$TMP/backends/error.log"
+        [[ $(curl -fsS "http://127.0.0.1:${NODE_PORT[$i]}/") == "node$i" ]] || die "backend node$i answers wrongly"
+    done
+}
+
+start_proxy() {
+    local name=$1 port=${PORT[$1]} d=$TMP/$1
+    mkdir -p "$d"
+    case $name in
+        wasp | wasp+log)
+            local access_log=false
+            [[ $name == wasp+log ]] && access_log=true
+            write_wasp_conf "$d/wasp.toml" "$port" "$access_log"
+            if [[ $name == wasp+log ]]; then
+                # The access log goes to stdout; /dev/null keeps the terminal out of the measurement.
+                setsid "$WASP_BIN" run -c "$d/wasp.toml" >/dev/null 2>"$d/stderr.log" </dev/null &
+                PIDS+=("$!")
+                PID_OF[$name]=$!
+                LOG_OF[$name]=$d/stderr.log
+            else
+                start_bg "$name" "$d/output.log" "$WASP_BIN" run -c "$d/wasp.toml"
+            fi
+            ;;
+        haproxy)
+            write_haproxy_conf "$d/haproxy.cfg" "$port"
+            haproxy -c -q -f "$d/haproxy.cfg" || die "haproxy rejected $d/haproxy.cfg"
+            start_bg "$name" "$d/output.log" haproxy -db -f "$d/haproxy.cfg"
+            ;;
+        nginx)
+            write_nginx_proxy_conf "$d/nginx.conf" "$port"
+            start_bg "$name" "$d/output.log" \
+                nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
+            ;;
+    esac
+    wait_http "$name" "${PID_OF[$name]}" "http://127.0.0.1:$port/" "${LOG_OF[$name]}"
+}
+
+# Check lab 2 routing through a proxy: each route must answer only from its backend's nodes.
+# A misroute stops the script (ROUTING_CHECK=strict), or with ROUTING_CHECK=warn is reported,
+# marked in the table, and the proxy is measured anyway.
+declare -A MISROUTED=()
+check_routing() {
+    local name=$1 port=${PORT[$1]} path allowed i body seen bad
+    for path in /item/1 /basket/1 /; do
+        case $path in
+            /item/1) allowed="node1 node2" ;;
+            /basket/1) allowed="node3 node4" ;;
+            /) allowed="node1 node2 node3" ;;
+        esac
+        seen=""
+        bad=""
+        for ((i = 0; i < 6; i++)); do
+            body=$(curl -fsS --max-time 2 "http://127.0.0.1:$port$path") ||
+                die "$name: GET $path failed"
+            [[ " $allowed " == *" $body "* ]] || bad=$body
+            seen+="$body "
+        done
+        log "$name: GET $path x6 -> $seen"
+        if [[ -n $bad ]]; then
+            local msg="$name: GET $path answered '$bad', expected one of: $allowed"
+            [[ $ROUTING_CHECK == warn ]] || die "$msg (ROUTING_CHECK=warn measures it anyway)"
+            log "WARNING: $msg; measuring it anyway (ROUTING_CHECK=warn)"
+            MISROUTED[$name]=1
+        fi
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Running and parsing wrk
+
+# Latency string from wrk (e.g. 812.00us, 1.23ms, 2.01s) -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000
+        else if (u == "m") n *= 60000; else if (u == "h") n *= 3600000
+        printf "%.3f", n }'
+}
+
+# Prints: rps p50_ms p99_ms non2xx socket_errors
+parse_wrk() {
+    local f=$1 rps p50 p99 non2xx sockerr
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+    p50=$(awk '$1 == "50%" {print $2}' "$f")
+    p99=$(awk '$1 == "99%" {print $2}' "$f")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")
+    sockerr=$(awk '/Socket errors:/ {gsub(/,/, ""); print $4 + $6 + $8 + $10}' "$f")
+    [[ -n $rps && -n $p50 && -n $p99 ]] || { sed 's/^/    /' "$f" >&2; die "could not parse wrk output $f"; }
+    echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} ${sockerr:-0}"
+}
+
+declare -A RESULTS=()   # name -> lines "rps p50 p99 non2xx sockerr"
+
+run_wrk() {
+    local name=$1 round=$2 url=$3 out=$TMP/wrk/$1.round$2.txt
+    mkdir -p "$TMP/wrk"
+    # timeout bounds a stuck run; wrk itself stops after DURATION.
+    if ! timeout --foreground --signal=INT --kill-after=5 $((DURATION + 30)) \
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$TMP/mix.lua" "$url" >"$out" 2>&1; then
+        sed 's/^/    /' "$out" >&2
+        die "wrk against $name failed"
+    fi
+    if [[ $name != direct ]] && ! alive "${PID_OF[$name]}"; then
+        log "$name died during the run; its output:"
+        sed 's/^/    /' "${LOG_OF[$name]}" >&2 || true
+        die "$name died under load"
+    fi
+    local r
+    r=$(parse_wrk "$out")
+    RESULTS[$name]+="$r"$'\n'
+    log "round $round $(printf '%-9s' "$name") req/s, p50 ms, p99 ms, non-2xx, socket errors: $r"
+    grep -E 'Socket errors|Non-2xx' "$out" | sed "s/^ */[load]   $name: /" >&2 || true
+}
+
+# Median of column COL (1-based) of the lines in $1.
+median() {
+    printf '%s' "$1" | awk -v c="$2" 'NF {print $c}' | sort -g | awk '
+        { v[NR] = $1 }
+        END { if (NR == 0) { print "-"; exit }
+              if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
+              print m }'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+ensure_tools
+
+log "building wasp (cargo build --release)"
+(cd "$ROOT" && cargo build --release --quiet)
+WASP_BIN=$ROOT/target/release/wasp
+[[ -x $WASP_BIN ]] || die "$WASP_BIN missing after the build"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasp-load.XXXXXX")
+chmod 755 "$TMP" # nginx workers run as nobody and must reach their temp paths
+write_wrk_script
+
+read -r -a ports <<<"$(free_ports $((4 + 4)))"
+for i in 1 2 3 4; do NODE_PORT[$i]=${ports[$((i - 1))]}; done
+PORT[wasp]=${ports[4]}
+PORT[wasp+log]=${ports[5]}
+PORT[haproxy]=${ports[6]}
+PORT[nginx]=${ports[7]}
+
+nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+haproxy_version=$(haproxy -v | awk 'NR == 1 {print $3}')
+wrk_version=$( (wrk -v 2>&1 || true) | awk 'NR == 1 {print $2}') # wrk -v exits 1
+wasp_version=$("$WASP_BIN" --version 2>/dev/null | awk '{print $2}')
+wasp_commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+n_runs=$(($(wc -w <<<"$PROXIES") + 1))
+
+echo "== wasp load benchmark: lab 2 routing =="
+echo "date        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "cpus        $(nproc) ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo))"
+echo "memory      $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+echo "kernel      $(uname -sr)"
+echo "os          $(awk -F= '$1 == "PRETTY_NAME" {gsub(/"/, "", $2); print $2}' /etc/os-release 2>/dev/null)"
+echo "load avg    $(cut -d' ' -f1-3 /proc/loadavg) (at start; other work on the machine skews results)"
+echo "wasp        $wasp_version ($wasp_commit, release build), workers = 2"
+echo "haproxy     $haproxy_version, nbthread 2"
+echo "nginx       $nginx_version, proxy: 2 workers, upstream keepalive 64; backends: 1 worker, 4 server blocks"
+echo "wrk         $wrk_version, -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, paths /item/1 /basket/1 / in rotation"
+echo "rounds      $ROUNDS, order per round: $PROXIES direct  (~$((ROUNDS * n_runs * DURATION)) s of load)"
+echo "backends    node1..node4 on 127.0.0.1:${NODE_PORT[1]} ${NODE_PORT[2]} ${NODE_PORT[3]} ${NODE_PORT[4]}"
+echo "note        proxies, backends and wrk all share these CPUs"
+echo
+
+start_backends
+for p in $PROXIES; do
+    start_proxy "$p"
+    RSS_IDLE[$p]=$(rss_kib "${PID_OF[$p]}") # after the readiness probe, before any load
+    check_routing "$p"
+done
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    for p in $PROXIES; do
+        run_wrk "$p" "$round" "http://127.0.0.1:${PORT[$p]}/"
+        sleep 0.5
+    done
+    run_wrk direct "$round" "http://127.0.0.1:${NODE_PORT[1]}/"
+    sleep 0.5
+done
+
+declare -A RSS_AFTER=()
+for p in $PROXIES; do
+    RSS_AFTER[$p]=$(rss_kib "${PID_OF[$p]}")
+done
+
+echo
+echo "== results: median over $ROUNDS round(s), $DURATION s each, $CONNECTIONS connections =="
+echo "load avg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-10s %12s %9s %9s %9s %9s %10s %10s\n' \
+    proxy "req/s" "p50 ms" "p99 ms" "non-2xx" "sock err" "idle RSS" "RSS after"
+declare -A MED_RPS=() MED_P99=()
+for p in $PROXIES direct; do
+    lines=${RESULTS[$p]}
+    MED_RPS[$p]=$(median "$lines" 1)
+    MED_P99[$p]=$(median "$lines" 3)
+    if [[ $p == direct ]]; then
+        idle="-"
+        after="-"
+    else
+        idle="$((RSS_IDLE[$p] / 1024)) MiB"
+        after="$((RSS_AFTER[$p] / 1024)) MiB"
+    fi
+    label=$p
+    [[ -n ${MISROUTED[$p]:-} ]] && label="$p!"
+    printf '%-10s %12.0f %9.3f %9.3f %9s %9s %10s %10s\n' "$label" "${MED_RPS[$p]}" "$(median "$lines" 2)" \
+        "${MED_P99[$p]}" "$(median "$lines" 4)" "$(median "$lines" 5)" "$idle" "$after"
+done
+echo "(direct = wrk straight at backend node1, no proxy; RSS = VmRSS of the process plus its children)"
+if ((${#MISROUTED[@]} > 0)); then
+    echo "! = failed the lab 2 routing check before the load (see the WARNING above): not like for like"
+fi
+
+if [[ -n ${MED_RPS[haproxy]:-} ]]; then
+    echo
+    for p in wasp wasp+log; do
+        [[ -n ${MED_RPS[$p]:-} ]] || continue
+        awk -v p="$p" -v r="${MED_RPS[$p]}" -v hr="${MED_RPS[haproxy]}" \
+            -v l="${MED_P99[$p]}" -v hl="${MED_P99[haproxy]}" 'BEGIN {
+            printf "%-9s / haproxy: req/s x%.2f, p99 x%.2f\n", p, r / hr, (hl > 0 ? l / hl : 0) }'
+    done
+fi
