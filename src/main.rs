@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wasp::config::{self, LogFormat};
 
+/// mimalloc: a proxy allocates and frees small buffers on every request, often on another
+/// thread than the one that allocated them; glibc's arenas contend there (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "wasp", version, about = "A WebAssembly-scriptable L4/L7 proxy and load balancer")]
 struct Cli {
@@ -67,18 +72,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let _log = init_tracing(loaded.global.log_format);
             wasp::runtime::log_diagnostics(&report);
-            runtime(loaded.global.workers)?.block_on(wasp::runtime::run(loaded))?;
+            control_runtime()?.block_on(wasp::runtime::run(loaded))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
             let _log = init_tracing(LogFormat::Text);
-            runtime(None)?.block_on(wasp::demo::run())?;
+            control_runtime()?.block_on(wasp::demo::run())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo { name, listen } => {
             let _log = init_tracing(LogFormat::Text);
             let addr: SocketAddr = config::parse_bind(&listen).map_err(anyhow::Error::msg).context("--listen")?;
-            runtime(Some(1))?.block_on(async {
+            control_runtime()?.block_on(async {
                 let stop = tokio_util::sync::CancellationToken::new();
                 let on_signal = stop.clone();
                 tokio::spawn(async move {
@@ -92,12 +97,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n);
-    }
-    builder.enable_all().build().context("starting the tokio runtime")
+/// The main thread's runtime: signals, reloads and accept loops. Connections are served on
+/// the worker threads the library starts (`[global] workers`).
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
 }
 
 /// Logs go to stdout through a background writer, so a slow terminal or pipe never stalls a

@@ -18,6 +18,7 @@ use crate::config::{self, Config};
 use crate::health::StateTable;
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
+use crate::proxy::workers::Workers;
 use crate::snapshot::{ListenKey, SnapshotError, build_snapshot, listen_keys, prune_states};
 use crate::upstream::ClientCache;
 
@@ -30,6 +31,8 @@ pub enum RuntimeError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
     #[error("config loader task failed: {0}")]
@@ -43,6 +46,7 @@ pub struct Runtime {
     proxy: Arc<Proxy>,
     states: Arc<StateTable>,
     clients: ClientCache,
+    workers: Arc<Workers>,
     graceful: Arc<GracefulShutdown>,
     listeners: Mutex<HashMap<ListenKey, ListenerHandle>>,
 }
@@ -52,13 +56,15 @@ impl Runtime {
     pub async fn start(config: Config) -> Result<Runtime, RuntimeError> {
         let config = Arc::new(config);
         let states = Arc::new(StateTable::new());
-        let clients = ClientCache::default();
+        let count = config.global.workers.unwrap_or_else(Workers::default_count);
+        let workers = Arc::new(Workers::start(count).map_err(RuntimeError::Workers)?);
+        let clients = ClientCache::new(workers.len());
         let snapshot = build_snapshot(Arc::clone(&config), &states, &clients)?;
         let proxy = Arc::new(Proxy::new(snapshot));
         let graceful = Arc::new(GracefulShutdown::new());
         let mut listeners = HashMap::new();
         for (key, frontend) in listen_keys(&config) {
-            let handle = open(key.clone(), &proxy, &graceful)?;
+            let handle = open(key.clone(), &proxy, &workers, &graceful)?;
             tracing::info!(frontend, listener = %handle.local, "listening");
             listeners.insert(key, handle);
         }
@@ -67,6 +73,7 @@ impl Runtime {
             proxy,
             states,
             clients,
+            workers,
             graceful,
             listeners: Mutex::new(listeners),
         })
@@ -120,7 +127,7 @@ impl Runtime {
             if listeners.contains_key(key) {
                 continue;
             }
-            match open(key.clone(), &self.proxy, &self.graceful) {
+            match open(key.clone(), &self.proxy, &self.workers, &self.graceful) {
                 Ok(handle) => opened.push((handle, *frontend)),
                 Err(e) => {
                     for (handle, _) in opened {
@@ -180,10 +187,15 @@ pub fn log_diagnostics(report: &config::Report) {
     }
 }
 
-fn open(key: ListenKey, proxy: &Arc<Proxy>, graceful: &Arc<GracefulShutdown>) -> Result<ListenerHandle, RuntimeError> {
+fn open(
+    key: ListenKey,
+    proxy: &Arc<Proxy>,
+    workers: &Arc<Workers>,
+    graceful: &Arc<GracefulShutdown>,
+) -> Result<ListenerHandle, RuntimeError> {
     let addr = key.addr;
     let listener = bind(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
-    spawn_listener(listener, key, Arc::clone(proxy), Arc::clone(graceful))
+    spawn_listener(listener, key, Arc::clone(proxy), Arc::clone(workers), Arc::clone(graceful))
         .map_err(|source| RuntimeError::Bind { addr, source })
 }
 

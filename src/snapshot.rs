@@ -15,7 +15,7 @@ use crate::balance::{Balancer, build_balancer};
 use crate::config::{Config, Global, Timeouts};
 use crate::health::{ServerKey, ServerState, StateTable};
 use crate::routing::{AclRouter, Router};
-use crate::upstream::{ClientCache, UpstreamClient};
+use crate::upstream::{ClientCache, Pools};
 
 /// Why a snapshot could not be built from a config that passed validation.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,8 @@ pub struct Backend {
     pub name: Arc<str>,
     pub servers: Vec<Server>,
     pub balancer: Box<dyn Balancer>,
-    pub client: UpstreamClient,
+    /// Upstream connection pools, one per worker.
+    pub pools: Pools,
     pub timeouts: Timeouts,
     pub retries: u32,
 }
@@ -123,7 +124,7 @@ pub fn build_snapshot(
             name: Arc::from(b.name.as_str()),
             servers,
             balancer,
-            client: clients.client(b.timeouts.connect),
+            pools: clients.pools(b.timeouts.connect),
             timeouts: b.timeouts,
             retries: b.retries,
         });

@@ -243,7 +243,7 @@ async fn dispatch(
         let active = server.state.begin_request();
         let req = attempt.request(server, n + 1 == attempts, &mut headers);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(backend.timeouts.server, backend.client.request(req)).await;
+        let outcome = tokio::time::timeout(backend.timeouts.server, backend.pools.client().request(req)).await;
         match outcome {
             Ok(Ok(resp)) => {
                 record.server = Some(Arc::clone(&server.name));

@@ -1,4 +1,7 @@
 //! Listeners: accept connections and serve HTTP/1.1 and HTTP/2 (prior knowledge) on them.
+//!
+//! The accept loop runs on the runtime that opened the listener; each accepted socket is handed
+//! to the next worker (`workers`), which serves the connection to its end.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,7 +12,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -17,10 +21,11 @@ use crate::proxy::Proxy;
 use crate::proxy::access;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::http::{ConnInfo, serve};
+use crate::proxy::workers::Workers;
 use crate::snapshot::ListenKey;
 
 /// Pending connections the kernel queues per listener.
-const BACKLOG: u32 = 1024;
+const BACKLOG: i32 = 1024;
 /// HTTP/2 streams a client may have open at once.
 const H2_MAX_STREAMS: u32 = 100;
 /// HTTP/2 streams a connection may cause us to reset before it is closed.
@@ -28,12 +33,17 @@ const H2_MAX_LOCAL_RESETS: usize = 1024;
 /// Pause after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Binds a listening socket (with `SO_REUSEADDR`, as a restart needs).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
+/// Binds a non-blocking listening socket (with `SO_REUSEADDR`, as a restart needs).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// A running accept loop; [`ListenerHandle::stop`] closes the socket (open connections go on).
@@ -55,14 +65,16 @@ impl ListenerHandle {
     }
 }
 
-/// Starts accepting on `listener` for the frontend configured with `bind`.
+/// Starts accepting on `listener` for the listener `key`; connections go to `workers`.
 pub fn spawn_listener(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     key: ListenKey,
     proxy: Arc<Proxy>,
+    workers: Arc<Workers>,
     graceful: Arc<GracefulShutdown>,
 ) -> io::Result<ListenerHandle> {
     let local = listener.local_addr()?;
+    let listener = TcpListener::from_std(listener)?;
     let stop = CancellationToken::new();
     let token = stop.clone();
     let key_out = key.clone();
@@ -75,7 +87,17 @@ pub fn spawn_listener(
             match accepted {
                 Ok((tcp, client)) => {
                     let watcher = graceful.watcher();
-                    tokio::spawn(serve_connection(tcp, client, key.clone(), Arc::clone(&proxy), watcher));
+                    let (key, proxy) = (key.clone(), Arc::clone(&proxy));
+                    // Move the socket to a worker: deregister here, register there.
+                    match tcp.into_std() {
+                        Ok(tcp) => workers.spawn(async move {
+                            match TcpStream::from_std(tcp) {
+                                Ok(tcp) => serve_connection(tcp, client, key, proxy, watcher).await,
+                                Err(e) => tracing::warn!(client = %client, error = %e, "cannot adopt connection"),
+                            }
+                        }),
+                        Err(e) => tracing::warn!(client = %client, error = %e, "cannot hand over connection"),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(listener = %local, error = %e, "accept failed");

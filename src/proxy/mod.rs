@@ -4,6 +4,7 @@
 //! socket), `http` carries each request through routing, balancing and forwarding (`canon`
 //! makes its authority and path canonical, `headers` rewrites headers), `respond` is the one
 //! place failures become statuses, `body` and `access` finish each response with its log line.
+//! `workers` runs connections on per-thread runtimes.
 
 pub mod access;
 pub mod body;
@@ -13,6 +14,7 @@ pub mod headers;
 pub mod http;
 pub mod listener;
 pub mod respond;
+pub mod workers;
 
 use std::sync::Arc;
 

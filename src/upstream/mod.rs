@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::cell::Cell;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -124,28 +125,60 @@ impl Write for TimedConn {
     }
 }
 
-/// Clients shared across snapshots, one per distinct connect timeout, so that a reload keeps
-/// the pooled connections of servers that stay.
-#[derive(Debug, Default)]
+thread_local! {
+    static POOL_INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the current thread use pool `index` of every [`Pools`] (a worker thread calls this
+/// once with its own index, so that its requests and upstream connections stay on it).
+pub fn set_pool_index(index: usize) {
+    POOL_INDEX.with(|p| p.set(index));
+}
+
+/// One client (connection pool) per worker thread.
+#[derive(Debug, Clone)]
+pub struct Pools(Arc<[UpstreamClient]>);
+
+impl Pools {
+    /// The current thread's client.
+    pub fn client(&self) -> &UpstreamClient {
+        let i = POOL_INDEX.with(Cell::get);
+        &self.0[i % self.0.len()]
+    }
+}
+
+/// Clients shared across snapshots, per distinct connect timeout, so that a reload keeps the
+/// pooled connections of servers that stay.
+#[derive(Debug)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<Duration, UpstreamClient>>,
+    workers: usize,
+    pools: Mutex<HashMap<Duration, Pools>>,
 }
 
 impl ClientCache {
-    /// The client for backends with this connect timeout.
-    pub fn client(&self, connect_timeout: Duration) -> UpstreamClient {
-        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
+    /// A cache whose pools have one client per worker.
+    pub fn new(workers: usize) -> Self {
+        Self { workers: workers.max(1), pools: Mutex::new(HashMap::new()) }
+    }
+
+    /// The pools for backends with this connect timeout.
+    pub fn pools(&self, connect_timeout: Duration) -> Pools {
+        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pools
             .entry(connect_timeout)
             .or_insert_with(|| {
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_max_idle_per_host(POOL_MAX_IDLE_PER_SERVER)
-                    .retry_canceled_requests(true)
-                    .set_host(false)
-                    .build(TimedConnector::new(connect_timeout))
+                Pools((0..self.workers).map(|_| new_client(connect_timeout)).collect())
             })
             .clone()
     }
+}
+
+fn new_client(connect_timeout: Duration) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_SERVER)
+        .retry_canceled_requests(true)
+        .set_host(false)
+        .build(TimedConnector::new(connect_timeout))
 }
