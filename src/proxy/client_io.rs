@@ -12,7 +12,6 @@
 //! - **HTTP/2**: a connection with no stream in flight and no traffic for `client` is closed.
 //! - **Writing**: a client that accepts no bytes for `client` (a blocked write) is cut.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +20,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::proxy::timer::LazyTimer;
 
 /// The bytes of an HTTP/1.1 408, written straight to the socket when a head times out.
 const RESPONSE_408: &[u8] =
@@ -122,9 +123,9 @@ pub struct ClientIo<IO> {
     proto: Proto,
     phase: Phase,
     last_activity: Instant,
-    read_timer: Option<Pin<Box<Sleep>>>,
+    read_timer: LazyTimer,
     write_blocked_since: Option<Instant>,
-    write_timer: Option<Pin<Box<Sleep>>>,
+    write_timer: LazyTimer,
 }
 
 impl<IO> ClientIo<IO> {
@@ -137,9 +138,9 @@ impl<IO> ClientIo<IO> {
             proto: Proto::Unknown,
             phase: Phase::AwaitingHead { since: now, first: true, started: false },
             last_activity: now,
-            read_timer: None,
+            read_timer: LazyTimer::default(),
             write_blocked_since: None,
-            write_timer: None,
+            write_timer: LazyTimer::default(),
         }
     }
 
@@ -173,15 +174,6 @@ impl<IO> ClientIo<IO> {
             }
         }
     }
-}
-
-/// Polls `timer` towards `deadline`; true once the deadline has passed.
-fn expired(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) -> bool {
-    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-    if sleep.deadline() != deadline {
-        sleep.as_mut().reset(deadline);
-    }
-    sleep.as_mut().poll(cx).is_ready()
 }
 
 fn timed_out(what: &str) -> io::Error {
@@ -219,10 +211,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                 let now = Instant::now();
                 this.sync_phase(now);
                 let Some(deadline) = this.read_deadline() else {
-                    this.read_timer = None;
                     return Poll::Pending;
                 };
-                if !expired(&mut this.read_timer, deadline, cx) {
+                if !this.read_timer.poll_expired(deadline, cx) {
                     return Poll::Pending;
                 }
                 let Phase::AwaitingHead { first, started, .. } = this.phase else {
@@ -246,7 +237,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
         match res {
             Poll::Ready(r) => {
                 self.write_blocked_since = None;
-                self.write_timer = None;
                 if r.is_ok() {
                     self.last_activity = Instant::now();
                 }
@@ -254,7 +244,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
             }
             Poll::Pending => {
                 let since = *self.write_blocked_since.get_or_insert_with(Instant::now);
-                if expired(&mut self.write_timer, since + self.timeouts.client, cx) {
+                if self.write_timer.poll_expired(since + self.timeouts.client, cx) {
                     return Poll::Ready(Err(timed_out("write")));
                 }
                 Poll::Pending

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::error::Error as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
 
@@ -20,6 +20,7 @@ use crate::proxy::canon;
 use crate::proxy::client_io::ConnShared;
 use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
 use crate::proxy::respond::{Failure, failure};
+use crate::proxy::timer::{LazyTimer, within};
 use crate::routing::{RequestView, RouteDecision};
 use crate::snapshot::{Backend, Frontend, ListenKey, Snapshot};
 use crate::upstream::ConnectTiming;
@@ -33,6 +34,8 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub scheme: &'static str,
     pub conn: Arc<ConnShared>,
+    /// The server-timeout timer of HTTP/1 requests, which come one at a time (see `timer`).
+    pub h1_timer: Mutex<LazyTimer>,
 }
 
 /// Serves one request. Never fails: every failure is an HTTP answer.
@@ -154,7 +157,8 @@ async fn forward(
     } else {
         Some(Reclaimable::new(IdleBody::new(body, frontend.timeouts.client)))
     };
-    let attempt = Attempt { method: parts.method, authority, path_and_query, headers: parts.headers, body };
+    let attempt =
+        Attempt { version: parts.version, method: parts.method, authority, path_and_query, headers: parts.headers, body };
     dispatch(backend, frontend, info, attempt, record).await
 }
 
@@ -165,6 +169,8 @@ fn body_is_empty(body: &Incoming) -> bool {
 
 /// The parts of a forwarded request that each attempt needs.
 struct Attempt {
+    /// The client's HTTP version (the upstream one is always HTTP/1.1).
+    version: Version,
     method: Method,
     authority: Option<Authority>,
     path_and_query: PathAndQuery,
@@ -243,14 +249,15 @@ async fn dispatch(
         let active = server.state.begin_request();
         let req = attempt.request(server, n + 1 == attempts, &mut headers);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(backend.timeouts.server, backend.pools.client().request(req)).await;
+        let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
+        let outcome = within(backend.timeouts.server, timer, backend.pools.client().request(req)).await;
         match outcome {
-            Ok(Ok(resp)) => {
+            Some(Ok(resp)) => {
                 record.server = Some(Arc::clone(&server.name));
                 record.active = Some(active);
                 return relay(resp, backend, sent, record);
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Some(Err(e)) if e.is_connect() => {
                 server.state.record_connect_failure();
                 if server.state.should_log_failure() {
                     tracing::warn!(
@@ -267,7 +274,7 @@ async fn dispatch(
                 }
                 tried.push(idx);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 record.server = Some(Arc::clone(&server.name));
                 let why = if is_client_body_timeout(&e) { Failure::ClientTimeout } else { Failure::UpstreamFailed };
                 tracing::debug!(
@@ -278,7 +285,7 @@ async fn dispatch(
                 );
                 return local(why, record);
             }
-            Err(_) => {
+            None => {
                 record.server = Some(Arc::clone(&server.name));
                 tracing::debug!(backend = &*backend.name, server = &*server.name, "no response within timeout server");
                 return local(Failure::UpstreamTimeout, record);

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -21,6 +21,7 @@ use crate::proxy::Proxy;
 use crate::proxy::access;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::http::{ConnInfo, serve};
+use crate::proxy::timer::LazyTimer;
 use crate::proxy::workers::Workers;
 use crate::snapshot::ListenKey;
 
@@ -131,7 +132,13 @@ async fn serve_connection(
 
     let conn = Arc::new(ConnShared::default());
     let io = TokioIo::new(ClientIo::new(tcp, Arc::clone(&conn), timeouts));
-    let info = Arc::new(ConnInfo { bind, client, scheme: "http", conn: Arc::clone(&conn) });
+    let info = Arc::new(ConnInfo {
+        bind,
+        client,
+        scheme: "http",
+        conn: Arc::clone(&conn),
+        h1_timer: Mutex::new(LazyTimer::default()),
+    });
     let service = service_fn(move |req| serve(Arc::clone(&proxy), Arc::clone(&info), req));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod http;
 pub mod listener;
 pub mod respond;
+pub mod timer;
 pub mod workers;
 
 use std::sync::Arc;

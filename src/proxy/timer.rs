@@ -1,0 +1,92 @@
+//! A reusable timer for deadlines that keep moving later (idle timeouts, one request after
+//! another on a keep-alive connection).
+//!
+//! Registering a tokio timer takes the time driver's lock and, when the new deadline is the
+//! earliest, a wake-up write to the driver: measurable at tens of thousands of requests per
+//! second. A [`LazyTimer`] stays armed at the deadline it was first given; when that fires it
+//! checks the deadline in force and re-arms only if it moved. A stream of later and later
+//! deadlines costs one registration per timeout period instead of one per request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug, Default)]
+pub struct LazyTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl LazyTimer {
+    /// Whether `deadline` has passed; if not, the task is woken no later than `deadline`.
+    pub fn poll_expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return true;
+            }
+            sleep.as_mut().reset(deadline);
+        }
+        false
+    }
+}
+
+/// Runs `fut` for at most `limit`; `None` when the limit passed first. With a shared `timer`
+/// (one that no other pending future polls meanwhile, e.g. the one request in flight on an
+/// HTTP/1 connection) no new timer is registered; without one a fresh tokio timer is used.
+pub async fn within<F: Future>(limit: Duration, timer: Option<&Mutex<LazyTimer>>, fut: F) -> Option<F::Output> {
+    let Some(timer) = timer else {
+        return tokio::time::timeout(limit, fut).await.ok();
+    };
+    let deadline = Instant::now() + limit;
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let mut timer = timer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if timer.poll_expired(deadline, cx) { Poll::Ready(None) } else { Poll::Pending }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_at_the_latest_deadline_not_the_first() {
+        let timer = Mutex::new(LazyTimer::default());
+        let start = Instant::now();
+        // A first use arms the timer at +10s.
+        assert_eq!(within(Duration::from_secs(10), Some(&timer), async { 1 }).await, Some(1));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // A later request's deadline is +15s from start; the +10s arming must not cut it.
+        let out = within(Duration::from_secs(10), Some(&timer), std::future::pending::<()>()).await;
+        assert_eq!(out, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_rearms() {
+        let timer = Mutex::new(LazyTimer::default());
+        let start = Instant::now();
+        assert_eq!(within(Duration::from_secs(60), Some(&timer), async {}).await, Some(()));
+        let out = within(Duration::from_secs(2), Some(&timer), std::future::pending::<()>()).await;
+        assert_eq!(out, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_shared_timer_it_is_a_plain_timeout() {
+        let start = Instant::now();
+        assert_eq!(within(Duration::from_secs(3), None, std::future::pending::<()>()).await, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+}
