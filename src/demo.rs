@@ -15,12 +15,21 @@ use crate::runtime::{Runtime, RuntimeError};
 /// The lab 2 config the demo serves.
 pub const LAB2: &str = include_str!("../examples/lab2-uri.toml");
 /// The echo servers of the lab.
-pub const NODES: [(&str, u16); 4] = [("node1", 9001), ("node2", 9002), ("node3", 9003), ("node4", 9004)];
+pub const NODES: [(&str, u16); 4] = [
+    ("node1", 9001),
+    ("node2", 9002),
+    ("node3", 9003),
+    ("node4", 9004),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("cannot listen on {addr} for {name} (is another demo running?): {source}")]
-    Echo { name: &'static str, addr: SocketAddr, source: std::io::Error },
+    Echo {
+        name: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the embedded lab config is invalid:\n{0}")]
     Config(String),
     #[error(transparent)]
@@ -32,14 +41,21 @@ pub async fn run() -> Result<(), DemoError> {
     let stop = CancellationToken::new();
     for (name, port) in NODES {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let listener = TcpListener::bind(addr).await.map_err(|source| DemoError::Echo { name, addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DemoError::Echo { name, addr, source })?;
         tokio::spawn(serve_echo(name.into(), listener, stop.clone()));
     }
     let (config, report) = config::load_str(LAB2, Path::new("examples/lab2-uri.toml"));
     let config = config.ok_or_else(|| DemoError::Config(report.render()))?;
     let grace = config.global.grace;
     let runtime = Runtime::start(config).await?;
-    let proxy = runtime.frontend_addrs("myfrontend").await.first().copied().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let proxy = runtime
+        .frontend_addrs("myfrontend")
+        .await
+        .first()
+        .copied()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
     println!(
         "\nwasp demo: lab 2 is up.\n\
          \x20 echo servers  node1..node4 on 127.0.0.1:9001..9004\n\

@@ -31,7 +31,10 @@ pub struct Echo<'a> {
     pub body_bytes: u64,
 }
 
-fn headers_as_object<S: serde::Serializer>(headers: &[(&str, String)], s: S) -> Result<S::Ok, S::Error> {
+fn headers_as_object<S: serde::Serializer>(
+    headers: &[(&str, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     let mut joined: Vec<(&str, String)> = Vec::new();
     for (name, value) in headers {
@@ -97,14 +100,21 @@ pub async fn serve_echo(name: Arc<str>, listener: TcpListener, stop: Cancellatio
 }
 
 /// Binds `addr` and serves the echo answer there until `stop` is cancelled.
-pub async fn run_echo(name: &str, addr: SocketAddr, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn run_echo(
+    name: &str,
+    addr: SocketAddr,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(server = name, listener = %listener.local_addr()?, "echo server listening");
     serve_echo(Arc::from(name), listener, stop).await;
     Ok(())
 }
 
-async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    name: Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut body_bytes = 0u64;
     while let Some(frame) = body.frame().await {
@@ -122,7 +132,12 @@ async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body_bytes,
     };
@@ -132,12 +147,16 @@ async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<
         .iter()
         .any(|v| v.to_str().is_ok_and(|s| s.contains("application/json")));
     let (content_type, text) = if wants_json {
-        ("application/json", serde_json::to_string_pretty(&echo).unwrap_or_default() + "\n")
+        (
+            "application/json",
+            serde_json::to_string_pretty(&echo).unwrap_or_default() + "\n",
+        )
     } else {
         ("text/plain; charset=utf-8", echo.text())
     };
     let mut resp = Response::new(Full::new(Bytes::from(text)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-server", v);
     }

@@ -18,13 +18,13 @@
 //! A lower module never names a higher one.
 #![forbid(unsafe_code)]
 
-pub mod config;
-pub mod routing;
 pub mod balance;
-pub mod health;
-pub mod upstream;
-pub mod proxy;
-pub mod snapshot;
-pub mod runtime;
-pub mod echo;
+pub mod config;
 pub mod demo;
+pub mod echo;
+pub mod health;
+pub mod proxy;
+pub mod routing;
+pub mod runtime;
+pub mod snapshot;
+pub mod upstream;

@@ -15,7 +15,11 @@ use wasp::config::{self, LogFormat};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "wasp", version, about = "A WebAssembly-scriptable L4/L7 proxy and load balancer")]
+#[command(
+    name = "wasp",
+    version,
+    about = "A WebAssembly-scriptable L4/L7 proxy and load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +66,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // Diagnostics go to stderr, like a compiler's; stdout stays free.
             let (_, report) = config::load(&config);
             eprint!("{}", report.render());
-            Ok(if report.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if report.has_errors() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Run { config } => {
             let (loaded, report) = config::load(&config);
@@ -82,7 +90,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Echo { name, listen } => {
             let _log = init_tracing(LogFormat::Text);
-            let addr: SocketAddr = config::parse_bind(&listen).map_err(anyhow::Error::msg).context("--listen")?;
+            let addr: SocketAddr = config::parse_bind(&listen)
+                .map_err(anyhow::Error::msg)
+                .context("--listen")?;
             control_runtime()?.block_on(async {
                 let stop = tokio_util::sync::CancellationToken::new();
                 let on_signal = stop.clone();
@@ -100,16 +110,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 /// The main thread's runtime: signals, reloads and accept loops. Connections are served on
 /// the worker threads the library starts (`[global] workers`).
 fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 /// Logs go to stdout through a background writer, so a slow terminal or pipe never stalls a
 /// worker (lines are dropped instead if it falls far behind). `RUST_LOG` overrides the
 /// default `info` level, e.g. `RUST_LOG=wasp::access=off` silences the access log.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -30,7 +30,10 @@ pub enum RuntimeError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -62,6 +65,9 @@ impl Runtime {
         let snapshot = build_snapshot(Arc::clone(&config), &states, &clients)?;
         let proxy = Arc::new(Proxy::new(snapshot));
         let graceful = Arc::new(GracefulShutdown::new());
+        if let Some(admin) = &config.admin {
+            tracing::warn!(bind = %admin.bind, "[admin] is not served by this version: no stats page or runtime API yet");
+        }
         let mut listeners = HashMap::new();
         for (key, frontend) in listen_keys(&config) {
             let handle = open(key.clone(), &proxy, &workers, &graceful)?;
@@ -91,7 +97,12 @@ impl Runtime {
 
     /// The bound address of each listener (it differs from the configured one for port 0).
     pub async fn local_addrs(&self) -> HashMap<ListenKey, SocketAddr> {
-        self.listeners.lock().await.iter().map(|(k, h)| (k.clone(), h.local)).collect()
+        self.listeners
+            .lock()
+            .await
+            .iter()
+            .map(|(k, h)| (k.clone(), h.local))
+            .collect()
     }
 
     /// The bound addresses of a frontend's listeners.
@@ -100,7 +111,11 @@ impl Runtime {
         let listeners = self.listeners.lock().await;
         listeners
             .iter()
-            .filter(|(k, _)| snapshot.frontend_for(k).is_some_and(|f| &*f.name == frontend))
+            .filter(|(k, _)| {
+                snapshot
+                    .frontend_for(k)
+                    .is_some_and(|f| &*f.name == frontend)
+            })
             .map(|(_, h)| h.local)
             .collect()
     }
@@ -112,7 +127,10 @@ impl Runtime {
         log_diagnostics(&report);
         match config {
             Some(config) => self.apply(config).await,
-            None => Err(RuntimeError::Invalid { path: self.path.clone(), report: report.render() }),
+            None => Err(RuntimeError::Invalid {
+                path: self.path.clone(),
+                report: report.render(),
+            }),
         }
     }
 
@@ -143,8 +161,11 @@ impl Runtime {
             tracing::info!(frontend, listener = %handle.local, "listening");
             listeners.insert(handle.key.clone(), handle);
         }
-        let gone: Vec<ListenKey> =
-            listeners.keys().filter(|k| !wanted.iter().any(|(w, _)| w == *k)).cloned().collect();
+        let gone: Vec<ListenKey> = listeners
+            .keys()
+            .filter(|k| !wanted.iter().any(|(w, _)| w == *k))
+            .cloned()
+            .collect();
         for key in gone {
             if let Some(handle) = listeners.remove(&key) {
                 handle.stop().await;
@@ -169,7 +190,10 @@ impl Runtime {
         if open > 0 {
             tracing::info!(connections = open, grace = ?grace, "waiting for in-flight requests");
         }
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
         }
     }
@@ -195,8 +219,14 @@ fn open(
 ) -> Result<ListenerHandle, RuntimeError> {
     let addr = key.addr;
     let listener = bind(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
-    spawn_listener(listener, key, Arc::clone(proxy), Arc::clone(workers), Arc::clone(graceful))
-        .map_err(|source| RuntimeError::Bind { addr, source })
+    spawn_listener(
+        listener,
+        key,
+        Arc::clone(proxy),
+        Arc::clone(workers),
+        Arc::clone(graceful),
+    )
+    .map_err(|source| RuntimeError::Bind { addr, source })
 }
 
 /// Serves `config` until SIGTERM or SIGINT; SIGHUP reloads its file.

@@ -21,9 +21,16 @@ use crate::upstream::{ClientCache, Pools};
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("frontend {frontend}: {source}")]
-    Router { frontend: String, source: crate::routing::native::BuildError },
+    Router {
+        frontend: String,
+        source: crate::routing::native::BuildError,
+    },
     #[error("backend {backend}: server {server}: address {addr} is not a valid authority")]
-    Authority { backend: String, server: String, addr: SocketAddr },
+    Authority {
+        backend: String,
+        server: String,
+        addr: SocketAddr,
+    },
 }
 
 /// One frontend, ready to serve.
@@ -79,7 +86,10 @@ pub struct ListenKey {
 
 impl ListenKey {
     pub fn new(frontend: &str, addr: SocketAddr) -> Self {
-        Self { addr, frontend: (addr.port() == 0).then(|| Arc::from(frontend)) }
+        Self {
+            addr,
+            frontend: (addr.port() == 0).then(|| Arc::from(frontend)),
+        }
     }
 }
 
@@ -88,7 +98,11 @@ pub fn listen_keys(config: &Config) -> Vec<(ListenKey, &str)> {
     config
         .frontends
         .iter()
-        .flat_map(|f| f.binds.iter().map(move |&a| (ListenKey::new(&f.name, a), f.name.as_str())))
+        .flat_map(|f| {
+            f.binds
+                .iter()
+                .map(move |&a| (ListenKey::new(&f.name, a), f.name.as_str()))
+        })
         .collect()
 }
 
@@ -110,13 +124,21 @@ pub fn build_snapshot(
     for b in &config.backends {
         let mut servers = Vec::with_capacity(b.servers.len());
         for s in &b.servers {
-            let key = ServerKey { backend: b.name.clone(), addr: s.addr };
-            let authority = Authority::try_from(s.addr.to_string()).map_err(|_| SnapshotError::Authority {
+            let key = ServerKey {
                 backend: b.name.clone(),
-                server: s.name.clone(),
                 addr: s.addr,
-            })?;
-            servers.push(Server { name: Arc::from(s.name.as_str()), authority, state: states.server(key, s.weight) });
+            };
+            let authority =
+                Authority::try_from(s.addr.to_string()).map_err(|_| SnapshotError::Authority {
+                    backend: b.name.clone(),
+                    server: s.name.clone(),
+                    addr: s.addr,
+                })?;
+            servers.push(Server {
+                name: Arc::from(s.name.as_str()),
+                authority,
+                state: states.server(key, s.weight),
+            });
         }
         let server_states: Vec<_> = servers.iter().map(|s| Arc::clone(&s.state)).collect();
         let balancer = build_balancer(b, &server_states, states.backend(&b.name));
@@ -130,12 +152,21 @@ pub fn build_snapshot(
         });
     }
 
-    let index: HashMap<&str, usize> = config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = config
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.name.as_str(), i))
+        .collect();
     let mut frontends = Vec::with_capacity(config.frontends.len());
     let mut by_bind = HashMap::new();
     for (i, f) in config.frontends.iter().enumerate() {
-        let router = AclRouter::build(f, |name| index.get(name).copied())
-            .map_err(|source| SnapshotError::Router { frontend: f.name.clone(), source })?;
+        let router = AclRouter::build(f, |name| index.get(name).copied()).map_err(|source| {
+            SnapshotError::Router {
+                frontend: f.name.clone(),
+                source,
+            }
+        })?;
         for bind in &f.binds {
             by_bind.insert(ListenKey::new(&f.name, *bind), i);
         }
@@ -149,7 +180,13 @@ pub fn build_snapshot(
         });
     }
 
-    Ok(Snapshot { global: config.global.clone(), config, frontends, backends, by_bind })
+    Ok(Snapshot {
+        global: config.global.clone(),
+        config,
+        frontends,
+        backends,
+        by_bind,
+    })
 }
 
 /// Forgets the run-time state of servers that `config` no longer names. Called once a snapshot
@@ -158,7 +195,12 @@ pub fn prune_states(config: &Config, states: &StateTable) {
     let keep: HashSet<ServerKey> = config
         .backends
         .iter()
-        .flat_map(|b| b.servers.iter().map(|s| ServerKey { backend: b.name.clone(), addr: s.addr }))
+        .flat_map(|b| {
+            b.servers.iter().map(|s| ServerKey {
+                backend: b.name.clone(),
+                addr: s.addr,
+            })
+        })
         .collect();
     states.retain(|k| keep.contains(k));
 }

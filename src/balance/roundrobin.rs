@@ -49,7 +49,8 @@ impl RoundRobin {
             return current;
         }
         let order = smooth_order(&current_weights(&self.servers));
-        self.schedule.store(Arc::new(Schedule { generation, order }));
+        self.schedule
+            .store(Arc::new(Schedule { generation, order }));
         self.schedule.load()
     }
 }
@@ -75,7 +76,10 @@ impl Balancer for RoundRobin {
 
 /// Effective weights: 0 for a server that cannot take requests.
 fn current_weights(servers: &[Arc<ServerState>]) -> Vec<u32> {
-    servers.iter().map(|s| if s.usable() { s.weight() } else { 0 }).collect()
+    servers
+        .iter()
+        .map(|s| if s.usable() { s.weight() } else { 0 })
+        .collect()
 }
 
 /// The smooth weighted round-robin sequence for `weights` (one full cycle). Each step adds every
@@ -125,7 +129,13 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| {
                 let addr = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
-                table.server(ServerKey { backend: "b".into(), addr }, w)
+                table.server(
+                    ServerKey {
+                        backend: "b".into(),
+                        addr,
+                    },
+                    w,
+                )
             })
             .collect();
         let rr = RoundRobin::new(servers, table.backend("b"));
@@ -144,7 +154,9 @@ mod tests {
             client: SocketAddr::from(([127, 0, 0, 1], 40000)),
             frontend: "f",
         };
-        (0..n).map(|_| rr.pick(&PickContext { req: &req, tried })).collect()
+        (0..n)
+            .map(|_| rr.pick(&PickContext { req: &req, tried }))
+            .collect()
     }
 
     #[test]
@@ -175,9 +187,19 @@ mod tests {
     fn zero_weight_and_down_servers_take_nothing() {
         let (table, rr) = backend(&[1, 0, 1]);
         assert!(picks(&rr, 10, &[]).iter().all(|p| *p != Some(1)));
-        let s0 = table.server(ServerKey { backend: "b".into(), addr: SocketAddr::from(([127, 0, 0, 1], 9000)) }, 1);
+        let s0 = table.server(
+            ServerKey {
+                backend: "b".into(),
+                addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            },
+            1,
+        );
         s0.set_up(false);
-        assert_eq!(picks(&rr, 4, &[]), vec![Some(2); 4], "the down server is skipped without bias");
+        assert_eq!(
+            picks(&rr, 4, &[]),
+            vec![Some(2); 4],
+            "the down server is skipped without bias"
+        );
         s0.set_up(true);
         let back = picks(&rr, 4, &[]);
         assert!(back.contains(&Some(0)) && back.contains(&Some(2)));

@@ -582,8 +582,7 @@ fn parse_fetch(t: &Token) -> Result<(Fetch, Option<MatchMethod>, MatchMethod), A
         if kw_word.starts_with('-') {
             message = format!("expected a fetch before \"{kw_word}\"");
         } else if let Some(s) = suggest(kw_word) {
-            return Err(AclError::new(t.offset, message)
-                .help(format!("did you mean \"{s}\"?")));
+            return Err(AclError::new(t.offset, message).help(format!("did you mean \"{s}\"?")));
         }
         return Err(AclError::new(t.offset, message).help(FETCH_HELP));
     };

@@ -39,7 +39,13 @@ impl Diagnostic {
     /// This diagnostic as `wasp check` prints it: `FILE:LINE:COL: error: KEY.PATH: message`,
     /// then `    = help: ...` when there is help; newline-terminated.
     pub fn render(&self, file: &Path) -> String {
-        let mut out = format!("{}:{}:{}: {}: ", file.display(), self.line, self.col, self.severity.as_str());
+        let mut out = format!(
+            "{}:{}:{}: {}: ",
+            file.display(),
+            self.line,
+            self.col,
+            self.severity.as_str()
+        );
         if !self.path.is_empty() {
             let _ = write!(out, "{}: ", self.path);
         }

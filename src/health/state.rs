@@ -53,7 +53,11 @@ const FAILURE_LOG_INTERVAL_SECS: u64 = 1;
 fn log_clock_secs() -> u64 {
     static LOG_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     // Offset by the interval so that the very first failure is always logged.
-    LOG_EPOCH.get_or_init(std::time::Instant::now).elapsed().as_secs() + FAILURE_LOG_INTERVAL_SECS
+    LOG_EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + FAILURE_LOG_INTERVAL_SECS
 }
 
 impl ServerState {
@@ -116,7 +120,9 @@ impl ServerState {
     pub fn begin_request(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard { server: Arc::clone(self) }
+        ActiveGuard {
+            server: Arc::clone(self),
+        }
     }
 
     /// Rate limit for failure logs: true at most once per second per server, so that a dead
@@ -125,7 +131,10 @@ impl ServerState {
         let now = log_clock_secs();
         let last = self.last_failure_log.load(Ordering::Relaxed);
         now >= last + FAILURE_LOG_INTERVAL_SECS
-            && self.last_failure_log.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self
+                .last_failure_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn record_connect_failure(&self) {
@@ -196,7 +205,10 @@ mod tests {
     use super::*;
 
     fn key(port: u16) -> ServerKey {
-        ServerKey { backend: "b".into(), addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+        ServerKey {
+            backend: "b".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
     }
 
     #[test]
@@ -214,8 +226,16 @@ mod tests {
         let table = StateTable::new();
         let s = table.server(key(1), 2);
         s.set_weight(7);
-        assert_eq!(table.server(key(1), 2).weight(), 7, "same config weight keeps the override");
-        assert_eq!(table.server(key(1), 3).weight(), 3, "a new config weight applies");
+        assert_eq!(
+            table.server(key(1), 2).weight(),
+            7,
+            "same config weight keeps the override"
+        );
+        assert_eq!(
+            table.server(key(1), 3).weight(),
+            3,
+            "a new config weight applies"
+        );
     }
 
     #[test]

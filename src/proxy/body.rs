@@ -34,18 +34,30 @@ pub struct ProxyBody {
 
 impl fmt::Debug for ProxyBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyBody").field("sent", &self.sent).finish_non_exhaustive()
+        f.debug_struct("ProxyBody")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
     }
 }
 
 impl ProxyBody {
     pub fn local(bytes: Bytes, finish: Option<Box<dyn Finish>>) -> Self {
         let bytes = (!bytes.is_empty()).then_some(bytes);
-        Self { kind: Kind::Local(bytes), sent: 0, finish, started: Instant::now() }
+        Self {
+            kind: Kind::Local(bytes),
+            sent: 0,
+            finish,
+            started: Instant::now(),
+        }
     }
 
     pub fn upstream(body: IdleBody<Incoming>, finish: Option<Box<dyn Finish>>) -> Self {
-        Self { kind: Kind::Upstream(Box::pin(body)), sent: 0, finish, started: Instant::now() }
+        Self {
+            kind: Kind::Upstream(Box::pin(body)),
+            sent: 0,
+            finish,
+            started: Instant::now(),
+        }
     }
 
     /// When this response body was created (the response headers were ready).
@@ -64,7 +76,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

@@ -35,7 +35,11 @@ pub enum CanonError {
 }
 
 /// The request's canonical authority (with port, as sent), if it has one.
-pub fn authority(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Option<Authority>, CanonError> {
+pub fn authority(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<Authority>, CanonError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -44,17 +48,19 @@ pub fn authority(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<Opt
     let from_header = match host {
         Some(v) => {
             let text = v.to_str().map_err(|_| CanonError::InvalidHost)?;
-            Some(text.parse::<Authority>().map_err(|_| CanonError::InvalidHost)?)
+            Some(
+                text.parse::<Authority>()
+                    .map_err(|_| CanonError::InvalidHost)?,
+            )
         }
         None => None,
     };
     if let Some(auth) = uri.authority() {
-        if version == Version::HTTP_2 {
-            if let Some(h) = &from_header {
-                if !h.as_str().eq_ignore_ascii_case(auth.as_str()) {
-                    return Err(CanonError::AuthorityMismatch);
-                }
-            }
+        if version == Version::HTTP_2
+            && let Some(h) = &from_header
+            && !h.as_str().eq_ignore_ascii_case(auth.as_str())
+        {
+            return Err(CanonError::AuthorityMismatch);
         }
         // Userinfo never belongs in a forwarded authority.
         if auth.as_str().contains('@') {
@@ -135,7 +141,9 @@ fn needs_work(path: &str) -> bool {
 }
 
 fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 enum Dot {
@@ -167,11 +175,18 @@ fn dot_kind(seg: &str) -> Dot {
 
 /// Whether a segment contains a dot segment once `%2F`, `%5C` and `\` are read as separators.
 fn hides_dot_segment(seg: &str) -> bool {
-    let decoded = seg.replace("%2f", "/").replace("%2F", "/").replace("%5c", "/").replace("%5C", "/").replace('\\', "/");
+    let decoded = seg
+        .replace("%2f", "/")
+        .replace("%2F", "/")
+        .replace("%5c", "/")
+        .replace("%5C", "/")
+        .replace('\\', "/");
     if !decoded.contains('/') {
         return false;
     }
-    decoded.split('/').any(|part| !matches!(dot_kind(part), Dot::None))
+    decoded
+        .split('/')
+        .any(|part| !matches!(dot_kind(part), Dot::None))
 }
 
 #[cfg(test)]
@@ -207,7 +222,10 @@ mod tests {
         assert_eq!(path("/item/..%2Fadmin"), Err(CanonError::EncodedTraversal));
         assert_eq!(path("/item/..%5cadmin"), Err(CanonError::EncodedTraversal));
         assert_eq!(path("/item/..\\admin"), Err(CanonError::EncodedTraversal));
-        assert_eq!(path("/item/x%2F%2e%2e%2Fy"), Err(CanonError::EncodedTraversal));
+        assert_eq!(
+            path("/item/x%2F%2e%2e%2Fy"),
+            Err(CanonError::EncodedTraversal)
+        );
     }
 
     fn headers(hosts: &[&str]) -> HeaderMap {
@@ -221,22 +239,40 @@ mod tests {
     #[test]
     fn authority_rules() {
         let origin: Uri = "/x".parse().unwrap();
-        let a = authority(Version::HTTP_11, &origin, &headers(&["Example.COM:8080"])).unwrap().unwrap();
+        let a = authority(Version::HTTP_11, &origin, &headers(&["Example.COM:8080"]))
+            .unwrap()
+            .unwrap();
         assert_eq!(a.as_str(), "Example.COM:8080");
         assert_eq!(host(&a), "example.com");
-        assert_eq!(authority(Version::HTTP_11, &origin, &headers(&[])), Err(CanonError::MissingHost));
-        assert_eq!(authority(Version::HTTP_10, &origin, &headers(&[])), Ok(None));
-        assert_eq!(authority(Version::HTTP_11, &origin, &headers(&["a", "b"])), Err(CanonError::DuplicateHost));
-        assert_eq!(authority(Version::HTTP_11, &origin, &headers(&["a b"])), Err(CanonError::InvalidHost));
+        assert_eq!(
+            authority(Version::HTTP_11, &origin, &headers(&[])),
+            Err(CanonError::MissingHost)
+        );
+        assert_eq!(
+            authority(Version::HTTP_10, &origin, &headers(&[])),
+            Ok(None)
+        );
+        assert_eq!(
+            authority(Version::HTTP_11, &origin, &headers(&["a", "b"])),
+            Err(CanonError::DuplicateHost)
+        );
+        assert_eq!(
+            authority(Version::HTTP_11, &origin, &headers(&["a b"])),
+            Err(CanonError::InvalidHost)
+        );
         let absolute: Uri = "http://real.example/x".parse().unwrap();
-        let a = authority(Version::HTTP_11, &absolute, &headers(&["other"])).unwrap().unwrap();
+        let a = authority(Version::HTTP_11, &absolute, &headers(&["other"]))
+            .unwrap()
+            .unwrap();
         assert_eq!(a.as_str(), "real.example", "absolute-form wins over Host");
         assert_eq!(
             authority(Version::HTTP_2, &absolute, &headers(&["other"])),
             Err(CanonError::AuthorityMismatch)
         );
         assert!(authority(Version::HTTP_2, &absolute, &headers(&["REAL.example"])).is_ok());
-        let ipv6 = authority(Version::HTTP_11, &origin, &headers(&["[::1]:80"])).unwrap().unwrap();
+        let ipv6 = authority(Version::HTTP_11, &origin, &headers(&["[::1]:80"]))
+            .unwrap()
+            .unwrap();
         assert_eq!(host(&ipv6), "[::1]");
     }
 }

@@ -66,7 +66,9 @@ impl ConnShared {
     /// has been sent or abandoned).
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight { shared: Arc::clone(self) }
+        InFlight {
+            shared: Arc::clone(self),
+        }
     }
 
     /// Whether the connection ended because a request head did not arrive in time (a 408).
@@ -110,7 +112,11 @@ enum Proto {
 enum Phase {
     /// Waiting for a request head. `first`: the connection's first request; `started`: some
     /// bytes of the head have arrived.
-    AwaitingHead { since: Instant, first: bool, started: bool },
+    AwaitingHead {
+        since: Instant,
+        first: bool,
+        started: bool,
+    },
     InFlight,
 }
 
@@ -136,7 +142,11 @@ impl<IO> ClientIo<IO> {
             shared,
             timeouts,
             proto: Proto::Unknown,
-            phase: Phase::AwaitingHead { since: now, first: true, started: false },
+            phase: Phase::AwaitingHead {
+                since: now,
+                first: true,
+                started: false,
+            },
             last_activity: now,
             read_timer: LazyTimer::default(),
             write_blocked_since: None,
@@ -154,7 +164,11 @@ impl<IO> ClientIo<IO> {
         match (self.phase, busy) {
             (Phase::AwaitingHead { .. }, true) => self.phase = Phase::InFlight,
             (Phase::InFlight, false) => {
-                self.phase = Phase::AwaitingHead { since: now, first: false, started: false }
+                self.phase = Phase::AwaitingHead {
+                    since: now,
+                    first: false,
+                    started: false,
+                }
             }
             _ => {}
         }
@@ -164,8 +178,17 @@ impl<IO> ClientIo<IO> {
     fn read_deadline(&self) -> Option<Instant> {
         match (self.proto, self.phase) {
             (_, Phase::InFlight) => None,
-            (Proto::Http2, Phase::AwaitingHead { .. }) => Some(self.last_activity + self.timeouts.client),
-            (_, Phase::AwaitingHead { since, first, started }) => {
+            (Proto::Http2, Phase::AwaitingHead { .. }) => {
+                Some(self.last_activity + self.timeouts.client)
+            }
+            (
+                _,
+                Phase::AwaitingHead {
+                    since,
+                    first,
+                    started,
+                },
+            ) => {
                 if first || started {
                     Some(since + self.timeouts.http_request)
                 } else {
@@ -181,7 +204,11 @@ fn timed_out(what: &str) -> io::Error {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
@@ -193,15 +220,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                 let now = Instant::now();
                 if this.proto == Proto::Unknown {
                     let n = fresh.len().min(H2_PREFACE_START.len());
-                    this.proto =
-                        if fresh[..n] == H2_PREFACE_START[..n] { Proto::Http2 } else { Proto::Http1 };
+                    this.proto = if fresh[..n] == H2_PREFACE_START[..n] {
+                        Proto::Http2
+                    } else {
+                        Proto::Http1
+                    };
                 }
                 this.last_activity = now;
                 this.sync_phase(now);
-                if let Phase::AwaitingHead { since, first, started: false } = this.phase {
+                if let Phase::AwaitingHead {
+                    since,
+                    first,
+                    started: false,
+                } = this.phase
+                {
                     // The first request's clock runs from accept; later ones from their first byte.
                     let since = if first { since } else { now };
-                    this.phase = Phase::AwaitingHead { since, first, started: true };
+                    this.phase = Phase::AwaitingHead {
+                        since,
+                        first,
+                        started: true,
+                    };
                     this.shared.mark_head_start(now);
                 }
                 Poll::Ready(Ok(()))
@@ -233,7 +272,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
-    fn on_write<T>(&mut self, res: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+    fn on_write<T>(
+        &mut self,
+        res: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
         match res {
             Poll::Ready(r) => {
                 self.write_blocked_since = None;
@@ -244,7 +287,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
             }
             Poll::Pending => {
                 let since = *self.write_blocked_since.get_or_insert_with(Instant::now);
-                if self.write_timer.poll_expired(since + self.timeouts.client, cx) {
+                if self
+                    .write_timer
+                    .poll_expired(since + self.timeouts.client, cx)
+                {
                     return Poll::Ready(Err(timed_out("write")));
                 }
                 Poll::Pending
@@ -254,7 +300,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.io).poll_write(cx, buf);
         this.on_write(res, cx)
@@ -323,19 +373,29 @@ mod tests {
         let (server_end, mut client) = duplex(4096);
         let shared = Arc::new(ConnShared::default());
         let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
-        client.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        let n = io.read(&mut buf).await.unwrap();
+        assert!(n > 0);
         let guard = shared.begin_request();
         // With a request in flight, a read waits beyond every client timeout.
         let waited = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
-        assert!(waited.is_err(), "no read deadline while a request is in flight");
+        assert!(
+            waited.is_err(),
+            "no read deadline while a request is in flight"
+        );
         drop(guard);
         let start = Instant::now();
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(5), "http_keep_alive");
-        assert!(!shared.timed_out_head(), "idle keep-alive close sends no 408");
+        assert!(
+            !shared.timed_out_head(),
+            "idle keep-alive close sends no 408"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,7 +48,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Any other Proxy-* header (e.g. Proxy-Authorization-Info) is hop-by-hop too.
     if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
         for name in proxy {
             headers.remove(name);
         }
@@ -57,7 +61,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Replaces whatever forwarding headers the client sent with wasp's own: the client sent them,
 /// so they cannot be trusted. `host` is the canonical authority, if any.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str, host: Option<&str>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    scheme: &'static str,
+    host: Option<&str>,
+) {
     headers.remove(&FORWARDED);
     headers.remove(&X_REAL_IP);
     headers.insert(X_FORWARDED_FOR.clone(), ip_value(client));
@@ -88,7 +97,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -118,7 +130,12 @@ mod tests {
     fn connection_cannot_remove_forwarding_headers_added_after() {
         let mut h = map(&[("connection", "x-forwarded-for")]);
         strip_hop_by_hop(&mut h);
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http", Some("example.com"));
+        set_forwarded(
+            &mut h,
+            "10.0.0.1".parse().unwrap(),
+            "http",
+            Some("example.com"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
 
@@ -136,7 +153,12 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert!(h.get("x-forwarded-host").is_none());
         assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
-        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), "http", Some("a.example:8080"));
+        set_forwarded(
+            &mut h,
+            "2001:db8::1".parse().unwrap(),
+            "http",
+            Some("a.example:8080"),
+        );
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
         assert_eq!(h["x-forwarded-host"], "a.example:8080");
     }

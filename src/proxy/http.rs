@@ -39,9 +39,17 @@ pub struct ConnInfo {
 }
 
 /// Serves one request. Never fails: every failure is an HTTP answer.
-pub async fn serve(proxy: Arc<Proxy>, info: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let received = Instant::now();
-    let head_started = if req.version() == Version::HTTP_2 { received } else { info.conn.head_started() };
+    let head_started = if req.version() == Version::HTTP_2 {
+        received
+    } else {
+        info.conn.head_started()
+    };
     let snapshot = proxy.snapshot();
     let mut record = Box::new(Record {
         log: snapshot.global.access_log,
@@ -123,12 +131,20 @@ async fn forward(
     // The forwarded request: normalised path, canonical Host, no hop-by-hop headers, wasp's
     // forwarding headers, re-framed by hyper from the body.
     let path_and_query = match &path {
-        Cow::Borrowed(_) => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Cow::Borrowed(_) => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
         Cow::Owned(normal) => {
             if record.log {
                 record.path.clone_from(normal);
             }
-            let text = if query.is_empty() { normal.clone() } else { format!("{normal}?{query}") };
+            let text = if query.is_empty() {
+                normal.clone()
+            } else {
+                format!("{normal}?{query}")
+            };
             match PathAndQuery::try_from(text) {
                 Ok(pq) => pq,
                 Err(_) => return local(Failure::BadRequest, record),
@@ -149,16 +165,30 @@ async fn forward(
         }
     }
     if frontend.forwardfor {
-        set_forwarded(headers, info.client.ip(), info.scheme, authority.as_ref().map(|a| a.as_str()));
+        set_forwarded(
+            headers,
+            info.client.ip(),
+            info.scheme,
+            authority.as_ref().map(|a| a.as_str()),
+        );
     }
 
     let body = if body_is_empty(&body) {
         None
     } else {
-        Some(Reclaimable::new(IdleBody::new(body, frontend.timeouts.client)))
+        Some(Reclaimable::new(IdleBody::new(
+            body,
+            frontend.timeouts.client,
+        )))
     };
-    let attempt =
-        Attempt { version: parts.version, method: parts.method, authority, path_and_query, headers: parts.headers, body };
+    let attempt = Attempt {
+        version: parts.version,
+        method: parts.method,
+        authority,
+        path_and_query,
+        headers: parts.headers,
+        body,
+    };
     dispatch(backend, frontend, info, attempt, record).await
 }
 
@@ -179,7 +209,12 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn request(&self, server: &crate::snapshot::Server, last: bool, headers: &mut Option<HeaderMap>) -> Request<UpstreamBody> {
+    fn request(
+        &self,
+        server: &crate::snapshot::Server,
+        last: bool,
+        headers: &mut Option<HeaderMap>,
+    ) -> Request<UpstreamBody> {
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(server.authority.clone())
@@ -234,11 +269,17 @@ async fn dispatch(
                 client: info.client,
                 frontend: &frontend.name,
             };
-            let mut pick = backend.balancer.pick(&PickContext { req: &view, tried: &tried });
+            let mut pick = backend.balancer.pick(&PickContext {
+                req: &view,
+                tried: &tried,
+            });
             if pick.is_none() && !tried.is_empty() {
                 // Every usable server failed once: start another lap over them.
                 tried.clear();
-                pick = backend.balancer.pick(&PickContext { req: &view, tried: &tried });
+                pick = backend.balancer.pick(&PickContext {
+                    req: &view,
+                    tried: &tried,
+                });
             }
             match pick {
                 Some(i) => i,
@@ -250,7 +291,12 @@ async fn dispatch(
         let req = attempt.request(server, n + 1 == attempts, &mut headers);
         let sent = Instant::now();
         let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
-        let outcome = within(backend.timeouts.server, timer, backend.pools.client().request(req)).await;
+        let outcome = within(
+            backend.timeouts.server,
+            timer,
+            backend.pools.client().request(req),
+        )
+        .await;
         match outcome {
             Some(Ok(resp)) => {
                 record.server = Some(Arc::clone(&server.name));
@@ -276,7 +322,11 @@ async fn dispatch(
             }
             Some(Err(e)) => {
                 record.server = Some(Arc::clone(&server.name));
-                let why = if is_client_body_timeout(&e) { Failure::ClientTimeout } else { Failure::UpstreamFailed };
+                let why = if is_client_body_timeout(&e) {
+                    Failure::ClientTimeout
+                } else {
+                    Failure::UpstreamFailed
+                };
                 tracing::debug!(
                     backend = &*backend.name,
                     server = &*server.name,
@@ -287,7 +337,11 @@ async fn dispatch(
             }
             None => {
                 record.server = Some(Arc::clone(&server.name));
-                tracing::debug!(backend = &*backend.name, server = &*server.name, "no response within timeout server");
+                tracing::debug!(
+                    backend = &*backend.name,
+                    server = &*server.name,
+                    "no response within timeout server"
+                );
                 return local(Failure::UpstreamTimeout, record);
             }
         }
@@ -295,10 +349,19 @@ async fn dispatch(
     local(Failure::NoServer, record)
 }
 
-fn relay(resp: Response<Incoming>, backend: &Backend, sent: Instant, mut record: Box<Record>) -> Response<ProxyBody> {
+fn relay(
+    resp: Response<Incoming>,
+    backend: &Backend,
+    sent: Instant,
+    mut record: Box<Record>,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     record.t_connect = parts.extensions.get::<ConnectTiming>().map(|t| {
-        if t.established >= sent { t.took } else { std::time::Duration::ZERO }
+        if t.established >= sent {
+            t.took
+        } else {
+            std::time::Duration::ZERO
+        }
     });
     record.t_response = Some(record.received.elapsed());
     record.status = parts.status.as_u16();

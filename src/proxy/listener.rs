@@ -108,7 +108,12 @@ pub fn spawn_listener(
         }
         tracing::info!(listener = %local, "listener closed");
     });
-    Ok(ListenerHandle { key: key_out, local, stop, task })
+    Ok(ListenerHandle {
+        key: key_out,
+        local,
+        stop,
+        task,
+    })
 }
 
 async fn serve_connection(
@@ -119,7 +124,9 @@ async fn serve_connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let snapshot = proxy.snapshot();
-    let Some(frontend) = snapshot.frontend_for(&bind) else { return };
+    let Some(frontend) = snapshot.frontend_for(&bind) else {
+        return;
+    };
     let _ = tcp.set_nodelay(true);
     let frontend_name = Arc::clone(&frontend.name);
     let timeouts = ClientTimeouts {
@@ -162,9 +169,13 @@ async fn serve_connection(
     }
     let Err(e) = served else { return };
     match e.downcast_ref::<hyper::Error>() {
-        Some(he) if he.is_parse_too_large() => connection_error(client, &frontend_name, 431, "request head too large"),
+        Some(he) if he.is_parse_too_large() => {
+            connection_error(client, &frontend_name, 431, "request head too large")
+        }
         Some(he) if he.is_parse() => connection_error(client, &frontend_name, 400, &he.to_string()),
-        _ => tracing::debug!(client = %client, frontend = &*frontend_name, error = %e, "connection closed"),
+        _ => {
+            tracing::debug!(client = %client, frontend = &*frontend_name, error = %e, "connection closed")
+        }
     }
 }
 

@@ -31,7 +31,9 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(snapshot: Snapshot) -> Self {
-        Self { snapshot: ArcSwap::from_pointee(snapshot) }
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+        }
     }
 
     /// The current snapshot; callers keep this `Arc` for the whole request.

@@ -47,7 +47,10 @@ impl Failure {
 
 /// The response wasp sends for `failure`.
 pub fn failure(failure: Failure, finish: Option<Box<dyn Finish>>) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::local(Bytes::from_static(failure.body().as_bytes()), finish));
+    let mut resp = Response::new(ProxyBody::local(
+        Bytes::from_static(failure.body().as_bytes()),
+        finish,
+    ));
     *resp.status_mut() = failure.status();
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

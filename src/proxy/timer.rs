@@ -23,7 +23,9 @@ pub struct LazyTimer {
 impl LazyTimer {
     /// Whether `deadline` has passed; if not, the task is woken no later than `deadline`.
     pub fn poll_expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
-        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if sleep.deadline() > deadline {
             sleep.as_mut().reset(deadline);
         }
@@ -40,7 +42,11 @@ impl LazyTimer {
 /// Runs `fut` for at most `limit`; `None` when the limit passed first. With a shared `timer`
 /// (one that no other pending future polls meanwhile, e.g. the one request in flight on an
 /// HTTP/1 connection) no new timer is registered; without one a fresh tokio timer is used.
-pub async fn within<F: Future>(limit: Duration, timer: Option<&Mutex<LazyTimer>>, fut: F) -> Option<F::Output> {
+pub async fn within<F: Future>(
+    limit: Duration,
+    timer: Option<&Mutex<LazyTimer>>,
+    fut: F,
+) -> Option<F::Output> {
     let Some(timer) = timer else {
         return tokio::time::timeout(limit, fut).await.ok();
     };
@@ -50,8 +56,14 @@ pub async fn within<F: Future>(limit: Duration, timer: Option<&Mutex<LazyTimer>>
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        let mut timer = timer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if timer.poll_expired(deadline, cx) { Poll::Ready(None) } else { Poll::Pending }
+        let mut timer = timer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if timer.poll_expired(deadline, cx) {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     })
     .await
 }
@@ -65,10 +77,18 @@ mod tests {
         let timer = Mutex::new(LazyTimer::default());
         let start = Instant::now();
         // A first use arms the timer at +10s.
-        assert_eq!(within(Duration::from_secs(10), Some(&timer), async { 1 }).await, Some(1));
+        assert_eq!(
+            within(Duration::from_secs(10), Some(&timer), async { 1 }).await,
+            Some(1)
+        );
         tokio::time::sleep(Duration::from_secs(5)).await;
         // A later request's deadline is +15s from start; the +10s arming must not cut it.
-        let out = within(Duration::from_secs(10), Some(&timer), std::future::pending::<()>()).await;
+        let out = within(
+            Duration::from_secs(10),
+            Some(&timer),
+            std::future::pending::<()>(),
+        )
+        .await;
         assert_eq!(out, None);
         assert_eq!(start.elapsed(), Duration::from_secs(15));
     }
@@ -77,8 +97,16 @@ mod tests {
     async fn an_earlier_deadline_rearms() {
         let timer = Mutex::new(LazyTimer::default());
         let start = Instant::now();
-        assert_eq!(within(Duration::from_secs(60), Some(&timer), async {}).await, Some(()));
-        let out = within(Duration::from_secs(2), Some(&timer), std::future::pending::<()>()).await;
+        assert_eq!(
+            within(Duration::from_secs(60), Some(&timer), async {}).await,
+            Some(())
+        );
+        let out = within(
+            Duration::from_secs(2),
+            Some(&timer),
+            std::future::pending::<()>(),
+        )
+        .await;
         assert_eq!(out, None);
         assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
@@ -86,7 +114,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_shared_timer_it_is_a_plain_timeout() {
         let start = Instant::now();
-        assert_eq!(within(Duration::from_secs(3), None, std::future::pending::<()>()).await, None);
+        assert_eq!(
+            within(Duration::from_secs(3), None, std::future::pending::<()>()).await,
+            None
+        );
         assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 }

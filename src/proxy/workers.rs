@@ -33,17 +33,26 @@ impl Workers {
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for id in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
-            let thread = std::thread::Builder::new().name(format!("wasp-worker-{id}")).spawn(move || {
-                crate::upstream::set_pool_index(id);
-                runtime.block_on(stop.cancelled());
-                // Dropping the runtime cancels whatever is still running on it.
-            })?;
+            let thread = std::thread::Builder::new()
+                .name(format!("wasp-worker-{id}"))
+                .spawn(move || {
+                    crate::upstream::set_pool_index(id);
+                    runtime.block_on(stop.cancelled());
+                    // Dropping the runtime cancels whatever is still running on it.
+                })?;
             threads.push(thread);
         }
-        Ok(Workers { handles, threads, stop, next: AtomicUsize::new(0) })
+        Ok(Workers {
+            handles,
+            threads,
+            stop,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// How many workers there are.

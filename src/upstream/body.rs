@@ -40,7 +40,11 @@ pin_project! {
 
 impl<B> IdleBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
-        Self { inner, idle, timer: None }
+        Self {
+            inner,
+            idle,
+            timer: None,
+        }
     }
 }
 
@@ -52,7 +56,10 @@ where
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -61,7 +68,9 @@ where
             }
             Poll::Pending => {
                 let idle = *this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 if timer.as_mut().poll(cx).is_ready() {
                     *this.timer = None;
                     return Poll::Ready(Some(Err(BodyError::Idle(idle))));
@@ -92,14 +101,19 @@ pub struct Reclaimable {
 
 impl fmt::Debug for Reclaimable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reclaimable").field("hint", &self.hint).finish_non_exhaustive()
+        f.debug_struct("Reclaimable")
+            .field("hint", &self.hint)
+            .finish_non_exhaustive()
     }
 }
 
 impl Reclaimable {
     pub fn new(body: ClientBody) -> Self {
         let hint = body.size_hint();
-        Self { slot: Arc::new(Mutex::new(Some(body))), hint }
+        Self {
+            slot: Arc::new(Mutex::new(Some(body))),
+            hint,
+        }
     }
 
     /// Whether the body is still unread, i.e. a new attempt can carry it.
@@ -135,7 +149,10 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         if let UpstreamBody::Pending(slot) = this {
             *this = match slot.take() {
@@ -161,9 +178,8 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Pending(slot) => slot.hint.clone(),
+            UpstreamBody::Pending(slot) => slot.hint,
             UpstreamBody::Streaming(body) => body.size_hint(),
         }
     }
 }
-

@@ -7,11 +7,11 @@
 
 pub mod body;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -75,7 +75,13 @@ impl tower_service::Service<Uri> for TimedConnector {
         Box::pin(async move {
             let io = connecting.await?;
             let established = Instant::now();
-            Ok(TimedConn { io, timing: ConnectTiming { established, took: established - start } })
+            Ok(TimedConn {
+                io,
+                timing: ConnectTiming {
+                    established,
+                    took: established - start,
+                },
+            })
         })
     }
 }
@@ -94,13 +100,21 @@ impl Connection for TimedConn {
 }
 
 impl Read for TimedConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
 impl Write for TimedConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
@@ -158,16 +172,26 @@ pub struct ClientCache {
 impl ClientCache {
     /// A cache whose pools have one client per worker.
     pub fn new(workers: usize) -> Self {
-        Self { workers: workers.max(1), pools: Mutex::new(HashMap::new()) }
+        Self {
+            workers: workers.max(1),
+            pools: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The pools for backends with this connect timeout.
     pub fn pools(&self, connect_timeout: Duration) -> Pools {
-        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         pools
             .entry(connect_timeout)
             .or_insert_with(|| {
-                Pools((0..self.workers).map(|_| new_client(connect_timeout)).collect())
+                Pools(
+                    (0..self.workers)
+                        .map(|_| new_client(connect_timeout))
+                        .collect(),
+                )
             })
             .clone()
     }

@@ -37,7 +37,12 @@ async fn lab1_round_robin_goes_node1_node2_node3_node1() {
         assert_eq!(status, 200);
         seen.push(server_name(&body).to_owned());
     }
-    assert_eq!(seen, ["node1", "node2", "node3", "node1", "node2", "node3", "node1"]);
+    assert_eq!(
+        seen,
+        [
+            "node1", "node2", "node3", "node1", "node2", "node3", "node1"
+        ]
+    );
 }
 
 fn lab2(n: &[std::net::SocketAddr]) -> String {
@@ -86,7 +91,11 @@ async fn lab2_uri_routing_splits_items_baskets_and_default() {
     for path in ["/", "/other", "/it", "/index.html"] {
         other.push(server_name(&get(&proxy.url(path)).await.2).to_owned());
     }
-    assert_eq!(other, ["node1", "node2", "node3", "node1"], "default backend webservers");
+    assert_eq!(
+        other,
+        ["node1", "node2", "node3", "node1"],
+        "default backend webservers"
+    );
 
     // path_beg is a prefix match, as in HAProxy: /itemz is an item too.
     assert_eq!(server_name(&get(&proxy.url("/itemz")).await.2), "node1");
@@ -100,10 +109,15 @@ async fn lab2_over_http2_prior_knowledge() {
     let client = h2_client();
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let req = http::Request::get(proxy.url("/basket/1")).body(crate::support::empty()).unwrap();
+        let req = http::Request::get(proxy.url("/basket/1"))
+            .body(crate::support::empty())
+            .unwrap();
         let (status, _, body) = send(&client, req).await;
         assert_eq!(status, 200);
-        assert!(body.contains("HTTP/1.1"), "the server is reached over HTTP/1.1: {body}");
+        assert!(
+            body.contains("HTTP/1.1"),
+            "the server is reached over HTTP/1.1: {body}"
+        );
         seen.push(server_name(&body).to_owned());
     }
     assert_eq!(seen, ["node3", "node4", "node3"]);

@@ -8,7 +8,13 @@ use crate::support::{Binary, Servers, field, get, server_name};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn config(default_backend: &str, one: SocketAddr, two: SocketAddr, gated: SocketAddr, extra: &str) -> String {
+fn config(
+    default_backend: &str,
+    one: SocketAddr,
+    two: SocketAddr,
+    gated: SocketAddr,
+    extra: &str,
+) -> String {
     format!(
         r#"
         [global]
@@ -46,17 +52,27 @@ async fn sighup_changes_routing_while_an_in_flight_request_completes() {
 
     let held_url = url("/held");
     let held = tokio::spawn(async move { get(&held_url).await });
-    arrived.recv().await.expect("held request reached its server");
+    arrived
+        .recv()
+        .await
+        .expect("held request reached its server");
 
     std::fs::write(&path, config("two", one, two, gated, "")).unwrap();
     wasp.signal("HUP");
     wasp.wait_for("configuration loaded", WAIT);
-    assert_eq!(server_name(&get(&url("/")).await.2), "two", "new routing is live");
+    assert_eq!(
+        server_name(&get(&url("/")).await.2),
+        "two",
+        "new routing is live"
+    );
 
     gate.open(1);
     let (status, _, body) = held.await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(body, "gated\nreleased\n", "the in-flight request finished on the old snapshot");
+    assert_eq!(
+        body, "gated\nreleased\n",
+        "the in-flight request finished on the old snapshot"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +87,10 @@ async fn bad_config_on_sighup_keeps_the_old_one_serving() {
     std::fs::write(&path, config("nowhere", one, two, one, "")).unwrap();
     wasp.signal("HUP");
     let diag = wasp.wait_for("nowhere", WAIT);
-    assert!(diag.contains("wasp.toml:"), "diagnostics name the file and line: {diag}");
+    assert!(
+        diag.contains("wasp.toml:"),
+        "diagnostics name the file and line: {diag}"
+    );
     wasp.wait_for("reload rejected", WAIT);
     let (status, _, body) = get(&format!("http://{}/", wasp.addr)).await;
     assert_eq!((status.as_u16(), server_name(&body)), (200, "one"));
@@ -95,14 +114,23 @@ async fn sighup_opens_and_closes_listeners() {
     wasp.signal("HUP");
     let line = wasp.wait_for("frontend=\"second\"", WAIT);
     let added: SocketAddr = field(&line, "listener").parse().unwrap();
-    assert_eq!(server_name(&get(&format!("http://{added}/")).await.2), "two");
+    assert_eq!(
+        server_name(&get(&format!("http://{added}/")).await.2),
+        "two"
+    );
 
     std::fs::write(&path, config("one", one, two, one, "")).unwrap();
     wasp.signal("HUP");
     wasp.wait_for(&format!("listener={added}"), WAIT);
     wasp.wait_for("configuration loaded", WAIT);
-    assert!(tokio::net::TcpStream::connect(added).await.is_err(), "removed listener is closed");
-    assert_eq!(server_name(&get(&format!("http://{}/", wasp.addr)).await.2), "one");
+    assert!(
+        tokio::net::TcpStream::connect(added).await.is_err(),
+        "removed listener is closed"
+    );
+    assert_eq!(
+        server_name(&get(&format!("http://{}/", wasp.addr)).await.2),
+        "one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,15 +145,23 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     let addr = wasp.addr;
 
     let held = tokio::spawn(async move { get(&format!("http://{addr}/held")).await });
-    arrived.recv().await.expect("held request reached its server");
+    arrived
+        .recv()
+        .await
+        .expect("held request reached its server");
     wasp.signal("TERM");
     wasp.wait_for("stopping", WAIT);
     wasp.wait_for("listener closed", WAIT);
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connections while draining");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections while draining"
+    );
 
     gate.open(1);
     let (status, _, body) = held.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "gated\nreleased\n"));
-    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
+        .await
+        .unwrap();
     assert_eq!(code, 0);
 }

@@ -82,19 +82,30 @@ async fn no_matching_rule_and_no_default_is_503() {
 async fn upstream_that_never_answers_is_504_within_server_timeout() {
     let servers = Servers::new();
     let slow = servers.behaviour().await;
-    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "slow", addr = "{slow}" }}"#), "")).await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "slow", addr = "{slow}" }}"#),
+        "",
+    ))
+    .await;
     let start = Instant::now();
     let (status, _, _) = get(&proxy.url("/hang")).await;
     let took = start.elapsed();
     assert_eq!(status, 504);
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
 }
 
 #[tokio::test]
 async fn upstream_closing_early_is_502() {
     let servers = Servers::new();
     let closer = servers.closer().await;
-    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "c", addr = "{closer}" }}"#), "")).await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "c", addr = "{closer}" }}"#),
+        "",
+    ))
+    .await;
     let (status, _, body) = get(&proxy.url("/")).await;
     assert_eq!(status, 502);
     assert_eq!(body, "502 Bad Gateway\n");
@@ -104,15 +115,29 @@ async fn upstream_closing_early_is_502() {
 async fn malformed_requests_are_400() {
     let servers = Servers::new();
     let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "e", addr = "{echo}" }}"#), "")).await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+        "",
+    ))
+    .await;
     let limit = Duration::from_secs(5);
     let garbage = raw(proxy.addr(), b"GARBAGE\x01 / HTTP/1.1\r\n\r\n", limit).await;
     assert_eq!(raw_status(&garbage), 400, "{garbage}");
     let no_host = raw(proxy.addr(), b"GET / HTTP/1.1\r\n\r\n", limit).await;
     assert_eq!(raw_status(&no_host), 400, "{no_host}");
-    let two_hosts = raw(proxy.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", limit).await;
+    let two_hosts = raw(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        limit,
+    )
+    .await;
     assert_eq!(raw_status(&two_hosts), 400, "{two_hosts}");
-    let traversal = raw(proxy.addr(), b"GET /item/..%2Fadmin HTTP/1.1\r\nHost: a\r\n\r\n", limit).await;
+    let traversal = raw(
+        proxy.addr(),
+        b"GET /item/..%2Fadmin HTTP/1.1\r\nHost: a\r\n\r\n",
+        limit,
+    )
+    .await;
     assert_eq!(raw_status(&traversal), 400, "{traversal}");
 }
 
@@ -120,7 +145,11 @@ async fn malformed_requests_are_400() {
 async fn oversized_head_is_431() {
     let servers = Servers::new();
     let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "e", addr = "{echo}" }}"#), "")).await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+        "",
+    ))
+    .await;
     let mut req = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
     for i in 0..100 {
         req.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(700)).as_bytes());
@@ -130,7 +159,12 @@ async fn oversized_head_is_431() {
     let answer = raw(proxy.addr(), &req, Duration::from_secs(5)).await;
     assert_eq!(raw_status(&answer), 431, "{answer}");
     // Just under the limit is fine.
-    let ok = raw(proxy.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    let ok = raw(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(raw_status(&ok), 200);
 }
 
@@ -145,17 +179,29 @@ async fn slow_client_head_is_cut_with_408_within_http_request() {
     .await;
     let start = Instant::now();
     // Half a head, then silence: a slowloris.
-    let answer = raw(proxy.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ", Duration::from_secs(10)).await;
+    let answer = raw(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ",
+        Duration::from_secs(10),
+    )
+    .await;
     let took = start.elapsed();
     assert_eq!(raw_status(&answer), 408, "{answer}");
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(2), "took {took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+        "took {took:?}"
+    );
 }
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     let servers = Servers::new();
     let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(&format!(r#"{{ name = "e", addr = "{echo}" }}"#), "")).await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+        "",
+    ))
+    .await;
     let req = Request::get(proxy.url("/x"))
         .header("host", "Shop.Example:8080")
         .header("connection", "keep-alive, x-private")
@@ -170,10 +216,16 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     let h = &echo["headers"];
     assert_eq!(h["host"], "Shop.Example:8080", "Host passes through");
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "client-supplied XFF replaced");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "client-supplied XFF replaced"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "Shop.Example:8080");
-    assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none(), "{h}");
+    assert!(
+        h.get("x-private").is_none() && h.get("keep-alive").is_none(),
+        "{h}"
+    );
     assert_ne!(h["connection"], "keep-alive, x-private");
 }
 
@@ -181,9 +233,15 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
 async fn forwardfor_false_adds_nothing() {
     let servers = Servers::new();
     let echo = servers.echo("e").await;
-    let proxy =
-        Proxy::start(&one_backend(&format!(r#"{{ name = "e", addr = "{echo}" }}"#), "forwardfor = false")).await;
-    let req = Request::get(proxy.url("/")).header("accept", "application/json").body(empty()).unwrap();
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+        "forwardfor = false",
+    ))
+    .await;
+    let req = Request::get(proxy.url("/"))
+        .header("accept", "application/json")
+        .body(empty())
+        .unwrap();
     let (_, _, body) = send(&client(), req).await;
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(echo["headers"].get("x-forwarded-for").is_none(), "{body}");
@@ -209,11 +267,42 @@ async fn normalised_path_is_what_routing_and_server_see() {
         "#
     ))
     .await;
-    let answer =
-        raw(proxy.addr(), b"GET /item/../admin?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(5))
-            .await;
+    let answer = raw(
+        proxy.addr(),
+        b"GET /item/../admin?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(raw_status(&answer), 200);
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
     assert_eq!(server_name(body), "admin", "routed on the normalised path");
-    assert!(body.contains("GET /admin?x=1 "), "forwarded normalised: {body}");
+    assert!(
+        body.contains("GET /admin?x=1 "),
+        "forwarded normalised: {body}"
+    );
+}
+
+#[tokio::test]
+async fn stalled_request_body_is_408_after_client_timeout() {
+    let servers = Servers::new();
+    let sink = servers.behaviour().await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "sink", addr = "{sink}" }}"#),
+        r#"timeout = { client = "1s" }"#,
+    ))
+    .await;
+    let start = Instant::now();
+    // Promises 100 bytes, sends 10, then stalls.
+    let answer = raw(
+        proxy.addr(),
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(10),
+    )
+    .await;
+    let took = start.elapsed();
+    assert_eq!(raw_status(&answer), 408, "{answer}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+        "took {took:?}"
+    );
 }

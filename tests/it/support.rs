@@ -48,7 +48,11 @@ impl Servers {
     pub async fn echo(&self, name: &str) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(wasp::echo::serve_echo(Arc::from(name), listener, self.stop.clone()));
+        tokio::spawn(wasp::echo::serve_echo(
+            Arc::from(name),
+            listener,
+            self.stop.clone(),
+        ));
         addr
     }
 
@@ -79,7 +83,10 @@ impl Servers {
 
     /// A server that holds every request until the test opens the gate: each arrival is
     /// reported on the returned channel, and each answer ("released") waits for the gate.
-    pub async fn gated(&self, name: &str) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>, Gate) {
+    pub async fn gated(
+        &self,
+        name: &str,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>, Gate) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
@@ -93,17 +100,23 @@ impl Servers {
                     _ = stop.cancelled() => return,
                     a = listener.accept() => a.unwrap(),
                 };
-                let (arrived_tx, permits, name) = (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
+                let (arrived_tx, permits, name) =
+                    (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
                 tokio::spawn(async move {
                     let service = service_fn(move |_req: Request<Incoming>| {
-                        let (arrived_tx, permits, name) = (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
+                        let (arrived_tx, permits, name) =
+                            (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
                         async move {
                             let _ = arrived_tx.send(());
                             permits.acquire().await.expect("gate open").forget();
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("{name}\nreleased\n")))))
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                                "{name}\nreleased\n"
+                            )))))
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), service).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
                 });
             }
         });
@@ -154,7 +167,9 @@ async fn behave(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
     if let Some(ms) = path.strip_prefix("/delay/") {
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        return Ok(Response::new(Full::new(Bytes::from_static(b"done")).boxed()));
+        return Ok(Response::new(
+            Full::new(Bytes::from_static(b"done")).boxed(),
+        ));
     }
     if path == "/hang" {
         std::future::pending::<()>().await;
@@ -168,7 +183,8 @@ async fn behave(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
         n += frame.data_ref().map_or(0, |d| d.len() as u64);
     }
     let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
-    resp.headers_mut().insert("x-body-bytes", n.to_string().parse().unwrap());
+    resp.headers_mut()
+        .insert("x-body-bytes", n.to_string().parse().unwrap());
     Ok(resp)
 }
 
@@ -201,7 +217,11 @@ impl http_body::Body for Repeat {
 
 /// A body of `total` bytes in 64 KiB frames.
 pub fn streamed(total: u64) -> TestBody {
-    Repeat { left: total, chunk: Bytes::from(vec![b'u'; 64 * 1024]) }.boxed()
+    Repeat {
+        left: total,
+        chunk: Bytes::from(vec![b'u'; 64 * 1024]),
+    }
+    .boxed()
 }
 
 /// An in-process proxy started from TOML text.
@@ -227,7 +247,12 @@ impl Proxy {
         for name in &names {
             addrs.push(runtime.frontend_addrs(name).await[0]);
         }
-        Proxy { runtime, addrs, _dir: dir, path }
+        Proxy {
+            runtime,
+            addrs,
+            _dir: dir,
+            path,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -246,12 +271,18 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// An HTTP/2 prior-knowledge client.
 pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// GETs `url` and returns status, headers and body text.
 pub async fn get(url: &str) -> (StatusCode, http::HeaderMap, String) {
-    send(&client(), Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+    send(
+        &client(),
+        Request::get(url).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
 }
 
 pub async fn send(
@@ -261,7 +292,11 @@ pub async fn send(
     let resp = client.request(req).await.expect("request");
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await.expect("body").to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 /// The first line of an echo answer: the server's name.
@@ -281,7 +316,11 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
 
 /// The status code of a raw HTTP/1 answer.
 pub fn raw_status(answer: &str) -> u16 {
-    answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The real `wasp` binary running a config file, its stdout (the log) read line by line.
@@ -313,9 +352,15 @@ impl Binary {
                 }
             }
         });
-        let mut binary = Binary { child, lines, addr: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        let mut binary = Binary {
+            child,
+            lines,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let line = binary.wait_for("listening", Duration::from_secs(20));
-        binary.addr = field(&line, "listener").parse().expect("listener address in log");
+        binary.addr = field(&line, "listener")
+            .parse()
+            .expect("listener address in log");
         binary
     }
 
@@ -333,7 +378,10 @@ impl Binary {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -344,20 +392,31 @@ impl Binary {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(std::time::Instant::now() < deadline, "wasp did not exit within {limit:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wasp did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Resident memory of the process in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        rss_kib_of(self.child.id()).expect("VmRSS")
     }
+}
+
+/// Resident memory of process `pid` in KiB, if it is still running.
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Drop for Binary {
@@ -369,8 +428,17 @@ impl Drop for Binary {
 
 /// The value of `key=value` in a text log line (quotes stripped).
 pub fn field(line: &str, key: &str) -> String {
-    let start = line.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key}= in {line:?}")) + key.len() + 1;
-    line[start..].split_whitespace().next().unwrap_or("").trim_matches('"').to_owned()
+    let start = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        + key.len()
+        + 1;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_matches('"')
+        .to_owned()
 }
 
 /// An empty request body.
