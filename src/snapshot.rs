@@ -137,7 +137,7 @@ pub fn build_snapshot(
             servers.push(Server {
                 name: Arc::from(s.name.as_str()),
                 authority,
-                state: states.server(key, s.weight),
+                state: states.server(key, s),
             });
         }
         let server_states: Vec<_> = servers.iter().map(|s| Arc::clone(&s.state)).collect();

@@ -119,6 +119,7 @@ mod tests {
     use http::{HeaderMap, Method};
 
     use super::*;
+    use crate::health::state::tests::conf;
     use crate::health::{ServerKey, StateTable};
     use crate::routing::RequestView;
 
@@ -134,7 +135,7 @@ mod tests {
                         backend: "b".into(),
                         addr,
                     },
-                    w,
+                    &conf(w),
                 )
             })
             .collect();
@@ -187,13 +188,12 @@ mod tests {
     fn zero_weight_and_down_servers_take_nothing() {
         let (table, rr) = backend(&[1, 0, 1]);
         assert!(picks(&rr, 10, &[]).iter().all(|p| *p != Some(1)));
-        let s0 = table.server(
-            ServerKey {
+        let s0 = table
+            .get(&ServerKey {
                 backend: "b".into(),
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
-            },
-            1,
-        );
+            })
+            .expect("known server");
         s0.set_up(false);
         assert_eq!(
             picks(&rr, 4, &[]),

@@ -5,14 +5,19 @@ use std::net::SocketAddr;
 
 use crate::config::addr;
 use crate::config::diag::Sink;
-use crate::config::model::{Balance, CheckParams, MAX_WEIGHT, Mode, Server};
+use crate::config::model::{
+    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, Server,
+};
 use crate::config::values::{
-    At, PartialTimeouts, Side, balance, check_name, mode, retries, section, timeouts,
+    At, PartialTimeouts, Side, balance, check_name, maxconn, mode, observe, retries, section,
+    timeouts,
 };
 use crate::config::walk::Item;
 
 /// Largest health check rise/fall count accepted.
 const MAX_RISE_FALL: i64 = 1000;
+/// Largest `error_limit` accepted.
+const MAX_ERROR_LIMIT: i64 = 1_000_000;
 
 #[derive(Debug)]
 pub(crate) struct RawBackend {
@@ -25,6 +30,10 @@ pub(crate) struct RawBackend {
     pub(crate) servers: Vec<Server>,
     pub(crate) timeouts: PartialTimeouts,
     pub(crate) retries: Option<u32>,
+    pub(crate) redispatch: Option<bool>,
+    pub(crate) maxconn: Option<u32>,
+    pub(crate) observe: Option<Observe>,
+    pub(crate) error_limit: Option<u32>,
     pub(crate) check: CheckParams,
 }
 
@@ -49,6 +58,12 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         servers,
         timeouts: timeouts(t.take("timeout"), Side::Backend, sink),
         retries: retries(&mut t, sink),
+        redispatch: t.take_bool(sink, "redispatch"),
+        maxconn: maxconn(&mut t, sink),
+        observe: t.take("observe").and_then(|i| observe(&i, sink)),
+        error_limit: t
+            .take_int_in(sink, "error_limit", 1, Some(MAX_ERROR_LIMIT))
+            .and_then(|n| u32::try_from(n).ok()),
         check: t
             .take("check")
             .map(|i| check_params(&i, sink))
@@ -96,6 +111,22 @@ fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
         let addr = t.require(sink, "addr").and_then(|i| server_addr(&i, sink));
         let weight = t.take_int_in(sink, "weight", 0, Some(i64::from(MAX_WEIGHT)));
         let check = t.take_bool(sink, "check").unwrap_or(false);
+        let backup = t.take_bool(sink, "backup").unwrap_or(false);
+        let maxconn = maxconn(&mut t, sink);
+        let state = t
+            .take("state")
+            .and_then(|i| {
+                i.keyword(
+                    sink,
+                    "server state",
+                    &[
+                        ("ready", AdminState::Ready),
+                        ("drain", AdminState::Drain),
+                        ("maint", AdminState::Maint),
+                    ],
+                )
+            })
+            .unwrap_or_default();
         t.finish(sink);
         if let (Some((name, _)), Some((addr_spec, addr))) = (name, addr) {
             out.push(Server {
@@ -104,6 +135,9 @@ fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
                 addr,
                 weight: weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(1),
                 check,
+                backup,
+                maxconn,
+                state,
             });
         }
     }
@@ -132,6 +166,15 @@ fn check_params(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> CheckParams {
     if let Some(d) = t.take("interval").and_then(|i| i.duration_nonzero(sink)) {
         c.interval = d;
     }
+    // Both default to the (possibly just set) interval, as in HAProxy.
+    c.fastinter = t
+        .take("fastinter")
+        .and_then(|i| i.duration_nonzero(sink))
+        .unwrap_or(c.interval);
+    c.downinter = t
+        .take("downinter")
+        .and_then(|i| i.duration_nonzero(sink))
+        .unwrap_or(c.interval);
     if let Some(d) = t.take("timeout").and_then(|i| i.duration_nonzero(sink)) {
         c.timeout = d;
     }
@@ -140,11 +183,27 @@ fn check_params(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> CheckParams {
             *slot = u32::try_from(n).unwrap_or(1);
         }
     }
+    let host = t.take("host").and_then(|i| {
+        let s = i.str(sink)?;
+        if http::HeaderValue::from_str(s.value).is_err() || s.value.is_empty() {
+            sink.error(s.start, &i.path, format!("invalid host \"{}\"", s.value));
+            return None;
+        }
+        Some(s.value.to_owned())
+    });
+    let expect = t.take("expect").and_then(|i| expect(&i, sink));
     if let Some(i) = t.take("http")
         && let Some(s) = i.str(sink)
     {
         match http_check(s.value) {
-            Some(req) => c.http = Some(req),
+            Some((method, path)) => {
+                c.http = Some(HttpCheck {
+                    method,
+                    path,
+                    host: host.clone(),
+                    expect: expect.clone().unwrap_or_else(|| vec![(200, 399)]),
+                })
+            }
             None => {
                 sink.error(
                     s.start,
@@ -155,8 +214,72 @@ fn check_params(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> CheckParams {
             }
         }
     }
+    if c.http.is_none() && (host.is_some() || expect.is_some()) {
+        sink.error(
+            item.start(),
+            &item.path,
+            "host and expect need an HTTP check",
+        )
+        .help("add http = \"GET /health\" (without it the check is a TCP connect)");
+    }
     t.finish(sink);
     c
+}
+
+/// `expect = "200"`, `"200-299"`, `"200,204,300-399"`, or an array of such.
+fn expect(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Vec<(u16, u16)>> {
+    let texts: Vec<(String, usize)> = match item.value.get_ref() {
+        toml::de::DeValue::Array(_) => {
+            let mut out = Vec::new();
+            for i in item.array(sink)? {
+                match i.value.get_ref() {
+                    toml::de::DeValue::Integer(_) => {
+                        out.push((i.int(sink)?.to_string(), i.start()))
+                    }
+                    _ => {
+                        let s = i.str(sink)?;
+                        out.push((s.value.to_owned(), s.start));
+                    }
+                }
+            }
+            out
+        }
+        toml::de::DeValue::Integer(_) => vec![(item.int(sink)?.to_string(), item.start())],
+        _ => {
+            let s = item.str(sink)?;
+            vec![(s.value.to_owned(), s.start)]
+        }
+    };
+    let mut ranges = Vec::new();
+    for (text, at) in texts {
+        for part in text.split(',').map(str::trim) {
+            match status_range(part) {
+                Some(r) => ranges.push(r),
+                None => {
+                    sink.error(at, &item.path, format!("invalid status \"{part}\""))
+                        .help("expected a status or a range of statuses, e.g. 200, \"200-399\"");
+                    return None;
+                }
+            }
+        }
+    }
+    Some(ranges)
+}
+
+fn status_range(s: &str) -> Option<(u16, u16)> {
+    let status = |t: &str| {
+        t.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (100..=599).contains(n))
+    };
+    match s.split_once('-') {
+        Some((lo, hi)) => {
+            let (lo, hi) = (status(lo)?, status(hi)?);
+            (lo <= hi).then_some((lo, hi))
+        }
+        None => status(s).map(|n| (n, n)),
+    }
 }
 
 /// `"GET /health"`, or just `"/health"` (GET).

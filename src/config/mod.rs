@@ -164,7 +164,12 @@ http = "HEAD /"
         let app = &config.backends[0];
         assert_eq!(app.servers[0].weight, 0);
         assert_eq!(app.check.interval, Duration::from_secs(90));
-        assert_eq!(app.check.http, Some((http::Method::HEAD, "/".to_owned())));
+        let http = app.check.http.as_ref().expect("an HTTP check");
+        assert_eq!(
+            (&http.method, http.path.as_str()),
+            (&http::Method::HEAD, "/")
+        );
+        assert!(http.expects(200) && http.expects(399) && !http.expects(404));
     }
 
     #[test]

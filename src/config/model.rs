@@ -18,6 +18,8 @@ pub const MIN_MAX_HEADER_SIZE: usize = 8192;
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Default grace period for in-flight requests on shutdown.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Default number of consecutive observed errors that mark a server down (`error_limit`).
+pub const DEFAULT_ERROR_LIMIT: u32 = 10;
 /// Largest server weight accepted, as in HAProxy.
 pub const MAX_WEIGHT: u32 = 256;
 
@@ -83,7 +85,8 @@ pub enum Mode {
 ///
 /// Meanings are HAProxy's: `client` and `server` are inactivity timeouts, `connect` bounds one
 /// upstream TCP connect, `http_request` bounds the arrival of a whole request head,
-/// `http_keep_alive` bounds the wait for the next request on an idle keep-alive connection.
+/// `http_keep_alive` bounds the wait for the next request on an idle keep-alive connection,
+/// `queue` how long a request may wait for a free connection slot (`maxconn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub client: Duration,
@@ -91,6 +94,7 @@ pub struct Timeouts {
     pub connect: Duration,
     pub http_request: Duration,
     pub http_keep_alive: Duration,
+    pub queue: Duration,
 }
 
 impl Default for Timeouts {
@@ -101,6 +105,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             http_request: Duration::from_secs(10),
             http_keep_alive: Duration::from_secs(10),
+            queue: Duration::from_secs(5),
         }
     }
 }
@@ -146,15 +151,59 @@ pub struct Backend {
     pub balance: Balance,
     pub servers: Vec<Server>,
     pub timeouts: Timeouts,
-    /// Extra attempts on another server after a failed connect.
+    /// Extra attempts after a failed connect (or a lost idempotent request).
     pub retries: u32,
+    /// Retry on another server (true, the default) or on the same one.
+    pub redispatch: bool,
+    /// Requests in flight to the whole backend at most; more wait in the queue.
+    pub maxconn: Option<u32>,
+    /// Passive health: what counts as a server error for `error_limit`.
+    pub observe: Option<Observe>,
+    /// Consecutive observed errors that mark a server down.
+    pub error_limit: u32,
     pub check: CheckParams,
 }
 
 /// The balancing algorithm of a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Balance {
+    /// Smooth weighted round-robin; weight changes take effect at once.
     RoundRobin,
+    /// Weighted round-robin with the weights of the config.
+    StaticRr,
+    /// Fewest requests in flight relative to weight; round-robin among ties.
+    LeastConn,
+    /// Power of two random choices, weighted.
+    Random,
+    /// Consistent hash of the client address.
+    Source,
+    /// Consistent hash of the path (`whole`: path and query).
+    Uri { whole: bool },
+    /// Consistent hash of a request header; round-robin when it is absent.
+    Hdr(http::HeaderName),
+    /// The first server (in config order) with a free slot under its `maxconn`.
+    First,
+}
+
+/// Passive health checking: which failures of real traffic count against a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observe {
+    /// Failed connects.
+    Layer4,
+    /// Failed connects and 5xx answers.
+    Layer7,
+}
+
+/// The administrative state of a server (HAProxy's READY / DRAIN / MAINT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminState {
+    /// Takes traffic when healthy.
+    #[default]
+    Ready,
+    /// Takes no new requests; those in flight finish.
+    Drain,
+    /// Out of service: no new requests, no health checks counted.
+    Maint,
 }
 
 /// One `servers` entry.
@@ -169,27 +218,59 @@ pub struct Server {
     pub weight: u32,
     /// Whether active health checks run for this server.
     pub check: bool,
+    /// Takes traffic only when no active (non-backup) server is usable.
+    pub backup: bool,
+    /// Requests in flight to this server at most; more wait in the backend's queue.
+    pub maxconn: Option<u32>,
+    /// The administrative state the server starts in.
+    pub state: AdminState,
 }
 
 /// A backend's `check` table (active health checks).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckParams {
+    /// Between checks while the state is settled and up.
     pub interval: Duration,
+    /// Between checks while a state change is in progress (defaults to `interval`).
+    pub fastinter: Duration,
+    /// Between checks while the server is down (defaults to `interval`).
+    pub downinter: Duration,
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
-    /// `"METHOD PATH"` for an HTTP check; `None` for a TCP connect check.
-    pub http: Option<(http::Method, String)>,
+    /// An HTTP check; `None` for a TCP connect check.
+    pub http: Option<HttpCheck>,
 }
 
 impl Default for CheckParams {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(2),
+            fastinter: Duration::from_secs(2),
+            downinter: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
             rise: 2,
             fall: 3,
             http: None,
         }
+    }
+}
+
+/// `check.http = "METHOD PATH"` with its `host` and `expect`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCheck {
+    pub method: http::Method,
+    pub path: String,
+    /// `Host` header to send; the server's address when absent.
+    pub host: Option<String>,
+    /// Statuses that count as success, as inclusive ranges; default 200-399.
+    pub expect: Vec<(u16, u16)>,
+}
+
+impl HttpCheck {
+    pub fn expects(&self, status: u16) -> bool {
+        self.expect
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
     }
 }

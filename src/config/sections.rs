@@ -30,6 +30,7 @@ pub(crate) struct Defaults {
     pub(crate) forwardfor: Option<bool>,
     pub(crate) max_header_size: Option<usize>,
     pub(crate) balance: Option<Balance>,
+    pub(crate) redispatch: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +109,7 @@ fn defaults(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Defaults {
             .take("max_header_size")
             .and_then(|i| header_size(&i, sink)),
         balance: t.take("balance").and_then(|i| balance(&i, sink)),
+        redispatch: t.take_bool(sink, "redispatch"),
     };
     t.finish(sink);
     d

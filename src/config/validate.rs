@@ -105,19 +105,22 @@ fn check_listeners(raw: &Raw, sink: &mut Sink<'_>) {
 }
 
 /// Built-in defaults <- `[defaults].timeout` <- the section's own `timeout`. `http_keep_alive`
-/// falls back to the resolved `http_request` when neither table sets it, as in HAProxy.
+/// falls back to the resolved `http_request` and `queue` to the resolved `connect` when neither
+/// table sets them, as in HAProxy.
 pub(crate) fn resolve_timeouts(defaults: &PartialTimeouts, own: &PartialTimeouts) -> Timeouts {
     let base = Timeouts::default();
     let pick = |f: fn(&PartialTimeouts) -> Option<std::time::Duration>, fallback| {
         f(own).or(f(defaults)).unwrap_or(fallback)
     };
     let http_request = pick(|t| t.http_request, base.http_request);
+    let connect = pick(|t| t.connect, base.connect);
     Timeouts {
         client: pick(|t| t.client, base.client),
         server: pick(|t| t.server, base.server),
-        connect: pick(|t| t.connect, base.connect),
+        connect,
         http_request,
         http_keep_alive: pick(|t| t.http_keep_alive, http_request),
+        queue: pick(|t| t.queue, connect),
     }
 }
 
@@ -163,6 +166,12 @@ fn backend(b: RawBackend, d: &Defaults) -> Backend {
         servers: b.servers,
         timeouts: resolve_timeouts(&d.timeouts, &b.timeouts),
         retries: b.retries.or(d.retries).unwrap_or(DEFAULT_RETRIES),
+        redispatch: b.redispatch.or(d.redispatch).unwrap_or(true),
+        maxconn: b.maxconn,
+        observe: b.observe,
+        error_limit: b
+            .error_limit
+            .unwrap_or(crate::config::model::DEFAULT_ERROR_LIMIT),
         check: b.check,
     }
 }

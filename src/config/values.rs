@@ -8,7 +8,7 @@ use toml::de::DeValue;
 
 use crate::config::addr;
 use crate::config::diag::Sink;
-use crate::config::model::{Balance, MIN_MAX_HEADER_SIZE, Mode};
+use crate::config::model::{Balance, MIN_MAX_HEADER_SIZE, Mode, Observe};
 use crate::config::size;
 use crate::config::walk::{Item, Table};
 
@@ -31,6 +31,7 @@ pub(crate) struct PartialTimeouts {
     pub(crate) connect: Option<Duration>,
     pub(crate) http_request: Option<Duration>,
     pub(crate) http_keep_alive: Option<Duration>,
+    pub(crate) queue: Option<Duration>,
 }
 
 /// The table of a named section (`[frontend.NAME]`), with a hint when the name was forgotten.
@@ -88,8 +89,75 @@ pub(crate) fn mode(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Mode> {
     Some(m)
 }
 
+/// The algorithm names `balance` takes (besides `hdr(NAME)`), for messages.
+const ALGORITHMS: [&str; 9] = [
+    "roundrobin",
+    "static-rr",
+    "leastconn",
+    "random",
+    "source",
+    "uri",
+    "uri whole",
+    "hdr(NAME)",
+    "first",
+];
+
 pub(crate) fn balance(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Balance> {
-    item.keyword(sink, "algorithm", &[("roundrobin", Balance::RoundRobin)])
+    let s = item.str(sink)?;
+    let words: Vec<&str> = s.value.split_whitespace().collect();
+    let algo = match words.as_slice() {
+        ["roundrobin"] => Some(Balance::RoundRobin),
+        ["static-rr"] => Some(Balance::StaticRr),
+        ["leastconn"] => Some(Balance::LeastConn),
+        ["random"] => Some(Balance::Random),
+        ["source"] => Some(Balance::Source),
+        ["uri"] => Some(Balance::Uri { whole: false }),
+        ["uri", "whole"] => Some(Balance::Uri { whole: true }),
+        ["first"] => Some(Balance::First),
+        [hdr] if hdr.starts_with("hdr(") && hdr.ends_with(')') => {
+            let name = &hdr[4..hdr.len() - 1];
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => Some(Balance::Hdr(h)),
+                Err(_) => {
+                    sink.error(
+                        s.start,
+                        &item.path,
+                        format!("invalid header name \"{name}\" in \"{}\"", s.value),
+                    )
+                    .help("write hdr(NAME) with a header name, e.g. hdr(x-user)");
+                    return None;
+                }
+            }
+        }
+        _ => None,
+    };
+    if algo.is_none() {
+        let help = match crate::config::diag::did_you_mean(s.value, &ALGORITHMS) {
+            Some(m) => format!("did you mean \"{m}\"?"),
+            None => format!("expected {}", crate::config::walk::or_list(&ALGORITHMS)),
+        };
+        sink.error(
+            s.start,
+            &item.path,
+            format!("unknown algorithm \"{}\"", s.value),
+        )
+        .help(help);
+    }
+    algo
+}
+
+pub(crate) fn observe(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Observe> {
+    item.keyword(
+        sink,
+        "observe mode",
+        &[("layer4", Observe::Layer4), ("layer7", Observe::Layer7)],
+    )
+}
+
+/// Connection limits (`maxconn`): 1 and up.
+pub(crate) fn maxconn(t: &mut Table<'_, '_>, sink: &mut Sink<'_>) -> Option<u32> {
+    let n = t.take_int_in(sink, "maxconn", 1, Some(i64::from(u32::MAX)))?;
+    u32::try_from(n).ok()
 }
 
 pub(crate) fn retries(t: &mut Table<'_, '_>, sink: &mut Sink<'_>) -> Option<u32> {
@@ -139,12 +207,13 @@ pub(crate) enum Side {
     Backend,
 }
 
-const TIMEOUTS: [(&str, Side); 5] = [
+const TIMEOUTS: [(&str, Side); 6] = [
     ("client", Side::Frontend),
     ("server", Side::Backend),
     ("connect", Side::Backend),
     ("http_request", Side::Frontend),
     ("http_keep_alive", Side::Frontend),
+    ("queue", Side::Backend),
 ];
 
 pub(crate) fn timeouts(
@@ -177,6 +246,7 @@ pub(crate) fn timeouts(
             "server" => &mut out.server,
             "connect" => &mut out.connect,
             "http_request" => &mut out.http_request,
+            "queue" => &mut out.queue,
             _ => &mut out.http_keep_alive,
         };
         *slot = d;

@@ -3,9 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::config::{AdminState, Server};
 
 /// Stable identity of a server across reloads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -15,10 +18,15 @@ pub struct ServerKey {
 }
 
 /// Per-backend run-time facts. `generation` changes whenever a server's usability or weight
-/// changes, so that balancers can rebuild cached schedules lazily.
+/// changes, so that balancers can rebuild cached schedules lazily. The backend also counts its
+/// requests in flight and wakes queued requests when a slot frees up.
 #[derive(Debug, Default)]
 pub struct BackendState {
     generation: AtomicU64,
+    active: AtomicU32,
+    /// Requests waiting in the queue for a free slot.
+    waiting: AtomicUsize,
+    freed: Notify,
 }
 
 impl BackendState {
@@ -28,6 +36,90 @@ impl BackendState {
 
     pub fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // A server that came back or got more weight may take a queued request.
+        self.wake_waiters();
+    }
+
+    /// Requests in flight to any server of the backend.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Waits until a request finishes or server state changes (either may free a slot).
+    /// Register before re-checking capacity: `let n = s.freed(); if full { n.await }`.
+    pub fn slot_freed(&self) -> QueueTicket<'_> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        QueueTicket {
+            backend: self,
+            notified: Box::pin(self.freed.notified()),
+        }
+    }
+
+    /// Requests waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    fn wake_waiters(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// A registration to be woken when a slot may have freed up.
+pub struct QueueTicket<'a> {
+    backend: &'a BackendState,
+    notified: std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>,
+}
+
+impl std::fmt::Debug for QueueTicket<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueTicket")
+    }
+}
+
+impl QueueTicket<'_> {
+    /// Arms the registration, so that a wake-up between this call and the `.await` of
+    /// [`QueueTicket::wait`] is not lost.
+    pub fn enable(&mut self) {
+        self.notified.as_mut().enable();
+    }
+
+    pub async fn wait(mut self) {
+        self.notified.as_mut().await;
+    }
+}
+
+impl Drop for QueueTicket<'_> {
+    fn drop(&mut self) {
+        self.backend.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Health as judged by checks (active or passive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down,
+}
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+
+fn admin_code(s: AdminState) -> u8 {
+    match s {
+        AdminState::Ready => 0,
+        AdminState::Drain => 1,
+        AdminState::Maint => 2,
+    }
+}
+
+fn admin_of(code: u8) -> AdminState {
+    match code {
+        1 => AdminState::Drain,
+        2 => AdminState::Maint,
+        _ => AdminState::Ready,
     }
 }
 
@@ -36,13 +128,21 @@ impl BackendState {
 pub struct ServerState {
     pub key: ServerKey,
     backend: Arc<BackendState>,
-    up: AtomicBool,
+    health: AtomicU8,
+    admin: AtomicU8,
+    /// The admin state the config last gave; a run-time override replaces `admin` only.
+    config_admin: AtomicU8,
     weight: AtomicU32,
     /// The weight the config last gave; an admin override replaces `weight` but not this.
     config_weight: AtomicU32,
+    backup: AtomicBool,
+    /// 0: no limit.
+    maxconn: AtomicU32,
     active: AtomicU32,
     requests: AtomicU64,
     connect_failures: AtomicU64,
+    /// Consecutive errors seen on real traffic (passive health).
+    observed_errors: AtomicU32,
     /// Last time a failure of this server was logged, in seconds since `LOG_EPOCH`.
     last_failure_log: AtomicU64,
 }
@@ -61,32 +161,104 @@ fn log_clock_secs() -> u64 {
 }
 
 impl ServerState {
-    fn new(key: ServerKey, backend: Arc<BackendState>, weight: u32) -> Self {
+    fn new(key: ServerKey, backend: Arc<BackendState>, conf: &Server) -> Self {
+        let admin = admin_code(conf.state);
         Self {
             key,
             backend,
-            up: AtomicBool::new(true),
-            weight: AtomicU32::new(weight),
-            config_weight: AtomicU32::new(weight),
+            health: AtomicU8::new(UP),
+            admin: AtomicU8::new(admin),
+            config_admin: AtomicU8::new(admin),
+            weight: AtomicU32::new(conf.weight),
+            config_weight: AtomicU32::new(conf.weight),
+            backup: AtomicBool::new(conf.backup),
+            maxconn: AtomicU32::new(conf.maxconn.unwrap_or(0)),
             active: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            observed_errors: AtomicU32::new(0),
             last_failure_log: AtomicU64::new(0),
         }
     }
 
-    /// Whether the server may take new requests: up and with a non-zero weight.
+    /// Applies a (re)loaded config entry: weight and admin state only when the config changed
+    /// them (run-time overrides survive otherwise), backup and maxconn always.
+    fn configure(&self, conf: &Server) {
+        if self.config_weight.swap(conf.weight, Ordering::AcqRel) != conf.weight {
+            self.set_weight(conf.weight);
+        }
+        let admin = admin_code(conf.state);
+        if self.config_admin.swap(admin, Ordering::AcqRel) != admin {
+            self.set_admin(conf.state);
+        }
+        let mut changed = self.backup.swap(conf.backup, Ordering::AcqRel) != conf.backup;
+        changed |= self
+            .maxconn
+            .swap(conf.maxconn.unwrap_or(0), Ordering::AcqRel)
+            != conf.maxconn.unwrap_or(0);
+        if changed {
+            self.backend.bump();
+        }
+    }
+
+    /// Whether the server may take new requests: up, ready, with a non-zero weight.
     pub fn usable(&self) -> bool {
-        self.up.load(Ordering::Acquire) && self.weight() > 0
+        self.health.load(Ordering::Acquire) == UP
+            && self.admin.load(Ordering::Acquire) == admin_code(AdminState::Ready)
+            && self.weight() > 0
+    }
+
+    /// Whether the server is below its `maxconn` (always, without one).
+    pub fn has_capacity(&self) -> bool {
+        let max = self.maxconn.load(Ordering::Relaxed);
+        max == 0 || self.active() < max
+    }
+
+    /// The server's `maxconn`, if it has one.
+    pub fn maxconn(&self) -> Option<u32> {
+        Some(self.maxconn.load(Ordering::Relaxed)).filter(|&m| m > 0)
+    }
+
+    pub fn is_backup(&self) -> bool {
+        self.backup.load(Ordering::Relaxed)
+    }
+
+    pub fn health(&self) -> Health {
+        if self.health.load(Ordering::Acquire) == UP {
+            Health::Up
+        } else {
+            Health::Down
+        }
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        self.health() == Health::Up
+    }
+
+    /// Sets the health; returns whether that changed anything.
+    pub fn set_health(&self, health: Health) -> bool {
+        let code = if health == Health::Up { UP } else { DOWN };
+        let changed = self.health.swap(code, Ordering::AcqRel) != code;
+        if changed {
+            self.observed_errors.store(0, Ordering::Relaxed);
+            self.backend.bump();
+        }
+        changed
     }
 
     /// Marks the server up or down; returns whether that changed anything.
     pub fn set_up(&self, up: bool) -> bool {
-        let changed = self.up.swap(up, Ordering::AcqRel) != up;
+        self.set_health(if up { Health::Up } else { Health::Down })
+    }
+
+    pub fn admin(&self) -> AdminState {
+        admin_of(self.admin.load(Ordering::Acquire))
+    }
+
+    /// Sets the administrative state (an admin override); returns whether it changed.
+    pub fn set_admin(&self, state: AdminState) -> bool {
+        let code = admin_code(state);
+        let changed = self.admin.swap(code, Ordering::AcqRel) != code;
         if changed {
             self.backend.bump();
         }
@@ -119,9 +291,27 @@ impl ServerState {
     /// Counts a request dispatched to this server; the returned guard marks it finished.
     pub fn begin_request(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.backend.active.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         ActiveGuard {
             server: Arc::clone(self),
+        }
+    }
+
+    pub fn record_connect_failure(&self) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Passive health: counts one observed error; true when `limit` consecutive errors have
+    /// been seen (the caller then marks the server down).
+    pub fn observe_error(&self, limit: u32) -> bool {
+        self.observed_errors.fetch_add(1, Ordering::AcqRel) + 1 >= limit
+    }
+
+    /// Passive health: a success resets the consecutive error count.
+    pub fn observe_success(&self) {
+        if self.observed_errors.load(Ordering::Relaxed) != 0 {
+            self.observed_errors.store(0, Ordering::Relaxed);
         }
     }
 
@@ -135,10 +325,6 @@ impl ServerState {
                 .last_failure_log
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
-    }
-
-    pub fn record_connect_failure(&self) {
-        self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -157,6 +343,9 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.server.active.fetch_sub(1, Ordering::Relaxed);
+        let backend = &self.server.backend;
+        backend.active.fetch_sub(1, Ordering::Relaxed);
+        backend.wake_waiters();
     }
 }
 
@@ -179,30 +368,48 @@ impl StateTable {
         Arc::clone(&self.backends.entry(name.to_owned()).or_default())
     }
 
-    /// The state of a server, created with `weight` when first seen. A server that stays in
-    /// the config keeps its state; its configured weight is applied only when the config
-    /// changed it, so run-time weight overrides survive reloads that leave it alone.
-    pub fn server(&self, key: ServerKey, weight: u32) -> Arc<ServerState> {
+    /// The state of a server, created from `conf` when first seen. A server that stays in the
+    /// config keeps its state; see [`ServerState::configure`] for what a reload changes.
+    pub fn server(&self, key: ServerKey, conf: &Server) -> Arc<ServerState> {
         if let Some(s) = self.servers.get(&key) {
-            if s.config_weight.swap(weight, Ordering::AcqRel) != weight {
-                s.set_weight(weight);
-            }
+            s.configure(conf);
             return Arc::clone(&s);
         }
         let backend = self.backend(&key.backend);
-        let state = Arc::new(ServerState::new(key.clone(), backend, weight));
+        let state = Arc::new(ServerState::new(key.clone(), backend, conf));
         Arc::clone(self.servers.entry(key).or_insert(state).value())
     }
 
-    /// Forgets servers that no longer appear in the config.
+    /// The state of a server, if it is known.
+    pub fn get(&self, key: &ServerKey) -> Option<Arc<ServerState>> {
+        self.servers.get(key).map(|s| Arc::clone(&s))
+    }
+
+    /// Forgets servers (and backends) that no longer appear in the config.
     pub fn retain(&self, keep: impl Fn(&ServerKey) -> bool) {
         self.servers.retain(|k, _| keep(k));
+        self.backends
+            .retain(|name, _| self.servers.iter().any(|s| &s.key().backend == name));
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A server entry as the config would give it.
+    pub(crate) fn conf(weight: u32) -> Server {
+        Server {
+            name: "s".into(),
+            addr_spec: "127.0.0.1:1".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            weight,
+            check: false,
+            backup: false,
+            maxconn: None,
+            state: AdminState::Ready,
+        }
+    }
 
     fn key(port: u16) -> ServerKey {
         ServerKey {
@@ -214,52 +421,117 @@ mod tests {
     #[test]
     fn state_survives_lookup_by_same_key() {
         let table = StateTable::new();
-        let a = table.server(key(1), 1);
+        let a = table.server(key(1), &conf(1));
         a.set_up(false);
-        let again = table.server(key(1), 1);
+        let again = table.server(key(1), &conf(1));
         assert!(Arc::ptr_eq(&a, &again));
         assert!(!again.is_up());
     }
 
     #[test]
-    fn weight_override_survives_reload_unless_config_changes_it() {
+    fn weight_and_admin_overrides_survive_reload_unless_config_changes_them() {
         let table = StateTable::new();
-        let s = table.server(key(1), 2);
+        let s = table.server(key(1), &conf(2));
         s.set_weight(7);
+        s.set_admin(AdminState::Drain);
+        let same = table.server(key(1), &conf(2));
         assert_eq!(
-            table.server(key(1), 2).weight(),
-            7,
-            "same config weight keeps the override"
+            (same.weight(), same.admin()),
+            (7, AdminState::Drain),
+            "same config keeps overrides"
         );
+        let changed = Server {
+            state: AdminState::Maint,
+            ..conf(3)
+        };
+        let s = table.server(key(1), &changed);
         assert_eq!(
-            table.server(key(1), 3).weight(),
-            3,
-            "a new config weight applies"
+            (s.weight(), s.admin()),
+            (3, AdminState::Maint),
+            "a new config value applies"
         );
     }
 
     #[test]
     fn usability_changes_bump_the_backend_generation() {
         let table = StateTable::new();
-        let s = table.server(key(1), 1);
+        let s = table.server(key(1), &conf(1));
         let b = table.backend("b");
         let g0 = b.generation();
         assert!(s.set_up(false));
         assert!(!s.set_up(false), "no change, no bump");
         s.set_weight(3);
-        assert_eq!(b.generation(), g0 + 2);
+        s.set_admin(AdminState::Maint);
+        assert_eq!(b.generation(), g0 + 3);
     }
 
     #[test]
-    fn active_guard_counts_in_flight_requests() {
+    fn only_ready_up_weighted_servers_are_usable() {
         let table = StateTable::new();
-        let s = table.server(key(1), 1);
+        let s = table.server(key(1), &conf(1));
+        assert!(s.usable());
+        s.set_admin(AdminState::Drain);
+        assert!(!s.usable());
+        s.set_admin(AdminState::Ready);
+        s.set_health(Health::Down);
+        assert!(!s.usable());
+        s.set_health(Health::Up);
+        s.set_weight(0);
+        assert!(!s.usable());
+    }
+
+    #[test]
+    fn active_guard_counts_in_flight_requests_and_capacity() {
+        let table = StateTable::new();
+        let s = table.server(
+            key(1),
+            &Server {
+                maxconn: Some(2),
+                ..conf(1)
+            },
+        );
         let g1 = s.begin_request();
+        assert!(s.has_capacity());
         let g2 = s.begin_request();
-        assert_eq!(s.active(), 2);
+        assert!(!s.has_capacity());
+        assert_eq!((s.active(), table.backend("b").active()), (2, 2));
         drop(g1);
-        assert_eq!(s.active(), 1);
+        assert!(s.has_capacity());
         drop(g2);
         assert_eq!((s.active(), s.requests()), (0, 2));
+    }
+
+    #[test]
+    fn passive_errors_count_consecutively() {
+        let table = StateTable::new();
+        let s = table.server(key(1), &conf(1));
+        assert!(!s.observe_error(3));
+        assert!(!s.observe_error(3));
+        s.observe_success();
+        assert!(!s.observe_error(3));
+        assert!(!s.observe_error(3));
+        assert!(s.observe_error(3));
+    }
+
+    #[tokio::test]
+    async fn a_finished_request_wakes_the_queue() {
+        let table = StateTable::new();
+        let s = table.server(
+            key(1),
+            &Server {
+                maxconn: Some(1),
+                ..conf(1)
+            },
+        );
+        let backend = table.backend("b");
+        let guard = s.begin_request();
+        let mut ticket = backend.slot_freed();
+        ticket.enable();
+        assert_eq!(backend.queued(), 1);
+        drop(guard);
+        tokio::time::timeout(std::time::Duration::from_secs(5), ticket.wait())
+            .await
+            .expect("woken");
+        assert_eq!(backend.queued(), 0);
     }
 }

@@ -33,6 +33,9 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 #[derive(Debug)]
 pub struct ConnShared {
     accepted: Instant,
+    /// Requests whose head was complete, ever; tells the socket a head has been consumed even
+    /// when its response was over before the socket was next polled.
+    requests: AtomicU64,
     in_flight: AtomicUsize,
     timed_out_head: AtomicBool,
     /// When the first byte of the latest request head arrived, in ns since `accepted`.
@@ -43,6 +46,7 @@ impl Default for ConnShared {
     fn default() -> Self {
         Self {
             accepted: Instant::now(),
+            requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             timed_out_head: AtomicBool::new(false),
             head_start_ns: AtomicU64::new(0),
@@ -65,6 +69,7 @@ impl ConnShared {
     /// Marks a request as in flight until the returned guard is dropped (when its response
     /// has been sent or abandoned).
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
             shared: Arc::clone(self),
@@ -128,6 +133,8 @@ pub struct ClientIo<IO> {
     timeouts: ClientTimeouts,
     proto: Proto,
     phase: Phase,
+    /// `ConnShared::requests` as of the last phase update.
+    seen_requests: u64,
     last_activity: Instant,
     read_timer: LazyTimer,
     write_blocked_since: Option<Instant>,
@@ -147,6 +154,7 @@ impl<IO> ClientIo<IO> {
                 first: true,
                 started: false,
             },
+            seen_requests: 0,
             last_activity: now,
             read_timer: LazyTimer::default(),
             write_blocked_since: None,
@@ -158,19 +166,21 @@ impl<IO> ClientIo<IO> {
         &self.io
     }
 
-    /// Keeps `phase` in step with the requests in flight.
+    /// Keeps `phase` in step with the requests: a new request means its head was complete
+    /// (even if its response is already over), and no request in flight means idle.
     fn sync_phase(&mut self, now: Instant) {
         let busy = self.shared.in_flight() > 0;
-        match (self.phase, busy) {
-            (Phase::AwaitingHead { .. }, true) => self.phase = Phase::InFlight,
-            (Phase::InFlight, false) => {
-                self.phase = Phase::AwaitingHead {
-                    since: now,
-                    first: false,
-                    started: false,
-                }
-            }
-            _ => {}
+        let requests = self.shared.requests.load(Ordering::Acquire);
+        let idle = Phase::AwaitingHead {
+            since: now,
+            first: false,
+            started: false,
+        };
+        if requests != self.seen_requests {
+            self.seen_requests = requests;
+            self.phase = if busy { Phase::InFlight } else { idle };
+        } else if self.phase == Phase::InFlight && !busy {
+            self.phase = idle;
         }
     }
 
@@ -281,7 +291,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
             Poll::Ready(r) => {
                 self.write_blocked_since = None;
                 if r.is_ok() {
-                    self.last_activity = Instant::now();
+                    let now = Instant::now();
+                    self.last_activity = now;
+                    // A response just went out: if it ended the last request in flight, the
+                    // idle clock starts now, whether or not hyper polls the read side again.
+                    self.sync_phase(now);
+                    if let Some(deadline) = self.read_deadline() {
+                        let _ = self.read_timer.poll_expired(deadline, cx);
+                    }
                 }
                 Poll::Ready(r)
             }
@@ -407,5 +424,37 @@ mod tests {
         let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_clock_starts_when_the_response_is_written() {
+        let (server_end, mut client) = duplex(4096);
+        let shared = Arc::new(ConnShared::default());
+        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        // The request is served and answered before the read side is polled again, as hyper
+        // does for a local answer.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(shared.begin_request());
+        io.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let answered = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            answered.elapsed(),
+            Duration::from_secs(5),
+            "http_keep_alive from the answer"
+        );
+        assert!(
+            !shared.timed_out_head(),
+            "an idle keep-alive close sends no 408"
+        );
     }
 }
