@@ -12,8 +12,8 @@ use std::sync::Arc;
 use http::uri::Authority;
 
 use crate::balance::{Balancer, build_balancer};
-use crate::config::{Config, Global, Timeouts};
-use crate::health::{ServerKey, ServerState, StateTable};
+use crate::config::{Config, Global, Observe, Timeouts};
+use crate::health::{BackendState, ServerKey, ServerState, StateTable};
 use crate::routing::{AclRouter, Router};
 use crate::upstream::{ClientCache, Pools};
 
@@ -54,6 +54,24 @@ pub struct Backend {
     pub pools: Pools,
     pub timeouts: Timeouts,
     pub retries: u32,
+    pub redispatch: bool,
+    pub maxconn: Option<u32>,
+    pub observe: Option<Observe>,
+    pub error_limit: u32,
+    /// Run-time state shared with the servers: in-flight count, queue, generation.
+    pub state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// Whether any server could take a request if it had a free slot.
+    pub fn any_usable(&self) -> bool {
+        self.servers.iter().any(|s| s.state.usable())
+    }
+
+    /// Whether the backend as a whole is at its `maxconn`.
+    pub fn is_full(&self) -> bool {
+        self.maxconn.is_some_and(|m| self.state.active() >= m)
+    }
 }
 
 /// One server of a backend.
@@ -63,6 +81,9 @@ pub struct Server {
     /// `ip:port`, prebuilt for request URIs.
     pub authority: Authority,
     pub state: Arc<ServerState>,
+    /// Whether active health checks run for it (passive checks only mark such servers down,
+    /// since only a check brings them back).
+    pub check: bool,
 }
 
 /// Everything one config says, compiled.
@@ -138,6 +159,7 @@ pub fn build_snapshot(
                 name: Arc::from(s.name.as_str()),
                 authority,
                 state: states.server(key, s),
+                check: s.check,
             });
         }
         let server_states: Vec<_> = servers.iter().map(|s| Arc::clone(&s.state)).collect();
@@ -149,6 +171,11 @@ pub fn build_snapshot(
             pools: clients.pools(b.timeouts.connect),
             timeouts: b.timeouts,
             retries: b.retries,
+            redispatch: b.redispatch,
+            maxconn: b.maxconn,
+            observe: b.observe,
+            error_limit: b.error_limit,
+            state: states.backend(&b.name),
         });
     }
 

@@ -6,4 +6,4 @@
 
 pub mod state;
 
-pub use state::{BackendState, ServerKey, ServerState, StateTable};
+pub use state::{BackendState, Health, ServerKey, ServerState, StateTable};

@@ -10,6 +10,7 @@ pub mod access;
 pub mod body;
 pub mod canon;
 pub mod client_io;
+pub mod dispatch;
 pub mod headers;
 pub mod http;
 pub mod listener;

@@ -17,6 +17,8 @@ pub enum Failure {
     NoBackend,
     /// The backend has no usable server, or every connect attempt failed.
     NoServer,
+    /// Every usable server stayed at its `maxconn` for `timeout queue`.
+    QueueTimeout,
     /// The server sent no response within `timeout server`.
     UpstreamTimeout,
     /// The server closed the connection or answered with something that is not HTTP.
@@ -28,7 +30,9 @@ impl Failure {
         match self {
             Failure::BadRequest => StatusCode::BAD_REQUEST,
             Failure::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            Failure::NoBackend | Failure::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::NoBackend | Failure::NoServer | Failure::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::UpstreamFailed => StatusCode::BAD_GATEWAY,
         }
@@ -38,7 +42,9 @@ impl Failure {
         match self {
             Failure::BadRequest => "400 Bad Request\n",
             Failure::ClientTimeout => "408 Request Timeout\n",
-            Failure::NoBackend | Failure::NoServer => "503 Service Unavailable\n",
+            Failure::NoBackend | Failure::NoServer | Failure::QueueTimeout => {
+                "503 Service Unavailable\n"
+            }
             Failure::UpstreamTimeout => "504 Gateway Timeout\n",
             Failure::UpstreamFailed => "502 Bad Gateway\n",
         }

@@ -1,0 +1,318 @@
+//! From a backend to a response: pick a server, wait in the queue when every server is at its
+//! `maxconn`, send, retry what may be retried, count passive health, relay the answer.
+//!
+//! Retry rules (HAProxy's `retries` / `redispatch` / `retry-on conn-failure empty-response`):
+//! a failed connect is retried, on another server with `redispatch` (the default) or on the same
+//! one; a request that reached a server is replayed only when it is idempotent, has no body and
+//! no response came back (the server closed or reset the connection). A server that answered,
+//! even with an error status, is never retried, and a timeout is a 504, not a retry.
+
+use std::error::Error as _;
+use std::sync::Arc;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::balance::PickContext;
+use crate::config::Observe;
+use crate::health::Health;
+use crate::proxy::access::Record;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::canon;
+use crate::proxy::headers::strip_hop_by_hop;
+use crate::proxy::http::{ConnInfo, local};
+use crate::proxy::respond::Failure;
+use crate::proxy::timer::within;
+use crate::routing::RequestView;
+use crate::snapshot::{Backend, Frontend, Server};
+use crate::upstream::ConnectTiming;
+use crate::upstream::body::{BodyError, IdleBody, Reclaimable, UpstreamBody};
+
+/// The parts of a forwarded request that each attempt needs.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    /// The client's HTTP version (the upstream one is always HTTP/1.1).
+    pub(crate) version: Version,
+    pub(crate) method: Method,
+    pub(crate) authority: Option<Authority>,
+    pub(crate) path_and_query: PathAndQuery,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Option<Reclaimable>,
+}
+
+impl Attempt {
+    fn request(
+        &self,
+        server: &Server,
+        last: bool,
+        headers: &mut Option<HeaderMap>,
+    ) -> Request<UpstreamBody> {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(server.authority.clone())
+            .path_and_query(self.path_and_query.clone())
+            .build()
+            .unwrap_or_default();
+        let body = match &self.body {
+            Some(b) => UpstreamBody::Pending(b.clone()),
+            None => UpstreamBody::Empty,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        // The last possible attempt takes the headers; earlier ones copy them.
+        *req.headers_mut() = match (last, headers.take()) {
+            (true, Some(h)) => h,
+            (_, Some(h)) => {
+                let copy = h.clone();
+                *headers = Some(h);
+                copy
+            }
+            (_, None) => self.headers.clone(),
+        };
+        req
+    }
+
+    /// Whether the request may be sent again after reaching a server that gave no answer.
+    fn replayable(&self) -> bool {
+        self.body.is_none()
+            && matches!(
+                self.method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            )
+    }
+}
+
+/// Sends the request to a server of `backend` and relays its answer.
+pub(crate) async fn dispatch(
+    backend: &Backend,
+    frontend: &Frontend,
+    info: &ConnInfo,
+    mut attempt: Attempt,
+    mut record: Box<Record>,
+) -> Response<ProxyBody> {
+    let attempts = backend.retries as usize + 1;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut previous: Option<usize> = None;
+    let mut headers = Some(std::mem::take(&mut attempt.headers));
+    let queue_deadline = Instant::now() + backend.timeouts.queue;
+    let empty = HeaderMap::new();
+    let host = attempt.authority.as_ref().map(canon::host);
+    // What the client gets when every attempt failed: 503 after connect failures (no server
+    // could take it), 502 when the last server took it and hung up.
+    let mut exhausted = Failure::NoServer;
+    for n in 0..attempts {
+        let view = RequestView {
+            method: &attempt.method,
+            scheme: info.scheme,
+            host: host.as_deref().unwrap_or(""),
+            path: attempt.path_and_query.path(),
+            query: attempt.path_and_query.query().unwrap_or(""),
+            headers: headers.as_ref().unwrap_or(&empty),
+            client: info.client,
+            frontend: &frontend.name,
+        };
+        let idx = match choose(backend, &view, &mut tried, previous, queue_deadline).await {
+            Ok(i) => i,
+            Err(why) => return local(why, record),
+        };
+        let server = &backend.servers[idx];
+        let active = server.state.begin_request();
+        let req = attempt.request(server, n + 1 == attempts, &mut headers);
+        let sent = Instant::now();
+        let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
+        let outcome = within(
+            backend.timeouts.server,
+            timer,
+            backend.pools.client().request(req),
+        )
+        .await;
+        record.server = Some(Arc::clone(&server.name));
+        match outcome {
+            Some(Ok(resp)) => {
+                observe(
+                    backend,
+                    server,
+                    resp.status().is_server_error(),
+                    Observe::Layer7,
+                );
+                record.active = Some(active);
+                return relay(resp, backend, sent, record);
+            }
+            Some(Err(e)) if e.is_connect() => {
+                server.state.record_connect_failure();
+                if server.state.should_log_failure() {
+                    tracing::warn!(
+                        backend = &*backend.name,
+                        server = &*server.name,
+                        error = %source_chain(&e),
+                        "connect to {} failed",
+                        server.authority
+                    );
+                }
+                observe(backend, server, true, Observe::Layer4);
+                exhausted = Failure::NoServer;
+                if attempt.body.as_ref().is_some_and(|b| !b.is_intact()) {
+                    // Cannot happen before a connection exists, but never replay a used body.
+                    return local(Failure::UpstreamFailed, record);
+                }
+            }
+            Some(Err(e)) if is_client_body_timeout(&e) => {
+                return local(Failure::ClientTimeout, record);
+            }
+            Some(Err(e)) => {
+                tracing::debug!(
+                    backend = &*backend.name,
+                    server = &*server.name,
+                    error = %source_chain(&e),
+                    "no response from server"
+                );
+                observe(backend, server, true, Observe::Layer7);
+                exhausted = Failure::UpstreamFailed;
+                if !attempt.replayable() {
+                    return local(Failure::UpstreamFailed, record);
+                }
+            }
+            None => {
+                tracing::debug!(
+                    backend = &*backend.name,
+                    server = &*server.name,
+                    "no response within timeout server"
+                );
+                return local(Failure::UpstreamTimeout, record);
+            }
+        }
+        tried.push(idx);
+        previous = Some(idx);
+    }
+    local(exhausted, record)
+}
+
+/// The server for the next attempt: the balancer's pick among servers not tried yet (a new lap
+/// once all have been tried), the failed one again without `redispatch`, or a wait in the queue
+/// while every usable server (or the backend) is at its `maxconn`.
+async fn choose(
+    backend: &Backend,
+    view: &RequestView<'_>,
+    tried: &mut Vec<usize>,
+    previous: Option<usize>,
+    queue_deadline: Instant,
+) -> Result<usize, Failure> {
+    if !backend.redispatch
+        && let Some(p) = previous
+        && backend.servers[p].state.usable()
+    {
+        return Ok(p);
+    }
+    let mut ticket = None;
+    loop {
+        if !backend.is_full() {
+            if let Some(i) = backend.balancer.pick(&PickContext { req: view, tried }) {
+                return Ok(i);
+            }
+            if !tried.is_empty() {
+                tried.clear();
+                if let Some(i) = backend.balancer.pick(&PickContext { req: view, tried }) {
+                    return Ok(i);
+                }
+            }
+        }
+        if !backend.any_usable() {
+            return Err(Failure::NoServer);
+        }
+        // Every usable server is at its maxconn (or the backend is): queue for a free slot.
+        match ticket.take() {
+            None => {
+                // Register first, then look again, so that a slot freed in between is seen.
+                let mut t = backend.state.slot_freed();
+                t.enable();
+                ticket = Some(t);
+            }
+            Some(t) => {
+                if tokio::time::timeout_at(queue_deadline, t.wait())
+                    .await
+                    .is_err()
+                {
+                    return Err(Failure::QueueTimeout);
+                }
+            }
+        }
+    }
+}
+
+/// Passive health (`observe`): consecutive errors on live traffic mark a checked server down;
+/// its active checks bring it back. `layer` is the layer the outcome belongs to: connect
+/// failures count for both modes, answers only for `layer7`.
+fn observe(backend: &Backend, server: &Server, failed: bool, layer: Observe) {
+    let Some(mode) = backend.observe else { return };
+    if !server.check || (layer == Observe::Layer7 && mode == Observe::Layer4) {
+        return;
+    }
+    if !failed {
+        server.state.observe_success();
+    } else if server.state.observe_error(backend.error_limit)
+        && server.state.set_health(Health::Down)
+    {
+        tracing::warn!(
+            backend = &*backend.name,
+            server = &*server.name,
+            check = format!("{} consecutive errors on live traffic", backend.error_limit),
+            "server {}/{} is DOWN",
+            backend.name,
+            server.name
+        );
+    }
+}
+
+fn relay(
+    resp: Response<Incoming>,
+    backend: &Backend,
+    sent: Instant,
+    mut record: Box<Record>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    record.t_connect = parts.extensions.get::<ConnectTiming>().map(|t| {
+        if t.established >= sent {
+            t.took
+        } else {
+            std::time::Duration::ZERO
+        }
+    });
+    record.t_response = Some(record.received.elapsed());
+    record.status = parts.status.as_u16();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.extensions = http::Extensions::new();
+    let body = ProxyBody::upstream(IdleBody::new(body, backend.timeouts.server), Some(record));
+    Response::from_parts(parts, body)
+}
+
+fn is_client_body_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = e.source();
+    while let Some(err) = source {
+        if let Some(BodyError::Idle(_)) = err.downcast_ref::<BodyError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// An error and its causes on one line: hyper-util's own messages are terse.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
