@@ -179,7 +179,7 @@ fn bad_address() {
             r#"bad_address.toml:3:8: error: admin.bind: missing port in "localhost""#,
             r#"    = help: write it as host:port, e.g. "127.0.0.1:8080""#,
             r#"bad_address.toml:6:9: error: frontend.web.bind[0]: invalid port "99999" in "127.0.0.1:99999""#,
-            r#"    = help: a port is a number from 1 to 65535"#,
+            r#"    = help: a port is a number up to 65535"#,
             r#"bad_address.toml:6:28: error: frontend.web.bind[1]: bind address "example.com:80" is not an IP address"#,
             r#"    = help: bind takes an IP address: "127.0.0.1:PORT" for loopback, ":PORT" for all interfaces"#,
             r#"bad_address.toml:6:46: error: frontend.web.bind[2]: IPv6 address in "::1:8080" needs brackets"#,

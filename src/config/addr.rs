@@ -31,7 +31,7 @@ impl AddrError {
             AddrError::Empty | AddrError::MissingPort(_) | AddrError::MissingHost(_) => {
                 "write it as host:port, e.g. \"127.0.0.1:8080\"".to_owned()
             }
-            AddrError::BadPort { .. } => "a port is a number from 1 to 65535".to_owned(),
+            AddrError::BadPort { .. } => "a port is a number up to 65535".to_owned(),
             AddrError::PortZero => "write the port the server listens on".to_owned(),
             AddrError::Ipv6NeedsBrackets(_) => {
                 "write \"[ADDRESS]:PORT\", e.g. \"[::1]:8080\"".to_owned()

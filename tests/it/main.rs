@@ -3,6 +3,7 @@
 
 mod support;
 
+mod failover;
 mod labs;
 mod lifecycle;
 mod statuses;

@@ -1,0 +1,158 @@
+//! Failover under load: one of three servers is killed and restarted during a 10-second run at
+//! 50 connections, and no client request fails.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{client, empty, server_name};
+
+/// An echo server that can be killed (listener and every connection closed) and restarted on
+/// the same address.
+struct Killable {
+    name: &'static str,
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Killable {
+    async fn start(name: &'static str) -> Killable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(wasp::echo::serve_echo(
+            Arc::from(name),
+            listener,
+            stop.clone(),
+        ));
+        Killable { name, addr, stop }
+    }
+
+    fn kill(&self) {
+        self.stop.cancel();
+    }
+
+    async fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot rebind {}: {e}",
+                        self.addr
+                    );
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        self.stop = CancellationToken::new();
+        tokio::spawn(wasp::echo::serve_echo(
+            Arc::from(self.name),
+            listener,
+            self.stop.clone(),
+        ));
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_and_restarting_a_server_under_load_fails_no_request() {
+    let a = Killable::start("a").await;
+    let mut b = Killable::start("b").await;
+    let c = Killable::start("c").await;
+    let proxy = crate::support::Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        timeout = {{ connect = "500ms", server = "5s" }}
+        check = {{ interval = "200ms", timeout = "200ms", rise = 2, fall = 2 }}
+        servers = [
+          {{ name = "a", addr = "{}", check = true }},
+          {{ name = "b", addr = "{}", check = true }},
+          {{ name = "c", addr = "{}", check = true }},
+        ]
+        "#,
+        a.addr, b.addr, c.addr
+    ))
+    .await;
+
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let run_for = Duration::from_secs(10);
+    let restarted_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let mut load = Vec::new();
+    for _ in 0..50 {
+        let (ok, failed, url, restarted_at) = (
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            proxy.url("/"),
+            Arc::clone(&restarted_at),
+        );
+        load.push(tokio::spawn(async move {
+            let client = client();
+            let mut after_restart: HashMap<String, u64> = HashMap::new();
+            while start.elapsed() < run_for {
+                let req = Request::get(&url).body(empty()).unwrap();
+                let outcome = match client.request(req).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        resp.into_body().collect().await.ok().map(|b| b.to_bytes())
+                    }
+                    _ => None,
+                };
+                match outcome {
+                    Some(body) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        let restarted = *restarted_at.lock().unwrap();
+                        if restarted.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+                            let name = server_name(&String::from_utf8_lossy(&body)).to_owned();
+                            *after_restart.entry(name).or_insert(0) += 1;
+                        }
+                    }
+                    None => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            after_restart
+        }));
+    }
+
+    tokio::time::sleep_until((start + Duration::from_secs(3)).into()).await;
+    b.kill();
+    tokio::time::sleep_until((start + Duration::from_secs(6)).into()).await;
+    b.restart().await;
+    *restarted_at.lock().unwrap() = Some(Instant::now());
+
+    let mut after_restart: HashMap<String, u64> = HashMap::new();
+    for task in load {
+        for (name, n) in task.await.unwrap() {
+            *after_restart.entry(name).or_insert(0) += n;
+        }
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
+    assert!(ok > 1000, "the load ran: {ok} requests");
+    assert!(
+        after_restart.get("b").copied().unwrap_or(0) > 0,
+        "b serves again after its restart: {after_restart:?}"
+    );
+}
