@@ -136,12 +136,13 @@ impl Tracker {
         }
     }
 
-    /// Progress toward the next change, for logs: `1/3 to DOWN`.
+    /// HAProxy's health counter, for logs: `3/3 UP` when fully up, `2/3 UP` after one
+    /// failure, `1/3 UP` before the first pass, `0/2 DOWN` when down, `1/2 DOWN` after a pass.
     fn progress(&self) -> String {
         match self.phase {
-            Phase::Initial => "1/1 to DOWN".to_owned(),
-            Phase::Up { failures } => format!("{failures}/{} to DOWN", self.fall),
-            Phase::Down { successes } => format!("{successes}/{} to UP", self.rise),
+            Phase::Initial => format!("1/{} UP", self.fall),
+            Phase::Up { failures } => format!("{}/{} UP", self.fall - failures, self.fall),
+            Phase::Down { successes } => format!("{successes}/{} DOWN", self.rise),
         }
     }
 }
@@ -249,7 +250,11 @@ impl<P: Probe> Checker<P> {
                 Outcome::Failed(e) => Some(e.to_string()),
                 _ => None,
             };
-            let changed_reason = last_reason.as_ref() != Some(&verdict.reason);
+            // A first pass only confirms the start-up state: not worth a line per server.
+            let changed_reason = match &last_reason {
+                None => !verdict.passed,
+                Some(last) => *last != verdict.reason,
+            };
             last_reason = Some(verdict.reason.clone());
             let passed = verdict.passed;
             let reason = verdict.reason.clone();
@@ -299,7 +304,7 @@ impl<P: Probe> Checker<P> {
             check = %reason,
             progress,
             error,
-            "health check for server {}/{} {verb}: {reason} ({progress})",
+            "health check for server {}/{} {verb}: {reason}, {progress}",
             self.backend,
             self.server,
         );
@@ -349,5 +354,376 @@ fn spawn_until_stopped(run: impl Future<Output = ()> + Send + 'static) -> Checke
     CheckerHandle {
         stop,
         task: Some(task),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::config::Server;
+    use crate::health::result::{NativeCheck, Observation, ProbeError};
+    use crate::health::state::{ServerKey, StateTable};
+
+    const PASS: bool = true;
+    const FAIL: bool = false;
+
+    fn params() -> CheckParams {
+        CheckParams {
+            interval: Duration::from_secs(10),
+            fastinter: Duration::from_secs(1),
+            downinter: Duration::from_secs(30),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            http: None,
+        }
+    }
+
+    /// Feeds `results` to a tracker; returns the changes, one per result.
+    fn run(tracker: &mut Tracker, results: &[bool]) -> Vec<Option<Health>> {
+        results.iter().map(|&r| tracker.record(r)).collect()
+    }
+
+    #[test]
+    fn fall_consecutive_failures_take_an_up_server_down() {
+        let mut t = Tracker::resume(2, 3, Health::Up, true);
+        let changes = run(&mut t, &[FAIL, FAIL, PASS, FAIL, FAIL, FAIL]);
+        assert_eq!(
+            changes,
+            [None, None, None, None, None, Some(Health::Down)],
+            "a pass restarts the count"
+        );
+        assert_eq!(t.phase(), Phase::Down { successes: 0 });
+    }
+
+    #[test]
+    fn rise_consecutive_successes_bring_a_down_server_up() {
+        let mut t = Tracker::resume(2, 3, Health::Down, true);
+        let changes = run(&mut t, &[PASS, FAIL, PASS, PASS, PASS]);
+        assert_eq!(changes, [None, None, None, Some(Health::Up), None]);
+        assert_eq!(t.phase(), Phase::Up { failures: 0 });
+    }
+
+    #[test]
+    fn init_state_up_one_failure_before_the_first_success_marks_down() {
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(t.health(), Health::Up);
+        assert_eq!(run(&mut t, &[FAIL]), [Some(Health::Down)]);
+        assert_eq!(run(&mut t, &[PASS, PASS]), [None, Some(Health::Up)]);
+
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(
+            run(&mut t, &[PASS, FAIL, FAIL, FAIL]),
+            [None, None, None, Some(Health::Down)],
+            "after a first success, fall applies"
+        );
+    }
+
+    #[test]
+    fn rise_and_fall_of_one_flip_at_once() {
+        let mut t = Tracker::resume(1, 1, Health::Up, true);
+        assert_eq!(
+            run(&mut t, &[FAIL, FAIL, PASS, PASS]),
+            [Some(Health::Down), None, Some(Health::Up), None]
+        );
+    }
+
+    #[test]
+    fn a_resumed_checker_starts_settled_in_the_servers_health() {
+        assert_eq!(Tracker::resume(2, 3, Health::Up, false).phase(), Phase::Initial);
+        assert_eq!(
+            Tracker::resume(2, 3, Health::Up, true).phase(),
+            Phase::Up { failures: 0 }
+        );
+        assert_eq!(
+            Tracker::resume(2, 3, Health::Down, true).phase(),
+            Phase::Down { successes: 0 }
+        );
+    }
+
+    #[test]
+    fn sync_adopts_a_health_set_elsewhere() {
+        let mut t = Tracker::resume(2, 3, Health::Up, true);
+        t.record(FAIL);
+        t.sync(Health::Down);
+        assert_eq!(t.phase(), Phase::Down { successes: 0 });
+        t.sync(Health::Down);
+        assert_eq!(t.phase(), Phase::Down { successes: 0 });
+    }
+
+    #[test]
+    fn delays_follow_the_phase() {
+        let p = params();
+        let at = |phase| Tracker::with_phase(2, 3, phase).delay(&p);
+        assert_eq!(at(Phase::Up { failures: 0 }), p.interval);
+        assert_eq!(at(Phase::Up { failures: 2 }), p.fastinter);
+        assert_eq!(at(Phase::Down { successes: 0 }), p.downinter);
+        assert_eq!(at(Phase::Down { successes: 1 }), p.fastinter);
+    }
+
+    #[test]
+    fn jitter_stays_within_five_percent_and_varies() {
+        let mut s = Spread::new(42, SPREAD_PERCENT);
+        let base = Duration::from_secs(2);
+        let delays: Vec<Duration> = (0..1000).map(|_| s.jitter(base)).collect();
+        let (lo, hi) = (base.mul_f64(0.95), base.mul_f64(1.05));
+        assert!(delays.iter().all(|d| (lo..=hi).contains(d)));
+        let min = delays.iter().min().unwrap();
+        let max = delays.iter().max().unwrap();
+        assert!(*max - *min > Duration::from_millis(150), "{min:?}..{max:?}");
+        assert_eq!(Spread::none().jitter(base), base);
+    }
+
+    #[test]
+    fn first_checks_are_staggered_across_one_interval() {
+        let interval = Duration::from_secs(4);
+        let firsts: Vec<Duration> = (0..4)
+            .map(|i| Spread::none().first_delay(interval, i, 4))
+            .collect();
+        assert_eq!(firsts, [0, 1, 2, 3].map(Duration::from_secs));
+        let mut s = Spread::new(7, SPREAD_PERCENT);
+        for i in 0..4 {
+            let d = s.first_delay(interval, i, 4);
+            let slot = Duration::from_secs(i as u64);
+            // At most 5% of the interval past the slot start.
+            assert!(d >= slot && d < slot + Duration::from_millis(200), "{i}: {d:?}");
+        }
+        assert!(Spread::none().first_delay(interval, 0, 1) < interval);
+    }
+
+    /// A probe that plays `script` (true: connected, false: refused), records when it was
+    /// called, then never answers again.
+    #[derive(Clone)]
+    struct Script {
+        results: Arc<Mutex<VecDeque<bool>>>,
+        calls: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl Script {
+        fn new(results: &[bool]) -> Self {
+            Self {
+                results: Arc::new(Mutex::new(results.iter().copied().collect())),
+                calls: Arc::default(),
+            }
+        }
+
+        /// Seconds since `start` of each call.
+        fn call_times(&self, start: Instant) -> Vec<u64> {
+            let calls = self.calls.lock().unwrap();
+            calls.iter().map(|t| (*t - start).as_secs()).collect()
+        }
+    }
+
+    impl Probe for Script {
+        async fn probe(&self) -> Observation {
+            self.calls.lock().unwrap().push(Instant::now());
+            let next = self.results.lock().unwrap().pop_front();
+            let Some(passed) = next else {
+                return std::future::pending().await;
+            };
+            Observation {
+                latency: Duration::from_millis(1),
+                outcome: if passed {
+                    Outcome::Connected
+                } else {
+                    Outcome::Failed(ProbeError::Refused)
+                },
+            }
+        }
+    }
+
+    fn server_state() -> Arc<ServerState> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9001));
+        let conf = Server {
+            name: "s1".into(),
+            addr_spec: addr.to_string(),
+            addr,
+            weight: 1,
+            check: true,
+            backup: false,
+            maxconn: None,
+            state: AdminState::Ready,
+        };
+        StateTable::new().server(
+            ServerKey {
+                backend: "items".into(),
+                addr,
+            },
+            &conf,
+        )
+    }
+
+    fn start(script: &Script, state: &Arc<ServerState>) -> CheckerHandle {
+        spawn_checker(
+            Checker {
+                backend: Arc::from("items"),
+                server: Arc::from("s1"),
+                params: params(),
+                probe: script.clone(),
+                judge: Box::new(NativeCheck::default()),
+                state: Arc::clone(state),
+                spread: Spread::none(),
+            },
+            Duration::ZERO,
+        )
+    }
+
+    /// Lets the checker run through its script (the paused clock jumps ahead while idle).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_run_at_interval_fastinter_and_downinter() {
+        let t0 = Instant::now();
+        let script = Script::new(&[PASS, FAIL, FAIL, FAIL, FAIL, PASS, PASS, PASS]);
+        let state = server_state();
+        let _checker = start(&script, &state);
+        settle().await;
+        // 0: pass, UP settled -> interval 10s. 10: fail -> fastinter 1s. 11: fail. 12: third
+        // failure, DOWN settled -> downinter 30s. 42: fail, still settled -> 30s. 72: pass,
+        // rising -> fastinter. 73: pass, UP -> interval. 83: pass.
+        assert_eq!(
+            script.call_times(t0),
+            [0, 10, 11, 12, 42, 72, 73, 83, 93],
+            "the ninth call is the one left hanging"
+        );
+        assert!(state.is_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_before_the_first_success_marks_the_server_down_at_once() {
+        let t0 = Instant::now();
+        let script = Script::new(&[FAIL]);
+        let state = server_state();
+        assert!(state.is_up(), "servers start up");
+        let _checker = start(&script, &state);
+        settle().await;
+        assert!(!state.is_up());
+        assert_eq!(script.call_times(t0), [0, 30], "then checked at downinter");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_result_and_the_time_of_the_last_change_are_kept() {
+        let state = server_state();
+        let created = state.last_change();
+        assert!(state.last_check().is_none());
+        let script = Script::new(&[PASS, FAIL, FAIL, FAIL]);
+        let _checker = start(&script, &state);
+        settle().await;
+        let last = state.last_check().expect("a check result");
+        assert_eq!(last.verdict.reason.to_string(), "layer4 connection refused");
+        assert!(!last.verdict.passed);
+        // The third failure was at 12s, on the paused clock.
+        assert_eq!(state.last_change() - created, Duration::from_secs(12));
+        assert_eq!(last.at, state.last_change());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_checks_run_in_maintenance() {
+        let t0 = Instant::now();
+        let state = server_state();
+        state.set_admin(AdminState::Maint);
+        let script = Script::new(&[PASS]);
+        let _checker = start(&script, &state);
+        tokio::time::sleep(Duration::from_secs(55)).await;
+        assert!(script.call_times(t0).is_empty());
+        state.set_admin(AdminState::Ready);
+        settle().await;
+        assert_eq!(
+            script.call_times(t0),
+            [60, 70],
+            "resumes at the next interval"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_checker_checks_no_more() {
+        let t0 = Instant::now();
+        let script = Script::new(&[PASS, PASS, PASS]);
+        let state = server_state();
+        let checker = start(&script, &state);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        checker.stop().await;
+        settle().await;
+        assert_eq!(script.call_times(t0), [0, 10]);
+
+        let never = Script::new(&[PASS]);
+        drop(start(&never, &state));
+        settle().await;
+        assert!(never.call_times(t0).is_empty(), "a dropped handle stops its task");
+    }
+
+    /// Collects formatted log output.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn lines(&self, level: &str) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains(level))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_state_changes_are_logged_as_warnings_and_repeats_not_at_all() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let script = Script::new(&[PASS, PASS, FAIL, FAIL, FAIL, FAIL, FAIL, PASS, PASS, PASS]);
+        let state = server_state();
+        let _checker = start(&script, &state);
+        settle().await;
+
+        let warns = logs.lines("WARN");
+        assert_eq!(warns.len(), 2, "{warns:#?}");
+        assert!(
+            warns[0].contains("server items/s1 is DOWN: layer4 connection refused"),
+            "{}",
+            warns[0]
+        );
+        for field in [
+            "backend=\"items\"",
+            "server=\"s1\"",
+            "check=layer4 connection refused",
+            "state=\"DOWN\"",
+        ] {
+            assert!(warns[0].contains(field), "{field} in {}", warns[0]);
+        }
+        assert!(warns[1].contains("server items/s1 is UP: layer4 ok"), "{}", warns[1]);
+        let infos = logs.lines("INFO");
+        assert_eq!(infos.len(), 2, "first failure, first pass while down: {infos:#?}");
+        assert!(
+            infos[0].contains("health check for server items/s1 failed: layer4 connection refused, 2/3 UP"),
+            "{}",
+            infos[0]
+        );
+        assert!(infos[1].contains("passed: layer4 ok, 1/2 DOWN"), "{}", infos[1]);
     }
 }

@@ -193,3 +193,110 @@ impl HealthCheckers {
         let _ = tokio::time::timeout(limit, all).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(backend_check: &str, servers: &str) -> Config {
+        let src = format!(
+            r#"
+            [frontend.web]
+            bind = "127.0.0.1:0"
+            default_backend = "app"
+            [backend.app]
+            check = {{ {backend_check} }}
+            servers = [ {servers} ]
+            "#
+        );
+        let (config, report) = crate::config::load_str(&src, Path::new("test.toml"));
+        config.unwrap_or_else(|| panic!("{}", report.render()))
+    }
+
+    /// Registers every server of `config` in `states`, as building a snapshot does.
+    fn register(config: &Config, states: &StateTable) {
+        for b in &config.backends {
+            for s in &b.servers {
+                let key = ServerKey {
+                    backend: b.name.clone(),
+                    addr: s.addr,
+                };
+                states.server(key, s);
+            }
+        }
+    }
+
+    fn key(port: u16) -> ServerKey {
+        ServerKey {
+            backend: "app".into(),
+            addr: ([127, 0, 0, 1], port).into(),
+        }
+    }
+
+    const TWO: &str = r#"{ name = "a", addr = "127.0.0.1:1", check = true },
+                         { name = "b", addr = "127.0.0.1:2", check = true },
+                         { name = "c", addr = "127.0.0.1:3" }"#;
+
+    #[tokio::test(start_paused = true)]
+    async fn reloads_keep_restart_start_and_stop_checkers() {
+        let states = StateTable::new();
+        let mut checkers = HealthCheckers::new(Spread::none());
+        let first = config(r#"interval = "1h""#, TWO);
+        register(&first, &states);
+        let summary = checkers.update(&first, &states);
+        assert_eq!((summary.started, checkers.len()), (2, 2), "only check = true");
+        let (a, b) = (checkers.checker_id(&key(1)), checkers.checker_id(&key(2)));
+        assert!(checkers.checker_id(&key(3)).is_none());
+
+        let same = checkers.update(&first, &states);
+        assert_eq!(same.kept, 2);
+        assert_eq!(
+            (checkers.checker_id(&key(1)), checkers.checker_id(&key(2))),
+            (a, b),
+            "unchanged parameters keep their checker"
+        );
+
+        states.get(&key(1)).unwrap().set_health(Health::Down);
+        let changed = config(r#"interval = "2h""#, TWO);
+        register(&changed, &states);
+        let summary = checkers.update(&changed, &states);
+        assert_eq!(summary.restarted, 2);
+        assert_ne!(checkers.checker_id(&key(1)), a, "changed parameters restart");
+        assert!(
+            !states.get(&key(1)).unwrap().is_up(),
+            "a restarted checker keeps the health"
+        );
+
+        let fewer = config(
+            r#"interval = "2h""#,
+            r#"{ name = "a", addr = "127.0.0.1:1" },
+               { name = "d", addr = "127.0.0.1:4", check = true }"#,
+        );
+        register(&fewer, &states);
+        let summary = checkers.update(&fewer, &states);
+        assert_eq!((summary.stopped, summary.started), (2, 1));
+        assert!(checkers.checker_id(&key(1)).is_none());
+        assert!(checkers.checker_id(&key(4)).is_some());
+        assert!(
+            states.get(&key(1)).unwrap().is_up(),
+            "a server no longer checked counts as up"
+        );
+
+        checkers.shutdown(Duration::from_secs(1)).await;
+        assert!(checkers.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renamed_server_restarts_its_checker() {
+        let states = StateTable::new();
+        let mut checkers = HealthCheckers::new(Spread::none());
+        let before = config("", r#"{ name = "a", addr = "127.0.0.1:1", check = true }"#);
+        register(&before, &states);
+        checkers.update(&before, &states);
+        let after = config("", r#"{ name = "z", addr = "127.0.0.1:1", check = true }"#);
+        register(&after, &states);
+        assert_eq!(checkers.update(&after, &states).restarted, 1, "logs use the new name");
+    }
+}
