@@ -209,12 +209,8 @@ impl Runtime {
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then returns. Idle
     /// keep-alive connections are closed at once.
     pub async fn shutdown(self, grace: Duration) {
-        let mut checkers = std::mem::take(
-            &mut *self
-                .checkers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let mut checkers =
+            std::mem::take(&mut *self.checkers.lock().unwrap_or_else(PoisonError::into_inner));
         checkers.shutdown(Duration::from_secs(1)).await;
         let listeners = std::mem::take(&mut *self.listeners.lock().await);
         for (_, handle) in listeners {

@@ -267,9 +267,7 @@ impl<P: Probe> Checker<P> {
                 Some(health) if self.state.set_health(health) => {
                     self.log_change(health, &reason, error.as_deref())
                 }
-                _ if changed_reason => {
-                    self.log_result(passed, &reason, error.as_deref(), &tracker)
-                }
+                _ if changed_reason => self.log_result(passed, &reason, error.as_deref(), &tracker),
                 _ => {}
             }
             tokio::time::sleep(self.spread.jitter(tracker.delay(&self.params))).await;
@@ -436,7 +434,10 @@ mod tests {
 
     #[test]
     fn a_resumed_checker_starts_settled_in_the_servers_health() {
-        assert_eq!(Tracker::resume(2, 3, Health::Up, false).phase(), Phase::Initial);
+        assert_eq!(
+            Tracker::resume(2, 3, Health::Up, false).phase(),
+            Phase::Initial
+        );
         assert_eq!(
             Tracker::resume(2, 3, Health::Up, true).phase(),
             Phase::Up { failures: 0 }
@@ -492,7 +493,10 @@ mod tests {
             let d = s.first_delay(interval, i, 4);
             let slot = Duration::from_secs(i as u64);
             // At most 5% of the interval past the slot start.
-            assert!(d >= slot && d < slot + Duration::from_millis(200), "{i}: {d:?}");
+            assert!(
+                d >= slot && d < slot + Duration::from_millis(200),
+                "{i}: {d:?}"
+            );
         }
         assert!(Spread::none().first_delay(interval, 0, 1) < interval);
     }
@@ -657,7 +661,10 @@ mod tests {
         let never = Script::new(&[PASS]);
         drop(start(&never, &state));
         settle().await;
-        assert!(never.call_times(t0).is_empty(), "a dropped handle stops its task");
+        assert!(
+            never.call_times(t0).is_empty(),
+            "a dropped handle stops its task"
+        );
     }
 
     /// Collects formatted log output.
@@ -716,14 +723,28 @@ mod tests {
         ] {
             assert!(warns[0].contains(field), "{field} in {}", warns[0]);
         }
-        assert!(warns[1].contains("server items/s1 is UP: layer4 ok"), "{}", warns[1]);
-        let infos = logs.lines("INFO");
-        assert_eq!(infos.len(), 2, "first failure, first pass while down: {infos:#?}");
         assert!(
-            infos[0].contains("health check for server items/s1 failed: layer4 connection refused, 2/3 UP"),
+            warns[1].contains("server items/s1 is UP: layer4 ok"),
+            "{}",
+            warns[1]
+        );
+        let infos = logs.lines("INFO");
+        assert_eq!(
+            infos.len(),
+            2,
+            "first failure, first pass while down: {infos:#?}"
+        );
+        assert!(
+            infos[0].contains(
+                "health check for server items/s1 failed: layer4 connection refused, 2/3 UP"
+            ),
             "{}",
             infos[0]
         );
-        assert!(infos[1].contains("passed: layer4 ok, 1/2 DOWN"), "{}", infos[1]);
+        assert!(
+            infos[1].contains("passed: layer4 ok, 1/2 DOWN"),
+            "{}",
+            infos[1]
+        );
     }
 }

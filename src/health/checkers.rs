@@ -246,7 +246,11 @@ mod tests {
         let first = config(r#"interval = "1h""#, TWO);
         register(&first, &states);
         let summary = checkers.update(&first, &states);
-        assert_eq!((summary.started, checkers.len()), (2, 2), "only check = true");
+        assert_eq!(
+            (summary.started, checkers.len()),
+            (2, 2),
+            "only check = true"
+        );
         let (a, b) = (checkers.checker_id(&key(1)), checkers.checker_id(&key(2)));
         assert!(checkers.checker_id(&key(3)).is_none());
 
@@ -263,7 +267,11 @@ mod tests {
         register(&changed, &states);
         let summary = checkers.update(&changed, &states);
         assert_eq!(summary.restarted, 2);
-        assert_ne!(checkers.checker_id(&key(1)), a, "changed parameters restart");
+        assert_ne!(
+            checkers.checker_id(&key(1)),
+            a,
+            "changed parameters restart"
+        );
         assert!(
             !states.get(&key(1)).unwrap().is_up(),
             "a restarted checker keeps the health"
@@ -297,6 +305,10 @@ mod tests {
         checkers.update(&before, &states);
         let after = config("", r#"{ name = "z", addr = "127.0.0.1:1", check = true }"#);
         register(&after, &states);
-        assert_eq!(checkers.update(&after, &states).restarted, 1, "logs use the new name");
+        assert_eq!(
+            checkers.update(&after, &states).restarted,
+            1,
+            "logs use the new name"
+        );
     }
 }

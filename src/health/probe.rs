@@ -119,13 +119,15 @@ impl Probe for HttpProbe {
         let start = Instant::now();
         let deadline = start + self.timeout;
         let outcome = match connect(self.addr, deadline, self.timeout).await {
-            Ok(tcp) => match tokio::time::timeout_at(deadline, exchange(tcp, self.request(), deadline))
-                .await
-            {
-                Ok(Ok(response)) => Outcome::Response(response),
-                Ok(Err(e)) => Outcome::Failed(e),
-                Err(_) => Outcome::Failed(ProbeError::Timeout(self.timeout)),
-            },
+            Ok(tcp) => {
+                match tokio::time::timeout_at(deadline, exchange(tcp, self.request(), deadline))
+                    .await
+                {
+                    Ok(Ok(response)) => Outcome::Response(response),
+                    Ok(Err(e)) => Outcome::Failed(e),
+                    Err(_) => Outcome::Failed(ProbeError::Timeout(self.timeout)),
+                }
+            }
             Err(e) => Outcome::Failed(e),
         };
         Observation {
@@ -145,9 +147,7 @@ async fn connect(
             let _ = tcp.set_nodelay(true);
             Ok(tcp)
         }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            Err(ProbeError::Refused)
-        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(ProbeError::Refused),
         Ok(Err(e)) => Err(ProbeError::Connect(e.to_string())),
         Err(_) => Err(ProbeError::ConnectTimeout(timeout)),
     }
@@ -290,9 +290,10 @@ mod tests {
 
     #[tokio::test]
     async fn http_probe_sends_the_check_request_and_keeps_status_headers_and_body() {
-        let (addr, mut heads) =
-            answering(b"HTTP/1.1 503 Service Unavailable\r\nx-why: maint\r\ncontent-length: 4\r\n\r\nbusy")
-                .await;
+        let (addr, mut heads) = answering(
+            b"HTTP/1.1 503 Service Unavailable\r\nx-why: maint\r\ncontent-length: 4\r\n\r\nbusy",
+        )
+        .await;
         let probe = HttpProbe::new(addr, second(), &http_check(None));
         let seen = probe.probe().await;
         let Outcome::Response(r) = seen.outcome else {
@@ -302,7 +303,10 @@ mod tests {
         assert_eq!(r.headers["x-why"], "maint");
         assert_eq!((&r.body[..], r.body_complete), (&b"busy"[..], true));
         let head = heads.recv().await.unwrap().to_ascii_lowercase();
-        assert!(head.starts_with("get /health?full=1 http/1.1\r\n"), "{head}");
+        assert!(
+            head.starts_with("get /health?full=1 http/1.1\r\n"),
+            "{head}"
+        );
         assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
         assert!(head.contains("connection: close\r\n"), "{head}");
         assert!(head.contains("user-agent: wasp-check\r\n"), "{head}");

@@ -167,9 +167,9 @@ impl HealthCheck for NativeCheck {
 /// `1s`, `250ms`, `1500ms`, `10us`: the largest unit that keeps the value whole.
 pub fn fmt_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
-    if nanos % 1_000_000_000 == 0 {
+    if nanos.is_multiple_of(1_000_000_000) {
         format!("{}s", d.as_secs())
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}us", d.as_micros())

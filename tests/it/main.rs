@@ -3,6 +3,7 @@
 
 mod support;
 
+mod health;
 mod labs;
 mod lifecycle;
 mod statuses;
