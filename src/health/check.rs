@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminState, CheckParams};
 use crate::health::probe::Probe;
-use crate::health::result::{CheckResult, HealthCheck, Outcome, Reason};
+use crate::health::result::{CheckResult, HealthCheck, Outcome, ProbeError, Reason};
 use crate::health::state::{Health, ServerState};
 
 /// Jitter applied to every check delay, in percent either way (HAProxy's `spread-checks`
@@ -246,8 +246,9 @@ impl<P: Probe> Checker<P> {
             let verdict = self.judge.judge(&observation);
             tracker.sync(self.state.health());
             let change = tracker.record(verdict.passed);
+            // The reason says it all, except what was wrong with an invalid response.
             let error = match &observation.outcome {
-                Outcome::Failed(e) => Some(e.to_string()),
+                Outcome::Failed(ProbeError::InvalidResponse(detail)) => Some(detail.clone()),
                 _ => None,
             };
             // A first pass only confirms the start-up state: not worth a line per server.
@@ -365,7 +366,7 @@ mod tests {
 
     use super::*;
     use crate::config::Server;
-    use crate::health::result::{NativeCheck, Observation, ProbeError};
+    use crate::health::result::{NativeCheck, Observation};
     use crate::health::state::{ServerKey, StateTable};
 
     const PASS: bool = true;
