@@ -8,13 +8,15 @@
 //! config    TOML -> spanned tree -> validated model + diagnostics (`wasp check`)
 //! routing   RequestView, the Router trait, ACL matchers, the native AclRouter
 //! balance   the Balancer trait and one file per native algorithm
+//! health    the server state table; active health checks (probes, rise/fall checker tasks)
 //! snapshot  the immutable Snapshot built from a Config, swapped atomically on reload
 //! proxy     listeners, the HTTP request path, upstream forwarding, error responses, access log
 //! runtime   process lifecycle: run, reload on SIGHUP, graceful stop
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
-//! Arrows point one way: config -> routing/balance -> snapshot -> proxy -> runtime -> binary.
+//! Arrows point one way: config -> health -> routing/balance -> snapshot -> proxy -> runtime ->
+//! binary.
 //! A lower module never names a higher one.
 #![forbid(unsafe_code)]
 

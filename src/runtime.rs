@@ -4,18 +4,21 @@
 //! config adds, swap the snapshot in with one store, then close the listeners it dropped. Any
 //! failure before the swap leaves the running config untouched and is reported. Connections
 //! accepted before a reload keep being served; their next requests see the new snapshot.
+//!
+//! Active health checkers run as tasks on the runtime that calls [`Runtime::start`] and
+//! [`Runtime::apply`] (the control runtime); each applied config brings them in line with it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Mutex;
 
 use crate::config::{self, Config};
-use crate::health::StateTable;
+use crate::health::{HealthCheckers, StateTable};
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
 use crate::proxy::workers::Workers;
@@ -52,6 +55,7 @@ pub struct Runtime {
     workers: Arc<Workers>,
     graceful: Arc<GracefulShutdown>,
     listeners: Mutex<HashMap<ListenKey, ListenerHandle>>,
+    checkers: std::sync::Mutex<HealthCheckers>,
 }
 
 impl Runtime {
@@ -74,6 +78,11 @@ impl Runtime {
             tracing::info!(frontend, listener = %handle.local, "listening");
             listeners.insert(key, handle);
         }
+        let mut checkers = HealthCheckers::default();
+        let started = checkers.update(&config, &states).started;
+        if started > 0 {
+            tracing::info!(servers = started, "health checks started");
+        }
         Ok(Runtime {
             path: config.path.clone(),
             proxy,
@@ -82,6 +91,7 @@ impl Runtime {
             workers,
             graceful,
             listeners: Mutex::new(listeners),
+            checkers: std::sync::Mutex::new(checkers),
         })
     }
 
@@ -93,6 +103,15 @@ impl Runtime {
     /// The run-time server state table.
     pub fn states(&self) -> &Arc<StateTable> {
         &self.states
+    }
+
+    /// The id of the health checker running for `key` (it changes when a reload restarts the
+    /// checker); `None` when the server is not checked.
+    pub fn checker_id(&self, key: &crate::health::ServerKey) -> Option<u64> {
+        self.checkers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .checker_id(key)
     }
 
     /// The bound address of each listener (it differs from the configured one for port 0).
@@ -157,6 +176,18 @@ impl Runtime {
         }
         self.proxy.install(snapshot);
         prune_states(&config, &self.states);
+        let checks = self
+            .checkers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(&config, &self.states);
+        tracing::debug!(
+            started = checks.started,
+            restarted = checks.restarted,
+            kept = checks.kept,
+            stopped = checks.stopped,
+            "health checks updated"
+        );
         for (handle, frontend) in opened {
             tracing::info!(frontend, listener = %handle.local, "listening");
             listeners.insert(handle.key.clone(), handle);
@@ -178,6 +209,9 @@ impl Runtime {
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then returns. Idle
     /// keep-alive connections are closed at once.
     pub async fn shutdown(self, grace: Duration) {
+        let mut checkers =
+            std::mem::take(&mut *self.checkers.lock().unwrap_or_else(PoisonError::into_inner));
+        checkers.shutdown(Duration::from_secs(1)).await;
         let listeners = std::mem::take(&mut *self.listeners.lock().await);
         for (_, handle) in listeners {
             handle.stop().await;

@@ -293,6 +293,8 @@ fn http_check(s: &str) -> Option<(http::Method, String)> {
     if !path.starts_with('/') || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return None;
     }
+    // The probe sends it as the request target: it must be one.
+    http::uri::PathAndQuery::try_from(path).ok()?;
     let method = http::Method::from_bytes(method.as_bytes()).ok()?;
     Some((method, path.to_owned()))
 }
@@ -316,5 +318,10 @@ mod tests {
         assert_eq!(http_check("GET health"), None);
         assert_eq!(http_check("GET /a /b"), None);
         assert_eq!(http_check(""), None);
+        assert_eq!(
+            http_check("/health?x=1"),
+            Some((http::Method::GET, "/health?x=1".into()))
+        );
+        assert_eq!(http_check("/he\u{7f}alth"), None, "not a request target");
     }
 }

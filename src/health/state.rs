@@ -2,13 +2,16 @@
 //! snapshot that names that server, so health, counters and admin overrides carry over reloads.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use crate::config::{AdminState, Server};
+use crate::health::result::CheckResult;
 
 /// Stable identity of a server across reloads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -145,6 +148,15 @@ pub struct ServerState {
     observed_errors: AtomicU32,
     /// Last time a failure of this server was logged, in seconds since `LOG_EPOCH`.
     last_failure_log: AtomicU64,
+    /// The latest active health check, if one ran.
+    last_check: ArcSwapOption<CheckResult>,
+    /// When `health` last changed (or the state was created). Written on changes only.
+    last_change: Mutex<Instant>,
+}
+
+/// The current time on tokio's clock (paused in tests), as a std `Instant`.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Failures of one server are logged at most once per this many seconds.
@@ -178,6 +190,8 @@ impl ServerState {
             connect_failures: AtomicU64::new(0),
             observed_errors: AtomicU32::new(0),
             last_failure_log: AtomicU64::new(0),
+            last_check: ArcSwapOption::empty(),
+            last_change: Mutex::new(now()),
         }
     }
 
@@ -241,9 +255,31 @@ impl ServerState {
         let changed = self.health.swap(code, Ordering::AcqRel) != code;
         if changed {
             self.observed_errors.store(0, Ordering::Relaxed);
+            *self
+                .last_change
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = now();
             self.backend.bump();
         }
         changed
+    }
+
+    /// When the health last changed (the state's creation if it never did).
+    pub fn last_change(&self) -> Instant {
+        *self
+            .last_change
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The latest active health check, if one ran.
+    pub fn last_check(&self) -> Option<Arc<CheckResult>> {
+        self.last_check.load_full()
+    }
+
+    /// Keeps `result` as the latest active health check.
+    pub fn record_check(&self, result: CheckResult) {
+        self.last_check.store(Some(Arc::new(result)));
     }
 
     /// Marks the server up or down; returns whether that changed anything.

@@ -4,6 +4,7 @@
 mod support;
 
 mod failover;
+mod health;
 mod labs;
 mod lifecycle;
 mod statuses;

@@ -56,6 +56,57 @@ impl Servers {
         addr
     }
 
+    /// An echo server named `name` that the test can kill and revive on the same port.
+    pub async fn killable_echo(&self, name: &str) -> Killable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut server = Killable {
+            name: Arc::from(name),
+            addr: listener.local_addr().unwrap(),
+            parent: self.stop.clone(),
+            running: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    /// A server answering every request with the status `initial` (changeable through the
+    /// returned [`Status`]) and its name as the body.
+    pub async fn status(&self, name: &str, initial: u16) -> (SocketAddr, Status) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Status(Arc::new(std::sync::atomic::AtomicU16::new(initial)));
+        let stop = self.stop.clone();
+        let current = status.clone();
+        let name: Arc<str> = Arc::from(name);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let (current, name, stop) = (current.clone(), Arc::clone(&name), stop.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<Incoming>| {
+                        let code = current.0.load(std::sync::atomic::Ordering::Relaxed);
+                        let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
+                        *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                        async move { Ok::<_, Infallible>(resp) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                });
+            }
+        });
+        (addr, status)
+    }
+
+    /// A port on which nothing listens (bound, then closed).
+    pub async fn closed_port(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
     /// A server with test behaviours chosen by path:
     /// `/delay/MS` answers "done" after MS milliseconds; `/hang` never answers;
     /// `/bytes/N` streams N bytes; anything else answers "ok" after reading the whole body,
@@ -142,6 +193,55 @@ impl Servers {
             }
         });
         addr
+    }
+}
+
+/// An echo server that can be killed (its listener and connections closed) and brought back
+/// on the same port.
+#[derive(Debug)]
+pub struct Killable {
+    name: Arc<str>,
+    pub addr: SocketAddr,
+    parent: CancellationToken,
+    running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl Killable {
+    /// Closes the listener and every connection; returns once the port refuses connections.
+    pub async fn kill(&mut self) {
+        if let Some((stop, task)) = self.running.take() {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens on the same port again.
+    pub async fn revive(&mut self) {
+        self.kill().await;
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the same port");
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let stop = self.parent.child_token();
+        let task = tokio::spawn(wasp::echo::serve_echo(
+            Arc::clone(&self.name),
+            listener,
+            stop.clone(),
+        ));
+        self.running = Some((stop, task));
+    }
+}
+
+/// The status a [`Servers::status`] server answers with; change it at any time.
+#[derive(Debug, Clone)]
+pub struct Status(Arc<std::sync::atomic::AtomicU16>);
+
+impl Status {
+    pub fn set(&self, status: u16) {
+        self.0.store(status, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -297,6 +397,18 @@ pub async fn send(
         parts.headers,
         String::from_utf8_lossy(&bytes).into_owned(),
     )
+}
+
+/// Polls `cond` every 5 ms until it holds; returns how long that took, or panics after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The first line of an echo answer: the server's name.

@@ -1,0 +1,184 @@
+//! Server states and limits through the proxy: weights, backup servers, MAINT and DRAIN,
+//! maxconn with its queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use wasp::config::AdminState;
+use wasp::health::{Health, ServerKey, ServerState};
+
+use crate::support::{Proxy, Servers, get, server_name};
+
+fn state(proxy: &Proxy, backend: &str, addr: SocketAddr) -> std::sync::Arc<ServerState> {
+    let key = ServerKey { backend: backend.to_owned(), addr };
+    proxy.runtime.states().get(&key).expect("server state")
+}
+
+async fn shares(proxy: &Proxy, requests: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..requests {
+        let (status, _, body) = get(&proxy.url("/")).await;
+        assert_eq!(status, 200);
+        *seen.entry(server_name(&body).to_owned()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_1_2_3_split_6000_requests_within_2_points() {
+    let servers = Servers::new();
+    let (a, b, c) = (servers.echo("a").await, servers.echo("b").await, servers.echo("c").await);
+    let proxy = Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        servers = [
+          {{ name = "a", addr = "{a}", weight = 1 }},
+          {{ name = "b", addr = "{b}", weight = 2 }},
+          {{ name = "c", addr = "{c}", weight = 3 }},
+        ]
+        "#
+    ))
+    .await;
+    let seen = shares(&proxy, 6000).await;
+    for (name, want) in [("a", 1.0 / 6.0), ("b", 2.0 / 6.0), ("c", 3.0 / 6.0)] {
+        let got = seen.get(name).copied().unwrap_or(0) as f64 / 6000.0;
+        assert!((got - want).abs() < 0.02, "{name}: {got:.3} vs {want:.3} ({seen:?})");
+    }
+}
+
+fn two_plus_backup(a: SocketAddr, b: SocketAddr, backup: SocketAddr) -> String {
+    format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        servers = [
+          {{ name = "a", addr = "{a}" }},
+          {{ name = "b", addr = "{b}" }},
+          {{ name = "spare", addr = "{backup}", backup = true }},
+        ]
+        "#
+    )
+}
+
+#[tokio::test]
+async fn backup_takes_traffic_only_when_every_active_server_is_down() {
+    let servers = Servers::new();
+    let (a, b, spare) = (servers.echo("a").await, servers.echo("b").await, servers.echo("spare").await);
+    let proxy = Proxy::start(&two_plus_backup(a, b, spare)).await;
+    assert!(!shares(&proxy, 20).await.contains_key("spare"));
+    state(&proxy, "app", a).set_health(Health::Down);
+    let one_down = shares(&proxy, 20).await;
+    assert_eq!(one_down.get("b"), Some(&20), "the other active server takes it all: {one_down:?}");
+    state(&proxy, "app", b).set_health(Health::Down);
+    assert_eq!(shares(&proxy, 10).await.get("spare"), Some(&10));
+    state(&proxy, "app", a).set_health(Health::Up);
+    assert_eq!(shares(&proxy, 10).await.get("a"), Some(&10), "back to the active server");
+}
+
+#[tokio::test]
+async fn no_usable_server_is_503_at_once() {
+    let servers = Servers::new();
+    let (a, b, spare) = (servers.echo("a").await, servers.echo("b").await, servers.echo("spare").await);
+    let proxy = Proxy::start(&two_plus_backup(a, b, spare)).await;
+    for addr in [a, b, spare] {
+        state(&proxy, "app", addr).set_health(Health::Down);
+    }
+    let start = Instant::now();
+    assert_eq!(get(&proxy.url("/")).await.0, 503);
+    assert!(start.elapsed() < Duration::from_secs(1), "no waiting: {:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn maint_stops_new_traffic_at_once() {
+    let servers = Servers::new();
+    let (a, b, spare) = (servers.echo("a").await, servers.echo("b").await, servers.echo("spare").await);
+    let proxy = Proxy::start(&two_plus_backup(a, b, spare)).await;
+    state(&proxy, "app", a).set_admin(AdminState::Maint);
+    assert_eq!(shares(&proxy, 10).await.get("b"), Some(&10));
+    state(&proxy, "app", a).set_admin(AdminState::Ready);
+    assert!(shares(&proxy, 10).await.contains_key("a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
+    let servers = Servers::new();
+    let (held, mut arrived, gate) = servers.gated("held").await;
+    let other = servers.echo("other").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        servers = [ {{ name = "held", addr = "{held}" }}, {{ name = "other", addr = "{other}" }} ]
+        "#
+    ))
+    .await;
+    let url = proxy.url("/");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    arrived.recv().await.expect("first request reached the held server");
+    state(&proxy, "app", held).set_admin(AdminState::Drain);
+    let after = shares(&proxy, 10).await;
+    assert_eq!(after.get("other"), Some(&10), "draining server gets nothing new: {after:?}");
+    gate.open(1);
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status.as_u16(), server_name(&body)), (200, "held"), "the in-flight request finished");
+}
+
+fn limited(held: SocketAddr, queue: &str) -> String {
+    format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        timeout = {{ queue = "{queue}" }}
+        servers = [ {{ name = "held", addr = "{held}", maxconn = 1 }} ]
+        "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_maxconn_requests_queue_then_get_503_after_timeout_queue() {
+    let servers = Servers::new();
+    let (held, mut arrived, gate) = servers.gated("held").await;
+    let proxy = Proxy::start(&limited(held, "500ms")).await;
+    let url = proxy.url("/");
+    let first = tokio::spawn(async move { get(&url).await });
+    arrived.recv().await.expect("first request holds the only slot");
+    let start = Instant::now();
+    let (status, _, _) = get(&proxy.url("/")).await;
+    let waited = start.elapsed();
+    assert_eq!(status, 503);
+    assert!(waited >= Duration::from_millis(500) && waited < Duration::from_millis(1500), "{waited:?}");
+    gate.open(1);
+    assert_eq!(first.await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_is_served_when_a_slot_frees_up() {
+    let servers = Servers::new();
+    let (held, mut arrived, gate) = servers.gated("held").await;
+    let proxy = Proxy::start(&limited(held, "10s")).await;
+    let url = proxy.url("/");
+    let first = tokio::spawn(async move { get(&url).await });
+    arrived.recv().await.expect("first request holds the only slot");
+    let url = proxy.url("/");
+    let second = tokio::spawn(async move { get(&url).await });
+    // The second request must not reach the server while the first holds its only slot.
+    let early = tokio::time::timeout(Duration::from_millis(300), arrived.recv()).await;
+    assert!(early.is_err(), "maxconn = 1 let a second request through");
+    gate.open(1);
+    assert_eq!(first.await.unwrap().0, 200);
+    arrived.recv().await.expect("the queued request reached the server");
+    gate.open(1);
+    assert_eq!(second.await.unwrap().0, 200);
+}
