@@ -2,78 +2,20 @@
 //! 50 connections, and no client request fails.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{Servers, client, empty, server_name};
 use http::Request;
 use http_body_util::BodyExt;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-use crate::support::{client, empty, server_name};
-
-/// An echo server that can be killed (listener and every connection closed) and restarted on
-/// the same address.
-struct Killable {
-    name: &'static str,
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl Killable {
-    async fn start(name: &'static str) -> Killable {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(wasp::echo::serve_echo(
-            Arc::from(name),
-            listener,
-            stop.clone(),
-        ));
-        Killable { name, addr, stop }
-    }
-
-    fn kill(&self) {
-        self.stop.cancel();
-    }
-
-    async fn restart(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "cannot rebind {}: {e}",
-                        self.addr
-                    );
-                    tokio::task::yield_now().await;
-                }
-            }
-        };
-        self.stop = CancellationToken::new();
-        tokio::spawn(wasp::echo::serve_echo(
-            Arc::from(self.name),
-            listener,
-            self.stop.clone(),
-        ));
-    }
-}
-
-impl Drop for Killable {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_and_restarting_a_server_under_load_fails_no_request() {
-    let a = Killable::start("a").await;
-    let mut b = Killable::start("b").await;
-    let c = Killable::start("c").await;
+    let servers = Servers::new();
+    let a = servers.killable_echo("a").await;
+    let mut b = servers.killable_echo("b").await;
+    let c = servers.killable_echo("c").await;
     let proxy = crate::support::Proxy::start(&format!(
         r#"
         [global]
@@ -137,9 +79,9 @@ async fn killing_and_restarting_a_server_under_load_fails_no_request() {
     }
 
     tokio::time::sleep_until((start + Duration::from_secs(3)).into()).await;
-    b.kill();
+    b.kill().await;
     tokio::time::sleep_until((start + Duration::from_secs(6)).into()).await;
-    b.restart().await;
+    b.revive().await;
     *restarted_at.lock().unwrap() = Some(Instant::now());
 
     let mut after_restart: HashMap<String, u64> = HashMap::new();
