@@ -49,6 +49,46 @@ struct Ring {
     points: Vec<u64>,
     /// `owners[i]`: the server index owning `points[i]`.
     owners: Vec<u32>,
+    /// A lookup shortcut: `buckets[j]` is the first point whose top bits are `j` or more,
+    /// with the point count appended; about one point per bucket.
+    buckets: Vec<u32>,
+    /// `64 - log2(bucket count)`: `key >> shift` is a key's bucket.
+    shift: u32,
+}
+
+impl Ring {
+    fn new(mut points: Vec<(u64, u32)>) -> Self {
+        points.sort_unstable();
+        let bits = points.len().next_power_of_two().trailing_zeros().max(1);
+        let shift = 64 - bits;
+        let mut buckets = Vec::with_capacity((1 << bits) + 1);
+        let mut at = 0;
+        for j in 0..1u64 << bits {
+            while at < points.len() && points[at].0 < j << shift {
+                at += 1;
+            }
+            buckets.push(at as u32);
+        }
+        buckets.push(points.len() as u32);
+        Self {
+            points: points.iter().map(|&(p, _)| p).collect(),
+            owners: points.iter().map(|&(_, o)| o).collect(),
+            buckets,
+            shift,
+        }
+    }
+
+    /// The index of the first point at or after `key` (the point count if none).
+    fn find(&self, key: u64) -> usize {
+        let Some(j) = usize::try_from(key >> self.shift)
+            .ok()
+            .filter(|&j| j + 1 < self.buckets.len())
+        else {
+            return 0;
+        };
+        let (lo, hi) = (self.buckets[j] as usize, self.buckets[j + 1] as usize);
+        lo + self.points[lo..hi].partition_point(|&p| p < key)
+    }
 }
 
 impl HashRing {
@@ -61,8 +101,7 @@ impl HashRing {
     pub(crate) fn pick(&self, key: u64, ctx: &PickContext<'_>) -> Option<usize> {
         let view = self.view.get(|old| view(&self.servers, Some(old)));
         let ring = &view.rings[usize::from(view.backup)];
-        let start = ring.points.partition_point(|&p| p < key);
-        let (before, from) = ring.owners.split_at(start);
+        let (before, from) = ring.owners.split_at(ring.find(key));
         for (step, &owner) in from.iter().chain(before).enumerate() {
             let idx = owner as usize;
             if eligible(&self.servers[idx], idx, ctx) {
@@ -94,7 +133,7 @@ fn view(servers: &[Arc<ServerState>], old: Option<&View>) -> View {
         _ => Arc::new([ring(servers, &layout, false), ring(servers, &layout, true)]),
     };
     View {
-        backup: backup_in_use(servers),
+        backup: backup_in_use(servers.iter().map(|s| &**s)),
         layout,
         rings,
     }
@@ -119,11 +158,7 @@ fn ring(servers: &[Arc<ServerState>], layout: &[(u32, bool)], backup: bool) -> R
             points.push((point(server.key.addr, n), i as u32));
         }
     }
-    points.sort_unstable();
-    Ring {
-        points: points.iter().map(|&(p, _)| p).collect(),
-        owners: points.iter().map(|&(_, o)| o).collect(),
-    }
+    Ring::new(points)
 }
 
 /// Where point `n` of the server at `addr` sits on the ring.
@@ -185,11 +220,16 @@ impl KeyHasher {
             buf.copy_from_slice(word);
             self.mix(u64::from_le_bytes(buf));
         }
+        // The last 1..=7 bytes in one word, read with fixed-size loads (no copy loop): two
+        // overlapping 4-byte reads, or the first, middle and last byte. Together with the
+        // length mixed in at the end, distinct tails give distinct words.
         let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(buf));
+        let r = rest.len();
+        if r >= 4 {
+            self.mix(u64::from(le32(rest)) | u64::from(le32(&rest[r - 4..])) << 32);
+        } else if r > 0 {
+            let (a, b, c) = (rest[0], rest[r / 2], rest[r - 1]);
+            self.mix(u64::from(a) | u64::from(b) << 8 | u64::from(c) << 16);
         }
     }
 
@@ -205,6 +245,13 @@ impl KeyHasher {
         h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
         h ^ (h >> 33)
     }
+}
+
+/// The first four bytes of `b` (at least four long), little-endian.
+fn le32(b: &[u8]) -> u32 {
+    let mut buf = [0; 4];
+    buf.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(buf)
 }
 
 #[cfg(test)]
@@ -229,15 +276,47 @@ mod tests {
     fn the_hash_is_pinned() {
         // Changing the hash remaps every key of every deployed backend: do it on purpose only.
         assert_eq!(hash_bytes(b""), 0x7acd_bb98_b134_4213);
-        assert_eq!(hash_bytes(b"/item/1"), 0x8b24_762f_3421_e372);
+        assert_eq!(hash_bytes(b"/item/1"), 0xca5b_e3c5_7d0a_e2a3);
         assert_eq!(
             hash_bytes(b"a longer key of more than one word"),
-            0x9f92_572b_1051_4c51
+            0xbaa2_a916_9d5d_e1e8
         );
         assert_eq!(
             point("127.0.0.1:9000".parse().expect("addr"), 0),
-            0x296f_649a_6f90_5bb2
+            0xd2d0_9bec_7a7b_c471
         );
+    }
+
+    #[test]
+    fn the_bucket_shortcut_finds_what_a_binary_search_finds() {
+        for n in [1u32, 2, 3, 100, 1000] {
+            let ring = Ring::new((0..n).map(|i| (hash_bytes(&i.to_le_bytes()), i)).collect());
+            let mut keys: Vec<u64> = (0..2000u32).map(|k| hash_bytes(&k.to_be_bytes())).collect();
+            keys.extend(
+                ring.points
+                    .iter()
+                    .flat_map(|&p| [p, p.wrapping_sub(1), p.wrapping_add(1)]),
+            );
+            keys.extend([0, u64::MAX]);
+            for key in keys {
+                assert_eq!(
+                    ring.find(key),
+                    ring.points.partition_point(|&p| p < key),
+                    "n {n}"
+                );
+            }
+        }
+        assert_eq!(Ring::default().find(7), 0);
+    }
+
+    #[test]
+    fn tails_of_every_length_hash_apart() {
+        let bytes = b"0123456789abcdefg";
+        let hashes: std::collections::HashSet<u64> =
+            (0..=bytes.len()).map(|n| hash_bytes(&bytes[..n])).collect();
+        assert_eq!(hashes.len(), bytes.len() + 1);
+        assert_ne!(hash_bytes(b"abcde"), hash_bytes(b"abcdf"));
+        assert_ne!(hash_bytes(b"ab"), hash_bytes(b"ac"));
     }
 
     #[test]

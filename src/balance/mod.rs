@@ -91,14 +91,14 @@ pub(crate) fn eligible(server: &ServerState, idx: usize, ctx: &PickContext<'_>) 
 }
 
 /// Whether the backup servers are the ones in use: true when no non-backup server is usable.
-pub(crate) fn backup_in_use(servers: &[Arc<ServerState>]) -> bool {
-    !servers.iter().any(|s| !s.is_backup() && s.usable())
+pub(crate) fn backup_in_use<'a>(servers: impl IntoIterator<Item = &'a ServerState>) -> bool {
+    !servers.into_iter().any(|s| !s.is_backup() && s.usable())
 }
 
 /// The servers an algorithm chooses among right now, in config order: the usable servers of
 /// the tier in use (non-backup, or backup when no non-backup server is usable).
 pub(crate) fn candidates(servers: &[Arc<ServerState>]) -> impl Iterator<Item = usize> + '_ {
-    let backup = backup_in_use(servers);
+    let backup = backup_in_use(servers.iter().map(|s| &**s));
     servers
         .iter()
         .enumerate()
