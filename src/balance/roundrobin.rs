@@ -4,69 +4,77 @@
 //! server going up or down, a weight change) with the smooth weighted algorithm, and a pick is
 //! then one atomic increment into that schedule: O(1) and lock-free on the request path. With
 //! equal weights the schedule is the servers' config order, so picks go s1, s2, s3, s1, ...;
-//! a weight of 0, or a server that is down, takes no new requests.
+//! a weight of 0, or a server that is down, takes no new requests. A server at its `maxconn`
+//! is skipped for this pick without leaving the schedule.
+//!
+//! [`Rotation`] is the machinery, shared with `static-rr`, which only differs in where the
+//! weights come from.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arc_swap::ArcSwap;
-
-use crate::balance::{Balancer, PickContext};
+use crate::balance::{Balancer, PerGeneration, PickContext, candidates, eligible};
 use crate::health::{BackendState, ServerState};
 
+/// `balance roundrobin`: smooth weighted round-robin with live weights.
 #[derive(Debug)]
 pub struct RoundRobin {
-    servers: Vec<Arc<ServerState>>,
-    state: Arc<BackendState>,
-    schedule: ArcSwap<Schedule>,
-    next: AtomicUsize,
-}
-
-#[derive(Debug)]
-struct Schedule {
-    generation: u64,
-    /// Server indexes in pick order; each appears `weight / gcd` times.
-    order: Vec<u32>,
+    rotation: Rotation,
 }
 
 impl RoundRobin {
     pub fn new(servers: Vec<Arc<ServerState>>, state: Arc<BackendState>) -> Self {
-        let generation = state.generation();
-        let order = smooth_order(&current_weights(&servers));
         Self {
-            servers,
-            state,
-            schedule: ArcSwap::from_pointee(Schedule { generation, order }),
-            next: AtomicUsize::new(0),
+            rotation: Rotation::new(servers, state, None),
         }
-    }
-
-    /// The schedule for the current generation, rebuilt first if server state changed.
-    fn schedule(&self) -> arc_swap::Guard<Arc<Schedule>> {
-        let generation = self.state.generation();
-        let current = self.schedule.load();
-        if current.generation == generation {
-            return current;
-        }
-        let order = smooth_order(&current_weights(&self.servers));
-        self.schedule
-            .store(Arc::new(Schedule { generation, order }));
-        self.schedule.load()
     }
 }
 
 impl Balancer for RoundRobin {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        let schedule = self.schedule();
-        let len = schedule.order.len();
+        self.rotation.pick(ctx)
+    }
+}
+
+/// A weighted schedule over the candidate servers and a cursor into it.
+#[derive(Debug)]
+pub(crate) struct Rotation {
+    servers: Vec<Arc<ServerState>>,
+    /// Weights fixed at build time (`static-rr`); `None` follows each server's live weight.
+    fixed: Option<Vec<u32>>,
+    schedule: PerGeneration<Vec<u32>>,
+    next: AtomicUsize,
+}
+
+impl Rotation {
+    pub(crate) fn new(
+        servers: Vec<Arc<ServerState>>,
+        state: Arc<BackendState>,
+        fixed: Option<Vec<u32>>,
+    ) -> Self {
+        let schedule = PerGeneration::new(state, || schedule(&servers, fixed.as_deref()));
+        Self {
+            servers,
+            fixed,
+            schedule,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let order = self
+            .schedule
+            .get(|_| schedule(&self.servers, self.fixed.as_deref()));
+        let len = order.len();
         if len == 0 {
             return None;
         }
-        // At most one lap: a server may have gone down or been tried since the schedule was built.
+        // At most one lap: a server may be full, tried, or have gone down since the schedule
+        // was built.
         for _ in 0..len {
             let slot = self.next.fetch_add(1, Ordering::Relaxed) % len;
-            let idx = schedule.order[slot] as usize;
-            if self.servers[idx].usable() && !ctx.tried.contains(&idx) {
+            let idx = order[slot] as usize;
+            if eligible(&self.servers[idx], idx, ctx) {
                 return Some(idx);
             }
         }
@@ -74,12 +82,16 @@ impl Balancer for RoundRobin {
     }
 }
 
-/// Effective weights: 0 for a server that cannot take requests.
-fn current_weights(servers: &[Arc<ServerState>]) -> Vec<u32> {
-    servers
-        .iter()
-        .map(|s| if s.usable() { s.weight() } else { 0 })
-        .collect()
+/// The schedule (server indexes in pick order) over the current candidates.
+fn schedule(servers: &[Arc<ServerState>], fixed: Option<&[u32]>) -> Vec<u32> {
+    let mut weights = vec![0; servers.len()];
+    for i in candidates(servers) {
+        weights[i] = match fixed {
+            Some(fixed) => fixed.get(i).copied().unwrap_or(0),
+            None => servers[i].weight(),
+        };
+    }
+    smooth_order(&weights)
 }
 
 /// The smooth weighted round-robin sequence for `weights` (one full cycle). Each step adds every
@@ -114,56 +126,18 @@ fn gcd(a: u32, b: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
-    use http::{HeaderMap, Method};
-
     use super::*;
-    use crate::health::state::tests::conf;
-    use crate::health::{ServerKey, StateTable};
-    use crate::routing::RequestView;
+    use crate::balance::testkit::{Lab, counts};
 
-    fn backend(weights: &[u32]) -> (StateTable, RoundRobin) {
-        let table = StateTable::new();
-        let servers: Vec<_> = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let addr = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
-                table.server(
-                    ServerKey {
-                        backend: "b".into(),
-                        addr,
-                    },
-                    &conf(w),
-                )
-            })
-            .collect();
-        let rr = RoundRobin::new(servers, table.backend("b"));
-        (table, rr)
-    }
-
-    fn picks(rr: &RoundRobin, n: usize, tried: &[usize]) -> Vec<Option<usize>> {
-        let headers = HeaderMap::new();
-        let req = RequestView {
-            method: &Method::GET,
-            scheme: "http",
-            host: "example.com",
-            path: "/",
-            query: "",
-            headers: &headers,
-            client: SocketAddr::from(([127, 0, 0, 1], 40000)),
-            frontend: "f",
-        };
-        (0..n)
-            .map(|_| rr.pick(&PickContext { req: &req, tried }))
-            .collect()
+    fn rr(lab: &Lab) -> RoundRobin {
+        RoundRobin::new(lab.servers.clone(), lab.backend())
     }
 
     #[test]
     fn equal_weights_follow_config_order() {
-        let (_t, rr) = backend(&[1, 1, 1]);
-        let got = picks(&rr, 7, &[]);
+        let lab = Lab::new(&[1, 1, 1]);
+        let rr = rr(&lab);
+        let got = lab.picks(&rr, 7, &[]);
         let want: Vec<_> = [0, 1, 2, 0, 1, 2, 0].into_iter().map(Some).collect();
         assert_eq!(got, want);
     }
@@ -176,41 +150,55 @@ mod tests {
 
     #[test]
     fn shares_follow_weights() {
-        let (_t, rr) = backend(&[1, 2, 3]);
-        let mut counts = [0usize; 3];
-        for p in picks(&rr, 6000, &[]) {
-            counts[p.expect("a server")] += 1;
-        }
-        assert_eq!(counts, [1000, 2000, 3000]);
+        let lab = Lab::new(&[1, 2, 3]);
+        assert_eq!(
+            counts(&lab.picks(&rr(&lab), 6000, &[]), 3),
+            [1000, 2000, 3000]
+        );
+    }
+
+    #[test]
+    fn a_weight_change_takes_effect_at_once() {
+        let lab = Lab::new(&[1, 1, 1]);
+        let rr = rr(&lab);
+        assert_eq!(counts(&lab.picks(&rr, 300, &[]), 3), [100, 100, 100]);
+        lab.servers[2].set_weight(4);
+        assert_eq!(counts(&lab.picks(&rr, 600, &[]), 3), [100, 100, 400]);
     }
 
     #[test]
     fn zero_weight_and_down_servers_take_nothing() {
-        let (table, rr) = backend(&[1, 0, 1]);
-        assert!(picks(&rr, 10, &[]).iter().all(|p| *p != Some(1)));
-        let s0 = table
-            .get(&ServerKey {
-                backend: "b".into(),
-                addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
-            })
-            .expect("known server");
-        s0.set_up(false);
+        let lab = Lab::new(&[1, 0, 1]);
+        let rr = rr(&lab);
+        assert!(lab.picks(&rr, 10, &[]).iter().all(|p| *p != Some(1)));
+        lab.servers[0].set_up(false);
         assert_eq!(
-            picks(&rr, 4, &[]),
+            lab.picks(&rr, 4, &[]),
             vec![Some(2); 4],
             "the down server is skipped without bias"
         );
-        s0.set_up(true);
-        let back = picks(&rr, 4, &[]);
+        lab.servers[0].set_up(true);
+        let back = lab.picks(&rr, 4, &[]);
         assert!(back.contains(&Some(0)) && back.contains(&Some(2)));
     }
 
     #[test]
+    fn a_full_server_is_skipped_and_none_when_all_are() {
+        let lab = Lab::with_maxconn(&[1, 1], Some(1));
+        let rr = rr(&lab);
+        let _held = lab.servers[0].begin_request();
+        assert_eq!(lab.picks(&rr, 3, &[]), vec![Some(1); 3]);
+        let _held1 = lab.servers[1].begin_request();
+        assert_eq!(lab.picks(&rr, 1, &[]), vec![None]);
+    }
+
+    #[test]
     fn tried_servers_are_avoided_and_none_when_exhausted() {
-        let (_t, rr) = backend(&[1, 1]);
-        assert_eq!(picks(&rr, 3, &[0]), vec![Some(1); 3]);
-        assert_eq!(picks(&rr, 1, &[0, 1]), vec![None]);
-        let (_t, empty) = backend(&[0, 0]);
-        assert_eq!(picks(&empty, 1, &[]), vec![None]);
+        let lab = Lab::new(&[1, 1]);
+        let balancer = rr(&lab);
+        assert_eq!(lab.picks(&balancer, 3, &[0]), vec![Some(1); 3]);
+        assert_eq!(lab.picks(&balancer, 1, &[0, 1]), vec![None]);
+        let empty = Lab::new(&[0, 0]);
+        assert_eq!(empty.picks(&rr(&empty), 1, &[]), vec![None]);
     }
 }
