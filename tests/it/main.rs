@@ -7,5 +7,6 @@ mod failover;
 mod health;
 mod labs;
 mod lifecycle;
+mod states;
 mod statuses;
 mod streaming;
