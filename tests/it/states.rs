@@ -182,3 +182,44 @@ async fn a_queued_request_is_served_when_a_slot_frees_up() {
     gate.open(1);
     assert_eq!(second.await.unwrap().0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leastconn_sends_a_slow_server_fewer_requests() {
+    let servers = Servers::new();
+    let slow = servers.behaviour().await;
+    let fast = servers.echo("fast").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        balance = "leastconn"
+        servers = [ {{ name = "slow", addr = "{slow}" }}, {{ name = "fast", addr = "{fast}" }} ]
+        "#
+    ))
+    .await;
+    // 20 clients, 20 requests each; the slow server takes 50 ms per request, the echo none.
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let url = proxy.url("/delay/50");
+        clients.push(tokio::spawn(async move {
+            let mut slow = 0;
+            for _ in 0..20 {
+                let (status, _, body) = get(&url).await;
+                assert_eq!(status, 200);
+                if body == "done" {
+                    slow += 1;
+                }
+            }
+            slow
+        }));
+    }
+    let mut slow_count = 0;
+    for c in clients {
+        slow_count += c.await.unwrap();
+    }
+    assert!(slow_count < 400 / 4, "the slow server got {slow_count} of 400 requests");
+}
