@@ -14,11 +14,9 @@
 //!
 //! Run: `cargo bench --bench balance` (`-- --quick` for a short run).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -31,31 +29,10 @@ use wasp::health::state::ActiveGuard;
 use wasp::health::{ServerKey, ServerState, StateTable};
 use wasp::routing::RequestView;
 
-/// Counts allocations so the bench can prove `pick()` makes none.
-struct CountingAlloc;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
-// `GlobalAlloc` contract; the counter has no effect on the memory handed out.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds `new_size`'s rules.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting_alloc::{CountingAlloc, allocations_in};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -210,11 +187,11 @@ fn verify(name: &str, s: &Scenario, reqs: &[Req]) {
     for r in reqs {
         assert!(pick(&*s.balancer, r).is_some(), "{name}: no server");
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for r in reqs {
-        black_box(pick(&*s.balancer, r));
-    }
-    let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocated = allocations_in(|| {
+        for r in reqs {
+            black_box(pick(&*s.balancer, r));
+        }
+    });
     assert_eq!(allocated, 0, "{name}: pick() allocated {allocated} times");
     assert!(s.servers.iter().all(|s| s.usable()));
 }

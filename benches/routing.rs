@@ -10,10 +10,8 @@
 //!
 //! Run: `cargo bench --bench routing` (`-- --quick` for a short run).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
@@ -21,31 +19,10 @@ use wasp::config::acl::{parse_acl, parse_condition};
 use wasp::config::{Frontend, Mode, NamedAcl, Timeouts, UseBackend};
 use wasp::routing::{AclRouter, RequestView, RouteDecision, Router};
 
-/// Counts allocations so the bench can prove `route()` makes none.
-struct CountingAlloc;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
-// `GlobalAlloc` contract; the counter has no effect on the memory handed out.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds `new_size`'s rules.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting_alloc::{CountingAlloc, allocations_in};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -218,11 +195,11 @@ fn check(router: &AclRouter, req: &Req, expected: RouteDecision) {
     for _ in 0..3 {
         router.route(&view);
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..100 {
-        black_box(router.route(black_box(&view)));
-    }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations_in(|| {
+        for _ in 0..100 {
+            black_box(router.route(black_box(&view)));
+        }
+    });
     assert_eq!(
         allocations, 0,
         "route() allocated for {} {}",

@@ -474,6 +474,22 @@ fn unknown_algorithm() {
     );
 }
 
+/// Passive health keys that cannot take effect are warnings, not silently kept.
+#[test]
+fn passive_health() {
+    expect(
+        "passive_health",
+        0,
+        &[
+            r#"passive_health.toml:8:11: warning: backend.a.observe: observe has no effect: no server here has check = true"#,
+            r#"    = help: passive health marks only checked servers down, since their checks bring them back"#,
+            r#"passive_health.toml:12:15: warning: backend.b.error_limit: error_limit has no effect without observe"#,
+            r#"    = help: add observe = "layer4" or "layer7""#,
+            r#"check: 2 warnings"#,
+        ],
+    );
+}
+
 /// Tcp mode and plugin sections, accepted keys that are errors for now.
 #[test]
 fn unsupported() {

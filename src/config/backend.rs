@@ -12,7 +12,7 @@ use crate::config::values::{
     At, PartialTimeouts, Side, balance, check_name, maxconn, mode, observe, retries, section,
     timeouts,
 };
-use crate::config::walk::Item;
+use crate::config::walk::{Item, Table};
 
 /// Largest health check rise/fall count accepted.
 const MAX_RISE_FALL: i64 = 1000;
@@ -49,7 +49,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
             Vec::new()
         }
     };
-    let b = RawBackend {
+    let mut b = RawBackend {
         name: name.to_owned(),
         at: t.start(),
         path: t.path().to_owned(),
@@ -60,17 +60,49 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         retries: retries(&mut t, sink),
         redispatch: t.take_bool(sink, "redispatch"),
         maxconn: maxconn(&mut t, sink),
-        observe: t.take("observe").and_then(|i| observe(&i, sink)),
-        error_limit: t
-            .take_int_in(sink, "error_limit", 1, Some(MAX_ERROR_LIMIT))
-            .and_then(|n| u32::try_from(n).ok()),
-        check: t
-            .take("check")
-            .map(|i| check_params(&i, sink))
-            .unwrap_or_default(),
+        observe: None,
+        error_limit: None,
+        check: CheckParams::default(),
     };
+    passive_health(&mut t, &mut b, sink);
+    if let Some(i) = t.take("check") {
+        b.check = check_params(&i, sink);
+    }
     t.finish(sink);
     Some(b)
+}
+
+/// `observe` and `error_limit`, with a warning where they could have no effect: passive health
+/// only marks down servers that have active checks (the checks bring them back).
+fn passive_health(t: &mut Table<'_, '_>, b: &mut RawBackend, sink: &mut Sink<'_>) {
+    let observe_item = t.take("observe");
+    b.observe = observe_item.as_ref().and_then(|i| observe(i, sink));
+    if let Some(i) = &observe_item
+        && b.observe.is_some()
+        && !b.servers.iter().any(|s| s.check)
+    {
+        sink.warning(
+            i.start(),
+            &i.path,
+            "observe has no effect: no server here has check = true",
+        )
+        .help("passive health marks only checked servers down, since their checks bring them back");
+    }
+    let limit_item = t.take("error_limit");
+    b.error_limit = limit_item
+        .as_ref()
+        .and_then(|i| i.int_in(sink, "error_limit", 1, Some(MAX_ERROR_LIMIT)))
+        .and_then(|n| u32::try_from(n).ok());
+    if let Some(i) = &limit_item
+        && observe_item.is_none()
+    {
+        sink.warning(
+            i.start(),
+            &i.path,
+            "error_limit has no effect without observe",
+        )
+        .help("add observe = \"layer4\" or \"layer7\"");
+    }
 }
 
 fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {

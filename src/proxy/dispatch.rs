@@ -4,7 +4,8 @@
 //! Retry rules (HAProxy's `retries` / `redispatch` / `retry-on conn-failure empty-response`):
 //! a failed connect is retried, on another server with `redispatch` (the default) or on the same
 //! one; a request that reached a server is replayed only when it is idempotent, has no body and
-//! no response came back (the server closed or reset the connection). A server that answered,
+//! no valid response came back (the server closed or reset the connection, or answered with
+//! something that is not HTTP). A server that answered,
 //! even with an error status, is never retried, and a timeout is a 504, not a retry.
 
 use std::error::Error as _;
@@ -141,8 +142,9 @@ pub(crate) async fn dispatch(
                 observe(
                     backend,
                     server,
-                    resp.status().is_server_error(),
-                    Observe::Layer7,
+                    Event::Answered {
+                        error: resp.status().is_server_error(),
+                    },
                 );
                 record.active = Some(active);
                 return relay(resp, backend, sent, record);
@@ -158,7 +160,7 @@ pub(crate) async fn dispatch(
                         server.authority
                     );
                 }
-                observe(backend, server, true, Observe::Layer4);
+                observe(backend, server, Event::ConnectFailed);
                 exhausted = Failure::NoServer;
                 if attempt.body.as_ref().is_some_and(|b| !b.is_intact()) {
                     // Cannot happen before a connection exists, but never replay a used body.
@@ -175,7 +177,7 @@ pub(crate) async fn dispatch(
                     error = %source_chain(&e),
                     "no response from server"
                 );
-                observe(backend, server, true, Observe::Layer7);
+                observe(backend, server, Event::NoAnswer);
                 exhausted = Failure::UpstreamFailed;
                 if !attempt.replayable() {
                     return local(Failure::UpstreamFailed, record);
@@ -248,14 +250,33 @@ async fn choose(
     }
 }
 
-/// Passive health (`observe`): consecutive errors on live traffic mark a checked server down;
-/// its active checks bring it back. `layer` is the layer the outcome belongs to: connect
-/// failures count for both modes, answers only for `layer7`.
-fn observe(backend: &Backend, server: &Server, failed: bool, layer: Observe) {
+/// What live traffic told about a server, for passive health.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    ConnectFailed,
+    /// Connected, but the server closed or broke the connection without a valid answer.
+    NoAnswer,
+    /// An answer; `error` for a 5xx.
+    Answered {
+        error: bool,
+    },
+}
+
+/// Passive health (`observe`): `error_limit` consecutive errors on live traffic mark a checked
+/// server down; its active checks bring it back. `layer4` counts failed connects (any
+/// connection that worked resets the count); `layer7` also counts 5xx answers and connections
+/// closed without an answer.
+fn observe(backend: &Backend, server: &Server, event: Event) {
     let Some(mode) = backend.observe else { return };
-    if !server.check || (layer == Observe::Layer7 && mode == Observe::Layer4) {
+    if !server.check {
         return;
     }
+    let failed = match (mode, event) {
+        (_, Event::ConnectFailed) => true,
+        (Observe::Layer4, _) => false,
+        (Observe::Layer7, Event::NoAnswer) => true,
+        (Observe::Layer7, Event::Answered { error }) => error,
+    };
     if !failed {
         server.state.observe_success();
     } else if server.state.observe_error(backend.error_limit)

@@ -11,7 +11,10 @@ use wasp::health::{Health, ServerKey, ServerState};
 use crate::support::{Proxy, Servers, get, server_name};
 
 fn state(proxy: &Proxy, backend: &str, addr: SocketAddr) -> std::sync::Arc<ServerState> {
-    let key = ServerKey { backend: backend.to_owned(), addr };
+    let key = ServerKey {
+        backend: backend.to_owned(),
+        addr,
+    };
     proxy.runtime.states().get(&key).expect("server state")
 }
 
@@ -28,7 +31,11 @@ async fn shares(proxy: &Proxy, requests: usize) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_1_2_3_split_6000_requests_within_2_points() {
     let servers = Servers::new();
-    let (a, b, c) = (servers.echo("a").await, servers.echo("b").await, servers.echo("c").await);
+    let (a, b, c) = (
+        servers.echo("a").await,
+        servers.echo("b").await,
+        servers.echo("c").await,
+    );
     let proxy = Proxy::start(&format!(
         r#"
         [global]
@@ -48,7 +55,10 @@ async fn weights_1_2_3_split_6000_requests_within_2_points() {
     let seen = shares(&proxy, 6000).await;
     for (name, want) in [("a", 1.0 / 6.0), ("b", 2.0 / 6.0), ("c", 3.0 / 6.0)] {
         let got = seen.get(name).copied().unwrap_or(0) as f64 / 6000.0;
-        assert!((got - want).abs() < 0.02, "{name}: {got:.3} vs {want:.3} ({seen:?})");
+        assert!(
+            (got - want).abs() < 0.02,
+            "{name}: {got:.3} vs {want:.3} ({seen:?})"
+        );
     }
 }
 
@@ -71,35 +81,59 @@ fn two_plus_backup(a: SocketAddr, b: SocketAddr, backup: SocketAddr) -> String {
 #[tokio::test]
 async fn backup_takes_traffic_only_when_every_active_server_is_down() {
     let servers = Servers::new();
-    let (a, b, spare) = (servers.echo("a").await, servers.echo("b").await, servers.echo("spare").await);
+    let (a, b, spare) = (
+        servers.echo("a").await,
+        servers.echo("b").await,
+        servers.echo("spare").await,
+    );
     let proxy = Proxy::start(&two_plus_backup(a, b, spare)).await;
     assert!(!shares(&proxy, 20).await.contains_key("spare"));
     state(&proxy, "app", a).set_health(Health::Down);
     let one_down = shares(&proxy, 20).await;
-    assert_eq!(one_down.get("b"), Some(&20), "the other active server takes it all: {one_down:?}");
+    assert_eq!(
+        one_down.get("b"),
+        Some(&20),
+        "the other active server takes it all: {one_down:?}"
+    );
     state(&proxy, "app", b).set_health(Health::Down);
     assert_eq!(shares(&proxy, 10).await.get("spare"), Some(&10));
     state(&proxy, "app", a).set_health(Health::Up);
-    assert_eq!(shares(&proxy, 10).await.get("a"), Some(&10), "back to the active server");
+    assert_eq!(
+        shares(&proxy, 10).await.get("a"),
+        Some(&10),
+        "back to the active server"
+    );
 }
 
 #[tokio::test]
 async fn no_usable_server_is_503_at_once() {
     let servers = Servers::new();
-    let (a, b, spare) = (servers.echo("a").await, servers.echo("b").await, servers.echo("spare").await);
+    let (a, b, spare) = (
+        servers.echo("a").await,
+        servers.echo("b").await,
+        servers.echo("spare").await,
+    );
     let proxy = Proxy::start(&two_plus_backup(a, b, spare)).await;
     for addr in [a, b, spare] {
         state(&proxy, "app", addr).set_health(Health::Down);
     }
     let start = Instant::now();
     assert_eq!(get(&proxy.url("/")).await.0, 503);
-    assert!(start.elapsed() < Duration::from_secs(1), "no waiting: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "no waiting: {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn maint_stops_new_traffic_at_once() {
     let servers = Servers::new();
-    let (a, b, spare) = (servers.echo("a").await, servers.echo("b").await, servers.echo("spare").await);
+    let (a, b, spare) = (
+        servers.echo("a").await,
+        servers.echo("b").await,
+        servers.echo("spare").await,
+    );
     let proxy = Proxy::start(&two_plus_backup(a, b, spare)).await;
     state(&proxy, "app", a).set_admin(AdminState::Maint);
     assert_eq!(shares(&proxy, 10).await.get("b"), Some(&10));
@@ -124,13 +158,24 @@ async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
     .await;
     let url = proxy.url("/");
     let in_flight = tokio::spawn(async move { get(&url).await });
-    arrived.recv().await.expect("first request reached the held server");
+    arrived
+        .recv()
+        .await
+        .expect("first request reached the held server");
     state(&proxy, "app", held).set_admin(AdminState::Drain);
     let after = shares(&proxy, 10).await;
-    assert_eq!(after.get("other"), Some(&10), "draining server gets nothing new: {after:?}");
+    assert_eq!(
+        after.get("other"),
+        Some(&10),
+        "draining server gets nothing new: {after:?}"
+    );
     gate.open(1);
     let (status, _, body) = in_flight.await.unwrap();
-    assert_eq!((status.as_u16(), server_name(&body)), (200, "held"), "the in-flight request finished");
+    assert_eq!(
+        (status.as_u16(), server_name(&body)),
+        (200, "held"),
+        "the in-flight request finished"
+    );
 }
 
 fn limited(held: SocketAddr, queue: &str) -> String {
@@ -153,12 +198,18 @@ async fn beyond_maxconn_requests_queue_then_get_503_after_timeout_queue() {
     let proxy = Proxy::start(&limited(held, "500ms")).await;
     let url = proxy.url("/");
     let first = tokio::spawn(async move { get(&url).await });
-    arrived.recv().await.expect("first request holds the only slot");
+    arrived
+        .recv()
+        .await
+        .expect("first request holds the only slot");
     let start = Instant::now();
     let (status, _, _) = get(&proxy.url("/")).await;
     let waited = start.elapsed();
     assert_eq!(status, 503);
-    assert!(waited >= Duration::from_millis(500) && waited < Duration::from_millis(1500), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
     gate.open(1);
     assert_eq!(first.await.unwrap().0, 200);
 }
@@ -170,7 +221,10 @@ async fn a_queued_request_is_served_when_a_slot_frees_up() {
     let proxy = Proxy::start(&limited(held, "10s")).await;
     let url = proxy.url("/");
     let first = tokio::spawn(async move { get(&url).await });
-    arrived.recv().await.expect("first request holds the only slot");
+    arrived
+        .recv()
+        .await
+        .expect("first request holds the only slot");
     let url = proxy.url("/");
     let second = tokio::spawn(async move { get(&url).await });
     // The second request must not reach the server while the first holds its only slot.
@@ -178,7 +232,10 @@ async fn a_queued_request_is_served_when_a_slot_frees_up() {
     assert!(early.is_err(), "maxconn = 1 let a second request through");
     gate.open(1);
     assert_eq!(first.await.unwrap().0, 200);
-    arrived.recv().await.expect("the queued request reached the server");
+    arrived
+        .recv()
+        .await
+        .expect("the queued request reached the server");
     gate.open(1);
     assert_eq!(second.await.unwrap().0, 200);
 }
@@ -221,5 +278,57 @@ async fn leastconn_sends_a_slow_server_fewer_requests() {
     for c in clients {
         slow_count += c.await.unwrap();
     }
-    assert!(slow_count < 400 / 4, "the slow server got {slow_count} of 400 requests");
+    assert!(
+        slow_count < 400 / 4,
+        "the slow server got {slow_count} of 400 requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_5xx_mark_a_server_down_and_its_checks_bring_it_back() {
+    let servers = Servers::new();
+    let (bad, status) = servers.status("bad", 500).await;
+    let good = servers.echo("good").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        observe = "layer7"
+        error_limit = 3
+        check = {{ interval = "300ms", rise = 2, fall = 3 }}
+        servers = [
+          {{ name = "bad", addr = "{bad}", check = true }},
+          {{ name = "good", addr = "{good}", check = true }},
+        ]
+        "#
+    ))
+    .await;
+    // Round-robin alternates: the third 500 from "bad" marks it down (TCP checks still pass).
+    let mut errors = 0;
+    while errors < 3 {
+        let (code, _, _) = get(&proxy.url("/")).await;
+        if code == 500 {
+            errors += 1;
+        }
+    }
+    assert_eq!(
+        state(&proxy, "app", bad).health(),
+        Health::Down,
+        "marked down by live traffic"
+    );
+    assert_eq!(
+        shares(&proxy, 6).await.get("good"),
+        Some(&6),
+        "no traffic while down"
+    );
+    status.set(200);
+    crate::support::wait_until(
+        Duration::from_secs(3),
+        "active checks bring bad back",
+        || state(&proxy, "app", bad).health() == Health::Up,
+    )
+    .await;
+    assert!(shares(&proxy, 6).await.contains_key("bad"));
 }
