@@ -332,3 +332,39 @@ async fn observed_5xx_mark_a_server_down_and_its_checks_bring_it_back() {
     .await;
     assert!(shares(&proxy, 6).await.contains_key("bad"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_maxconn_queues_across_all_its_servers() {
+    let servers = Servers::new();
+    let (held, mut arrived, gate) = servers.gated("held").await;
+    let other = servers.echo("other").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        maxconn = 1
+        timeout = {{ queue = "400ms" }}
+        servers = [ {{ name = "held", addr = "{held}" }}, {{ name = "other", addr = "{other}" }} ]
+        "#
+    ))
+    .await;
+    let url = proxy.url("/");
+    let first = tokio::spawn(async move { get(&url).await });
+    arrived
+        .recv()
+        .await
+        .expect("first request holds the backend's only slot");
+    // "other" is idle, but the backend as a whole is at its maxconn.
+    let start = Instant::now();
+    assert_eq!(get(&proxy.url("/")).await.0, 503);
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        start.elapsed()
+    );
+    gate.open(1);
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(get(&proxy.url("/")).await.0, 200, "a free slot again");
+}
