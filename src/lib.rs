@@ -29,4 +29,5 @@ pub mod proxy;
 pub mod routing;
 pub mod runtime;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

@@ -274,3 +274,33 @@ impl HttpCheck {
             .any(|&(lo, hi)| (lo..=hi).contains(&status))
     }
 }
+
+/// A certificate file and its private key file (PEM), paths resolved against the config
+/// file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Whether a TLS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// No client certificate requested.
+    #[default]
+    None,
+    /// Requested and verified when sent; clients without one are accepted.
+    Optional,
+    /// Required: clients without a valid certificate fail the handshake.
+    Required,
+}
+
+/// TLS termination settings of one bind address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Certificates chosen by SNI; the first is the default.
+    pub certs: Vec<CertFiles>,
+    /// CA bundle verifying client certificates (with `client_auth`).
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
