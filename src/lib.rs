@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! ```text
+//! counters  per-worker sharded traffic counters (no dependencies)
 //! config    TOML -> spanned tree -> validated model + diagnostics (`wasp check`)
 //! routing   RequestView, the Router trait, ACL matchers, the native AclRouter
 //! balance   the Balancer trait and one file per native algorithm
@@ -22,6 +23,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod counters;
 pub mod demo;
 pub mod echo;
 pub mod health;
