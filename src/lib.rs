@@ -12,7 +12,9 @@
 //! health    the server state table; active health checks (probes, rise/fall checker tasks)
 //! snapshot  the immutable Snapshot built from a Config, swapped atomically on reload
 //! proxy     listeners, the HTTP request path, upstream forwarding, error responses, access log
-//! runtime   process lifecycle: run, reload on SIGHUP, graceful stop
+//! admin     the admin listener: stats page, /metrics, runtime API (through the Control trait
+//!           the runtime implements); the `wasp ctl` client
+//! runtime   process lifecycle: run, reload on SIGHUP, graceful stop; run-time server overlay
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
@@ -21,6 +23,7 @@
 //! A lower module never names a higher one.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod counters;
