@@ -26,9 +26,10 @@ th:first-child,td:first-child{text-align:left}
  table,tbody,tr,td{display:block;width:100%}
  thead{display:none}
  tr{border-bottom:2px solid var(--line);padding:4px 0}
- td{border:0;text-align:right;padding:2px 8px;white-space:normal}
- td::before{content:attr(data-label);float:left;color:#57606a;font-weight:600}
- td:first-child{text-align:right}
+ td{display:inline-block;width:50%;border:0;text-align:right;padding:1px 8px;white-space:normal;vertical-align:top}
+ td::before{content:attr(data-label);float:left;color:#57606a;font-weight:600;margin-right:6px}
+ td:first-child{width:100%;font-weight:700;text-align:left}
+ td:first-child::before{content:none}
 }
 ";
 
