@@ -945,12 +945,11 @@ async fn stats_page_renders_in_headless_chromium() {
     .expect("run tests/browser/screenshot.sh");
     assert!(
         result.status.success(),
-        "the browser check failed; run it by hand with\n  bash {} {addr_url} {}\nstdout:\n{}\nstderr:\n{}",
+        "the browser check failed; run it by hand with\n  bash {} http://{addr}/ {}\nstdout:\n{}\nstderr:\n{}",
         script.display(),
         out.display(),
         String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr),
-        addr_url = format!("http://{addr}/"),
     );
     let png = std::fs::read(&out).expect("screenshot written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
