@@ -335,30 +335,48 @@ impl Core {
         }
         drop(graceful);
         let mut admin = self.admin.lock().await;
-        let new_admin = match (&*admin, &file.admin) {
+        let mut old_admin = None;
+        match (admin.take(), &file.admin) {
             (Some(current), Some(a)) if current.same_sockets(a) => {
                 current.update(a);
-                None
+                *admin = Some(current);
             }
-            (_, Some(a)) => match admin::spawn_admin(a, self.control()) {
-                Ok(handle) => Some(Some(handle)),
+            (Some(current), Some(a)) if current.shares_a_socket(a) => {
+                // The new listener needs a socket the old one holds: close it first, and
+                // reopen it as it was if the new one cannot open.
+                let previous = current.config();
+                current.stop().await;
+                match admin::spawn_admin(a, self.control()) {
+                    Ok(handle) => *admin = Some(handle),
+                    Err(e) => {
+                        *admin = admin::spawn_admin(&previous, self.control()).ok();
+                        for (handle, _) in opened {
+                            handle.stop().await;
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            (current, Some(a)) => match admin::spawn_admin(a, self.control()) {
+                Ok(handle) => {
+                    *admin = Some(handle);
+                    old_admin = current;
+                }
                 Err(e) => {
+                    *admin = current;
                     for (handle, _) in opened {
                         handle.stop().await;
                     }
                     return Err(e.into());
                 }
             },
-            (Some(_), None) => Some(None),
-            (None, None) => None,
-        };
+            (current, None) => old_admin = current,
+        }
         self.proxy.install(snapshot);
-        if let Some(next) = new_admin
-            && let Some(old) = std::mem::replace(&mut *admin, next)
-        {
+        drop(admin);
+        if let Some(old) = old_admin {
             old.stop().await;
         }
-        drop(admin);
         *self.layers() = Layers {
             file: Arc::clone(&file),
             overlay,

@@ -94,6 +94,21 @@ impl AdminHandle {
         current.bind == config.bind && current.unix == config.unix
     }
 
+    /// Whether `config` asks for one of this listener's sockets (so the new listener can only
+    /// open once this one is closed). An ephemeral port (0) is never shared.
+    pub fn shares_a_socket(&self, config: &Admin) -> bool {
+        let current = self.settings.load();
+        let tcp = current.bind.is_some_and(|b| b.port() != 0) && current.bind == config.bind;
+        let unix = current.unix.is_some()
+            && current.unix.as_ref().map(|u| &u.path) == config.unix.as_ref().map(|u| &u.path);
+        tcp || unix
+    }
+
+    /// The settings this listener serves with.
+    pub fn config(&self) -> Arc<Admin> {
+        self.settings.load_full()
+    }
+
     /// Applies auth and refresh from a reloaded `config` (sockets unchanged).
     pub fn update(&self, config: &Admin) {
         self.settings.store(Arc::new(config.clone()));

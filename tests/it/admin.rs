@@ -962,3 +962,44 @@ async fn stats_page_renders_in_headless_chromium() {
         png.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_and_closes_the_admin_listener() {
+    let servers = Servers::new();
+    let (a, b) = (servers.echo("a").await, servers.echo("b").await);
+    let proxy = Proxy::start(&two_servers(a, b, "")).await;
+    let old = admin(&proxy).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    std::fs::write(
+        &proxy.path,
+        two_servers(a, b, &format!("unix = \"{}\"", socket.display())),
+    )
+    .unwrap();
+    let (status, body) = call(old, Method::POST, "/api/reload", None).await;
+    assert_eq!(
+        status, 200,
+        "answered on the old listener before it closed: {body}"
+    );
+    let new = admin(&proxy).await;
+    assert_ne!(new, old);
+    assert_eq!(call(new, Method::GET, "/healthz", None).await.0, 200);
+    assert!(
+        tokio::net::TcpStream::connect(old).await.is_err(),
+        "old listener closed"
+    );
+    assert!(socket.exists());
+
+    std::fs::write(
+        &proxy.path,
+        two_servers(a, b, "").replace("[admin]\n        bind = \"127.0.0.1:0\"", ""),
+    )
+    .unwrap();
+    proxy
+        .runtime
+        .reload()
+        .await
+        .expect("reload without [admin]");
+    assert!(proxy.runtime.admin_addr().await.is_none());
+    assert!(!socket.exists(), "socket file removed");
+}
