@@ -18,8 +18,8 @@
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
-//! Arrows point one way: config -> health -> routing/balance -> snapshot -> proxy -> runtime ->
-//! binary.
+//! Arrows point one way: config/counters -> health -> routing/balance -> snapshot -> proxy/admin ->
+//! runtime -> binary. (The runtime implements admin's `Control` trait; admin never names it.)
 //! A lower module never names a higher one.
 #![forbid(unsafe_code)]
 

@@ -149,8 +149,15 @@ impl Runtime {
             me: me.clone(),
         });
         if let Some(a) = &config.admin {
-            let handle = admin::spawn_admin(a, core.control())?;
-            *core.admin.lock().await = Some(handle);
+            match admin::spawn_admin(a, core.control()) {
+                Ok(handle) => *core.admin.lock().await = Some(handle),
+                Err(e) => {
+                    for (_, handle) in std::mem::take(&mut *core.listeners.lock().await) {
+                        handle.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(Runtime { core, graceful })
     }
