@@ -198,6 +198,8 @@ pub(crate) async fn dispatch(
         previous = Some(idx);
         if n + 1 < attempts {
             server.state.record_retry();
+            // Free the failed attempt's slot before choosing again (maxconn, leastconn).
+            record.active = None;
         }
     }
     local(exhausted, record)
