@@ -40,6 +40,9 @@ enum Command {
     },
     /// Start the reference lab in one process: echo servers node1..node4 and lab 2's routing.
     Demo,
+    /// Talk to a running wasp's runtime API (the [admin] listener): list, drain, reweight,
+    /// add and remove servers, reload.
+    Ctl(wasp::admin::ctl::CtlArgs),
     /// The lab's echo server: answers with its name and what it received.
     Echo {
         #[arg(long)]
@@ -87,6 +90,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let _log = init_tracing(LogFormat::Text);
             control_runtime()?.block_on(wasp::demo::run())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl(args) => {
+            let out = control_runtime()?.block_on(wasp::admin::ctl::run(&args));
+            match out {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("wasp ctl: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Echo { name, listen } => {
             let _log = init_tracing(LogFormat::Text);
