@@ -130,6 +130,7 @@ fn scenario(balance: &Balance, n: usize, load: Load) -> Scenario {
                 backup: false,
                 maxconn: None,
                 state: AdminState::Ready,
+                send_proxy: None,
             }
         })
         .collect();

@@ -498,13 +498,48 @@ fn unsupported() {
         "unsupported",
         1,
         &[
-            r#"unsupported.toml:3:8: error: defaults.mode: tcp mode is not supported yet"#,
-            r#"    = help: use mode = "http"; tcp mode comes in a later version"#,
-            r#"unsupported.toml:7:8: error: frontend.web.mode: tcp mode is not supported yet"#,
-            r#"    = help: use mode = "http"; tcp mode comes in a later version"#,
-            r#"unsupported.toml:13:1: error: plugin.my-router: plugins are not supported yet"#,
+            r#"unsupported.toml:9:1: error: plugin.my-router: plugins are not supported yet"#,
             r#"    = help: remove [plugin.my-router]: the section is reserved for wasm plugins, which a later version adds"#,
-            r#"check: 3 errors"#,
+            r#"check: 1 error"#,
+        ],
+    );
+}
+
+/// HTTP and TCP sections mixed; keys and fetches of one mode used in the other.
+#[test]
+fn mode_mismatch() {
+    let http_only =
+        r#"    = help: frontend "db_in" is in tcp mode; remove it, or set mode = "http""#;
+    let db_http_only =
+        r#"    = help: backend "db" is in tcp mode; remove it, or set mode = "http""#;
+    let tcp_only = r#"    = help: frontend "web" is in http mode; remove it, or set mode = "tcp""#;
+    expect(
+        "mode_mismatch",
+        1,
+        &[
+            r#"mode_mismatch.toml:5:1: error: frontend.web.inspect_delay: inspect_delay applies to tcp mode only"#,
+            tcp_only,
+            r#"mode_mismatch.toml:6:19: error: frontend.web.acl.is_shop: fetch "req.ssl_sni" applies to tcp mode only"#,
+            tcp_only,
+            r#"mode_mismatch.toml:7:28: error: frontend.web.use_backend[0].backend: http frontend "web" cannot use tcp backend "db""#,
+            r#"    = help: set mode = "http" in [backend.db], or route to an http backend"#,
+            r#"mode_mismatch.toml:13:1: error: frontend.db_in.forwardfor: forwardfor applies to http mode only"#,
+            http_only,
+            r#"mode_mismatch.toml:14:28: error: frontend.db_in.timeout.http_request: timeout http_request applies to http mode only"#,
+            http_only,
+            r#"mode_mismatch.toml:15:18: error: frontend.db_in.acl.is_api: fetch "path" applies to http mode only"#,
+            http_only,
+            r#"mode_mismatch.toml:16:28: error: frontend.db_in.use_backend[0].backend: tcp frontend "db_in" cannot use http backend "app""#,
+            r#"    = help: set mode = "tcp" in [backend.app], or route to a tcp backend"#,
+            r#"mode_mismatch.toml:20:52: error: backend.app.servers[0].send_proxy: send_proxy applies to tcp mode only"#,
+            r#"    = help: backend "app" is in http mode; remove it, or set mode = "tcp""#,
+            r#"mode_mismatch.toml:24:11: warning: backend.db.balance: balance "uri" needs http mode"#,
+            r#"    = help: backend "db" is in tcp mode: without HTTP data to hash, tcp mode balances round-robin"#,
+            r#"mode_mismatch.toml:25:1: error: backend.db.observe: observe = "layer7" applies to http mode only"#,
+            db_http_only,
+            r#"mode_mismatch.toml:26:11: error: backend.db.check.http: check.http applies to http mode only"#,
+            db_http_only,
+            r#"check: 10 errors, 1 warning"#,
         ],
     );
 }

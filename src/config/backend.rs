@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use crate::config::addr;
 use crate::config::diag::Sink;
 use crate::config::model::{
-    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, Server,
+    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, SendProxy, Server,
 };
+use crate::config::modes::{self, ModeUse};
 use crate::config::values::{
     At, PartialTimeouts, Side, balance, check_name, maxconn, mode, observe, retries, section,
     timeouts,
@@ -35,10 +36,13 @@ pub(crate) struct RawBackend {
     pub(crate) observe: Option<Observe>,
     pub(crate) error_limit: Option<u32>,
     pub(crate) check: CheckParams,
+    /// Keys that need one mode, checked once the mode is known.
+    pub(crate) uses: Vec<ModeUse>,
 }
 
 pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<RawBackend> {
     let mut t = section("backend", name, item, sink)?;
+    let uses = modes::backend_uses(&t);
     let mode = t.take("mode").and_then(|i| mode(&i, sink));
     let balance = t.take("balance").and_then(|i| balance(&i, sink));
     let servers = match t.take("servers") {
@@ -63,6 +67,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         observe: None,
         error_limit: None,
         check: CheckParams::default(),
+        uses,
     };
     passive_health(&mut t, &mut b, sink);
     if let Some(i) = t.take("check") {
@@ -159,6 +164,13 @@ fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
                 )
             })
             .unwrap_or_default();
+        let send_proxy = t.take("send_proxy").and_then(|i| {
+            i.keyword(
+                sink,
+                "PROXY protocol version",
+                &[("v1", SendProxy::V1), ("v2", SendProxy::V2)],
+            )
+        });
         t.finish(sink);
         if let (Some((name, _)), Some((addr_spec, addr))) = (name, addr) {
             out.push(Server {
@@ -170,6 +182,7 @@ fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
                 backup,
                 maxconn,
                 state,
+                send_proxy,
             });
         }
     }

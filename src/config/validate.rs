@@ -9,9 +9,10 @@ use crate::config::backend::RawBackend;
 use crate::config::diag::{Sink, did_you_mean, quoted_list};
 use crate::config::frontend::RawFrontend;
 use crate::config::model::{
-    Backend, Balance, Config, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES, Frontend, Mode, NamedAcl,
-    Timeouts, UseBackend,
+    Backend, Balance, Config, DEFAULT_INSPECT_DELAY, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES,
+    Frontend, Mode, NamedAcl, Timeouts, UseBackend,
 };
+use crate::config::modes;
 use crate::config::sections::{Defaults, Raw};
 use crate::config::values::PartialTimeouts;
 
@@ -19,6 +20,7 @@ use crate::config::values::PartialTimeouts;
 pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Option<Config> {
     check_backend_refs(&raw, sink);
     check_listeners(&raw, sink);
+    modes::check(&raw, sink);
     if sink.has_errors() {
         return None;
     }
@@ -127,6 +129,7 @@ pub(crate) fn resolve_timeouts(defaults: &PartialTimeouts, own: &PartialTimeouts
         http_request,
         http_keep_alive: pick(|t| t.http_keep_alive, http_request),
         queue: pick(|t| t.queue, connect),
+        tunnel: pick(|t| t.tunnel, base.tunnel),
     }
 }
 
@@ -153,6 +156,7 @@ fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
             .collect(),
         default_backend: f.default_backend.map(|b| b.value),
         timeouts: resolve_timeouts(&d.timeouts, &f.timeouts),
+        inspect_delay: f.inspect_delay.unwrap_or(DEFAULT_INSPECT_DELAY),
         forwardfor: f.forwardfor.or(d.forwardfor).unwrap_or(true),
         max_header_size: f
             .max_header_size

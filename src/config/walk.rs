@@ -348,6 +348,16 @@ impl<'a, 'i> Table<'a, 'i> {
         })
     }
 
+    /// `key`'s item without taking it (for checks that run beside the walk).
+    pub(crate) fn peek(&self, key: &str) -> Option<Item<'a, 'i>> {
+        let entry = self.entries.iter().find(|e| e.key == key)?;
+        Some(Item {
+            path: join(&self.path, key),
+            value: entry.value,
+            key_at: entry.key_at,
+        })
+    }
+
     /// Takes `key`, reporting it missing at the table when absent.
     pub(crate) fn require(
         &mut self,

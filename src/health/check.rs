@@ -554,6 +554,7 @@ mod tests {
             backup: false,
             maxconn: None,
             state: AdminState::Ready,
+            send_proxy: None,
         };
         StateTable::new().server(
             ServerKey {

@@ -208,7 +208,7 @@ pub(crate) async fn dispatch(
 /// The server for the next attempt: the balancer's pick among servers not tried yet (a new lap
 /// once all have been tried), the failed one again without `redispatch`, or a wait in the queue
 /// while every usable server (or the backend) is at its `maxconn`.
-async fn choose(
+pub(crate) async fn choose(
     backend: &Backend,
     view: &RequestView<'_>,
     tried: &mut Vec<usize>,
@@ -259,7 +259,7 @@ async fn choose(
 
 /// What live traffic told about a server, for passive health.
 #[derive(Debug, Clone, Copy)]
-enum Event {
+pub(crate) enum Event {
     ConnectFailed,
     /// Connected, but the server closed or broke the connection without a valid answer.
     NoAnswer,
@@ -273,7 +273,7 @@ enum Event {
 /// server down; its active checks bring it back. `layer4` counts failed connects (any
 /// connection that worked resets the count); `layer7` also counts 5xx answers and connections
 /// closed without an answer.
-fn observe(backend: &Backend, server: &Server, event: Event) {
+pub(crate) fn observe(backend: &Backend, server: &Server, event: Event) {
     let Some(mode) = backend.observe else { return };
     if !server.check {
         return;

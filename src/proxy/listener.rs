@@ -17,13 +17,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Mode;
 use crate::health::FrontendState;
 use crate::proxy::Proxy;
-use crate::proxy::access;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::http::{ConnInfo, serve};
 use crate::proxy::timer::LazyTimer;
 use crate::proxy::workers::Workers;
+use crate::proxy::{access, l4};
 use crate::snapshot::ListenKey;
 
 /// Pending connections the kernel queues per listener.
@@ -128,6 +129,10 @@ async fn serve_connection(
     let Some(frontend) = snapshot.frontend_for(&bind) else {
         return;
     };
+    if frontend.mode == Mode::Tcp {
+        drop(snapshot);
+        return l4::serve(tcp, client, bind, proxy, watcher).await;
+    }
     let _ = tcp.set_nodelay(true);
     let frontend_name = Arc::clone(&frontend.name);
     let state = Arc::clone(&frontend.state);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::config::Frontend;
 use crate::config::acl::{AclRef, AclSpec, Condition};
 use crate::routing::acl::{CompileError, CompiledAcl};
-use crate::routing::{RequestView, RouteDecision, Router};
+use crate::routing::{ConnView, RequestView, RouteDecision, Router};
 
 /// Memo slots that live on the stack: 2 bits each, in `MEMO_WORDS` words.
 const MEMO_WORDS: usize = 8;
@@ -176,22 +176,22 @@ impl AclRouter {
         })
     }
 
-    fn holds(&self, rule: &Rule, req: &RequestView<'_>, memo: &mut Memo) -> bool {
+    fn holds(&self, rule: &Rule, eval: &impl Fn(&CompiledAcl) -> bool, memo: &mut Memo) -> bool {
         if rule.any_of.is_empty() {
             return true;
         }
         rule.any_of.iter().any(|all_of| {
             all_of.iter().all(|term| {
                 let value = match &term.acl {
-                    TermAcl::Inline(acl) => acl.matches(req),
-                    TermAcl::Named { index, memo: None } => self.acls[*index].matches(req),
+                    TermAcl::Inline(acl) => eval(acl),
+                    TermAcl::Named { index, memo: None } => eval(&self.acls[*index]),
                     TermAcl::Named {
                         index,
                         memo: Some(slot),
                     } => match memo.get(*slot) {
                         Some(value) => value,
                         None => {
-                            let value = self.acls[*index].matches(req);
+                            let value = eval(&self.acls[*index]);
                             memo.set(*slot, value);
                             value
                         }
@@ -203,16 +203,27 @@ impl AclRouter {
     }
 }
 
-impl Router for AclRouter {
-    fn route(&self, req: &RequestView<'_>) -> RouteDecision {
+impl AclRouter {
+    /// The first rule whose condition holds (ACLs evaluated by `eval`), else the default.
+    fn decide(&self, eval: impl Fn(&CompiledAcl) -> bool) -> RouteDecision {
         let mut memo = Memo::new(self.memo_slots);
         for rule in &self.rules {
-            if self.holds(rule, req, &mut memo) != rule.negate {
+            if self.holds(rule, &eval, &mut memo) != rule.negate {
                 return RouteDecision::Backend(rule.backend);
             }
         }
         self.default_backend
             .map_or(RouteDecision::NoBackend, RouteDecision::Backend)
+    }
+}
+
+impl Router for AclRouter {
+    fn route(&self, req: &RequestView<'_>) -> RouteDecision {
+        self.decide(|acl| acl.matches(req))
+    }
+
+    fn route_conn(&self, conn: &ConnView<'_>) -> RouteDecision {
+        self.decide(|acl| acl.matches_conn(conn))
     }
 }
 
@@ -300,6 +311,7 @@ mod tests {
                 .collect(),
             default_backend: default.map(Into::into),
             timeouts: Timeouts::default(),
+            inspect_delay: std::time::Duration::from_secs(5),
             forwardfor: true,
             max_header_size: 64 * 1024,
         }

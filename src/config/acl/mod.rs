@@ -15,6 +15,8 @@ use std::net::IpAddr;
 use http::HeaderName;
 use regex::bytes::Regex;
 
+use crate::config::model::Mode;
+
 mod fetch;
 mod lexer;
 mod pattern;
@@ -75,6 +77,37 @@ pub enum Fetch {
     },
     /// `url_param(name)`: the value of every `name=value` in the query (not percent-decoded).
     UrlParam(String),
+    /// `req.ssl_sni` (TCP mode): the server name of the client's TLS ClientHello.
+    SslSni,
+    /// `dst_port` (TCP mode): the port the client connected to.
+    DstPort,
+}
+
+impl Fetch {
+    /// The mode whose connections carry this sample (`None`: both, e.g. `src`).
+    pub fn mode(&self) -> Option<Mode> {
+        match self {
+            Fetch::Src => None,
+            Fetch::SslSni | Fetch::DstPort => Some(Mode::Tcp),
+            _ => Some(Mode::Http),
+        }
+    }
+
+    /// The fetch's keyword, for messages.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Fetch::Path => "path",
+            Fetch::Query => "query",
+            Fetch::Host => "host",
+            Fetch::Method => "method",
+            Fetch::Src => "src",
+            Fetch::Header { .. } => "hdr",
+            Fetch::FullHeader { .. } => "fhdr",
+            Fetch::UrlParam(_) => "url_param",
+            Fetch::SslSni => "req.ssl_sni",
+            Fetch::DstPort => "dst_port",
+        }
+    }
 }
 
 /// How a sample is compared with the patterns.
@@ -96,10 +129,12 @@ pub enum MatchMethod {
     Found,
     /// An address against addresses and CIDRs.
     Ip,
+    /// An integer sample against integers or ranges.
+    Int,
 }
 
 impl MatchMethod {
-    const ALL: [(&'static str, MatchMethod); 10] = [
+    const ALL: [(&'static str, MatchMethod); 11] = [
         ("str", Self::Str),
         ("beg", Self::Beg),
         ("end", Self::End),
@@ -110,6 +145,7 @@ impl MatchMethod {
         ("len", Self::Len),
         ("found", Self::Found),
         ("ip", Self::Ip),
+        ("int", Self::Int),
     ];
 
     pub fn name(self) -> &'static str {
@@ -176,6 +212,11 @@ pub enum Pattern {
         max: u64,
     },
     Ip(IpNet),
+    /// Inclusive integer range (`dst_port 8000:8080`).
+    Int {
+        min: u64,
+        max: u64,
+    },
 }
 
 /// One ACL line: a fetch, a match method, the `-i` flag and the patterns (any of them).
