@@ -270,7 +270,7 @@ mod tests {
     use super::{AclRouter, BuildError, Memo};
     use crate::config::acl::{Condition, parse_acl, parse_condition};
     use crate::config::{Frontend, Mode, NamedAcl, Timeouts, UseBackend};
-    use crate::routing::{RequestView, RouteDecision, Router};
+    use crate::routing::{ConnView, RequestView, RouteDecision, Router};
 
     const BACKENDS: [&str; 4] = ["webservers", "items", "baskets", "admin"];
 
@@ -354,6 +354,47 @@ mod tests {
             &[("items", "is_item"), ("baskets", "is_basket")],
             Some("webservers"),
         )
+    }
+
+    #[test]
+    fn connections_route_on_sni_destination_port_and_source() {
+        let r = router(
+            &[
+                ("shop", "req.ssl_sni -i shop.example"),
+                ("tls_port", "dst_port 443 8443:8444"),
+                ("inside", "src 10.0.0.0/8"),
+                ("web", "path_beg /"),
+            ],
+            &[
+                ("items", "shop tls_port"),
+                ("baskets", "inside !tls_port"),
+                ("admin", "web"),
+            ],
+            Some("webservers"),
+        );
+        let conn = |client: &str, port: u16, sni: Option<&'static str>| ConnView {
+            client: client.parse().unwrap(),
+            local: SocketAddr::from(([127, 0, 0, 1], port)),
+            sni,
+            frontend: "tcp",
+        };
+        assert_eq!(
+            r.route_conn(&conn("192.0.2.1:1", 443, Some("SHOP.example"))),
+            to("items")
+        );
+        assert_eq!(
+            r.route_conn(&conn("192.0.2.1:1", 8444, Some("shop.example"))),
+            to("items")
+        );
+        assert_eq!(
+            r.route_conn(&conn("10.1.2.3:1", 8445, Some("shop.example"))),
+            to("baskets")
+        );
+        // No name (not TLS, or none sent) is an absent sample; HTTP fetches never match.
+        assert_eq!(
+            r.route_conn(&conn("192.0.2.1:1", 443, None)),
+            to("webservers")
+        );
     }
 
     #[test]

@@ -569,6 +569,37 @@ mod tests {
     }
 
     #[test]
+    fn connection_fetches_take_integers_and_names() {
+        let t = one("dst_port 443 8000:8080 ge 9000");
+        assert_eq!((t.fetch(), t.method()), (&Fetch::DstPort, MatchMethod::Int));
+        assert!(matches!(
+            t.patterns(),
+            [
+                Pattern::Int { min: 443, max: 443 },
+                Pattern::Int {
+                    min: 8000,
+                    max: 8080
+                },
+                Pattern::Int { min: 9000, .. }
+            ]
+        ));
+        let t = one("req.ssl_sni -i -m end .example.com");
+        assert_eq!((t.fetch(), t.method()), (&Fetch::SslSni, MatchMethod::End));
+        assert_eq!(one("req_ssl_sni a").fetch(), &Fetch::SslSni);
+        assert_eq!(one("dst_port -m found").method(), MatchMethod::Found);
+        assert_eq!(
+            err("dst_port -m beg 4").message,
+            "\"dst_port\" is an integer: \"-m beg\" does not apply"
+        );
+        assert_eq!(
+            err("path -m int 3").message,
+            "\"-m int\" does not apply to \"path\""
+        );
+        assert_eq!(Fetch::SslSni.mode(), Some(crate::config::Mode::Tcp));
+        assert_eq!(Fetch::Src.mode(), None);
+    }
+
+    #[test]
     fn or_combines_lines() {
         let spec = parse_acl("path_beg /a")
             .unwrap()
