@@ -169,7 +169,9 @@ async fn serve_connection(
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
         .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS));
-    let served = watcher.watch(builder.serve_connection(io, service)).await;
+    let served = watcher
+        .watch(builder.serve_connection_with_upgrades(io, service))
+        .await;
 
     if conn.timed_out_head() {
         connection_error(client, &state, 408, "request head timeout");

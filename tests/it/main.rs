@@ -13,3 +13,4 @@ mod states;
 mod statuses;
 mod streaming;
 mod tcp;
+mod websocket;
