@@ -35,9 +35,33 @@ fn expect(name: &str, code: i32, lines: &[&str]) {
 #[test]
 fn example_labs_pass_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for lab in ["examples/lab1-basic.toml", "examples/lab2-uri.toml"] {
+    for lab in [
+        "examples/lab1-basic.toml",
+        "examples/lab2-uri.toml",
+        "examples/tcp-sni.toml",
+    ] {
         assert_eq!(run_check(root, lab), (0, "check: ok\n".to_owned()), "{lab}");
     }
+}
+
+#[test]
+fn tcp_example_loads_into_the_model() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tcp-sni.toml");
+    let (config, report) = config::load(&path);
+    let config = config.unwrap_or_else(|| panic!("{}", report.render()));
+    let tls_in = &config.frontends[0];
+    assert_eq!(tls_in.mode, Mode::Tcp);
+    assert_eq!(tls_in.inspect_delay, Duration::from_secs(5));
+    assert_eq!(tls_in.timeouts.client, Duration::from_secs(3600));
+    let shop = config.backend("shop").unwrap();
+    assert_eq!(shop.mode, Mode::Tcp);
+    assert_eq!(shop.servers[0].send_proxy, Some(config::SendProxy::V2));
+    assert_eq!(
+        shop.timeouts.tunnel,
+        Duration::from_secs(3600),
+        "the default"
+    );
+    assert_eq!(config.backend("db").unwrap().balance, Balance::Source);
 }
 
 #[test]
