@@ -466,7 +466,7 @@ fn unknown_algorithm() {
         1,
         &[
             r#"unknown_algorithm.toml:3:11: error: defaults.balance: unknown algorithm "fastest""#,
-            r#"    = help: expected roundrobin, static-rr, leastconn, random, source, uri, uri whole, hdr(NAME) or first"#,
+            r#"    = help: expected roundrobin, static-rr, leastconn, random, source, uri, uri whole, hdr(NAME), first or a plugin name"#,
             r#"unknown_algorithm.toml:10:11: error: backend.app.balance: unknown algorithm "roundrobn""#,
             r#"    = help: did you mean "roundrobin"?"#,
             r#"check: 2 errors"#,

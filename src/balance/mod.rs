@@ -62,8 +62,9 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
 }
 
-/// Builds the native balancer a backend's config names. `servers` are the backend's server
-/// states in config order.
+/// Builds the native balancer a backend's config names (round-robin for a plugin name: the
+/// plugin's fallback). `servers` are the backend's server states in config order. Only
+/// `plugin::build` calls it.
 pub fn build_balancer(
     backend: &Backend,
     servers: &[Arc<ServerState>],
@@ -82,6 +83,8 @@ pub fn build_balancer(
         Balance::Uri { whole } => Box::new(Uri::new(servers, state, *whole)),
         Balance::Hdr(name) => Box::new(Hdr::new(servers, state, name.clone())),
         Balance::First => Box::new(First::new(servers, state)),
+        // `plugin::build` builds plugin balancers; this is their native fallback.
+        Balance::Plugin(_) => Box::new(RoundRobin::new(servers, state)),
     }
 }
 

@@ -19,6 +19,7 @@ mod diag;
 mod duration;
 mod frontend;
 pub mod model;
+mod plugin;
 mod sections;
 mod size;
 mod validate;

@@ -1,0 +1,421 @@
+//! Compiled plugin versions, their pools of warm instances, and one bounded call.
+//!
+//! A [`Compiled`] component is made once per file content (compile, link against the host's
+//! imports, `InstancePre`, find which roles it exports). A [`Loaded`] version pairs it with
+//! the plugin's settings and owns a pool of warm instances: a call takes one (or instantiates
+//! a fresh one from the `InstancePre`: no compiling or linking on the request path), runs
+//! under an epoch deadline and the memory limiter, and gives it back unless it faulted, has
+//! served `recycle_after` calls, or its linear memory grew past `recycle_memory`. An instance
+//! that trapped, timed out or hit its memory cap is dropped with its `Store`, never reused.
+//!
+//! The pool is sharded by thread: each worker thread finds its own instance(s) without
+//! contention. Since calls are synchronous, a worker normally holds one warm instance per
+//! plugin version.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use wasmtime::Store;
+use wasmtime::component::{Component, InstancePre};
+
+use crate::config::{OnError, PluginRole};
+use crate::plugin::bindings::{balancer, health, router};
+use crate::plugin::engine::{TICK, host};
+use crate::plugin::store::{PluginContext, StoreData};
+
+/// Shards of a version's idle pool (threads are spread over them).
+const SHARDS: usize = 16;
+/// Idle instances kept per shard at most.
+const IDLE_PER_SHARD: usize = 4;
+
+/// Why a file could not become a plugin version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: String },
+    #[error("not a wasm file (no \\0asm header)")]
+    NotWasm,
+    #[error(
+        "is a core wasm module, not a component; build the plugin with `cargo build --release --target wasm32-wasip2`"
+    )]
+    CoreModule,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error("cannot link: {0}")]
+    Link(String),
+    #[error("cannot instantiate: {0}")]
+    Instantiate(String),
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// The export a role needs.
+pub fn export_name(role: PluginRole) -> &'static str {
+    match role {
+        PluginRole::Router => "wasp:plugin/router@0.1.0",
+        PluginRole::Balancer => "wasp:plugin/balancer@0.1.0",
+        PluginRole::Health => "wasp:plugin/health@0.1.0",
+    }
+}
+
+/// A component compiled and linked once, for one file content.
+pub struct Compiled {
+    /// Hash of the file's bytes (the cache key).
+    pub hash: u64,
+    pub size: usize,
+    pre: InstancePre<StoreData>,
+    router: Option<router::GuestIndices>,
+    balancer: Option<balancer::GuestIndices>,
+    health: Option<health::GuestIndices>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("hash", &format_args!("{:016x}", self.hash))
+            .field("size", &self.size)
+            .field("roles", &self.roles())
+            .finish()
+    }
+}
+
+/// A stable hash of file content (the compile cache key).
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+impl Compiled {
+    /// Compiles and links `bytes`, then instantiates it once to prove it works with the
+    /// host's imports. Slow (tens of ms): never on the request path.
+    pub fn new(bytes: &[u8]) -> Result<Compiled, LoadError> {
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00]) => {
+                return Err(LoadError::CoreModule);
+            }
+            Some([0, b'a', b's', b'm', ..]) => {}
+            _ => return Err(LoadError::NotWasm),
+        }
+        let host = host().map_err(LoadError::Engine)?;
+        let component = Component::new(&host.engine, bytes)
+            .map_err(|e| LoadError::Invalid(error_text(&e)))?;
+        let pre = host
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(error_text(&e)))?;
+        let compiled = Compiled {
+            hash: content_hash(bytes),
+            size: bytes.len(),
+            router: router::GuestIndices::new(&pre).ok(),
+            balancer: balancer::GuestIndices::new(&pre).ok(),
+            health: health::GuestIndices::new(&pre).ok(),
+            pre,
+        };
+        let probe = Arc::new(PluginContext {
+            name: Arc::from("(load check)"),
+            config: Vec::new(),
+            shared: Arc::default(),
+            log: Arc::new(crate::plugin::store::LogLimit::new(0)),
+            memory: crate::config::MAX_PLUGIN_MEMORY,
+        });
+        compiled
+            .instantiate(probe, 1000)
+            .map_err(LoadError::Instantiate)?;
+        Ok(compiled)
+    }
+
+    /// The roles this component exports.
+    pub fn roles(&self) -> Vec<PluginRole> {
+        let mut roles = Vec::new();
+        if self.router.is_some() {
+            roles.push(PluginRole::Router);
+        }
+        if self.balancer.is_some() {
+            roles.push(PluginRole::Balancer);
+        }
+        if self.health.is_some() {
+            roles.push(PluginRole::Health);
+        }
+        roles
+    }
+
+    pub fn exports(&self, role: PluginRole) -> bool {
+        self.roles().contains(&role)
+    }
+
+    /// A fresh instance in its own store.
+    fn instantiate(&self, ctx: Arc<PluginContext>, deadline_ticks: u64) -> Result<Warm, String> {
+        let host = host()?;
+        let mut store = Store::new(&host.engine, StoreData::new(ctx));
+        store.limiter(|s| s);
+        store.set_epoch_deadline(deadline_ticks);
+        let instance = poll_once(self.pre.instantiate_async(&mut store))
+            .ok_or_else(|| "instantiation blocked".to_owned())?
+            .map_err(|e| error_text(&e))?;
+        let load_err = |e: wasmtime::Error| error_text(&e);
+        Ok(Warm {
+            router: match &self.router {
+                Some(i) => Some(i.load(&mut store, &instance).map_err(load_err)?),
+                None => None,
+            },
+            balancer: match &self.balancer {
+                Some(i) => Some(i.load(&mut store, &instance).map_err(load_err)?),
+                None => None,
+            },
+            health: match &self.health {
+                Some(i) => Some(i.load(&mut store, &instance).map_err(load_err)?),
+                None => None,
+            },
+            store,
+            calls: 0,
+        })
+    }
+}
+
+/// A live instance: its store and the exports of each role it has.
+pub struct Warm {
+    pub store: Store<StoreData>,
+    pub router: Option<router::Guest>,
+    pub balancer: Option<balancer::Guest>,
+    pub health: Option<health::Guest>,
+    calls: u64,
+}
+
+/// How a plugin version runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub recycle_after: u64,
+    pub recycle_memory: usize,
+}
+
+impl Settings {
+    /// The epoch deadline of one call: the timeout in ticks (rounded up, at least 1). The
+    /// call is interrupted between `timeout - 1 tick` and `timeout` after it started.
+    fn ticks(&self) -> u64 {
+        let ticks = self.timeout.as_nanos().div_ceil(TICK.as_nanos());
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// What went wrong in one call: it costs that decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access...).
+    Trap { error: String, backtrace: String },
+    /// The call ran past the plugin's `timeout`.
+    Timeout,
+    /// The guest needed more linear memory than `memory` allows.
+    Memory { error: String, backtrace: String },
+    /// The guest waited on something that never comes (no host function blocks).
+    Blocked,
+    /// No instance could be made (the instance pool is exhausted, or instantiation failed).
+    Unavailable(String),
+    /// The component does not export the role it was asked for.
+    Missing(PluginRole),
+    /// The guest answered, but the answer is not acceptable (unknown backend, bad index...).
+    Invalid(String),
+}
+
+impl Fault {
+    /// A short stable name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Trap { .. } => "trap",
+            Fault::Timeout => "timeout",
+            Fault::Memory { .. } => "memory",
+            Fault::Blocked => "blocked",
+            Fault::Unavailable(_) => "unavailable",
+            Fault::Missing(_) => "missing export",
+            Fault::Invalid(_) => "invalid answer",
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Trap { error, .. } => write!(f, "trapped: {error}"),
+            Fault::Timeout => f.write_str("timed out"),
+            Fault::Memory { error, .. } => write!(f, "exceeded its memory limit: {error}"),
+            Fault::Blocked => f.write_str("blocked waiting for I/O"),
+            Fault::Unavailable(e) => write!(f, "no instance available: {e}"),
+            Fault::Missing(role) => write!(f, "does not export {}", export_name(*role)),
+            Fault::Invalid(e) => write!(f, "invalid answer: {e}"),
+        }
+    }
+}
+
+/// One version of a plugin, ready to serve: compiled code, settings, and warm instances.
+pub struct Loaded {
+    pub compiled: Arc<Compiled>,
+    pub ctx: Arc<PluginContext>,
+    pub settings: Settings,
+    /// Counts loads of this plugin name: 1 for the first version.
+    pub version: u64,
+    idle: Box<[Mutex<Vec<Warm>>]>,
+    /// Instances created for this version.
+    pub(crate) created: AtomicUsize,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("compiled", &self.compiled)
+            .field("settings", &self.settings)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    pub fn new(
+        compiled: Arc<Compiled>,
+        ctx: Arc<PluginContext>,
+        settings: Settings,
+        version: u64,
+    ) -> Loaded {
+        Loaded {
+            compiled,
+            ctx,
+            settings,
+            version,
+            idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            created: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `call` on a warm instance. `call` gets the instance and returns `None` if the
+    /// guest's future did not complete at once (see [`poll_once`]).
+    pub fn call<R>(
+        &self,
+        call: impl FnOnce(&mut Warm) -> Option<wasmtime::Result<R>>,
+    ) -> Result<R, Fault> {
+        let shard = &self.idle[shard_index()];
+        let taken = shard.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut warm = match taken {
+            Some(w) => w,
+            None => {
+                self.created.fetch_add(1, Ordering::Relaxed);
+                self.compiled
+                    .instantiate(Arc::clone(&self.ctx), self.settings.ticks())
+                    .map_err(Fault::Unavailable)?
+            }
+        };
+        warm.store.set_epoch_deadline(self.settings.ticks());
+        let outcome = call(&mut warm);
+        let result = match outcome {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Err(classify(&e, warm.store.data().memory_refused)),
+            // Dropping the pending call and its store cancels it.
+            None => return Err(Fault::Blocked),
+        };
+        warm.calls += 1;
+        let worn = warm.calls >= self.settings.recycle_after
+            || warm.store.data().memory_used > self.settings.recycle_memory;
+        if !worn {
+            let mut idle = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < IDLE_PER_SHARD {
+                idle.push(warm);
+            }
+        }
+        Ok(result)
+    }
+
+    /// Instances created for this version so far.
+    pub fn instances_created(&self) -> usize {
+        self.created.load(Ordering::Relaxed)
+    }
+}
+
+fn classify(e: &wasmtime::Error, memory_refused: bool) -> Fault {
+    let backtrace = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(backtrace_text)
+        .unwrap_or_default();
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => Fault::Timeout,
+        _ if memory_refused => Fault::Memory {
+            error: error_text(e),
+            backtrace,
+        },
+        _ => Fault::Trap {
+            error: error_text(e),
+            backtrace,
+        },
+    }
+}
+
+/// A wasm backtrace on one line: `func <- caller <- ...` (function names from the name
+/// section, demangled), innermost first.
+fn backtrace_text(bt: &wasmtime::WasmBacktrace) -> String {
+    let names: Vec<String> = bt
+        .frames()
+        .iter()
+        .take(12)
+        .map(|f| match f.func_name() {
+            Some(name) => {
+                let text = format!("{:#}", DemangledName(name));
+                text.rsplit_once("::h")
+                    .filter(|(_, hash)| hash.len() == 16)
+                    .map_or(text.clone(), |(head, _)| head.to_owned())
+            }
+            None => format!("<func {}>", f.func_index()),
+        })
+        .collect();
+    names.join(" <- ")
+}
+
+struct DemangledName<'a>(&'a str);
+
+impl std::fmt::Display for DemangledName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        wasmtime_environ_demangle(self.0, f)
+    }
+}
+
+/// wasmtime demangles names in its own `Display`; frames only give the raw name, which for
+/// Rust guests is usually already readable (`wasm-ld` keeps demangled names in the name
+/// section).
+fn wasmtime_environ_demangle(name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str(name)
+}
+
+/// An error's message and its causes, on one line.
+pub fn error_text(e: &wasmtime::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !cause.is_empty() && !cause.starts_with("error while executing at wasm backtrace") {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Polls `f` once with a no-op waker. Plugin calls never wait (the host's imports are
+/// synchronous, the WASI streams always ready, and the epoch deadline traps rather than
+/// yields), so the future completes on the first poll; `None` means it would have waited.
+pub fn poll_once<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// This thread's shard of the idle pools.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
