@@ -19,6 +19,9 @@ use tokio::sync::Mutex;
 
 use crate::config::{self, Config};
 use crate::health::{HealthCheckers, StateTable};
+use crate::plugin::build::build_judge;
+use crate::plugin::watch::{WatchHandle, spawn_watch};
+use crate::plugin::{PluginError, PluginSet, Plugins, Reloaded};
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
 use crate::proxy::workers::Workers;
@@ -43,6 +46,8 @@ pub enum RuntimeError {
     Signal(std::io::Error),
     #[error("config loader task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
 }
 
 /// A running proxy: its live snapshot, listeners and run-time state.
@@ -56,6 +61,9 @@ pub struct Runtime {
     graceful: Arc<GracefulShutdown>,
     listeners: Mutex<HashMap<ListenKey, ListenerHandle>>,
     checkers: std::sync::Mutex<HealthCheckers>,
+    plugins: Arc<Plugins>,
+    /// Watches the live plugins' files; started with the first config that has plugins.
+    watch: std::sync::Mutex<Option<WatchHandle>>,
 }
 
 impl Runtime {
@@ -66,7 +74,10 @@ impl Runtime {
         let count = config.global.workers.unwrap_or_else(Workers::default_count);
         let workers = Arc::new(Workers::start(count).map_err(RuntimeError::Workers)?);
         let clients = ClientCache::new(workers.len());
-        let snapshot = build_snapshot(Arc::clone(&config), &states, &clients)?;
+        let plugins = Arc::new(Plugins::new());
+        let set = prepare_plugins(&plugins, &config).await?;
+        let snapshot = build_snapshot(Arc::clone(&config), &states, &clients, &set)?;
+        plugins.commit(&set);
         let proxy = Arc::new(Proxy::new(snapshot));
         let graceful = Arc::new(GracefulShutdown::new());
         if let Some(admin) = &config.admin {
@@ -79,7 +90,9 @@ impl Runtime {
             listeners.insert(key, handle);
         }
         let mut checkers = HealthCheckers::default();
-        let started = checkers.update(&config, &states).started;
+        let started = checkers
+            .update_with(&config, &states, &|spec| build_judge(spec, &set))
+            .started;
         if started > 0 {
             tracing::info!(servers = started, "health checks started");
         }
@@ -92,7 +105,23 @@ impl Runtime {
             graceful,
             listeners: Mutex::new(listeners),
             checkers: std::sync::Mutex::new(checkers),
+            watch: std::sync::Mutex::new(watch_plugins(&plugins, &set, None)),
+            plugins,
         })
+    }
+
+    /// The loaded plugins (for stats and hot-loading).
+    pub fn plugins(&self) -> &Arc<Plugins> {
+        &self.plugins
+    }
+
+    /// Hot-loads plugin `name` from its file (the admin request): compiled off the request
+    /// path, swapped in atomically; a broken file is rejected and the old version keeps
+    /// serving.
+    pub async fn reload_plugin(&self, name: &str) -> Result<Reloaded, RuntimeError> {
+        let plugins = Arc::clone(&self.plugins);
+        let name = name.to_owned();
+        Ok(tokio::task::spawn_blocking(move || plugins.reload(&name)).await??)
     }
 
     /// The live proxy (snapshot holder).
@@ -156,7 +185,8 @@ impl Runtime {
     /// Applies a validated config: new snapshot, listeners opened and closed to match.
     pub async fn apply(&self, config: Config) -> Result<(), RuntimeError> {
         let config = Arc::new(config);
-        let snapshot = build_snapshot(Arc::clone(&config), &self.states, &self.clients)?;
+        let set = prepare_plugins(&self.plugins, &config).await?;
+        let snapshot = build_snapshot(Arc::clone(&config), &self.states, &self.clients, &set)?;
         let mut listeners = self.listeners.lock().await;
         let wanted = listen_keys(&config);
         let mut opened = Vec::new();
@@ -174,13 +204,18 @@ impl Runtime {
                 }
             }
         }
+        self.plugins.commit(&set);
         self.proxy.install(snapshot);
         prune_states(&config, &self.states);
+        {
+            let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+            *watch = watch_plugins(&self.plugins, &set, watch.take());
+        }
         let checks = self
             .checkers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .update(&config, &self.states);
+            .update_with(&config, &self.states, &|spec| build_judge(spec, &set));
         tracing::debug!(
             started = checks.started,
             restarted = checks.restarted,
@@ -243,6 +278,37 @@ pub fn log_diagnostics(report: &config::Report) {
             config::Severity::Warning => tracing::warn!("{text}"),
         }
     }
+}
+
+/// Loads the plugins `config` names (compiling what changed) on a blocking thread.
+async fn prepare_plugins(plugins: &Arc<Plugins>, config: &Arc<Config>) -> Result<PluginSet, RuntimeError> {
+    if config.plugins.is_empty() {
+        return Ok(PluginSet::empty());
+    }
+    let (plugins, config) = (Arc::clone(plugins), Arc::clone(config));
+    Ok(tokio::task::spawn_blocking(move || plugins.prepare(&config)).await??)
+}
+
+/// The watcher for the live plugins: started when the first plugin appears, kept (and
+/// pointed at the current files) after.
+fn watch_plugins(
+    plugins: &Arc<Plugins>,
+    set: &PluginSet,
+    current: Option<WatchHandle>,
+) -> Option<WatchHandle> {
+    let mut handle = match current {
+        Some(h) => h,
+        None if set.is_empty() => return None,
+        None => match spawn_watch(Arc::clone(plugins)) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch plugin files; changed plugins load on SIGHUP only");
+                return None;
+            }
+        },
+    };
+    handle.update(plugins);
+    Some(handle)
 }
 
 fn open(

@@ -60,7 +60,17 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
     /// Index into the backend's server list of an eligible server (usable, below its
     /// `maxconn`, not in `ctx.tried`), or `None` when there is none.
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// [`Balancer::pick`], or a refusal of the request as a whole: a balancer plugin that
+    /// failed under `on_error = "deny"`. Native algorithms never refuse.
+    fn pick_or_deny(&self, ctx: &PickContext<'_>) -> Result<Option<usize>, Denied> {
+        Ok(self.pick(ctx))
+    }
 }
+
+/// A balancer refused the request (the proxy answers 503 without queueing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied;
 
 /// Builds the native balancer a backend's config names (round-robin for a plugin name: the
 /// plugin's fallback). `servers` are the backend's server states in config order. Only

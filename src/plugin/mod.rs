@@ -1,76 +1,32 @@
-//! Wasm plugins: the wasmtime host.
+//! Wasm plugins: the wasmtime host (see docs/plugins.md).
+//!
+//! ```text
+//! bindings  the only bindgen! call: the WIT world's types, host imports and role exports
+//! engine    the process's one Engine (pooling allocator, epoch interruption), its Linker
+//!           (host imports + a minimal WASI: no files, network, env or clocks) and ticker
+//! store     a Store's data: host functions, memory limiter, stdout/stderr to the log
+//! shared    counters and a bounded key-value store shared by a plugin's instances
+//! instance  compiled versions, warm instance pools, one bounded call, faults
+//! registry  the configured plugins: load from config, commit, hot-load one, stats
+//! adapt     WasmRouter, WasmBalancer, WasmJudge: the decision traits over a plugin
+//! build     the one builder choosing native or Wasm decisions
+//! check     `wasp check`'s plugin diagnostics
+//! watch     the file watcher that hot-loads changed .wasm files
+//! ```
+
+pub mod adapt;
 pub mod bindings;
+pub mod build;
+pub mod check;
 pub mod engine;
 pub mod instance;
+pub mod registry;
 pub mod shared;
 pub mod store;
+pub mod watch;
+
+pub use instance::{Fault, LoadError};
+pub use registry::{Plugin, PluginError, PluginSet, Plugins, Reloaded};
 
 #[cfg(test)]
 pub(crate) mod test_plugins;
-
-#[cfg(test)]
-mod smoke {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use crate::config::OnError;
-    use crate::plugin::bindings::types::Request;
-    use crate::plugin::instance::{Compiled, Loaded, Settings, poll_once};
-    use crate::plugin::store::{LogLimit, PluginContext};
-
-    #[test]
-    fn path_router_routes() {
-        let bytes = std::fs::read(super::test_plugins::wasm("path-router")).unwrap();
-        let compiled = Arc::new(Compiled::new(&bytes).unwrap());
-        let ctx = Arc::new(PluginContext {
-            name: Arc::from("pr"),
-            config: vec![("routes".into(), "/item=items".into())],
-            shared: Arc::default(),
-            log: Arc::new(LogLimit::new(10)),
-            memory: 32 << 20,
-        });
-        let loaded = Loaded::new(
-            compiled,
-            ctx,
-            Settings {
-                timeout: Duration::from_millis(5),
-                on_error: OnError::Fallback,
-                recycle_after: 1000,
-                recycle_memory: 8 << 20,
-            },
-            1,
-        );
-        let req = Request {
-            method: "GET".into(),
-            scheme: "http".into(),
-            host: "h".into(),
-            path: "/item/1".into(),
-            query: String::new(),
-            headers: vec![],
-            client_ip: "127.0.0.1".into(),
-            client_port: 1,
-            frontend: "f".into(),
-            sni: None,
-        };
-        for _ in 0..3 {
-            let d = loaded
-                .call(|w| {
-                    let g = w.router.as_ref().unwrap();
-                    poll_once(g.call_route(&mut w.store, &req))
-                })
-                .unwrap();
-            println!("{d:?}");
-        }
-        let n = 20000;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            loaded
-                .call(|w| {
-                    let g = w.router.as_ref().unwrap();
-                    poll_once(g.call_route(&mut w.store, &req))
-                })
-                .unwrap();
-        }
-        println!("{:?}/call, created {}", t.elapsed() / n, loaded.instances_created());
-    }
-}
