@@ -38,9 +38,17 @@ pub fn rendezvous(servers: &[ServerInfo], key: &str) -> Option<usize> {
             bytes.extend_from_slice(s.name.as_bytes());
             bytes.push(0);
             bytes.extend_from_slice(key.as_bytes());
-            wasp_plugin::hash64(&bytes)
+            mix(wasp_plugin::hash64(&bytes))
         })
         .map(|(i, _)| i)
+}
+
+/// SplitMix64's finalizer: FNV alone leaves the high bits of similar inputs correlated,
+/// which skews a highest-hash choice.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn source() -> &'static KeySource {
