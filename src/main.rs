@@ -67,7 +67,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (loaded, mut report) = config::load(&config);
             if let Some(loaded) = &loaded {
                 // Plugins load as `run` would load them: compiled, linked, role exports.
-                report.diagnostics.extend(wasp::plugin::check::check(loaded));
+                report
+                    .diagnostics
+                    .extend(wasp::plugin::check::check(loaded));
                 report.diagnostics.sort_by_key(|d| (d.line, d.col));
             }
             eprint!("{}", report.render());

@@ -281,7 +281,10 @@ pub fn log_diagnostics(report: &config::Report) {
 }
 
 /// Loads the plugins `config` names (compiling what changed) on a blocking thread.
-async fn prepare_plugins(plugins: &Arc<Plugins>, config: &Arc<Config>) -> Result<PluginSet, RuntimeError> {
+async fn prepare_plugins(
+    plugins: &Arc<Plugins>,
+    config: &Arc<Config>,
+) -> Result<PluginSet, RuntimeError> {
     if config.plugins.is_empty() {
         return Ok(PluginSet::empty());
     }

@@ -201,11 +201,10 @@ pub fn build_snapshot(
     let mut frontends = Vec::with_capacity(config.frontends.len());
     let mut by_bind = HashMap::new();
     for (i, f) in config.frontends.iter().enumerate() {
-        let router =
-            build_router(f, &index, plugins).map_err(|source| SnapshotError::Router {
-                frontend: f.name.clone(),
-                source,
-            })?;
+        let router = build_router(f, &index, plugins).map_err(|source| SnapshotError::Router {
+            frontend: f.name.clone(),
+            source,
+        })?;
         for bind in &f.binds {
             by_bind.insert(ListenKey::new(&f.name, *bind), i);
         }

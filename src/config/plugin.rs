@@ -50,7 +50,10 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
             path: i.path.clone(),
         })
     });
-    let config = t.take("config").map(|i| values(&i, sink)).unwrap_or_default();
+    let config = t
+        .take("config")
+        .map(|i| values(&i, sink))
+        .unwrap_or_default();
     let timeout = t
         .take("timeout")
         .and_then(|i| {
@@ -121,7 +124,9 @@ fn values(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<(String, String)> {
         };
         if key.len() > MAX_CONFIG_TEXT || text.len() > MAX_CONFIG_TEXT {
             sink.error(value.start(), &value.path, "config value is too long")
-                .help(format!("keys and values are at most {MAX_CONFIG_TEXT} bytes"));
+                .help(format!(
+                    "keys and values are at most {MAX_CONFIG_TEXT} bytes"
+                ));
             continue;
         }
         out.push((key.to_owned(), text));
@@ -155,7 +160,11 @@ fn bytes(item: &Item<'_, '_>, sink: &mut Sink<'_>, min: usize, max: usize) -> Op
         Some(n) if (min..=max).contains(&n) => Some(n),
         _ => {
             sink.error(item.start(), &item.path, "size is out of range")
-                .help(format!("expected {}k..={}m", min / 1024, max / (1024 * 1024)));
+                .help(format!(
+                    "expected {}k..={}m",
+                    min / 1024,
+                    max / (1024 * 1024)
+                ));
             None
         }
     }

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use crate::config::backend::{self, RawBackend};
 use crate::config::diag::Sink;
 use crate::config::frontend::{self, RawFrontend};
-use crate::config::plugin::{self, RawPlugin};
 use crate::config::model::{Balance, Global, LogFormat, Mode};
+use crate::config::plugin::{self, RawPlugin};
 use crate::config::values::{
     At, PartialTimeouts, Side, balance_at, bind_one, header_size, mode, retries, timeouts,
 };

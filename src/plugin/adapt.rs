@@ -131,11 +131,16 @@ pub fn direct(r: DirectResponse) -> Result<LocalResponse, String> {
         ));
     }
     if r.headers.len() > MAX_DIRECT_HEADERS {
-        return Err(format!("{} headers is over the limit of {MAX_DIRECT_HEADERS}", r.headers.len()));
+        return Err(format!(
+            "{} headers is over the limit of {MAX_DIRECT_HEADERS}",
+            r.headers.len()
+        ));
     }
     let total: usize = r.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
     if total > MAX_DIRECT_HEADER_BYTES {
-        return Err(format!("headers of {total} bytes are over the {MAX_DIRECT_HEADER_BYTES}-byte limit"));
+        return Err(format!(
+            "headers of {total} bytes are over the {MAX_DIRECT_HEADER_BYTES}-byte limit"
+        ));
     }
     let mut headers = HeaderMap::with_capacity(r.headers.len());
     for (name, value) in r.headers {
@@ -379,12 +384,20 @@ mod tests {
     fn direct_responses_are_validated() {
         let ok = direct(resp(
             418,
-            &[("x-a", "1"), ("content-length", "999"), ("connection", "close")],
+            &[
+                ("x-a", "1"),
+                ("content-length", "999"),
+                ("connection", "close"),
+            ],
             3,
         ))
         .unwrap();
         assert_eq!(ok.status.as_u16(), 418);
-        assert_eq!(ok.headers.len(), 1, "framing and hop-by-hop headers dropped");
+        assert_eq!(
+            ok.headers.len(),
+            1,
+            "framing and hop-by-hop headers dropped"
+        );
         assert_eq!(ok.body.len(), 3);
         for bad in [
             resp(99, &[], 0),

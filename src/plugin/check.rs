@@ -25,7 +25,11 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
         let compiled = match Compiled::new(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                out.push(error(&p.written.path, format!("plugin {file} {}", load_text(&e)), None));
+                out.push(error(
+                    &p.written.path,
+                    format!("plugin {file} {}", load_text(&e)),
+                    None,
+                ));
                 continue;
             }
         };

@@ -102,8 +102,8 @@ impl Compiled {
             _ => return Err(LoadError::NotWasm),
         }
         let host = host().map_err(LoadError::Engine)?;
-        let component = Component::new(&host.engine, bytes)
-            .map_err(|e| LoadError::Invalid(error_text(&e)))?;
+        let component =
+            Component::new(&host.engine, bytes).map_err(|e| LoadError::Invalid(error_text(&e)))?;
         let pre = host
             .linker
             .instantiate_pre(&component)

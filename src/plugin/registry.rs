@@ -105,7 +105,9 @@ impl Plugin {
             self.fault(role, &fault);
             return Err(fault);
         }
-        loaded.call(call).inspect_err(|fault| self.fault(role, fault))
+        loaded
+            .call(call)
+            .inspect_err(|fault| self.fault(role, fault))
     }
 
     /// Counts and logs (rate-limited) a fault: a failed call or an answer the host refused.
@@ -260,7 +262,8 @@ impl Plugins {
                         let version = plugin.versions.fetch_add(1, Ordering::Relaxed) + 1;
                         let ctx = context(p, shared, &plugin.name);
                         let loaded = Loaded::new(compiled, ctx, settings, version);
-                        set.pending.push((Arc::clone(&plugin), Arc::new(loaded), roles));
+                        set.pending
+                            .push((Arc::clone(&plugin), Arc::new(loaded), roles));
                     } else {
                         set.pending
                             .push((Arc::clone(&plugin), plugin.loaded(), roles));

@@ -103,7 +103,11 @@ mod tests {
         }
         assert_eq!(s.counter_add("one-too-many", 1), 0);
         assert_eq!(s.counter_get("one-too-many"), 0);
-        assert_eq!(s.counter_add("a", 1), i64::MAX - 2, "existing names still count");
+        assert_eq!(
+            s.counter_add("a", 1),
+            i64::MAX - 2,
+            "existing names still count"
+        );
         assert_eq!(s.counter_add(&"k".repeat(MAX_KEY_LEN + 1), 1), 0);
     }
 
@@ -124,6 +128,9 @@ mod tests {
         }
         assert!(!s.kv_set("new", vec![]));
         assert!(!s.kv_cas("new2", None, vec![]));
-        assert!(s.kv_set("k", b"4".to_vec()), "existing keys can still change");
+        assert!(
+            s.kv_set("k", b"4".to_vec()),
+            "existing keys can still change"
+        );
     }
 }

@@ -291,7 +291,12 @@ impl LineWriter {
         } else {
             tracing::Level::INFO
         };
-        plugin_log(&self.ctx, level, self.stream, &String::from_utf8_lossy(line));
+        plugin_log(
+            &self.ctx,
+            level,
+            self.stream,
+            &String::from_utf8_lossy(line),
+        );
     }
 }
 
@@ -338,10 +343,7 @@ impl tokio::io::AsyncWrite for LineWriter {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        _cx: &mut TaskContext<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 }

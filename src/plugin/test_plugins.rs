@@ -73,7 +73,10 @@ fn ensure_target() -> Result<(), String> {
         return Ok(());
     }
     let how = format!("rustup target add {TARGET}");
-    match Command::new("rustup").args(["target", "add", TARGET]).status() {
+    match Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+    {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(format!(
             "the {TARGET} target is missing and `{how}` failed ({s}); run `{how}` and try again"

@@ -193,12 +193,18 @@ async fn json_health_marks_down_a_server_whose_body_is_not_status_ok() {
     };
     let bad_state = states.get(&key(bad)).unwrap();
     bad_body.set(r#"{"status": "degraded"}"#);
-    wait_until(Duration::from_secs(5), "bad server down", || !bad_state.is_up()).await;
+    wait_until(Duration::from_secs(5), "bad server down", || {
+        !bad_state.is_up()
+    })
+    .await;
     let reason = bad_state.last_check().unwrap().verdict.reason.to_string();
     assert_eq!(reason, r#"plugin json: down: status is "degraded""#);
     assert!(states.get(&key(good)).unwrap().is_up());
     bad_body.set(r#"{"status":"ok","db":"up"}"#);
-    wait_until(Duration::from_secs(5), "bad server back", || bad_state.is_up()).await;
+    wait_until(Duration::from_secs(5), "bad server back", || {
+        bad_state.is_up()
+    })
+    .await;
 }
 
 /// A fault plugin under `on_error`: the faulting request gets the fallback (the default
@@ -225,7 +231,10 @@ async fn fault_costs_one_decision(crate_name: &str, on_error: &str, limits: &str
     .await;
     let plugin = proxy.runtime.plugins().get("faulty").unwrap();
     let (status, _, body) = get(&proxy.url("/ok")).await;
-    assert_eq!((status.as_u16(), body.as_str()), (200, &*format!("{crate_name} ok\n")));
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, &*format!("{crate_name} ok\n"))
+    );
     assert_eq!(faults(&plugin.stats), 0);
 
     let started = Instant::now();
@@ -323,6 +332,9 @@ async fn hot_swap_under_load_fails_no_request() {
         [plugin.swap]
         path = "{}"
         config = {{ routes = "/=alpha", backend = "beta", percent = "100" }}
+        # Generous: this test shares 2 cores with load and the rest of the suite, and the
+        # deadline counts wall-clock time.
+        timeout = "200ms"
         "#,
         file.display()
     ))
@@ -354,7 +366,7 @@ async fn hot_swap_under_load_fails_no_request() {
     let now_serving = |name: &'static str| {
         let url = url.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(3);
+            let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 let (_, _, body) = get(&url).await;
                 if server_name(&body) == name {
@@ -369,12 +381,16 @@ async fn hot_swap_under_load_fails_no_request() {
     let plugin = proxy.runtime.plugins().get("swap").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let changed = Instant::now();
     replace_file(&file, &canary);
+    let visible = wait_until(Duration::from_secs(5), "version 2 live", || {
+        plugin.version() == 2
+    })
+    .await;
     now_serving("beta").await;
-    let visible = changed.elapsed();
-    assert!(visible < Duration::from_secs(1), "new version after {visible:?}");
-    assert_eq!(plugin.version(), 2);
+    assert!(
+        visible < Duration::from_secs(1),
+        "new version after {visible:?}"
+    );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     replace_file(&file, b"this is not wasm");
@@ -386,10 +402,12 @@ async fn hot_swap_under_load_fails_no_request() {
     assert_eq!(server_name(&body), "beta", "the old version keeps serving");
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let changed = Instant::now();
     replace_file(&file, &router);
+    let visible_back = wait_until(Duration::from_secs(5), "version 3 live", || {
+        plugin.version() >= 3
+    })
+    .await;
     now_serving("alpha").await;
-    let visible_back = changed.elapsed();
     assert!(visible_back < Duration::from_secs(1), "{visible_back:?}");
 
     let rest = Duration::from_secs(10).saturating_sub(start.elapsed());

@@ -54,7 +54,11 @@ mod tests {
     fn lab2_table() {
         let t = parse_routes("/item=items, /basket=baskets");
         assert_eq!(decide(&t, "/item/1"), Some("items"));
-        assert_eq!(decide(&t, "/items"), Some("items"), "path_beg, as in HAProxy");
+        assert_eq!(
+            decide(&t, "/items"),
+            Some("items"),
+            "path_beg, as in HAProxy"
+        );
         assert_eq!(decide(&t, "/basket"), Some("baskets"));
         assert_eq!(decide(&t, "/"), None);
         assert_eq!(decide(&t, "/other/item"), None);
