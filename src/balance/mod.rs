@@ -178,4 +178,4 @@ impl<T> PerGeneration<T> {
 pub(crate) mod testkit;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

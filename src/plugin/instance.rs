@@ -352,52 +352,33 @@ fn classify(e: &wasmtime::Error, memory_refused: bool) -> Fault {
     }
 }
 
-/// A wasm backtrace on one line: `func <- caller <- ...` (function names from the name
-/// section, demangled), innermost first.
+/// A wasm backtrace on one line, innermost first: `func <- caller <- ...`, demangled, with
+/// the Rust runtime's panic and abort machinery left out.
 fn backtrace_text(bt: &wasmtime::WasmBacktrace) -> String {
+    const MACHINERY: [&str; 6] = ["std::", "core::", "alloc::", "__rustc", "panic_", "abort"];
     let names: Vec<String> = bt
         .frames()
         .iter()
-        .take(12)
         .map(|f| match f.func_name() {
-            Some(name) => {
-                let text = format!("{:#}", DemangledName(name));
-                text.rsplit_once("::h")
-                    .filter(|(_, hash)| hash.len() == 16)
-                    .map_or(text.clone(), |(head, _)| head.to_owned())
-            }
+            Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
             None => format!("<func {}>", f.func_index()),
         })
+        .filter(|name| !MACHINERY.iter().any(|m| name.starts_with(m)))
+        .take(12)
         .collect();
     names.join(" <- ")
 }
 
-struct DemangledName<'a>(&'a str);
-
-impl std::fmt::Display for DemangledName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        wasmtime_environ_demangle(self.0, f)
-    }
-}
-
-/// wasmtime demangles names in its own `Display`; frames only give the raw name, which for
-/// Rust guests is usually already readable (`wasm-ld` keeps demangled names in the name
-/// section).
-fn wasmtime_environ_demangle(name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.write_str(name)
-}
-
-/// An error's message and its causes, on one line.
+/// An error's message: its root cause (a trap's description) on one line; wasm backtraces
+/// are reported apart.
 pub fn error_text(e: &wasmtime::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !cause.is_empty() && !cause.starts_with("error while executing at wasm backtrace") {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
+    let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+    let top = e.to_string();
+    if top == root || top.starts_with("error while executing at wasm backtrace") {
+        root
+    } else {
+        format!("{top}: {root}")
     }
-    text
 }
 
 /// Polls `f` once with a no-op waker. Plugin calls never wait (the host's imports are

@@ -30,3 +30,6 @@ pub use registry::{Plugin, PluginError, PluginSet, Plugins, Reloaded};
 
 #[cfg(test)]
 pub(crate) mod test_plugins;
+
+#[cfg(test)]
+mod contract;
