@@ -21,6 +21,7 @@ pub mod check;
 pub mod engine;
 pub mod instance;
 pub mod registry;
+pub mod scaffold;
 pub mod shared;
 pub mod store;
 pub mod watch;

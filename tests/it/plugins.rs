@@ -498,3 +498,118 @@ fn example_plugins_unit_tests_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `wasp plugin new` for each role: the crate builds with one cargo command and loads as
+/// the printed config lines say.
+#[test]
+fn scaffolded_plugins_build_and_load() {
+    let _ = wasm("path-router"); // the SDK's dependencies are built (and cached) once
+    let dir = tempfile::tempdir().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let shared_target = crate::support::test_plugins::workspace().join("target");
+    let mut config = String::from(
+        "[frontend.web]\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\nrouter = \"my-router\"\n\
+         [backend.app]\nservers = [{ name = \"s1\", addr = \"127.0.0.1:9001\", check = true }]\n\
+         balance = \"my-balancer\"\ncheck = { http = \"GET /\", judge = \"my-health\" }\n",
+    );
+    for (name, role) in [
+        ("my-router", "router"),
+        ("my-balancer", "balancer"),
+        ("my-health", "health"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+            .args(["plugin", "new", name, "--role", role, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let crate_dir = dir.path().join(name);
+        assert!(
+            text.contains(&format!(
+                "cd {} && cargo build --release --target wasm32-wasip2",
+                crate_dir.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("[plugin.{name}]")), "{text}");
+        let built = std::process::Command::new(&cargo)
+            .current_dir(&crate_dir)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+            .env("CARGO_TARGET_DIR", &shared_target)
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let wasm_file = shared_target
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        config.push_str(&format!(
+            "[plugin.{name}]\npath = \"{}\"\n",
+            wasm_file.display()
+        ));
+    }
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "check: ok\n");
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["plugin", "new", "my-router", "--role", "router", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "an existing folder is never overwritten"
+    );
+}
+
+/// The threads of process `pid`, by name.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let comm = task.unwrap().path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(comm) {
+            names.push(name.trim().to_owned());
+        }
+    }
+    names
+}
+
+/// With no plugin configured there is no Wasm engine at all: no epoch ticker thread, no
+/// compiled code; a config with a plugin starts them.
+#[test]
+fn no_plugin_configured_means_no_wasm_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[global]\nworkers = 1\n[frontend.web]\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n{}\n\
+                 [backend.app]\nservers = [{{ name = \"s1\", addr = \"127.0.0.1:9\" }}]\n{}",
+                if extra.is_empty() { "" } else { "router = \"paths\"" },
+                extra
+            ),
+        )
+        .unwrap();
+        crate::support::Binary::run(&path)
+    };
+    let native = run("native.toml", "");
+    let names = thread_names(native.child.id());
+    assert!(!names.iter().any(|n| n == "wasp-epoch"), "{names:?}");
+    let with_plugin = run("plugin.toml", &plugin("paths", "path-router", ""));
+    let names = thread_names(with_plugin.child.id());
+    assert!(names.iter().any(|n| n == "wasp-epoch"), "{names:?}");
+}
