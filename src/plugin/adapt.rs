@@ -35,30 +35,41 @@ pub const MAX_DIRECT_HEADER_BYTES: usize = 16 * 1024;
 /// Longest reason a health plugin may give (longer ones are cut).
 const MAX_REASON: usize = 200;
 
-/// The request as a plugin sees it (a copy: the ABI needs one).
-pub fn wit_request(v: &RequestView<'_>) -> wit::Request {
-    wit::Request {
-        method: v.method.as_str().to_owned(),
-        scheme: v.scheme.to_owned(),
-        host: v.host.to_owned(),
-        path: v.path.to_owned(),
-        query: v.query.to_owned(),
-        headers: v
+/// Runs `f` with the request as a plugin sees it. The WIT record borrows the view's own
+/// strings (the ABI copies them into guest memory once); only the client address is
+/// formatted, and header values that are not visible ASCII are converted lossily.
+pub fn with_request<R>(v: &RequestView<'_>, f: impl FnOnce(wit::Request<'_>) -> R) -> R {
+    let client_ip = v.client.ip().to_string();
+    let lossy: Vec<String>;
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(v.headers.len());
+    if v.headers.values().all(|val| val.to_str().is_ok()) {
+        for (name, val) in v.headers {
+            headers.push((name.as_str(), val.to_str().unwrap_or_default()));
+        }
+    } else {
+        lossy = v
             .headers
-            .iter()
-            .map(|(n, val)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(val.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        client_ip: v.client.ip().to_string(),
+            .values()
+            .map(|val| String::from_utf8_lossy(val.as_bytes()).into_owned())
+            .collect();
+        for ((name, _), val) in v.headers.iter().zip(&lossy) {
+            headers.push((name.as_str(), val.as_str()));
+        }
+    }
+    let req = wit::Request {
+        method: v.method.as_str(),
+        scheme: v.scheme,
+        host: v.host,
+        path: v.path,
+        query: v.query,
+        headers: &headers,
+        client_ip: &client_ip,
         client_port: v.client.port(),
-        frontend: v.frontend.to_owned(),
+        frontend: v.frontend,
         // TLS is not terminated yet: there is never an SNI to report.
         sni: None,
-    }
+    };
+    f(req)
 }
 
 /// Routes with a plugin; `defer` (and `fallback` on a fault) use the frontend's rules.
@@ -80,10 +91,11 @@ impl WasmRouter {
     }
 
     fn decide(&self, req: &RequestView<'_>) -> Result<RouteDecision, Fault> {
-        let wit_req = wit_request(req);
-        let answer = self.plugin.call(PluginRole::Router, |w| {
-            let guest = w.router.as_ref()?;
-            poll_once(guest.call_route(&mut w.store, &wit_req))
+        let answer = with_request(req, |wit_req| {
+            self.plugin.call(PluginRole::Router, |w| {
+                let guest = w.router.as_ref()?;
+                poll_once(guest.call_route(&mut w.store, wit_req))
+            })
         })?;
         let decision = match answer {
             WitDecision::Backend(name) => match self.backends.get(&name) {
@@ -187,6 +199,8 @@ pub struct WasmBalancer {
     backend: String,
     servers: Vec<Arc<ServerState>>,
     names: Vec<String>,
+    /// Each server's `ip:port`, as the plugin sees it.
+    addresses: Vec<String>,
     /// The native algorithm for `on_error = "fallback"`.
     native: Box<dyn Balancer>,
 }
@@ -199,11 +213,13 @@ impl WasmBalancer {
         names: Vec<String>,
         native: Box<dyn Balancer>,
     ) -> Self {
+        let addresses = servers.iter().map(|s| s.key.addr.to_string()).collect();
         Self {
             plugin,
             backend: backend.to_owned(),
             servers,
             names,
+            addresses,
             native,
         }
     }
@@ -217,14 +233,15 @@ impl WasmBalancer {
         if offered.is_empty() {
             return Ok(None);
         }
-        let infos: Vec<wit::ServerInfo> = offered
+        let infos: Vec<wit::ServerInfo<'_>> = offered
             .iter()
-            .map(|&i| server_info(&self.names[i], &self.servers[i]))
+            .map(|&i| server_info(&self.names[i], &self.addresses[i], &self.servers[i]))
             .collect();
-        let req = wit_request(ctx.req);
-        let answer = self.plugin.call(PluginRole::Balancer, |w| {
-            let guest = w.balancer.as_ref()?;
-            poll_once(guest.call_pick(&mut w.store, &self.backend, &infos, &req))
+        let answer = with_request(ctx.req, |req| {
+            self.plugin.call(PluginRole::Balancer, |w| {
+                let guest = w.balancer.as_ref()?;
+                poll_once(guest.call_pick(&mut w.store, &self.backend, &infos, req))
+            })
         })?;
         let Some(k) = answer else { return Ok(None) };
         let Some(&idx) = usize::try_from(k).ok().and_then(|k| offered.get(k)) else {
@@ -263,7 +280,7 @@ impl Balancer for WasmBalancer {
     }
 }
 
-fn server_info(name: &str, s: &ServerState) -> wit::ServerInfo {
+fn server_info<'a>(name: &'a str, address: &'a str, s: &ServerState) -> wit::ServerInfo<'a> {
     let state = match (s.admin(), s.health()) {
         (AdminState::Maint, _) => wit::ServerState::Maint,
         (AdminState::Drain, _) => wit::ServerState::Drain,
@@ -271,8 +288,8 @@ fn server_info(name: &str, s: &ServerState) -> wit::ServerInfo {
         (AdminState::Ready, Health::Up) => wit::ServerState::Up,
     };
     wit::ServerInfo {
-        name: name.to_owned(),
-        address: s.key.addr.to_string(),
+        name,
+        address,
         weight: s.weight(),
         state,
         healthy: s.usable(),
@@ -319,19 +336,42 @@ impl WasmJudge {
 
 impl HealthCheck for WasmJudge {
     fn judge(&self, observation: &Observation) -> Verdict {
+        let headers: Vec<(String, String)> = match &observation.outcome {
+            Outcome::Response(r) => r
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let header_refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let error;
         let check = wit_health::CheckResult {
-            server: self.server.clone(),
-            address: self.address.clone(),
+            server: &self.server,
+            address: &self.address,
             latency_ms: u32::try_from(observation.latency.as_millis()).unwrap_or(u32::MAX),
             outcome: match &observation.outcome {
                 Outcome::Connected => wit_health::CheckOutcome::Connected,
-                Outcome::Response(r) => wit_health::CheckOutcome::Response(check_response(r)),
-                Outcome::Failed(e) => wit_health::CheckOutcome::Failed(e.to_string()),
+                Outcome::Response(r) => {
+                    wit_health::CheckOutcome::Response(check_response(r, &header_refs))
+                }
+                Outcome::Failed(e) => {
+                    error = e.to_string();
+                    wit_health::CheckOutcome::Failed(&error)
+                }
             },
         };
-        let answer = self.plugin.call(PluginRole::Health, |w| {
+        let answer = self.plugin.call(PluginRole::Health, move |w| {
             let guest = w.health.as_ref()?;
-            poll_once(guest.call_judge(&mut w.store, &check))
+            poll_once(guest.call_judge(&mut w.store, check))
         });
         match answer {
             Ok(wit_health::Verdict::Up) => self.verdict(true, String::new()),
@@ -347,20 +387,14 @@ impl HealthCheck for WasmJudge {
     }
 }
 
-fn check_response(r: &CheckResponse) -> wit_health::CheckResponse {
+fn check_response<'a>(
+    r: &'a CheckResponse,
+    headers: &'a [(&'a str, &'a str)],
+) -> wit_health::CheckResponse<'a> {
     wit_health::CheckResponse {
         status: r.status.as_u16(),
-        headers: r
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body_prefix: r.body.to_vec(),
+        headers,
+        body_prefix: &r.body,
         body_complete: r.body_complete,
     }
 }

@@ -10,6 +10,9 @@ wasmtime::component::bindgen!({
     world: "all-roles",
     path: "wit",
     exports: { default: async },
+    // Requests, server lists and check results are lent to the guest from the host's own
+    // buffers: no copy into owned Strings before the (unavoidable) copy into guest memory.
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 pub use exports::wasp::plugin::{balancer, health, router};
