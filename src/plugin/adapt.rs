@@ -39,7 +39,8 @@ const MAX_REASON: usize = 200;
 /// strings (the ABI copies them into guest memory once); only the client address is
 /// formatted, and header values that are not visible ASCII are converted lossily.
 pub fn with_request<R>(v: &RequestView<'_>, f: impl FnOnce(wit::Request<'_>) -> R) -> R {
-    let client_ip = v.client.ip().to_string();
+    let mut ip_text = IpText::default();
+    let client_ip = ip_text.format(v.client.ip());
     let lossy: Vec<String>;
     let mut headers: Vec<(&str, &str)> = Vec::with_capacity(v.headers.len());
     if v.headers.values().all(|val| val.to_str().is_ok()) {
@@ -70,6 +71,31 @@ pub fn with_request<R>(v: &RequestView<'_>, f: impl FnOnce(wit::Request<'_>) -> 
         sni: None,
     };
     f(req)
+}
+
+/// An IP address formatted on the stack (the longest IPv6 text is 45 bytes).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        Self {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn format(&mut self, ip: std::net::IpAddr) -> &str {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut self.buf[..]);
+        let _ = write!(cursor, "{ip}");
+        self.len = usize::try_from(cursor.position()).unwrap_or(0);
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
 }
 
 /// Routes with a plugin; `defer` (and `fallback` on a fault) use the frontend's rules.
@@ -412,6 +438,16 @@ mod tests {
                 .collect(),
             body: vec![b'x'; body],
         }
+    }
+
+    #[test]
+    fn ip_text_fits_every_address() {
+        let mut t = IpText::default();
+        assert_eq!(t.format("192.0.2.1".parse().unwrap()), "192.0.2.1");
+        let long = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+        let ip: std::net::IpAddr = long.parse().unwrap();
+        let mut t = IpText::default();
+        assert_eq!(t.format(ip), ip.to_string());
     }
 
     #[test]

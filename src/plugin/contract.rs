@@ -259,6 +259,7 @@ fn a_trapped_instance_is_never_reused() {
     }
     route(&l, "/ok").unwrap();
     assert_eq!(l.instances_created(), 2, "a fresh instance after the trap");
+    assert_eq!(l.usage().calls, 4, "faulted calls count too");
 }
 
 #[test]

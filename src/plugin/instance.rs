@@ -190,6 +190,31 @@ pub struct Warm {
     calls: u64,
 }
 
+/// One thread's part of a version's pool, with the calls it served.
+#[derive(Default)]
+struct Shard {
+    idle: Vec<Warm>,
+    calls: u64,
+    nanos: u64,
+}
+
+/// Calls made and the wall time they took (instantiation included), in nanoseconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub calls: u64,
+    pub nanos: u64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            calls: self.calls + other.calls,
+            nanos: self.nanos.saturating_add(other.nanos),
+        }
+    }
+}
+
 /// How a plugin version runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -264,7 +289,7 @@ pub struct Loaded {
     pub settings: Settings,
     /// Counts loads of this plugin name: 1 for the first version.
     pub version: u64,
-    idle: Box<[Mutex<Vec<Warm>>]>,
+    idle: Box<[Mutex<Shard>]>,
     /// Instances created for this version.
     pub(crate) created: AtomicUsize,
 }
@@ -291,46 +316,65 @@ impl Loaded {
             ctx,
             settings,
             version,
-            idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             created: AtomicUsize::new(0),
         }
     }
 
     /// Runs `call` on a warm instance. `call` gets the instance and returns `None` if the
-    /// guest's future did not complete at once (see [`poll_once`]).
+    /// guest's future did not complete at once (see [`poll_once`]). The call and the time it
+    /// took (instantiation included) are counted in this thread's shard, under the lock the
+    /// pool takes anyway.
     pub fn call<R>(
         &self,
         call: impl FnOnce(&mut Warm) -> Option<wasmtime::Result<R>>,
     ) -> Result<R, Fault> {
+        let started = std::time::Instant::now();
         let shard = &self.idle[shard_index()];
-        let taken = shard.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let taken = shard.lock().unwrap_or_else(PoisonError::into_inner).idle.pop();
+        let (result, keep) = self.run(taken, call);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        shard.calls += 1;
+        shard.nanos = shard.nanos.saturating_add(nanos);
+        if let Some(warm) = keep
+            && shard.idle.len() < IDLE_PER_SHARD
+        {
+            shard.idle.push(warm);
+        }
+        result
+    }
+
+    /// One call on `taken` (or a new instance); gives back the instance when it may be reused.
+    fn run<R>(
+        &self,
+        taken: Option<Warm>,
+        call: impl FnOnce(&mut Warm) -> Option<wasmtime::Result<R>>,
+    ) -> (Result<R, Fault>, Option<Warm>) {
         let mut warm = match taken {
             Some(w) => w,
             None => {
                 self.created.fetch_add(1, Ordering::Relaxed);
-                self.compiled
+                match self
+                    .compiled
                     .instantiate(Arc::clone(&self.ctx), self.settings.ticks())
-                    .map_err(Fault::Unavailable)?
+                {
+                    Ok(w) => w,
+                    Err(e) => return (Err(Fault::Unavailable(e)), None),
+                }
             }
         };
         warm.store.set_epoch_deadline(self.settings.ticks());
-        let outcome = call(&mut warm);
-        let result = match outcome {
+        let result = match call(&mut warm) {
             Some(Ok(r)) => r,
-            Some(Err(e)) => return Err(classify(&e, warm.store.data().memory_refused)),
+            Some(Err(e)) => return (Err(classify(&e, warm.store.data().memory_refused)), None),
             // Dropping the pending call and its store cancels it.
-            None => return Err(Fault::Blocked),
+            None => return (Err(Fault::Blocked), None),
         };
         warm.calls += 1;
         let worn = warm.calls >= self.settings.recycle_after
             || warm.store.data().memory_used > self.settings.recycle_memory;
-        if !worn {
-            let mut idle = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < IDLE_PER_SHARD {
-                idle.push(warm);
-            }
-        }
-        Ok(result)
+        (Ok(result), (!worn).then_some(warm))
     }
 
     /// Makes a fresh instance and drops it: what a call pays when no warm instance is
@@ -340,6 +384,17 @@ impl Loaded {
             .instantiate(Arc::clone(&self.ctx), self.settings.ticks())
             .map(drop)
             .map_err(Fault::Unavailable)
+    }
+
+    /// Calls made to this version so far and the time they took.
+    pub fn usage(&self) -> Usage {
+        self.idle.iter().fold(Usage::default(), |sum, s| {
+            let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+            sum + Usage {
+                calls: s.calls,
+                nanos: s.nanos,
+            }
+        })
     }
 
     /// Instances created for this version so far.

@@ -15,7 +15,9 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, OnError, PluginRole};
-use crate::plugin::instance::{Compiled, Fault, LoadError, Loaded, Settings, content_hash};
+use crate::plugin::instance::{
+    Compiled, Fault, LoadError, Loaded, Settings, Usage, content_hash,
+};
 use crate::plugin::shared::SharedState;
 use crate::plugin::store::{LOG_LINES_PER_SECOND, LogLimit, PluginContext};
 
@@ -45,7 +47,6 @@ pub enum PluginError {
 /// Counts of what a plugin did, for logs, tests and the stats page.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub calls: AtomicU64,
     pub faults: AtomicU64,
     pub timeouts: AtomicU64,
     pub traps: AtomicU64,
@@ -63,6 +64,9 @@ pub struct Plugin {
     /// The roles the live config uses it for: a new version must export them all.
     needs: Mutex<Vec<PluginRole>>,
     versions: AtomicU64,
+    /// Usage of the versions swapped out (calls still running on one when it is swapped out
+    /// are not counted).
+    retired: Mutex<Usage>,
     fault_log: LogLimit,
     pub stats: Stats,
 }
@@ -98,7 +102,6 @@ impl Plugin {
         role: PluginRole,
         call: impl FnOnce(&mut crate::plugin::instance::Warm) -> Option<wasmtime::Result<R>>,
     ) -> Result<R, Fault> {
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let loaded = self.current.load();
         if !loaded.compiled.exports(role) {
             let fault = Fault::Missing(role);
@@ -144,6 +147,19 @@ impl Plugin {
             self.name,
             fault
         );
+    }
+
+    /// Calls made to every version so far and the time they took (counted per thread in
+    /// each version's pool, summed here: no shared counter on the request path).
+    pub fn usage(&self) -> Usage {
+        let retired = *self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired + self.current.load().usage()
+    }
+
+    /// Adds a swapped-out version's usage to the plugin's totals.
+    fn retire(&self, old: &Loaded) {
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        *retired = *retired + old.usage();
     }
 
     /// Instances created by the live version so far.
@@ -279,6 +295,7 @@ impl Plugins {
                         current: ArcSwap::new(Arc::clone(&loaded)),
                         needs: Mutex::new(roles.clone()),
                         versions: AtomicU64::new(1),
+                        retired: Mutex::new(Usage::default()),
                         fault_log: LogLimit::new(FAULT_LOGS_PER_SECOND),
                         stats: Stats::default(),
                     });
@@ -298,6 +315,7 @@ impl Plugins {
             *plugin.needs.lock().unwrap_or_else(PoisonError::into_inner) = roles.clone();
             let old = plugin.current.swap(Arc::clone(loaded));
             if old.version != loaded.version {
+                plugin.retire(&old);
                 tracing::info!(
                     plugin = &*plugin.name,
                     version = loaded.version,
@@ -417,7 +435,8 @@ impl Plugins {
             current.settings.clone(),
             version,
         );
-        plugin.current.store(Arc::new(loaded));
+        let old = plugin.current.swap(Arc::new(loaded));
+        plugin.retire(&old);
         Ok(Reloaded::Swapped { version })
     }
 
