@@ -1,6 +1,6 @@
 //! `wasp demo`: the reference lab in one process. Echo servers node1..node4 listen on
 //! 127.0.0.1:9001..9004 and the proxy serves lab 2's routing (`examples/lab2-uri.toml`, the
-//! very file) on 127.0.0.1:8080.
+//! very file) on 127.0.0.1:8080, with the stats page and runtime API on 127.0.0.1:8404.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,6 +50,10 @@ pub async fn run() -> Result<(), DemoError> {
     let config = config.ok_or_else(|| DemoError::Config(report.render()))?;
     let grace = config.global.grace;
     let runtime = Runtime::start(config).await?;
+    let stats = runtime
+        .admin_addr()
+        .await
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8404)));
     let proxy = runtime
         .frontend_addrs("myfrontend")
         .await
@@ -59,13 +63,16 @@ pub async fn run() -> Result<(), DemoError> {
     println!(
         "\nwasp demo: lab 2 is up.\n\
          \x20 echo servers  node1..node4 on 127.0.0.1:9001..9004\n\
-         \x20 proxy         http://{proxy}  (config: examples/lab2-uri.toml)\n\n\
+         \x20 proxy         http://{proxy}  (config: examples/lab2-uri.toml)\n\
+         \x20 stats page    http://{stats}/  (also /metrics, /stats.json; docs/admin.md)\n\n\
          Try:\n\
          \x20 curl http://{proxy}/item/1        # backend items: node1, node2, node1, ...\n\
          \x20 curl http://{proxy}/basket/1      # backend baskets: node3, node4, ...\n\
          \x20 curl http://{proxy}/              # default backend webservers: node1, node2, node3, ...\n\
          \x20 curl -H 'Accept: application/json' http://{proxy}/item/1\n\
-         \x20 curl --http2-prior-knowledge http://{proxy}/basket/1\n\n\
+         \x20 curl --http2-prior-knowledge http://{proxy}/basket/1\n\
+         \x20 wasp ctl --admin {stats} servers            # or: cargo run -- ctl servers\n\
+         \x20 wasp ctl --admin {stats} set server items/s1 state drain\n\n\
          Ctrl-C stops it.\n"
     );
     let _ = tokio::signal::ctrl_c().await;

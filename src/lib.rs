@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! ```text
+//! counters  per-worker sharded traffic counters (no dependencies)
 //! config    TOML -> spanned tree -> validated model + diagnostics (`wasp check`)
 //! routing   RequestView, the Router trait, ACL matchers, the native AclRouter
 //! balance   the Balancer trait and one file per native algorithm
@@ -13,17 +14,22 @@
 //!           Router/Balancer/HealthCheck, and the one builder that picks native or Wasm
 //! snapshot  the immutable Snapshot built from a Config, swapped atomically on reload
 //! proxy     listeners, the HTTP request path, upstream forwarding, error responses, access log
-//! runtime   process lifecycle: run, reload on SIGHUP, graceful stop
+//! admin     the admin listener: stats page, /metrics, runtime API (through the Control trait
+//!           the runtime implements); the `wasp ctl` client
+//! runtime   process lifecycle: run, reload on SIGHUP, graceful stop; run-time server overlay
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
-//! Arrows point one way: config -> health -> routing/balance -> plugin -> snapshot -> proxy ->
-//! runtime -> binary.
+//! Arrows point one way: config/counters -> health -> routing/balance -> plugin -> snapshot ->
+//! proxy/admin -> runtime -> binary. (The runtime implements admin's `Control` trait; admin
+//! never names it.)
 //! A lower module never names a higher one.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod counters;
 pub mod demo;
 pub mod echo;
 pub mod health;
@@ -32,4 +38,5 @@ pub mod proxy;
 pub mod routing;
 pub mod runtime;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

@@ -45,6 +45,9 @@ enum Command {
         #[command(subcommand)]
         action: PluginCommand,
     },
+    /// Talk to a running wasp's runtime API (the [admin] listener): list, drain, reweight,
+    /// add and remove servers, reload.
+    Ctl(wasp::admin::ctl::CtlArgs),
     /// The lab's echo server: answers with its name and what it received.
     Echo {
         #[arg(long)]
@@ -143,6 +146,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let made = wasp::plugin::scaffold::new_plugin(&name, role, &dir, &sdk)?;
             print!("{}", made.instructions);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl(args) => {
+            let out = control_runtime()?.block_on(wasp::admin::ctl::run(&args));
+            match out {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("wasp ctl: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Echo { name, listen } => {
             let _log = init_tracing(LogFormat::Text);

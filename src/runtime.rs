@@ -7,17 +7,25 @@
 //!
 //! Active health checkers run as tasks on the runtime that calls [`Runtime::start`] and
 //! [`Runtime::apply`] (the control runtime); each applied config brings them in line with it.
+//! So does the admin listener (`[admin]`), which is opened, kept, or moved on each apply.
+//!
+//! What is served is the file's config with the run-time [`Overlay`] (servers added or removed
+//! through the admin API) laid over it; see `overlay` for how the two combine across reloads.
+
+mod overlay;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Mutex;
 
-use crate::config::{self, Config};
+use crate::admin::{self, AdminHandle, Control, ControlError, DiagnosticView};
+use crate::config::{self, Config, ServerSpec};
 use crate::health::{HealthCheckers, StateTable};
 use crate::plugin::build::build_judge;
 use crate::plugin::watch::{WatchHandle, spawn_watch};
@@ -28,11 +36,16 @@ use crate::proxy::workers::Workers;
 use crate::snapshot::{ListenKey, SnapshotError, build_snapshot, listen_keys, prune_states};
 use crate::upstream::ClientCache;
 
+pub use overlay::{Overlay, OverlayError};
+
 /// Why a config could not be started or reloaded.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("{path}: config has errors:\n{report}")]
-    Invalid { path: PathBuf, report: String },
+    #[error("{}: config has errors:\n{}", path.display(), report.render())]
+    Invalid {
+        path: PathBuf,
+        report: config::Report,
+    },
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("cannot listen on {addr}: {source}")]
@@ -48,26 +61,64 @@ pub enum RuntimeError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
+    #[error("{0}")]
+    Server(String),
+    #[error("wasp is stopping")]
+    Stopping,
 }
 
-/// A running proxy: its live snapshot, listeners and run-time state.
+/// A running proxy: its live snapshot, listeners and run-time state. Dereferences to [`Core`],
+/// which the admin API shares.
 #[derive(Debug)]
 pub struct Runtime {
+    core: Arc<Core>,
+    /// Held here only, so that a stop can wait for the connections it watches.
+    graceful: Arc<GracefulShutdown>,
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// The file's config and the run-time changes laid over it.
+#[derive(Debug)]
+struct Layers {
+    file: Arc<Config>,
+    overlay: Overlay,
+}
+
+/// The running proxy's shared parts (see [`Runtime`]).
+#[derive(Debug)]
+pub struct Core {
     path: PathBuf,
     proxy: Arc<Proxy>,
     states: Arc<StateTable>,
     clients: ClientCache,
     workers: Arc<Workers>,
-    graceful: Arc<GracefulShutdown>,
+    /// Gone once a stop has begun: no listener may open after that.
+    graceful: Weak<GracefulShutdown>,
+    /// Also serialises applies (reloads and run-time server changes).
     listeners: Mutex<HashMap<ListenKey, ListenerHandle>>,
     checkers: std::sync::Mutex<HealthCheckers>,
     plugins: Arc<Plugins>,
     /// Watches the live plugins' files; started with the first config that has plugins.
     watch: std::sync::Mutex<Option<WatchHandle>>,
+    layers: std::sync::Mutex<Layers>,
+    admin: Mutex<Option<AdminHandle>>,
+    draining: AtomicBool,
+    me: Weak<Core>,
 }
 
 impl Runtime {
-    /// Builds the snapshot for `config` and opens its listeners.
+    /// Builds the snapshot for `config` and opens its listeners (and the admin listener).
     pub async fn start(config: Config) -> Result<Runtime, RuntimeError> {
         let config = Arc::new(config);
         let states = Arc::new(StateTable::new());
@@ -80,9 +131,6 @@ impl Runtime {
         plugins.commit(&set);
         let proxy = Arc::new(Proxy::new(snapshot));
         let graceful = Arc::new(GracefulShutdown::new());
-        if let Some(admin) = &config.admin {
-            tracing::warn!(bind = %admin.bind, "[admin] is not served by this version: no stats page or runtime API yet");
-        }
         let mut listeners = HashMap::new();
         for (key, frontend) in listen_keys(&config) {
             let handle = open(key.clone(), &proxy, &workers, &graceful)?;
@@ -96,18 +144,93 @@ impl Runtime {
         if started > 0 {
             tracing::info!(servers = started, "health checks started");
         }
-        Ok(Runtime {
+        let core = Arc::new_cyclic(|me| Core {
             path: config.path.clone(),
             proxy,
             states,
             clients,
             workers,
-            graceful,
+            graceful: Arc::downgrade(&graceful),
             listeners: Mutex::new(listeners),
             checkers: std::sync::Mutex::new(checkers),
             watch: std::sync::Mutex::new(watch_plugins(&plugins, &set, None)),
             plugins,
-        })
+            layers: std::sync::Mutex::new(Layers {
+                file: Arc::clone(&config),
+                overlay: Overlay::default(),
+            }),
+            admin: Mutex::new(None),
+            draining: AtomicBool::new(false),
+            me: me.clone(),
+        });
+        if let Some(a) = &config.admin {
+            match admin::spawn_admin(a, core.control()) {
+                Ok(handle) => *core.admin.lock().await = Some(handle),
+                Err(e) => {
+                    for (_, handle) in std::mem::take(&mut *core.listeners.lock().await) {
+                        handle.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Runtime { core, graceful })
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `grace`, then returns. Idle
+    /// keep-alive connections are closed at once. `/healthz` on the admin listener answers 503
+    /// from the start of the stop; the admin listener closes last.
+    pub async fn shutdown(self, grace: Duration) {
+        let Runtime { core, graceful } = self;
+        let listeners = {
+            let mut listeners = core.listeners.lock().await;
+            core.draining.store(true, Ordering::Release);
+            std::mem::take(&mut *listeners)
+        };
+        let mut checkers =
+            std::mem::take(&mut *core.checkers.lock().unwrap_or_else(PoisonError::into_inner));
+        checkers.shutdown(Duration::from_secs(1)).await;
+        for (_, handle) in listeners {
+            handle.stop().await;
+        }
+        match Arc::try_unwrap(graceful) {
+            Ok(graceful) => {
+                let open = graceful.count();
+                if open > 0 {
+                    tracing::info!(connections = open, grace = ?grace, "waiting for in-flight requests");
+                }
+                if tokio::time::timeout(grace, graceful.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
+                }
+            }
+            Err(_) => tracing::warn!("connections still referenced; not waiting for them"),
+        }
+        if let Some(handle) = core.admin.lock().await.take() {
+            handle.stop().await;
+        }
+    }
+}
+
+impl Core {
+    fn control(&self) -> Weak<dyn Control> {
+        self.me.clone()
+    }
+
+    /// The bound address of the admin listener's TCP socket, if it has one.
+    pub async fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.lock().await.as_ref().and_then(|h| h.local)
+    }
+
+    /// The run-time server changes in force.
+    pub fn overlay(&self) -> Overlay {
+        self.layers().overlay.clone()
+    }
+
+    fn layers(&self) -> std::sync::MutexGuard<'_, Layers> {
+        self.layers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The loaded plugins (for stats and hot-loading).
@@ -177,24 +300,67 @@ impl Runtime {
             Some(config) => self.apply(config).await,
             None => Err(RuntimeError::Invalid {
                 path: self.path.clone(),
-                report: report.render(),
+                report,
             }),
         }
     }
 
-    /// Applies a validated config: new snapshot, listeners opened and closed to match.
+    /// Applies a validated config file: new snapshot (with the run-time overlay rebased onto
+    /// it), listeners opened and closed to match.
     pub async fn apply(&self, config: Config) -> Result<(), RuntimeError> {
-        let config = Arc::new(config);
+        let mut listeners = self.listeners.lock().await;
+        let overlay = self.layers().overlay.rebased(&config);
+        self.apply_locked(&mut listeners, Arc::new(config), overlay)
+            .await
+    }
+
+    /// Adds a server to a backend at run time (see `overlay` for how it survives reloads).
+    pub async fn add_server(&self, backend: &str, spec: ServerSpec) -> Result<(), RuntimeError> {
+        let server = tokio::task::spawn_blocking(move || config::runtime_server(spec))
+            .await?
+            .map_err(RuntimeError::Server)?;
+        let mut listeners = self.listeners.lock().await;
+        let (file, mut overlay) = {
+            let layers = self.layers();
+            (Arc::clone(&layers.file), layers.overlay.clone())
+        };
+        overlay.add(&file, backend, server)?;
+        self.apply_locked(&mut listeners, file, overlay).await
+    }
+
+    /// Removes a server from a backend at run time; requests in flight to it finish.
+    pub async fn remove_server(&self, backend: &str, server: &str) -> Result<(), RuntimeError> {
+        let mut listeners = self.listeners.lock().await;
+        let (file, mut overlay) = {
+            let layers = self.layers();
+            (Arc::clone(&layers.file), layers.overlay.clone())
+        };
+        overlay.remove(&file, backend, server)?;
+        self.apply_locked(&mut listeners, file, overlay).await
+    }
+
+    async fn apply_locked(
+        &self,
+        listeners: &mut HashMap<ListenKey, ListenerHandle>,
+        file: Arc<Config>,
+        overlay: Overlay,
+    ) -> Result<(), RuntimeError> {
+        let (Some(graceful), false) = (
+            self.graceful.upgrade(),
+            self.draining.load(Ordering::Acquire),
+        ) else {
+            return Err(RuntimeError::Stopping);
+        };
+        let config = Arc::new(overlay.apply(&file));
         let set = prepare_plugins(&self.plugins, &config).await?;
         let snapshot = build_snapshot(Arc::clone(&config), &self.states, &self.clients, &set)?;
-        let mut listeners = self.listeners.lock().await;
         let wanted = listen_keys(&config);
         let mut opened = Vec::new();
         for (key, frontend) in &wanted {
             if listeners.contains_key(key) {
                 continue;
             }
-            match open(key.clone(), &self.proxy, &self.workers, &self.graceful) {
+            match open(key.clone(), &self.proxy, &self.workers, &graceful) {
                 Ok(handle) => opened.push((handle, *frontend)),
                 Err(e) => {
                     for (handle, _) in opened {
@@ -204,8 +370,55 @@ impl Runtime {
                 }
             }
         }
+        drop(graceful);
+        let mut admin = self.admin.lock().await;
+        let mut old_admin = None;
+        match (admin.take(), &file.admin) {
+            (Some(current), Some(a)) if current.same_sockets(a) => {
+                current.update(a);
+                *admin = Some(current);
+            }
+            (Some(current), Some(a)) if current.shares_a_socket(a) => {
+                // The new listener needs a socket the old one holds: close it first, and
+                // reopen it as it was if the new one cannot open.
+                let previous = current.config();
+                current.stop().await;
+                match admin::spawn_admin(a, self.control()) {
+                    Ok(handle) => *admin = Some(handle),
+                    Err(e) => {
+                        *admin = admin::spawn_admin(&previous, self.control()).ok();
+                        for (handle, _) in opened {
+                            handle.stop().await;
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            (current, Some(a)) => match admin::spawn_admin(a, self.control()) {
+                Ok(handle) => {
+                    *admin = Some(handle);
+                    old_admin = current;
+                }
+                Err(e) => {
+                    *admin = current;
+                    for (handle, _) in opened {
+                        handle.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            },
+            (current, None) => old_admin = current,
+        }
         self.plugins.commit(&set);
         self.proxy.install(snapshot);
+        drop(admin);
+        if let Some(old) = old_admin {
+            old.stop().await;
+        }
+        *self.layers() = Layers {
+            file: Arc::clone(&file),
+            overlay,
+        };
         prune_states(&config, &self.states);
         {
             let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
@@ -240,31 +453,73 @@ impl Runtime {
         tracing::info!(file = %config.path.display(), "configuration loaded");
         Ok(())
     }
+}
 
-    /// Stops accepting, lets in-flight requests finish for up to `grace`, then returns. Idle
-    /// keep-alive connections are closed at once.
-    pub async fn shutdown(self, grace: Duration) {
-        let mut checkers =
-            std::mem::take(&mut *self.checkers.lock().unwrap_or_else(PoisonError::into_inner));
-        checkers.shutdown(Duration::from_secs(1)).await;
-        let listeners = std::mem::take(&mut *self.listeners.lock().await);
-        for (_, handle) in listeners {
-            handle.stop().await;
+impl Control for Core {
+    fn snapshot(&self) -> Arc<crate::snapshot::Snapshot> {
+        self.proxy.snapshot()
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn reload(&self) -> admin::BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(async move { Core::reload(self).await.map_err(control_error) })
+    }
+
+    fn add_server(
+        &self,
+        backend: String,
+        spec: ServerSpec,
+    ) -> admin::BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(async move {
+            Core::add_server(self, &backend, spec)
+                .await
+                .map_err(control_error)
+        })
+    }
+
+    fn remove_server(
+        &self,
+        backend: String,
+        server: String,
+    ) -> admin::BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(async move {
+            Core::remove_server(self, &backend, &server)
+                .await
+                .map_err(control_error)
+        })
+    }
+}
+
+fn control_error(e: RuntimeError) -> ControlError {
+    match e {
+        RuntimeError::Invalid { path, report } => ControlError::Rejected {
+            message: format!(
+                "{}: config has {} error(s); the previous configuration keeps serving",
+                path.display(),
+                report.errors()
+            ),
+            diagnostics: report
+                .diagnostics
+                .iter()
+                .map(|d| DiagnosticView::new(d, &report.file))
+                .collect(),
+        },
+        RuntimeError::Overlay(e @ (OverlayError::NoBackend(_) | OverlayError::NoServer { .. })) => {
+            ControlError::NotFound(e.to_string())
         }
-        let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
-            tracing::warn!("connections still referenced; not waiting for them");
-            return;
-        };
-        let open = graceful.count();
-        if open > 0 {
-            tracing::info!(connections = open, grace = ?grace, "waiting for in-flight requests");
+        RuntimeError::Overlay(e @ (OverlayError::Exists { .. } | OverlayError::LastServer(_))) => {
+            ControlError::Conflict(e.to_string())
         }
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
-        }
+        RuntimeError::Server(e) => ControlError::Invalid(e),
+        RuntimeError::Stopping => ControlError::Stopping,
+        other => ControlError::Failed(other.to_string()),
     }
 }
 

@@ -13,7 +13,7 @@ use http::uri::Authority;
 
 use crate::balance::Balancer;
 use crate::config::{Config, Global, Observe, Timeouts};
-use crate::health::{BackendState, ServerKey, ServerState, StateTable};
+use crate::health::{BackendState, FrontendState, ServerKey, ServerState, StateTable};
 use crate::plugin::PluginSet;
 use crate::plugin::build::{DecisionError, build_balancer, build_router};
 use crate::routing::Router;
@@ -49,6 +49,8 @@ pub struct Frontend {
     pub timeouts: Timeouts,
     pub forwardfor: bool,
     pub max_header_size: usize,
+    /// Run-time state shared across snapshots: connections, counters.
+    pub state: Arc<FrontendState>,
 }
 
 /// One backend, ready to serve.
@@ -215,6 +217,7 @@ pub fn build_snapshot(
             timeouts: f.timeouts,
             forwardfor: f.forwardfor,
             max_header_size: f.max_header_size,
+            state: states.frontend(&f.name),
         });
     }
 
@@ -241,4 +244,5 @@ pub fn prune_states(config: &Config, states: &StateTable) {
         })
         .collect();
     states.retain(|k| keep.contains(k));
+    states.retain_frontends(|name| config.frontends.iter().any(|f| f.name == name));
 }

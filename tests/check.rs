@@ -47,7 +47,7 @@ fn lab2_loads_into_the_model() {
     assert_eq!(report.diagnostics, []);
     let config = config.expect("config");
     assert_eq!(
-        config.admin.as_ref().map(|a| a.bind),
+        config.admin.as_ref().and_then(|a| a.bind),
         Some("127.0.0.1:8404".parse().unwrap())
     );
     let [fe] = &config.frontends[..] else {
@@ -387,6 +387,7 @@ fn missing_key() {
         1,
         &[
             r#"missing_key.toml:2:1: error: admin: missing required key "bind""#,
+            r#"    = help: add bind = "127.0.0.1:8404" (or unix = "/run/wasp.sock")"#,
             r#"missing_key.toml:4:1: error: frontend.web: missing required key "bind""#,
             r#"missing_key.toml:7:16: error: frontend.web.use_backend[0]: missing required key "backend""#,
             r#"missing_key.toml:11:3: error: backend.app.servers[0]: missing required key "addr""#,
@@ -638,4 +639,27 @@ fn values() {
             r#"check: 13 errors"#,
         ],
     );
+}
+
+/// The admin listener may leave loopback only with auth (or as a Unix socket).
+#[test]
+fn admin_exposure() {
+    expect(
+        "admin_exposure",
+        1,
+        &[
+            r#"admin_exposure.toml:3:8: error: admin.bind: admin listener on 0.0.0.0:8404 is reachable from other hosts without auth"#,
+            r#"    = help: add auth = { user = "...", password = "..." }, bind to 127.0.0.1, or serve the admin API on a Unix socket: unix = "/run/wasp.sock", mode = "660""#,
+            r#"admin_exposure.toml:4:8: error: admin.mode: invalid file mode "999""#,
+            r#"    = help: write octal permissions as a string, e.g. "660""#,
+            r#"admin_exposure.toml:5:8: error: admin.auth: missing required key "password""#,
+            r#"check: 3 errors"#,
+        ],
+    );
+}
+
+/// Non-loopback with auth, and a Unix socket, are fine.
+#[test]
+fn admin_protected() {
+    expect("admin_protected", 0, &["check: ok"]);
 }

@@ -14,6 +14,7 @@
 
 pub mod acl;
 mod addr;
+mod admin;
 mod backend;
 mod diag;
 mod duration;
@@ -31,6 +32,7 @@ use std::path::Path;
 use toml::de::DeTable;
 
 pub use addr::parse_bind;
+pub use admin::{ServerSpec, runtime_server};
 pub use diag::{Diagnostic, Report, Severity};
 pub use duration::parse_duration;
 pub use model::*;

@@ -75,10 +75,43 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[admin]`: the stats page / metrics / runtime API listener.
+/// Default `[admin] refresh`: how often the stats page reloads itself.
+pub const DEFAULT_ADMIN_REFRESH: Duration = Duration::from_secs(10);
+
+/// `[admin]`: the stats page / metrics / runtime API listener (TCP, a Unix socket, or both).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
-    pub bind: SocketAddr,
+    /// TCP address; outside loopback only with `auth`.
+    pub bind: Option<SocketAddr>,
+    pub unix: Option<AdminUnix>,
+    /// HTTP basic authentication for the TCP listener.
+    pub auth: Option<AdminAuth>,
+    /// The stats page's auto-refresh interval; zero turns it off.
+    pub refresh: Duration,
+}
+
+/// `[admin] unix` and `mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminUnix {
+    pub path: PathBuf,
+    /// File permissions of the socket, e.g. 0o660.
+    pub mode: u32,
+}
+
+/// `[admin] auth = { user, password }`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,4 +386,34 @@ pub struct Place {
 pub struct PluginPlaces {
     pub path: Place,
     pub uses: Vec<(PluginRole, Place)>,
+}
+
+/// A certificate file and its private key file (PEM), paths resolved against the config
+/// file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Whether a TLS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// No client certificate requested.
+    #[default]
+    None,
+    /// Requested and verified when sent; clients without one are accepted.
+    Optional,
+    /// Required: clients without a valid certificate fail the handshake.
+    Required,
+}
+
+/// TLS termination settings of one bind address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Certificates chosen by SNI; the first is the default.
+    pub certs: Vec<CertFiles>,
+    /// CA bundle verifying client certificates (with `client_auth`).
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
 }

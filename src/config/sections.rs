@@ -7,15 +7,14 @@
 //! paths) and leaves `[defaults]` unapplied. Invalid values are reported and then dropped: a
 //! `Raw` with errors is never turned into a `Config`.
 
-use std::net::SocketAddr;
-
+use crate::config::admin::{self, RawAdmin};
 use crate::config::backend::{self, RawBackend};
 use crate::config::diag::Sink;
 use crate::config::frontend::{self, RawFrontend};
 use crate::config::model::{Balance, Global, LogFormat, Mode};
 use crate::config::plugin::{self, RawPlugin};
 use crate::config::values::{
-    At, PartialTimeouts, Side, balance_at, bind_one, header_size, mode, retries, timeouts,
+    At, PartialTimeouts, Side, balance_at, header_size, mode, retries, timeouts,
 };
 use crate::config::walk::Table;
 
@@ -38,7 +37,7 @@ pub(crate) struct Defaults {
 pub(crate) struct Raw {
     pub(crate) global: Global,
     pub(crate) defaults: Defaults,
-    pub(crate) admin: Option<At<SocketAddr>>,
+    pub(crate) admin: Option<RawAdmin>,
     pub(crate) frontends: Vec<RawFrontend>,
     pub(crate) backends: Vec<RawBackend>,
     pub(crate) plugins: Vec<RawPlugin>,
@@ -53,9 +52,8 @@ pub(crate) fn walk(mut root: Table<'_, '_>, sink: &mut Sink<'_>) -> Raw {
     if let Some(t) = root.take("defaults").and_then(|i| i.table(sink)) {
         raw.defaults = defaults(t, sink);
     }
-    if let Some(mut t) = root.take("admin").and_then(|i| i.table(sink)) {
-        raw.admin = t.require(sink, "bind").and_then(|i| bind_one(&i, sink));
-        t.finish(sink);
+    if let Some(t) = root.take("admin").and_then(|i| i.table(sink)) {
+        raw.admin = Some(admin::walk(t, sink));
     }
     if let Some(mut t) = root.take("frontend").and_then(|i| i.table(sink)) {
         for (name, item) in t.take_all() {

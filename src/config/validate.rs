@@ -4,12 +4,13 @@
 use std::path::Path;
 
 use crate::config::addr;
+use crate::config::admin::RawAdmin;
 use crate::config::backend::RawBackend;
 use crate::config::diag::{Sink, did_you_mean, quoted_list};
 use crate::config::frontend::RawFrontend;
 use crate::config::model::{
-    Admin, Backend, Balance, Config, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES, Frontend, Mode,
-    NamedAcl, Place, Plugin, PluginPlaces, PluginRole, Timeouts, UseBackend,
+    Backend, Balance, Config, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES, Frontend, Mode, NamedAcl,
+    Place, Plugin, PluginPlaces, PluginRole, Timeouts, UseBackend,
 };
 use crate::config::plugin::RawPlugin;
 use crate::config::sections::{Defaults, Raw};
@@ -32,7 +33,7 @@ pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Option<Config
     Some(Config {
         path: file.to_owned(),
         global: raw.global.clone(),
-        admin: raw.admin.as_ref().map(|a| Admin { bind: a.value }),
+        admin: raw.admin.map(RawAdmin::build),
         frontends: raw.frontends.into_iter().map(|f| frontend(f, d)).collect(),
         backends: raw.backends.into_iter().map(|b| backend(b, d)).collect(),
         plugins,
@@ -215,7 +216,12 @@ fn check_listeners(raw: &Raw, sink: &mut Sink<'_>) {
                 .iter()
                 .map(move |b| (b, format!("frontend \"{}\"", f.name)))
         })
-        .chain(raw.admin.iter().map(|a| (a, "[admin]".to_owned())))
+        .chain(
+            raw.admin
+                .iter()
+                .filter_map(|a| a.bind.as_ref())
+                .map(|a| (a, "[admin]".to_owned())),
+        )
         .collect();
     listeners.sort_by_key(|(b, _)| b.at);
     for (i, (b, owner)) in listeners.iter().enumerate() {

@@ -17,4 +17,4 @@ pub mod state;
 
 pub use checkers::{HealthCheckers, JudgeSpec};
 pub use result::{CheckResult, HealthCheck, NativeCheck, Observation, Outcome, Reason, Verdict};
-pub use state::{BackendState, Health, ServerKey, ServerState, StateTable};
+pub use state::{BackendState, FrontendState, Health, ServerKey, ServerState, StateTable};

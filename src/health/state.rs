@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use crate::config::{AdminState, Server};
+use crate::counters::{Sessions, Traffic, raise};
 use crate::health::result::CheckResult;
 
 /// Stable identity of a server across reloads.
@@ -25,14 +26,35 @@ pub struct ServerKey {
 /// requests in flight and wakes queued requests when a slot frees up.
 #[derive(Debug, Default)]
 pub struct BackendState {
+    name: Arc<str>,
     generation: AtomicU64,
     active: AtomicU32,
+    /// Most requests in flight at once.
+    max_active: AtomicU64,
     /// Requests waiting in the queue for a free slot.
     waiting: AtomicUsize,
     freed: Notify,
+    /// Requests routed to the backend, counted when their response ends.
+    pub traffic: Traffic,
 }
 
 impl BackendState {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: Arc::from(name),
+            ..Self::default()
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Most requests in flight at once since the backend was first configured.
+    pub fn max_active(&self) -> u64 {
+        self.max_active.load(Ordering::Relaxed)
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -142,8 +164,12 @@ pub struct ServerState {
     /// 0: no limit.
     maxconn: AtomicU32,
     active: AtomicU32,
-    requests: AtomicU64,
+    max_active: AtomicU64,
+    /// Attempts sent to this server, responses, bytes, timings.
+    pub traffic: Traffic,
     connect_failures: AtomicU64,
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
     /// Consecutive errors seen on real traffic (passive health).
     observed_errors: AtomicU32,
     /// Last time a failure of this server was logged, in seconds since `LOG_EPOCH`.
@@ -186,8 +212,11 @@ impl ServerState {
             backup: AtomicBool::new(conf.backup),
             maxconn: AtomicU32::new(conf.maxconn.unwrap_or(0)),
             active: AtomicU32::new(0),
-            requests: AtomicU64::new(0),
+            max_active: AtomicU64::new(0),
+            traffic: Traffic::new(),
             connect_failures: AtomicU64::new(0),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
             observed_errors: AtomicU32::new(0),
             last_failure_log: AtomicU64::new(0),
             last_check: ArcSwapOption::empty(),
@@ -277,9 +306,28 @@ impl ServerState {
         self.last_check.load_full()
     }
 
-    /// Keeps `result` as the latest active health check.
+    /// Keeps `result` as the latest active health check, and counts it.
     pub fn record_check(&self, result: CheckResult) {
+        let counter = if result.verdict.passed {
+            &self.checks_passed
+        } else {
+            &self.checks_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.last_check.store(Some(Arc::new(result)));
+    }
+
+    /// Active health checks run so far: (passed, failed).
+    pub fn checks(&self) -> (u64, u64) {
+        (
+            self.checks_passed.load(Ordering::Relaxed),
+            self.checks_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The backend this server belongs to.
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.backend
     }
 
     /// Marks the server up or down; returns whether that changed anything.
@@ -316,8 +364,14 @@ impl ServerState {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Requests sent to this server (every attempt counts).
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.traffic.requests()
+    }
+
+    /// Most requests in flight at once.
+    pub fn max_active(&self) -> u64 {
+        self.max_active.load(Ordering::Relaxed)
     }
 
     pub fn connect_failures(&self) -> u64 {
@@ -326,9 +380,11 @@ impl ServerState {
 
     /// Counts a request dispatched to this server; the returned guard marks it finished.
     pub fn begin_request(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.backend.active.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let now = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        raise(&self.max_active, u64::from(now));
+        let backend = self.backend.active.fetch_add(1, Ordering::Relaxed) + 1;
+        raise(&self.backend.max_active, u64::from(backend));
+        self.traffic.count_request();
         ActiveGuard {
             server: Arc::clone(self),
         }
@@ -336,6 +392,20 @@ impl ServerState {
 
     pub fn record_connect_failure(&self) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.traffic.count_error();
+        self.backend.traffic.count_error();
+    }
+
+    /// Counts a server that took a request but gave no (timely) answer.
+    pub fn record_response_error(&self) {
+        self.traffic.count_error();
+        self.backend.traffic.count_error();
+    }
+
+    /// Counts a retry after a failed attempt on this server.
+    pub fn record_retry(&self) {
+        self.traffic.count_retry();
+        self.backend.traffic.count_retry();
     }
 
     /// Passive health: counts one observed error; true when `limit` consecutive errors have
@@ -385,9 +455,34 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Every server and backend wasp knows of, keyed by stable ids.
+/// Run-time facts of a frontend: its client connections and the requests it received.
+#[derive(Debug)]
+pub struct FrontendState {
+    name: Arc<str>,
+    pub sessions: Sessions,
+    /// Requests received, counted when their response ends; `errors` counts requests wasp
+    /// refused itself (400, 408, 431).
+    pub traffic: Traffic,
+}
+
+impl FrontendState {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: Arc::from(name),
+            sessions: Sessions::default(),
+            traffic: Traffic::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Every frontend, server and backend wasp knows of, keyed by stable ids.
 #[derive(Debug, Default)]
 pub struct StateTable {
+    frontends: DashMap<String, Arc<FrontendState>>,
     backends: DashMap<String, Arc<BackendState>>,
     servers: DashMap<ServerKey, Arc<ServerState>>,
 }
@@ -401,7 +496,31 @@ impl StateTable {
         if let Some(b) = self.backends.get(name) {
             return Arc::clone(&b);
         }
-        Arc::clone(&self.backends.entry(name.to_owned()).or_default())
+        Arc::clone(
+            &self
+                .backends
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(BackendState::new(name))),
+        )
+    }
+
+    /// The state of a frontend, created when first asked for; it keeps its counters across
+    /// reloads while the config names it.
+    pub fn frontend(&self, name: &str) -> Arc<FrontendState> {
+        if let Some(f) = self.frontends.get(name) {
+            return Arc::clone(&f);
+        }
+        Arc::clone(
+            &self
+                .frontends
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(FrontendState::new(name))),
+        )
+    }
+
+    /// Forgets frontends that `keep` rejects.
+    pub fn retain_frontends(&self, keep: impl Fn(&str) -> bool) {
+        self.frontends.retain(|name, _| keep(name));
     }
 
     /// The state of a server, created from `conf` when first seen. A server that stays in the

@@ -64,7 +64,7 @@ pub fn with_request<R>(v: &RequestView<'_>, f: impl FnOnce(wit::Request<'_>) -> 
         path: v.path,
         query: v.query,
         headers: &headers,
-        client_ip: &client_ip,
+        client_ip,
         client_port: v.client.port(),
         frontend: v.frontend,
         // TLS is not terminated yet: there is never an SNI to report.

@@ -53,6 +53,7 @@ fn sticky_balancer_keeps_the_balancer_contract() {
         servers = [{ name = "s", addr = "127.0.0.1:1" }]
         [plugin.sticky]
         path = "{WASM:sticky-balancer}"
+        timeout = "1s" # answers are judged here, not speed
         config = { header = "x-user" }
         "#,
     );
@@ -99,6 +100,7 @@ fn path_router_and_acl_rules_route_lab2_alike() {
         servers = [{ name = "s3", addr = "127.0.0.1:3" }]
         [plugin.paths]
         path = "{WASM:path-router}"
+        timeout = "1s" # answers are judged here, not speed
         config = { routes = "/item=items,/basket=baskets" }
         "#,
     );
@@ -148,6 +150,7 @@ fn health_judges_never_pass_a_failed_probe() {
         check = { http = "GET /", judge = "json" }
         [plugin.json]
         path = "{WASM:json-health}"
+        timeout = "1s" # answers are judged here, not speed
         "#,
     );
     let params = &config.backends[0].check;

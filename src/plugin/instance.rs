@@ -331,7 +331,11 @@ impl Loaded {
     ) -> Result<R, Fault> {
         let started = std::time::Instant::now();
         let shard = &self.idle[shard_index()];
-        let taken = shard.lock().unwrap_or_else(PoisonError::into_inner).idle.pop();
+        let taken = shard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .idle
+            .pop();
         let (result, keep) = self.run(taken, call);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);

@@ -15,9 +15,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, OnError, PluginRole};
-use crate::plugin::instance::{
-    Compiled, Fault, LoadError, Loaded, Settings, Usage, content_hash,
-};
+use crate::plugin::instance::{Compiled, Fault, LoadError, Loaded, Settings, Usage, content_hash};
 use crate::plugin::shared::SharedState;
 use crate::plugin::store::{LOG_LINES_PER_SECOND, LogLimit, PluginContext};
 

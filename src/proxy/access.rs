@@ -5,6 +5,9 @@
 //! the timings in milliseconds: `t_request` (first byte of the request head to the head being
 //! parsed), `t_connect` (upstream TCP connect; 0 on a reused pooled connection, absent when no
 //! server was reached), `t_response` (request parsed to response headers ready) and `t_total`.
+//!
+//! The same moment counts the request for the stats page and metrics: its frontend, backend and
+//! (last tried) server each get the status class, bytes and response time (`counters`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
-use crate::health::state::ActiveGuard;
+use crate::health::state::{ActiveGuard, BackendState, FrontendState};
 use crate::proxy::body::Finish;
 use crate::proxy::client_io::InFlight;
 
@@ -27,17 +30,21 @@ pub const TARGET: &str = "wasp::access";
 pub struct Record {
     pub log: bool,
     pub client: SocketAddr,
-    pub frontend: Arc<str>,
-    pub backend: Option<Arc<str>>,
+    /// `None` until the listener's frontend is known.
+    pub frontend: Option<Arc<FrontendState>>,
+    pub backend: Option<Arc<BackendState>>,
     pub server: Option<Arc<str>>,
     pub method: Method,
     pub path: String,
     pub status: u16,
+    /// Request body bytes, as announced by `Content-Length` (0 when absent).
+    pub bytes_in: u64,
     pub head_started: Instant,
     pub received: Instant,
     pub t_connect: Option<Duration>,
     pub t_response: Option<Duration>,
     pub in_flight: Option<InFlight>,
+    /// The in-flight unit of the last server tried (whose counters get the response).
     pub active: Option<ActiveGuard>,
 }
 
@@ -47,6 +54,18 @@ fn ms(d: Duration) -> f64 {
 
 impl Finish for Record {
     fn finish(self: Box<Self>, bytes: u64, complete: bool) {
+        let status = self.status;
+        let counted = [
+            self.frontend.as_deref().map(|f| &f.traffic),
+            self.backend.as_deref().map(|b| &b.traffic),
+        ];
+        for traffic in counted.into_iter().flatten() {
+            traffic.count_exchange(status, self.bytes_in, bytes, self.t_response);
+        }
+        if let Some(active) = &self.active {
+            let server = &active.server().traffic;
+            server.count_response(status, self.bytes_in, bytes, self.t_response);
+        }
         if !self.log {
             return;
         }
@@ -54,8 +73,8 @@ impl Finish for Record {
         tracing::info!(
             target: TARGET,
             client = %self.client,
-            frontend = &*self.frontend,
-            backend = self.backend.as_deref().unwrap_or("-"),
+            frontend = self.frontend.as_deref().map_or("-", FrontendState::name),
+            backend = self.backend.as_deref().map_or("-", BackendState::name),
             server = self.server.as_deref().unwrap_or("-"),
             method = self.method.as_str(),
             path = self.path.as_str(),

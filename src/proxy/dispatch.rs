@@ -126,7 +126,8 @@ pub(crate) async fn dispatch(
             Err(why) => return local(why, record),
         };
         let server = &backend.servers[idx];
-        let active = server.state.begin_request();
+        // The last attempt's unit stays with the record, whose server gets the response.
+        record.active = Some(server.state.begin_request());
         let req = attempt.request(server, n + 1 == attempts, &mut headers);
         let sent = Instant::now();
         let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
@@ -146,7 +147,6 @@ pub(crate) async fn dispatch(
                         error: resp.status().is_server_error(),
                     },
                 );
-                record.active = Some(active);
                 return relay(resp, backend, sent, record);
             }
             Some(Err(e)) if e.is_connect() => {
@@ -177,6 +177,7 @@ pub(crate) async fn dispatch(
                     error = %source_chain(&e),
                     "no response from server"
                 );
+                server.state.record_response_error();
                 observe(backend, server, Event::NoAnswer);
                 exhausted = Failure::UpstreamFailed;
                 if !attempt.replayable() {
@@ -189,11 +190,17 @@ pub(crate) async fn dispatch(
                     server = &*server.name,
                     "no response within timeout server"
                 );
+                server.state.record_response_error();
                 return local(Failure::UpstreamTimeout, record);
             }
         }
         tried.push(idx);
         previous = Some(idx);
+        if n + 1 < attempts {
+            server.state.record_retry();
+            // Free the failed attempt's slot before choosing again (maxconn, leastconn).
+            record.active = None;
+        }
     }
     local(exhausted, record)
 }

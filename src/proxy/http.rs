@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Version, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -52,12 +53,13 @@ pub async fn serve(
     let mut record = Box::new(Record {
         log: snapshot.global.access_log,
         client: info.client,
-        frontend: Arc::from("-"),
+        frontend: None,
         backend: None,
         server: None,
         method: req.method().clone(),
         path: String::new(),
         status: 0,
+        bytes_in: req.body().size_hint().exact().unwrap_or(0),
         head_started,
         received,
         t_connect: None,
@@ -72,7 +74,7 @@ pub async fn serve(
         // The listener outlived its frontend (a reload removed it); stop serving it.
         return Ok(local(Failure::NoBackend, record));
     };
-    record.frontend = Arc::clone(&frontend.name);
+    record.frontend = Some(Arc::clone(&frontend.state));
     Ok(forward(&snapshot, frontend, &info, req, record).await)
 }
 
@@ -120,7 +122,7 @@ async fn forward(
         RouteDecision::Respond(answer) => return respond_direct(*answer, record),
         RouteDecision::Deny => return local(Failure::PluginDenied, record),
     };
-    record.backend = Some(Arc::clone(&backend.name));
+    record.backend = Some(Arc::clone(&backend.state));
 
     // The forwarded request: normalised path, canonical Host, no hop-by-hop headers, wasp's
     // forwarding headers, re-framed by hyper from the body.
@@ -189,6 +191,11 @@ async fn forward(
 /// A local answer for `why`, logged with the request's record.
 pub(crate) fn local(why: Failure, mut record: Box<Record>) -> Response<ProxyBody> {
     record.status = why.status().as_u16();
+    if why.status().is_client_error()
+        && let Some(f) = &record.frontend
+    {
+        f.traffic.count_error();
+    }
     record.t_response = Some(record.received.elapsed());
     failure(why, Some(record))
 }
@@ -201,6 +208,5 @@ fn respond_direct(answer: LocalResponse, mut record: Box<Record>) -> Response<Pr
 }
 
 fn body_is_empty(body: &Incoming) -> bool {
-    use http_body::Body as _;
     body.is_end_stream() || body.size_hint().exact() == Some(0)
 }

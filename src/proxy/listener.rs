@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::FrontendState;
 use crate::proxy::Proxy;
 use crate::proxy::access;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
@@ -129,6 +130,7 @@ async fn serve_connection(
     };
     let _ = tcp.set_nodelay(true);
     let frontend_name = Arc::clone(&frontend.name);
+    let state = Arc::clone(&frontend.state);
     let timeouts = ClientTimeouts {
         client: frontend.timeouts.client,
         http_request: frontend.timeouts.http_request,
@@ -136,6 +138,7 @@ async fn serve_connection(
     };
     let max_header_size = frontend.max_header_size;
     drop(snapshot);
+    let _session = state.sessions.open();
 
     let conn = Arc::new(ConnShared::default());
     let io = TokioIo::new(ClientIo::new(tcp, Arc::clone(&conn), timeouts));
@@ -164,22 +167,25 @@ async fn serve_connection(
     let served = watcher.watch(builder.serve_connection(io, service)).await;
 
     if conn.timed_out_head() {
-        connection_error(client, &frontend_name, 408, "request head timeout");
+        connection_error(client, &state, 408, "request head timeout");
         return;
     }
     let Err(e) = served else { return };
     match e.downcast_ref::<hyper::Error>() {
         Some(he) if he.is_parse_too_large() => {
-            connection_error(client, &frontend_name, 431, "request head too large")
+            connection_error(client, &state, 431, "request head too large")
         }
-        Some(he) if he.is_parse() => connection_error(client, &frontend_name, 400, &he.to_string()),
+        Some(he) if he.is_parse() => connection_error(client, &state, 400, &he.to_string()),
         _ => {
             tracing::debug!(client = %client, frontend = &*frontend_name, error = %e, "connection closed")
         }
     }
 }
 
-/// Logs a request hyper refused before wasp saw it (hyper already answered it).
-fn connection_error(client: SocketAddr, frontend: &str, status: u16, error: &str) {
+/// Logs and counts a request hyper refused before wasp saw it (hyper already answered it).
+fn connection_error(client: SocketAddr, state: &FrontendState, status: u16, error: &str) {
+    state.traffic.count_exchange(status, 0, 0, None);
+    state.traffic.count_error();
+    let frontend = state.name();
     tracing::info!(target: access::TARGET, client = %client, frontend, status, error, "bad request");
 }

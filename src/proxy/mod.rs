@@ -15,6 +15,7 @@ pub mod headers;
 pub mod http;
 pub mod listener;
 pub mod respond;
+pub mod tcp;
 pub mod timer;
 pub mod workers;
 

@@ -42,6 +42,7 @@ impl Workers {
                 .name(format!("wasp-worker-{id}"))
                 .spawn(move || {
                     crate::upstream::set_pool_index(id);
+                    crate::counters::set_shard(id);
                     runtime.block_on(stop.cancelled());
                     // Dropping the runtime cancels whatever is still running on it.
                 })?;

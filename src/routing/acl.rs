@@ -143,8 +143,10 @@ impl Sample {
     fn any(&self, req: &RequestView<'_>, mut f: impl FnMut(&[u8]) -> bool) -> bool {
         match self {
             Self::Path => f(req.path.as_bytes()),
-            Self::Query => f(req.query.as_bytes()),
-            Self::Host => f(req.host.as_bytes()),
+            // No query string (or an empty one) and no host are absent samples, so that
+            // `-m found` means something: HAProxy has no sample without a `?` or a Host.
+            Self::Query => !req.query.is_empty() && f(req.query.as_bytes()),
+            Self::Host => !req.host.is_empty() && f(req.host.as_bytes()),
             Self::Method => f(req.method.as_str().as_bytes()),
             Self::Src => false,
             Self::Header {
@@ -744,6 +746,20 @@ mod tests {
     #[test]
     fn found_on_a_path_always_holds() {
         on_paths("path -m found", &["/"], &[]);
+    }
+
+    #[test]
+    fn an_empty_query_or_host_is_not_found() {
+        let query = acl("query -m found");
+        let mut r = Req::new("/");
+        assert!(!query.matches(&r.view()), "no query string");
+        r.query = "a=1";
+        assert!(query.matches(&r.view()));
+        let host = acl("host -m found");
+        r.host = "";
+        assert!(!host.matches(&r.view()), "HTTP/1.0 without Host");
+        r.host = "example.com";
+        assert!(host.matches(&r.view()));
     }
 
     #[test]

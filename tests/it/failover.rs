@@ -98,3 +98,35 @@ async fn killing_and_restarting_a_server_under_load_fails_no_request() {
         "b serves again after its restart: {after_restart:?}"
     );
 }
+
+/// A retry after a failed connect does not wait for the failed attempt's own slot: with a
+/// backend `maxconn` of 1, the request goes straight to the next server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_does_not_queue_behind_its_own_failed_attempt() {
+    let servers = Servers::new();
+    let dead = servers.closed_port().await;
+    let live = servers.echo("live").await;
+    let proxy = crate::support::Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        maxconn = 1
+        retries = 1
+        timeout = {{ queue = "2s" }}
+        servers = [ {{ name = "dead", addr = "{dead}" }}, {{ name = "live", addr = "{live}" }} ]
+        "#
+    ))
+    .await;
+    let start = Instant::now();
+    let (status, _, body) = crate::support::get(&proxy.url("/")).await;
+    assert_eq!((status.as_u16(), server_name(&body)), (200, "live"));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "no queueing: {:?}",
+        start.elapsed()
+    );
+}

@@ -3,6 +3,8 @@
 
 mod support;
 
+mod admin;
+
 mod failover;
 mod health;
 mod labs;

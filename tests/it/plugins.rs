@@ -14,10 +14,17 @@ use http_body_util::Full;
 use crate::support::test_plugins::wasm;
 use crate::support::{Proxy, Servers, body_server, client, get, send, server_name, wait_until};
 
-/// A `[plugin.NAME]` section for the example or test plugin `crate_name`.
+/// A `[plugin.NAME]` section for the example or test plugin `crate_name`. Unless `extra` sets
+/// one, the call timeout is generous: these tests judge answers, and a test machine busy with
+/// other tests can stall a call for longer than the 5 ms default.
 fn plugin(name: &str, crate_name: &str, extra: &str) -> String {
+    let timeout = if extra.contains("timeout") {
+        ""
+    } else {
+        "timeout = \"1s\"\n"
+    };
     format!(
-        "[plugin.{name}]\npath = \"{}\"\n{extra}\n",
+        "[plugin.{name}]\npath = \"{}\"\n{timeout}{extra}\n",
         wasm(crate_name).display()
     )
 }
@@ -472,7 +479,7 @@ balance = "text"
         "{text}"
     );
     assert!(
-        text.contains("wasp.toml:14:8: error: plugin.text.path: plugin ")
+        text.contains("wasp.toml:15:8: error: plugin.text.path: plugin ")
             && text.contains("wasp.toml is not a wasm component"),
         "{text}"
     );

@@ -1,0 +1,390 @@
+//! The stats model: one [`StatsView`] built from the live snapshot and the state table, served
+//! as `/stats.json`, rendered as the stats page and encoded as `/metrics`, so the three always
+//! show the same numbers.
+//!
+//! Sections: `process`, `frontends`, `backends` (each with its `servers`). Plugin statistics
+//! will be a further top-level `plugins` section, added with the plugin host.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{AdminState, Balance};
+use crate::counters::{CLASSES, RateWindow, TrafficTotals};
+use crate::health::{ServerKey, ServerState};
+use crate::snapshot::{Backend, Frontend, Server, Snapshot};
+
+/// Everything the stats page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsView {
+    pub process: ProcessView,
+    pub frontends: Vec<FrontendView>,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessView {
+    pub version: &'static str,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    /// Resident memory, when the OS tells (Linux).
+    pub rss_bytes: Option<u64>,
+    /// Client connections open on every frontend.
+    pub connections: u64,
+    pub workers: usize,
+    /// True once a graceful stop has begun.
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontendView {
+    pub name: String,
+    pub binds: Vec<String>,
+    /// Client connections.
+    pub sessions: SessionsView,
+    /// Requests per second over the last 10 s.
+    pub rate: f64,
+    pub traffic: TrafficView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    pub name: String,
+    /// UP when some server can take requests, else DOWN.
+    pub status: &'static str,
+    pub balance: String,
+    /// Requests in flight (current), most at once (max), requests ever (total).
+    pub sessions: SessionsView,
+    pub queued: u64,
+    pub rate: f64,
+    pub traffic: TrafficView,
+    /// Servers usable now / servers.
+    pub servers_up: usize,
+    pub servers: Vec<ServerView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerView {
+    pub backend: String,
+    pub name: String,
+    pub addr: SocketAddr,
+    /// UP, DOWN, MAINT or DRAIN (MAINT, then DOWN, then DRAIN win).
+    pub status: &'static str,
+    /// As judged by health checks: "up" or "down".
+    pub health: &'static str,
+    /// The administrative state: "ready", "drain" or "maint".
+    pub admin: &'static str,
+    pub weight: u32,
+    pub backup: bool,
+    pub maxconn: Option<u32>,
+    /// Whether active health checks run for it.
+    pub checked: bool,
+    pub last_check: Option<CheckView>,
+    /// Seconds since the health last changed (or the server was first configured).
+    pub last_change_seconds: u64,
+    pub checks_passed: u64,
+    pub checks_failed: u64,
+    /// Requests in flight (current), most at once (max), attempts sent (total).
+    pub sessions: SessionsView,
+    pub rate: f64,
+    pub connect_failures: u64,
+    pub traffic: TrafficView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckView {
+    /// HAProxy's words: "layer4 ok", "layer7 status 500", ...
+    pub result: String,
+    pub passed: bool,
+    pub seconds_ago: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SessionsView {
+    pub current: u64,
+    pub max: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficView {
+    pub requests: u64,
+    /// Responses by status class: 1xx..5xx, and "other" (no status sent).
+    pub responses: HashMap<&'static str, u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Average time from request to response headers, in milliseconds.
+    pub avg_response_ms: Option<f64>,
+    pub retries: u64,
+    pub errors: u64,
+    /// The raw sums, for `/metrics` (histograms).
+    #[serde(skip)]
+    pub totals: TrafficTotals,
+}
+
+impl From<TrafficTotals> for TrafficView {
+    fn from(t: TrafficTotals) -> Self {
+        Self {
+            requests: t.requests,
+            responses: CLASSES.iter().copied().zip(t.responses).collect(),
+            bytes_in: t.bytes_in,
+            bytes_out: t.bytes_out,
+            avg_response_ms: t.avg_response_ms(),
+            retries: t.retries,
+            errors: t.errors,
+            totals: t,
+        }
+    }
+}
+
+/// What a rate is kept for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    Frontend(String),
+    Backend(String),
+    Server(ServerKey),
+}
+
+/// Request rates, sampled once a second from the totals by the admin server's sampler.
+#[derive(Debug, Default)]
+pub struct Rates {
+    windows: HashMap<RateKey, RateWindow>,
+}
+
+/// Seconds the request rate is averaged over.
+pub const RATE_WINDOW_SECS: usize = 10;
+
+impl Rates {
+    /// Takes one sample of every counted object; forgets the ones that are gone.
+    pub fn sample(&mut self, snapshot: &Snapshot) {
+        let mut seen: Vec<(RateKey, u64)> = Vec::new();
+        for f in &snapshot.frontends {
+            seen.push((
+                RateKey::Frontend(f.name.to_string()),
+                f.state.traffic.requests(),
+            ));
+        }
+        for b in &snapshot.backends {
+            seen.push((
+                RateKey::Backend(b.name.to_string()),
+                b.state.traffic.requests(),
+            ));
+            for s in &b.servers {
+                seen.push((RateKey::Server(s.state.key.clone()), s.state.requests()));
+            }
+        }
+        let mut next = HashMap::with_capacity(seen.len());
+        for (key, total) in seen {
+            let mut window = self
+                .windows
+                .remove(&key)
+                .unwrap_or_else(|| RateWindow::new(RATE_WINDOW_SECS));
+            window.push(total);
+            next.insert(key, window);
+        }
+        self.windows = next;
+    }
+
+    /// Requests per second of `key` over the window.
+    pub fn get(&self, key: &RateKey) -> f64 {
+        self.windows.get(key).map_or(0.0, RateWindow::per_tick)
+    }
+}
+
+/// Process facts that the stats view cannot read from the snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessFacts {
+    pub started: Instant,
+    pub draining: bool,
+    pub workers: usize,
+}
+
+/// Builds the view of `snapshot` (servers' run-time state comes through it).
+pub fn build(snapshot: &Snapshot, rates: &Rates, process: ProcessFacts) -> StatsView {
+    let now = tokio::time::Instant::now().into_std();
+    let frontends: Vec<FrontendView> = snapshot
+        .frontends
+        .iter()
+        .map(|f| frontend(f, rates))
+        .collect();
+    let connections = frontends.iter().map(|f| f.sessions.current).sum();
+    StatsView {
+        process: ProcessView {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            uptime_seconds: process.started.elapsed().as_secs(),
+            rss_bytes: rss_bytes(),
+            connections,
+            workers: process.workers,
+            draining: process.draining,
+        },
+        frontends,
+        backends: snapshot
+            .backends
+            .iter()
+            .map(|b| backend(snapshot, b, rates, now))
+            .collect(),
+    }
+}
+
+fn frontend(f: &Frontend, rates: &Rates) -> FrontendView {
+    let s = &f.state.sessions;
+    FrontendView {
+        name: f.name.to_string(),
+        binds: f.binds.iter().map(ToString::to_string).collect(),
+        sessions: SessionsView {
+            current: s.current(),
+            max: s.max(),
+            total: s.total(),
+        },
+        rate: rates.get(&RateKey::Frontend(f.name.to_string())),
+        traffic: f.state.traffic.totals().into(),
+    }
+}
+
+fn backend(snapshot: &Snapshot, b: &Backend, rates: &Rates, now: Instant) -> BackendView {
+    let servers: Vec<ServerView> = b.servers.iter().map(|s| server(b, s, rates, now)).collect();
+    let servers_up = b.servers.iter().filter(|s| s.state.usable()).count();
+    let traffic = b.state.traffic.totals();
+    BackendView {
+        name: b.name.to_string(),
+        status: if servers_up > 0 { "UP" } else { "DOWN" },
+        balance: snapshot
+            .config
+            .backend(&b.name)
+            .map(|c| balance_name(&c.balance))
+            .unwrap_or_default(),
+        sessions: SessionsView {
+            current: u64::from(b.state.active()),
+            max: b.state.max_active(),
+            total: traffic.requests,
+        },
+        queued: b.state.queued() as u64,
+        rate: rates.get(&RateKey::Backend(b.name.to_string())),
+        traffic: traffic.into(),
+        servers_up,
+        servers,
+    }
+}
+
+/// The status shown for a server.
+pub fn status(state: &ServerState) -> &'static str {
+    match (state.admin(), state.is_up()) {
+        (AdminState::Maint, _) => "MAINT",
+        (_, false) => "DOWN",
+        (AdminState::Drain, true) => "DRAIN",
+        (AdminState::Ready, true) => "UP",
+    }
+}
+
+pub fn admin_name(state: AdminState) -> &'static str {
+    match state {
+        AdminState::Ready => "ready",
+        AdminState::Drain => "drain",
+        AdminState::Maint => "maint",
+    }
+}
+
+fn server(b: &Backend, s: &Server, rates: &Rates, now: Instant) -> ServerView {
+    let st = &s.state;
+    let (checks_passed, checks_failed) = st.checks();
+    ServerView {
+        backend: b.name.to_string(),
+        name: s.name.to_string(),
+        addr: st.key.addr,
+        status: status(st),
+        health: if st.is_up() { "up" } else { "down" },
+        admin: admin_name(st.admin()),
+        weight: st.weight(),
+        backup: st.is_backup(),
+        maxconn: st.maxconn(),
+        checked: s.check,
+        last_check: st.last_check().map(|c| CheckView {
+            result: c.verdict.reason.to_string(),
+            passed: c.verdict.passed,
+            seconds_ago: now.saturating_duration_since(c.at).as_secs(),
+        }),
+        last_change_seconds: now.saturating_duration_since(st.last_change()).as_secs(),
+        checks_passed,
+        checks_failed,
+        sessions: SessionsView {
+            current: u64::from(st.active()),
+            max: st.max_active(),
+            total: st.requests(),
+        },
+        rate: rates.get(&RateKey::Server(st.key.clone())),
+        connect_failures: st.connect_failures(),
+        traffic: st.traffic.totals().into(),
+    }
+}
+
+/// The `balance` keyword of an algorithm, as written in the config.
+pub fn balance_name(b: &Balance) -> String {
+    match b {
+        Balance::RoundRobin => "roundrobin".into(),
+        Balance::StaticRr => "static-rr".into(),
+        Balance::LeastConn => "leastconn".into(),
+        Balance::Random => "random".into(),
+        Balance::Source => "source".into(),
+        Balance::Uri { whole: false } => "uri".into(),
+        Balance::Uri { whole: true } => "uri whole".into(),
+        Balance::Hdr(h) => format!("hdr({h})"),
+        Balance::First => "first".into(),
+        Balance::Plugin(name) => name.clone(),
+    }
+}
+
+/// Resident memory of this process, from /proc (Linux).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// "3s", "4m", "2h", "5d": how long ago, coarsely, for the stats page.
+pub fn ago(seconds: u64) -> String {
+    let d = Duration::from_secs(seconds);
+    match d.as_secs() {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Finds a server by backend and name.
+pub fn find_server<'a>(
+    snapshot: &'a Snapshot,
+    backend: &str,
+    name: &str,
+) -> Option<(&'a Backend, &'a Server)> {
+    let b = snapshot.backends.iter().find(|b| &*b.name == backend)?;
+    let s = b.servers.iter().find(|s| &*s.name == name)?;
+    Some((b, s))
+}
+
+/// The view of one server.
+pub fn server_view(
+    snapshot: &Snapshot,
+    rates: &Rates,
+    backend: &str,
+    name: &str,
+) -> Option<ServerView> {
+    let now = tokio::time::Instant::now().into_std();
+    let (b, s) = find_server(snapshot, backend, name)?;
+    Some(server(b, s, rates, now))
+}
+
+/// The view of every server of every backend, in config order.
+pub fn all_servers(view: &StatsView) -> Vec<&ServerView> {
+    view.backends.iter().flat_map(|b| &b.servers).collect()
+}

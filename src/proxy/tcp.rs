@@ -1,0 +1,320 @@
+//! L4 (TCP mode) building blocks: relaying bytes both ways with HAProxy's idle timeouts and
+//! half-close, writing a PROXY protocol header, and reading the TLS server name from a
+//! ClientHello without consuming it (for SNI routing without terminating TLS).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::proxy::timer::LazyTimer;
+
+/// `send_proxy` on a server: the PROXY protocol version to prepend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
+}
+
+/// The PROXY protocol header announcing a connection from `client` to `local` (the address
+/// the client connected to).
+pub fn proxy_header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (client, local) = same_family(client, local);
+    match version {
+        ProxyProtocol::V1 => {
+            let addresses: ppp::v1::Addresses = (client, local).into();
+            addresses.to_string().into_bytes()
+        }
+        ProxyProtocol::V2 => ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (client, local),
+        )
+        .build()
+        .unwrap_or_default(),
+    }
+}
+
+/// Both addresses in one family (IPv4-mapped IPv6 shown as IPv4, else both as IPv6), as the
+/// PROXY protocol requires.
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let canon = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+    let (a, b) = (canon(a), canon(b));
+    match (a, b) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => (a, b),
+        _ => {
+            let v6 = |s: SocketAddr| match s {
+                SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+                v6 => v6,
+            };
+            (v6(a), v6(b))
+        }
+    }
+}
+
+/// Reads the start of a TLS connection until its ClientHello is complete (at most `limit`
+/// bytes, for at most `timeout`) and returns the server name it asks for, with every byte
+/// read so far, to be sent on to the server untouched.
+pub async fn peek_sni<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    limit: usize,
+    timeout: Duration,
+) -> io::Result<(Option<String>, Vec<u8>)> {
+    let mut buffered = Vec::with_capacity(1024);
+    let read = async {
+        let mut acceptor = rustls::server::Acceptor::default();
+        loop {
+            let mut chunk = [0u8; 2048];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(None);
+            }
+            buffered.extend_from_slice(&chunk[..n]);
+            let mut fed = &chunk[..n];
+            while !fed.is_empty() {
+                acceptor.read_tls(&mut fed)?;
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    return Ok(accepted.client_hello().server_name().map(str::to_owned));
+                }
+                Ok(None) if buffered.len() < limit => continue,
+                // Not TLS, or not a ClientHello wasp can read: no name, bytes forwarded as they are.
+                Ok(None) | Err(_) => return Ok(None),
+            }
+        }
+    };
+    let name = match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result?,
+        Err(_) => None,
+    };
+    Ok((name, buffered))
+}
+
+/// Byte counts of a finished relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayed {
+    /// Client to server.
+    pub up: u64,
+    /// Server to client.
+    pub down: u64,
+}
+
+/// Relays bytes between `client` and `server` until both directions are closed. An EOF on one
+/// side is passed on as a half-close (shutdown of the other side's write half) while the other
+/// direction goes on. `client_idle` / `server_idle` are HAProxy's `timeout client` / `timeout
+/// server`: the relay fails with `TimedOut` when a side that is expected to send stays silent
+/// that long while nothing moves in the other direction either.
+pub async fn relay<C, S>(
+    client: C,
+    server: S,
+    client_idle: Duration,
+    server_idle: Duration,
+) -> io::Result<Relayed>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let mut client = Idle::new(client, client_idle, &activity);
+    let mut server = Idle::new(server, server_idle, &activity);
+    let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+    Ok(Relayed { up, down })
+}
+
+/// When bytes last moved in either direction of a relay.
+struct Activity {
+    base: Instant,
+    nanos: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+/// One side of a relay: reads time out after `idle` without traffic in either direction.
+struct Idle<'a, T> {
+    io: T,
+    idle: Duration,
+    activity: &'a Activity,
+    timer: LazyTimer,
+}
+
+impl<'a, T> Idle<'a, T> {
+    fn new(io: T, idle: Duration, activity: &'a Activity) -> Self {
+        Self {
+            io,
+            idle,
+            activity,
+            timer: LazyTimer::default(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Idle<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.activity.touch();
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let deadline = this.activity.last() + this.idle;
+                if this.timer.poll_expired(deadline, cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "idle timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(_))) {
+            this.activity.touch();
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncWriteExt, duplex};
+
+    use super::*;
+
+    #[test]
+    fn proxy_headers_parse_back() {
+        let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        let local: SocketAddr = "[::ffff:198.51.100.2]:443".parse().unwrap();
+        let v1 = proxy_header(ProxyProtocol::V1, client, local);
+        assert_eq!(v1, b"PROXY TCP4 192.0.2.1 198.51.100.2 40000 443\r\n");
+        let v2 = proxy_header(ProxyProtocol::V2, client, local);
+        let parsed = ppp::v2::Header::try_from(&v2[..]).expect("a v2 header");
+        assert_eq!(
+            parsed.addresses,
+            ppp::v2::Addresses::from((client, "198.51.100.2:443".parse::<SocketAddr>().unwrap()))
+        );
+        let mixed = proxy_header(
+            ProxyProtocol::V1,
+            "[2001:db8::1]:1".parse().unwrap(),
+            "10.0.0.1:2".parse().unwrap(),
+        );
+        assert_eq!(mixed, b"PROXY TCP6 2001:db8::1 ::ffff:10.0.0.1 1 2\r\n");
+    }
+
+    #[tokio::test]
+    async fn relay_passes_half_close_and_counts_bytes() {
+        let (client, mut client_peer) = duplex(64);
+        let (server, mut server_peer) = duplex(64);
+        let relay = tokio::spawn(relay(
+            client,
+            server,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        ));
+        client_peer.write_all(b"ping").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping", "the client's EOF reached the server");
+        // The other direction still works after the half-close.
+        server_peer.write_all(b"pong!").await.unwrap();
+        drop(server_peer);
+        let mut back = Vec::new();
+        client_peer.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong!");
+        assert_eq!(relay.await.unwrap().unwrap(), Relayed { up: 4, down: 5 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_sides_time_out() {
+        let (client, _client_peer) = duplex(64);
+        let (server, _server_peer) = duplex(64);
+        let start = Instant::now();
+        let err = relay(
+            client,
+            server,
+            Duration::from_secs(3),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "the shorter idle timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn sni_is_read_from_a_client_hello_and_the_bytes_are_kept() {
+        let (mut server_side, client_side) = duplex(16 * 1024);
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::certs::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        tokio::spawn(async move {
+            let name = rustls::pki_types::ServerName::try_from("shop.example").unwrap();
+            let _ = connector.connect(name, client_side).await;
+        });
+        let (name, bytes) = peek_sni(&mut server_side, 16 * 1024, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("shop.example"));
+        assert_eq!(bytes[0], 0x16, "a TLS handshake record, kept to forward");
+        let (none, plain) = peek_sni(
+            &mut &b"GET / HTTP/1.1\r\n\r\n"[..],
+            1024,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!((none, plain.len()), (None, 18));
+    }
+}

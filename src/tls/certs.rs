@@ -1,0 +1,232 @@
+//! Certificates: loading a PEM chain and its private key, checking that they belong together,
+//! and reading what `wasp check` and SNI selection need (the names, the expiry date).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+pub use crate::config::CertFiles as CertPair;
+
+/// Why a certificate could not be loaded; the message names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{}: cannot read: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a valid PEM file: {message}", .path.display())]
+    Pem { path: PathBuf, message: String },
+    #[error("{}: no certificate in the file", .path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: no private key in the file", .path.display())]
+    NoKey { path: PathBuf },
+    #[error("{}: unsupported private key: {message}", .path.display())]
+    Key { path: PathBuf, message: String },
+    #[error("{}: invalid certificate: {message}", .path.display())]
+    Certificate { path: PathBuf, message: String },
+    #[error("{} does not match the certificate in {}", .key.display(), .cert.display())]
+    Mismatch { cert: PathBuf, key: PathBuf },
+}
+
+/// A loaded certificate, ready for rustls.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub pair: CertPair,
+    pub key: Arc<CertifiedKey>,
+    /// DNS names it is valid for (subject alternative names, else the common name), lower
+    /// case; `*.example.com` for wildcards.
+    pub names: Vec<String>,
+    /// The end of its validity period.
+    pub not_after: SystemTime,
+}
+
+impl Certificate {
+    /// Time left before it expires; `None` once it has.
+    pub fn remaining(&self, now: SystemTime) -> Option<Duration> {
+        self.not_after.duration_since(now).ok()
+    }
+}
+
+/// The crypto provider wasp uses everywhere (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads and checks a certificate chain and its key.
+pub fn load(pair: &CertPair) -> Result<Certificate, CertError> {
+    let cert_pem = read(&pair.cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| CertError::Pem {
+            path: pair.cert.clone(),
+            message: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(CertError::NoCertificate {
+            path: pair.cert.clone(),
+        });
+    }
+    let key_pem = read(&pair.key)?;
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(k) => k,
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => {
+            return Err(CertError::NoKey {
+                path: pair.key.clone(),
+            });
+        }
+        Err(e) => {
+            return Err(CertError::Pem {
+                path: pair.key.clone(),
+                message: e.to_string(),
+            });
+        }
+    };
+    let (names, not_after) = inspect(&chain[0], &pair.cert)?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| CertError::Key {
+            path: pair.key.clone(),
+            message: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            return Err(CertError::Mismatch {
+                cert: pair.cert.clone(),
+                key: pair.key.clone(),
+            });
+        }
+    }
+    Ok(Certificate {
+        pair: pair.clone(),
+        key: Arc::new(certified),
+        names,
+        not_after,
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    std::fs::read(path).map_err(|source| CertError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The DNS names and the expiry of an end-entity certificate.
+fn inspect(der: &CertificateDer<'_>, path: &Path) -> Result<(Vec<String>, SystemTime), CertError> {
+    let bad = |message: String| CertError::Certificate {
+        path: path.to_owned(),
+        message,
+    };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| bad(e.to_string()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    let secs = cert.validity().not_after.timestamp();
+    let not_after = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Ok((names, not_after))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `names` written to `dir`: (cert path, key path).
+    pub(crate) fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> CertPair {
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        let generated = rcgen::generate_simple_self_signed(names).expect("generate");
+        let cert = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        CertPair { cert, key }
+    }
+
+    #[test]
+    fn loads_a_pair_with_its_names_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = self_signed(dir.path(), "a", &["A.example", "*.b.example"]);
+        let cert = load(&pair).expect("loads");
+        assert_eq!(cert.names, ["a.example", "*.b.example"]);
+        assert!(
+            cert.remaining(SystemTime::now())
+                .is_some_and(|d| d > Duration::from_secs(86_400))
+        );
+    }
+
+    #[test]
+    fn each_problem_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = self_signed(dir.path(), "a", &["a.example"]);
+        let b = self_signed(dir.path(), "b", &["b.example"]);
+        let mismatched = CertPair {
+            cert: a.cert.clone(),
+            key: b.key.clone(),
+        };
+        let err = load(&mismatched).unwrap_err();
+        assert!(matches!(err, CertError::Mismatch { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("b.key does not match the certificate in"),
+            "{err}"
+        );
+
+        let missing = CertPair {
+            cert: dir.path().join("nope.pem"),
+            key: a.key.clone(),
+        };
+        assert!(matches!(load(&missing), Err(CertError::Read { .. })));
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = load(&CertPair {
+            cert: garbage.clone(),
+            key: a.key.clone(),
+        })
+        .unwrap_err();
+        assert!(matches!(err, CertError::Pem { .. }), "{err}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "nothing here\n").unwrap();
+        assert!(matches!(
+            load(&CertPair {
+                cert: empty.clone(),
+                key: a.key.clone()
+            }),
+            Err(CertError::NoCertificate { .. })
+        ));
+        assert!(matches!(
+            load(&CertPair {
+                cert: a.cert.clone(),
+                key: empty
+            }),
+            Err(CertError::NoKey { .. })
+        ));
+    }
+}
