@@ -15,6 +15,6 @@ wasmtime::component::bindgen!({
     ownership: Borrowing { duplicate_if_necessary: true },
 });
 
-pub use exports::wasp::plugin::{balancer, health, router};
-pub use wasp::plugin::host;
-pub use wasp::plugin::types;
+pub use self::exports::wasp::plugin::{balancer, health, router};
+pub use self::wasp::plugin::host;
+pub use self::wasp::plugin::types;
