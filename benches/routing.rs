@@ -109,6 +109,7 @@ fn frontend(acls: &[(String, String)], rules: &[(String, String)], default: &str
         inspect_delay: std::time::Duration::from_secs(5),
         forwardfor: true,
         max_header_size: 64 * 1024,
+        router: None,
     }
 }
 

@@ -10,6 +10,8 @@
 //! routing   RequestView, the Router trait, ACL matchers, the native AclRouter
 //! balance   the Balancer trait and one file per native algorithm
 //! health    the server state table; active health checks (probes, rise/fall checker tasks)
+//! plugin    the wasmtime host: engine, bindings, instance pools, limits, the Wasm-backed
+//!           Router/Balancer/HealthCheck, and the one builder that picks native or Wasm
 //! snapshot  the immutable Snapshot built from a Config, swapped atomically on reload
 //! proxy     listeners, the HTTP request path, upstream forwarding, error responses, access log
 //! admin     the admin listener: stats page, /metrics, runtime API (through the Control trait
@@ -18,8 +20,9 @@
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
-//! Arrows point one way: config/counters -> health -> routing/balance -> snapshot -> proxy/admin ->
-//! runtime -> binary. (The runtime implements admin's `Control` trait; admin never names it.)
+//! Arrows point one way: config/counters -> health -> routing/balance -> plugin -> snapshot ->
+//! proxy/admin -> runtime -> binary. (The runtime implements admin's `Control` trait; admin
+//! never names it.)
 //! A lower module never names a higher one.
 #![forbid(unsafe_code)]
 
@@ -30,6 +33,7 @@ pub mod counters;
 pub mod demo;
 pub mod echo;
 pub mod health;
+pub mod plugin;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;

@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::balance::{Balancer, build_balancer};
+use crate::balance::Balancer;
 use crate::config::acl::{AclRef, AclSpec, Fetch};
 use crate::config::{Config, Global, Mode, Observe, SendProxy, Timeouts};
 use crate::health::{BackendState, FrontendState, ServerKey, ServerState, StateTable};
-use crate::routing::{AclRouter, Router};
+use crate::plugin::PluginSet;
+use crate::plugin::build::{DecisionError, build_balancer, build_router};
+use crate::routing::Router;
 use crate::upstream::{ClientCache, Pools};
 
 /// Why a snapshot could not be built from a config that passed validation.
@@ -25,7 +27,12 @@ pub enum SnapshotError {
     #[error("frontend {frontend}: {source}")]
     Router {
         frontend: String,
-        source: crate::routing::native::BuildError,
+        source: DecisionError,
+    },
+    #[error("backend {backend}: {source}")]
+    Balancer {
+        backend: String,
+        source: DecisionError,
     },
     #[error("backend {backend}: server {server}: address {addr} is not a valid authority")]
     Authority {
@@ -147,11 +154,13 @@ impl Snapshot {
 }
 
 /// Builds a snapshot from a validated config. Server state comes from (and is registered in)
-/// `states`; upstream clients from `clients`.
+/// `states`; upstream clients from `clients`; the plugins the config names from `plugins`
+/// (empty when it names none).
 pub fn build_snapshot(
     config: Arc<Config>,
     states: &StateTable,
     clients: &ClientCache,
+    plugins: &PluginSet,
 ) -> Result<Snapshot, SnapshotError> {
     let mut backends = Vec::with_capacity(config.backends.len());
     for b in &config.backends {
@@ -176,7 +185,11 @@ pub fn build_snapshot(
             });
         }
         let server_states: Vec<_> = servers.iter().map(|s| Arc::clone(&s.state)).collect();
-        let balancer = build_balancer(b, &server_states, states.backend(&b.name));
+        let balancer = build_balancer(b, &server_states, states.backend(&b.name), plugins)
+            .map_err(|source| SnapshotError::Balancer {
+                backend: b.name.clone(),
+                source,
+            })?;
         backends.push(Backend {
             name: Arc::from(b.name.as_str()),
             mode: b.mode,
@@ -193,20 +206,18 @@ pub fn build_snapshot(
         });
     }
 
-    let index: HashMap<&str, usize> = config
+    let index: HashMap<String, usize> = config
         .backends
         .iter()
         .enumerate()
-        .map(|(i, b)| (b.name.as_str(), i))
+        .map(|(i, b)| (b.name.clone(), i))
         .collect();
     let mut frontends = Vec::with_capacity(config.frontends.len());
     let mut by_bind = HashMap::new();
     for (i, f) in config.frontends.iter().enumerate() {
-        let router = AclRouter::build(f, |name| index.get(name).copied()).map_err(|source| {
-            SnapshotError::Router {
-                frontend: f.name.clone(),
-                source,
-            }
+        let router = build_router(f, &index, plugins).map_err(|source| SnapshotError::Router {
+            frontend: f.name.clone(),
+            source,
         })?;
         for bind in &f.binds {
             by_bind.insert(ListenKey::new(&f.name, *bind), i);
@@ -214,7 +225,7 @@ pub fn build_snapshot(
         frontends.push(Frontend {
             name: Arc::from(f.name.as_str()),
             binds: f.binds.clone(),
-            router: Box::new(router),
+            router,
             mode: f.mode,
             inspects_sni: f.mode == Mode::Tcp && uses_fetch(f, &Fetch::SslSni),
             inspect_delay: f.inspect_delay,

@@ -35,6 +35,8 @@ pub(crate) struct RawFrontend {
     pub(crate) inspect_delay: Option<Duration>,
     /// Keys and fetches that need one mode, checked once the mode is known.
     pub(crate) uses: Vec<ModeUse>,
+    /// `router = "PLUGIN"`.
+    pub(crate) router: Option<At<String>>,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
             .take("inspect_delay")
             .and_then(|i| i.duration_nonzero(sink)),
         uses,
+        router: t.take("router").and_then(|i| backend_ref(&i, sink)),
         acls,
     };
     t.finish(sink);

@@ -21,6 +21,7 @@ mod duration;
 mod frontend;
 pub mod model;
 mod modes;
+mod plugin;
 mod sections;
 mod size;
 mod validate;

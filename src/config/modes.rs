@@ -38,8 +38,8 @@ impl ModeUse {
     }
 }
 
-/// Frontend keys that only HTTP mode reads.
-const HTTP_FRONTEND_KEYS: [&str; 2] = ["forwardfor", "max_header_size"];
+/// Frontend keys that only HTTP mode reads (a router plugin decides on requests only, for now).
+const HTTP_FRONTEND_KEYS: [&str; 3] = ["forwardfor", "max_header_size", "router"];
 /// Timeouts that only HTTP mode has.
 const HTTP_TIMEOUTS: [&str; 2] = ["http_request", "http_keep_alive"];
 
@@ -265,5 +265,41 @@ fn strings<'a>(item: &Item<'a, '_>) -> Vec<(&'a str, usize)> {
     match item.value.get_ref() {
         DeValue::Array(a) => a.iter().filter_map(one).collect(),
         _ => one(item.value).into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::load_str;
+
+    #[test]
+    fn a_router_plugin_decides_for_http_frontends_only() {
+        let src = r#"
+[frontend.db_in]
+bind = "127.0.0.1:5432"
+mode = "tcp"
+router = "pick"
+default_backend = "db"
+
+[backend.db]
+mode = "tcp"
+servers = [{ name = "d1", addr = "127.0.0.1:9002" }]
+
+[plugin.pick]
+path = "pick.wasm"
+"#;
+        let (config, report) = load_str(src, Path::new("t.toml"));
+        assert!(config.is_none());
+        let messages: Vec<String> = report
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}:{} {}: {}", d.line, d.col, d.path, d.message))
+            .collect();
+        assert_eq!(
+            messages,
+            ["5:1 frontend.db_in.router: router applies to http mode only"]
+        );
     }
 }

@@ -314,6 +314,7 @@ mod tests {
             inspect_delay: std::time::Duration::from_secs(5),
             forwardfor: true,
             max_header_size: 64 * 1024,
+            router: None,
         }
     }
 
