@@ -181,15 +181,19 @@ wait_http() {
     die "$name did not become ready"
 }
 
-# Resident memory in KiB of PID plus its direct children (nginx workers).
-rss_kib() {
-    local total=0 p v
-    for p in "$1" $(children_of "$1"); do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+# Sum over PID and its direct children (nginx workers) of what the awk program PROG prints
+# for /proc/PID/FILE.
+proc_sum() {
+    local pid=$1 file=$2 prog=$3 total=0 p v
+    for p in "$pid" $(children_of "$pid"); do
+        v=$(awk "$prog" "/proc/$p/$file" 2>/dev/null || true)
         total=$((total + ${v:-0}))
     done
     echo "$total"
 }
+
+# Resident memory in KiB of PID plus its direct children.
+rss_kib() { proc_sum "$1" status '/^VmRSS:/ {print $2}'; }
 
 # ---------------------------------------------------------------------------------------------
 # Configs
@@ -635,14 +639,7 @@ EOF
 }
 
 # CPU time (user + system) of PID and its children so far, in clock ticks.
-cpu_ticks() {
-    local total=0 p v
-    for p in "$1" $(children_of "$1"); do
-        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
+cpu_ticks() { proc_sum "$1" stat '{print $14 + $15}'; }
 
 # Prints the aggregate MB/s (10^6 bytes) of N parallel downloads of /big.bin from PORT.
 download_mbs() {

@@ -240,15 +240,7 @@ fn table<'a, 'i>(item: &Item<'a, 'i>) -> Option<Table<'a, 'i>> {
 /// The elements of an array item (none for other types).
 fn elements<'a, 'i>(item: &Item<'a, 'i>) -> Vec<Item<'a, 'i>> {
     match item.value.get_ref() {
-        DeValue::Array(a) => a
-            .iter()
-            .enumerate()
-            .map(|(i, value)| Item {
-                path: format!("{}[{i}]", item.path),
-                value,
-                key_at: value.span().start,
-            })
-            .collect(),
+        DeValue::Array(a) => item.elements(a),
         _ => Vec::new(),
     }
 }
@@ -270,9 +262,7 @@ fn strings<'a>(item: &Item<'a, '_>) -> Vec<(&'a str, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use crate::config::load_str;
+    use crate::config::tests::messages;
 
     #[test]
     fn a_router_plugin_decides_for_http_frontends_only() {
@@ -290,15 +280,8 @@ servers = [{ name = "d1", addr = "127.0.0.1:9002" }]
 [plugin.pick]
 path = "pick.wasm"
 "#;
-        let (config, report) = load_str(src, Path::new("t.toml"));
-        assert!(config.is_none());
-        let messages: Vec<String> = report
-            .diagnostics
-            .iter()
-            .map(|d| format!("{}:{} {}: {}", d.line, d.col, d.path, d.message))
-            .collect();
         assert_eq!(
-            messages,
+            messages(src),
             ["5:1 frontend.db_in.router: router applies to http mode only"]
         );
     }

@@ -238,7 +238,7 @@ impl<'a, 'i> Item<'a, 'i> {
         }
     }
 
-    fn elements(&self, array: &'a [Value<'i>]) -> Vec<Item<'a, 'i>> {
+    pub(crate) fn elements(&self, array: &'a [Value<'i>]) -> Vec<Item<'a, 'i>> {
         array
             .iter()
             .enumerate()

@@ -369,24 +369,8 @@ impl Matcher {
                     }
                 }
             }
-            MatchMethod::Len => Self::Len(
-                patterns
-                    .iter()
-                    .filter_map(|p| match p {
-                        Pattern::Len { min, max } => Some((*min, *max)),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            MatchMethod::Int => Self::Int(
-                patterns
-                    .iter()
-                    .filter_map(|p| match p {
-                        Pattern::Int { min, max } => Some((*min, *max)),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
+            MatchMethod::Len => Self::Len(ranges(patterns)),
+            MatchMethod::Int => Self::Int(ranges(patterns)),
             MatchMethod::Ip => Self::Ip(
                 patterns
                     .iter()
@@ -424,6 +408,17 @@ impl Matcher {
                 .is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
         }
     }
+}
+
+/// The inclusive ranges of `len` and `int` patterns.
+fn ranges(patterns: &[Pattern]) -> Box<[(u64, u64)]> {
+    patterns
+        .iter()
+        .filter_map(|p| match p {
+            Pattern::Len { min, max } | Pattern::Int { min, max } => Some((*min, *max)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Trimming delimiters off a pattern word, as HAProxy's `dir`/`dom` matching does.
