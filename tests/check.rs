@@ -53,7 +53,8 @@ fn lab2_loads_into_the_model() {
     let [fe] = &config.frontends[..] else {
         panic!("one frontend")
     };
-    assert_eq!(fe.binds, ["127.0.0.1:8080".parse().unwrap()]);
+    let binds: Vec<_> = fe.binds.iter().map(|b| (b.addr, b.tls.is_some())).collect();
+    assert_eq!(binds, [("127.0.0.1:8080".parse().unwrap(), false)]);
     assert_eq!(fe.mode, Mode::Http);
     assert_eq!(fe.default_backend.as_deref(), Some("webservers"));
     let acls: Vec<&str> = fe.acls.iter().map(|a| a.name.as_str()).collect();

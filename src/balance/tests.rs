@@ -39,6 +39,8 @@ fn build(balance: &Balance, lab: &Lab) -> Box<dyn Balancer> {
         observe: None,
         error_limit: DEFAULT_ERROR_LIMIT,
         check: CheckParams::default(),
+        proto: Default::default(),
+        tls: None,
     };
     build_balancer(&backend, &lab.servers, lab.backend())
 }

@@ -31,7 +31,10 @@ pub struct ConnInfo {
     /// The listener the connection came in on (which names its frontend).
     pub bind: ListenKey,
     pub client: SocketAddr,
+    /// `"https"` on a TLS connection, else `"http"`.
     pub scheme: &'static str,
+    /// The server name the TLS client asked for (SNI), if any.
+    pub sni: Option<Arc<str>>,
     pub conn: Arc<ConnShared>,
     /// The server-timeout timer of HTTP/1 requests, which come one at a time (see `timer`).
     pub h1_timer: Mutex<LazyTimer>,
@@ -115,6 +118,7 @@ async fn forward(
         headers: &parts.headers,
         client: info.client,
         frontend: &frontend.name,
+        sni: info.sni.as_deref().unwrap_or(""),
     };
     let backend = match frontend.router.route(&view) {
         RouteDecision::Backend(i) => &snapshot.backends[i],

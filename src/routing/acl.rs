@@ -571,6 +571,7 @@ mod tests {
                 headers: &self.headers,
                 client: self.client,
                 frontend: "web",
+                sni: "",
             }
         }
     }
