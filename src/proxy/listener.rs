@@ -171,7 +171,9 @@ async fn serve_connection(
         }
     };
     let (_, session) = stream.get_ref();
-    let sni = session.server_name().map(Arc::from);
+    let sni = session
+        .server_name()
+        .map(|n| Arc::from(n.to_ascii_lowercase()));
     let alpn = match session.alpn_protocol() {
         Some(b"h2") => Alpn::H2,
         Some(_) => Alpn::Http1,
