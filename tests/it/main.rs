@@ -12,3 +12,4 @@ mod lifecycle;
 mod states;
 mod statuses;
 mod streaming;
+mod tls;
