@@ -98,7 +98,7 @@ pub struct HttpProbe {
     method: Method,
     uri: Uri,
     host: HeaderValue,
-    tls: Option<ProbeTls>,
+    tls: Option<Box<ProbeTls>>,
 }
 
 /// TLS for an HTTP probe: the connector, or why none could be made (every probe then fails
@@ -139,12 +139,12 @@ impl HttpProbe {
 
     /// The same probe over TLS with `settings`.
     pub fn with_tls(mut self, settings: &UpstreamTls) -> Self {
-        self.tls = Some(ProbeTls {
+        self.tls = Some(Box::new(ProbeTls {
             connector: client_config(settings, false)
                 .map(TlsConnector::from)
                 .map_err(|e| e.to_string()),
             name: server_name(settings, self.addr.ip()),
-        });
+        }));
         self
     }
 
