@@ -19,6 +19,7 @@
 #                /metrics every 100 ms for the whole wrk run (the scrape count is reported)
 #   WASP_BASE_BIN  path to another wasp binary (e.g. a build of main); adds it as proxy
 #                "wasp-base" when PROXIES names it, for before/after comparisons
+#   WASP_BIN     use this wasp binary instead of building one
 #   TLS=1        the TLS benchmark instead: wasp and HAProxy terminating TLS with the same
 #                certificate (ECDSA P-256, made with openssl) in front of the same nginx
 #                backends, measured three ways per round: HTTPS keep-alive (wrk, lab 2 paths),
@@ -680,9 +681,13 @@ tls_main() {
 
 ensure_tools
 
-log "building wasp (cargo build --release)"
-(cd "$ROOT" && cargo build --release --quiet)
-WASP_BIN=$ROOT/target/release/wasp
+if [[ -n ${WASP_BIN:-} ]]; then
+    log "using $WASP_BIN (WASP_BIN set: no build)"
+else
+    log "building wasp (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    WASP_BIN=$ROOT/target/release/wasp
+fi
 [[ -x $WASP_BIN ]] || die "$WASP_BIN missing after the build"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasp-load.XXXXXX")

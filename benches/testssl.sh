@@ -4,6 +4,7 @@
 #
 #   benches/testssl.sh            # builds wasp (release), scans, prints the findings
 #   OUT_DIR=dir benches/testssl.sh  # keeps the JSON report and logs in dir
+#   WASP_BIN=path benches/testssl.sh  # scans that binary instead of building one
 #
 # What it does: installs testssl.sh, openssl and python3 with apt-get when missing (Debian,
 # root), builds wasp, makes a test CA and a certificate for "wasp.test" (ECDSA P-256, 90 days,
@@ -43,9 +44,13 @@ if ((${#missing[@]} > 0)); then
 fi
 TESTSSL=$(command -v testssl || echo /usr/bin/testssl)
 
-log "building wasp (cargo build --release)"
-(cd "$ROOT" && cargo build --release --quiet)
-WASP=$ROOT/target/release/wasp
+if [[ -n ${WASP_BIN:-} ]]; then
+    WASP=$WASP_BIN
+else
+    log "building wasp (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    WASP=$ROOT/target/release/wasp
+fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasp-testssl.XXXXXX")
 PIDS=()
