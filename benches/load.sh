@@ -614,7 +614,7 @@ tls_run() {
 tls_main() {
     local d=$TMP/tls p test round
     mkdir -p "$d"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 90 \
         -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
         -keyout "$d/key.pem" -out "$d/cert.pem" 2>/dev/null || die "openssl could not make a certificate"
     cat "$d/cert.pem" "$d/key.pem" >"$d/combined.pem"
