@@ -113,6 +113,7 @@ fn frontend(acls: &[(String, String)], rules: &[(String, String)], default: &str
         timeouts: Timeouts::default(),
         forwardfor: true,
         max_header_size: 64 * 1024,
+        router: None,
     }
 }
 

@@ -13,6 +13,8 @@
 //! routing   RequestView, the Router trait, ACL matchers, the native AclRouter
 //! balance   the Balancer trait and one file per native algorithm
 //! health    the server state table; active health checks (probes, rise/fall checker tasks)
+//! plugin    the wasmtime host: engine, bindings, instance pools, limits, the Wasm-backed
+//!           Router/Balancer/HealthCheck, and the one builder that picks native or Wasm
 //! snapshot  the immutable Snapshot built from a Config, swapped atomically on reload
 //! proxy     listeners, the HTTP request path, upstream forwarding, error responses, access log
 //! admin     the admin listener: stats page, /metrics, runtime API (through the Control trait
@@ -24,8 +26,8 @@
 //! ```
 //!
 //! Arrows point one way: tls::certs -> config/counters -> tls -> health -> routing/balance ->
-//! upstream -> snapshot -> proxy/admin -> runtime -> binary. (The runtime implements admin's
-//! `Control` trait; admin never names it.)
+//! upstream -> plugin -> snapshot -> proxy/admin -> runtime -> binary. (The runtime implements
+//! admin's `Control` trait; admin never names it.)
 //! A lower module never names a higher one.
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ pub mod counters;
 pub mod demo;
 pub mod echo;
 pub mod health;
+pub mod plugin;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;

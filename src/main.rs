@@ -40,6 +40,11 @@ enum Command {
     },
     /// Start the reference lab in one process: echo servers node1..node4 and lab 2's routing.
     Demo,
+    /// Wasm plugins: `wasp plugin new NAME --role router` scaffolds a plugin crate.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginCommand,
+    },
     /// Talk to a running wasp's runtime API (the [admin] listener): list, drain, reweight,
     /// add and remove servers, reload.
     Ctl(wasp::admin::ctl::CtlArgs),
@@ -50,6 +55,31 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate that builds with `cargo build --release --target wasm32-wasip2`,
+    /// and print the config lines that load it.
+    New {
+        /// The plugin's (and its crate's) name.
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Where to create the crate's folder.
+        #[arg(long, value_name = "D", default_value = ".")]
+        dir: PathBuf,
+        /// The wasp-plugin SDK (plugins/sdk in wasp's source).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Role {
+    Router,
+    Balancer,
+    Health,
 }
 
 fn main() -> ExitCode {
@@ -67,7 +97,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config } => {
             // Diagnostics go to stderr, like a compiler's; stdout stays free.
-            let (_, report) = config::load(&config);
+            let (loaded, mut report) = config::load(&config);
+            if let Some(loaded) = &loaded {
+                // Plugins load as `run` would load them: compiled, linked, role exports.
+                report
+                    .diagnostics
+                    .extend(wasp::plugin::check::check(loaded));
+                report.diagnostics.sort_by_key(|d| (d.line, d.col));
+            }
             eprint!("{}", report.render());
             Ok(if report.has_errors() {
                 ExitCode::FAILURE
@@ -89,6 +126,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             let _log = init_tracing(LogFormat::Text);
             control_runtime()?.block_on(wasp::demo::run())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            action:
+                PluginCommand::New {
+                    name,
+                    role,
+                    dir,
+                    sdk,
+                },
+        } => {
+            let role = match role {
+                Role::Router => config::PluginRole::Router,
+                Role::Balancer => config::PluginRole::Balancer,
+                Role::Health => config::PluginRole::Health,
+            };
+            let sdk = sdk.unwrap_or_else(wasp::plugin::scaffold::default_sdk);
+            let made = wasp::plugin::scaffold::new_plugin(&name, role, &dir, &sdk)?;
+            print!("{}", made.instructions);
             Ok(ExitCode::SUCCESS)
         }
         Command::Ctl(args) => {

@@ -28,6 +28,9 @@ use tokio::sync::Mutex;
 use crate::admin::{self, AdminHandle, Control, ControlError, DiagnosticView};
 use crate::config::{self, Config, ServerSpec};
 use crate::health::{HealthCheckers, StateTable};
+use crate::plugin::build::build_judge;
+use crate::plugin::watch::{WatchHandle, spawn_watch};
+use crate::plugin::{PluginError, PluginSet, Plugins, Reloaded};
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
 use crate::proxy::workers::Workers;
@@ -58,6 +61,8 @@ pub enum RuntimeError {
     Signal(std::io::Error),
     #[error("config loader task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
@@ -105,6 +110,9 @@ pub struct Core {
     /// Also serialises applies (reloads and run-time server changes).
     listeners: Mutex<HashMap<ListenKey, ListenerHandle>>,
     checkers: std::sync::Mutex<HealthCheckers>,
+    plugins: Arc<Plugins>,
+    /// Watches the live plugins' files; started with the first config that has plugins.
+    watch: std::sync::Mutex<Option<WatchHandle>>,
     layers: std::sync::Mutex<Layers>,
     admin: Mutex<Option<AdminHandle>>,
     /// Reloads certificates when their files change; `None` when no watcher could start.
@@ -121,7 +129,10 @@ impl Runtime {
         let count = config.global.workers.unwrap_or_else(Workers::default_count);
         let workers = Arc::new(Workers::start(count).map_err(RuntimeError::Workers)?);
         let clients = ClientCache::new(workers.len());
-        let snapshot = build_snapshot(Arc::clone(&config), &states, &clients)?;
+        let plugins = Arc::new(Plugins::new());
+        let set = prepare_plugins(&plugins, &config).await?;
+        let snapshot = build_snapshot(Arc::clone(&config), &states, &clients, &set)?;
+        plugins.commit(&set);
         let proxy = Arc::new(Proxy::new(snapshot));
         let graceful = Arc::new(GracefulShutdown::new());
         let mut listeners = HashMap::new();
@@ -141,7 +152,9 @@ impl Runtime {
             }
         };
         let mut checkers = HealthCheckers::default();
-        let started = checkers.update(&config, &states).started;
+        let started = checkers
+            .update_with(&config, &states, &|spec| build_judge(spec, &set))
+            .started;
         if started > 0 {
             tracing::info!(servers = started, "health checks started");
         }
@@ -154,6 +167,8 @@ impl Runtime {
             graceful: Arc::downgrade(&graceful),
             listeners: Mutex::new(listeners),
             checkers: std::sync::Mutex::new(checkers),
+            watch: std::sync::Mutex::new(watch_plugins(&plugins, &set, None)),
+            plugins,
             layers: std::sync::Mutex::new(Layers {
                 file: Arc::clone(&config),
                 overlay: Overlay::default(),
@@ -231,6 +246,20 @@ impl Core {
 
     fn layers(&self) -> std::sync::MutexGuard<'_, Layers> {
         self.layers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The loaded plugins (for stats and hot-loading).
+    pub fn plugins(&self) -> &Arc<Plugins> {
+        &self.plugins
+    }
+
+    /// Hot-loads plugin `name` from its file (the admin request): compiled off the request
+    /// path, swapped in atomically; a broken file is rejected and the old version keeps
+    /// serving.
+    pub async fn reload_plugin(&self, name: &str) -> Result<Reloaded, RuntimeError> {
+        let plugins = Arc::clone(&self.plugins);
+        let name = name.to_owned();
+        Ok(tokio::task::spawn_blocking(move || plugins.reload(&name)).await??)
     }
 
     /// The live proxy (snapshot holder).
@@ -338,7 +367,8 @@ impl Core {
             return Err(RuntimeError::Stopping);
         };
         let config = Arc::new(overlay.apply(&file));
-        let snapshot = build_snapshot(Arc::clone(&config), &self.states, &self.clients)?;
+        let set = prepare_plugins(&self.plugins, &config).await?;
+        let snapshot = build_snapshot(Arc::clone(&config), &self.states, &self.clients, &set)?;
         let wanted = listen_keys(&config);
         let mut opened = Vec::new();
         for (key, frontend) in &wanted {
@@ -394,6 +424,7 @@ impl Core {
             },
             (current, None) => old_admin = current,
         }
+        self.plugins.commit(&set);
         self.proxy.install(snapshot);
         if let Some(w) = self
             .cert_watch
@@ -412,11 +443,15 @@ impl Core {
             overlay,
         };
         prune_states(&config, &self.states);
+        {
+            let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+            *watch = watch_plugins(&self.plugins, &set, watch.take());
+        }
         let checks = self
             .checkers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .update(&config, &self.states);
+            .update_with(&config, &self.states, &|spec| build_judge(spec, &set));
         tracing::debug!(
             started = checks.started,
             restarted = checks.restarted,
@@ -521,6 +556,40 @@ pub fn log_diagnostics(report: &config::Report) {
             config::Severity::Warning => tracing::warn!("{text}"),
         }
     }
+}
+
+/// Loads the plugins `config` names (compiling what changed) on a blocking thread.
+async fn prepare_plugins(
+    plugins: &Arc<Plugins>,
+    config: &Arc<Config>,
+) -> Result<PluginSet, RuntimeError> {
+    if config.plugins.is_empty() {
+        return Ok(PluginSet::empty());
+    }
+    let (plugins, config) = (Arc::clone(plugins), Arc::clone(config));
+    Ok(tokio::task::spawn_blocking(move || plugins.prepare(&config)).await??)
+}
+
+/// The watcher for the live plugins: started when the first plugin appears, kept (and
+/// pointed at the current files) after.
+fn watch_plugins(
+    plugins: &Arc<Plugins>,
+    set: &PluginSet,
+    current: Option<WatchHandle>,
+) -> Option<WatchHandle> {
+    let mut handle = match current {
+        Some(h) => h,
+        None if set.is_empty() => return None,
+        None => match spawn_watch(Arc::clone(plugins)) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch plugin files; changed plugins load on SIGHUP only");
+                return None;
+            }
+        },
+    };
+    handle.update(plugins);
+    Some(handle)
 }
 
 fn open(

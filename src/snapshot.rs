@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
 
-use crate::balance::{Balancer, build_balancer};
+use crate::balance::Balancer;
 use crate::config::{Config, Global, Observe, Redirect, Timeouts};
 use crate::health::{BackendState, FrontendState, ServerKey, ServerState, StateTable};
-use crate::routing::{AclRouter, Router};
+use crate::plugin::PluginSet;
+use crate::plugin::build::{DecisionError, build_balancer, build_router};
+use crate::routing::Router;
 use crate::tls::client::server_name;
 use crate::tls::{TlsError, TlsListener};
 use crate::upstream::{ClientCache, ClientKey, Pools, TlsKey};
@@ -25,7 +27,12 @@ pub enum SnapshotError {
     #[error("frontend {frontend}: {source}")]
     Router {
         frontend: String,
-        source: crate::routing::native::BuildError,
+        source: DecisionError,
+    },
+    #[error("backend {backend}: {source}")]
+    Balancer {
+        backend: String,
+        source: DecisionError,
     },
     #[error("backend {backend}: server {server}: address {addr} is not a valid authority")]
     Authority {
@@ -171,11 +178,13 @@ impl Snapshot {
 }
 
 /// Builds a snapshot from a validated config. Server state comes from (and is registered in)
-/// `states`; upstream clients from `clients`.
+/// `states`; upstream clients from `clients`; the plugins the config names from `plugins`
+/// (empty when it names none).
 pub fn build_snapshot(
     config: Arc<Config>,
     states: &StateTable,
     clients: &ClientCache,
+    plugins: &PluginSet,
 ) -> Result<Snapshot, SnapshotError> {
     let mut backends = Vec::with_capacity(config.backends.len());
     for b in &config.backends {
@@ -231,7 +240,11 @@ pub fn build_snapshot(
             });
         }
         let server_states: Vec<_> = servers.iter().map(|s| Arc::clone(&s.state)).collect();
-        let balancer = build_balancer(b, &server_states, states.backend(&b.name));
+        let balancer = build_balancer(b, &server_states, states.backend(&b.name), plugins)
+            .map_err(|source| SnapshotError::Balancer {
+                backend: b.name.clone(),
+                source,
+            })?;
         backends.push(Backend {
             name: Arc::from(b.name.as_str()),
             servers,
@@ -246,20 +259,18 @@ pub fn build_snapshot(
         });
     }
 
-    let index: HashMap<&str, usize> = config
+    let index: HashMap<String, usize> = config
         .backends
         .iter()
         .enumerate()
-        .map(|(i, b)| (b.name.as_str(), i))
+        .map(|(i, b)| (b.name.clone(), i))
         .collect();
     let mut frontends = Vec::with_capacity(config.frontends.len());
     let mut by_bind = HashMap::new();
     for (i, f) in config.frontends.iter().enumerate() {
-        let router = AclRouter::build(f, |name| index.get(name).copied()).map_err(|source| {
-            SnapshotError::Router {
-                frontend: f.name.clone(),
-                source,
-            }
+        let router = build_router(f, &index, plugins).map_err(|source| SnapshotError::Router {
+            frontend: f.name.clone(),
+            source,
         })?;
         for bind in &f.binds {
             let tls = match &bind.tls {
@@ -281,7 +292,7 @@ pub fn build_snapshot(
             name: Arc::from(f.name.as_str()),
             binds: f.binds.iter().map(|b| b.addr).collect(),
             redirect: f.redirect,
-            router: Box::new(router),
+            router,
             timeouts: f.timeouts,
             forwardfor: f.forwardfor,
             max_header_size: f.max_header_size,

@@ -469,7 +469,7 @@ fn unknown_algorithm() {
         1,
         &[
             r#"unknown_algorithm.toml:3:11: error: defaults.balance: unknown algorithm "fastest""#,
-            r#"    = help: expected roundrobin, static-rr, leastconn, random, source, uri, uri whole, hdr(NAME) or first"#,
+            r#"    = help: expected roundrobin, static-rr, leastconn, random, source, uri, uri whole, hdr(NAME), first or a plugin name"#,
             r#"unknown_algorithm.toml:10:11: error: backend.app.balance: unknown algorithm "roundrobn""#,
             r#"    = help: did you mean "roundrobin"?"#,
             r#"check: 2 errors"#,
@@ -504,11 +504,92 @@ fn unsupported() {
             r#"    = help: use mode = "http"; tcp mode comes in a later version"#,
             r#"unsupported.toml:7:8: error: frontend.web.mode: tcp mode is not supported yet"#,
             r#"    = help: use mode = "http"; tcp mode comes in a later version"#,
-            r#"unsupported.toml:13:1: error: plugin.my-router: plugins are not supported yet"#,
-            r#"    = help: remove [plugin.my-router]: the section is reserved for wasm plugins, which a later version adds"#,
-            r#"check: 3 errors"#,
+            r#"check: 2 errors"#,
         ],
     );
+}
+
+/// `[plugin.*]` keys and the keys naming plugins (router, balance, check.judge).
+#[test]
+fn plugin_keys() {
+    expect(
+        "plugin_keys",
+        1,
+        &[
+            r#"plugin_keys.toml:5:10: error: frontend.web.router: unknown plugin "path-routr""#,
+            r#"    = help: did you mean "path-router"?"#,
+            r#"plugin_keys.toml:8:11: error: backend.app.balance: unknown algorithm "stiky""#,
+            r#"    = help: did you mean "sticky"?"#,
+            r#"plugin_keys.toml:10:41: error: backend.app.check.judge: unknown plugin "json""#,
+            r#"    = help: defined plugins: "path-router", "sticky""#,
+            r#"plugin_keys.toml:12:1: warning: plugin.path-router: plugin "path-router" is not used"#,
+            r#"    = help: use it with frontend router = "NAME", backend balance = "NAME" or check.judge = "NAME""#,
+            r#"plugin_keys.toml:14:11: error: plugin.path-router.timeout: plugin timeout is too long"#,
+            r#"    = help: a plugin call runs on the request path; the maximum is 1s"#,
+            r#"plugin_keys.toml:15:10: error: plugin.path-router.memory: invalid size "4g""#,
+            r#"    = help: write bytes as an integer, or a string like "64k" or "1m""#,
+            r#"plugin_keys.toml:16:12: error: plugin.path-router.on_error: unknown on_error policy "ignore""#,
+            r#"    = help: expected fallback or deny"#,
+            r#"plugin_keys.toml:17:43: error: plugin.path-router.config.list: expected a string, found an array"#,
+            r#"plugin_keys.toml:18:17: error: plugin.path-router.recycle_after: recycle_after 0 is out of range"#,
+            r#"    = help: expected at least 1"#,
+            r#"plugin_keys.toml:20:1: warning: plugin.sticky: plugin "sticky" is not used"#,
+            r#"    = help: use it with frontend router = "NAME", backend balance = "NAME" or check.judge = "NAME""#,
+            r#"plugin_keys.toml:22:1: error: plugin.sticky: unknown key "paht""#,
+            r#"    = help: did you mean "path"?"#,
+            r#"check: 9 errors, 2 warnings"#,
+        ],
+    );
+}
+
+/// A plugin section loads into the model: the path taken from the config file's folder,
+/// defaults applied, config values sorted, each use recorded with its position.
+#[test]
+fn plugin_section_loads_into_the_model() {
+    let src = r#"
+[frontend.web]
+bind = "127.0.0.1:8080"
+router = "r"
+
+[backend.app]
+servers = [{ name = "s1", addr = "127.0.0.1:9001" }]
+balance = "r"
+
+[plugin.r]
+path = "plugins/r.wasm"
+config = { zeta = "1", alpha = 2, flag = true }
+on_error = "deny"
+"#;
+    let (config, report) = config::load_str(src, Path::new("/etc/wasp/wasp.toml"));
+    let config = config.unwrap_or_else(|| panic!("{}", report.render()));
+    let p = &config.plugins[0];
+    assert_eq!(p.path, Path::new("/etc/wasp/plugins/r.wasm"));
+    assert_eq!(
+        p.config,
+        [
+            ("alpha".to_owned(), "2".to_owned()),
+            ("flag".to_owned(), "true".to_owned()),
+            ("zeta".to_owned(), "1".to_owned())
+        ]
+    );
+    assert_eq!(p.timeout, Duration::from_millis(5));
+    assert_eq!(p.memory, 32 * 1024 * 1024);
+    assert_eq!(p.on_error, config::OnError::Deny);
+    let uses: Vec<_> = p
+        .written
+        .uses
+        .iter()
+        .map(|(role, place)| (*role, place.line, place.key.as_str()))
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            (config::PluginRole::Router, 4, "frontend.web.router"),
+            (config::PluginRole::Balancer, 8, "backend.app.balance")
+        ]
+    );
+    assert_eq!(config.backends[0].balance, Balance::Plugin("r".into()));
+    assert_eq!(config.frontends[0].router.as_deref(), Some("r"));
 }
 
 /// A rule after an unconditional one (warning).

@@ -332,6 +332,7 @@ pub fn balance_name(b: &Balance) -> String {
         Balance::Uri { whole: true } => "uri whole".into(),
         Balance::Hdr(h) => format!("hdr({h})"),
         Balance::First => "first".into(),
+        Balance::Plugin(name) => name.clone(),
     }
 }
 

@@ -60,10 +60,21 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
     /// Index into the backend's server list of an eligible server (usable, below its
     /// `maxconn`, not in `ctx.tried`), or `None` when there is none.
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// [`Balancer::pick`], or a refusal of the request as a whole: a balancer plugin that
+    /// failed under `on_error = "deny"`. Native algorithms never refuse.
+    fn pick_or_deny(&self, ctx: &PickContext<'_>) -> Result<Option<usize>, Denied> {
+        Ok(self.pick(ctx))
+    }
 }
 
-/// Builds the native balancer a backend's config names. `servers` are the backend's server
-/// states in config order.
+/// A balancer refused the request (the proxy answers 503 without queueing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied;
+
+/// Builds the native balancer a backend's config names (round-robin for a plugin name: the
+/// plugin's fallback). `servers` are the backend's server states in config order. Only
+/// `plugin::build` calls it.
 pub fn build_balancer(
     backend: &Backend,
     servers: &[Arc<ServerState>],
@@ -82,6 +93,8 @@ pub fn build_balancer(
         Balance::Uri { whole } => Box::new(Uri::new(servers, state, *whole)),
         Balance::Hdr(name) => Box::new(Hdr::new(servers, state, name.clone())),
         Balance::First => Box::new(First::new(servers, state)),
+        // `plugin::build` builds plugin balancers; this is their native fallback.
+        Balance::Plugin(_) => Box::new(RoundRobin::new(servers, state)),
     }
 }
 
@@ -165,4 +178,4 @@ impl<T> PerGeneration<T> {
 pub(crate) mod testkit;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

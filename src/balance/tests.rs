@@ -1,5 +1,6 @@
-//! The contract every native algorithm keeps, checked against each one as `build_balancer`
-//! builds it from a backend config: which servers may be picked at all, and when backups are.
+//! The contract every balancer keeps, checked against each native algorithm as
+//! `build_balancer` builds it from a backend config (and, in `plugin::contract`, against the
+//! example balancer plugins): which servers may be picked at all, and when backups are.
 
 use std::collections::BTreeSet;
 
@@ -26,8 +27,21 @@ fn algorithms() -> Vec<Balance> {
     ]
 }
 
-fn build(balance: &Balance, lab: &Lab) -> Box<dyn Balancer> {
-    let backend = Backend {
+/// A balancer under test: how to build it over a lab's servers, and whether it is `first`
+/// (which always takes the first eligible server instead of spreading).
+pub(crate) struct Subject<'a> {
+    pub name: String,
+    pub build: &'a dyn Fn(&Lab) -> Box<dyn Balancer>,
+    pub first_only: bool,
+}
+
+fn native(balance: &Balance) -> (String, bool) {
+    (format!("{balance:?}"), *balance == Balance::First)
+}
+
+/// A backend config with `lab`'s servers and `balance`.
+pub(crate) fn backend(balance: &Balance, lab: &Lab) -> Backend {
+    Backend {
         name: BACKEND.into(),
         mode: Mode::Http,
         balance: balance.clone(),
@@ -41,8 +55,24 @@ fn build(balance: &Balance, lab: &Lab) -> Box<dyn Balancer> {
         check: CheckParams::default(),
         proto: Default::default(),
         tls: None,
-    };
-    build_balancer(&backend, &lab.servers, lab.backend())
+    }
+}
+
+fn build(balance: &Balance, lab: &Lab) -> Box<dyn Balancer> {
+    build_balancer(&backend(balance, lab), &lab.servers, lab.backend())
+}
+
+/// Runs every contract check against every native algorithm.
+fn for_each_native(check: fn(&Subject<'_>)) {
+    for balance in algorithms() {
+        let (name, first_only) = native(&balance);
+        let build = |lab: &Lab| build(&balance, lab);
+        check(&Subject {
+            name,
+            build: &build,
+            first_only,
+        });
+    }
 }
 
 /// The servers 200 requests with distinct keys (client, path, `x-user`) went to.
@@ -56,7 +86,12 @@ fn set(servers: &[usize]) -> BTreeSet<Option<usize>> {
 
 #[test]
 fn drained_maint_down_weightless_full_and_tried_servers_are_never_picked() {
-    for balance in algorithms() {
+    for_each_native(never_picks_ineligible);
+}
+
+pub(crate) fn never_picks_ineligible(s: &Subject<'_>) {
+    let balance = &s.name;
+    {
         let lab = Lab::from_confs(
             (0..8)
                 .map(|i| Server {
@@ -65,8 +100,8 @@ fn drained_maint_down_weightless_full_and_tried_servers_are_never_picked() {
                 })
                 .collect(),
         );
-        let b = build(&balance, &lab);
-        let all_up = if balance == Balance::First {
+        let b = (s.build)(&lab);
+        let all_up = if s.first_only {
             set(&[0])
         } else {
             set(&[0, 1, 2, 3, 4, 5, 6, 7])
@@ -92,19 +127,24 @@ fn drained_maint_down_weightless_full_and_tried_servers_are_never_picked() {
 
 #[test]
 fn backup_servers_serve_only_while_every_active_server_is_down() {
-    for balance in algorithms() {
+    for_each_native(backups_only_when_actives_are_down);
+}
+
+pub(crate) fn backups_only_when_actives_are_down(s: &Subject<'_>) {
+    let balance = &s.name;
+    {
         let backup = |i| Server {
             backup: true,
             ..server(i, 1)
         };
         let lab = Lab::from_confs(vec![server(0, 1), server(1, 1), backup(2), backup(3)]);
-        let b = build(&balance, &lab);
+        let b = (s.build)(&lab);
         assert!(spread(&*b, &[]).is_subset(&set(&[0, 1])), "{balance:?}");
         lab.servers[0].set_up(false);
         assert_eq!(spread(&*b, &[]), set(&[1]), "{balance:?}: one active left");
         lab.servers[1].set_admin(AdminState::Maint);
         let backups = spread(&*b, &[]);
-        if balance == Balance::First {
+        if s.first_only {
             assert_eq!(backups, set(&[2]));
         } else {
             assert_eq!(
@@ -124,7 +164,12 @@ fn backup_servers_serve_only_while_every_active_server_is_down() {
 
 #[test]
 fn a_full_or_tried_active_server_does_not_bring_in_the_backups() {
-    for balance in algorithms() {
+    for_each_native(full_or_tried_keeps_backups_out);
+}
+
+pub(crate) fn full_or_tried_keeps_backups_out(s: &Subject<'_>) {
+    let balance = &s.name;
+    {
         let lab = Lab::from_confs(vec![
             Server {
                 maxconn: Some(1),
@@ -135,7 +180,7 @@ fn a_full_or_tried_active_server_does_not_bring_in_the_backups() {
                 ..server(1, 1)
             },
         ]);
-        let b = build(&balance, &lab);
+        let b = (s.build)(&lab);
         assert_eq!(
             spread(&*b, &[0]),
             BTreeSet::from([None]),
@@ -152,14 +197,19 @@ fn a_full_or_tried_active_server_does_not_bring_in_the_backups() {
 
 #[test]
 fn no_usable_server_gives_none() {
-    for balance in algorithms() {
+    for_each_native(none_when_none_usable);
+}
+
+pub(crate) fn none_when_none_usable(s: &Subject<'_>) {
+    let balance = &s.name;
+    {
         let lab = Lab::new(&[1, 1]);
-        let b = build(&balance, &lab);
+        let b = (s.build)(&lab);
         lab.servers[0].set_up(false);
         lab.servers[1].set_weight(0);
         assert_eq!(spread(&*b, &[]), BTreeSet::from([None]), "{balance:?}");
         let empty = Lab::new(&[]);
-        let b = build(&balance, &empty);
+        let b = (s.build)(&empty);
         assert_eq!(
             spread(&*b, &[]),
             BTreeSet::from([None]),

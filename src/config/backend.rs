@@ -11,7 +11,7 @@ use crate::config::model::{
 };
 use crate::config::tls::{UpstreamKeys, upstream_keys};
 use crate::config::values::{
-    At, PartialTimeouts, Side, balance, check_name, maxconn, mode, observe, retries, section,
+    At, PartialTimeouts, Side, balance_at, check_name, maxconn, mode, observe, retries, section,
     timeouts,
 };
 use crate::config::walk::{Item, Table};
@@ -27,7 +27,9 @@ pub(crate) struct RawBackend {
     pub(crate) at: usize,
     pub(crate) path: String,
     pub(crate) mode: Option<Mode>,
-    pub(crate) balance: Option<Balance>,
+    pub(crate) balance: Option<At<Balance>>,
+    /// `check.judge`, with where it was written.
+    pub(crate) judge: Option<At<String>>,
     /// The servers that are valid.
     pub(crate) servers: Vec<Server>,
     pub(crate) timeouts: PartialTimeouts,
@@ -45,7 +47,7 @@ pub(crate) struct RawBackend {
 pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<RawBackend> {
     let mut t = section("backend", name, item, sink)?;
     let mode = t.take("mode").and_then(|i| mode(&i, sink));
-    let balance = t.take("balance").and_then(|i| balance(&i, sink));
+    let balance = t.take("balance").and_then(|i| balance_at(&i, sink));
     let proto = t
         .take("proto")
         .and_then(|i| i.keyword(sink, "proto", &[("http1", Proto::Http1), ("h2", Proto::H2)]));
@@ -64,6 +66,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         path: t.path().to_owned(),
         mode,
         balance,
+        judge: None,
         servers,
         timeouts: timeouts(t.take("timeout"), Side::Backend, sink),
         retries: retries(&mut t, sink),
@@ -81,7 +84,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
     );
     passive_health(&mut t, &mut b, sink);
     if let Some(i) = t.take("check") {
-        b.check = check_params(&i, sink);
+        (b.check, b.judge) = check_params(&i, sink);
     }
     t.finish(sink);
     Some(b)
@@ -210,11 +213,20 @@ fn server_addr(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<(String, Sock
     }
 }
 
-fn check_params(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> CheckParams {
+fn check_params(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> (CheckParams, Option<At<String>>) {
     let mut c = CheckParams::default();
     let Some(mut t) = item.table(sink) else {
-        return c;
+        return (c, None);
     };
+    let judge = t.take("judge").and_then(|i| {
+        let s = i.str(sink)?;
+        Some(At {
+            value: s.value.to_owned(),
+            at: s.start,
+            path: i.path.clone(),
+        })
+    });
+    c.judge = judge.as_ref().map(|j| j.value.clone());
     if let Some(d) = t.take("interval").and_then(|i| i.duration_nonzero(sink)) {
         c.interval = d;
     }
@@ -275,7 +287,7 @@ fn check_params(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> CheckParams {
         .help("add http = \"GET /health\" (without it the check is a TCP connect)");
     }
     t.finish(sink);
-    c
+    (c, judge)
 }
 
 /// `expect = "200"`, `"200-299"`, `"200,204,300-399"`, or an array of such.

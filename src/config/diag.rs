@@ -178,6 +178,11 @@ impl<'s> Sink<'s> {
         self.src
     }
 
+    /// The 1-based `(line, col)` of byte offset `at`.
+    pub(crate) fn position(&self, at: usize) -> (usize, usize) {
+        self.lines.line_col(self.src, at)
+    }
+
     /// Records an error at byte offset `at`.
     pub(crate) fn error(
         &mut self,

@@ -32,6 +32,8 @@ pub(crate) struct RawFrontend {
     pub(crate) timeouts: PartialTimeouts,
     pub(crate) forwardfor: Option<bool>,
     pub(crate) max_header_size: Option<usize>,
+    /// `router = "PLUGIN"`.
+    pub(crate) router: Option<At<String>>,
 }
 
 /// One `bind` entry: where it was written, and its TLS settings.
@@ -92,6 +94,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         max_header_size: t
             .take("max_header_size")
             .and_then(|i| header_size(&i, sink)),
+        router: t.take("router").and_then(|i| backend_ref(&i, sink)),
         acls,
     };
     t.finish(sink);

@@ -20,6 +20,7 @@ mod diag;
 mod duration;
 mod frontend;
 pub mod model;
+mod plugin;
 mod sections;
 mod size;
 mod tls;

@@ -32,11 +32,17 @@ pub struct Config {
     pub admin: Option<Admin>,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
+    /// `[plugin.NAME]` sections, in file order.
+    pub plugins: Vec<Plugin>,
 }
 
 impl Config {
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<&Plugin> {
+        self.plugins.iter().find(|p| p.name == name)
     }
 }
 
@@ -176,6 +182,8 @@ pub struct Frontend {
     pub forwardfor: bool,
     /// Largest accepted request head in bytes; larger heads get 431.
     pub max_header_size: usize,
+    /// A router plugin that takes the routing decision (`defer` falls back to the rules above).
+    pub router: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +268,8 @@ pub enum Balance {
     Hdr(http::HeaderName),
     /// The first server (in config order) with a free slot under its `maxconn`.
     First,
+    /// A balancer plugin, by name; round-robin when it fails (`on_error = "fallback"`).
+    Plugin(String),
 }
 
 /// Passive health checking: which failures of real traffic count against a server.
@@ -319,6 +329,8 @@ pub struct CheckParams {
     pub fall: u32,
     /// An HTTP check; `None` for a TCP connect check.
     pub http: Option<HttpCheck>,
+    /// A health plugin that judges each check's result instead of `expect`.
+    pub judge: Option<String>,
 }
 
 impl Default for CheckParams {
@@ -331,6 +343,7 @@ impl Default for CheckParams {
             rise: 2,
             fall: 3,
             http: None,
+            judge: None,
         }
     }
 }
@@ -352,6 +365,73 @@ impl HttpCheck {
             .iter()
             .any(|&(lo, hi)| (lo..=hi).contains(&status))
     }
+}
+
+/// Default bound on one plugin call.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(5);
+/// Largest `timeout` a plugin may have: a decision is on the request path.
+pub const MAX_PLUGIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default cap on a plugin instance's linear memory.
+pub const DEFAULT_PLUGIN_MEMORY: usize = 32 * 1024 * 1024;
+/// Largest `memory` a plugin may have.
+pub const MAX_PLUGIN_MEMORY: usize = 256 * 1024 * 1024;
+/// Default number of calls after which a reused instance is replaced by a fresh one.
+pub const DEFAULT_RECYCLE_AFTER: u64 = 100_000;
+/// Default linear memory size past which a reused instance is replaced after its call.
+pub const DEFAULT_RECYCLE_MEMORY: usize = 8 * 1024 * 1024;
+
+/// `[plugin.NAME]`: a Wasm component and how to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plugin {
+    pub name: String,
+    /// The `.wasm` file, absolute (a relative `path` is taken from the config file's folder).
+    pub path: PathBuf,
+    /// `config = { key = "value" }`, sorted by key.
+    pub config: Vec<(String, String)>,
+    /// Bound on one call (epoch deadline, 1 ms resolution).
+    pub timeout: Duration,
+    /// Cap on an instance's linear memory, in bytes.
+    pub memory: usize,
+    pub on_error: OnError,
+    /// A reused instance is replaced after this many calls (1: a fresh instance per call).
+    pub recycle_after: u64,
+    /// A reused instance whose linear memory grew past this is replaced after its call.
+    pub recycle_memory: usize,
+    /// Where the section and its uses were written, for `wasp check`'s plugin diagnostics.
+    pub written: PluginPlaces,
+}
+
+/// What a failed plugin call turns into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// The native default decision: the frontend's rules, round-robin, the native check.
+    #[default]
+    Fallback,
+    /// 503 for a routing or balancing decision; DOWN for a health judgement.
+    Deny,
+}
+
+/// The decisions a plugin can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginRole {
+    Router,
+    Balancer,
+    Health,
+}
+
+/// A position in the config file (1-based line, column in characters) and its key path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Place {
+    pub line: usize,
+    pub col: usize,
+    pub key: String,
+}
+
+/// Where a plugin's `path` was written and where each role uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PluginPlaces {
+    pub path: Place,
+    pub uses: Vec<(PluginRole, Place)>,
 }
 
 pub use crate::tls::certs::CertFiles;

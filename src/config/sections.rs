@@ -12,7 +12,10 @@ use crate::config::backend::{self, RawBackend};
 use crate::config::diag::Sink;
 use crate::config::frontend::{self, RawFrontend};
 use crate::config::model::{Balance, Global, LogFormat, Mode};
-use crate::config::values::{PartialTimeouts, Side, balance, header_size, mode, retries, timeouts};
+use crate::config::plugin::{self, RawPlugin};
+use crate::config::values::{
+    At, PartialTimeouts, Side, balance_at, header_size, mode, retries, timeouts,
+};
 use crate::config::walk::Table;
 
 /// More worker threads than this is a typo, not a tuning choice.
@@ -26,7 +29,7 @@ pub(crate) struct Defaults {
     pub(crate) retries: Option<u32>,
     pub(crate) forwardfor: Option<bool>,
     pub(crate) max_header_size: Option<usize>,
-    pub(crate) balance: Option<Balance>,
+    pub(crate) balance: Option<At<Balance>>,
     pub(crate) redispatch: Option<bool>,
 }
 
@@ -37,6 +40,7 @@ pub(crate) struct Raw {
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) frontends: Vec<RawFrontend>,
     pub(crate) backends: Vec<RawBackend>,
+    pub(crate) plugins: Vec<RawPlugin>,
 }
 
 /// Walks the root table of a config file.
@@ -63,10 +67,7 @@ pub(crate) fn walk(mut root: Table<'_, '_>, sink: &mut Sink<'_>) -> Raw {
     }
     if let Some(mut t) = root.take("plugin").and_then(|i| i.table(sink)) {
         for (name, item) in t.take_all() {
-            sink.error(item.start(), &item.path, "plugins are not supported yet").help(format!(
-                "remove [plugin.{name}]: the section is reserved for wasm plugins, which a later \
-                 version adds"
-            ));
+            raw.plugins.extend(plugin::walk(name, &item, sink));
         }
     }
     root.finish(sink);
@@ -104,7 +105,7 @@ fn defaults(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Defaults {
         max_header_size: t
             .take("max_header_size")
             .and_then(|i| header_size(&i, sink)),
-        balance: t.take("balance").and_then(|i| balance(&i, sink)),
+        balance: t.take("balance").and_then(|i| balance_at(&i, sink)),
         redispatch: t.take_bool(sink, "redispatch"),
     };
     t.finish(sink);

@@ -10,25 +10,156 @@ use crate::config::diag::{Sink, did_you_mean, quoted_list};
 use crate::config::frontend::RawFrontend;
 use crate::config::model::{
     Backend, Balance, Bind, Config, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES, Frontend, Mode,
-    NamedAcl, Timeouts, UseBackend,
+    NamedAcl, Place, Plugin, PluginPlaces, PluginRole, Timeouts, UseBackend,
 };
+use crate::config::plugin::RawPlugin;
 use crate::config::sections::{Defaults, Raw};
-use crate::config::values::PartialTimeouts;
+use crate::config::values::{At, PartialTimeouts, unknown_algorithm};
 
 /// Runs the cross-section checks, then builds the config if no error was found at all.
 pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Option<Config> {
     check_backend_refs(&raw, sink);
     check_listeners(&raw, sink);
+    let uses = check_plugin_refs(&raw, sink);
     if sink.has_errors() {
         return None;
     }
     let d = &raw.defaults;
+    let plugins = raw
+        .plugins
+        .into_iter()
+        .filter_map(|p| plugin(p, file, &uses, sink))
+        .collect();
     Some(Config {
         path: file.to_owned(),
         global: raw.global.clone(),
         admin: raw.admin.map(RawAdmin::build),
         frontends: raw.frontends.into_iter().map(|f| frontend(f, d)).collect(),
         backends: raw.backends.into_iter().map(|b| backend(b, d)).collect(),
+        plugins,
+    })
+}
+
+/// A use of a plugin: by which role, where.
+type Use = (String, PluginRole, Place);
+
+/// Every `router`, `balance` and `check.judge` naming a plugin must name a `[plugin.*]`
+/// section; each unused section gets a warning. Returns the uses, with their places.
+fn check_plugin_refs(raw: &Raw, sink: &mut Sink<'_>) -> Vec<Use> {
+    let names: Vec<&str> = raw.plugins.iter().map(|p| p.name.as_str()).collect();
+    let mut uses: Vec<Use> = Vec::new();
+    let mut record = |sink: &mut Sink<'_>, r: &At<String>, role| {
+        let (line, col) = sink.position(r.at);
+        let place = Place {
+            line,
+            col,
+            key: r.path.clone(),
+        };
+        uses.push((r.value.clone(), role, place));
+    };
+    for f in &raw.frontends {
+        let Some(r) = &f.router else { continue };
+        if names.contains(&r.value.as_str()) {
+            record(sink, r, PluginRole::Router);
+        } else {
+            unknown_plugin(sink, r, &names);
+        }
+    }
+    let default_balance = raw.defaults.balance.as_ref();
+    let balances = raw
+        .backends
+        .iter()
+        .map(|b| b.balance.as_ref().or(default_balance));
+    for (b, balance) in raw.backends.iter().zip(balances) {
+        if let Some(At {
+            value: Balance::Plugin(name),
+            at,
+            path,
+        }) = balance
+            && b.balance.is_some()
+        {
+            let r = At {
+                value: name.clone(),
+                at: *at,
+                path: path.clone(),
+            };
+            if names.contains(&name.as_str()) {
+                record(sink, &r, PluginRole::Balancer);
+            } else {
+                unknown_algorithm(sink, *at, path, name, &names);
+            }
+        }
+        if let Some(j) = &b.judge {
+            if names.contains(&j.value.as_str()) {
+                record(sink, j, PluginRole::Health);
+            } else {
+                unknown_plugin(sink, j, &names);
+            }
+        }
+    }
+    if let Some(At {
+        value: Balance::Plugin(name),
+        at,
+        path,
+    }) = default_balance
+    {
+        if names.contains(&name.as_str()) {
+            let r = At {
+                value: name.clone(),
+                at: *at,
+                path: path.clone(),
+            };
+            record(sink, &r, PluginRole::Balancer);
+        } else {
+            unknown_algorithm(sink, *at, path, name, &names);
+        }
+    }
+    for p in &raw.plugins {
+        if !uses.iter().any(|(name, _, _)| *name == p.name) {
+            sink.warning(p.at, &p.path, format!("plugin \"{}\" is not used", p.name))
+                .help("use it with frontend router = \"NAME\", backend balance = \"NAME\" or check.judge = \"NAME\"");
+        }
+    }
+    uses
+}
+
+fn unknown_plugin(sink: &mut Sink<'_>, r: &At<String>, names: &[&str]) {
+    let help = match did_you_mean(&r.value, names) {
+        Some(m) => format!("did you mean \"{m}\"?"),
+        None if names.is_empty() => "no plugins are defined; add [plugin.NAME]".to_owned(),
+        None => format!("defined plugins: {}", quoted_list(names)),
+    };
+    sink.error(r.at, &r.path, format!("unknown plugin \"{}\"", r.value))
+        .help(help);
+}
+
+fn plugin(p: RawPlugin, file: &Path, uses: &[Use], sink: &mut Sink<'_>) -> Option<Plugin> {
+    let written = p.file?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let joined = base.join(&written.value);
+    let path = std::path::absolute(&joined).unwrap_or(joined);
+    let (line, col) = sink.position(written.at);
+    Some(Plugin {
+        written: PluginPlaces {
+            path: Place {
+                line,
+                col,
+                key: written.path,
+            },
+            uses: uses
+                .iter()
+                .filter(|(name, _, _)| *name == p.name)
+                .map(|(_, role, place)| (*role, place.clone()))
+                .collect(),
+        },
+        name: p.name,
+        path,
+        config: p.config,
+        timeout: p.timeout,
+        memory: p.memory,
+        on_error: p.on_error,
+        recycle_after: p.recycle_after,
+        recycle_memory: p.recycle_memory,
     })
 }
 
@@ -55,14 +186,16 @@ fn check_backend_refs(raw: &Raw, sink: &mut Sink<'_>) {
             sink.error(r.at, &r.path, format!("unknown backend \"{}\"", r.value))
                 .help(help);
         }
-        if !f.routes {
+        if !f.routes && f.router.is_none() {
             sink.warning(f.at, &f.path, "frontend has no backend").help(
                 "every request will get 503; add default_backend = \"NAME\" or use_backend rules",
             );
         }
     }
+    // A router plugin may send requests to any backend.
+    let plugin_routes = raw.frontends.iter().any(|f| f.router.is_some());
     for (b, used) in raw.backends.iter().zip(used) {
-        if !used {
+        if !used && !plugin_routes {
             sink.warning(
                 b.at,
                 &b.path,
@@ -166,6 +299,7 @@ fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
             .max_header_size
             .or(d.max_header_size)
             .unwrap_or(DEFAULT_MAX_HEADER_SIZE),
+        router: f.router.map(|r| r.value),
     }
 }
 
@@ -176,7 +310,7 @@ fn backend(b: RawBackend, d: &Defaults) -> Backend {
         balance: b
             .balance
             .or_else(|| d.balance.clone())
-            .unwrap_or(Balance::RoundRobin),
+            .map_or(Balance::RoundRobin, |a| a.value),
         servers: b.servers,
         timeouts: resolve_timeouts(&d.timeouts, &b.timeouts),
         retries: b.retries.or(d.retries).unwrap_or(DEFAULT_RETRIES),

@@ -52,11 +52,7 @@ pub(crate) fn section<'a, 'i>(
 
 /// HAProxy's rule for names, so that they read the same in logs, stats and conditions.
 pub(crate) fn check_name(sink: &mut Sink<'_>, at: usize, path: &str, kind: &str, name: &str) {
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-    if !valid {
+    if !is_name(name) {
         sink.error(at, path, format!("invalid {kind} name \"{name}\""))
             .help("names may contain letters, digits, '-', '_', '.' and ':'");
     }
@@ -131,19 +127,58 @@ pub(crate) fn balance(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Balanc
         }
         _ => None,
     };
-    if algo.is_none() {
-        let help = match crate::config::diag::did_you_mean(s.value, &ALGORITHMS) {
-            Some(m) => format!("did you mean \"{m}\"?"),
-            None => format!("expected {}", crate::config::walk::or_list(&ALGORITHMS)),
-        };
-        sink.error(
-            s.start,
-            &item.path,
-            format!("unknown algorithm \"{}\"", s.value),
-        )
-        .help(help);
+    if algo.is_some() {
+        return algo;
     }
-    algo
+    // Any other single name may be a plugin's: `validate` resolves it once every
+    // `[plugin.*]` section is known, and reports it there when it is not.
+    if let [name] = words.as_slice()
+        && is_name(name)
+    {
+        return Some(Balance::Plugin((*name).to_owned()));
+    }
+    unknown_algorithm(sink, s.start, &item.path, s.value, &[]);
+    None
+}
+
+/// Reports `name` as an unknown `balance` value; `plugins` are the plugin names it could
+/// have meant.
+pub(crate) fn unknown_algorithm(
+    sink: &mut Sink<'_>,
+    at: usize,
+    path: &str,
+    name: &str,
+    plugins: &[&str],
+) {
+    let mut candidates: Vec<&str> = ALGORITHMS.to_vec();
+    candidates.extend_from_slice(plugins);
+    let help = match crate::config::diag::did_you_mean(name, &candidates) {
+        Some(m) => format!("did you mean \"{m}\"?"),
+        None => {
+            let mut words: Vec<&str> = ALGORITHMS.to_vec();
+            words.push("a plugin name");
+            format!("expected {}", crate::config::walk::or_list(&words))
+        }
+    };
+    sink.error(at, path, format!("unknown algorithm \"{name}\""))
+        .help(help);
+}
+
+/// Whether `name` follows the naming rule of [`check_name`].
+pub(crate) fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// `balance`, with where it was written (a plugin name is resolved in `validate`).
+pub(crate) fn balance_at(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<At<Balance>> {
+    Some(At {
+        value: balance(item, sink)?,
+        at: item.start(),
+        path: item.path.clone(),
+    })
 }
 
 pub(crate) fn observe(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Observe> {

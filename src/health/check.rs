@@ -381,6 +381,7 @@ mod tests {
             rise: 2,
             fall: 3,
             http: None,
+            judge: None,
         }
     }
 

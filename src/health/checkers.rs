@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::config::{CheckParams, Config, UpstreamTls};
 use crate::health::check::{Checker, CheckerHandle, Spread, spawn_checker};
 use crate::health::probe::CheckProbe;
-use crate::health::result::NativeCheck;
+use crate::health::result::{HealthCheck, NativeCheck};
 use crate::health::state::{Health, ServerKey, StateTable};
 
 /// What a checker was started with; a different spec restarts it.
@@ -32,6 +32,15 @@ struct Running {
     /// Distinguishes successive checkers of the same server.
     id: u64,
     handle: CheckerHandle,
+}
+
+/// What a checker's judgement is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct JudgeSpec<'a> {
+    pub backend: &'a str,
+    pub server: &'a str,
+    pub addr: std::net::SocketAddr,
+    pub params: &'a CheckParams,
 }
 
 /// Counts of what one [`HealthCheckers::update`] did.
@@ -67,9 +76,22 @@ impl HealthCheckers {
         }
     }
 
-    /// Starts, keeps, restarts and stops checkers to match `config`. Servers must already be
-    /// in `states` (build the snapshot first). New tasks run on the current tokio runtime.
+    /// Starts, keeps, restarts and stops checkers to match `config`, judging with the native
+    /// rules. Servers must already be in `states` (build the snapshot first). New tasks run
+    /// on the current tokio runtime.
     pub fn update(&mut self, config: &Config, states: &StateTable) -> UpdateSummary {
+        self.update_with(config, states, &|spec| {
+            Box::new(NativeCheck::for_params(spec.params))
+        })
+    }
+
+    /// [`HealthCheckers::update`], with `judge` building each new checker's judgement.
+    pub fn update_with(
+        &mut self,
+        config: &Config,
+        states: &StateTable,
+        judge: &dyn Fn(&JudgeSpec<'_>) -> Box<dyn HealthCheck>,
+    ) -> UpdateSummary {
         let mut wanted: HashMap<ServerKey, Spec> = HashMap::new();
         for b in &config.backends {
             for s in b.servers.iter().filter(|s| s.check) {
@@ -148,13 +170,11 @@ impl HealthCheckers {
                     spec.params.http.as_ref(),
                     spec.tls.as_ref(),
                 ),
-                judge: Box::new(NativeCheck {
-                    expect: spec
-                        .params
-                        .http
-                        .as_ref()
-                        .map(|h| h.expect.clone())
-                        .unwrap_or_default(),
+                judge: judge(&JudgeSpec {
+                    backend: &spec.backend,
+                    server: &spec.server,
+                    addr: key.addr,
+                    params: &spec.params,
                 }),
                 params: spec.params.clone(),
                 state,

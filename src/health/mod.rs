@@ -15,6 +15,6 @@ pub mod probe;
 pub mod result;
 pub mod state;
 
-pub use checkers::HealthCheckers;
+pub use checkers::{HealthCheckers, JudgeSpec};
 pub use result::{CheckResult, HealthCheck, NativeCheck, Observation, Outcome, Reason, Verdict};
 pub use state::{BackendState, FrontendState, Health, ServerKey, ServerState, StateTable};

@@ -88,6 +88,12 @@ pub enum Reason {
     Layer7Invalid,
     /// Connected, but no response within the check timeout.
     CheckTimeout(Duration),
+    /// A health plugin's verdict, with its reason for a down one.
+    Judged {
+        plugin: String,
+        passed: bool,
+        detail: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -101,6 +107,12 @@ impl fmt::Display for Reason {
             Reason::Layer7Status(s) => write!(f, "layer7 status {s}"),
             Reason::Layer7Invalid => f.write_str("layer7 invalid response"),
             Reason::CheckTimeout(t) => write!(f, "check timeout after {}", fmt_duration(*t)),
+            Reason::Judged {
+                plugin,
+                passed: true,
+                ..
+            } => write!(f, "plugin {plugin}: up"),
+            Reason::Judged { plugin, detail, .. } => write!(f, "plugin {plugin}: down: {detail}"),
         }
     }
 }
@@ -121,7 +133,7 @@ pub struct CheckResult {
     pub verdict: Verdict,
 }
 
-/// The health decision: native (below) or, later, a plugin implement it.
+/// The health decision: native (below) or a plugin (`plugin::WasmJudge`) implement it.
 pub trait HealthCheck: Send + Sync + fmt::Debug {
     fn judge(&self, observation: &Observation) -> Verdict;
 }
@@ -132,6 +144,19 @@ pub trait HealthCheck: Send + Sync + fmt::Debug {
 pub struct NativeCheck {
     /// Statuses that pass, as inclusive ranges (an HTTP check's `expect`).
     pub expect: Vec<(u16, u16)>,
+}
+
+impl NativeCheck {
+    /// The native judgement a backend's `check` table asks for.
+    pub fn for_params(params: &crate::config::CheckParams) -> NativeCheck {
+        NativeCheck {
+            expect: params
+                .http
+                .as_ref()
+                .map(|h| h.expect.clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl HealthCheck for NativeCheck {

@@ -225,12 +225,18 @@ async fn choose(
     let mut ticket = None;
     loop {
         if !backend.is_full() {
-            if let Some(i) = backend.balancer.pick(&PickContext { req: view, tried }) {
+            let pick = |tried: &[usize]| {
+                backend
+                    .balancer
+                    .pick_or_deny(&PickContext { req: view, tried })
+                    .map_err(|_| Failure::PluginDenied)
+            };
+            if let Some(i) = pick(tried)? {
                 return Ok(i);
             }
             if !tried.is_empty() {
                 tried.clear();
-                if let Some(i) = backend.balancer.pick(&PickContext { req: view, tried }) {
+                if let Some(i) = pick(tried)? {
                     return Ok(i);
                 }
             }

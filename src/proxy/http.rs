@@ -20,9 +20,9 @@ use crate::proxy::canon;
 use crate::proxy::client_io::ConnShared;
 use crate::proxy::dispatch::{Attempt, dispatch};
 use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
-use crate::proxy::respond::{Failure, failure, redirect, redirect_status};
+use crate::proxy::respond::{Failure, direct, failure, redirect, redirect_status};
 use crate::proxy::timer::LazyTimer;
-use crate::routing::{RequestView, RouteDecision};
+use crate::routing::{LocalResponse, RequestView, RouteDecision};
 use crate::snapshot::{Frontend, ListenKey, Snapshot};
 use crate::upstream::body::{IdleBody, Reclaimable};
 
@@ -127,6 +127,8 @@ async fn forward(
     let backend = match frontend.router.route(&view) {
         RouteDecision::Backend(i) => &snapshot.backends[i],
         RouteDecision::NoBackend => return local(Failure::NoBackend, record),
+        RouteDecision::Respond(answer) => return respond_direct(*answer, record),
+        RouteDecision::Deny => return local(Failure::PluginDenied, record),
     };
     record.backend = Some(Arc::clone(&backend.state));
 
@@ -248,6 +250,13 @@ fn accepts_trailers(headers: &http::HeaderMap) -> bool {
             })
         })
     })
+}
+
+/// A router's own answer, logged with the request's record.
+fn respond_direct(answer: LocalResponse, mut record: Box<Record>) -> Response<ProxyBody> {
+    record.status = answer.status.as_u16();
+    record.t_response = Some(record.received.elapsed());
+    direct(answer, Some(record))
 }
 
 fn body_is_empty(body: &Incoming) -> bool {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::proxy::body::{Finish, ProxyBody};
+use crate::routing::LocalResponse;
 
 /// Why wasp answered a request itself instead of relaying a server's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum Failure {
     UpstreamTimeout,
     /// The server closed the connection or answered with something that is not HTTP.
     UpstreamFailed,
+    /// A routing or balancing plugin failed and its `on_error` policy is `deny`.
+    PluginDenied,
 }
 
 impl Failure {
@@ -30,9 +33,10 @@ impl Failure {
         match self {
             Failure::BadRequest => StatusCode::BAD_REQUEST,
             Failure::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            Failure::NoBackend | Failure::NoServer | Failure::QueueTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Failure::NoBackend
+            | Failure::NoServer
+            | Failure::QueueTimeout
+            | Failure::PluginDenied => StatusCode::SERVICE_UNAVAILABLE,
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::UpstreamFailed => StatusCode::BAD_GATEWAY,
         }
@@ -42,9 +46,10 @@ impl Failure {
         match self {
             Failure::BadRequest => "400 Bad Request\n",
             Failure::ClientTimeout => "408 Request Timeout\n",
-            Failure::NoBackend | Failure::NoServer | Failure::QueueTimeout => {
-                "503 Service Unavailable\n"
-            }
+            Failure::NoBackend
+            | Failure::NoServer
+            | Failure::QueueTimeout
+            | Failure::PluginDenied => "503 Service Unavailable\n",
             Failure::UpstreamTimeout => "504 Gateway Timeout\n",
             Failure::UpstreamFailed => "502 Bad Gateway\n",
         }
@@ -87,5 +92,13 @@ pub fn redirect(
     let mut resp = Response::new(ProxyBody::local(Bytes::new(), finish));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}
+
+/// A response a router plugin chose to send itself (validated when it was decided).
+pub fn direct(answer: LocalResponse, finish: Option<Box<dyn Finish>>) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(answer.body, finish));
+    *resp.status_mut() = answer.status;
+    *resp.headers_mut() = answer.headers;
     resp
 }

@@ -46,6 +46,21 @@ pub enum RouteDecision {
     Backend(usize),
     /// No rule matched and there is no default backend: the proxy answers 503.
     NoBackend,
+    /// Answer the client with this response instead of proxying (a router plugin's choice,
+    /// already validated).
+    Respond(Box<LocalResponse>),
+    /// A router plugin failed and its `on_error` policy is `deny`: the proxy answers 503.
+    Deny,
+}
+
+/// A complete response a router chose to send itself. Built only through checked
+/// constructors (`http::StatusCode`, `HeaderName`, `HeaderValue`), never with framing or
+/// hop-by-hop headers: the proxy sets those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
 }
 
 /// The routing decision: native ACL rules or a plugin implement it.

@@ -306,6 +306,7 @@ mod tests {
             timeouts: Timeouts::default(),
             forwardfor: true,
             max_header_size: 64 * 1024,
+            router: None,
         }
     }
 

@@ -64,6 +64,9 @@ impl TlsListener {
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as Arc<_>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The server's order (rustls' default list, strongest first) decides the cipher suite,
+        // not the client's.
+        config.ignore_client_order = true;
         Ok(TlsListener {
             settings: settings.clone(),
             resolver,

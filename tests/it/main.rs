@@ -9,6 +9,7 @@ mod failover;
 mod health;
 mod labs;
 mod lifecycle;
+mod plugins;
 mod states;
 mod statuses;
 mod streaming;

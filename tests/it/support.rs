@@ -27,6 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use wasp::runtime::Runtime;
 
+/// Builds the plugins workspace once per test run; `wasm(name)` is a plugin's component.
+#[path = "../../src/plugin/test_plugins.rs"]
+pub mod test_plugins;
+
 /// Stops the servers it was given when dropped.
 #[derive(Debug, Default)]
 pub struct Servers {
@@ -556,4 +560,43 @@ pub fn field(line: &str, key: &str) -> String {
 /// An empty request body.
 pub fn empty() -> Full<Bytes> {
     Full::new(Bytes::new())
+}
+
+/// A server answering every request with status 200 and the body it is given (changeable
+/// through the returned handle).
+pub async fn body_server(servers: &Servers, initial: &str) -> (SocketAddr, BodyText) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let text = BodyText(Arc::new(std::sync::Mutex::new(initial.to_owned())));
+    let current = text.clone();
+    let stop = servers.stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = listener.accept() => a.unwrap(),
+            };
+            let (current, stop) = (current.clone(), stop.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let body = current.0.lock().unwrap().clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+            });
+        }
+    });
+    (addr, text)
+}
+
+/// The body a [`body_server`] answers with.
+#[derive(Debug, Clone)]
+pub struct BodyText(Arc<std::sync::Mutex<String>>);
+
+impl BodyText {
+    pub fn set(&self, body: &str) {
+        *self.0.lock().unwrap() = body.to_owned();
+    }
 }

@@ -1,0 +1,622 @@
+//! Wasm plugins through the proxy: each example plugin, faults under both `on_error`
+//! policies, hot-swap under load, and `wasp check` on a plugin of the wrong world.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::test_plugins::wasm;
+use crate::support::{Proxy, Servers, body_server, client, get, send, server_name, wait_until};
+
+/// A `[plugin.NAME]` section for the example or test plugin `crate_name`. Unless `extra` sets
+/// one, the call timeout is generous: these tests judge answers, and a test machine busy with
+/// other tests can stall a call for longer than the 5 ms default.
+fn plugin(name: &str, crate_name: &str, extra: &str) -> String {
+    let timeout = if extra.contains("timeout") {
+        ""
+    } else {
+        "timeout = \"1s\"\n"
+    };
+    format!(
+        "[plugin.{name}]\npath = \"{}\"\n{timeout}{extra}\n",
+        wasm(crate_name).display()
+    )
+}
+
+fn faults(stats: &wasp::plugin::registry::Stats) -> u64 {
+    stats.faults.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn path_router_routes_lab2_from_its_config() {
+    let servers = Servers::new();
+    let mut n = Vec::new();
+    for name in ["node1", "node2", "node3", "node4"] {
+        n.push(servers.echo(name).await);
+    }
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "webservers"
+        router = "paths"
+
+        [backend.items]
+        servers = [{{ name = "s1", addr = "{}" }}, {{ name = "s2", addr = "{}" }}]
+        [backend.baskets]
+        servers = [{{ name = "s3", addr = "{}" }}]
+        [backend.webservers]
+        servers = [{{ name = "s4", addr = "{}" }}]
+
+        {}
+        "#,
+        n[0],
+        n[1],
+        n[2],
+        n[3],
+        plugin(
+            "paths",
+            "path-router",
+            r#"config = { routes = "/item=items,/basket=baskets" }"#
+        )
+    ))
+    .await;
+    let mut items = BTreeSet::new();
+    for _ in 0..4 {
+        let (status, _, body) = get(&proxy.url("/item/1")).await;
+        assert_eq!(status, 200);
+        items.insert(server_name(&body).to_owned());
+    }
+    assert_eq!(items, BTreeSet::from(["node1".into(), "node2".into()]));
+    let (_, _, body) = get(&proxy.url("/basket/7")).await;
+    assert_eq!(server_name(&body), "node3");
+    let (_, _, body) = get(&proxy.url("/other")).await;
+    assert_eq!(server_name(&body), "node4", "defer: the default backend");
+}
+
+#[tokio::test]
+async fn canary_takes_flagged_requests_and_a_sticky_share_of_clients() {
+    let servers = Servers::new();
+    let stable = servers.echo("stable").await;
+    let canary = servers.echo("canary").await;
+    let config = |percent: u32| {
+        format!(
+            r#"
+            [frontend.web]
+            bind = "127.0.0.1:0"
+            default_backend = "stable"
+            router = "canary"
+            [backend.stable]
+            servers = [{{ name = "s", addr = "{stable}" }}]
+            [backend.canary]
+            servers = [{{ name = "c", addr = "{canary}" }}]
+            {}
+            "#,
+            plugin(
+                "canary",
+                "canary",
+                &format!(
+                    r#"config = {{ backend = "canary", percent = "{percent}", header = "x-canary" }}"#
+                )
+            )
+        )
+    };
+    let proxy = Proxy::start(&config(0)).await;
+    let (_, _, body) = get(&proxy.url("/")).await;
+    assert_eq!(server_name(&body), "stable");
+    let req = Request::get(proxy.url("/"))
+        .header("x-canary", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (_, _, body) = send(&client(), req).await;
+    assert_eq!(server_name(&body), "canary", "the header always selects");
+
+    let all = Proxy::start(&config(100)).await;
+    for _ in 0..3 {
+        let (_, _, body) = get(&all.url("/")).await;
+        assert_eq!(server_name(&body), "canary", "100%: every client");
+    }
+}
+
+#[tokio::test]
+async fn sticky_balancer_keeps_each_user_on_one_server_and_round_robins_the_rest() {
+    let servers = Servers::new();
+    let mut addrs = Vec::new();
+    for name in ["a", "b", "c"] {
+        addrs.push(servers.echo(name).await);
+    }
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        balance = "sticky"
+        servers = [{{ name = "a", addr = "{}" }}, {{ name = "b", addr = "{}" }}, {{ name = "c", addr = "{}" }}]
+        {}
+        "#,
+        addrs[0],
+        addrs[1],
+        addrs[2],
+        plugin("sticky", "sticky-balancer", r#"config = { header = "x-user" }"#)
+    ))
+    .await;
+    let c = client();
+    let mut homes: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for round in 0..3 {
+        for user in 0..12 {
+            let req = Request::get(proxy.url("/"))
+                .header("x-user", format!("user-{user}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let (status, _, body) = send(&c, req).await;
+            assert_eq!(status, 200, "round {round}");
+            homes
+                .entry(format!("user-{user}"))
+                .or_default()
+                .insert(server_name(&body).to_owned());
+        }
+    }
+    assert!(homes.values().all(|s| s.len() == 1), "sticky: {homes:?}");
+    let used: BTreeSet<String> = homes.values().flatten().cloned().collect();
+    assert!(used.len() >= 2, "users spread over servers: {used:?}");
+    let mut plain = Vec::new();
+    for _ in 0..6 {
+        let (_, _, body) = get(&proxy.url("/")).await;
+        plain.push(server_name(&body).to_owned());
+    }
+    let distinct: BTreeSet<&String> = plain.iter().collect();
+    assert_eq!(distinct.len(), 3, "no key: round-robin over all: {plain:?}");
+}
+
+#[tokio::test]
+async fn json_health_marks_down_a_server_whose_body_is_not_status_ok() {
+    let servers = Servers::new();
+    let (good, _) = body_server(&servers, r#"{"status": "ok"}"#).await;
+    let (bad, bad_body) = body_server(&servers, r#"{"status": "ok"}"#).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        servers = [{{ name = "good", addr = "{good}", check = true }}, {{ name = "bad", addr = "{bad}", check = true }}]
+        check = {{ http = "GET /health", interval = "50ms", rise = 1, fall = 1, judge = "json" }}
+        {}
+        "#,
+        plugin("json", "json-health", "")
+    ))
+    .await;
+    let states = Arc::clone(proxy.runtime.states());
+    let key = |addr| wasp::health::ServerKey {
+        backend: "app".into(),
+        addr,
+    };
+    let bad_state = states.get(&key(bad)).unwrap();
+    bad_body.set(r#"{"status": "degraded"}"#);
+    wait_until(Duration::from_secs(5), "bad server down", || {
+        !bad_state.is_up()
+    })
+    .await;
+    let reason = bad_state.last_check().unwrap().verdict.reason.to_string();
+    assert_eq!(reason, r#"plugin json: down: status is "degraded""#);
+    assert!(states.get(&key(good)).unwrap().is_up());
+    bad_body.set(r#"{"status":"ok","db":"up"}"#);
+    wait_until(Duration::from_secs(5), "bad server back", || {
+        bad_state.is_up()
+    })
+    .await;
+}
+
+/// A fault plugin under `on_error`: the faulting request gets the fallback (the default
+/// backend) or 503; later requests are served by a fresh instance of the plugin.
+async fn fault_costs_one_decision(crate_name: &str, on_error: &str, limits: &str) {
+    let servers = Servers::new();
+    let app = servers.echo("app").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        router = "faulty"
+        [backend.app]
+        servers = [{{ name = "app", addr = "{app}" }}]
+        {}
+        "#,
+        plugin(
+            "faulty",
+            crate_name,
+            &format!("on_error = \"{on_error}\"\n{limits}")
+        )
+    ))
+    .await;
+    let plugin = proxy.runtime.plugins().get("faulty").unwrap();
+    let (status, _, body) = get(&proxy.url("/ok")).await;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, &*format!("{crate_name} ok\n"))
+    );
+    assert_eq!(faults(&plugin.stats), 0);
+
+    let started = Instant::now();
+    let (status, _, body) = get(&proxy.url("/fault")).await;
+    let took = started.elapsed();
+    match on_error {
+        "fallback" => {
+            assert_eq!(status, 200, "{crate_name}: {body}");
+            assert_eq!(server_name(&body), "app", "the native rules decided");
+        }
+        _ => assert_eq!(status, 503, "{crate_name}: {body}"),
+    }
+    assert_eq!(faults(&plugin.stats), 1, "{crate_name}: one decision lost");
+    assert!(
+        took < Duration::from_secs(1),
+        "{crate_name}: the faulting request took {took:?}"
+    );
+
+    for _ in 0..5 {
+        let (status, _, body) = get(&proxy.url("/ok")).await;
+        assert_eq!(status, 200, "{crate_name}: {body}");
+        assert_eq!(body, format!("{crate_name} ok\n"));
+    }
+    assert_eq!(
+        faults(&plugin.stats),
+        1,
+        "{crate_name}: the faulted instance was replaced, not reused"
+    );
+    assert!(plugin.instances_created() >= 2, "a fresh instance was made");
+}
+
+#[tokio::test]
+async fn a_panicking_plugin_costs_one_decision_fallback() {
+    fault_costs_one_decision("panicker", "fallback", "").await;
+}
+
+#[tokio::test]
+async fn a_panicking_plugin_costs_one_decision_deny() {
+    fault_costs_one_decision("panicker", "deny", "").await;
+}
+
+#[tokio::test]
+async fn a_looping_plugin_costs_one_decision_fallback() {
+    fault_costs_one_decision("looper", "fallback", "timeout = \"5ms\"").await;
+}
+
+#[tokio::test]
+async fn a_looping_plugin_costs_one_decision_deny() {
+    fault_costs_one_decision("looper", "deny", "timeout = \"5ms\"").await;
+}
+
+#[tokio::test]
+async fn an_allocating_plugin_costs_one_decision_fallback() {
+    fault_costs_one_decision("hog", "fallback", "memory = \"8m\"").await;
+}
+
+#[tokio::test]
+async fn an_allocating_plugin_costs_one_decision_deny() {
+    fault_costs_one_decision("hog", "deny", "memory = \"8m\"").await;
+}
+
+/// Replaces `dest` with `src`'s bytes atomically (write beside it, then rename), as a build
+/// tool or a deploy would.
+fn replace_file(dest: &Path, bytes: &[u8]) {
+    let tmp = dest.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// 10 s of load while the plugin's file is replaced: a new version (path-router ->
+/// canary), a broken one (rejected: the old keeps serving), then the first again. No request
+/// fails and each new version answers within 1 s of its file change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load_fails_no_request() {
+    let servers = Servers::new();
+    let alpha = servers.echo("alpha").await;
+    let beta = servers.echo("beta").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("swap.wasm");
+    let router = std::fs::read(wasm("path-router")).unwrap();
+    let canary = std::fs::read(wasm("canary")).unwrap();
+    std::fs::write(&file, &router).unwrap();
+    let proxy = Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "alpha"
+        router = "swap"
+        [backend.alpha]
+        servers = [{{ name = "a", addr = "{alpha}" }}]
+        [backend.beta]
+        servers = [{{ name = "b", addr = "{beta}" }}]
+        [plugin.swap]
+        path = "{}"
+        config = {{ routes = "/=alpha", backend = "beta", percent = "100" }}
+        # Generous: this test shares 2 cores with load and the rest of the suite, and the
+        # deadline counts wall-clock time.
+        timeout = "200ms"
+        "#,
+        file.display()
+    ))
+    .await;
+    let url = proxy.url("/x");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                let req = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                match c.request(req).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    let now_serving = |name: &'static str| {
+        let url = url.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let (_, _, body) = get(&url).await;
+                if server_name(&body) == name {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{name} never served");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    now_serving("alpha").await;
+    let plugin = proxy.runtime.plugins().get("swap").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    replace_file(&file, &canary);
+    let visible = wait_until(Duration::from_secs(5), "version 2 live", || {
+        plugin.version() == 2
+    })
+    .await;
+    now_serving("beta").await;
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    replace_file(&file, b"this is not wasm");
+    wait_until(Duration::from_secs(2), "broken version rejected", || {
+        plugin.stats.rejected.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let (_, _, body) = get(&url).await;
+    assert_eq!(server_name(&body), "beta", "the old version keeps serving");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    replace_file(&file, &router);
+    let visible_back = wait_until(Duration::from_secs(5), "version 3 live", || {
+        plugin.version() >= 3
+    })
+    .await;
+    now_serving("alpha").await;
+
+    let rest = Duration::from_secs(10).saturating_sub(start.elapsed());
+    tokio::time::sleep(rest).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "hot swap under load: {ok} ok, {failed} failed in {:?}; visible after {visible:?} and {visible_back:?}",
+        start.elapsed()
+    );
+    assert_eq!(failed, 0);
+    assert!(ok > 1000, "{ok} requests");
+    // Every proxied request was one routing call, whichever version made it: the totals
+    // carry over the swaps.
+    let usage = plugin.usage();
+    assert!(usage.calls >= ok, "{usage:?} for {ok} requests");
+    assert!(usage.nanos > 0, "{usage:?}");
+    assert_eq!(faults(&plugin.stats), 0);
+}
+
+#[test]
+fn wasp_check_names_the_missing_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[frontend.web]
+bind = "127.0.0.1:0"
+default_backend = "app"
+router = "oops"
+
+[backend.app]
+servers = [{{ name = "s1", addr = "127.0.0.1:9001" }}]
+
+{}
+[plugin.text]
+path = "{}"
+
+[backend.other]
+servers = [{{ name = "s1", addr = "127.0.0.1:9002" }}]
+balance = "text"
+"#,
+            plugin("oops", "wrong-world", ""),
+            path.display(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "wasp.toml:4:10: error: frontend.web.router: plugin \"oops\" does not export wasp:plugin/router@0.1.0"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("= help: it exports wasp:plugin/balancer@0.1.0; a router plugin implements wasp_plugin::Router and calls wasp_plugin::export_router!"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wasp.toml:15:8: error: plugin.text.path: plugin ")
+            && text.contains("wasp.toml is not a wasm component"),
+        "{text}"
+    );
+    assert!(text.ends_with("check: 2 errors\n"), "{text}");
+}
+
+/// The example plugins' own unit tests (their logic, on the host target).
+#[test]
+fn example_plugins_unit_tests_pass() {
+    let _ = wasm("path-router"); // serializes with the wasm build
+    let root = crate::support::test_plugins::workspace();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args(["test", "--quiet", "--workspace", "--lib"])
+        .env("CARGO_TARGET_DIR", root.join("target"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cd plugins && cargo test --workspace failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `wasp plugin new` for each role: the crate builds with one cargo command and loads as
+/// the printed config lines say.
+#[test]
+fn scaffolded_plugins_build_and_load() {
+    let _ = wasm("path-router"); // the SDK's dependencies are built (and cached) once
+    let dir = tempfile::tempdir().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let shared_target = crate::support::test_plugins::workspace().join("target");
+    let mut config = String::from(
+        "[frontend.web]\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\nrouter = \"my-router\"\n\
+         [backend.app]\nservers = [{ name = \"s1\", addr = \"127.0.0.1:9001\", check = true }]\n\
+         balance = \"my-balancer\"\ncheck = { http = \"GET /\", judge = \"my-health\" }\n",
+    );
+    for (name, role) in [
+        ("my-router", "router"),
+        ("my-balancer", "balancer"),
+        ("my-health", "health"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+            .args(["plugin", "new", name, "--role", role, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let crate_dir = dir.path().join(name);
+        assert!(
+            text.contains(&format!(
+                "cd {} && cargo build --release --target wasm32-wasip2",
+                crate_dir.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("[plugin.{name}]")), "{text}");
+        let built = std::process::Command::new(&cargo)
+            .current_dir(&crate_dir)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+            .env("CARGO_TARGET_DIR", &shared_target)
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let wasm_file = shared_target
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        config.push_str(&format!(
+            "[plugin.{name}]\npath = \"{}\"\n",
+            wasm_file.display()
+        ));
+    }
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "check: ok\n");
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["plugin", "new", "my-router", "--role", "router", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "an existing folder is never overwritten"
+    );
+}
+
+/// The threads of process `pid`, by name.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let comm = task.unwrap().path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(comm) {
+            names.push(name.trim().to_owned());
+        }
+    }
+    names
+}
+
+/// With no plugin configured there is no Wasm engine at all: no epoch ticker thread, no
+/// compiled code; a config with a plugin starts them.
+#[test]
+fn no_plugin_configured_means_no_wasm_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[global]\nworkers = 1\n[frontend.web]\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n{}\n\
+                 [backend.app]\nservers = [{{ name = \"s1\", addr = \"127.0.0.1:9\" }}]\n{}",
+                if extra.is_empty() { "" } else { "router = \"paths\"" },
+                extra
+            ),
+        )
+        .unwrap();
+        crate::support::Binary::run(&path)
+    };
+    let native = run("native.toml", "");
+    let names = thread_names(native.child.id());
+    assert!(!names.iter().any(|n| n == "wasp-epoch"), "{names:?}");
+    let with_plugin = run("plugin.toml", &plugin("paths", "path-router", ""));
+    let names = thread_names(with_plugin.child.id());
+    assert!(names.iter().any(|n| n == "wasp-epoch"), "{names:?}");
+}
