@@ -22,6 +22,7 @@
 //! upstream  the pooled clients to servers: HTTP/1.1 or HTTP/2, plain or TLS
 //! runtime   process lifecycle: run, reload on SIGHUP, graceful stop; run-time server overlay;
 //!           certificate reload when the files change
+//! watch     debounced folder watching (plugin hot-loading, certificate reload)
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
@@ -45,3 +46,4 @@ pub mod runtime;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

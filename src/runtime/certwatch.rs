@@ -10,98 +10,52 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
 use crate::proxy::Proxy;
 use crate::snapshot::Snapshot;
 use crate::tls::TlsListener;
+use crate::watch::{FolderWatch, spawn_folder_watch};
 
 /// How long after a change more changes are collected before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// A running certificate watcher; dropping it stops watching.
-pub struct CertWatch {
-    watcher: RecommendedWatcher,
-    dirs: HashSet<PathBuf>,
-    stop: CancellationToken,
-}
-
-impl std::fmt::Debug for CertWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertWatch")
-            .field("dirs", &self.dirs)
-            .finish_non_exhaustive()
-    }
-}
+#[derive(Debug)]
+pub struct CertWatch(FolderWatch);
 
 /// Starts the watcher; reloads run on the current tokio runtime against the snapshot live at
 /// the time of the change. Call [`CertWatch::update`] with each snapshot installed.
 pub fn spawn_cert_watch(proxy: Arc<Proxy>) -> Result<CertWatch, notify::Error> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if matches!(
-            event.kind,
-            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-        ) {
-            for path in event.paths {
-                let _ = tx.send(path);
-            }
-        }
+    let watch = spawn_folder_watch(DEBOUNCE, move |changed: HashSet<PathBuf>| {
+        let snapshot = proxy.snapshot();
+        let affected: Vec<Arc<TlsListener>> = snapshot
+            .tls_listeners()
+            .filter(|l| files(l).any(|f| changed.contains(&f)))
+            .cloned()
+            .collect();
+        drop(snapshot);
+        reload(affected)
     })?;
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    tokio::spawn(async move {
-        loop {
-            let first = tokio::select! {
-                _ = token.cancelled() => return,
-                p = rx.recv() => p,
-            };
-            let Some(first) = first else { return };
-            let mut changed = HashSet::from([first]);
-            let settle = tokio::time::sleep(DEBOUNCE);
-            tokio::pin!(settle);
-            loop {
-                tokio::select! {
-                    _ = &mut settle => break,
-                    p = rx.recv() => match p {
-                        Some(p) => { changed.insert(p); }
-                        None => break,
-                    },
-                }
+    Ok(CertWatch(watch))
+}
+
+/// Re-reads the certificates of `listeners`, one at a time on a blocking thread.
+async fn reload(listeners: Vec<Arc<TlsListener>>) {
+    for listener in listeners {
+        let reloaded = tokio::task::spawn_blocking(move || {
+            let result = listener.reload_certs();
+            (listener, result)
+        })
+        .await;
+        match reloaded {
+            Ok((l, Ok(()))) => {
+                tracing::info!(certs = %names(&l), "certificates reloaded");
             }
-            let snapshot = proxy.snapshot();
-            let affected: Vec<Arc<TlsListener>> = snapshot
-                .tls_listeners()
-                .filter(|l| files(l).any(|f| changed.contains(&f)))
-                .cloned()
-                .collect();
-            drop(snapshot);
-            for listener in affected {
-                let reloaded = tokio::task::spawn_blocking(move || {
-                    let result = listener.reload_certs();
-                    (listener, result)
-                })
-                .await;
-                match reloaded {
-                    Ok((l, Ok(()))) => {
-                        tracing::info!(certs = %names(&l), "certificates reloaded");
-                    }
-                    Ok((l, Err(e))) => {
-                        tracing::error!(certs = %names(&l), error = %e, "certificate reload failed; the current certificates stay in use");
-                    }
-                    Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
-                }
+            Ok((l, Err(e))) => {
+                tracing::error!(certs = %names(&l), error = %e, "certificate reload failed; the current certificates stay in use");
             }
+            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
         }
-    });
-    Ok(CertWatch {
-        watcher,
-        dirs: HashSet::new(),
-        stop,
-    })
+    }
 }
 
 impl CertWatch {
@@ -112,21 +66,7 @@ impl CertWatch {
             .flat_map(|l| files(l).collect::<Vec<_>>())
             .filter_map(|p| p.parent().map(Path::to_path_buf))
             .collect();
-        for gone in self.dirs.difference(&wanted) {
-            let _ = self.watcher.unwatch(gone);
-        }
-        for dir in wanted.difference(&self.dirs) {
-            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch certificate folder; changed certificates load on SIGHUP only");
-            }
-        }
-        self.dirs = wanted;
-    }
-}
-
-impl Drop for CertWatch {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        self.0.watch_folders(wanted, "certificate");
     }
 }
 
