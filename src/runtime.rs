@@ -30,7 +30,7 @@ use crate::config::{self, Config, ServerSpec};
 use crate::health::{HealthCheckers, StateTable};
 use crate::plugin::build::build_judge;
 use crate::plugin::watch::{WatchHandle, spawn_watch};
-use crate::plugin::{PluginError, PluginSet, Plugins, Reloaded};
+use crate::plugin::{LivePlugin, PluginError, PluginSet, Plugins, Reloaded};
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
 use crate::proxy::workers::Workers;
@@ -518,6 +518,18 @@ impl Control for Core {
                 .map_err(control_error)
         })
     }
+
+    fn plugins(&self) -> Vec<LivePlugin> {
+        self.plugins.live()
+    }
+
+    fn reload_plugin(&self, name: String) -> admin::BoxFuture<'_, Result<Reloaded, ControlError>> {
+        Box::pin(async move {
+            Core::reload_plugin(self, &name)
+                .await
+                .map_err(control_error)
+        })
+    }
 }
 
 fn control_error(e: RuntimeError) -> ControlError {
@@ -541,6 +553,7 @@ fn control_error(e: RuntimeError) -> ControlError {
             ControlError::Conflict(e.to_string())
         }
         RuntimeError::Server(e) => ControlError::Invalid(e),
+        RuntimeError::Plugin(e @ PluginError::Unknown(_)) => ControlError::NotFound(e.to_string()),
         RuntimeError::Stopping => ControlError::Stopping,
         other => ControlError::Failed(other.to_string()),
     }
