@@ -90,6 +90,7 @@ impl Req {
             headers: &self.headers,
             client: self.client,
             frontend: "web",
+            sni: "",
         }
     }
 }
@@ -130,6 +131,7 @@ fn scenario(balance: &Balance, n: usize, load: Load) -> Scenario {
                 backup: false,
                 maxconn: None,
                 state: AdminState::Ready,
+                tls: None,
             }
         })
         .collect();
@@ -157,6 +159,8 @@ fn scenario(balance: &Balance, n: usize, load: Load) -> Scenario {
         observe: None,
         error_limit: DEFAULT_ERROR_LIMIT,
         check: CheckParams::default(),
+        proto: Default::default(),
+        tls: None,
     };
     let balancer = build_balancer(&backend, &servers, table.backend("app"));
     let held = if load != Load::Idle {

@@ -66,6 +66,7 @@ impl Req {
             headers: &self.headers,
             client: self.client,
             frontend: "web",
+            sni: "",
         }
     }
 }

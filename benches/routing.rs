@@ -80,6 +80,7 @@ impl Req {
             headers: &self.headers,
             client: self.client,
             frontend: "myfrontend",
+            sni: "",
         }
     }
 }
@@ -87,7 +88,11 @@ impl Req {
 fn frontend(acls: &[(String, String)], rules: &[(String, String)], default: &str) -> Frontend {
     Frontend {
         name: "myfrontend".into(),
-        binds: vec!["127.0.0.1:8080".parse().expect("static address")],
+        binds: vec![wasp::config::Bind {
+            addr: "127.0.0.1:8080".parse().expect("static address"),
+            tls: None,
+        }],
+        redirect: None,
         mode: Mode::Http,
         acls: acls
             .iter()

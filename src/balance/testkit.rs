@@ -146,6 +146,7 @@ impl Req {
             headers: &self.headers,
             client: self.client,
             frontend: "f",
+            sni: "",
         }
     }
 }

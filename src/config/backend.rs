@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use crate::config::addr;
 use crate::config::diag::Sink;
 use crate::config::model::{
-    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, Server,
+    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, Proto, Server,
+    UpstreamTls,
 };
+use crate::config::tls::{UpstreamKeys, upstream_keys};
 use crate::config::values::{
     At, PartialTimeouts, Side, balance_at, check_name, maxconn, mode, observe, retries, section,
     timeouts,
@@ -37,14 +39,21 @@ pub(crate) struct RawBackend {
     pub(crate) observe: Option<Observe>,
     pub(crate) error_limit: Option<u32>,
     pub(crate) check: CheckParams,
+    pub(crate) proto: Option<Proto>,
+    /// The backend's own TLS settings (servers have theirs in `servers`).
+    pub(crate) tls: Option<UpstreamTls>,
 }
 
 pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<RawBackend> {
     let mut t = section("backend", name, item, sink)?;
     let mode = t.take("mode").and_then(|i| mode(&i, sink));
     let balance = t.take("balance").and_then(|i| balance_at(&i, sink));
+    let proto = t
+        .take("proto")
+        .and_then(|i| i.keyword(sink, "proto", &[("http1", Proto::Http1), ("h2", Proto::H2)]));
+    let tls = upstream_keys(&mut t, sink);
     let servers = match t.take("servers") {
-        Some(i) => servers(&i, sink),
+        Some(i) => servers(&i, &tls, sink),
         None => {
             sink.error(t.start(), t.path(), "backend has no servers")
                 .help("add servers = [{ name = \"s1\", addr = \"host:port\" }]");
@@ -66,7 +75,13 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         observe: None,
         error_limit: None,
         check: CheckParams::default(),
+        proto,
+        tls: tls.backend_settings(),
     };
+    tls.warn_unused(
+        tls.enabled() || b.servers.iter().any(|s| s.tls.is_some()),
+        sink,
+    );
     passive_health(&mut t, &mut b, sink);
     if let Some(i) = t.take("check") {
         (b.check, b.judge) = check_params(&i, sink);
@@ -108,7 +123,7 @@ fn passive_health(t: &mut Table<'_, '_>, b: &mut RawBackend, sink: &mut Sink<'_>
     }
 }
 
-fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
+fn servers(item: &Item<'_, '_>, backend_tls: &UpstreamKeys, sink: &mut Sink<'_>) -> Vec<Server> {
     let Some(items) = item.array(sink) else {
         return Vec::new();
     };
@@ -162,8 +177,12 @@ fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
                 )
             })
             .unwrap_or_default();
+        let own_tls = upstream_keys(&mut t, sink);
+        let tls = own_tls.over(backend_tls);
+        own_tls.warn_unused(tls.enabled(), sink);
         t.finish(sink);
-        if let (Some((name, _)), Some((addr_spec, addr))) = (name, addr) {
+        if let (Some((name, _)), Some((addr_spec, addr)), false) = (name, addr, tls.invalid()) {
+            let tls = tls.for_server(&addr_spec);
             out.push(Server {
                 name: name.value.to_owned(),
                 addr_spec,
@@ -173,6 +192,7 @@ fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
                 backup,
                 maxconn,
                 state,
+                tls,
             });
         }
     }

@@ -133,6 +133,7 @@ fn path_router_and_acl_rules_route_lab2_alike() {
             headers: &headers,
             client: ([127, 0, 0, 1], 5000).into(),
             frontend: "f",
+            sni: "",
         };
         assert_eq!(plugin.route(&view), native.route(&view), "{path}");
     }

@@ -11,7 +11,7 @@
 use std::error::Error as _;
 use std::sync::Arc;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -51,7 +51,7 @@ impl Attempt {
         headers: &mut Option<HeaderMap>,
     ) -> Request<UpstreamBody> {
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(server.scheme.clone())
             .authority(server.authority.clone())
             .path_and_query(self.path_and_query.clone())
             .build()
@@ -120,6 +120,7 @@ pub(crate) async fn dispatch(
             headers: headers.as_ref().unwrap_or(&empty),
             client: info.client,
             frontend: &frontend.name,
+            sni: info.sni.as_deref().unwrap_or(""),
         };
         let idx = match choose(backend, &view, &mut tried, previous, queue_deadline).await {
             Ok(i) => i,
@@ -134,7 +135,7 @@ pub(crate) async fn dispatch(
         let outcome = within(
             backend.timeouts.server,
             timer,
-            backend.pools.client().request(req),
+            server.pools.client().request(req),
         )
         .await;
         record.server = Some(Arc::clone(&server.name));

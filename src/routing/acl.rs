@@ -109,6 +109,7 @@ enum Sample {
         host_fallback: bool,
     },
     UrlParam(Box<[u8]>),
+    Sni,
 }
 
 impl Sample {
@@ -128,6 +129,7 @@ impl Sample {
             Fetch::Header { name, occurrence } => header(name, true, *occurrence),
             Fetch::FullHeader { name, occurrence } => header(name, false, *occurrence),
             Fetch::UrlParam(name) => Self::UrlParam(name.as_bytes().into()),
+            Fetch::SslFcSni => Self::Sni,
         }
     }
 
@@ -148,6 +150,7 @@ impl Sample {
             Self::Query => !req.query.is_empty() && f(req.query.as_bytes()),
             Self::Host => !req.host.is_empty() && f(req.host.as_bytes()),
             Self::Method => f(req.method.as_str().as_bytes()),
+            Self::Sni => !req.sni.is_empty() && f(req.sni.as_bytes()),
             Self::Src => false,
             Self::Header {
                 name,
@@ -542,6 +545,7 @@ mod tests {
         query: &'static str,
         headers: HeaderMap,
         client: SocketAddr,
+        sni: &'static str,
     }
 
     impl Req {
@@ -553,6 +557,7 @@ mod tests {
                 query: "",
                 headers: HeaderMap::new(),
                 client: "192.0.2.10:40000".parse().unwrap(),
+                sni: "",
             }
         }
 
@@ -571,6 +576,7 @@ mod tests {
                 headers: &self.headers,
                 client: self.client,
                 frontend: "web",
+                sni: self.sni,
             }
         }
     }
@@ -618,6 +624,27 @@ mod tests {
             ..Req::new("/")
         };
         acl(text).matches(&req.view())
+    }
+
+    #[test]
+    fn ssl_fc_sni_is_the_tls_server_name() {
+        let with_sni = |text: &str, sni: &'static str| {
+            acl(text).matches(
+                &Req {
+                    sni,
+                    ..Req::new("/")
+                }
+                .view(),
+            )
+        };
+        assert!(with_sni("ssl_fc_sni api.example.com", "api.example.com"));
+        assert!(with_sni("ssl_fc_sni_end .example.com", "api.example.com"));
+        assert!(!with_sni("ssl_fc_sni api.example.com", "www.example.com"));
+        assert!(
+            !with_sni("ssl_fc_sni -m found", ""),
+            "no SNI is an absent sample"
+        );
+        assert!(with_sni("ssl_fc_sni -m found", "a.example"));
     }
 
     #[test]

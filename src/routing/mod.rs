@@ -33,6 +33,9 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     pub client: SocketAddr,
     pub frontend: &'a str,
+    /// The server name a TLS client asked for (SNI), lower case; empty on a cleartext
+    /// connection or when the client sent none.
+    pub sni: &'a str,
 }
 
 /// A routing decision. Backends are named by their index in the snapshot's backend list,

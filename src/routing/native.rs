@@ -270,7 +270,11 @@ mod tests {
     fn frontend(acls: &[(&str, &str)], rules: &[(&str, &str)], default: Option<&str>) -> Frontend {
         Frontend {
             name: "web".into(),
-            binds: vec!["127.0.0.1:8080".parse().unwrap()],
+            binds: vec![crate::config::Bind {
+                addr: "127.0.0.1:8080".parse().unwrap(),
+                tls: None,
+            }],
+            redirect: None,
             mode: Mode::Http,
             acls: acls
                 .iter()
@@ -322,6 +326,7 @@ mod tests {
             headers: &headers,
             client,
             frontend: "web",
+            sni: "",
         };
         router.route(&view)
     }

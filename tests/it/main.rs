@@ -13,3 +13,4 @@ mod plugins;
 mod states;
 mod statuses;
 mod streaming;
+mod tls;

@@ -24,6 +24,7 @@ enum FetchKind {
     Hdr,
     Fhdr,
     UrlParam,
+    SslFcSni,
 }
 
 const STRING_SUFFIXES: &[MatchMethod] = {
@@ -91,10 +92,16 @@ const KEYWORDS: &[Keyword] = &[
         kind: FetchKind::UrlParam,
         suffixes: STRING_SUFFIXES,
     },
+    Keyword {
+        name: "ssl_fc_sni",
+        kind: FetchKind::SslFcSni,
+        suffixes: STRING_SUFFIXES,
+    },
 ];
 
 const FETCH_HELP: &str = "expected one of path, query, host, method, src, hdr(NAME), \
-     fhdr(NAME), url_param(NAME) (or urlp); path, query, host, hdr and url_param also with a \
+     fhdr(NAME), url_param(NAME) (or urlp), ssl_fc_sni; path, query, host, hdr, url_param and \
+     ssl_fc_sni also with a \
      match suffix _beg, _end, _sub, _dir, _dom, _reg, _len (hdr also _ip), e.g. path_beg, \
      hdr_end(host)";
 
@@ -226,6 +233,7 @@ pub(super) fn parse_fetch(
         (FetchKind::Query, None) => Fetch::Query,
         (FetchKind::Host, None) => Fetch::Host,
         (FetchKind::Method, None) => Fetch::Method,
+        (FetchKind::SslFcSni, None) => Fetch::SslFcSni,
         (_, None) => Fetch::Src,
     };
     let default = if fetch == Fetch::Src {

@@ -75,6 +75,9 @@ pub enum Fetch {
     },
     /// `url_param(name)`: the value of every `name=value` in the query (not percent-decoded).
     UrlParam(String),
+    /// `ssl_fc_sni`: the server name the TLS client asked for, lower case; absent on a
+    /// cleartext connection or without SNI.
+    SslFcSni,
 }
 
 /// How a sample is compared with the patterns.
@@ -558,8 +561,8 @@ mod tests {
                 .starts_with("did you mean \"hdr_beg\"?"),
             "{e:?}"
         );
-        let e = err("ssl_fc_sni x");
-        assert_eq!(e.message, "unknown fetch \"ssl_fc_sni\"");
+        let e = err("ssl_fc_alpn x");
+        assert_eq!(e.message, "unknown fetch \"ssl_fc_alpn\"");
         let help = e.help.unwrap();
         assert!(!help.contains("did you mean"), "{help}");
         assert!(
