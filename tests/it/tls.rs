@@ -1,6 +1,7 @@
 //! TLS: termination with certificates from a test CA (generated here with rcgen), SNI
 //! selection and routing, ALPN h2, certificate hot reload (file change and SIGHUP's reload),
-//! TLS and HTTP/2 to servers, gRPC-style streaming with trailers, and redirect to https.
+//! TLS and HTTP/2 to servers, gRPC-style streaming with trailers, redirect to https, client
+//! certificates (required and optional), and the handshake timeout.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -633,4 +634,146 @@ async fn redirect_to_https() {
     let (status, headers, _) = crate::support::send(&client, post).await;
     assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(headers["location"], "https://shop.example/form");
+}
+
+/// A TLS client that verifies the proxy with `ca` and, when given, presents `identity` (a
+/// certificate and its key).
+fn client_with_identity(ca: &Path, identity: Option<(&Path, &Path)>) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(ca)).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(vec![der(cert)], PrivateKeyDer::from_pem_file(key).unwrap())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// One GET over a new TLS connection; `None` when the handshake or the exchange failed (with
+/// TLS 1.3 a refused client certificate shows only once the client reads).
+async fn get_with_identity(
+    addr: SocketAddr,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Option<(StatusCode, String)> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("site.test").unwrap();
+    let stream = client_with_identity(ca, identity)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "site.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("an answer or a failure, not a hang")
+        .ok()?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test]
+async fn client_certificates_are_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new(dir.path(), "server-ca");
+    let (cert, key) = server_ca.leaf(dir.path(), "site", &["site.test"]);
+    let client_ca = TestCa::new(dir.path(), "client-ca");
+    let good = client_ca.leaf(dir.path(), "alice", &["alice.client"]);
+    let stranger_ca = TestCa::new(dir.path(), "stranger-ca");
+    let bad = stranger_ca.leaf(dir.path(), "mallory", &["mallory.client"]);
+    let servers = Servers::new();
+    let echo = servers.echo("node1").await;
+    let config = |verify: &str| {
+        format!(
+            "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {{ cert = \"{}\", key = \"{}\", \
+             ca = \"{}\", verify_client = \"{verify}\" }} }}]\ndefault_backend = \"app\"\n\
+             [backend.app]\nservers = [{{ name = \"s1\", addr = \"{echo}\" }}]\n",
+            cert.display(),
+            key.display(),
+            client_ca.pem.display()
+        )
+    };
+    fn id((c, k): &(PathBuf, PathBuf)) -> Option<(&Path, &Path)> {
+        Some((c.as_path(), k.as_path()))
+    }
+
+    let required = Proxy::start(&config("required")).await;
+    let answer = get_with_identity(required.addr(), &server_ca.pem, id(&good)).await;
+    assert_eq!(
+        answer.map(|(s, b)| (s, server_name(&b).to_owned())),
+        Some((StatusCode::OK, "node1".into()))
+    );
+    assert_eq!(
+        get_with_identity(required.addr(), &server_ca.pem, None).await,
+        None,
+        "no client certificate: refused"
+    );
+    assert_eq!(
+        get_with_identity(required.addr(), &server_ca.pem, id(&bad)).await,
+        None,
+        "a certificate from another CA: refused"
+    );
+
+    let optional = Proxy::start(&config("optional")).await;
+    let anonymous = get_with_identity(optional.addr(), &server_ca.pem, None).await;
+    assert_eq!(
+        anonymous.map(|(s, _)| s),
+        Some(StatusCode::OK),
+        "optional: none is fine"
+    );
+    assert_eq!(
+        get_with_identity(optional.addr(), &server_ca.pem, id(&bad)).await,
+        None,
+        "optional: a certificate that is sent must still verify"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_after_http_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (cert, key) = ca.leaf(dir.path(), "site", &["site.test"]);
+    let servers = Servers::new();
+    let echo = servers.echo("node1").await;
+    let proxy = Proxy::start(&format!(
+        "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {} }}]\ndefault_backend = \"app\"\n\
+         timeout = {{ http_request = \"300ms\" }}\n\
+         [backend.app]\nservers = [{{ name = \"s1\", addr = \"{echo}\" }}]\n",
+        tls_table(&cert, &key)
+    ))
+    .await;
+    // Nothing at all, then the first bytes of a ClientHello and nothing more: both closed by
+    // the proxy (the read ends) well before the test's own 5 s guard.
+    for opening in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, opening)
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut buf),
+        )
+        .await;
+        assert!(read.is_ok(), "the proxy kept a stalled handshake open");
+    }
+    // The listener still serves a real client.
+    let stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"http/1.1"]).await;
+    let (status, _) = h1_get(&mut h1(stream).await, "site.test", "/").await;
+    assert_eq!(status, StatusCode::OK);
 }
