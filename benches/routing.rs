@@ -79,6 +79,7 @@ impl Req {
             query: &self.query,
             headers: &self.headers,
             client: self.client,
+            local_port: 80,
             frontend: "myfrontend",
             sni: "",
         }

@@ -132,6 +132,7 @@ fn path_router_and_acl_rules_route_lab2_alike() {
             query: "",
             headers: &headers,
             client: ([127, 0, 0, 1], 5000).into(),
+            local_port: 80,
             frontend: "f",
             sni: "",
         };

@@ -119,6 +119,7 @@ pub(crate) async fn dispatch(
             query: attempt.path_and_query.query().unwrap_or(""),
             headers: headers.as_ref().unwrap_or(&empty),
             client: info.client,
+            local_port: info.local_port,
             frontend: &frontend.name,
             sni: info.sni.as_deref().unwrap_or(""),
         };

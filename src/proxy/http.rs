@@ -32,6 +32,8 @@ pub struct ConnInfo {
     /// The listener the connection came in on (which names its frontend).
     pub bind: ListenKey,
     pub client: SocketAddr,
+    /// The port the client connected to (the listener's bound port).
+    pub local_port: u16,
     /// `"https"` on a TLS connection, else `"http"`.
     pub scheme: &'static str,
     /// The server name the TLS client asked for (SNI), if any.
@@ -121,6 +123,7 @@ async fn forward(
         query,
         headers: &parts.headers,
         client: info.client,
+        local_port: info.local_port,
         frontend: &frontend.name,
         sni: info.sni.as_deref().unwrap_or(""),
     };

@@ -85,6 +85,7 @@ pub fn spawn_listener(
     graceful: Arc<GracefulShutdown>,
 ) -> io::Result<ListenerHandle> {
     let local = listener.local_addr()?;
+    let port = local.port();
     let listener = TcpListener::from_std(listener)?;
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -103,7 +104,7 @@ pub fn spawn_listener(
                     match tcp.into_std() {
                         Ok(tcp) => workers.spawn(async move {
                             match TcpStream::from_std(tcp) {
-                                Ok(tcp) => serve_connection(tcp, client, key, proxy, watcher).await,
+                                Ok(tcp) => serve_connection(tcp, client, key, port, proxy, watcher).await,
                                 Err(e) => tracing::warn!(client = %client, error = %e, "cannot adopt connection"),
                             }
                         }),
@@ -130,6 +131,7 @@ async fn serve_connection(
     tcp: TcpStream,
     client: SocketAddr,
     bind: ListenKey,
+    local_port: u16,
     proxy: Arc<Proxy>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
@@ -150,6 +152,7 @@ async fn serve_connection(
         },
         max_header_size: frontend.max_header_size,
         bind,
+        local_port,
         proxy: Arc::clone(&proxy),
     };
     drop(snapshot);
@@ -198,6 +201,8 @@ struct Connection {
     timeouts: ClientTimeouts,
     max_header_size: usize,
     bind: ListenKey,
+    /// The port of the listener the client connected to.
+    local_port: u16,
     proxy: Arc<Proxy>,
 }
 
@@ -219,6 +224,7 @@ impl Connection {
             timeouts,
             max_header_size,
             bind,
+            local_port,
             proxy,
         } = self;
         let conn = Arc::new(ConnShared::default());
@@ -226,6 +232,7 @@ impl Connection {
         let info = Arc::new(ConnInfo {
             bind,
             client,
+            local_port,
             scheme: if tls.is_some() { "https" } else { "http" },
             sni: tls.flatten(),
             conn: Arc::clone(&conn),

@@ -575,6 +575,7 @@ mod tests {
                 query: self.query,
                 headers: &self.headers,
                 client: self.client,
+                local_port: 80,
                 frontend: "web",
                 sni: self.sni,
             }

@@ -325,6 +325,7 @@ mod tests {
             query: "",
             headers: &headers,
             client,
+            local_port: 80,
             frontend: "web",
             sni: "",
         };

@@ -777,3 +777,54 @@ async fn a_stalled_handshake_is_cut_after_http_request() {
     let (status, _) = h1_get(&mut h1(stream).await, "site.test", "/").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// A router plugin sees the TLS server name and the port the client connected to:
+/// `sni-router` sends `a.test` to `alpha` by name, then (after a reload that adds a port
+/// table naming the listener's port) every other name to `beta` by port.
+#[tokio::test]
+async fn router_plugins_see_the_sni_and_the_local_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let (cert, key) = ca.leaf(dir.path(), "site", &["a.test", "b.test"]);
+    let servers = Servers::new();
+    let (alpha, beta, other) = (
+        servers.echo("alpha").await,
+        servers.echo("beta").await,
+        servers.echo("other").await,
+    );
+    let config = |ports: &str| {
+        format!(
+            "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {} }}]\ndefault_backend = \"other\"\n\
+             router = \"sni\"\n\
+             [backend.alpha]\nservers = [{{ name = \"a\", addr = \"{alpha}\" }}]\n\
+             [backend.beta]\nservers = [{{ name = \"b\", addr = \"{beta}\" }}]\n\
+             [backend.other]\nservers = [{{ name = \"o\", addr = \"{other}\" }}]\n\
+             [plugin.sni]\npath = \"{}\"\ntimeout = \"1s\"\n\
+             config = {{ names = \"a.test=alpha\", ports = \"{ports}\" }}\n",
+            tls_table(&cert, &key),
+            crate::support::test_plugins::wasm("sni-router").display(),
+        )
+    };
+    let proxy = Proxy::start(&config("")).await;
+    let served = |sni: &'static str| {
+        let (addr, ca) = (proxy.addr(), ca.pem.clone());
+        async move {
+            let stream = tls(addr, sni, &ca, &[b"http/1.1"]).await;
+            let (status, body) = h1_get(&mut h1(stream).await, sni, "/").await;
+            assert_eq!(status, StatusCode::OK);
+            server_name(&body).to_owned()
+        }
+    };
+    assert_eq!(served("a.test").await, "alpha");
+    assert_eq!(
+        served("b.test").await,
+        "other",
+        "no rule: deferred to default_backend"
+    );
+
+    let port = proxy.addr().port();
+    std::fs::write(&proxy.path, config(&format!("{port}=beta"))).unwrap();
+    proxy.runtime.reload().await.expect("reload");
+    assert_eq!(served("b.test").await, "beta", "by the local port");
+    assert_eq!(served("a.test").await, "alpha", "names before ports");
+}
