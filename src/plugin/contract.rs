@@ -210,6 +210,7 @@ fn request(path: &str) -> Request<'_> {
         headers: &[],
         client_ip: "127.0.0.1",
         client_port: 1,
+        local_port: 80,
         frontend: "f",
         sni: None,
     }
