@@ -89,7 +89,9 @@ impl Req {
             query: &self.query,
             headers: &self.headers,
             client: self.client,
+            local_port: 80,
             frontend: "web",
+            sni: "",
         }
     }
 }
@@ -131,6 +133,7 @@ fn scenario(balance: &Balance, n: usize, load: Load) -> Scenario {
                 maxconn: None,
                 state: AdminState::Ready,
                 send_proxy: None,
+                tls: None,
             }
         })
         .collect();
@@ -158,6 +161,8 @@ fn scenario(balance: &Balance, n: usize, load: Load) -> Scenario {
         observe: None,
         error_limit: DEFAULT_ERROR_LIMIT,
         check: CheckParams::default(),
+        proto: Default::default(),
+        tls: None,
     };
     let balancer = build_balancer(&backend, &servers, table.backend("app"));
     let held = if load != Load::Idle {

@@ -25,6 +25,13 @@
 #                `mode tcp` in front of the same nginx backends; throughput of a BIG_MB file
 #                (default 1024) over one connection and over STREAMS (default 4) at once, and
 #                new connections per second (wrk with `Connection: close`, -c CONNECTIONS)
+#   WASP_BIN     use this wasp binary instead of building one
+#   TLS=1        the TLS benchmark instead: wasp and HAProxy terminating TLS with the same
+#                certificate (ECDSA P-256, made with openssl) in front of the same nginx
+#                backends, measured three ways per round: HTTPS keep-alive (wrk, lab 2 paths),
+#                new TLS handshakes (wrk with "Connection: close": one request per
+#                connection), and HTTP/2 over TLS (h2load -c CONNECTIONS -m 10); installs
+#                nghttp2-client (h2load) and openssl when missing
 #
 # What it does: installs wrk, haproxy, nginx, curl and python3 with apt-get when missing (Debian,
 # root), builds wasp with `cargo build --release`, starts four nginx backends (node1..node4, one
@@ -85,6 +92,10 @@ ensure_tools() {
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
     command -v ps >/dev/null || missing+=(procps)
+    if [[ ${TLS:-0} == 1 ]]; then
+        command -v h2load >/dev/null || missing+=(nghttp2-client)
+        command -v openssl >/dev/null || missing+=(openssl)
+    fi
     if ((${#missing[@]} > 0)); then
         [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; run as root or install them first"
         log "installing ${missing[*]} with apt-get"
@@ -173,7 +184,7 @@ wait_http() {
             sed 's/^/    /' "$logf" >&2 || true
             die "$name did not start"
         fi
-        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        curl -kfsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
         sleep 0.1
     done
     log "$name did not answer $url within 15 s; its output:"
@@ -748,13 +759,127 @@ run_tcp_bench() {
 }
 
 # ---------------------------------------------------------------------------------------------
+
+# TLS=1: HTTPS keep-alive, new handshakes and h2, wasp vs HAProxy
+
+# Prints: rps failed_requests (from h2load's summary)
+parse_h2load() {
+    local f=$1 rps failed
+    rps=$(awk '/^finished in/ {gsub(/,/, ""); print $4}' "$f")
+    failed=$(awk '/^requests:/ {gsub(/,/, ""); print $10 + $12}' "$f")
+    [[ -n $rps ]] || { sed 's/^/    /' "$f" >&2; die "could not parse h2load output $f"; }
+    echo "$rps ${failed:-0}"
+}
+
+# One TLS measurement: tls_run PROXY TEST ROUND; TEST is keepalive, handshake or h2.
+tls_run() {
+    local name=$1 test=$2 round=$3 url=https://127.0.0.1:${PORT[$1]}/ out
+    out=$TMP/wrk/$name.$test.round$round.txt
+    mkdir -p "$TMP/wrk"
+    local limit=$((DURATION + 30)) r
+    case $test in
+        keepalive)
+            timeout --foreground --signal=INT --kill-after=5 $limit \
+                wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$TMP/mix.lua" "$url" >"$out" 2>&1 ||
+                { sed 's/^/    /' "$out" >&2; die "wrk against $name failed"; }
+            r=$(parse_wrk "$out")
+            ;;
+        handshake)
+            timeout --foreground --signal=INT --kill-after=5 $limit \
+                wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Connection: close" "$url" >"$out" 2>&1 ||
+                { sed 's/^/    /' "$out" >&2; die "wrk against $name failed"; }
+            r=$(parse_wrk "$out")
+            ;;
+        h2)
+            timeout --foreground --signal=INT --kill-after=5 $limit \
+                h2load -D "$DURATION" -c "$CONNECTIONS" -m 10 -t "$THREADS" "$url" >"$out" 2>&1 ||
+                { sed 's/^/    /' "$out" >&2; die "h2load against $name failed"; }
+            grep -qi "application protocol: h2" "$out" || die "$name did not negotiate h2 with h2load"
+            r=$(parse_h2load "$out")
+            ;;
+    esac
+    alive "${PID_OF[$name]}" || { sed 's/^/    /' "${LOG_OF[$name]}" >&2; die "$name died under load"; }
+    RESULTS[$name.$test]+="$r"$'\n'
+    log "round $round $(printf '%-12s %-9s' "$name" "$test") $r"
+}
+
+tls_main() {
+    local d=$TMP/tls p test round
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 90 \
+        -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
+        -keyout "$d/key.pem" -out "$d/cert.pem" 2>/dev/null || die "openssl could not make a certificate"
+    cat "$d/cert.pem" "$d/key.pem" >"$d/combined.pem"
+    PORT[wasp-tls]=${PORT[wasp]}
+    PORT[haproxy-tls]=${PORT[haproxy]}
+    mkdir -p "$TMP/wasp-tls" "$TMP/haproxy-tls"
+    write_wasp_conf "$TMP/wasp-tls/wasp.toml" "${PORT[wasp-tls]}" false
+    sed -i "s|^bind = .*|bind = [{ addr = \"127.0.0.1:${PORT[wasp-tls]}\", tls = { cert = \"$d/cert.pem\", key = \"$d/key.pem\" } }]|" \
+        "$TMP/wasp-tls/wasp.toml"
+    "$WASP_BIN" check -c "$TMP/wasp-tls/wasp.toml" || die "wasp check rejected the TLS config"
+    start_bg wasp-tls "$TMP/wasp-tls/output.log" "$WASP_BIN" run -c "$TMP/wasp-tls/wasp.toml"
+    write_haproxy_conf "$TMP/haproxy-tls/haproxy.cfg" "${PORT[haproxy-tls]}"
+    sed -i "s|^    bind 127.0.0.1:${PORT[haproxy-tls]}\$|    bind 127.0.0.1:${PORT[haproxy-tls]} ssl crt $d/combined.pem alpn h2,http/1.1|" \
+        "$TMP/haproxy-tls/haproxy.cfg"
+    grep -q " ssl crt " "$TMP/haproxy-tls/haproxy.cfg" || die "could not add ssl to the HAProxy config"
+    haproxy -c -q -f "$TMP/haproxy-tls/haproxy.cfg" || die "haproxy rejected the TLS config"
+    start_bg haproxy-tls "$TMP/haproxy-tls/output.log" haproxy -db -f "$TMP/haproxy-tls/haproxy.cfg"
+    for p in wasp-tls haproxy-tls; do
+        wait_http "$p" "${PID_OF[$p]}" "https://127.0.0.1:${PORT[$p]}/" "${LOG_OF[$p]}"
+        [[ $(curl -kfsS "https://127.0.0.1:${PORT[$p]}/item/1") == node[12] ]] || die "$p misroutes /item/1"
+        log "$p: $(curl -kso /dev/null -w '%{http_version} %{ssl_verify_result}' --http2 "https://127.0.0.1:${PORT[$p]}/") (http version, curl)"
+    done
+    echo "== wasp TLS benchmark: lab 2 routing behind TLS termination =="
+    echo "date        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "cpus        $(nproc) ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo))"
+    echo "load avg    $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
+    echo "wasp        $("$WASP_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$ROOT" describe --always --dirty 2>/dev/null)), workers = 2, rustls (ring)"
+    echo "haproxy     $(haproxy -v | awk 'NR == 1 {print $3}'), nbthread 2, $(haproxy -vv 2>/dev/null | sed -n 's/^Running on: *//p; s/^Running on OpenSSL version *: *//p' | head -1)"
+    echo "certificate ECDSA P-256 self-signed, the same file for both"
+    echo "load        wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s (keep-alive; handshake = Connection: close), h2load -c$CONNECTIONS -m10 -t$THREADS -D$DURATION"
+    echo "note        proxies, nginx backends and the load generators all share these CPUs"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for test in keepalive handshake h2; do
+            for p in wasp-tls haproxy-tls; do
+                tls_run "$p" "$test" "$round"
+                sleep 0.5
+            done
+        done
+    done
+    echo
+    echo "== results: median over $ROUNDS round(s), $DURATION s each, $CONNECTIONS connections =="
+    echo "load avg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    printf '%-12s %16s %16s %16s %10s\n' proxy "https req/s" "handshakes/s" "h2 req/s" "errors"
+    declare -A MED=()
+    for p in wasp-tls haproxy-tls; do
+        local ka hs h2 errs
+        ka=$(median "${RESULTS[$p.keepalive]}" 1)
+        hs=$(median "${RESULTS[$p.handshake]}" 1)
+        h2=$(median "${RESULTS[$p.h2]}" 1)
+        errs=$(printf '%s%s' "${RESULTS[$p.keepalive]}" "${RESULTS[$p.handshake]}" | awk 'NF {s += $4 + $5} END {print s + 0}')
+        errs=$((errs + $(printf '%s' "${RESULTS[$p.h2]}" | awk 'NF {s += $2} END {print s + 0}')))
+        MED[$p]="$ka $hs $h2"
+        printf '%-12s %16.0f %16.0f %16.0f %10s\n' "$p" "$ka" "$hs" "$h2" "$errs"
+    done
+    echo "(errors = non-2xx + socket errors of wrk, failed + errored requests of h2load, all rounds)"
+    read -r wk wh w2 <<<"${MED[wasp-tls]}"
+    read -r hk hh h2 <<<"${MED[haproxy-tls]}"
+    awk -v a="$wk" -v b="$hk" -v c="$wh" -v d="$hh" -v e="$w2" -v f="$h2" 'BEGIN {
+        printf "wasp / haproxy: https keep-alive x%.2f, handshakes x%.2f, h2 x%.2f\n", a / b, c / d, e / f }'
+}
+
+# ---------------------------------------------------------------------------------------------
 # Main
 
 ensure_tools
 
-log "building wasp (cargo build --release)"
-(cd "$ROOT" && cargo build --release --quiet)
-WASP_BIN=$ROOT/target/release/wasp
+if [[ -n ${WASP_BIN:-} ]]; then
+    log "using $WASP_BIN (WASP_BIN set: no build)"
+else
+    log "building wasp (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    WASP_BIN=$ROOT/target/release/wasp
+fi
 [[ -x $WASP_BIN ]] || die "$WASP_BIN missing after the build"
 if [[ " $PROXIES " == *" wasp+plugin "* ]]; then
     log "building the plugins (plugins/: cargo build --release --target wasm32-wasip2)"
@@ -804,6 +929,10 @@ echo "note        proxies, backends and wrk all share these CPUs"
 echo
 
 start_backends
+if [[ ${TLS:-0} == 1 ]]; then
+    tls_main
+    exit 0
+fi
 for p in $PROXIES; do
     start_proxy "$p"
     RSS_IDLE[$p]=$(rss_kib "${PID_OF[$p]}") # after the readiness probe, before any load

@@ -65,7 +65,9 @@ impl Req {
             query: "",
             headers: &self.headers,
             client: self.client,
+            local_port: 80,
             frontend: "web",
+            sni: "",
         }
     }
 }
@@ -96,10 +98,14 @@ fn config(dir: &Path, recycle_after: u64) -> (Config, PluginSet) {
         path = "{}"
         config = {{ routes = "/item=items,/basket=baskets" }}
         recycle_after = {recycle_after}
+        # The deadline does not change what a call costs; a generous one keeps a preempted
+        # call (a busy machine) from ending as a timeout fault in the middle of a measurement.
+        timeout = "1s"
         [plugin.sticky]
         path = "{}"
         config = {{ header = "x-user" }}
         recycle_after = {recycle_after}
+        timeout = "1s"
         "#,
         test_plugins::wasm("path-router").display(),
         test_plugins::wasm("sticky-balancer").display(),

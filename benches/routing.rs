@@ -79,7 +79,9 @@ impl Req {
             query: &self.query,
             headers: &self.headers,
             client: self.client,
+            local_port: 80,
             frontend: "myfrontend",
+            sni: "",
         }
     }
 }
@@ -87,7 +89,11 @@ impl Req {
 fn frontend(acls: &[(String, String)], rules: &[(String, String)], default: &str) -> Frontend {
     Frontend {
         name: "myfrontend".into(),
-        binds: vec!["127.0.0.1:8080".parse().expect("static address")],
+        binds: vec![wasp::config::Bind {
+            addr: "127.0.0.1:8080".parse().expect("static address"),
+            tls: None,
+        }],
+        redirect: None,
         mode: Mode::Http,
         acls: acls
             .iter()

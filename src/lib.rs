@@ -6,6 +6,9 @@
 //!
 //! ```text
 //! counters  per-worker sharded traffic counters (no dependencies)
+//! tls       certs: PEM certificate, key and CA loading (below config, which checks the files
+//!           with it); the rustls server config of a TLS bind with its SNI resolver; the rustls
+//!           client config for TLS servers (used by health and upstream)
 //! config    TOML -> spanned tree -> validated model + diagnostics (`wasp check`)
 //! routing   RequestView, the Router trait, ACL matchers, the native AclRouter
 //! balance   the Balancer trait and one file per native algorithm
@@ -16,13 +19,16 @@
 //! proxy     listeners, the HTTP request path, upstream forwarding, error responses, access log
 //! admin     the admin listener: stats page, /metrics, runtime API (through the Control trait
 //!           the runtime implements); the `wasp ctl` client
-//! runtime   process lifecycle: run, reload on SIGHUP, graceful stop; run-time server overlay
+//! upstream  the pooled clients to servers: HTTP/1.1 or HTTP/2, plain or TLS
+//! runtime   process lifecycle: run, reload on SIGHUP, graceful stop; run-time server overlay;
+//!           certificate reload when the files change
+//! watch     debounced folder watching (plugin hot-loading, certificate reload)
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
-//! Arrows point one way: config/counters -> health -> routing/balance -> plugin -> snapshot ->
-//! proxy/admin -> runtime -> binary. (The runtime implements admin's `Control` trait; admin
-//! never names it.)
+//! Arrows point one way: tls::certs -> config/counters -> tls -> health -> routing/balance ->
+//! upstream -> plugin -> snapshot -> proxy/admin -> runtime -> binary. (The runtime implements
+//! admin's `Control` trait; admin never names it.)
 //! A lower module never names a higher one.
 #![forbid(unsafe_code)]
 
@@ -40,3 +46,4 @@ pub mod runtime;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

@@ -12,6 +12,7 @@
 //! What is served is the file's config with the run-time [`Overlay`] (servers added or removed
 //! through the admin API) laid over it; see `overlay` for how the two combine across reloads.
 
+mod certwatch;
 mod overlay;
 
 use std::collections::HashMap;
@@ -29,13 +30,14 @@ use crate::config::{self, Config, ServerSpec};
 use crate::health::{HealthCheckers, StateTable};
 use crate::plugin::build::build_judge;
 use crate::plugin::watch::{WatchHandle, spawn_watch};
-use crate::plugin::{PluginError, PluginSet, Plugins, Reloaded};
+use crate::plugin::{LivePlugin, PluginError, PluginSet, Plugins, Reloaded};
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
 use crate::proxy::workers::Workers;
 use crate::snapshot::{ListenKey, SnapshotError, build_snapshot, listen_keys, prune_states};
 use crate::upstream::ClientCache;
 
+pub use certwatch::{CertWatch, DEBOUNCE as CERT_DEBOUNCE, spawn_cert_watch};
 pub use overlay::{Overlay, OverlayError};
 
 /// Why a config could not be started or reloaded.
@@ -113,6 +115,8 @@ pub struct Core {
     watch: std::sync::Mutex<Option<WatchHandle>>,
     layers: std::sync::Mutex<Layers>,
     admin: Mutex<Option<AdminHandle>>,
+    /// Reloads certificates when their files change; `None` when no watcher could start.
+    cert_watch: std::sync::Mutex<Option<CertWatch>>,
     draining: AtomicBool,
     me: Weak<Core>,
 }
@@ -137,6 +141,16 @@ impl Runtime {
             tracing::info!(frontend, listener = %handle.local, "listening");
             listeners.insert(key, handle);
         }
+        let cert_watch = match spawn_cert_watch(Arc::clone(&proxy)) {
+            Ok(mut w) => {
+                w.update(&proxy.snapshot());
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch certificate files; they reload on SIGHUP only");
+                None
+            }
+        };
         let mut checkers = HealthCheckers::default();
         let started = checkers
             .update_with(&config, &states, &|spec| build_judge(spec, &set))
@@ -160,6 +174,7 @@ impl Runtime {
                 overlay: Overlay::default(),
             }),
             admin: Mutex::new(None),
+            cert_watch: std::sync::Mutex::new(cert_watch),
             draining: AtomicBool::new(false),
             me: me.clone(),
         });
@@ -411,6 +426,14 @@ impl Core {
         }
         self.plugins.commit(&set);
         self.proxy.install(snapshot);
+        if let Some(w) = self
+            .cert_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            w.update(&self.proxy.snapshot());
+        }
         drop(admin);
         if let Some(old) = old_admin {
             old.stop().await;
@@ -495,6 +518,18 @@ impl Control for Core {
                 .map_err(control_error)
         })
     }
+
+    fn plugins(&self) -> Vec<LivePlugin> {
+        self.plugins.live()
+    }
+
+    fn reload_plugin(&self, name: String) -> admin::BoxFuture<'_, Result<Reloaded, ControlError>> {
+        Box::pin(async move {
+            Core::reload_plugin(self, &name)
+                .await
+                .map_err(control_error)
+        })
+    }
 }
 
 fn control_error(e: RuntimeError) -> ControlError {
@@ -518,6 +553,7 @@ fn control_error(e: RuntimeError) -> ControlError {
             ControlError::Conflict(e.to_string())
         }
         RuntimeError::Server(e) => ControlError::Invalid(e),
+        RuntimeError::Plugin(e @ PluginError::Unknown(_)) => ControlError::NotFound(e.to_string()),
         RuntimeError::Stopping => ControlError::Stopping,
         other => ControlError::Failed(other.to_string()),
     }

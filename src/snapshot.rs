@@ -10,16 +10,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 
 use crate::balance::Balancer;
 use crate::config::acl::{AclRef, AclSpec, Fetch};
-use crate::config::{Config, Global, Mode, Observe, SendProxy, Timeouts};
+use crate::config::{Config, Global, Mode, Observe, Redirect, SendProxy, Timeouts};
 use crate::health::{BackendState, FrontendState, ServerKey, ServerState, StateTable};
 use crate::plugin::PluginSet;
 use crate::plugin::build::{DecisionError, build_balancer, build_router};
 use crate::routing::Router;
-use crate::upstream::{ClientCache, Pools};
+use crate::tls::client::server_name;
+use crate::tls::{TlsError, TlsListener};
+use crate::upstream::{ClientCache, ClientKey, Pools, TlsKey};
 
 /// Why a snapshot could not be built from a config that passed validation.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,18 @@ pub enum SnapshotError {
         server: String,
         addr: SocketAddr,
     },
+    #[error("frontend {frontend}: bind {addr}: {source}")]
+    Tls {
+        frontend: String,
+        addr: SocketAddr,
+        source: TlsError,
+    },
+    #[error("backend {backend}: server {server}: {source}")]
+    UpstreamTls {
+        backend: String,
+        server: String,
+        source: TlsError,
+    },
 }
 
 /// One frontend, ready to serve.
@@ -47,6 +61,7 @@ pub enum SnapshotError {
 pub struct Frontend {
     pub name: Arc<str>,
     pub binds: Vec<SocketAddr>,
+    pub redirect: Option<Redirect>,
     pub router: Box<dyn Router>,
     pub mode: Mode,
     /// TCP mode: whether a rule reads `req.ssl_sni` (then the ClientHello is peeked for up to
@@ -67,8 +82,6 @@ pub struct Backend {
     pub mode: Mode,
     pub servers: Vec<Server>,
     pub balancer: Box<dyn Balancer>,
-    /// Upstream connection pools, one per worker.
-    pub pools: Pools,
     pub timeouts: Timeouts,
     pub retries: u32,
     pub redispatch: bool,
@@ -97,6 +110,10 @@ pub struct Server {
     pub name: Arc<str>,
     /// `ip:port`, prebuilt for request URIs.
     pub authority: Authority,
+    /// `https` for a TLS server, else `http`.
+    pub scheme: Scheme,
+    /// Upstream connection pools, one per worker (shared by servers reached alike).
+    pub pools: Pools,
     pub state: Arc<ServerState>,
     /// Whether active health checks run for it (passive checks only mark such servers down,
     /// since only a check brings them back).
@@ -112,7 +129,14 @@ pub struct Snapshot {
     pub global: Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
-    by_bind: HashMap<ListenKey, usize>,
+    by_bind: HashMap<ListenKey, Listen>,
+}
+
+/// What a listener serves: its frontend, and TLS termination when configured.
+#[derive(Debug)]
+struct Listen {
+    frontend: usize,
+    tls: Option<Arc<TlsListener>>,
 }
 
 /// Identifies a listener across reloads: its configured address, plus the frontend's name when
@@ -141,7 +165,7 @@ pub fn listen_keys(config: &Config) -> Vec<(ListenKey, &str)> {
         .flat_map(|f| {
             f.binds
                 .iter()
-                .map(move |&a| (ListenKey::new(&f.name, a), f.name.as_str()))
+                .map(move |b| (ListenKey::new(&f.name, b.addr), f.name.as_str()))
         })
         .collect()
 }
@@ -149,7 +173,17 @@ pub fn listen_keys(config: &Config) -> Vec<(ListenKey, &str)> {
 impl Snapshot {
     /// The frontend that owns the listener `key`.
     pub fn frontend_for(&self, key: &ListenKey) -> Option<&Frontend> {
-        self.by_bind.get(key).map(|&i| &self.frontends[i])
+        self.by_bind.get(key).map(|l| &self.frontends[l.frontend])
+    }
+
+    /// The TLS termination of the listener `key`, if it has one.
+    pub fn tls_for(&self, key: &ListenKey) -> Option<&Arc<TlsListener>> {
+        self.by_bind.get(key).and_then(|l| l.tls.as_ref())
+    }
+
+    /// Every TLS listener of this snapshot (to reload their certificates).
+    pub fn tls_listeners(&self) -> impl Iterator<Item = &Arc<TlsListener>> {
+        self.by_bind.values().filter_map(|l| l.tls.as_ref())
     }
 }
 
@@ -176,9 +210,41 @@ pub fn build_snapshot(
                     server: s.name.clone(),
                     addr: s.addr,
                 })?;
+            let upstream_error = |source| SnapshotError::UpstreamTls {
+                backend: b.name.clone(),
+                server: s.name.clone(),
+                source,
+            };
+            let tls = match &s.tls {
+                Some(settings) => Some(TlsKey {
+                    settings: settings.clone(),
+                    name: server_name(settings, s.addr.ip()),
+                    ca_pem: match &settings.ca {
+                        Some(ca) => Some(std::fs::read(ca).map_err(|source| {
+                            upstream_error(TlsError::Cert(crate::tls::certs::CertError::Read {
+                                path: ca.clone(),
+                                source,
+                            }))
+                        })?),
+                        None => None,
+                    },
+                }),
+                None => None,
+            };
+            let client = ClientKey {
+                connect_timeout: b.timeouts.connect,
+                proto: b.proto,
+                tls,
+            };
             servers.push(Server {
                 name: Arc::from(s.name.as_str()),
                 authority,
+                scheme: if s.tls.is_some() {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                },
+                pools: clients.pools(&client).map_err(upstream_error)?,
                 state: states.server(key, s),
                 check: s.check,
                 send_proxy: s.send_proxy,
@@ -195,7 +261,6 @@ pub fn build_snapshot(
             mode: b.mode,
             servers,
             balancer,
-            pools: clients.pools(b.timeouts.connect),
             timeouts: b.timeouts,
             retries: b.retries,
             redispatch: b.redispatch,
@@ -220,11 +285,25 @@ pub fn build_snapshot(
             source,
         })?;
         for bind in &f.binds {
-            by_bind.insert(ListenKey::new(&f.name, *bind), i);
+            let tls = match &bind.tls {
+                Some(settings) => Some(Arc::new(TlsListener::build(settings).map_err(
+                    |source| SnapshotError::Tls {
+                        frontend: f.name.clone(),
+                        addr: bind.addr,
+                        source,
+                    },
+                )?)),
+                None => None,
+            };
+            by_bind.insert(
+                ListenKey::new(&f.name, bind.addr),
+                Listen { frontend: i, tls },
+            );
         }
         frontends.push(Frontend {
             name: Arc::from(f.name.as_str()),
-            binds: f.binds.clone(),
+            binds: f.binds.iter().map(|b| b.addr).collect(),
+            redirect: f.redirect,
             router,
             mode: f.mode,
             inspects_sni: f.mode == Mode::Tcp && uses_fetch(f, &Fetch::SslSni),

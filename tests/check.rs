@@ -77,7 +77,8 @@ fn lab2_loads_into_the_model() {
     let [fe] = &config.frontends[..] else {
         panic!("one frontend")
     };
-    assert_eq!(fe.binds, ["127.0.0.1:8080".parse().unwrap()]);
+    let binds: Vec<_> = fe.binds.iter().map(|b| (b.addr, b.tls.is_some())).collect();
+    assert_eq!(binds, [("127.0.0.1:8080".parse().unwrap(), false)]);
     assert_eq!(fe.mode, Mode::Http);
     assert_eq!(fe.default_backend.as_deref(), Some("webservers"));
     let acls: Vec<&str> = fe.acls.iter().map(|a| a.name.as_str()).collect();
@@ -142,7 +143,7 @@ fn unknown_key() {
             r#"unknown_key.toml:12:52: error: backend.app.servers[0]: unknown key "wieght""#,
             r#"    = help: did you mean "weight"?"#,
             r#"unknown_key.toml:13:1: error: backend.app: unknown key "colour""#,
-            r#"    = help: valid keys are "mode", "balance", "servers", "timeout", "retries", "redispatch", "maxconn", "observe", "error_limit", "check""#,
+            r#"    = help: valid keys are "mode", "balance", "proto", "tls", "ca", "sni", "verify", "servers", "timeout", "retries", "redispatch", "maxconn", "observe", "error_limit", "check""#,
             r#"unknown_key.toml:15:2: error: unknown key "bakend""#,
             r#"    = help: did you mean "backend"?"#,
             r#"check: 6 errors"#,
@@ -161,7 +162,8 @@ fn wrong_type() {
             r#"    = help: write 2 without quotes"#,
             r#"wrong_type.toml:4:14: error: global.access_log: expected a boolean, found a string"#,
             r#"    = help: write true without quotes"#,
-            r#"wrong_type.toml:7:8: error: frontend.web.bind: expected a string or an array of strings, found an integer"#,
+            r#"wrong_type.toml:7:8: error: frontend.web.bind: expected a string, a table or an array, found an integer"#,
+            r#"    = help: write bind = ":80", bind = [":80", ":81"] or bind = [{ addr = ":443", tls = { cert = "site.pem", key = "site.key" } }]"#,
             r#"wrong_type.toml:9:14: error: frontend.web.forwardfor: expected a boolean, found an integer"#,
             r#"wrong_type.toml:12:11: error: backend.app.servers: expected an array, found a table"#,
             r#"wrong_type.toml:13:11: error: backend.app.retries: expected an integer, found a float"#,
@@ -549,7 +551,9 @@ fn mode_mismatch() {
             db_http_only,
             r#"mode_mismatch.toml:26:11: error: backend.db.check.http: check.http applies to http mode only"#,
             db_http_only,
-            r#"check: 10 errors, 1 warning"#,
+            r#"mode_mismatch.toml:27:66: error: backend.db.servers[0].tls: tls applies to http mode only"#,
+            db_http_only,
+            r#"check: 11 errors, 1 warning"#,
         ],
     );
 }
@@ -709,4 +713,111 @@ fn admin_exposure() {
 #[test]
 fn admin_protected() {
     expect("admin_protected", 0, &["check: ok"]);
+}
+
+/// A self-signed certificate for `name` valid until `not_after` (y, m, d), written to `dir`
+/// as `stem.pem` and `stem.key`.
+fn cert_files(dir: &Path, stem: &str, name: &str, not_after: (i32, u8, u8)) {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+}
+
+/// The civil date `days` after 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+/// `wasp check` on `toml` written to `dir` (run there, so file names print as written).
+fn check_in(dir: &Path, toml: &str) -> (i32, String) {
+    std::fs::write(dir.join("wasp.toml"), toml).unwrap();
+    run_check(dir, "wasp.toml")
+}
+
+#[test]
+fn tls_files_are_checked_at_the_key_that_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    cert_files(dir.path(), "a", "a.test", (4000, 1, 1));
+    cert_files(dir.path(), "b", "b.test", (4000, 1, 1));
+    std::fs::write(
+        dir.path().join("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let toml = r#"[frontend.web]
+bind = [
+  { addr = "127.0.0.1:0", tls = { cert = "a.pem", key = "b.key" } },
+  { addr = "127.0.0.1:1", tls = { cert = "missing.pem", key = "a.key" } },
+  { addr = "127.0.0.1:2", tls = { certs = [{ cert = "garbage.pem", key = "a.key" }] } },
+  { addr = "127.0.0.1:3", tls = { cert = "a.pem", key = "a.key", verify_client = "required" } },
+  { addr = "127.0.0.1:4", tls = { cert = "a.pem" } },
+]
+default_backend = "app"
+[backend.app]
+servers = [{ name = "s1", addr = "127.0.0.1:9", tls = true, ca = "nope.pem", verify = "maybe" }]
+"#;
+    let (code, out) = check_in(dir.path(), toml);
+    let expected = [
+        "wasp.toml:3:57: error: frontend.web.bind[0].tls.key: b.key does not match the certificate in a.pem",
+        "wasp.toml:4:42: error: frontend.web.bind[1].tls.cert: missing.pem: cannot read: No such file or directory (os error 2)",
+        "wasp.toml:5:53: error: frontend.web.bind[2].tls.certs[0].cert: garbage.pem: not a valid PEM file: base64 decode error: InvalidCharacter(37)",
+        "wasp.toml:6:82: error: frontend.web.bind[3].tls.verify_client: verify_client needs a ca",
+        "    = help: add ca = \"clients-ca.pem\": the CA that signs client certificates",
+        "wasp.toml:7:33: error: frontend.web.bind[4].tls: cert without key",
+        "    = help: add key = \"FILE\": the certificate's private key (PEM)",
+        "wasp.toml:11:66: error: backend.app.servers[0].ca: nope.pem: cannot read: No such file or directory (os error 2)",
+        "wasp.toml:11:87: error: backend.app.servers[0].verify: unknown verify \"maybe\"",
+        "    = help: expected required or none",
+    ];
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(&lines[..lines.len() - 1], expected, "{out}");
+}
+
+#[test]
+fn expired_soon_to_expire_and_unverified_are_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let soon = civil_from_days(i64::try_from(now / 86_400).unwrap() + 10);
+    cert_files(dir.path(), "old", "old.test", (2021, 6, 1));
+    cert_files(dir.path(), "soon", "soon.test", soon);
+    let toml = r#"[frontend.web]
+bind = [{ addr = "127.0.0.1:0", tls = { certs = [{ cert = "old.pem", key = "old.key" }, { cert = "soon.pem", key = "soon.key" }] } }]
+default_backend = "app"
+[backend.app]
+servers = [{ name = "s1", addr = "127.0.0.1:9", tls = true, verify = "none" }]
+"#;
+    let (code, out) = check_in(dir.path(), toml);
+    assert_eq!(code, 0, "warnings only: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "wasp.toml:2:59: warning: frontend.web.bind[0].tls.certs[0].cert: certificate old.pem expired on Jun  1 00:00:00 2021 +00:00"
+    );
+    assert!(
+        lines[2].starts_with("wasp.toml:2:98: warning: frontend.web.bind[0].tls.certs[1].cert: certificate soon.pem expires in 9 days, on")
+            || lines[2].starts_with("wasp.toml:2:98: warning: frontend.web.bind[0].tls.certs[1].cert: certificate soon.pem expires in 10 days, on"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[4],
+        "wasp.toml:5:70: warning: backend.app.servers[0].verify: certificate verification is off: any certificate the server presents is accepted"
+    );
+    assert_eq!(lines.last(), Some(&"check: 3 warnings"), "{out}");
 }

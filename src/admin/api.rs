@@ -12,6 +12,8 @@
 //! | POST | `/api/servers/B` | add a server: `{"name", "addr", "weight", "backup", "check", "maxconn", "state"}` |
 //! | DELETE | `/api/servers/B/S` | remove a server |
 //! | POST | `/api/reload` | reload the config file, as SIGHUP (422 with diagnostics when rejected) |
+//! | GET | `/api/plugins` | live plugins: version, hash, roles, calls, errors, decision time |
+//! | POST | `/api/plugins/NAME/reload` | hot-load NAME from its file (422 when the file is rejected) |
 //!
 //! Answers are JSON; errors are `{"error": "..."}` (plus `diagnostics` for a rejected reload).
 
@@ -25,6 +27,7 @@ use crate::admin::server::Context;
 use crate::admin::view::{admin_name, all_servers, server_view};
 use crate::admin::{ControlError, auth, html, metrics};
 use crate::config::{AdminState, MAX_WEIGHT, ServerSpec};
+use crate::plugin::Reloaded;
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -120,17 +123,49 @@ pub(crate) async fn handle(ctx: &Context, req: Request<Incoming>, tcp: bool) -> 
                 }
             }
         }
+        (&Method::GET, ["api", "plugins"]) => {
+            with_view(ctx, |view| json(StatusCode::OK, &view.plugins))
+        }
+        (&Method::POST, ["api", "plugins", name, "reload"]) => {
+            let Some(control) = ctx.control.upgrade() else {
+                return stopping();
+            };
+            let name = name.to_string();
+            tracing::info!(plugin = name, "admin API: reloading plugin {name}");
+            match control.reload_plugin(name.clone()).await {
+                Ok(reloaded) => {
+                    let (status, version) = match reloaded {
+                        Reloaded::Unchanged { version } => ("unchanged", version),
+                        Reloaded::Swapped { version } => ("reloaded", version),
+                    };
+                    json(StatusCode::OK, &PluginReload { status, version })
+                }
+                Err(e) => control_error(e),
+            }
+        }
         (
             _,
             [""]
             | ["stats.json" | "metrics"]
-            | ["api", "frontends" | "backends" | "servers" | "reload"],
+            | [
+                "api",
+                "frontends" | "backends" | "servers" | "reload" | "plugins",
+            ],
         )
-        | (_, ["api", "servers", ..]) => {
+        | (_, ["api", "servers" | "plugins", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "no such page"),
     }
+}
+
+/// The answer to a plugin reload.
+#[derive(Debug, Serialize)]
+struct PluginReload {
+    /// `reloaded` (a new version is live) or `unchanged` (the file had not changed).
+    status: &'static str,
+    /// The live version after the reload.
+    version: u64,
 }
 
 fn healthz(ctx: &Context) -> Answer {

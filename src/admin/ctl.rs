@@ -58,8 +58,14 @@ pub enum CtlCommand {
         #[command(subcommand)]
         what: DelCommand,
     },
-    /// Reload the config file (as SIGHUP); prints the diagnostics when it is rejected.
-    Reload,
+    /// Reload the config file (as SIGHUP; prints the diagnostics when it is rejected), or
+    /// hot-load one plugin: `reload plugin NAME`.
+    Reload {
+        #[command(subcommand)]
+        what: Option<ReloadCommand>,
+    },
+    /// Every live plugin with its version, calls, errors and decision time.
+    Plugins,
     /// Whether wasp is serving (healthz).
     Health,
 }
@@ -94,6 +100,12 @@ pub enum AddCommand {
         #[arg(long)]
         maxconn: Option<u32>,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReloadCommand {
+    /// Hot-load a plugin from its file.
+    Plugin { name: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -154,7 +166,15 @@ pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
         CtlCommand::Del {
             what: DelCommand::Server { target },
         } => format!("removed {target}\n"),
-        CtlCommand::Reload => "reloaded\n".to_owned(),
+        CtlCommand::Reload { what: None } => "reloaded\n".to_owned(),
+        CtlCommand::Reload {
+            what: Some(ReloadCommand::Plugin { name }),
+        } => format!(
+            "plugin {name}: {} (version {})\n",
+            n(&value["status"]),
+            n(&value["version"])
+        ),
+        CtlCommand::Plugins => plugins_table(&value),
         CtlCommand::Health => text,
     })
 }
@@ -171,7 +191,11 @@ fn request(command: &CtlCommand) -> Result<(Method, String, Option<Value>), CtlE
         CtlCommand::Servers => (Method::GET, "/api/servers".into(), None),
         CtlCommand::Backends => (Method::GET, "/api/backends".into(), None),
         CtlCommand::Frontends => (Method::GET, "/api/frontends".into(), None),
-        CtlCommand::Reload => (Method::POST, "/api/reload".into(), None),
+        CtlCommand::Reload { what: None } => (Method::POST, "/api/reload".into(), None),
+        CtlCommand::Reload {
+            what: Some(ReloadCommand::Plugin { name }),
+        } => (Method::POST, format!("/api/plugins/{name}/reload"), None),
+        CtlCommand::Plugins => (Method::GET, "/api/plugins".into(), None),
         CtlCommand::Health => (Method::GET, "/healthz".into(), None),
         CtlCommand::Set {
             what:
@@ -389,6 +413,40 @@ fn frontends_table(value: &Value) -> String {
             "REQUESTS",
             "RATE",
             "ERRORS",
+        ],
+        &rows,
+    )
+}
+
+fn plugins_table(value: &Value) -> String {
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = value
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|p| {
+            let roles = p["roles"]
+                .as_array()
+                .map(|a| a.iter().map(n).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![
+                n(&p["name"]),
+                n(&p["version"]),
+                n(&p["hash"]),
+                roles,
+                n(&p["calls"]),
+                n(&p["avg_decision_us"]),
+                n(&p["errors"]),
+                n(&p["timeouts"]),
+                n(&p["traps"]),
+                n(&p["rejected_loads"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PLUGIN", "VERSION", "HASH", "ROLES", "CALLS", "AVG US", "ERRORS", "TIMEOUTS", "TRAPS",
+            "REJECTED",
         ],
         &rows,
     )

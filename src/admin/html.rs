@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::admin::view::{SessionsView, StatsView, TrafficView, ago};
+use crate::admin::view::{PluginView, SessionsView, StatsView, TrafficView, ago};
 
 const STYLE: &str = "\
 :root{--up:#1a7f37;--down:#cf222e;--maint:#6e7781;--drain:#9a6700;--line:#d0d7de}
@@ -232,12 +232,58 @@ pub fn render(view: &StatsView, refresh: Duration) -> String {
         traffic_cells(&mut out, &b.sessions, b.rate, &b.traffic);
         out.push_str("</tr></tbody></table></div>");
     }
+    plugins(&mut out, &view.plugins);
     out.push_str(
         "<div class=\"meta\">Also: <a href=\"stats.json\">stats.json</a> &middot; \
          <a href=\"metrics\">metrics</a> &middot; <a href=\"healthz\">healthz</a></div>",
     );
     out.push_str("</body></html>\n");
     out
+}
+
+/// The plugins table (nothing when no plugin is configured).
+fn plugins(out: &mut String, plugins: &[PluginView]) {
+    if plugins.is_empty() {
+        return;
+    }
+    const HEADERS: [&str; 10] = [
+        "Plugin",
+        "Version",
+        "Hash",
+        "Roles",
+        "Calls",
+        "Avg µs",
+        "Errors",
+        "Timeouts",
+        "Traps",
+        "Rejected loads",
+    ];
+    out.push_str("<h2>Plugins</h2><div class=\"card\"><table><thead><tr>");
+    for h in HEADERS {
+        let _ = write!(out, "<th>{}</th>", esc(h));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for p in plugins {
+        let values = [
+            esc(&p.name),
+            p.version.to_string(),
+            esc(&p.hash),
+            esc(&p.roles.join(", ")),
+            p.calls.to_string(),
+            p.avg_decision_us
+                .map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
+            p.errors.to_string(),
+            p.timeouts.to_string(),
+            p.traps.to_string(),
+            p.rejected_loads.to_string(),
+        ];
+        out.push_str("<tr>");
+        for (label, value) in HEADERS.iter().zip(values) {
+            cell(out, label, &value);
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
 }
 
 #[cfg(test)]

@@ -15,10 +15,12 @@
 //!   current one of UP, DOWN, MAINT, DRAIN), `wasp_server_weight`, `wasp_server_checks{result}`,
 //!   `wasp_server_last_change_seconds`;
 //! - `wasp_process_resident_memory_bytes`, `wasp_open_connections`, `wasp_uptime_seconds`,
-//!   `wasp_draining`.
+//!   `wasp_draining`;
+//! - `wasp_plugin_version` (gauge), `wasp_plugin_calls`, `wasp_plugin_errors{kind}`,
+//!   `wasp_plugin_rejected_loads`, `wasp_plugin_decision_time_seconds` (histogram, buckets
+//!   from 1 µs to 10 ms) — label `plugin`.
 //!
 //! `code` is the status class: `1xx` .. `5xx`, or `other` when no status was sent.
-//! Plugin families (calls, errors, timeouts, decision latency) come with the plugin host.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
@@ -29,6 +31,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::admin::view::{StatsView, TrafficView};
 use crate::counters::{CLASSES, LATENCY_BUCKETS};
+use crate::plugin::instance::DECISION_BUCKETS;
 
 /// The `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -84,11 +87,11 @@ impl Family<'_, '_> {
         Ok(())
     }
 
-    fn histograms<'v>(
+    fn histograms(
         &mut self,
         name: &str,
         help: &str,
-        rows: impl IntoIterator<Item = (Labels, &'v TrafficView)>,
+        rows: impl IntoIterator<Item = (Labels, Histogram)>,
     ) -> Result<(), std::fmt::Error> {
         let mut metric = self.encoder.encode_descriptor(
             name,
@@ -96,20 +99,31 @@ impl Family<'_, '_> {
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for (labels, traffic) in rows {
-            let t = &traffic.totals;
-            let bounds = LATENCY_BUCKETS.iter().copied().chain([f64::INFINITY]);
-            let buckets: Vec<(f64, u64)> = bounds.zip(t.latency).collect();
+        for (labels, h) in rows {
             metric
                 .encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(
-                    t.time_us as f64 / 1e6,
-                    t.timed(),
-                    &buckets,
-                    None,
-                )?;
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
         }
         Ok(())
+    }
+}
+
+/// One histogram's values: sum (seconds), count, and (upper bound, count) per bucket,
+/// non-cumulative, the last bound +Inf.
+struct Histogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    fn new(sum: f64, count: u64, bounds: &[f64], counts: &[u64]) -> Self {
+        let bounds = bounds.iter().copied().chain([f64::INFINITY]);
+        Self {
+            sum,
+            count,
+            buckets: bounds.zip(counts.iter().copied()).collect(),
+        }
     }
 }
 
@@ -152,7 +166,16 @@ fn traffic(
     f.histograms(
         &format!("{prefix}_response_time"),
         "Time from a parsed request to its response headers.",
-        rows.iter().map(|(l, t)| (l.clone(), *t)),
+        rows.iter().map(|(l, t)| {
+            let t = &t.totals;
+            let h = Histogram::new(
+                t.time_us as f64 / 1e6,
+                t.timed(),
+                &LATENCY_BUCKETS,
+                &t.latency,
+            );
+            (l.clone(), h)
+        }),
     )
 }
 
@@ -375,6 +398,58 @@ impl Collector for ViewCollector {
             servers
                 .iter()
                 .map(|s| (sv(&s.backend, &s.name), gauge(s.last_change_seconds))),
+        )?;
+
+        // Plugins.
+        let pl = |name: &str| vec![("plugin", name.to_owned())];
+        f.gauges(
+            "wasp_plugin_version",
+            "Loads of the plugin so far (1 for the first); the live version.",
+            None,
+            view.plugins.iter().map(|p| (pl(&p.name), gauge(p.version))),
+        )?;
+        f.counters(
+            "wasp_plugin_calls",
+            "Decisions asked of the plugin (every version).",
+            view.plugins.iter().map(|p| (pl(&p.name), p.calls)),
+        )?;
+        f.counters(
+            "wasp_plugin_errors",
+            "Calls that cost their decision, by kind (timeout, trap, memory, invalid, unavailable).",
+            view.plugins.iter().flat_map(|p| {
+                [
+                    ("timeout", p.timeouts),
+                    ("trap", p.traps),
+                    ("memory", p.memory_faults),
+                    ("invalid", p.invalid_answers),
+                    ("unavailable", p.unavailable),
+                ]
+                .into_iter()
+                .map(|(kind, n)| {
+                    let mut labels = pl(&p.name);
+                    labels.push(("kind", kind.to_owned()));
+                    (labels, n)
+                })
+            }),
+        )?;
+        f.counters(
+            "wasp_plugin_rejected_loads",
+            "New versions a hot-load rejected (the previous one kept serving).",
+            view.plugins.iter().map(|p| (pl(&p.name), p.rejected_loads)),
+        )?;
+        f.histograms(
+            "wasp_plugin_decision_time",
+            "Time of one plugin call, instantiation included.",
+            view.plugins.iter().map(|p| {
+                let u = &p.usage;
+                let h = Histogram::new(
+                    u.nanos as f64 / 1e9,
+                    u.calls,
+                    &DECISION_BUCKETS,
+                    &u.histogram,
+                );
+                (pl(&p.name), h)
+            }),
         )?;
         Ok(())
     }

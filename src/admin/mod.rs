@@ -9,9 +9,6 @@
 //!
 //! The admin module does not name the runtime: what it may change goes through the
 //! [`Control`] trait, which the runtime implements.
-//!
-//! Plugins (list, reload one, per-plugin stats) will add a `plugins` section to the view and
-//! `/api/plugins` routes; nothing here needs to change shape for that.
 
 pub mod api;
 pub mod auth;
@@ -29,6 +26,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{Diagnostic, ServerSpec, Severity};
+use crate::plugin::{LivePlugin, Reloaded};
 use crate::snapshot::Snapshot;
 
 pub use server::{AdminError, AdminHandle, spawn_admin};
@@ -58,6 +56,10 @@ pub trait Control: Send + Sync + 'static {
         backend: String,
         server: String,
     ) -> BoxFuture<'_, Result<(), ControlError>>;
+    /// The live plugins.
+    fn plugins(&self) -> Vec<LivePlugin>;
+    /// Hot-loads plugin `name` from its file, as a file change does.
+    fn reload_plugin(&self, name: String) -> BoxFuture<'_, Result<Reloaded, ControlError>>;
 }
 
 /// Why a change through the admin API was refused.

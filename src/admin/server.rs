@@ -69,6 +69,7 @@ impl Context {
         };
         let view = build(
             &snapshot,
+            &control.plugins(),
             &self.rates.lock().unwrap_or_else(PoisonError::into_inner),
             facts,
         );

@@ -2,8 +2,7 @@
 //! as `/stats.json`, rendered as the stats page and encoded as `/metrics`, so the three always
 //! show the same numbers.
 //!
-//! Sections: `process`, `frontends`, `backends` (each with its `servers`). Plugin statistics
-//! will be a further top-level `plugins` section, added with the plugin host.
+//! Sections: `process`, `frontends`, `backends` (each with its `servers`), `plugins`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,9 +10,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{AdminState, Balance};
+use std::sync::atomic::Ordering;
+
+use crate::config::{AdminState, Balance, OnError};
 use crate::counters::{CLASSES, RateWindow, TrafficTotals};
 use crate::health::{ServerKey, ServerState};
+use crate::plugin::LivePlugin;
+use crate::plugin::instance::Usage;
+use crate::plugin::registry::role_name;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
 
 /// Everything the stats page shows.
@@ -22,6 +26,42 @@ pub struct StatsView {
     pub process: ProcessView,
     pub frontends: Vec<FrontendView>,
     pub backends: Vec<BackendView>,
+    pub plugins: Vec<PluginView>,
+}
+
+/// One live plugin: its version, what it is used for, and what its calls did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginView {
+    pub name: String,
+    pub path: String,
+    /// Loads of this plugin so far (1 for the first).
+    pub version: u64,
+    /// Hash of the live version's file (hex), as logged when it went live.
+    pub hash: String,
+    pub size_bytes: usize,
+    /// `router`, `balancer`, `health`: the uses in the live config.
+    pub roles: Vec<&'static str>,
+    pub on_error: &'static str,
+    pub timeout_ms: f64,
+    pub memory_limit_bytes: usize,
+    /// Calls of every version so far.
+    pub calls: u64,
+    /// Average decision time (instantiation included), in microseconds.
+    pub avg_decision_us: Option<f64>,
+    /// Calls that cost their decision, by kind, and their sum.
+    pub errors: u64,
+    pub timeouts: u64,
+    pub traps: u64,
+    pub memory_faults: u64,
+    pub invalid_answers: u64,
+    pub unavailable: u64,
+    /// New versions a hot-load rejected (the previous one kept serving).
+    pub rejected_loads: u64,
+    /// Instances the live version has created.
+    pub instances: usize,
+    /// The raw usage, for `/metrics` (histogram).
+    #[serde(skip)]
+    pub usage: Usage,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -201,8 +241,13 @@ pub struct ProcessFacts {
     pub workers: usize,
 }
 
-/// Builds the view of `snapshot` (servers' run-time state comes through it).
-pub fn build(snapshot: &Snapshot, rates: &Rates, process: ProcessFacts) -> StatsView {
+/// Builds the view of `snapshot` (servers' run-time state comes through it) and `plugins`.
+pub fn build(
+    snapshot: &Snapshot,
+    plugins: &[LivePlugin],
+    rates: &Rates,
+    process: ProcessFacts,
+) -> StatsView {
     let now = tokio::time::Instant::now().into_std();
     let frontends: Vec<FrontendView> = snapshot
         .frontends
@@ -226,6 +271,40 @@ pub fn build(snapshot: &Snapshot, rates: &Rates, process: ProcessFacts) -> Stats
             .iter()
             .map(|b| backend(snapshot, b, rates, now))
             .collect(),
+        plugins: plugins.iter().map(plugin).collect(),
+    }
+}
+
+/// The view of one live plugin.
+pub fn plugin(live: &LivePlugin) -> PluginView {
+    let p = &live.plugin;
+    let loaded = p.loaded();
+    let usage = p.usage();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    PluginView {
+        name: p.name.to_string(),
+        path: live.path.display().to_string(),
+        version: loaded.version,
+        hash: format!("{:016x}", loaded.compiled.hash),
+        size_bytes: loaded.compiled.size,
+        roles: p.roles().into_iter().map(role_name).collect(),
+        on_error: match loaded.settings.on_error {
+            OnError::Fallback => "fallback",
+            OnError::Deny => "deny",
+        },
+        timeout_ms: loaded.settings.timeout.as_secs_f64() * 1e3,
+        memory_limit_bytes: loaded.ctx.memory,
+        calls: usage.calls,
+        avg_decision_us: usage.avg_us(),
+        errors: count(&p.stats.faults),
+        timeouts: count(&p.stats.timeouts),
+        traps: count(&p.stats.traps),
+        memory_faults: count(&p.stats.memory),
+        invalid_answers: count(&p.stats.invalid),
+        unavailable: count(&p.stats.unavailable),
+        rejected_loads: count(&p.stats.rejected),
+        instances: loaded.instances_created(),
+        usage,
     }
 }
 

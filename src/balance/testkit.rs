@@ -145,7 +145,9 @@ impl Req {
             query: &self.query,
             headers: &self.headers,
             client: self.client,
+            local_port: 80,
             frontend: "f",
+            sni: "",
         }
     }
 }

@@ -53,6 +53,8 @@ pub(crate) fn backend(balance: &Balance, lab: &Lab) -> Backend {
         observe: None,
         error_limit: DEFAULT_ERROR_LIMIT,
         check: CheckParams::default(),
+        proto: Default::default(),
+        tls: None,
     }
 }
 

@@ -170,6 +170,8 @@ pub fn runtime_server(spec: ServerSpec) -> Result<Server, String> {
         maxconn: spec.maxconn,
         state: spec.state,
         send_proxy: None,
+        // Set from the backend when the server is added to one.
+        tls: None,
     })
 }
 

@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use crate::config::addr;
 use crate::config::diag::Sink;
 use crate::config::model::{
-    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, SendProxy, Server,
+    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, Proto, SendProxy,
+    Server, UpstreamTls,
 };
 use crate::config::modes::{self, ModeUse};
+use crate::config::tls::{UpstreamKeys, upstream_keys};
 use crate::config::values::{
     At, PartialTimeouts, Side, balance_at, check_name, maxconn, mode, observe, retries, section,
     timeouts,
@@ -40,6 +42,9 @@ pub(crate) struct RawBackend {
     pub(crate) check: CheckParams,
     /// Keys that need one mode, checked once the mode is known.
     pub(crate) uses: Vec<ModeUse>,
+    pub(crate) proto: Option<Proto>,
+    /// The backend's own TLS settings (servers have theirs in `servers`).
+    pub(crate) tls: Option<UpstreamTls>,
 }
 
 pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<RawBackend> {
@@ -47,8 +52,12 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
     let uses = modes::backend_uses(&t);
     let mode = t.take("mode").and_then(|i| mode(&i, sink));
     let balance = t.take("balance").and_then(|i| balance_at(&i, sink));
+    let proto = t
+        .take("proto")
+        .and_then(|i| i.keyword(sink, "proto", &[("http1", Proto::Http1), ("h2", Proto::H2)]));
+    let tls = upstream_keys(&mut t, sink);
     let servers = match t.take("servers") {
-        Some(i) => servers(&i, sink),
+        Some(i) => servers(&i, &tls, sink),
         None => {
             sink.error(t.start(), t.path(), "backend has no servers")
                 .help("add servers = [{ name = \"s1\", addr = \"host:port\" }]");
@@ -71,7 +80,13 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         error_limit: None,
         check: CheckParams::default(),
         uses,
+        proto,
+        tls: tls.backend_settings(),
     };
+    tls.warn_unused(
+        tls.enabled() || b.servers.iter().any(|s| s.tls.is_some()),
+        sink,
+    );
     passive_health(&mut t, &mut b, sink);
     if let Some(i) = t.take("check") {
         (b.check, b.judge) = check_params(&i, sink);
@@ -113,7 +128,7 @@ fn passive_health(t: &mut Table<'_, '_>, b: &mut RawBackend, sink: &mut Sink<'_>
     }
 }
 
-fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
+fn servers(item: &Item<'_, '_>, backend_tls: &UpstreamKeys, sink: &mut Sink<'_>) -> Vec<Server> {
     let Some(items) = item.array(sink) else {
         return Vec::new();
     };
@@ -174,8 +189,12 @@ fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
                 &[("v1", SendProxy::V1), ("v2", SendProxy::V2)],
             )
         });
+        let own_tls = upstream_keys(&mut t, sink);
+        let tls = own_tls.over(backend_tls);
+        own_tls.warn_unused(tls.enabled(), sink);
         t.finish(sink);
-        if let (Some((name, _)), Some((addr_spec, addr))) = (name, addr) {
+        if let (Some((name, _)), Some((addr_spec, addr)), false) = (name, addr, tls.invalid()) {
+            let tls = tls.for_server(&addr_spec);
             out.push(Server {
                 name: name.value.to_owned(),
                 addr_spec,
@@ -186,6 +205,7 @@ fn servers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<Server> {
                 maxconn,
                 state,
                 send_proxy,
+                tls,
             });
         }
     }

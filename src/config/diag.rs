@@ -149,6 +149,8 @@ pub(crate) struct Sink<'s> {
     src: &'s str,
     lines: LineIndex,
     diagnostics: Vec<Diagnostic>,
+    /// The config file's directory: relative file names in the config are relative to it.
+    base_dir: PathBuf,
 }
 
 impl<'s> Sink<'s> {
@@ -157,7 +159,19 @@ impl<'s> Sink<'s> {
             src,
             lines: LineIndex::new(src),
             diagnostics: Vec::new(),
+            base_dir: PathBuf::new(),
         }
+    }
+
+    /// Relative file names are resolved against `dir` (the config file's directory).
+    pub(crate) fn with_base_dir(mut self, dir: &Path) -> Self {
+        dir.clone_into(&mut self.base_dir);
+        self
+    }
+
+    /// A file name written in the config, resolved against the config file's directory.
+    pub(crate) fn resolve(&self, name: &str) -> PathBuf {
+        self.base_dir.join(name)
     }
 
     pub(crate) fn src(&self) -> &'s str {

@@ -9,8 +9,9 @@ use toml::de::DeValue;
 use crate::config::acl::{self, AclError, AclSpec, Condition};
 use crate::config::addr;
 use crate::config::diag::{Sink, did_you_mean, quoted_list};
-use crate::config::model::Mode;
+use crate::config::model::{Mode, Redirect, TlsConfig};
 use crate::config::modes::{self, ModeUse};
+use crate::config::tls::bind_tls;
 use crate::config::values::{
     At, PartialTimeouts, Side, bind_one, check_name, header_size, mode, section, timeouts,
 };
@@ -21,7 +22,8 @@ pub(crate) struct RawFrontend {
     pub(crate) name: String,
     pub(crate) at: usize,
     pub(crate) path: String,
-    pub(crate) binds: Vec<At<SocketAddr>>,
+    pub(crate) binds: Vec<RawBind>,
+    pub(crate) redirect: Option<Redirect>,
     pub(crate) mode: Option<Mode>,
     /// Every ACL name, with its spec when it parsed.
     pub(crate) acls: Vec<(String, Option<AclSpec>)>,
@@ -39,6 +41,13 @@ pub(crate) struct RawFrontend {
     pub(crate) router: Option<At<String>>,
 }
 
+/// One `bind` entry: where it was written, and its TLS settings.
+#[derive(Debug)]
+pub(crate) struct RawBind {
+    pub(crate) addr: At<SocketAddr>,
+    pub(crate) tls: Option<TlsConfig>,
+}
+
 #[derive(Debug)]
 pub(crate) struct RawRule {
     pub(crate) backend: Option<At<String>>,
@@ -54,6 +63,18 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         .require(sink, "bind")
         .map(|i| binds(&i, sink))
         .unwrap_or_default();
+    let redirect = t.take("redirect").and_then(|i| {
+        let r = i.keyword(sink, "redirect", &[("https", Redirect::Https)])?;
+        if !binds.is_empty() && binds.iter().all(|b| b.tls.is_some()) {
+            sink.warning(
+                i.start(),
+                &i.path,
+                "redirect has no effect: every bind here is TLS",
+            )
+            .help("requests are redirected only on cleartext binds");
+        }
+        Some(r)
+    });
     let mode = t.take("mode").and_then(|i| mode(&i, sink));
     let acls = t.take("acl").map(|i| acls(&i, sink)).unwrap_or_default();
     let default_item = t.take("default_backend");
@@ -69,6 +90,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         at: t.start(),
         path: t.path().to_owned(),
         binds,
+        redirect,
         mode,
         rules,
         default_backend,
@@ -89,18 +111,46 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
     Some(f)
 }
 
-fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<At<SocketAddr>> {
-    let Some(items) = item.one_or_many(sink) else {
-        return Vec::new();
+/// `bind`: an address, a `{ addr, tls }` table, or an array of either.
+fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<RawBind> {
+    let items = if matches!(item.value.get_ref(), DeValue::Table(_)) {
+        vec![item.clone()]
+    } else {
+        match item.value.get_ref() {
+            DeValue::String(_) | DeValue::Array(_) => item.one_or_many(sink).unwrap_or_default(),
+            _ => {
+                item.type_error(sink, "a string, a table or an array")
+                    .help("write bind = \":80\", bind = [\":80\", \":81\"] or bind = [{ addr = \":443\", tls = { cert = \"site.pem\", key = \"site.key\" } }]");
+                return Vec::new();
+            }
+        }
     };
     if items.is_empty() {
         sink.error(item.start(), &item.path, "bind needs at least one address")
             .help("write bind = \":80\" or bind = [\"127.0.0.1:8080\", \"[::1]:8080\"]");
     }
-    let mut out: Vec<At<SocketAddr>> = Vec::new();
+    let mut out: Vec<RawBind> = Vec::new();
     for i in &items {
-        let Some(b) = bind_one(i, sink) else { continue };
-        match out.iter().find(|prev| addr::overlaps(prev.value, b.value)) {
+        let (b, tls) = if matches!(i.value.get_ref(), DeValue::Table(_)) {
+            let Some(mut t) = i.table(sink) else { continue };
+            let addr = t.require(sink, "addr").and_then(|a| bind_one(&a, sink));
+            let tls_item = t.take("tls");
+            let tls = tls_item.as_ref().and_then(|x| bind_tls(x, sink));
+            t.finish(sink);
+            match (addr, tls_item.is_some(), tls) {
+                (Some(a), false, _) => (a, None),
+                (Some(a), true, Some(tls)) => (a, Some(tls)),
+                _ => continue,
+            }
+        } else {
+            let Some(b) = bind_one(i, sink) else { continue };
+            (b, None)
+        };
+        match out
+            .iter()
+            .map(|r| &r.addr)
+            .find(|prev| addr::overlaps(prev.value, b.value))
+        {
             Some(prev) => {
                 let message = if prev.value == b.value {
                     format!("duplicate bind address {}", b.value)
@@ -110,7 +160,7 @@ fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<At<SocketAddr>> {
                 sink.error(b.at, &b.path, message)
                     .help(format!("already bound by {}", prev.path));
             }
-            None => out.push(b),
+            None => out.push(RawBind { addr: b, tls }),
         }
     }
     out

@@ -24,6 +24,7 @@ mod modes;
 mod plugin;
 mod sections;
 mod size;
+mod tls;
 mod validate;
 mod values;
 mod walk;
@@ -73,7 +74,7 @@ pub fn load(path: &Path) -> (Option<Config>, Report) {
 
 /// Validates config text; `path` is only used in the report and [`Config::path`].
 pub fn load_str(src: &str, path: &Path) -> (Option<Config>, Report) {
-    let mut sink = Sink::new(src);
+    let mut sink = Sink::new(src).with_base_dir(path.parent().unwrap_or(Path::new("")));
     let (root, syntax_errors) = DeTable::parse_recoverable(src);
     let config = if syntax_errors.is_empty() {
         let raw = sections::walk(Table::new(String::new(), 0, root.get_ref()), &mut sink);

@@ -167,11 +167,28 @@ impl Default for Timeouts {
     }
 }
 
+/// One `bind` entry: an address, with TLS termination when `tls` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bind {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsConfig>,
+}
+
+/// `redirect`: what a frontend answers on its cleartext listeners instead of routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// `redirect = "https"`: 301 (GET, HEAD) or 308 to the same host, path and query over
+    /// https on the default port.
+    Https,
+}
+
 /// `[frontend.NAME]`.
 #[derive(Debug, Clone)]
 pub struct Frontend {
     pub name: String,
-    pub binds: Vec<SocketAddr>,
+    pub binds: Vec<Bind>,
+    /// Requests on cleartext binds are redirected instead of routed.
+    pub redirect: Option<Redirect>,
     pub mode: Mode,
     /// Named ACLs in file order.
     pub acls: Vec<NamedAcl>,
@@ -224,6 +241,33 @@ pub struct Backend {
     /// Consecutive observed errors that mark a server down.
     pub error_limit: u32,
     pub check: CheckParams,
+    /// The protocol spoken to the servers.
+    pub proto: Proto,
+    /// The backend's `tls` keys, inherited by servers added at run time.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The HTTP version a backend speaks to its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Proto {
+    /// HTTP/1.1 (ALPN `http/1.1` over TLS).
+    #[default]
+    Http1,
+    /// HTTP/2: prior knowledge (h2c) on cleartext, ALPN `h2` over TLS.
+    H2,
+}
+
+/// TLS to a server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// CA bundle the server's certificate must chain to; `None` means the bundled Mozilla
+    /// roots.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and verified against the certificate; `None` means the server's
+    /// IP address (no SNI is sent for an address).
+    pub sni: Option<String>,
+    /// `false` only with `verify = "none"`: any certificate is accepted.
+    pub verify: bool,
 }
 
 /// The balancing algorithm of a backend.
@@ -290,6 +334,8 @@ pub struct Server {
     pub state: AdminState,
     /// TCP mode: the PROXY protocol header to send before the client's bytes.
     pub send_proxy: Option<SendProxy>,
+    /// TLS to this server (`tls = true` on it or on its backend).
+    pub tls: Option<UpstreamTls>,
 }
 
 /// `send_proxy` on a server: the PROXY protocol version to prepend.
@@ -418,13 +464,7 @@ pub struct PluginPlaces {
     pub uses: Vec<(PluginRole, Place)>,
 }
 
-/// A certificate file and its private key file (PEM), paths resolved against the config
-/// file's directory.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CertFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+pub use crate::tls::certs::CertFiles;
 
 /// Whether a TLS listener asks clients for a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -39,7 +39,9 @@ impl ModeUse {
 }
 
 /// Frontend keys that only HTTP mode reads (a router plugin decides on requests only, for now).
-const HTTP_FRONTEND_KEYS: [&str; 3] = ["forwardfor", "max_header_size", "router"];
+const HTTP_FRONTEND_KEYS: [&str; 4] = ["forwardfor", "max_header_size", "router", "redirect"];
+/// TLS to servers: TCP mode connects in cleartext and passes the client's bytes through.
+const UPSTREAM_TLS_KEYS: [&str; 4] = ["tls", "ca", "sni", "verify"];
 /// Timeouts that only HTTP mode has.
 const HTTP_TIMEOUTS: [&str; 2] = ["http_request", "http_keep_alive"];
 
@@ -54,6 +56,18 @@ pub(crate) fn frontend_uses(t: &Table<'_, '_>) -> Vec<ModeUse> {
     }
     if let Some(i) = t.peek("inspect_delay") {
         out.push(ModeUse::key(Mode::Tcp, &i));
+    }
+    // TLS termination serves HTTP; a TCP frontend passes TLS through untouched.
+    if let Some(binds) = t.peek("bind") {
+        let binds = match binds.value.get_ref() {
+            DeValue::Array(_) => elements(&binds),
+            _ => vec![binds],
+        };
+        for tls in binds.iter().filter_map(|b| table(b)?.peek("tls")) {
+            let mut u = ModeUse::key(Mode::Http, &tls);
+            u.what = "tls".to_owned();
+            out.push(u);
+        }
     }
     if let Some(timeouts) = t.peek("timeout").as_ref().and_then(table) {
         for key in HTTP_TIMEOUTS {
@@ -96,6 +110,11 @@ pub(crate) fn frontend_uses(t: &Table<'_, '_>) -> Vec<ModeUse> {
 /// What a backend table uses that needs one mode.
 pub(crate) fn backend_uses(t: &Table<'_, '_>) -> Vec<ModeUse> {
     let mut out = Vec::new();
+    for key in UPSTREAM_TLS_KEYS.iter().chain(&["proto"]) {
+        if let Some(i) = t.peek(key) {
+            out.push(ModeUse::key(Mode::Http, &i));
+        }
+    }
     if let Some(check) = t.peek("check").as_ref().and_then(table) {
         for key in ["http", "host", "expect"] {
             if let Some(i) = check.peek(key) {
@@ -126,8 +145,16 @@ pub(crate) fn backend_uses(t: &Table<'_, '_>) -> Vec<ModeUse> {
     }
     if let Some(servers) = t.peek("servers") {
         for server in elements(&servers) {
-            if let Some(i) = table(&server).and_then(|s| s.peek("send_proxy")) {
+            let Some(server) = table(&server) else {
+                continue;
+            };
+            if let Some(i) = server.peek("send_proxy") {
                 out.push(ModeUse::key(Mode::Tcp, &i));
+            }
+            for key in UPSTREAM_TLS_KEYS {
+                if let Some(i) = server.peek(key) {
+                    out.push(ModeUse::key(Mode::Http, &i));
+                }
             }
         }
     }

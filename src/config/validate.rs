@@ -9,8 +9,9 @@ use crate::config::backend::RawBackend;
 use crate::config::diag::{Sink, did_you_mean, quoted_list};
 use crate::config::frontend::RawFrontend;
 use crate::config::model::{
-    Backend, Balance, Config, DEFAULT_INSPECT_DELAY, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES,
-    Frontend, Mode, NamedAcl, Place, Plugin, PluginPlaces, PluginRole, Timeouts, UseBackend,
+    Backend, Balance, Bind, Config, DEFAULT_INSPECT_DELAY, DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_RETRIES, Frontend, Mode, NamedAcl, Place, Plugin, PluginPlaces, PluginRole, Timeouts,
+    UseBackend,
 };
 use crate::config::modes;
 use crate::config::plugin::RawPlugin;
@@ -216,7 +217,7 @@ fn check_listeners(raw: &Raw, sink: &mut Sink<'_>) {
         .flat_map(|f| {
             f.binds
                 .iter()
-                .map(move |b| (b, format!("frontend \"{}\"", f.name)))
+                .map(move |b| (&b.addr, format!("frontend \"{}\"", f.name)))
         })
         .chain(
             raw.admin
@@ -269,7 +270,15 @@ pub(crate) fn resolve_timeouts(defaults: &PartialTimeouts, own: &PartialTimeouts
 fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
     Frontend {
         name: f.name,
-        binds: f.binds.into_iter().map(|b| b.value).collect(),
+        binds: f
+            .binds
+            .into_iter()
+            .map(|b| Bind {
+                addr: b.addr.value,
+                tls: b.tls,
+            })
+            .collect(),
+        redirect: f.redirect,
         mode: f.mode.or(d.mode).unwrap_or(Mode::Http),
         acls: f
             .acls
@@ -317,6 +326,8 @@ fn backend(b: RawBackend, d: &Defaults) -> Backend {
             .error_limit
             .unwrap_or(crate::config::model::DEFAULT_ERROR_LIMIT),
         check: b.check,
+        proto: b.proto.unwrap_or_default(),
+        tls: b.tls,
     }
 }
 

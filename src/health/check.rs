@@ -556,6 +556,7 @@ mod tests {
             maxconn: None,
             state: AdminState::Ready,
             send_proxy: None,
+            tls: None,
         };
         StateTable::new().server(
             ServerKey {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{CheckParams, Config};
+use crate::config::{CheckParams, Config, UpstreamTls};
 use crate::health::check::{Checker, CheckerHandle, Spread, spawn_checker};
 use crate::health::probe::CheckProbe;
 use crate::health::result::{HealthCheck, NativeCheck};
@@ -23,6 +23,7 @@ struct Spec {
     backend: String,
     server: String,
     params: CheckParams,
+    tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug)]
@@ -103,6 +104,7 @@ impl HealthCheckers {
                     backend: b.name.clone(),
                     server: s.name.clone(),
                     params: b.check.clone(),
+                    tls: s.tls.clone(),
                 });
             }
         }
@@ -162,7 +164,12 @@ impl HealthCheckers {
             let checker = Checker {
                 backend: Arc::from(spec.backend.as_str()),
                 server: Arc::from(spec.server.as_str()),
-                probe: CheckProbe::build(key.addr, spec.params.timeout, spec.params.http.as_ref()),
+                probe: CheckProbe::build(
+                    key.addr,
+                    spec.params.timeout,
+                    spec.params.http.as_ref(),
+                    spec.tls.as_ref(),
+                ),
                 judge: judge(&JudgeSpec {
                     backend: &spec.backend,
                     server: &spec.server,

@@ -2,7 +2,9 @@
 //! saw as an [`Observation`]; it never decides health (see [`crate::health::result`]).
 //!
 //! Each probe uses a fresh TCP connection, never the proxy's upstream pools, and the whole
-//! probe (connect included) is bounded by the check timeout.
+//! probe (connect included) is bounded by the check timeout. An HTTP check to a TLS server
+//! speaks TLS too, verified as the proxy's own connections are (a failed handshake fails the
+//! check); a TCP check stays a plain connect.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,11 +15,15 @@ use http::{HeaderValue, Method, Request, Uri, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
-use crate::config::HttpCheck;
+use crate::config::{HttpCheck, UpstreamTls};
 use crate::health::result::{BODY_PREFIX_LIMIT, CheckResponse, Observation, Outcome, ProbeError};
+use crate::tls::client::{client_config, server_name};
 
 /// Reaches a server once. Implemented by the TCP and HTTP probes, and by scripted probes in
 /// tests, so that the check state machine runs without sockets.
@@ -33,11 +39,22 @@ pub enum CheckProbe {
 }
 
 impl CheckProbe {
-    /// A TCP connect check, or an HTTP check when `http` is set.
-    pub fn build(addr: SocketAddr, timeout: Duration, http: Option<&HttpCheck>) -> Self {
+    /// A TCP connect check, or an HTTP check when `http` is set (over TLS with `tls`).
+    pub fn build(
+        addr: SocketAddr,
+        timeout: Duration,
+        http: Option<&HttpCheck>,
+        tls: Option<&UpstreamTls>,
+    ) -> Self {
         match http {
             None => CheckProbe::Tcp(TcpProbe { addr, timeout }),
-            Some(h) => CheckProbe::Http(HttpProbe::new(addr, timeout, h)),
+            Some(h) => {
+                let mut probe = HttpProbe::new(addr, timeout, h);
+                if let Some(settings) = tls {
+                    probe = probe.with_tls(settings);
+                }
+                CheckProbe::Http(probe)
+            }
         }
     }
 }
@@ -81,6 +98,23 @@ pub struct HttpProbe {
     method: Method,
     uri: Uri,
     host: HeaderValue,
+    tls: Option<Box<ProbeTls>>,
+}
+
+/// TLS for an HTTP probe: the connector, or why none could be made (every probe then fails
+/// with that reason).
+#[derive(Clone)]
+struct ProbeTls {
+    connector: Result<TlsConnector, String>,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for ProbeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpProbe {
@@ -99,7 +133,36 @@ impl HttpProbe {
             method: check.method.clone(),
             uri,
             host,
+            tls: None,
         }
+    }
+
+    /// The same probe over TLS with `settings`.
+    pub fn with_tls(mut self, settings: &UpstreamTls) -> Self {
+        self.tls = Some(Box::new(ProbeTls {
+            connector: client_config(settings, false)
+                .map(TlsConnector::from)
+                .map_err(|e| e.to_string()),
+            name: server_name(settings, self.addr.ip()),
+        }));
+        self
+    }
+
+    /// Connects, with the TLS handshake when the server wants one, and runs the exchange.
+    async fn run(&self, deadline: Instant) -> Result<CheckResponse, ProbeError> {
+        let tcp = connect(self.addr, deadline, self.timeout).await?;
+        let Some(tls) = &self.tls else {
+            return exchange(tcp, self.request(), deadline).await;
+        };
+        let connector = tls
+            .connector
+            .as_ref()
+            .map_err(|e| ProbeError::Connect(format!("tls: {e}")))?;
+        let stream = connector
+            .connect(tls.name.clone(), tcp)
+            .await
+            .map_err(|e| ProbeError::Connect(format!("tls handshake: {e}")))?;
+        exchange(stream, self.request(), deadline).await
     }
 
     fn request(&self) -> Request<Empty<Bytes>> {
@@ -118,17 +181,10 @@ impl Probe for HttpProbe {
     async fn probe(&self) -> Observation {
         let start = Instant::now();
         let deadline = start + self.timeout;
-        let outcome = match connect(self.addr, deadline, self.timeout).await {
-            Ok(tcp) => {
-                match tokio::time::timeout_at(deadline, exchange(tcp, self.request(), deadline))
-                    .await
-                {
-                    Ok(Ok(response)) => Outcome::Response(response),
-                    Ok(Err(e)) => Outcome::Failed(e),
-                    Err(_) => Outcome::Failed(ProbeError::Timeout(self.timeout)),
-                }
-            }
-            Err(e) => Outcome::Failed(e),
+        let outcome = match tokio::time::timeout_at(deadline, self.run(deadline)).await {
+            Ok(Ok(response)) => Outcome::Response(response),
+            Ok(Err(e)) => Outcome::Failed(e),
+            Err(_) => Outcome::Failed(ProbeError::Timeout(self.timeout)),
         };
         Observation {
             latency: start.elapsed(),
@@ -155,12 +211,15 @@ async fn connect(
 
 /// One request on a fresh HTTP/1.1 connection. The connection is driven in this task (no
 /// spawn), so dropping the future tears everything down.
-async fn exchange(
-    tcp: TcpStream,
+async fn exchange<IO>(
+    io: IO,
     req: Request<Empty<Bytes>>,
     deadline: Instant,
-) -> Result<CheckResponse, ProbeError> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+) -> Result<CheckResponse, ProbeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(invalid)?;
     let work = async move {

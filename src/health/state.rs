@@ -564,6 +564,7 @@ pub(crate) mod tests {
             maxconn: None,
             state: AdminState::Ready,
             send_proxy: None,
+            tls: None,
         }
     }
 

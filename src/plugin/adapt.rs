@@ -66,9 +66,9 @@ pub fn with_request<R>(v: &RequestView<'_>, f: impl FnOnce(wit::Request<'_>) -> 
         headers: &headers,
         client_ip,
         client_port: v.client.port(),
+        local_port: v.local_port,
         frontend: v.frontend,
-        // TLS is not terminated yet: there is never an SNI to report.
-        sni: None,
+        sni: (!v.sni.is_empty()).then_some(v.sni),
     };
     f(req)
 }

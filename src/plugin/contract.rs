@@ -132,7 +132,9 @@ fn path_router_and_acl_rules_route_lab2_alike() {
             query: "",
             headers: &headers,
             client: ([127, 0, 0, 1], 5000).into(),
+            local_port: 80,
             frontend: "f",
+            sni: "",
         };
         assert_eq!(plugin.route(&view), native.route(&view), "{path}");
     }
@@ -208,6 +210,7 @@ fn request(path: &str) -> Request<'_> {
         headers: &[],
         client_ip: "127.0.0.1",
         client_port: 1,
+        local_port: 80,
         frontend: "f",
         sni: None,
     }

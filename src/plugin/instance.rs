@@ -190,28 +190,62 @@ pub struct Warm {
     calls: u64,
 }
 
+/// Upper bounds of the decision-time histogram buckets, in seconds (the last bucket, +Inf, is
+/// implicit): a warm call takes microseconds, a timed-out one milliseconds.
+pub const DECISION_BUCKETS: [f64; 12] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2,
+];
+/// [`DECISION_BUCKETS`] in nanoseconds, for the comparison after each call.
+const DECISION_BOUNDS_NS: [u64; 12] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000,
+    10_000_000,
+];
+/// Decision-time buckets including +Inf.
+pub const DECISION_HISTOGRAM: usize = DECISION_BUCKETS.len() + 1;
+
 /// One thread's part of a version's pool, with the calls it served.
 #[derive(Default)]
 struct Shard {
     idle: Vec<Warm>,
-    calls: u64,
-    nanos: u64,
+    usage: Usage,
 }
 
-/// Calls made and the wall time they took (instantiation included), in nanoseconds.
+/// Calls made and the wall time they took (instantiation included).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub calls: u64,
+    /// Sum of the calls' times, in nanoseconds.
     pub nanos: u64,
+    /// Calls by time, non-cumulative, bounds as [`DECISION_BUCKETS`] then +Inf.
+    pub histogram: [u64; DECISION_HISTOGRAM],
+}
+
+impl Usage {
+    fn record(&mut self, nanos: u64) {
+        self.calls += 1;
+        self.nanos = self.nanos.saturating_add(nanos);
+        let bucket = DECISION_BOUNDS_NS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(DECISION_HISTOGRAM - 1);
+        self.histogram[bucket] += 1;
+    }
+
+    /// Average time of a call, in microseconds.
+    pub fn avg_us(&self) -> Option<f64> {
+        (self.calls > 0).then(|| self.nanos as f64 / self.calls as f64 / 1e3)
+    }
 }
 
 impl std::ops::Add for Usage {
     type Output = Usage;
-    fn add(self, other: Usage) -> Usage {
-        Usage {
-            calls: self.calls + other.calls,
-            nanos: self.nanos.saturating_add(other.nanos),
+    fn add(mut self, other: Usage) -> Usage {
+        self.calls += other.calls;
+        self.nanos = self.nanos.saturating_add(other.nanos);
+        for (a, b) in self.histogram.iter_mut().zip(other.histogram) {
+            *a += b;
         }
+        self
     }
 }
 
@@ -339,8 +373,7 @@ impl Loaded {
         let (result, keep) = self.run(taken, call);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        shard.calls += 1;
-        shard.nanos = shard.nanos.saturating_add(nanos);
+        shard.usage.record(nanos);
         if let Some(warm) = keep
             && shard.idle.len() < IDLE_PER_SHARD
         {
@@ -393,11 +426,7 @@ impl Loaded {
     /// Calls made to this version so far and the time they took.
     pub fn usage(&self) -> Usage {
         self.idle.iter().fold(Usage::default(), |sum, s| {
-            let s = s.lock().unwrap_or_else(PoisonError::into_inner);
-            sum + Usage {
-                calls: s.calls,
-                nanos: s.nanos,
-            }
+            sum + s.lock().unwrap_or_else(PoisonError::into_inner).usage
         })
     }
 
@@ -472,4 +501,31 @@ fn shard_index() -> usize {
         static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
     }
     SHARD.with(|s| *s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_buckets_calls_by_time_and_adds_up() {
+        let mut a = Usage::default();
+        a.record(800); // <= 1 µs
+        a.record(1_000); // a bound belongs to its bucket
+        a.record(40_000); // <= 50 µs
+        a.record(20_000_000); // past 10 ms: +Inf
+        assert_eq!(a.calls, 4);
+        assert_eq!(a.nanos, 20_041_800);
+        assert_eq!(a.histogram[0], 2);
+        assert_eq!(a.histogram[5], 1);
+        assert_eq!(a.histogram[DECISION_HISTOGRAM - 1], 1);
+        let mut b = Usage::default();
+        b.record(3_000);
+        let sum = a + b;
+        assert_eq!(sum.calls, 5);
+        assert_eq!(sum.histogram.iter().sum::<u64>(), 5);
+        assert_eq!(sum.histogram[2], 1);
+        assert_eq!(Usage::default().avg_us(), None);
+        assert_eq!(b.avg_us(), Some(3.0));
+    }
 }

@@ -27,7 +27,7 @@ pub mod store;
 pub mod watch;
 
 pub use instance::{Fault, LoadError};
-pub use registry::{Plugin, PluginError, PluginSet, Plugins, Reloaded};
+pub use registry::{LivePlugin, Plugin, PluginError, PluginSet, Plugins, Reloaded};
 
 #[cfg(test)]
 pub(crate) mod test_plugins;

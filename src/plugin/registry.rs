@@ -65,6 +65,8 @@ pub struct Plugin {
     /// Usage of the versions swapped out (calls still running on one when it is swapped out
     /// are not counted).
     retired: Mutex<Usage>,
+    /// Held while a hot-load reads, compiles and swaps in a new version.
+    reloading: Mutex<()>,
     fault_log: LogLimit,
     pub stats: Stats,
 }
@@ -154,6 +156,14 @@ impl Plugin {
         retired + self.current.load().usage()
     }
 
+    /// The roles the live config uses the plugin for.
+    pub fn roles(&self) -> Vec<PluginRole> {
+        self.needs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Adds a swapped-out version's usage to the plugin's totals.
     fn retire(&self, old: &Loaded) {
         let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
@@ -197,6 +207,13 @@ impl PluginSet {
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
     }
+}
+
+/// A live plugin and the file it is loaded from.
+#[derive(Debug, Clone)]
+pub struct LivePlugin {
+    pub plugin: Arc<Plugin>,
+    pub path: PathBuf,
 }
 
 /// Every plugin of the running proxy, across reloads.
@@ -294,6 +311,7 @@ impl Plugins {
                         needs: Mutex::new(roles.clone()),
                         versions: AtomicU64::new(1),
                         retired: Mutex::new(Usage::default()),
+                        reloading: Mutex::new(()),
                         fault_log: LogLimit::new(FAULT_LOGS_PER_SECOND),
                         stats: Stats::default(),
                     });
@@ -340,6 +358,21 @@ impl Plugins {
             .cloned()
     }
 
+    /// The live plugins with their files, by name.
+    pub fn live(&self) -> Vec<LivePlugin> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut live: Vec<LivePlugin> = inner
+            .live
+            .iter()
+            .map(|(name, plugin)| LivePlugin {
+                plugin: Arc::clone(plugin),
+                path: inner.paths.get(name).cloned().unwrap_or_default(),
+            })
+            .collect();
+        live.sort_by(|a, b| a.plugin.name.cmp(&b.plugin.name));
+        live
+    }
+
     /// Live plugin names and their files.
     pub fn files(&self) -> Vec<(String, PathBuf)> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -362,6 +395,12 @@ impl Plugins {
             }
         };
         let started = Instant::now();
+        // One hot-load of a plugin at a time: the file watcher and the admin API may both ask
+        // for the same change, which must make one new version, not two.
+        let _one_at_a_time = plugin
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let result = self.load_new_version(&plugin, &path);
         match &result {
             Ok(Reloaded::Swapped { version }) => tracing::info!(

@@ -11,7 +11,7 @@
 use std::error::Error as _;
 use std::sync::Arc;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -55,7 +55,7 @@ impl Attempt {
         headers: &mut Option<HeaderMap>,
     ) -> Request<UpstreamBody> {
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(server.scheme.clone())
             .authority(server.authority.clone())
             .path_and_query(self.path_and_query.clone())
             .build()
@@ -123,7 +123,9 @@ pub(crate) async fn dispatch(
             query: attempt.path_and_query.query().unwrap_or(""),
             headers: headers.as_ref().unwrap_or(&empty),
             client: info.client,
+            local_port: info.local_port,
             frontend: &frontend.name,
+            sni: info.sni.as_deref().unwrap_or(""),
         };
         let idx = match choose(backend, &view, &mut tried, previous, queue_deadline).await {
             Ok(i) => i,
@@ -138,7 +140,7 @@ pub(crate) async fn dispatch(
         let outcome = within(
             backend.timeouts.server,
             timer,
-            backend.pools.client().request(req),
+            server.pools.client().request(req),
         )
         .await;
         record.server = Some(Arc::clone(&server.name));

@@ -12,6 +12,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::config::Redirect;
 use crate::proxy::Proxy;
 use crate::proxy::access::Record;
 use crate::proxy::body::ProxyBody;
@@ -19,7 +20,7 @@ use crate::proxy::canon;
 use crate::proxy::client_io::ConnShared;
 use crate::proxy::dispatch::{Attempt, dispatch};
 use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
-use crate::proxy::respond::{Failure, direct, failure};
+use crate::proxy::respond::{Failure, direct, failure, redirect, redirect_status};
 use crate::proxy::timer::LazyTimer;
 use crate::proxy::upgrade;
 use crate::routing::{LocalResponse, RequestView, RouteDecision};
@@ -32,7 +33,12 @@ pub struct ConnInfo {
     /// The listener the connection came in on (which names its frontend).
     pub bind: ListenKey,
     pub client: SocketAddr,
+    /// The port the client connected to (the listener's bound port).
+    pub local_port: u16,
+    /// `"https"` on a TLS connection, else `"http"`.
     pub scheme: &'static str,
+    /// The server name the TLS client asked for (SNI), if any.
+    pub sni: Option<Arc<str>>,
     pub conn: Arc<ConnShared>,
     /// The server-timeout timer of HTTP/1 requests, which come one at a time (see `timer`).
     pub h1_timer: Mutex<LazyTimer>,
@@ -108,6 +114,9 @@ async fn forward(
     };
     let host = authority.as_ref().map(canon::host);
     let query = parts.uri.query().unwrap_or("");
+    if frontend.redirect == Some(Redirect::Https) && info.scheme == "http" {
+        return to_https(&parts.method, host.as_deref(), &path, query, record);
+    }
 
     let view = RequestView {
         method: &parts.method,
@@ -117,7 +126,9 @@ async fn forward(
         query,
         headers: &parts.headers,
         client: info.client,
+        local_port: info.local_port,
         frontend: &frontend.name,
+        sni: info.sni.as_deref().unwrap_or(""),
     };
     let backend = match frontend.router.route(&view) {
         RouteDecision::Backend(i) => &snapshot.backends[i],
@@ -153,7 +164,12 @@ async fn forward(
     drop(host);
     drop(path);
     let headers = &mut parts.headers;
+    let trailers = accepts_trailers(headers);
     strip_hop_by_hop(headers);
+    if trailers {
+        // The one TE value that is end to end in effect: gRPC servers require it.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     headers.remove(header::CONTENT_LENGTH);
     if let Some(a) = &authority {
         match HeaderValue::from_str(a.as_str()) {
@@ -197,6 +213,32 @@ async fn forward(
     dispatch(backend, frontend, info, attempt, record).await
 }
 
+/// `redirect = "https"`: the same canonical host (without its port: https is on 443), path and
+/// query over https. A request without a host cannot be redirected: 400.
+fn to_https(
+    method: &Method,
+    host: Option<&str>,
+    path: &str,
+    query: &str,
+    mut record: Box<Record>,
+) -> Response<ProxyBody> {
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return local(Failure::BadRequest, record);
+    };
+    let mut location = format!("https://{host}{path}");
+    if !query.is_empty() {
+        location.push('?');
+        location.push_str(query);
+    }
+    let Ok(location) = HeaderValue::try_from(location) else {
+        return local(Failure::BadRequest, record);
+    };
+    let status = redirect_status(method);
+    record.status = status.as_u16();
+    record.t_response = Some(record.received.elapsed());
+    redirect(status, location, Some(record))
+}
+
 /// A local answer for `why`, logged with the request's record.
 pub(crate) fn local(why: Failure, mut record: Box<Record>) -> Response<ProxyBody> {
     record.status = why.status().as_u16();
@@ -207,6 +249,19 @@ pub(crate) fn local(why: Failure, mut record: Box<Record>) -> Response<ProxyBody
     }
     record.t_response = Some(record.received.elapsed());
     failure(why, Some(record))
+}
+
+/// Whether the client said it accepts trailers (`TE: trailers`).
+fn accepts_trailers(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|t| {
+            t.split(',').any(|e| {
+                e.split(';')
+                    .next()
+                    .is_some_and(|w| w.trim().eq_ignore_ascii_case("trailers"))
+            })
+        })
+    })
 }
 
 /// A router's own answer, logged with the request's record.

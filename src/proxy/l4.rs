@@ -173,6 +173,8 @@ async fn connect(backend: &Backend, conn: &ConnView<'_>) -> Result<Connected, Se
         query: "",
         headers: &headers,
         client: conn.client,
+        local_port: conn.local.port(),
+        sni: conn.sni.unwrap_or(""),
         frontend: conn.frontend,
     };
     let attempts = backend.retries as usize + 1;

@@ -1,7 +1,14 @@
-//! Listeners: accept connections and serve HTTP/1.1 and HTTP/2 (prior knowledge) on them.
+//! Listeners: accept connections and serve HTTP/1.1 and HTTP/2 (prior knowledge) on them,
+//! after a TLS handshake on TLS binds.
 //!
 //! The accept loop runs on the runtime that opened the listener; each accepted socket is handed
 //! to the next worker (`workers`), which serves the connection to its end.
+//!
+//! On a TLS bind the handshake must complete within the frontend's `timeout.http_request`
+//! (hyper and tokio-rustls have no handshake timeout); a failed or late handshake closes the
+//! connection. ALPN decides the protocol: `h2` serves HTTP/2 only, `http/1.1` HTTP/1.1 only,
+//! no ALPN either (prior knowledge). The certificate set is the listener's at handshake time;
+//! an established connection keeps its session whatever is reloaded later.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,8 +20,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Mode;
@@ -77,6 +86,7 @@ pub fn spawn_listener(
     graceful: Arc<GracefulShutdown>,
 ) -> io::Result<ListenerHandle> {
     let local = listener.local_addr()?;
+    let port = local.port();
     let listener = TcpListener::from_std(listener)?;
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -95,7 +105,7 @@ pub fn spawn_listener(
                     match tcp.into_std() {
                         Ok(tcp) => workers.spawn(async move {
                             match TcpStream::from_std(tcp) {
-                                Ok(tcp) => serve_connection(tcp, client, key, proxy, watcher).await,
+                                Ok(tcp) => serve_connection(tcp, client, key, port, proxy, watcher).await,
                                 Err(e) => tracing::warn!(client = %client, error = %e, "cannot adopt connection"),
                             }
                         }),
@@ -122,6 +132,7 @@ async fn serve_connection(
     tcp: TcpStream,
     client: SocketAddr,
     bind: ListenKey,
+    local_port: u16,
     proxy: Arc<Proxy>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
@@ -134,57 +145,141 @@ async fn serve_connection(
         return l4::serve(tcp, client, bind, proxy, watcher).await;
     }
     let _ = tcp.set_nodelay(true);
-    let frontend_name = Arc::clone(&frontend.name);
-    let state = Arc::clone(&frontend.state);
-    let timeouts = ClientTimeouts {
-        client: frontend.timeouts.client,
-        http_request: frontend.timeouts.http_request,
-        http_keep_alive: frontend.timeouts.http_keep_alive,
-    };
-    let max_header_size = frontend.max_header_size;
-    drop(snapshot);
-    let _session = state.sessions.open();
-
-    let conn = Arc::new(ConnShared::default());
-    let io = TokioIo::new(ClientIo::new(tcp, Arc::clone(&conn), timeouts));
-    let info = Arc::new(ConnInfo {
-        bind,
+    let tls = snapshot.tls_for(&bind).map(|t| Arc::clone(&t.config));
+    let conn = Connection {
         client,
-        scheme: "http",
-        conn: Arc::clone(&conn),
-        h1_timer: Mutex::new(LazyTimer::default()),
-    });
-    let service = service_fn(move |req| serve(Arc::clone(&proxy), Arc::clone(&info), req));
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        // Head timeouts (with a 408) are ClientIo's; hyper's own would close silently.
-        .header_read_timeout(None)
-        .max_buf_size(max_header_size.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
-        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS));
-    let served = watcher
-        .watch(builder.serve_connection_with_upgrades(io, service))
-        .await;
-
-    if conn.timed_out_head() {
-        connection_error(client, &state, 408, "request head timeout");
-        return;
-    }
-    let Err(e) = served else { return };
-    match e.downcast_ref::<hyper::Error>() {
-        Some(he) if he.is_parse_too_large() => {
-            connection_error(client, &state, 431, "request head too large")
+        frontend: Arc::clone(&frontend.name),
+        state: Arc::clone(&frontend.state),
+        timeouts: ClientTimeouts {
+            client: frontend.timeouts.client,
+            http_request: frontend.timeouts.http_request,
+            http_keep_alive: frontend.timeouts.http_keep_alive,
+        },
+        max_header_size: frontend.max_header_size,
+        bind,
+        local_port,
+        proxy: Arc::clone(&proxy),
+    };
+    drop(snapshot);
+    let state = Arc::clone(&conn.state);
+    let _session = state.sessions.open();
+    let Some(config) = tls else {
+        return conn.serve(tcp, None, Alpn::None, watcher).await;
+    };
+    let handshake = TlsAcceptor::from(config).accept(tcp);
+    let stream = match tokio::time::timeout(conn.timeouts.http_request, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %client, frontend = &*conn.frontend, error = %e, "tls handshake failed");
+            return;
         }
-        Some(he) if he.is_parse() => connection_error(client, &state, 400, &he.to_string()),
-        _ => {
-            tracing::debug!(client = %client, frontend = &*frontend_name, error = %e, "connection closed")
+        Err(_) => {
+            tracing::debug!(client = %client, frontend = &*conn.frontend, "tls handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let sni = session
+        .server_name()
+        .map(|n| Arc::from(n.to_ascii_lowercase()));
+    let alpn = match session.alpn_protocol() {
+        Some(b"h2") => Alpn::H2,
+        Some(_) => Alpn::Http1,
+        None => Alpn::None,
+    };
+    conn.serve(stream, Some(sni), alpn, watcher).await;
+}
+
+/// The protocol ALPN agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    None,
+    Http1,
+    H2,
+}
+
+/// One accepted connection and what serving it needs from its frontend.
+struct Connection {
+    client: SocketAddr,
+    frontend: Arc<str>,
+    state: Arc<FrontendState>,
+    timeouts: ClientTimeouts,
+    max_header_size: usize,
+    bind: ListenKey,
+    /// The port of the listener the client connected to.
+    local_port: u16,
+    proxy: Arc<Proxy>,
+}
+
+impl Connection {
+    /// Serves HTTP on `io`; `tls` is `Some(sni)` on a TLS connection.
+    async fn serve<IO>(
+        self,
+        io: IO,
+        tls: Option<Option<Arc<str>>>,
+        alpn: Alpn,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            client,
+            frontend,
+            state,
+            timeouts,
+            max_header_size,
+            bind,
+            local_port,
+            proxy,
+        } = self;
+        let conn = Arc::new(ConnShared::default());
+        let io = TokioIo::new(ClientIo::new(io, Arc::clone(&conn), timeouts));
+        let info = Arc::new(ConnInfo {
+            bind,
+            client,
+            local_port,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            sni: tls.flatten(),
+            conn: Arc::clone(&conn),
+            h1_timer: Mutex::new(LazyTimer::default()),
+        });
+        let service = service_fn(move |req| serve(Arc::clone(&proxy), Arc::clone(&info), req));
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            // Head timeouts (with a 408) are ClientIo's; hyper's own would close silently.
+            .header_read_timeout(None)
+            .max_buf_size(max_header_size.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+            .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS));
+        let builder = match alpn {
+            Alpn::None => builder,
+            Alpn::Http1 => builder.http1_only(),
+            Alpn::H2 => builder.http2_only(),
+        };
+        let served = watcher
+            .watch(builder.serve_connection_with_upgrades(io, service))
+            .await;
+
+        if conn.timed_out_head() {
+            connection_error(client, &state, 408, "request head timeout");
+            return;
+        }
+        let Err(e) = served else { return };
+        match e.downcast_ref::<hyper::Error>() {
+            Some(he) if he.is_parse_too_large() => {
+                connection_error(client, &state, 431, "request head too large")
+            }
+            Some(he) if he.is_parse() => connection_error(client, &state, 400, &he.to_string()),
+            _ => {
+                tracing::debug!(client = %client, frontend = &*frontend, error = %e, "connection closed")
+            }
         }
     }
 }

@@ -73,6 +73,28 @@ pub fn failure(failure: Failure, finish: Option<Box<dyn Finish>>) -> Response<Pr
     resp
 }
 
+/// The status of a redirect for `method`: 301 for GET and HEAD, 308 (which keeps the method
+/// and body) otherwise.
+pub fn redirect_status(method: &http::Method) -> StatusCode {
+    if matches!(*method, http::Method::GET | http::Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    }
+}
+
+/// A redirect to `location` with `status` and an empty body.
+pub fn redirect(
+    status: StatusCode,
+    location: HeaderValue,
+    finish: Option<Box<dyn Finish>>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(Bytes::new(), finish));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}
+
 /// A response a router plugin chose to send itself (validated when it was decided).
 pub fn direct(answer: LocalResponse, finish: Option<Box<dyn Finish>>) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(answer.body, finish));

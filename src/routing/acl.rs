@@ -132,6 +132,7 @@ enum Sample {
     UrlParam(Box<[u8]>),
     SslSni,
     DstPort,
+    Sni,
 }
 
 impl Sample {
@@ -153,6 +154,7 @@ impl Sample {
             Fetch::UrlParam(name) => Self::UrlParam(name.as_bytes().into()),
             Fetch::SslSni => Self::SslSni,
             Fetch::DstPort => Self::DstPort,
+            Fetch::SslFcSni => Self::Sni,
         }
     }
 
@@ -173,6 +175,7 @@ impl Sample {
             Self::Query => !req.query.is_empty() && f(req.query.as_bytes()),
             Self::Host => !req.host.is_empty() && f(req.host.as_bytes()),
             Self::Method => f(req.method.as_str().as_bytes()),
+            Self::Sni => !req.sni.is_empty() && f(req.sni.as_bytes()),
             // Connection samples: absent in HTTP mode.
             Self::Src | Self::SslSni | Self::DstPort => false,
             Self::Header {
@@ -574,6 +577,7 @@ mod tests {
         query: &'static str,
         headers: HeaderMap,
         client: SocketAddr,
+        sni: &'static str,
     }
 
     impl Req {
@@ -585,6 +589,7 @@ mod tests {
                 query: "",
                 headers: HeaderMap::new(),
                 client: "192.0.2.10:40000".parse().unwrap(),
+                sni: "",
             }
         }
 
@@ -602,7 +607,9 @@ mod tests {
                 query: self.query,
                 headers: &self.headers,
                 client: self.client,
+                local_port: 80,
                 frontend: "web",
+                sni: self.sni,
             }
         }
     }
@@ -650,6 +657,27 @@ mod tests {
             ..Req::new("/")
         };
         acl(text).matches(&req.view())
+    }
+
+    #[test]
+    fn ssl_fc_sni_is_the_tls_server_name() {
+        let with_sni = |text: &str, sni: &'static str| {
+            acl(text).matches(
+                &Req {
+                    sni,
+                    ..Req::new("/")
+                }
+                .view(),
+            )
+        };
+        assert!(with_sni("ssl_fc_sni api.example.com", "api.example.com"));
+        assert!(with_sni("ssl_fc_sni_end .example.com", "api.example.com"));
+        assert!(!with_sni("ssl_fc_sni api.example.com", "www.example.com"));
+        assert!(
+            !with_sni("ssl_fc_sni -m found", ""),
+            "no SNI is an absent sample"
+        );
+        assert!(with_sni("ssl_fc_sni -m found", "a.example"));
     }
 
     #[test]

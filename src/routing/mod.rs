@@ -32,7 +32,12 @@ pub struct RequestView<'a> {
     pub query: &'a str,
     pub headers: &'a HeaderMap,
     pub client: SocketAddr,
+    /// The port the client connected to (HAProxy's `dst_port`).
+    pub local_port: u16,
     pub frontend: &'a str,
+    /// The server name a TLS client asked for (SNI), lower case; empty on a cleartext
+    /// connection or when the client sent none.
+    pub sni: &'a str,
 }
 
 /// What a router sees of a TCP-mode connection: the client, where it connected to, and the TLS

@@ -281,7 +281,11 @@ mod tests {
     fn frontend(acls: &[(&str, &str)], rules: &[(&str, &str)], default: Option<&str>) -> Frontend {
         Frontend {
             name: "web".into(),
-            binds: vec!["127.0.0.1:8080".parse().unwrap()],
+            binds: vec![crate::config::Bind {
+                addr: "127.0.0.1:8080".parse().unwrap(),
+                tls: None,
+            }],
+            redirect: None,
             mode: Mode::Http,
             acls: acls
                 .iter()
@@ -333,7 +337,9 @@ mod tests {
             query: "",
             headers: &headers,
             client,
+            local_port: 80,
             frontend: "web",
+            sni: "",
         };
         router.route(&view)
     }

@@ -100,6 +100,11 @@ impl Overlay {
                 server: server.name,
             });
         }
+        // A server added at run time speaks TLS when its backend says so.
+        let mut server = server;
+        if server.tls.is_none() {
+            server.tls = b.tls.as_ref().map(|t| t.for_server(&server.addr_spec));
+        }
         // Re-adding a removed file server under its name: the file's entry is shadowed by the
         // new one, so the removal stays recorded and the addition is what serves.
         self.added

@@ -1,16 +1,29 @@
 //! Certificates: loading a PEM chain and its private key, checking that they belong together,
-//! and reading what `wasp check` and SNI selection need (the names, the expiry date).
+//! and reading what `wasp check` and SNI selection need (the names, the expiry date); loading
+//! a CA bundle.
+//!
+//! This file sits below `config` (which checks the files it names with it) and names nothing
+//! else in the crate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-pub use crate::config::CertFiles as CertPair;
+/// A certificate file and its private key file (PEM), paths resolved against the config
+/// file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub use CertFiles as CertPair;
 
 /// Why a certificate could not be loaded; the message names the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +47,21 @@ pub enum CertError {
     Mismatch { cert: PathBuf, key: PathBuf },
 }
 
+impl CertError {
+    /// The file the problem is in (for a mismatch, the key).
+    pub fn path(&self) -> &Path {
+        match self {
+            CertError::Read { path, .. }
+            | CertError::Pem { path, .. }
+            | CertError::NoCertificate { path }
+            | CertError::NoKey { path }
+            | CertError::Key { path, .. }
+            | CertError::Certificate { path, .. } => path,
+            CertError::Mismatch { key, .. } => key,
+        }
+    }
+}
+
 /// A loaded certificate, ready for rustls.
 #[derive(Debug, Clone)]
 pub struct Certificate {
@@ -44,6 +72,8 @@ pub struct Certificate {
     pub names: Vec<String>,
     /// The end of its validity period.
     pub not_after: SystemTime,
+    /// The same, as the certificate states it (for messages).
+    pub not_after_text: String,
 }
 
 impl Certificate {
@@ -87,7 +117,7 @@ pub fn load(pair: &CertPair) -> Result<Certificate, CertError> {
             });
         }
     };
-    let (names, not_after) = inspect(&chain[0], &pair.cert)?;
+    let (names, not_after, not_after_text) = inspect(&chain[0], &pair.cert)?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -110,7 +140,31 @@ pub fn load(pair: &CertPair) -> Result<Certificate, CertError> {
         key: Arc::new(certified),
         names,
         not_after,
+        not_after_text,
     })
+}
+
+/// Loads a CA bundle (one or more PEM certificates), as used to verify client certificates or
+/// servers.
+pub fn load_ca(path: &Path) -> Result<RootCertStore, CertError> {
+    let pem = read(path)?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| CertError::Pem {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        roots.add(cert).map_err(|e| CertError::Certificate {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(CertError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(roots)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {
@@ -120,8 +174,11 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
     })
 }
 
-/// The DNS names and the expiry of an end-entity certificate.
-fn inspect(der: &CertificateDer<'_>, path: &Path) -> Result<(Vec<String>, SystemTime), CertError> {
+/// The DNS names and the expiry (as a time and as text) of an end-entity certificate.
+fn inspect(
+    der: &CertificateDer<'_>,
+    path: &Path,
+) -> Result<(Vec<String>, SystemTime, String), CertError> {
     let bad = |message: String| CertError::Certificate {
         path: path.to_owned(),
         message,
@@ -146,7 +203,7 @@ fn inspect(der: &CertificateDer<'_>, path: &Path) -> Result<(Vec<String>, System
     }
     let secs = cert.validity().not_after.timestamp();
     let not_after = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    Ok((names, not_after))
+    Ok((names, not_after, cert.validity().not_after.to_string()))
 }
 
 #[cfg(test)]

@@ -1,16 +1,15 @@
 //! TLS termination: certificates loaded and checked (`certs`), chosen per connection by SNI
 //! (`sni`), and the rustls server configuration of a listener: TLS 1.2 and 1.3 only with
 //! rustls' default cipher suites (no renegotiation or compression exist in rustls), ALPN `h2`
-//! then `http/1.1`, optional client-certificate verification.
+//! then `http/1.1`, optional client-certificate verification. `client` builds the rustls
+//! configuration wasp uses towards TLS servers.
 
 pub mod certs;
+pub mod client;
 pub mod sni;
 
 use std::sync::Arc;
 
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 
 use crate::config::{ClientAuth, TlsConfig};
@@ -47,7 +46,7 @@ impl TlsListener {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
         let builder = match (&settings.client_ca, settings.client_auth) {
             (Some(ca), auth) if auth != ClientAuth::None => {
-                let roots = load_roots(ca)?;
+                let roots = certs::load_ca(ca)?;
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
                 let verifier = if auth == ClientAuth::Optional {
@@ -65,6 +64,9 @@ impl TlsListener {
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as Arc<_>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The server's order (rustls' default list, strongest first) decides the cipher suite,
+        // not the client's.
+        config.ignore_client_order = true;
         Ok(TlsListener {
             settings: settings.clone(),
             resolver,
@@ -89,25 +91,6 @@ fn load_set(settings: &TlsConfig) -> Result<CertSet, TlsError> {
     Ok(CertSet::new(certs))
 }
 
-fn load_roots(path: &std::path::Path) -> Result<RootCertStore, TlsError> {
-    let bad = |message: String| TlsError::ClientCa {
-        path: path.to_owned(),
-        message,
-    };
-    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("not a valid PEM file: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("invalid CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no certificate in the file".to_owned()));
-    }
-    Ok(roots)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -115,6 +98,10 @@ mod tests {
     use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
+
+    use rustls::RootCertStore;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
 
     use super::*;
     use crate::tls::certs::tests::self_signed;

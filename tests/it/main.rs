@@ -14,4 +14,5 @@ mod states;
 mod statuses;
 mod streaming;
 mod tcp;
+mod tls;
 mod websocket;

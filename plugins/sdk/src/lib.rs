@@ -298,6 +298,7 @@ mod tests {
                 .collect(),
             client_ip: "127.0.0.1".into(),
             client_port: 4000,
+            local_port: 80,
             frontend: "web".into(),
             sni: None,
         }

@@ -26,6 +26,7 @@ enum FetchKind {
     UrlParam,
     SslSni,
     DstPort,
+    SslFcSni,
 }
 
 const STRING_SUFFIXES: &[MatchMethod] = {
@@ -108,10 +109,16 @@ const KEYWORDS: &[Keyword] = &[
         kind: FetchKind::DstPort,
         suffixes: &[],
     },
+    Keyword {
+        name: "ssl_fc_sni",
+        kind: FetchKind::SslFcSni,
+        suffixes: STRING_SUFFIXES,
+    },
 ];
 
 const FETCH_HELP: &str = "expected one of path, query, host, method, src, hdr(NAME), \
-     fhdr(NAME), url_param(NAME) (or urlp); path, query, host, hdr and url_param also with a \
+     fhdr(NAME), url_param(NAME) (or urlp), ssl_fc_sni; path, query, host, hdr, url_param and \
+     ssl_fc_sni also with a \
      match suffix _beg, _end, _sub, _dir, _dom, _reg, _len (hdr also _ip), e.g. path_beg, \
      hdr_end(host); in tcp mode also req.ssl_sni and dst_port";
 
@@ -245,6 +252,7 @@ pub(super) fn parse_fetch(
         (FetchKind::Method, None) => Fetch::Method,
         (FetchKind::SslSni, None) => Fetch::SslSni,
         (FetchKind::DstPort, None) => Fetch::DstPort,
+        (FetchKind::SslFcSni, None) => Fetch::SslFcSni,
         (_, None) => Fetch::Src,
     };
     let default = match fetch {

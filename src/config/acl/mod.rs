@@ -81,6 +81,9 @@ pub enum Fetch {
     SslSni,
     /// `dst_port` (TCP mode): the port the client connected to.
     DstPort,
+    /// `ssl_fc_sni`: the server name the TLS client asked for, lower case; absent on a
+    /// cleartext connection or without SNI.
+    SslFcSni,
 }
 
 impl Fetch {
@@ -106,6 +109,7 @@ impl Fetch {
             Fetch::UrlParam(_) => "url_param",
             Fetch::SslSni => "req.ssl_sni",
             Fetch::DstPort => "dst_port",
+            Fetch::SslFcSni => "ssl_fc_sni",
         }
     }
 }
@@ -630,8 +634,8 @@ mod tests {
                 .starts_with("did you mean \"hdr_beg\"?"),
             "{e:?}"
         );
-        let e = err("ssl_fc_sni x");
-        assert_eq!(e.message, "unknown fetch \"ssl_fc_sni\"");
+        let e = err("ssl_fc_alpn x");
+        assert_eq!(e.message, "unknown fetch \"ssl_fc_alpn\"");
         let help = e.help.unwrap();
         assert!(!help.contains("did you mean"), "{help}");
         assert!(

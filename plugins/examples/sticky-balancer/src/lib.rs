@@ -132,6 +132,7 @@ mod tests {
             headers: vec![("x-user".into(), "ann".into())],
             client_ip: "127.0.0.1".into(),
             client_port: 1,
+            local_port: 80,
             frontend: "f".into(),
             sni: None,
         };
