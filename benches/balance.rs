@@ -132,6 +132,7 @@ fn scenario(balance: &Balance, n: usize, load: Load) -> Scenario {
                 backup: false,
                 maxconn: None,
                 state: AdminState::Ready,
+                send_proxy: None,
                 tls: None,
             }
         })

@@ -112,6 +112,7 @@ fn frontend(acls: &[(String, String)], rules: &[(String, String)], default: &str
             .collect(),
         default_backend: Some(default.into()),
         timeouts: Timeouts::default(),
+        inspect_delay: std::time::Duration::from_secs(5),
         forwardfor: true,
         max_header_size: 64 * 1024,
         router: None,

@@ -143,6 +143,20 @@ impl Traffic {
         self.count_response(status, bytes_in, bytes_out, time);
     }
 
+    /// Counts a finished TCP-mode session: one request (the connection; TCP sessions have no
+    /// responses) and the bytes it carried each way.
+    pub fn count_session(&self, bytes_in: u64, bytes_out: u64) {
+        add(&self.shard().requests, 1);
+        self.count_bytes(bytes_in, bytes_out);
+    }
+
+    /// Counts bytes relayed outside a response (TCP mode, WebSocket tunnels).
+    pub fn count_bytes(&self, bytes_in: u64, bytes_out: u64) {
+        let s = self.shard();
+        add(&s.bytes_in, bytes_in);
+        add(&s.bytes_out, bytes_out);
+    }
+
     /// Counts a retry (another attempt after a failed one).
     pub fn count_retry(&self) {
         add(&self.shard().retries, 1);

@@ -8,11 +8,13 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
 use crate::balance::Balancer;
-use crate::config::{Config, Global, Observe, Redirect, Timeouts};
+use crate::config::acl::{AclRef, AclSpec, Fetch};
+use crate::config::{Config, Global, Mode, Observe, Redirect, SendProxy, Timeouts};
 use crate::health::{BackendState, FrontendState, ServerKey, ServerState, StateTable};
 use crate::plugin::PluginSet;
 use crate::plugin::build::{DecisionError, build_balancer, build_router};
@@ -61,6 +63,11 @@ pub struct Frontend {
     pub binds: Vec<SocketAddr>,
     pub redirect: Option<Redirect>,
     pub router: Box<dyn Router>,
+    pub mode: Mode,
+    /// TCP mode: whether a rule reads `req.ssl_sni` (then the ClientHello is peeked for up to
+    /// `inspect_delay`).
+    pub inspects_sni: bool,
+    pub inspect_delay: Duration,
     pub timeouts: Timeouts,
     pub forwardfor: bool,
     pub max_header_size: usize,
@@ -72,6 +79,7 @@ pub struct Frontend {
 #[derive(Debug)]
 pub struct Backend {
     pub name: Arc<str>,
+    pub mode: Mode,
     pub servers: Vec<Server>,
     pub balancer: Box<dyn Balancer>,
     pub timeouts: Timeouts,
@@ -110,6 +118,8 @@ pub struct Server {
     /// Whether active health checks run for it (passive checks only mark such servers down,
     /// since only a check brings them back).
     pub check: bool,
+    /// TCP mode: the PROXY protocol header to send first.
+    pub send_proxy: Option<SendProxy>,
 }
 
 /// Everything one config says, compiled.
@@ -237,6 +247,7 @@ pub fn build_snapshot(
                 pools: clients.pools(&client).map_err(upstream_error)?,
                 state: states.server(key, s),
                 check: s.check,
+                send_proxy: s.send_proxy,
             });
         }
         let server_states: Vec<_> = servers.iter().map(|s| Arc::clone(&s.state)).collect();
@@ -247,6 +258,7 @@ pub fn build_snapshot(
             })?;
         backends.push(Backend {
             name: Arc::from(b.name.as_str()),
+            mode: b.mode,
             servers,
             balancer,
             timeouts: b.timeouts,
@@ -293,6 +305,9 @@ pub fn build_snapshot(
             binds: f.binds.iter().map(|b| b.addr).collect(),
             redirect: f.redirect,
             router,
+            mode: f.mode,
+            inspects_sni: f.mode == Mode::Tcp && uses_fetch(f, &Fetch::SslSni),
+            inspect_delay: f.inspect_delay,
             timeouts: f.timeouts,
             forwardfor: f.forwardfor,
             max_header_size: f.max_header_size,
@@ -307,6 +322,19 @@ pub fn build_snapshot(
         backends,
         by_bind,
     })
+}
+
+/// Whether an ACL of the frontend (named, or inline in a rule) reads `fetch`.
+fn uses_fetch(f: &crate::config::Frontend, fetch: &Fetch) -> bool {
+    let spec_uses = |spec: &AclSpec| spec.tests().iter().any(|t| t.fetch() == fetch);
+    f.acls.iter().any(|a| spec_uses(&a.spec))
+        || f.rules.iter().any(|r| {
+            r.condition
+                .alternatives()
+                .iter()
+                .flatten()
+                .any(|t| matches!(&t.acl, AclRef::Inline { spec, .. } if spec_uses(spec)))
+        })
 }
 
 /// Forgets the run-time state of servers that `config` no longer names. Called once a snapshot

@@ -35,9 +35,33 @@ fn expect(name: &str, code: i32, lines: &[&str]) {
 #[test]
 fn example_labs_pass_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for lab in ["examples/lab1-basic.toml", "examples/lab2-uri.toml"] {
+    for lab in [
+        "examples/lab1-basic.toml",
+        "examples/lab2-uri.toml",
+        "examples/tcp-sni.toml",
+    ] {
         assert_eq!(run_check(root, lab), (0, "check: ok\n".to_owned()), "{lab}");
     }
+}
+
+#[test]
+fn tcp_example_loads_into_the_model() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tcp-sni.toml");
+    let (config, report) = config::load(&path);
+    let config = config.unwrap_or_else(|| panic!("{}", report.render()));
+    let tls_in = &config.frontends[0];
+    assert_eq!(tls_in.mode, Mode::Tcp);
+    assert_eq!(tls_in.inspect_delay, Duration::from_secs(5));
+    assert_eq!(tls_in.timeouts.client, Duration::from_secs(3600));
+    let shop = config.backend("shop").unwrap();
+    assert_eq!(shop.mode, Mode::Tcp);
+    assert_eq!(shop.servers[0].send_proxy, Some(config::SendProxy::V2));
+    assert_eq!(
+        shop.timeouts.tunnel,
+        Duration::from_secs(3600),
+        "the default"
+    );
+    assert_eq!(config.backend("db").unwrap().balance, Balance::Source);
 }
 
 #[test]
@@ -493,18 +517,43 @@ fn passive_health() {
     );
 }
 
-/// Tcp mode and plugin sections, accepted keys that are errors for now.
+/// HTTP and TCP sections mixed; keys and fetches of one mode used in the other.
 #[test]
-fn unsupported() {
+fn mode_mismatch() {
+    let http_only =
+        r#"    = help: frontend "db_in" is in tcp mode; remove it, or set mode = "http""#;
+    let db_http_only =
+        r#"    = help: backend "db" is in tcp mode; remove it, or set mode = "http""#;
+    let tcp_only = r#"    = help: frontend "web" is in http mode; remove it, or set mode = "tcp""#;
     expect(
-        "unsupported",
+        "mode_mismatch",
         1,
         &[
-            r#"unsupported.toml:3:8: error: defaults.mode: tcp mode is not supported yet"#,
-            r#"    = help: use mode = "http"; tcp mode comes in a later version"#,
-            r#"unsupported.toml:7:8: error: frontend.web.mode: tcp mode is not supported yet"#,
-            r#"    = help: use mode = "http"; tcp mode comes in a later version"#,
-            r#"check: 2 errors"#,
+            r#"mode_mismatch.toml:5:1: error: frontend.web.inspect_delay: inspect_delay applies to tcp mode only"#,
+            tcp_only,
+            r#"mode_mismatch.toml:6:19: error: frontend.web.acl.is_shop: fetch "req.ssl_sni" applies to tcp mode only"#,
+            tcp_only,
+            r#"mode_mismatch.toml:7:28: error: frontend.web.use_backend[0].backend: http frontend "web" cannot use tcp backend "db""#,
+            r#"    = help: set mode = "http" in [backend.db], or route to an http backend"#,
+            r#"mode_mismatch.toml:13:1: error: frontend.db_in.forwardfor: forwardfor applies to http mode only"#,
+            http_only,
+            r#"mode_mismatch.toml:14:28: error: frontend.db_in.timeout.http_request: timeout http_request applies to http mode only"#,
+            http_only,
+            r#"mode_mismatch.toml:15:18: error: frontend.db_in.acl.is_api: fetch "path" applies to http mode only"#,
+            http_only,
+            r#"mode_mismatch.toml:16:28: error: frontend.db_in.use_backend[0].backend: tcp frontend "db_in" cannot use http backend "app""#,
+            r#"    = help: set mode = "tcp" in [backend.app], or route to a tcp backend"#,
+            r#"mode_mismatch.toml:20:52: error: backend.app.servers[0].send_proxy: send_proxy applies to tcp mode only"#,
+            r#"    = help: backend "app" is in http mode; remove it, or set mode = "tcp""#,
+            r#"mode_mismatch.toml:24:11: warning: backend.db.balance: balance "uri" needs http mode"#,
+            r#"    = help: backend "db" is in tcp mode: without HTTP data to hash, tcp mode balances round-robin"#,
+            r#"mode_mismatch.toml:25:1: error: backend.db.observe: observe = "layer7" applies to http mode only"#,
+            db_http_only,
+            r#"mode_mismatch.toml:26:11: error: backend.db.check.http: check.http applies to http mode only"#,
+            db_http_only,
+            r#"mode_mismatch.toml:27:66: error: backend.db.servers[0].tls: tls applies to http mode only"#,
+            db_http_only,
+            r#"check: 11 errors, 1 warning"#,
         ],
     );
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Backend, Balance};
+use crate::config::{Backend, Balance, Mode};
 use crate::health::{BackendState, ServerState};
 use crate::routing::RequestView;
 
@@ -90,6 +90,10 @@ pub fn build_balancer(
         Balance::LeastConn => Box::new(LeastConn::new(servers, state)),
         Balance::Random => Box::new(Random::new(servers, state)),
         Balance::Source => Box::new(Source::new(servers, state)),
+        // TCP mode has no path or headers to hash (`wasp check` warns).
+        Balance::Uri { .. } | Balance::Hdr(_) if backend.mode == Mode::Tcp => {
+            Box::new(RoundRobin::new(servers, state))
+        }
         Balance::Uri { whole } => Box::new(Uri::new(servers, state, *whole)),
         Balance::Hdr(name) => Box::new(Hdr::new(servers, state, name.clone())),
         Balance::First => Box::new(First::new(servers, state)),

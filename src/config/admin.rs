@@ -169,6 +169,7 @@ pub fn runtime_server(spec: ServerSpec) -> Result<Server, String> {
         backup: spec.backup,
         maxconn: spec.maxconn,
         state: spec.state,
+        send_proxy: None,
         // Set from the backend when the server is added to one.
         tls: None,
     })

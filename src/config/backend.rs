@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use crate::config::addr;
 use crate::config::diag::Sink;
 use crate::config::model::{
-    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, Proto, Server,
-    UpstreamTls,
+    AdminState, Balance, CheckParams, HttpCheck, MAX_WEIGHT, Mode, Observe, Proto, SendProxy,
+    Server, UpstreamTls,
 };
+use crate::config::modes::{self, ModeUse};
 use crate::config::tls::{UpstreamKeys, upstream_keys};
 use crate::config::values::{
     At, PartialTimeouts, Side, balance_at, check_name, maxconn, mode, observe, retries, section,
@@ -39,6 +40,8 @@ pub(crate) struct RawBackend {
     pub(crate) observe: Option<Observe>,
     pub(crate) error_limit: Option<u32>,
     pub(crate) check: CheckParams,
+    /// Keys that need one mode, checked once the mode is known.
+    pub(crate) uses: Vec<ModeUse>,
     pub(crate) proto: Option<Proto>,
     /// The backend's own TLS settings (servers have theirs in `servers`).
     pub(crate) tls: Option<UpstreamTls>,
@@ -46,6 +49,7 @@ pub(crate) struct RawBackend {
 
 pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<RawBackend> {
     let mut t = section("backend", name, item, sink)?;
+    let uses = modes::backend_uses(&t);
     let mode = t.take("mode").and_then(|i| mode(&i, sink));
     let balance = t.take("balance").and_then(|i| balance_at(&i, sink));
     let proto = t
@@ -75,6 +79,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         observe: None,
         error_limit: None,
         check: CheckParams::default(),
+        uses,
         proto,
         tls: tls.backend_settings(),
     };
@@ -177,6 +182,13 @@ fn servers(item: &Item<'_, '_>, backend_tls: &UpstreamKeys, sink: &mut Sink<'_>)
                 )
             })
             .unwrap_or_default();
+        let send_proxy = t.take("send_proxy").and_then(|i| {
+            i.keyword(
+                sink,
+                "PROXY protocol version",
+                &[("v1", SendProxy::V1), ("v2", SendProxy::V2)],
+            )
+        });
         let own_tls = upstream_keys(&mut t, sink);
         let tls = own_tls.over(backend_tls);
         own_tls.warn_unused(tls.enabled(), sink);
@@ -192,6 +204,7 @@ fn servers(item: &Item<'_, '_>, backend_tls: &UpstreamKeys, sink: &mut Sink<'_>)
                 backup,
                 maxconn,
                 state,
+                send_proxy,
                 tls,
             });
         }

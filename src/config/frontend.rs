@@ -2,6 +2,7 @@
 //! checked here (they are local to the frontend); backend names are checked in `validate`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use toml::de::DeValue;
 
@@ -9,6 +10,7 @@ use crate::config::acl::{self, AclError, AclSpec, Condition};
 use crate::config::addr;
 use crate::config::diag::{Sink, did_you_mean, quoted_list};
 use crate::config::model::{Mode, Redirect, TlsConfig};
+use crate::config::modes::{self, ModeUse};
 use crate::config::tls::bind_tls;
 use crate::config::values::{
     At, PartialTimeouts, Side, bind_one, check_name, header_size, mode, section, timeouts,
@@ -32,6 +34,9 @@ pub(crate) struct RawFrontend {
     pub(crate) timeouts: PartialTimeouts,
     pub(crate) forwardfor: Option<bool>,
     pub(crate) max_header_size: Option<usize>,
+    pub(crate) inspect_delay: Option<Duration>,
+    /// Keys and fetches that need one mode, checked once the mode is known.
+    pub(crate) uses: Vec<ModeUse>,
     /// `router = "PLUGIN"`.
     pub(crate) router: Option<At<String>>,
 }
@@ -53,6 +58,7 @@ pub(crate) struct RawRule {
 
 pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<RawFrontend> {
     let mut t = section("frontend", name, item, sink)?;
+    let uses = modes::frontend_uses(&t);
     let binds = t
         .require(sink, "bind")
         .map(|i| binds(&i, sink))
@@ -94,6 +100,10 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         max_header_size: t
             .take("max_header_size")
             .and_then(|i| header_size(&i, sink)),
+        inspect_delay: t
+            .take("inspect_delay")
+            .and_then(|i| i.duration_nonzero(sink)),
+        uses,
         router: t.take("router").and_then(|i| backend_ref(&i, sink)),
         acls,
     };

@@ -20,6 +20,7 @@ mod diag;
 mod duration;
 mod frontend;
 pub mod model;
+mod modes;
 mod plugin;
 mod sections;
 mod size;
@@ -118,13 +119,14 @@ fn lowercase_first(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
     use std::time::Duration;
 
     use super::{Severity, load_str};
 
-    fn messages(src: &str) -> Vec<String> {
+    /// Every diagnostic of `src` as `LINE:COL PATH: MESSAGE`.
+    pub(crate) fn messages(src: &str) -> Vec<String> {
         let (_, report) = load_str(src, Path::new("t.toml"));
         report
             .diagnostics

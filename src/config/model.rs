@@ -22,6 +22,10 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_ERROR_LIMIT: u32 = 10;
 /// Largest server weight accepted, as in HAProxy.
 pub const MAX_WEIGHT: u32 = 256;
+/// Default `timeout tunnel`: how long a WebSocket tunnel may stay silent.
+pub const DEFAULT_TUNNEL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `inspect_delay` of a TCP frontend: how long to wait for a TLS ClientHello.
+pub const DEFAULT_INSPECT_DELAY: Duration = Duration::from_secs(5);
 
 /// A whole validated configuration file.
 #[derive(Debug, Clone)]
@@ -114,10 +118,20 @@ impl std::fmt::Debug for AdminAuth {
     }
 }
 
+/// `mode`: HTTP proxying, or TCP (L4) relaying of whole connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Http,
     Tcp,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
 }
 
 /// Every timeout, resolved: `defaults.timeout` overlaid by the section's own `timeout` table.
@@ -125,7 +139,9 @@ pub enum Mode {
 /// Meanings are HAProxy's: `client` and `server` are inactivity timeouts, `connect` bounds one
 /// upstream TCP connect, `http_request` bounds the arrival of a whole request head,
 /// `http_keep_alive` bounds the wait for the next request on an idle keep-alive connection,
-/// `queue` how long a request may wait for a free connection slot (`maxconn`).
+/// `queue` how long a request may wait for a free connection slot (`maxconn`), `tunnel` the
+/// idle timeout of a WebSocket tunnel (it replaces `client` and `server` once the server
+/// answered 101).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub client: Duration,
@@ -134,6 +150,7 @@ pub struct Timeouts {
     pub http_request: Duration,
     pub http_keep_alive: Duration,
     pub queue: Duration,
+    pub tunnel: Duration,
 }
 
 impl Default for Timeouts {
@@ -145,6 +162,7 @@ impl Default for Timeouts {
             http_request: Duration::from_secs(10),
             http_keep_alive: Duration::from_secs(10),
             queue: Duration::from_secs(5),
+            tunnel: DEFAULT_TUNNEL_TIMEOUT,
         }
     }
 }
@@ -178,6 +196,9 @@ pub struct Frontend {
     pub rules: Vec<UseBackend>,
     pub default_backend: Option<String>,
     pub timeouts: Timeouts,
+    /// TCP mode: how long to wait for the TLS ClientHello when a rule needs `req.ssl_sni`
+    /// (HAProxy's `tcp-request inspect-delay`).
+    pub inspect_delay: Duration,
     /// Add `X-Forwarded-For/-Proto/-Host` (and drop client-supplied ones). Default true.
     pub forwardfor: bool,
     /// Largest accepted request head in bytes; larger heads get 431.
@@ -311,8 +332,17 @@ pub struct Server {
     pub maxconn: Option<u32>,
     /// The administrative state the server starts in.
     pub state: AdminState,
+    /// TCP mode: the PROXY protocol header to send before the client's bytes.
+    pub send_proxy: Option<SendProxy>,
     /// TLS to this server (`tls = true` on it or on its backend).
     pub tls: Option<UpstreamTls>,
+}
+
+/// `send_proxy` on a server: the PROXY protocol version to prepend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendProxy {
+    V1,
+    V2,
 }
 
 /// A backend's `check` table (active health checks).

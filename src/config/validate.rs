@@ -9,9 +9,11 @@ use crate::config::backend::RawBackend;
 use crate::config::diag::{Sink, did_you_mean, quoted_list};
 use crate::config::frontend::RawFrontend;
 use crate::config::model::{
-    Backend, Balance, Bind, Config, DEFAULT_MAX_HEADER_SIZE, DEFAULT_RETRIES, Frontend, Mode,
-    NamedAcl, Place, Plugin, PluginPlaces, PluginRole, Timeouts, UseBackend,
+    Backend, Balance, Bind, Config, DEFAULT_INSPECT_DELAY, DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_RETRIES, Frontend, Mode, NamedAcl, Place, Plugin, PluginPlaces, PluginRole, Timeouts,
+    UseBackend,
 };
+use crate::config::modes;
 use crate::config::plugin::RawPlugin;
 use crate::config::sections::{Defaults, Raw};
 use crate::config::values::{At, PartialTimeouts, unknown_algorithm};
@@ -20,6 +22,7 @@ use crate::config::values::{At, PartialTimeouts, unknown_algorithm};
 pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Option<Config> {
     check_backend_refs(&raw, sink);
     check_listeners(&raw, sink);
+    modes::check(&raw, sink);
     let uses = check_plugin_refs(&raw, sink);
     if sink.has_errors() {
         return None;
@@ -260,6 +263,7 @@ pub(crate) fn resolve_timeouts(defaults: &PartialTimeouts, own: &PartialTimeouts
         http_request,
         http_keep_alive: pick(|t| t.http_keep_alive, http_request),
         queue: pick(|t| t.queue, connect),
+        tunnel: pick(|t| t.tunnel, base.tunnel),
     }
 }
 
@@ -294,6 +298,7 @@ fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
             .collect(),
         default_backend: f.default_backend.map(|b| b.value),
         timeouts: resolve_timeouts(&d.timeouts, &f.timeouts),
+        inspect_delay: f.inspect_delay.unwrap_or(DEFAULT_INSPECT_DELAY),
         forwardfor: f.forwardfor.or(d.forwardfor).unwrap_or(true),
         max_header_size: f
             .max_header_size

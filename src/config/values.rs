@@ -32,6 +32,7 @@ pub(crate) struct PartialTimeouts {
     pub(crate) http_request: Option<Duration>,
     pub(crate) http_keep_alive: Option<Duration>,
     pub(crate) queue: Option<Duration>,
+    pub(crate) tunnel: Option<Duration>,
 }
 
 /// The table of a named section (`[frontend.NAME]`), with a hint when the name was forgotten.
@@ -77,12 +78,7 @@ pub(crate) fn bind_one(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<At<So
 }
 
 pub(crate) fn mode(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Mode> {
-    let m = item.keyword(sink, "mode", &[("http", Mode::Http), ("tcp", Mode::Tcp)])?;
-    if m == Mode::Tcp {
-        sink.error(item.start(), &item.path, "tcp mode is not supported yet")
-            .help("use mode = \"http\"; tcp mode comes in a later version");
-    }
-    Some(m)
+    item.keyword(sink, "mode", &[("http", Mode::Http), ("tcp", Mode::Tcp)])
 }
 
 /// The algorithm names `balance` takes (besides `hdr(NAME)`), for messages.
@@ -242,13 +238,14 @@ pub(crate) enum Side {
     Backend,
 }
 
-const TIMEOUTS: [(&str, Side); 6] = [
+const TIMEOUTS: [(&str, Side); 7] = [
     ("client", Side::Frontend),
     ("server", Side::Backend),
     ("connect", Side::Backend),
     ("http_request", Side::Frontend),
     ("http_keep_alive", Side::Frontend),
     ("queue", Side::Backend),
+    ("tunnel", Side::Backend),
 ];
 
 pub(crate) fn timeouts(
@@ -282,6 +279,7 @@ pub(crate) fn timeouts(
             "connect" => &mut out.connect,
             "http_request" => &mut out.http_request,
             "queue" => &mut out.queue,
+            "tunnel" => &mut out.tunnel,
             _ => &mut out.http_keep_alive,
         };
         *slot = d;

@@ -238,7 +238,7 @@ impl<'a, 'i> Item<'a, 'i> {
         }
     }
 
-    fn elements(&self, array: &'a [Value<'i>]) -> Vec<Item<'a, 'i>> {
+    pub(crate) fn elements(&self, array: &'a [Value<'i>]) -> Vec<Item<'a, 'i>> {
         array
             .iter()
             .enumerate()
@@ -343,6 +343,16 @@ impl<'a, 'i> Table<'a, 'i> {
         entry.taken = true;
         Some(Item {
             path,
+            value: entry.value,
+            key_at: entry.key_at,
+        })
+    }
+
+    /// `key`'s item without taking it (for checks that run beside the walk).
+    pub(crate) fn peek(&self, key: &str) -> Option<Item<'a, 'i>> {
+        let entry = self.entries.iter().find(|e| e.key == key)?;
+        Some(Item {
+            path: join(&self.path, key),
             value: entry.value,
             key_at: entry.key_at,
         })

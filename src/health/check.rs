@@ -555,6 +555,7 @@ mod tests {
             backup: false,
             maxconn: None,
             state: AdminState::Ready,
+            send_proxy: None,
             tls: None,
         };
         StateTable::new().server(

@@ -563,6 +563,7 @@ pub(crate) mod tests {
             backup: false,
             maxconn: None,
             state: AdminState::Ready,
+            send_proxy: None,
             tls: None,
         }
     }

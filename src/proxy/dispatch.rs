@@ -12,8 +12,9 @@ use std::error::Error as _;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::balance::PickContext;
@@ -26,6 +27,7 @@ use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::http::{ConnInfo, local};
 use crate::proxy::respond::Failure;
 use crate::proxy::timer::within;
+use crate::proxy::upgrade;
 use crate::routing::RequestView;
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::upstream::ConnectTiming;
@@ -41,6 +43,8 @@ pub(crate) struct Attempt {
     pub(crate) path_and_query: PathAndQuery,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Option<Reclaimable>,
+    /// The client connection's hand-over, when the request asks for an upgrade.
+    pub(crate) upgrade: Option<OnUpgrade>,
 }
 
 impl Attempt {
@@ -149,6 +153,9 @@ pub(crate) async fn dispatch(
                         error: resp.status().is_server_error(),
                     },
                 );
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return switch(resp, attempt.upgrade.take(), backend, info, sent, record);
+                }
                 return relay(resp, backend, sent, record);
             }
             Some(Err(e)) if e.is_connect() => {
@@ -210,7 +217,7 @@ pub(crate) async fn dispatch(
 /// The server for the next attempt: the balancer's pick among servers not tried yet (a new lap
 /// once all have been tried), the failed one again without `redispatch`, or a wait in the queue
 /// while every usable server (or the backend) is at its `maxconn`.
-async fn choose(
+pub(crate) async fn choose(
     backend: &Backend,
     view: &RequestView<'_>,
     tried: &mut Vec<usize>,
@@ -267,7 +274,7 @@ async fn choose(
 
 /// What live traffic told about a server, for passive health.
 #[derive(Debug, Clone, Copy)]
-enum Event {
+pub(crate) enum Event {
     ConnectFailed,
     /// Connected, but the server closed or broke the connection without a valid answer.
     NoAnswer,
@@ -281,7 +288,7 @@ enum Event {
 /// server down; its active checks bring it back. `layer4` counts failed connects (any
 /// connection that worked resets the count); `layer7` also counts 5xx answers and connections
 /// closed without an answer.
-fn observe(backend: &Backend, server: &Server, event: Event) {
+pub(crate) fn observe(backend: &Backend, server: &Server, event: Event) {
     let Some(mode) = backend.observe else { return };
     if !server.check {
         return;
@@ -328,6 +335,41 @@ fn relay(
     parts.extensions = http::Extensions::new();
     let body = ProxyBody::upstream(IdleBody::new(body, backend.timeouts.server), Some(record));
     Response::from_parts(parts, body)
+}
+
+/// A 101 from the server: the 101 goes to the client and a tunnel takes both connections
+/// over once hyper has handed them out. A 101 the client did not ask for is a broken answer.
+fn switch(
+    mut resp: Response<Incoming>,
+    client: Option<OnUpgrade>,
+    backend: &Backend,
+    info: &ConnInfo,
+    sent: Instant,
+    mut record: Box<Record>,
+) -> Response<ProxyBody> {
+    let proto = resp.headers().get(header::UPGRADE).cloned();
+    let (Some(client), Some(proto)) = (client, proto) else {
+        return local(Failure::UpstreamFailed, record);
+    };
+    let server = hyper::upgrade::on(&mut resp);
+    // The 101 is the server's response, counted now; the tunnel keeps its in-flight unit.
+    let active = record.active.take();
+    if let Some(a) = &active {
+        a.server()
+            .traffic
+            .count_response(101, 0, 0, Some(record.received.elapsed()));
+    }
+    upgrade::Tunnel {
+        idle: backend.timeouts.tunnel,
+        in_flight: Some(info.conn.begin_request()),
+        active,
+        frontend: record.frontend.clone(),
+        backend: Arc::clone(&backend.state),
+    }
+    .spawn(client, server);
+    let mut out = relay(resp, backend, sent, record);
+    upgrade::restore(out.headers_mut(), proto);
+    out
 }
 
 fn is_client_body_timeout(e: &hyper_util::client::legacy::Error) -> bool {

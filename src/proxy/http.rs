@@ -22,6 +22,7 @@ use crate::proxy::dispatch::{Attempt, dispatch};
 use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
 use crate::proxy::respond::{Failure, direct, failure, redirect, redirect_status};
 use crate::proxy::timer::LazyTimer;
+use crate::proxy::upgrade;
 use crate::routing::{LocalResponse, RequestView, RouteDecision};
 use crate::snapshot::{Frontend, ListenKey, Snapshot};
 use crate::upstream::body::{IdleBody, Reclaimable};
@@ -88,9 +89,11 @@ async fn forward(
     snapshot: &Snapshot,
     frontend: &Frontend,
     info: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     mut record: Box<Record>,
 ) -> Response<ProxyBody> {
+    let upgrade = upgrade::requested(req.version(), req.headers())
+        .map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT {
         return local(Failure::BadRequest, record);
@@ -185,6 +188,11 @@ async fn forward(
         );
     }
 
+    let upgrade = upgrade.map(|(proto, on)| {
+        upgrade::restore(headers, proto);
+        on
+    });
+
     let body = if body_is_empty(&body) {
         None
     } else {
@@ -200,6 +208,7 @@ async fn forward(
         path_and_query,
         headers: parts.headers,
         body,
+        upgrade,
     };
     dispatch(backend, frontend, info, attempt, record).await
 }

@@ -26,13 +26,14 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Mode;
 use crate::health::FrontendState;
 use crate::proxy::Proxy;
-use crate::proxy::access;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::http::{ConnInfo, serve};
 use crate::proxy::timer::LazyTimer;
 use crate::proxy::workers::Workers;
+use crate::proxy::{access, l4};
 use crate::snapshot::ListenKey;
 
 /// Pending connections the kernel queues per listener.
@@ -139,6 +140,10 @@ async fn serve_connection(
     let Some(frontend) = snapshot.frontend_for(&bind) else {
         return;
     };
+    if frontend.mode == Mode::Tcp {
+        drop(snapshot);
+        return l4::serve(tcp, client, bind, proxy, watcher).await;
+    }
     let _ = tcp.set_nodelay(true);
     let tls = snapshot.tls_for(&bind).map(|t| Arc::clone(&t.config));
     let conn = Connection {
@@ -258,7 +263,9 @@ impl Connection {
             Alpn::Http1 => builder.http1_only(),
             Alpn::H2 => builder.http2_only(),
         };
-        let served = watcher.watch(builder.serve_connection(io, service)).await;
+        let served = watcher
+            .watch(builder.serve_connection_with_upgrades(io, service))
+            .await;
 
         if conn.timed_out_head() {
             connection_error(client, &state, 408, "request head timeout");

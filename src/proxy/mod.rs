@@ -4,7 +4,8 @@
 //! socket), `http` carries each request through routing, balancing and forwarding (`canon`
 //! makes its authority and path canonical, `headers` rewrites headers), `respond` is the one
 //! place failures become statuses, `body` and `access` finish each response with its log line.
-//! `workers` runs connections on per-thread runtimes.
+//! `workers` runs connections on per-thread runtimes. `upgrade` turns a 101 into a WebSocket tunnel. TCP-mode frontends hand their
+//! connections to `l4`, which routes and relays them with `tcp`'s building blocks.
 
 pub mod access;
 pub mod body;
@@ -13,10 +14,12 @@ pub mod client_io;
 pub mod dispatch;
 pub mod headers;
 pub mod http;
+pub mod l4;
 pub mod listener;
 pub mod respond;
 pub mod tcp;
 pub mod timer;
+pub mod upgrade;
 pub mod workers;
 
 use std::sync::Arc;

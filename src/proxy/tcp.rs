@@ -12,25 +12,19 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::config::SendProxy;
 use crate::proxy::timer::LazyTimer;
-
-/// `send_proxy` on a server: the PROXY protocol version to prepend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    V1,
-    V2,
-}
 
 /// The PROXY protocol header announcing a connection from `client` to `local` (the address
 /// the client connected to).
-pub fn proxy_header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+pub fn proxy_header(version: SendProxy, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     let (client, local) = same_family(client, local);
     match version {
-        ProxyProtocol::V1 => {
+        SendProxy::V1 => {
             let addresses: ppp::v1::Addresses = (client, local).into();
             addresses.to_string().into_bytes()
         }
-        ProxyProtocol::V2 => ppp::v2::Builder::with_addresses(
+        SendProxy::V2 => ppp::v2::Builder::with_addresses(
             ppp::v2::Version::Two | ppp::v2::Command::Proxy,
             ppp::v2::Protocol::Stream,
             (client, local),
@@ -105,32 +99,51 @@ pub struct Relayed {
     pub down: u64,
 }
 
+/// Buffer per direction of a relay: large enough that a bulk transfer moves in few system
+/// calls, small enough that many idle sessions cost little (two per session).
+pub const RELAY_BUFFER: usize = 64 * 1024;
+
 /// Relays bytes between `client` and `server` until both directions are closed. An EOF on one
 /// side is passed on as a half-close (shutdown of the other side's write half) while the other
 /// direction goes on. `client_idle` / `server_idle` are HAProxy's `timeout client` / `timeout
 /// server`: the relay fails with `TimedOut` when a side that is expected to send stays silent
-/// that long while nothing moves in the other direction either.
+/// that long while nothing moves in the other direction either. The bytes read from each side
+/// are counted whether the relay ends well or not.
 pub async fn relay<C, S>(
     client: C,
     server: S,
     client_idle: Duration,
     server_idle: Duration,
-) -> io::Result<Relayed>
+) -> (Relayed, io::Result<()>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = Activity::new();
-    let mut client = Idle::new(client, client_idle, &activity);
-    let mut server = Idle::new(server, server_idle, &activity);
-    let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut server).await?;
-    Ok(Relayed { up, down })
+    let mut client = Idle::new(client, client_idle, &activity, &activity.up);
+    let mut server = Idle::new(server, server_idle, &activity, &activity.down);
+    let result = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut server,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    )
+    .await;
+    let relayed = Relayed {
+        up: activity.up.load(Ordering::Relaxed),
+        down: activity.down.load(Ordering::Relaxed),
+    };
+    (relayed, result.map(|_| ()))
 }
 
-/// When bytes last moved in either direction of a relay.
+/// When bytes last moved in either direction of a relay, and how many were read each way.
 struct Activity {
     base: Instant,
     nanos: AtomicU64,
+    /// Read from the client.
+    up: AtomicU64,
+    /// Read from the server.
+    down: AtomicU64,
 }
 
 impl Activity {
@@ -138,6 +151,8 @@ impl Activity {
         Self {
             base: Instant::now(),
             nanos: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
         }
     }
 
@@ -151,20 +166,23 @@ impl Activity {
     }
 }
 
-/// One side of a relay: reads time out after `idle` without traffic in either direction.
+/// One side of a relay: reads time out after `idle` without traffic in either direction;
+/// bytes read are added to `read`.
 struct Idle<'a, T> {
     io: T,
     idle: Duration,
     activity: &'a Activity,
+    read: &'a AtomicU64,
     timer: LazyTimer,
 }
 
 impl<'a, T> Idle<'a, T> {
-    fn new(io: T, idle: Duration, activity: &'a Activity) -> Self {
+    fn new(io: T, idle: Duration, activity: &'a Activity, read: &'a AtomicU64) -> Self {
         Self {
             io,
             idle,
             activity,
+            read,
             timer: LazyTimer::default(),
         }
     }
@@ -177,9 +195,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Idle<'_, T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 this.activity.touch();
+                let n = (buf.filled().len() - before) as u64;
+                this.read.fetch_add(n, Ordering::Relaxed);
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -229,16 +250,16 @@ mod tests {
     fn proxy_headers_parse_back() {
         let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
         let local: SocketAddr = "[::ffff:198.51.100.2]:443".parse().unwrap();
-        let v1 = proxy_header(ProxyProtocol::V1, client, local);
+        let v1 = proxy_header(SendProxy::V1, client, local);
         assert_eq!(v1, b"PROXY TCP4 192.0.2.1 198.51.100.2 40000 443\r\n");
-        let v2 = proxy_header(ProxyProtocol::V2, client, local);
+        let v2 = proxy_header(SendProxy::V2, client, local);
         let parsed = ppp::v2::Header::try_from(&v2[..]).expect("a v2 header");
         assert_eq!(
             parsed.addresses,
             ppp::v2::Addresses::from((client, "198.51.100.2:443".parse::<SocketAddr>().unwrap()))
         );
         let mixed = proxy_header(
-            ProxyProtocol::V1,
+            SendProxy::V1,
             "[2001:db8::1]:1".parse().unwrap(),
             "10.0.0.1:2".parse().unwrap(),
         );
@@ -266,7 +287,9 @@ mod tests {
         let mut back = Vec::new();
         client_peer.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"pong!");
-        assert_eq!(relay.await.unwrap().unwrap(), Relayed { up: 4, down: 5 });
+        let (relayed, result) = relay.await.unwrap();
+        result.unwrap();
+        assert_eq!(relayed, Relayed { up: 4, down: 5 });
     }
 
     #[tokio::test(start_paused = true)]
@@ -274,14 +297,14 @@ mod tests {
         let (client, _client_peer) = duplex(64);
         let (server, _server_peer) = duplex(64);
         let start = Instant::now();
-        let err = relay(
+        let (_, result) = relay(
             client,
             server,
             Duration::from_secs(3),
             Duration::from_secs(5),
         )
-        .await
-        .unwrap_err();
+        .await;
+        let err = result.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(
             start.elapsed(),

@@ -20,13 +20,13 @@
 //! - An absent sample (no such header or parameter) makes the ACL false, even for `-m len 0`.
 
 use std::cmp::Ordering;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderName;
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use crate::config::acl::{AclSpec, AclTest, Fetch, IpNet, MatchMethod, Pattern};
-use crate::routing::RequestView;
+use crate::routing::{ConnView, RequestView};
 
 /// Above this many literal patterns, `sub` uses one automaton instead of a loop.
 const SUB_SCAN_MAX: usize = 4;
@@ -60,6 +60,12 @@ impl CompiledAcl {
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         self.tests.iter().any(|t| t.matches(req))
     }
+
+    /// Evaluates the ACL against a TCP-mode connection: `src`, `dst_port` and `req.ssl_sni`
+    /// have samples there; HTTP fetches have none (`wasp check` rejects them in TCP mode).
+    pub fn matches_conn(&self, conn: &ConnView<'_>) -> bool {
+        self.tests.iter().any(|t| t.matches_conn(conn))
+    }
 }
 
 /// One ACL line: a sample and a matcher.
@@ -80,18 +86,33 @@ impl CompiledTest {
 
     fn matches(&self, req: &RequestView<'_>) -> bool {
         match (&self.sample, &self.matcher) {
-            (Sample::Src, Matcher::Ip(nets)) => src_in(req, nets),
+            (Sample::Src, Matcher::Ip(nets)) => src_in(req.client, nets),
             // The parser accepts only `ip` and `found` for `src`; a client always has an address.
             (Sample::Src, _) => true,
             (sample, matcher) => sample.any(req, |value| matcher.matches(value)),
         }
     }
+
+    fn matches_conn(&self, conn: &ConnView<'_>) -> bool {
+        match (&self.sample, &self.matcher) {
+            (Sample::Src, Matcher::Ip(nets)) => src_in(conn.client, nets),
+            (Sample::Src, _) => true,
+            (Sample::DstPort, Matcher::Int(ranges)) => in_ranges(ranges, conn.local.port().into()),
+            (Sample::DstPort, _) => true,
+            (Sample::SslSni, matcher) => conn.sni.is_some_and(|n| matcher.matches(n.as_bytes())),
+            _ => false,
+        }
+    }
 }
 
 #[inline(never)]
-fn src_in(req: &RequestView<'_>, nets: &[IpNet]) -> bool {
-    let ip = req.client.ip().to_canonical();
+fn src_in(client: SocketAddr, nets: &[IpNet]) -> bool {
+    let ip = client.ip().to_canonical();
     nets.iter().any(|n| n.contains_canonical(ip))
+}
+
+fn in_ranges(ranges: &[(u64, u64)], n: u64) -> bool {
+    ranges.iter().any(|&(min, max)| (min..=max).contains(&n))
 }
 
 /// Where the bytes to match come from.
@@ -109,6 +130,8 @@ enum Sample {
         host_fallback: bool,
     },
     UrlParam(Box<[u8]>),
+    SslSni,
+    DstPort,
     Sni,
 }
 
@@ -129,6 +152,8 @@ impl Sample {
             Fetch::Header { name, occurrence } => header(name, true, *occurrence),
             Fetch::FullHeader { name, occurrence } => header(name, false, *occurrence),
             Fetch::UrlParam(name) => Self::UrlParam(name.as_bytes().into()),
+            Fetch::SslSni => Self::SslSni,
+            Fetch::DstPort => Self::DstPort,
             Fetch::SslFcSni => Self::Sni,
         }
     }
@@ -151,7 +176,8 @@ impl Sample {
             Self::Host => !req.host.is_empty() && f(req.host.as_bytes()),
             Self::Method => f(req.method.as_str().as_bytes()),
             Self::Sni => !req.sni.is_empty() && f(req.sni.as_bytes()),
-            Self::Src => false,
+            // Connection samples: absent in HTTP mode.
+            Self::Src | Self::SslSni | Self::DstPort => false,
             Self::Header {
                 name,
                 split,
@@ -267,6 +293,7 @@ enum Matcher {
     RegexSet(RegexSet),
     Len(Box<[(u64, u64)]>),
     Ip(Box<[IpNet]>),
+    Int(Box<[(u64, u64)]>),
 }
 
 impl Matcher {
@@ -345,15 +372,8 @@ impl Matcher {
                     }
                 }
             }
-            MatchMethod::Len => Self::Len(
-                patterns
-                    .iter()
-                    .filter_map(|p| match p {
-                        Pattern::Len { min, max } => Some((*min, *max)),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
+            MatchMethod::Len => Self::Len(ranges(patterns)),
+            MatchMethod::Int => Self::Int(ranges(patterns)),
             MatchMethod::Ip => Self::Ip(
                 patterns
                     .iter()
@@ -380,16 +400,28 @@ impl Matcher {
                 fold,
                 delims,
             } => words.iter().any(|w| word_match(value, w, delims, *fold)),
-            Self::Len(ranges) => {
-                let len = value.len() as u64;
-                ranges.iter().any(|&(min, max)| (min..=max).contains(&len))
-            }
+            Self::Len(ranges) => in_ranges(ranges, value.len() as u64),
+            Self::Int(ranges) => std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|n| in_ranges(ranges, n)),
             Self::Ip(nets) => std::str::from_utf8(value)
                 .ok()
                 .and_then(|s| s.parse::<IpAddr>().ok())
                 .is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
         }
     }
+}
+
+/// The inclusive ranges of `len` and `int` patterns.
+fn ranges(patterns: &[Pattern]) -> Box<[(u64, u64)]> {
+    patterns
+        .iter()
+        .filter_map(|p| match p {
+            Pattern::Len { min, max } | Pattern::Int { min, max } => Some((*min, *max)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Trimming delimiters off a pattern word, as HAProxy's `dir`/`dom` matching does.

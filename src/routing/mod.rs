@@ -40,6 +40,20 @@ pub struct RequestView<'a> {
     pub sni: &'a str,
 }
 
+/// What a router sees of a TCP-mode connection: the client, where it connected to, and the TLS
+/// server name when the frontend's rules asked for it (peeked from the ClientHello, which is
+/// then forwarded untouched). Everything a TCP routing decision may depend on, native or
+/// plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnView<'a> {
+    pub client: SocketAddr,
+    /// The address the client connected to (`dst_port` is its port).
+    pub local: SocketAddr,
+    /// `req.ssl_sni`: `None` when not inspected, not TLS, or no name was sent.
+    pub sni: Option<&'a str>,
+    pub frontend: &'a str,
+}
+
 /// A routing decision. Backends are named by their index in the snapshot's backend list,
 /// resolved when the router was built, so deciding never hashes or compares names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,4 +82,11 @@ pub struct LocalResponse {
 /// The routing decision: native ACL rules or a plugin implement it.
 pub trait Router: Send + Sync + std::fmt::Debug {
     fn route(&self, req: &RequestView<'_>) -> RouteDecision;
+
+    /// The decision for a TCP-mode connection. A router that only understands requests
+    /// routes connections nowhere (`wasp check` keeps such routers off TCP frontends).
+    fn route_conn(&self, conn: &ConnView<'_>) -> RouteDecision {
+        let _ = conn;
+        RouteDecision::NoBackend
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::config::Frontend;
 use crate::config::acl::{AclRef, AclSpec, Condition};
 use crate::routing::acl::{CompileError, CompiledAcl};
-use crate::routing::{RequestView, RouteDecision, Router};
+use crate::routing::{ConnView, RequestView, RouteDecision, Router};
 
 /// Memo slots that live on the stack: 2 bits each, in `MEMO_WORDS` words.
 const MEMO_WORDS: usize = 8;
@@ -176,22 +176,22 @@ impl AclRouter {
         })
     }
 
-    fn holds(&self, rule: &Rule, req: &RequestView<'_>, memo: &mut Memo) -> bool {
+    fn holds(&self, rule: &Rule, eval: &impl Fn(&CompiledAcl) -> bool, memo: &mut Memo) -> bool {
         if rule.any_of.is_empty() {
             return true;
         }
         rule.any_of.iter().any(|all_of| {
             all_of.iter().all(|term| {
                 let value = match &term.acl {
-                    TermAcl::Inline(acl) => acl.matches(req),
-                    TermAcl::Named { index, memo: None } => self.acls[*index].matches(req),
+                    TermAcl::Inline(acl) => eval(acl),
+                    TermAcl::Named { index, memo: None } => eval(&self.acls[*index]),
                     TermAcl::Named {
                         index,
                         memo: Some(slot),
                     } => match memo.get(*slot) {
                         Some(value) => value,
                         None => {
-                            let value = self.acls[*index].matches(req);
+                            let value = eval(&self.acls[*index]);
                             memo.set(*slot, value);
                             value
                         }
@@ -203,16 +203,27 @@ impl AclRouter {
     }
 }
 
-impl Router for AclRouter {
-    fn route(&self, req: &RequestView<'_>) -> RouteDecision {
+impl AclRouter {
+    /// The first rule whose condition holds (ACLs evaluated by `eval`), else the default.
+    fn decide(&self, eval: impl Fn(&CompiledAcl) -> bool) -> RouteDecision {
         let mut memo = Memo::new(self.memo_slots);
         for rule in &self.rules {
-            if self.holds(rule, req, &mut memo) != rule.negate {
+            if self.holds(rule, &eval, &mut memo) != rule.negate {
                 return RouteDecision::Backend(rule.backend);
             }
         }
         self.default_backend
             .map_or(RouteDecision::NoBackend, RouteDecision::Backend)
+    }
+}
+
+impl Router for AclRouter {
+    fn route(&self, req: &RequestView<'_>) -> RouteDecision {
+        self.decide(|acl| acl.matches(req))
+    }
+
+    fn route_conn(&self, conn: &ConnView<'_>) -> RouteDecision {
+        self.decide(|acl| acl.matches_conn(conn))
     }
 }
 
@@ -259,7 +270,7 @@ mod tests {
     use super::{AclRouter, BuildError, Memo};
     use crate::config::acl::{Condition, parse_acl, parse_condition};
     use crate::config::{Frontend, Mode, NamedAcl, Timeouts, UseBackend};
-    use crate::routing::{RequestView, RouteDecision, Router};
+    use crate::routing::{ConnView, RequestView, RouteDecision, Router};
 
     const BACKENDS: [&str; 4] = ["webservers", "items", "baskets", "admin"];
 
@@ -304,6 +315,7 @@ mod tests {
                 .collect(),
             default_backend: default.map(Into::into),
             timeouts: Timeouts::default(),
+            inspect_delay: std::time::Duration::from_secs(5),
             forwardfor: true,
             max_header_size: 64 * 1024,
             router: None,
@@ -349,6 +361,47 @@ mod tests {
             &[("items", "is_item"), ("baskets", "is_basket")],
             Some("webservers"),
         )
+    }
+
+    #[test]
+    fn connections_route_on_sni_destination_port_and_source() {
+        let r = router(
+            &[
+                ("shop", "req.ssl_sni -i shop.example"),
+                ("tls_port", "dst_port 443 8443:8444"),
+                ("inside", "src 10.0.0.0/8"),
+                ("web", "path_beg /"),
+            ],
+            &[
+                ("items", "shop tls_port"),
+                ("baskets", "inside !tls_port"),
+                ("admin", "web"),
+            ],
+            Some("webservers"),
+        );
+        let conn = |client: &str, port: u16, sni: Option<&'static str>| ConnView {
+            client: client.parse().unwrap(),
+            local: SocketAddr::from(([127, 0, 0, 1], port)),
+            sni,
+            frontend: "tcp",
+        };
+        assert_eq!(
+            r.route_conn(&conn("192.0.2.1:1", 443, Some("SHOP.example"))),
+            to("items")
+        );
+        assert_eq!(
+            r.route_conn(&conn("192.0.2.1:1", 8444, Some("shop.example"))),
+            to("items")
+        );
+        assert_eq!(
+            r.route_conn(&conn("10.1.2.3:1", 8445, Some("shop.example"))),
+            to("baskets")
+        );
+        // No name (not TLS, or none sent) is an absent sample; HTTP fetches never match.
+        assert_eq!(
+            r.route_conn(&conn("192.0.2.1:1", 443, None)),
+            to("webservers")
+        );
     }
 
     #[test]

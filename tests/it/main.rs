@@ -13,4 +13,6 @@ mod plugins;
 mod states;
 mod statuses;
 mod streaming;
+mod tcp;
 mod tls;
+mod websocket;

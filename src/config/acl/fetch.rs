@@ -24,6 +24,8 @@ enum FetchKind {
     Hdr,
     Fhdr,
     UrlParam,
+    SslSni,
+    DstPort,
     SslFcSni,
 }
 
@@ -93,6 +95,21 @@ const KEYWORDS: &[Keyword] = &[
         suffixes: STRING_SUFFIXES,
     },
     Keyword {
+        name: "req.ssl_sni",
+        kind: FetchKind::SslSni,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "req_ssl_sni",
+        kind: FetchKind::SslSni,
+        suffixes: &[],
+    },
+    Keyword {
+        name: "dst_port",
+        kind: FetchKind::DstPort,
+        suffixes: &[],
+    },
+    Keyword {
         name: "ssl_fc_sni",
         kind: FetchKind::SslFcSni,
         suffixes: STRING_SUFFIXES,
@@ -103,7 +120,7 @@ const FETCH_HELP: &str = "expected one of path, query, host, method, src, hdr(NA
      fhdr(NAME), url_param(NAME) (or urlp), ssl_fc_sni; path, query, host, hdr, url_param and \
      ssl_fc_sni also with a \
      match suffix _beg, _end, _sub, _dir, _dom, _reg, _len (hdr also _ip), e.g. path_beg, \
-     hdr_end(host)";
+     hdr_end(host); in tcp mode also req.ssl_sni and dst_port";
 
 fn takes_arg(kind: FetchKind) -> bool {
     matches!(kind, FetchKind::Hdr | FetchKind::Fhdr | FetchKind::UrlParam)
@@ -233,13 +250,15 @@ pub(super) fn parse_fetch(
         (FetchKind::Query, None) => Fetch::Query,
         (FetchKind::Host, None) => Fetch::Host,
         (FetchKind::Method, None) => Fetch::Method,
+        (FetchKind::SslSni, None) => Fetch::SslSni,
+        (FetchKind::DstPort, None) => Fetch::DstPort,
         (FetchKind::SslFcSni, None) => Fetch::SslFcSni,
         (_, None) => Fetch::Src,
     };
-    let default = if fetch == Fetch::Src {
-        MatchMethod::Ip
-    } else {
-        MatchMethod::Str
+    let default = match fetch {
+        Fetch::Src => MatchMethod::Ip,
+        Fetch::DstPort => MatchMethod::Int,
+        _ => MatchMethod::Str,
     };
     Ok((fetch, implied, default))
 }

@@ -15,6 +15,8 @@ use std::net::IpAddr;
 use http::HeaderName;
 use regex::bytes::Regex;
 
+use crate::config::model::Mode;
+
 mod fetch;
 mod lexer;
 mod pattern;
@@ -75,9 +77,41 @@ pub enum Fetch {
     },
     /// `url_param(name)`: the value of every `name=value` in the query (not percent-decoded).
     UrlParam(String),
+    /// `req.ssl_sni` (TCP mode): the server name of the client's TLS ClientHello.
+    SslSni,
+    /// `dst_port` (TCP mode): the port the client connected to.
+    DstPort,
     /// `ssl_fc_sni`: the server name the TLS client asked for, lower case; absent on a
     /// cleartext connection or without SNI.
     SslFcSni,
+}
+
+impl Fetch {
+    /// The mode whose connections carry this sample (`None`: both, e.g. `src`).
+    pub fn mode(&self) -> Option<Mode> {
+        match self {
+            Fetch::Src => None,
+            Fetch::SslSni | Fetch::DstPort => Some(Mode::Tcp),
+            _ => Some(Mode::Http),
+        }
+    }
+
+    /// The fetch's keyword, for messages.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Fetch::Path => "path",
+            Fetch::Query => "query",
+            Fetch::Host => "host",
+            Fetch::Method => "method",
+            Fetch::Src => "src",
+            Fetch::Header { .. } => "hdr",
+            Fetch::FullHeader { .. } => "fhdr",
+            Fetch::UrlParam(_) => "url_param",
+            Fetch::SslSni => "req.ssl_sni",
+            Fetch::DstPort => "dst_port",
+            Fetch::SslFcSni => "ssl_fc_sni",
+        }
+    }
 }
 
 /// How a sample is compared with the patterns.
@@ -99,10 +133,12 @@ pub enum MatchMethod {
     Found,
     /// An address against addresses and CIDRs.
     Ip,
+    /// An integer sample against integers or ranges.
+    Int,
 }
 
 impl MatchMethod {
-    const ALL: [(&'static str, MatchMethod); 10] = [
+    const ALL: [(&'static str, MatchMethod); 11] = [
         ("str", Self::Str),
         ("beg", Self::Beg),
         ("end", Self::End),
@@ -113,6 +149,7 @@ impl MatchMethod {
         ("len", Self::Len),
         ("found", Self::Found),
         ("ip", Self::Ip),
+        ("int", Self::Int),
     ];
 
     pub fn name(self) -> &'static str {
@@ -179,6 +216,11 @@ pub enum Pattern {
         max: u64,
     },
     Ip(IpNet),
+    /// Inclusive integer range (`dst_port 8000:8080`).
+    Int {
+        min: u64,
+        max: u64,
+    },
 }
 
 /// One ACL line: a fetch, a match method, the `-i` flag and the patterns (any of them).
@@ -528,6 +570,37 @@ mod tests {
         assert_eq!(strings(&t), [r"^/api/v[0-9]+\.json$"]);
         let e = err("path_beg 'abc");
         assert_eq!((e.offset, e.message.as_str()), (9, "unterminated quote '"));
+    }
+
+    #[test]
+    fn connection_fetches_take_integers_and_names() {
+        let t = one("dst_port 443 8000:8080 ge 9000");
+        assert_eq!((t.fetch(), t.method()), (&Fetch::DstPort, MatchMethod::Int));
+        assert!(matches!(
+            t.patterns(),
+            [
+                Pattern::Int { min: 443, max: 443 },
+                Pattern::Int {
+                    min: 8000,
+                    max: 8080
+                },
+                Pattern::Int { min: 9000, .. }
+            ]
+        ));
+        let t = one("req.ssl_sni -i -m end .example.com");
+        assert_eq!((t.fetch(), t.method()), (&Fetch::SslSni, MatchMethod::End));
+        assert_eq!(one("req_ssl_sni a").fetch(), &Fetch::SslSni);
+        assert_eq!(one("dst_port -m found").method(), MatchMethod::Found);
+        assert_eq!(
+            err("dst_port -m beg 4").message,
+            "\"dst_port\" is an integer: \"-m beg\" does not apply"
+        );
+        assert_eq!(
+            err("path -m int 3").message,
+            "\"-m int\" does not apply to \"path\""
+        );
+        assert_eq!(Fetch::SslSni.mode(), Some(crate::config::Mode::Tcp));
+        assert_eq!(Fetch::Src.mode(), None);
     }
 
     #[test]

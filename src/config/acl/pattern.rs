@@ -42,7 +42,7 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
                 }
                 let Some(m) = rest.get(i + 1) else {
                     return Err(AclError::new(t.end, "\"-m\" needs a match method")
-                        .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip"));
+                        .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip, int"));
                 };
                 method = MatchMethod::ALL
                     .iter()
@@ -50,7 +50,7 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
                     .map(|(_, m)| *m)
                     .ok_or_else(|| {
                         AclError::new(m.offset, format!("unknown match method \"{}\"", m.text))
-                            .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip")
+                            .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip, int")
                     })?;
                 i += 1;
             }
@@ -80,6 +80,20 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
         )
         .help("match it against addresses and CIDRs, e.g. \"src 10.0.0.0/8 ::1\""));
     }
+    let integer = fetch == Fetch::DstPort;
+    if integer != (method == MatchMethod::Int) && method != MatchMethod::Found {
+        let message = if integer {
+            format!(
+                "\"{}\" is an integer: \"-m {}\" does not apply",
+                first.text,
+                method.name()
+            )
+        } else {
+            format!("\"-m int\" does not apply to \"{}\"", first.text)
+        };
+        return Err(AclError::new(first.offset, message)
+            .help("match dst_port against ports and ranges, e.g. \"dst_port 443 8000:8080\""));
+    }
     let patterns = match method {
         MatchMethod::Found => match patterns.first() {
             Some(p) => return Err(AclError::new(p.offset, "\"-m found\" takes no pattern")),
@@ -97,6 +111,13 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
             .map(|p| parse_regex(p, ignore_case))
             .collect::<Result<_, _>>()?,
         MatchMethod::Len => parse_lengths(patterns)?,
+        MatchMethod::Int => parse_lengths(patterns)?
+            .into_iter()
+            .map(|p| match p {
+                Pattern::Len { min, max } => Pattern::Int { min, max },
+                other => other,
+            })
+            .collect(),
         MatchMethod::Ip => patterns.iter().map(parse_ip).collect::<Result<_, _>>()?,
         MatchMethod::Dir | MatchMethod::Dom => {
             let delims: &[char] = if method == MatchMethod::Dir {
