@@ -64,8 +64,8 @@ pub struct Frontend {
     pub redirect: Option<Redirect>,
     pub router: Box<dyn Router>,
     pub mode: Mode,
-    /// TCP mode: whether a rule reads `req.ssl_sni` (then the ClientHello is peeked for up to
-    /// `inspect_delay`).
+    /// TCP mode: whether a rule reads `req.ssl_sni` or a router plugin decides (then the
+    /// ClientHello is peeked for up to `inspect_delay`).
     pub inspects_sni: bool,
     pub inspect_delay: Duration,
     pub timeouts: Timeouts,
@@ -280,10 +280,18 @@ pub fn build_snapshot(
     let mut frontends = Vec::with_capacity(config.frontends.len());
     let mut by_bind = HashMap::new();
     for (i, f) in config.frontends.iter().enumerate() {
-        let router = build_router(f, &index, plugins).map_err(|source| SnapshotError::Router {
-            frontend: f.name.clone(),
-            source,
-        })?;
+        // A frontend routes to backends of its own mode only (`wasp check` holds its rules to
+        // that; a router plugin naming another mode's backend makes an invalid decision).
+        let same_mode: HashMap<String, usize> = index
+            .iter()
+            .filter(|(_, b)| config.backends[**b].mode == f.mode)
+            .map(|(name, b)| (name.clone(), *b))
+            .collect();
+        let router =
+            build_router(f, &same_mode, plugins).map_err(|source| SnapshotError::Router {
+                frontend: f.name.clone(),
+                source,
+            })?;
         for bind in &f.binds {
             let tls = match &bind.tls {
                 Some(settings) => Some(Arc::new(TlsListener::build(settings).map_err(
@@ -306,7 +314,9 @@ pub fn build_snapshot(
             redirect: f.redirect,
             router,
             mode: f.mode,
-            inspects_sni: f.mode == Mode::Tcp && uses_fetch(f, &Fetch::SslSni),
+            // A router plugin may read the server name, so its connections are inspected too.
+            inspects_sni: f.mode == Mode::Tcp
+                && (f.router.is_some() || uses_fetch(f, &Fetch::SslSni)),
             inspect_delay: f.inspect_delay,
             timeouts: f.timeouts,
             forwardfor: f.forwardfor,

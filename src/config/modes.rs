@@ -38,8 +38,8 @@ impl ModeUse {
     }
 }
 
-/// Frontend keys that only HTTP mode reads (a router plugin decides on requests only, for now).
-const HTTP_FRONTEND_KEYS: [&str; 4] = ["forwardfor", "max_header_size", "router", "redirect"];
+/// Frontend keys that only HTTP mode reads.
+const HTTP_FRONTEND_KEYS: [&str; 3] = ["forwardfor", "max_header_size", "redirect"];
 /// TLS to servers: TCP mode connects in cleartext and passes the client's bytes through.
 const UPSTREAM_TLS_KEYS: [&str; 4] = ["tls", "ca", "sni", "verify"];
 /// Timeouts that only HTTP mode has.
@@ -292,7 +292,7 @@ mod tests {
     use crate::config::tests::messages;
 
     #[test]
-    fn a_router_plugin_decides_for_http_frontends_only() {
+    fn a_router_plugin_may_decide_for_tcp_frontends() {
         let src = r#"
 [frontend.db_in]
 bind = "127.0.0.1:5432"
@@ -307,9 +307,15 @@ servers = [{ name = "d1", addr = "127.0.0.1:9002" }]
 [plugin.pick]
 path = "pick.wasm"
 "#;
+        assert_eq!(messages(src), Vec::<String>::new());
+        // An HTTP-only key on the same frontend is still refused.
+        let with_redirect = src.replace(
+            "router = \"pick\"",
+            "router = \"pick\"\nredirect = \"https\"",
+        );
         assert_eq!(
-            messages(src),
-            ["5:1 frontend.db_in.router: router applies to http mode only"]
+            messages(&with_redirect),
+            ["6:1 frontend.db_in.redirect: redirect applies to http mode only"]
         );
     }
 }

@@ -24,7 +24,7 @@ use crate::plugin::bindings::router::RouteDecision as WitDecision;
 use crate::plugin::bindings::types::{self as wit, DirectResponse};
 use crate::plugin::instance::{Fault, poll_once};
 use crate::plugin::registry::Plugin;
-use crate::routing::{AclRouter, LocalResponse, RequestView, RouteDecision, Router};
+use crate::routing::{AclRouter, ConnView, LocalResponse, RequestView, RouteDecision, Router};
 
 /// Largest body of a response a router plugin sends itself.
 pub const MAX_DIRECT_BODY: usize = 64 * 1024;
@@ -116,7 +116,14 @@ impl WasmRouter {
         }
     }
 
-    fn decide(&self, req: &RequestView<'_>) -> Result<RouteDecision, Fault> {
+    /// The plugin's decision for `req`; `defer` takes the native one. A direct response is
+    /// refused for a TCP connection (`respond` false): there is no HTTP to answer with.
+    fn decide(
+        &self,
+        req: &RequestView<'_>,
+        respond: bool,
+        defer: impl FnOnce() -> RouteDecision,
+    ) -> Result<RouteDecision, Fault> {
         let answer = with_request(req, |wit_req| {
             self.plugin.call(PluginRole::Router, |w| {
                 let guest = w.router.as_ref()?;
@@ -128,10 +135,13 @@ impl WasmRouter {
                 Some(&i) => RouteDecision::Backend(i),
                 None => return Err(self.invalid(format!("unknown backend \"{}\"", clip(&name)))),
             },
+            WitDecision::Respond(_) if !respond => {
+                return Err(self.invalid("a direct response to a TCP connection".to_owned()));
+            }
             WitDecision::Respond(r) => {
                 RouteDecision::Respond(Box::new(direct(r).map_err(|e| self.invalid(e))?))
             }
-            WitDecision::Defer => self.native.route(req),
+            WitDecision::Defer => defer(),
         };
         Ok(decision)
     }
@@ -145,10 +155,24 @@ impl WasmRouter {
 
 impl Router for WasmRouter {
     fn route(&self, req: &RequestView<'_>) -> RouteDecision {
-        match self.decide(req) {
+        match self.decide(req, true, || self.native.route(req)) {
             Ok(d) => d,
             Err(_) => match self.plugin.on_error() {
                 OnError::Fallback => self.native.route(req),
+                OnError::Deny => RouteDecision::Deny,
+            },
+        }
+    }
+
+    /// A TCP-mode connection, shown to the plugin as a `CONNECT` request (see
+    /// [`ConnView::as_request`]); `defer` and `fallback` use the frontend's rules.
+    fn route_conn(&self, conn: &ConnView<'_>) -> RouteDecision {
+        let no_headers = HeaderMap::new();
+        let req = conn.as_request(&no_headers);
+        match self.decide(&req, false, || self.native.route_conn(conn)) {
+            Ok(d) => d,
+            Err(_) => match self.plugin.on_error() {
+                OnError::Fallback => self.native.route_conn(conn),
                 OnError::Deny => RouteDecision::Deny,
             },
         }

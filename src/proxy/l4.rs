@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method};
+use http::HeaderMap;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -23,7 +23,7 @@ use crate::proxy::access;
 use crate::proxy::dispatch::{Event, choose, observe};
 use crate::proxy::respond::Failure;
 use crate::proxy::tcp::{Relayed, peek_sni, proxy_header, relay};
-use crate::routing::{ConnView, RequestView, RouteDecision};
+use crate::routing::{ConnView, RouteDecision};
 use crate::snapshot::{Backend, Frontend, ListenKey};
 
 /// Most bytes read while waiting for a complete ClientHello (a TLS record is at most 16 KiB
@@ -163,20 +163,8 @@ pub async fn serve(
 async fn connect(backend: &Backend, conn: &ConnView<'_>) -> Result<Connected, SessionError> {
     // Balancers read a request; a connection offers its client address (for `source`) and
     // nothing to hash besides (`uri` and `hdr` backends balance round-robin in TCP mode).
-    let method = Method::CONNECT;
     let headers = HeaderMap::new();
-    let view = RequestView {
-        method: &method,
-        scheme: "tcp",
-        host: conn.sni.unwrap_or(""),
-        path: "/",
-        query: "",
-        headers: &headers,
-        client: conn.client,
-        local_port: conn.local.port(),
-        sni: conn.sni.unwrap_or(""),
-        frontend: conn.frontend,
-    };
+    let view = conn.as_request(&headers);
     let attempts = backend.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut previous = None;

@@ -54,6 +54,30 @@ pub struct ConnView<'a> {
     pub frontend: &'a str,
 }
 
+/// The method a connection shows as a request.
+static CONNECT: Method = Method::CONNECT;
+
+impl<'a> ConnView<'a> {
+    /// The connection as a request, for decisions written for requests (balancers, router
+    /// plugins): method `CONNECT`, scheme `tcp`, host and `sni` the server name (empty when
+    /// none), path `/`, no query, and `no_headers` (an empty map, which does not allocate).
+    pub fn as_request(&self, no_headers: &'a HeaderMap) -> RequestView<'a> {
+        let name = self.sni.unwrap_or("");
+        RequestView {
+            method: &CONNECT,
+            scheme: "tcp",
+            host: name,
+            path: "/",
+            query: "",
+            headers: no_headers,
+            client: self.client,
+            local_port: self.local.port(),
+            sni: name,
+            frontend: self.frontend,
+        }
+    }
+}
+
 /// A routing decision. Backends are named by their index in the snapshot's backend list,
 /// resolved when the router was built, so deciding never hashes or compares names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -452,3 +452,69 @@ async fn one_gib_through_tcp_mode_with_bounded_memory() {
         "idle {idle} KiB, peak {peak} KiB"
     );
 }
+
+/// A router plugin decides for a TCP frontend: `sni-router` sends TLS connections to a backend
+/// by server name (the ClientHello is inspected because a plugin decides, and forwarded
+/// untouched), and defers the rest to `default_backend`.
+#[tokio::test]
+async fn a_router_plugin_routes_connections_by_sni() {
+    let (ca, leaf, key) = test_pki(&["shop.example", "www.blog.example"]);
+    let shop = tls_named("shop", leaf.clone(), key.clone()).await;
+    let blog = tls_named("blog", leaf, key).await;
+    let plain = tcp_echo("plain").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.tls_in]
+        mode = "tcp"
+        bind = "127.0.0.1:0"
+        router = "sni"
+        default_backend = "plain"
+        [backend.shop]
+        mode = "tcp"
+        servers = [{{ name = "shop", addr = "{shop}" }}]
+        [backend.blog]
+        mode = "tcp"
+        servers = [{{ name = "blog", addr = "{blog}" }}]
+        [backend.plain]
+        mode = "tcp"
+        servers = [{{ name = "plain", addr = "{plain}" }}]
+        [plugin.sni]
+        path = "{}"
+        timeout = "1s"
+        config = {{ names = "shop.example=shop,*.blog.example=blog" }}
+        "#,
+        crate::support::test_plugins::wasm("sni-router").display()
+    ))
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for (name, expected) in [("shop.example", "shop"), ("www.blog.example", "blog")] {
+        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let server_name = ServerName::try_from(name.to_owned()).unwrap();
+        let tls = tokio::time::timeout(LIMIT, connector.connect(server_name, tcp))
+            .await
+            .expect("handshake in time")
+            .expect("handshake with the backend");
+        assert_eq!(read_all(tls).await, expected, "{name}");
+    }
+    assert_eq!(
+        exchange(proxy.addr(), b"PING\r\n").await,
+        "plain\nPING\r\nend\n",
+        "not TLS: the plugin defers to default_backend"
+    );
+    let plugin = proxy.runtime.plugins().get("sni").unwrap();
+    assert_eq!(plugin.usage().calls, 3);
+    assert_eq!(
+        plugin
+            .stats
+            .faults
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
