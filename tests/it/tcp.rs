@@ -324,6 +324,29 @@ async fn read_all(mut io: impl AsyncRead + AsyncWrite + Unpin) -> String {
     out
 }
 
+/// For each `(server name, backend)`: a TLS client trusting `ca` connects through `proxy` with
+/// that server name and reads what the backend that answered sends. The handshake completes
+/// with the backend itself, so the ClientHello went through intact.
+async fn assert_tls_routes(proxy: SocketAddr, ca: CertificateDer<'static>, cases: &[(&str, &str)]) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for (name, expected) in cases {
+        let tcp = TcpStream::connect(proxy).await.unwrap();
+        let server_name = ServerName::try_from((*name).to_owned()).unwrap();
+        let tls = tokio::time::timeout(LIMIT, connector.connect(server_name, tcp))
+            .await
+            .expect("handshake in time")
+            .expect("handshake with the backend");
+        assert_eq!(read_all(tls).await, *expected, "{name}");
+    }
+}
+
 #[tokio::test]
 async fn sni_routes_tls_to_two_backends_without_terminating_it() {
     let (ca, leaf, key) = test_pki(&["shop.example", "blog.example"]);
@@ -354,28 +377,16 @@ async fn sni_routes_tls_to_two_backends_without_terminating_it() {
         "#
     ))
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    for (name, expected) in [
-        ("shop.example", "shop"),
-        ("BLOG.example", "blog"),
-        ("shop.example", "shop"),
-    ] {
-        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
-        let server_name = ServerName::try_from(name.to_owned()).unwrap();
-        // The handshake completes with the backend itself: the ClientHello went through intact.
-        let tls = tokio::time::timeout(LIMIT, connector.connect(server_name, tcp))
-            .await
-            .expect("handshake in time")
-            .expect("handshake with the backend");
-        assert_eq!(read_all(tls).await, expected, "{name}");
-    }
+    assert_tls_routes(
+        proxy.addr(),
+        ca,
+        &[
+            ("shop.example", "shop"),
+            ("BLOG.example", "blog"),
+            ("shop.example", "shop"),
+        ],
+    )
+    .await;
     // Not TLS: no name, the default backend, and the bytes arrive as sent.
     assert_eq!(
         exchange(proxy.addr(), b"GET / HTTP/1.0\r\n\r\n").await,
@@ -486,23 +497,12 @@ async fn a_router_plugin_routes_connections_by_sni() {
         crate::support::test_plugins::wasm("sni-router").display()
     ))
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    for (name, expected) in [("shop.example", "shop"), ("www.blog.example", "blog")] {
-        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
-        let server_name = ServerName::try_from(name.to_owned()).unwrap();
-        let tls = tokio::time::timeout(LIMIT, connector.connect(server_name, tcp))
-            .await
-            .expect("handshake in time")
-            .expect("handshake with the backend");
-        assert_eq!(read_all(tls).await, expected, "{name}");
-    }
+    assert_tls_routes(
+        proxy.addr(),
+        ca,
+        &[("shop.example", "shop"), ("www.blog.example", "blog")],
+    )
+    .await;
     assert_eq!(
         exchange(proxy.addr(), b"PING\r\n").await,
         "plain\nPING\r\nend\n",
