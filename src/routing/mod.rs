@@ -41,8 +41,8 @@ pub struct RequestView<'a> {
 }
 
 /// What a router sees of a TCP-mode connection: the client, where it connected to, and the TLS
-/// server name when the frontend's rules asked for it (peeked from the ClientHello, which is
-/// then forwarded untouched). Everything a TCP routing decision may depend on, native or
+/// server name when the frontend's rules or its router plugin may read it (peeked from the
+/// ClientHello, which is then forwarded untouched). Everything a TCP routing decision may depend on, native or
 /// plugin.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnView<'a> {
