@@ -125,8 +125,19 @@ fn tls_table(cert: &Path, key: &Path) -> String {
     )
 }
 
-#[tokio::test]
-async fn https_terminates_and_forwards_as_https() {
+/// A TLS frontend `web` for `site.test` (a certificate from a test CA made here) in front of
+/// one echo server, `node1`; `frontend_extra` is added to the frontend's section. Keep `dir`
+/// and `_servers` bound for the whole test: dropping them removes the files and the server.
+struct Site {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    cert: PathBuf,
+    key: PathBuf,
+    proxy: Proxy,
+    _servers: Servers,
+}
+
+async fn site(frontend_extra: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "ca");
     let (cert, key) = ca.leaf(dir.path(), "site", &["site.test"]);
@@ -134,10 +145,30 @@ async fn https_terminates_and_forwards_as_https() {
     let echo = servers.echo("node1").await;
     let proxy = Proxy::start(&format!(
         "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {} }}]\ndefault_backend = \"app\"\n\
+         {frontend_extra}\n\
          [backend.app]\nservers = [{{ name = \"s1\", addr = \"{echo}\" }}]\n",
         tls_table(&cert, &key)
     ))
     .await;
+    Site {
+        dir,
+        ca,
+        cert,
+        key,
+        proxy,
+        _servers: servers,
+    }
+}
+
+#[tokio::test]
+async fn https_terminates_and_forwards_as_https() {
+    let Site {
+        ca,
+        proxy,
+        dir: _dir,
+        _servers,
+        ..
+    } = site("").await;
     let stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"http/1.1"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let mut sender = h1(stream).await;
@@ -239,18 +270,15 @@ async fn alpn_negotiates_h2() {
 
 #[tokio::test]
 async fn reloaded_certificates_serve_new_connections_while_old_ones_keep_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
-    let (cert, key) = ca.leaf(dir.path(), "site", &["site.test"]);
+    let Site {
+        dir: _dir,
+        ca,
+        cert,
+        key,
+        proxy,
+        _servers,
+    } = site("").await;
     let first = der(&cert);
-    let servers = Servers::new();
-    let echo = servers.echo("node1").await;
-    let proxy = Proxy::start(&format!(
-        "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {} }}]\ndefault_backend = \"app\"\n\
-         [backend.app]\nservers = [{{ name = \"s1\", addr = \"{echo}\" }}]\n",
-        tls_table(&cert, &key)
-    ))
-    .await;
     let old = tls(proxy.addr(), "site.test", &ca.pem, &[]).await;
     assert_eq!(presented(&old), first);
     let mut old = h1(old).await;
@@ -745,18 +773,13 @@ async fn client_certificates_are_verified_against_the_configured_ca() {
 
 #[tokio::test]
 async fn a_stalled_handshake_is_cut_after_http_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
-    let (cert, key) = ca.leaf(dir.path(), "site", &["site.test"]);
-    let servers = Servers::new();
-    let echo = servers.echo("node1").await;
-    let proxy = Proxy::start(&format!(
-        "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {} }}]\ndefault_backend = \"app\"\n\
-         timeout = {{ http_request = \"300ms\" }}\n\
-         [backend.app]\nservers = [{{ name = \"s1\", addr = \"{echo}\" }}]\n",
-        tls_table(&cert, &key)
-    ))
-    .await;
+    let Site {
+        ca,
+        proxy,
+        dir: _dir,
+        _servers,
+        ..
+    } = site("timeout = { http_request = \"300ms\" }").await;
     // Nothing at all, then the first bytes of a ClientHello and nothing more: both closed by
     // the proxy (the read ends) well before the test's own 5 s guard.
     for opening in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
