@@ -608,7 +608,7 @@ fn watch_plugins(
 fn open(
     key: ListenKey,
     proxy: &Arc<Proxy>,
-    workers: &Arc<Workers>,
+    workers: &Workers,
     graceful: &Arc<GracefulShutdown>,
 ) -> Result<ListenerHandle, RuntimeError> {
     let addr = key.addr;
@@ -617,7 +617,7 @@ fn open(
         listener,
         key,
         Arc::clone(proxy),
-        Arc::clone(workers),
+        workers,
         Arc::clone(graceful),
     )
     .map_err(|source| RuntimeError::Bind { addr, source })

@@ -1,8 +1,14 @@
 //! Listeners: accept connections and serve HTTP/1.1 and HTTP/2 (prior knowledge) on them,
 //! after a TLS handshake on TLS binds.
 //!
-//! The accept loop runs on the runtime that opened the listener; each accepted socket is handed
-//! to the next worker (`workers`), which serves the connection to its end.
+//! Every worker accepts on every listener, as HAProxy's threads do: each worker's runtime runs an
+//! accept loop on its own descriptor of the one listening socket (a `dup`, so all workers share
+//! the socket and its accept queue) and serves the connections it accepts to their end, on that
+//! worker. The first worker to reach the queue takes the next connection (a busy worker comes
+//! later), and no connection moves between threads. One shared socket rather than one
+//! `SO_REUSEPORT` socket per worker: closing a listener then resets no connection left waiting
+//! in one worker's queue, a port-0 bind needs no further binds to the port it got, and no other
+//! process can join the port's group and take a share of the connections.
 //!
 //! On a TLS bind the handshake must complete within the frontend's `timeout.http_request`
 //! (hyper and tokio-rustls have no handshake timeout); a failed or late handshake closes the
@@ -58,7 +64,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// A running accept loop; [`ListenerHandle::stop`] closes the socket (open connections go on).
+/// A listener's running accept loops (one per worker); [`ListenerHandle::stop`] closes the
+/// socket (open connections go on).
 #[derive(Debug)]
 pub struct ListenerHandle {
     /// Which configured bind this is.
@@ -66,66 +73,90 @@ pub struct ListenerHandle {
     /// The address actually bound (differs when the configured port is 0).
     pub local: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ListenerHandle {
-    /// Stops accepting and waits until the socket is closed.
+    /// Stops accepting on every worker and waits until the socket is closed (every worker's
+    /// descriptor of it), so that its address can be bound again at once.
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        tracing::info!(listener = %self.local, "listener closed");
     }
 }
 
-/// Starts accepting on `listener` for the listener `key`; connections go to `workers`.
+/// Starts accepting on `listener` for the listener `key`, on every one of `workers`.
 pub fn spawn_listener(
     listener: std::net::TcpListener,
     key: ListenKey,
     proxy: Arc<Proxy>,
-    workers: Arc<Workers>,
+    workers: &Workers,
     graceful: Arc<GracefulShutdown>,
 ) -> io::Result<ListenerHandle> {
     let local = listener.local_addr()?;
-    let port = local.port();
-    let listener = TcpListener::from_std(listener)?;
     let stop = CancellationToken::new();
-    let token = stop.clone();
-    let key_out = key.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = token.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((tcp, client)) => {
-                    let watcher = graceful.watcher();
-                    let (key, proxy) = (key.clone(), Arc::clone(&proxy));
-                    // Move the socket to a worker: deregister here, register there.
-                    match tcp.into_std() {
-                        Ok(tcp) => workers.spawn(async move {
-                            match TcpStream::from_std(tcp) {
-                                Ok(tcp) => serve_connection(tcp, client, key, port, proxy, watcher).await,
-                                Err(e) => tracing::warn!(client = %client, error = %e, "cannot adopt connection"),
-                            }
-                        }),
-                        Err(e) => tracing::warn!(client = %client, error = %e, "cannot hand over connection"),
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(listener = %local, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+    let tasks = workers.spawn_on_each(|| {
+        // Inside the worker's runtime context: the descriptor registers with that runtime.
+        let socket = TcpListener::from_std(listener.try_clone()?)?;
+        Ok(accept_loop(
+            socket,
+            local,
+            key.clone(),
+            Arc::clone(&proxy),
+            Arc::clone(&graceful),
+            stop.clone(),
+        ))
+    })?;
+    // The workers hold their own descriptors; this one is closed here.
+    drop(listener);
+    Ok(ListenerHandle {
+        key,
+        local,
+        stop,
+        tasks,
+    })
+}
+
+/// One worker's accept loop on its descriptor of the listening socket: serves every connection
+/// it accepts on this worker, until `stop`.
+async fn accept_loop(
+    listener: TcpListener,
+    local: SocketAddr,
+    key: ListenKey,
+    proxy: Arc<Proxy>,
+    graceful: Arc<GracefulShutdown>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, client)) => {
+                let watcher = graceful.watcher();
+                let (key, proxy) = (key.clone(), Arc::clone(&proxy));
+                tokio::spawn(serve_connection(
+                    tcp,
+                    client,
+                    key,
+                    local.port(),
+                    proxy,
+                    watcher,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(listener = %local, error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
                 }
             }
         }
-        tracing::info!(listener = %local, "listener closed");
-    });
-    Ok(ListenerHandle {
-        key: key_out,
-        local,
-        stop,
-        task,
-    })
+    }
 }
 
 async fn serve_connection(

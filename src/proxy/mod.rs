@@ -4,8 +4,9 @@
 //! socket), `http` carries each request through routing, balancing and forwarding (`canon`
 //! makes its authority and path canonical, `headers` rewrites headers), `respond` is the one
 //! place failures become statuses, `body` and `access` finish each response with its log line.
-//! `workers` runs connections on per-thread runtimes. `upgrade` turns a 101 into a WebSocket tunnel. TCP-mode frontends hand their
-//! connections to `l4`, which routes and relays them with `tcp`'s building blocks.
+//! `workers` runs the accept loops and the connections on per-thread runtimes. `upgrade` turns a
+//! 101 into a WebSocket tunnel. TCP-mode frontends hand their connections to `l4`, which routes
+//! and relays them with `tcp`'s building blocks.
 
 pub mod access;
 pub mod body;

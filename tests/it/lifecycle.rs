@@ -1,10 +1,11 @@
 //! The real binary: SIGHUP reloads (routing changes, in-flight requests finish, bad configs are
-//! refused, listeners open and close) and SIGTERM drains.
+//! refused, listeners open and close) and SIGTERM drains. The configs run four workers, so
+//! that every listener has several accept loops (one per worker) to open and close.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{Binary, Servers, field, get, server_name};
+use crate::support::{Binary, Proxy, Servers, field, get, server_name};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -19,6 +20,7 @@ fn config(
         r#"
         [global]
         grace = "10s"
+        workers = 4
 
         [frontend.web]
         bind = "127.0.0.1:0"
@@ -164,4 +166,51 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
         .await
         .unwrap();
     assert_eq!(code, 0);
+}
+
+/// Two loopback ports nothing listens on (bound together, so distinct, then closed).
+fn two_free_ports() -> (SocketAddr, SocketAddr) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moving_a_bind_closes_the_old_port_and_can_bind_it_again() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (first, second) = two_free_ports();
+    let config = |bind: SocketAddr| {
+        format!(
+            r#"
+            [global]
+            workers = 4
+
+            [frontend.web]
+            bind = "{bind}"
+            default_backend = "one"
+
+            [backend.one]
+            servers = [ {{ name = "one", addr = "{one}" }} ]
+            "#
+        )
+    };
+    let proxy = Proxy::start(&config(first)).await;
+    assert_eq!(proxy.addr(), first);
+
+    // To the second port and back: the way back binds the first port again, which works only
+    // if every worker let go of it.
+    for (open, closed) in [(second, first), (first, second)] {
+        std::fs::write(&proxy.path, config(open)).unwrap();
+        proxy.runtime.reload().await.expect("reload");
+        assert!(
+            tokio::net::TcpStream::connect(closed).await.is_err(),
+            "{closed}: the port the bind left is closed"
+        );
+        // Fresh connections, more than there are workers, all served.
+        for _ in 0..8 {
+            let (status, _, body) = get(&format!("http://{open}/")).await;
+            assert_eq!((status.as_u16(), server_name(&body)), (200, "one"));
+        }
+    }
 }
