@@ -8,9 +8,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::upstream::ResponseBody;
 use crate::upstream::body::{BodyError, IdleBody};
 
 /// Called once when a response to the client is finished, with the body bytes sent and
@@ -21,7 +21,7 @@ pub trait Finish: Send + 'static {
 
 enum Kind {
     Local(Option<Bytes>),
-    Upstream(Pin<Box<IdleBody<Incoming>>>),
+    Upstream(Pin<Box<IdleBody<ResponseBody>>>),
 }
 
 /// The body of a response to the client.
@@ -51,7 +51,7 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(body: IdleBody<Incoming>, finish: Option<Box<dyn Finish>>) -> Self {
+    pub fn upstream(body: IdleBody<ResponseBody>, finish: Option<Box<dyn Finish>>) -> Self {
         Self {
             kind: Kind::Upstream(Box::pin(body)),
             sent: 0,

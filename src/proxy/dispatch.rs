@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
@@ -30,8 +29,8 @@ use crate::proxy::timer::within;
 use crate::proxy::upgrade;
 use crate::routing::RequestView;
 use crate::snapshot::{Backend, Frontend, Server};
-use crate::upstream::ConnectTiming;
 use crate::upstream::body::{BodyError, IdleBody, Reclaimable, UpstreamBody};
+use crate::upstream::{ConnectTiming, ResponseBody, UpstreamError};
 
 /// The parts of a forwarded request that each attempt needs.
 #[derive(Debug)]
@@ -54,12 +53,17 @@ impl Attempt {
         last: bool,
         headers: &mut Option<HeaderMap>,
     ) -> Request<UpstreamBody> {
-        let uri = Uri::builder()
-            .scheme(server.scheme.clone())
-            .authority(server.authority.clone())
-            .path_and_query(self.path_and_query.clone())
-            .build()
-            .unwrap_or_default();
+        // HTTP/1.1 sends the origin form; HTTP/2 needs the scheme and authority as well.
+        let uri = if server.pools.is_h2() {
+            Uri::builder()
+                .scheme(server.scheme.clone())
+                .authority(server.authority.clone())
+                .path_and_query(self.path_and_query.clone())
+                .build()
+                .unwrap_or_default()
+        } else {
+            Uri::from(self.path_and_query.clone())
+        };
         let body = match &self.body {
             Some(b) => UpstreamBody::Pending(b.clone()),
             None => UpstreamBody::Empty,
@@ -140,7 +144,7 @@ pub(crate) async fn dispatch(
         let outcome = within(
             backend.timeouts.server,
             timer,
-            server.pools.client().request(req),
+            server.pools.send(&server.scheme, &server.authority, req),
         )
         .await;
         record.server = Some(Arc::clone(&server.name));
@@ -316,7 +320,7 @@ pub(crate) fn observe(backend: &Backend, server: &Server, event: Event) {
 }
 
 fn relay(
-    resp: Response<Incoming>,
+    resp: Response<ResponseBody>,
     backend: &Backend,
     sent: Instant,
     mut record: Box<Record>,
@@ -340,7 +344,7 @@ fn relay(
 /// A 101 from the server: the 101 goes to the client and a tunnel takes both connections
 /// over once hyper has handed them out. A 101 the client did not ask for is a broken answer.
 fn switch(
-    mut resp: Response<Incoming>,
+    mut resp: Response<ResponseBody>,
     client: Option<OnUpgrade>,
     backend: &Backend,
     info: &ConnInfo,
@@ -372,7 +376,7 @@ fn switch(
     out
 }
 
-fn is_client_body_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+fn is_client_body_timeout(e: &UpstreamError) -> bool {
     let mut source = e.source();
     while let Some(err) = source {
         if let Some(BodyError::Idle(_)) = err.downcast_ref::<BodyError>() {
@@ -383,7 +387,7 @@ fn is_client_body_timeout(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// An error and its causes on one line: hyper-util's own messages are terse.
+/// An error and its causes on one line: hyper's own messages are terse.
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

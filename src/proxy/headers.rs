@@ -13,65 +13,58 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
 /// `Trailer`, `Transfer-Encoding`, `Upgrade`, and `Proxy-*` headers.
+///
+/// One pass over the names finds them (usually none, or just `Connection`), so a message
+/// without hop-by-hop headers costs no lookups.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are collected first; removing while iterating is not possible.
-    let mut named: Vec<HeaderName> = Vec::new();
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    // Names listed in Connection go as well.
     for value in headers.get_all(header::CONNECTION) {
         if let Ok(text) = value.to_str() {
             for token in text.split(',') {
                 if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                    named.push(name);
+                    doomed.push(name);
                 }
             }
         }
     }
-    for name in named {
+    for name in doomed {
         headers.remove(name);
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    // Any other Proxy-* header (e.g. Proxy-Authorization-Info) is hop-by-hop too.
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(name);
-        }
-    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.as_str().starts_with("proxy-")
 }
 
 /// Replaces whatever forwarding headers the client sent with wasp's own: the client sent them,
 /// so they cannot be trusted. `host` is the canonical authority, if any.
+/// `client` is the client's address as [`client_value`] made it, `host` the `Host` value sent.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: HeaderValue,
     scheme: &'static str,
-    host: Option<&str>,
+    host: Option<HeaderValue>,
 ) {
     headers.remove(&FORWARDED);
     headers.remove(&X_REAL_IP);
-    headers.insert(X_FORWARDED_FOR.clone(), ip_value(client));
+    headers.insert(X_FORWARDED_FOR.clone(), client);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    match host {
         Some(v) => {
             headers.insert(X_FORWARDED_HOST.clone(), v);
         }
@@ -81,7 +74,9 @@ pub fn set_forwarded(
     }
 }
 
-fn ip_value(ip: IpAddr) -> HeaderValue {
+/// A client address as `X-Forwarded-For` gives it (IPv4-mapped IPv6 addresses as IPv4); made
+/// once per connection.
+pub fn client_value(ip: IpAddr) -> HeaderValue {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
@@ -122,8 +117,25 @@ mod tests {
             ("content-length", "3"),
         ]);
         strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, vec!["content-length", "x-kept"]);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_without_a_connection_header_too() {
+        let mut h = map(&[
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "yes"),
+            ("proxy-foo", "1"),
+            ("upgrade", "h2c"),
+        ]);
+        strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
-        assert_eq!(left, vec!["x-kept", "content-length"]);
+        assert_eq!(left, vec!["x-kept"]);
+        let mut untouched = map(&[("host", "a"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched.len(), 2);
     }
 
     #[test]
@@ -132,9 +144,9 @@ mod tests {
         strip_hop_by_hop(&mut h);
         set_forwarded(
             &mut h,
-            "10.0.0.1".parse().unwrap(),
+            client_value("10.0.0.1".parse().unwrap()),
             "http",
-            Some("example.com"),
+            Some(HeaderValue::from_static("example.com")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
@@ -147,7 +159,12 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
         ]);
-        set_forwarded(&mut h, "::ffff:192.0.2.7".parse().unwrap(), "https", None);
+        set_forwarded(
+            &mut h,
+            client_value("::ffff:192.0.2.7".parse().unwrap()),
+            "https",
+            None,
+        );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -155,9 +172,9 @@ mod tests {
         assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
         set_forwarded(
             &mut h,
-            "2001:db8::1".parse().unwrap(),
+            client_value("2001:db8::1".parse().unwrap()),
             "http",
-            Some("a.example:8080"),
+            Some(HeaderValue::from_static("a.example:8080")),
         );
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
         assert_eq!(h["x-forwarded-host"], "a.example:8080");

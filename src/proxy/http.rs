@@ -42,6 +42,8 @@ pub struct ConnInfo {
     pub conn: Arc<ConnShared>,
     /// The server-timeout timer of HTTP/1 requests, which come one at a time (see `timer`).
     pub h1_timer: Mutex<LazyTimer>,
+    /// The client's address as `X-Forwarded-For` gives it.
+    pub forwarded_for: HeaderValue,
 }
 
 /// Serves one request. Never fails: every failure is an HTTP answer.
@@ -171,21 +173,19 @@ async fn forward(
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     headers.remove(header::CONTENT_LENGTH);
-    if let Some(a) = &authority {
-        match HeaderValue::from_str(a.as_str()) {
-            Ok(v) => {
-                headers.insert(header::HOST, v);
-            }
-            Err(_) => return local(Failure::BadRequest, record),
-        }
+    let host = match authority
+        .as_ref()
+        .map(|a| HeaderValue::from_str(a.as_str()))
+    {
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return local(Failure::BadRequest, record),
+        None => None,
+    };
+    if let Some(v) = &host {
+        headers.insert(header::HOST, v.clone());
     }
     if frontend.forwardfor {
-        set_forwarded(
-            headers,
-            info.client.ip(),
-            info.scheme,
-            authority.as_ref().map(|a| a.as_str()),
-        );
+        set_forwarded(headers, info.forwarded_for.clone(), info.scheme, host);
     }
 
     let upgrade = upgrade.map(|(proto, on)| {

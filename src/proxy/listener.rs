@@ -36,6 +36,7 @@ use crate::config::Mode;
 use crate::health::FrontendState;
 use crate::proxy::Proxy;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
+use crate::proxy::headers::client_value;
 use crate::proxy::http::{ConnInfo, serve};
 use crate::proxy::timer::LazyTimer;
 use crate::proxy::workers::Workers;
@@ -273,6 +274,7 @@ impl Connection {
             sni: tls.flatten(),
             conn: Arc::clone(&conn),
             h1_timer: Mutex::new(LazyTimer::default()),
+            forwarded_for: client_value(client.ip()),
         });
         let service = service_fn(move |req| serve(Arc::clone(&proxy), Arc::clone(&info), req));
 

@@ -10,6 +10,7 @@ mod health;
 mod labs;
 mod lifecycle;
 mod plugins;
+mod pooling;
 mod states;
 mod statuses;
 mod streaming;

@@ -178,6 +178,33 @@ impl Servers {
         (addr, arrived, gate)
     }
 
+    /// A server that counts the connections it accepts and answers by path: `/chunked` with a
+    /// chunked body (`one\ntwo\n`), `/empty` with 204, `/bytes/N` with N bytes, anything else
+    /// with `ok\n` once it has read the request body.
+    pub async fn counting(&self) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service_fn(by_path));
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
     /// A server that reads the request head and closes the connection without answering.
     pub async fn closer(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -290,6 +317,46 @@ async fn behave(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
     resp.headers_mut()
         .insert("x-body-bytes", n.to_string().parse().unwrap());
     Ok(resp)
+}
+
+async fn by_path(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        return Ok(Response::new(streamed(n.parse().unwrap_or(0))));
+    }
+    if path == "/chunked" {
+        return Ok(Response::new(
+            Chunks(vec![
+                Bytes::from_static(b"two\n"),
+                Bytes::from_static(b"one\n"),
+            ])
+            .boxed(),
+        ));
+    }
+    if path == "/empty" {
+        let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        return Ok(resp);
+    }
+    let _ = req.into_body().collect().await;
+    Ok(Response::new(
+        Full::new(Bytes::from_static(b"ok\n")).boxed(),
+    ))
+}
+
+/// A body of unknown length (sent chunked): its frames, popped from the end.
+struct Chunks(Vec<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop().map(|b| Ok(Frame::data(b))))
+    }
 }
 
 /// A body of `left` bytes sent as frames of (at most) `chunk`.

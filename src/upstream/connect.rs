@@ -1,0 +1,187 @@
+//! New connections to servers: TCP (hyper-util's resolver and connector, with the `connect`
+//! timeout and `TCP_NODELAY`), then TLS when the server wants it. The handshake is part of the
+//! connect, bounded by the same timeout, and its failure is a connect failure. Each connection
+//! remembers when and how fast it was made ([`ConnectTiming`]).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tower_service::Service;
+
+/// Timing of the connect that created an upstream connection; present in the extensions of
+/// every response received on that connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectTiming {
+    /// When the connection was established.
+    pub established: Instant,
+    /// How long the connect took.
+    pub took: Duration,
+}
+
+/// Why a connection to a server could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Tcp(Box<dyn std::error::Error + Send + Sync>),
+    #[error("tls handshake: {0}")]
+    Tls(io::Error),
+    #[error("tls handshake timed out after {0:?}")]
+    TlsTimeout(Duration),
+    #[error("http handshake: {0}")]
+    Handshake(hyper::Error),
+}
+
+/// What a connector needs to speak TLS to one server.
+#[derive(Clone)]
+struct TlsConnect {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnect")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes connections to servers: TCP with a timeout, then TLS when configured.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    tcp: HttpConnector,
+    timeout: Duration,
+    tls: Option<TlsConnect>,
+}
+
+impl Connector {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(connect_timeout));
+        // TLS servers get `https` URIs; the handshake is this connector's.
+        tcp.enforce_http(false);
+        Self {
+            tcp,
+            timeout: connect_timeout,
+            tls: None,
+        }
+    }
+
+    pub fn with_tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Self {
+        self.tls = Some(TlsConnect {
+            connector: TlsConnector::from(config),
+            name,
+        });
+        self
+    }
+
+    /// Connects to the server `uri` names (scheme and authority).
+    pub async fn connect(&self, uri: Uri) -> Result<(Stream, ConnectTiming), ConnectError> {
+        let start = Instant::now();
+        let tcp = self
+            .tcp
+            .clone()
+            .call(uri)
+            .await
+            .map_err(|e| ConnectError::Tcp(e.into()))?
+            .into_inner();
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some(t) => {
+                let handshake = t.connector.connect(t.name.clone(), tcp);
+                match tokio::time::timeout_at(start + self.timeout, handshake).await {
+                    Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                    Ok(Err(e)) => return Err(ConnectError::Tls(e)),
+                    Err(_) => return Err(ConnectError::TlsTimeout(self.timeout)),
+                }
+            }
+        };
+        let established = Instant::now();
+        let timing = ConnectTiming {
+            established,
+            took: established - start,
+        };
+        Ok((stream, timing))
+    }
+}
+
+/// A connection to a server: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Connection pools to servers, one per worker thread.
+//!
+//! A worker's requests only ever use that worker's pool (`set_pool_index`), so a request, its
+//! upstream connection and that connection's task all run on one thread.
+//!
+//! HTTP/1.1: idle keep-alive connections per server, most recently used first. A connection
+//! goes back to its pool when the response body has been read to its end (a response without
+//! a body: at once); a response abandoned half-way closes it. A request that finds its pooled
+//! connection closed by the server before the request was sent moves on to the next idle one,
+//! or a new connection. Idle connections are closed after [`POOL_IDLE_TIMEOUT`]; at most
+//! [`POOL_MAX_IDLE_PER_SERVER`] stay idle per server.
+//!
+//! HTTP/2 (`proto = "h2"`): one shared connection per server, multiplexing every request, and
+//! replaced once it closes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+use crate::config::Proto;
+use crate::upstream::body::UpstreamBody;
+use crate::upstream::connect::{ConnectError, ConnectTiming, Connector};
+
+/// How long an idle pooled connection is kept before it is closed.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle pooled connections kept per server.
+pub const POOL_MAX_IDLE_PER_SERVER: usize = 256;
+/// How often a worker's pool closes connections idle for longer than [`POOL_IDLE_TIMEOUT`].
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a request got no response from a server.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made: nothing was sent.
+    #[error("connect: {0}")]
+    Connect(#[source] ConnectError),
+    /// The request was (maybe partly) sent, and no response came back.
+    #[error("{0}")]
+    Send(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the server was never reached (so the request may go to another server).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+/// An idle HTTP/1.1 connection.
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    timing: ConnectTiming,
+    since: Instant,
+}
+
+/// A shared HTTP/2 connection.
+struct Shared {
+    sender: http2::SendRequest<UpstreamBody>,
+    timing: ConnectTiming,
+}
+
+/// One worker's connections.
+#[derive(Default)]
+struct WorkerPool {
+    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    h2: Mutex<HashMap<Authority, Shared>>,
+    sweeping: AtomicBool,
+}
+
+/// The connections of every worker to servers reached alike (one [`Connector`] and protocol).
+struct Inner {
+    connector: Connector,
+    proto: Proto,
+    workers: Box<[WorkerPool]>,
+}
+
+/// Connection pools, one per worker, for servers reached with the same settings.
+#[derive(Clone)]
+pub struct Pools(Arc<Inner>);
+
+impl fmt::Debug for Pools {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pools")
+            .field("proto", &self.0.proto)
+            .field("workers", &self.0.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Pools {
+    pub(crate) fn new(connector: Connector, proto: Proto, workers: usize) -> Self {
+        Pools(Arc::new(Inner {
+            connector,
+            proto,
+            workers: (0..workers.max(1)).map(|_| WorkerPool::default()).collect(),
+        }))
+    }
+
+    /// Whether requests to these servers are sent over HTTP/2 (and need an absolute URI).
+    pub fn is_h2(&self) -> bool {
+        self.0.proto == Proto::H2
+    }
+
+    /// Sends `req` to the server at `scheme://authority` on the current worker's pool. An
+    /// HTTP/1.1 request carries its target in origin form, an HTTP/2 one in absolute form.
+    pub async fn send(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let worker = super::pool_index() % self.0.workers.len();
+        match self.0.proto {
+            Proto::Http1 => self.send_h1(worker, scheme, authority, req).await,
+            Proto::H2 => self.send_h2(worker, scheme, authority, req).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        worker: usize,
+        scheme: &Scheme,
+        authority: &Authority,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        loop {
+            let (mut conn, reused) = match self.checkout(worker, authority) {
+                Some(idle) => ((idle.sender, idle.timing), true),
+                None => (self.connect_h1(scheme, authority).await?, false),
+            };
+            match conn.0.try_send_request(req).await {
+                Ok(resp) => {
+                    let checkin = Checkin {
+                        pools: Arc::downgrade(&self.0),
+                        worker,
+                        authority: authority.clone(),
+                        sender: conn.0,
+                        timing: conn.1,
+                    };
+                    return Ok(ResponseBody::wrap(resp, conn.1, Some(checkin)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection the server had closed; nothing was sent.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::Send(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection to `authority` that can take a request.
+    fn checkout(&self, worker: usize, authority: &Authority) -> Option<Idle> {
+        let mut idle = lock(&self.0.workers[worker].idle);
+        let list = idle.get_mut(authority)?;
+        let now = Instant::now();
+        while let Some(conn) = list.pop() {
+            if conn.sender.is_ready() && now - conn.since < POOL_IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    async fn connect_h1(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<(http1::SendRequest<UpstreamBody>, ConnectTiming), UpstreamError> {
+        let (stream, timing) = self.connect(scheme, authority).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(ConnectError::Handshake(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "server connection ended");
+            }
+        });
+        Ok((sender, timing))
+    }
+
+    async fn send_h2(
+        &self,
+        worker: usize,
+        scheme: &Scheme,
+        authority: &Authority,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        loop {
+            let shared = {
+                let h2 = lock(&self.0.workers[worker].h2);
+                h2.get(authority)
+                    .filter(|s| !s.sender.is_closed())
+                    .map(|s| (s.sender.clone(), s.timing))
+            };
+            let (mut sender, timing, reused) = match shared {
+                Some((sender, timing)) => (sender, timing, true),
+                None => {
+                    let (sender, timing) = self.connect_h2(scheme, authority).await?;
+                    lock(&self.0.workers[worker].h2).insert(
+                        authority.clone(),
+                        Shared {
+                            sender: sender.clone(),
+                            timing,
+                        },
+                    );
+                    (sender, timing, false)
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        self.forget_h2(worker, authority, &sender);
+                        req = unsent;
+                    }
+                    _ => return Err(UpstreamError::Send(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Drops the shared connection to `authority` if it still is `dead`.
+    fn forget_h2(
+        &self,
+        worker: usize,
+        authority: &Authority,
+        dead: &http2::SendRequest<UpstreamBody>,
+    ) {
+        let mut h2 = lock(&self.0.workers[worker].h2);
+        if h2
+            .get(authority)
+            .is_some_and(|s| s.sender.is_closed() || dead.is_closed())
+        {
+            h2.remove(authority);
+        }
+    }
+
+    async fn connect_h2(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<(http2::SendRequest<UpstreamBody>, ConnectTiming), UpstreamError> {
+        let (stream, timing) = self.connect(scheme, authority).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(ConnectError::Handshake(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "server connection ended");
+            }
+        });
+        Ok((sender, timing))
+    }
+
+    async fn connect(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<(super::connect::Stream, ConnectTiming), UpstreamError> {
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Connect(ConnectError::Tcp(e.into())))?;
+        self.0
+            .connector
+            .connect(uri)
+            .await
+            .map_err(UpstreamError::Connect)
+    }
+}
+
+impl Inner {
+    /// Puts an idle connection back, and makes sure this worker sweeps out stale ones.
+    fn check_in(self: &Arc<Self>, worker: usize, authority: Authority, idle: Idle) {
+        let pool = &self.workers[worker];
+        {
+            let mut map = lock(&pool.idle);
+            let list = map.entry(authority).or_default();
+            if list.len() >= POOL_MAX_IDLE_PER_SERVER {
+                // The oldest goes.
+                list.remove(0);
+            }
+            list.push(idle);
+        }
+        if !pool.sweeping.swap(true, Ordering::Relaxed) {
+            let pools = Arc::downgrade(self);
+            tokio::spawn(sweep(pools, worker));
+        }
+    }
+}
+
+/// Closes, every [`SWEEP_EVERY`], the worker's connections idle for too long or closed by
+/// their server; ends with the pools.
+async fn sweep(pools: Weak<Inner>, worker: usize) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pools) = pools.upgrade() else { return };
+        let pool = &pools.workers[worker];
+        let now = Instant::now();
+        let mut idle = lock(&pool.idle);
+        idle.retain(|_, list| {
+            list.retain(|c| !c.sender.is_closed() && now - c.since < POOL_IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+        drop(idle);
+        lock(&pool.h2).retain(|_, s| !s.sender.is_closed());
+    }
+}
+
+/// Where an HTTP/1.1 connection goes once its response is over.
+struct Checkin {
+    pools: Weak<Inner>,
+    worker: usize,
+    authority: Authority,
+    sender: http1::SendRequest<UpstreamBody>,
+    timing: ConnectTiming,
+}
+
+impl Checkin {
+    /// Returns the connection to its pool once it can take the next request (at once, nearly
+    /// always: the connection's task finished the response before its last bytes got here).
+    fn release(self) {
+        let Some(pools) = self.pools.upgrade() else {
+            return;
+        };
+        let Checkin {
+            worker,
+            authority,
+            mut sender,
+            timing,
+            ..
+        } = self;
+        if sender.is_ready() {
+            let since = Instant::now();
+            pools.check_in(
+                worker,
+                authority,
+                Idle {
+                    sender,
+                    timing,
+                    since,
+                },
+            );
+        } else if !sender.is_closed() {
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    let since = Instant::now();
+                    pools.check_in(
+                        worker,
+                        authority,
+                        Idle {
+                            sender,
+                            timing,
+                            since,
+                        },
+                    );
+                }
+            });
+        }
+    }
+}
+
+/// A server's response body; reading it to its end returns the connection to its pool.
+pub struct ResponseBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("pooled", &self.checkin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseBody {
+    fn wrap(
+        resp: Response<Incoming>,
+        timing: ConnectTiming,
+        checkin: Option<Checkin>,
+    ) -> Response<ResponseBody> {
+        let (mut parts, inner) = resp.into_parts();
+        parts.extensions.insert(timing);
+        // After a 101 the connection belongs to the tunnel.
+        let checkin = checkin.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS);
+        let mut body = ResponseBody { inner, checkin };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        Response::from_parts(parts, body)
+    }
+
+    fn release(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.release();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.release(),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
+            Some(Ok(_)) => {}
+            // The connection is broken: it closes when its sender is dropped.
+            Some(Err(_)) => this.checkin = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

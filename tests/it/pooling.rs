@@ -1,0 +1,167 @@
+//! Upstream connection pooling: keep-alive reuse, connections the server closed, responses
+//! abandoned half-way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::support::{Proxy, Servers, client};
+
+fn proxy_to(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+        [global]
+        workers = 1
+
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+
+        [backend.app]
+        retries = 0
+        timeout = {{ connect = "1s", server = "5s" }}
+        servers = [ {{ name = "s", addr = "{addr}" }} ]
+        "#
+    )
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_server_connection() {
+    let servers = Servers::new();
+    let (addr, accepted) = servers.counting().await;
+    let proxy = Proxy::start(&proxy_to(addr)).await;
+    let client = client();
+    for i in 0..30 {
+        let (method, path, want) = match i % 5 {
+            0 => (Method::GET, "/", "ok\n"),
+            1 => (Method::HEAD, "/", ""),
+            2 => (Method::GET, "/chunked", "one\ntwo\n"),
+            3 => (Method::GET, "/empty", ""),
+            _ => (Method::POST, "/", "ok\n"),
+        };
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(proxy.url(path))
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "{method} {path}: {}",
+            resp.status()
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, want.as_bytes(), "{method} {path}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "30 sequential requests on one worker should share one server connection"
+    );
+}
+
+/// A server that answers one request per connection with a keep-alive response, then closes
+/// the connection (and reports it closed).
+async fn one_shot_server() -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<()>,
+    Arc<AtomicUsize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                    .await;
+                drop(tcp);
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, closed, accepted)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_is_not_used() {
+    let (addr, mut closed, accepted) = one_shot_server().await;
+    let proxy = Proxy::start(&proxy_to(addr)).await;
+    let client = client();
+    for i in 0..6 {
+        // Not replayable, and no retries: only the pool can keep this from failing.
+        let method = if i % 2 == 0 {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(proxy.url("/"))
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i} ({method})");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok\n");
+        // The server has closed this connection before the next request is sent.
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("server closes")
+            .expect("server runs");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn a_response_abandoned_half_way_does_not_leave_its_connection_in_the_pool() {
+    let servers = Servers::new();
+    let (addr, accepted) = servers.counting().await;
+    let proxy = Proxy::start(&proxy_to(addr)).await;
+    // Take the head and the first bytes of a large response, then hang up.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    tcp.write_all(b"GET /bytes/8388608 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    while got < 1024 {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "proxy closed early");
+        got += n;
+    }
+    drop(tcp);
+    // Later requests get whole, correct answers, never the rest of that body.
+    let client = client();
+    for _ in 0..5 {
+        let resp = client.get(proxy.url("/").parse().unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok\n");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the abandoned connection is closed; the later requests share a new one"
+    );
+}
