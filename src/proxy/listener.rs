@@ -39,7 +39,7 @@ use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::headers::client_value;
 use crate::proxy::http::{ConnInfo, serve};
 use crate::proxy::timer::LazyTimer;
-use crate::proxy::workers::Workers;
+use crate::proxy::workers::{Placement, Workers};
 use crate::proxy::{access, l4};
 use crate::snapshot::ListenKey;
 
@@ -99,11 +99,13 @@ pub fn spawn_listener(
 ) -> io::Result<ListenerHandle> {
     let local = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let tasks = workers.spawn_on_each(|| {
+    let tasks = workers.spawn_on_each(|me| {
         // Inside the worker's runtime context: the descriptor registers with that runtime.
         let socket = TcpListener::from_std(listener.try_clone()?)?;
         Ok(accept_loop(
             socket,
+            me,
+            workers.placement().clone(),
             local,
             key.clone(),
             Arc::clone(&proxy),
@@ -121,10 +123,13 @@ pub fn spawn_listener(
     })
 }
 
-/// One worker's accept loop on its descriptor of the listening socket: serves every connection
-/// it accepts on this worker, until `stop`.
+/// Worker `me`'s accept loop on its descriptor of the listening socket, until `stop`: serves
+/// what it accepts on this worker, or on the worker `placement` picks instead.
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
+    me: usize,
+    placement: Placement,
     local: SocketAddr,
     key: ListenKey,
     proxy: Arc<Proxy>,
@@ -139,15 +144,30 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, client)) => {
                 let watcher = graceful.watcher();
-                let (key, proxy) = (key.clone(), Arc::clone(&proxy));
-                tokio::spawn(serve_connection(
-                    tcp,
-                    client,
-                    key,
-                    local.port(),
-                    proxy,
-                    watcher,
-                ));
+                let (key, proxy, port) = (key.clone(), Arc::clone(&proxy), local.port());
+                let (worker, load) = placement.place(me);
+                if worker == me {
+                    tokio::spawn(async move {
+                        let _load = load;
+                        serve_connection(tcp, client, key, port, proxy, watcher).await;
+                    });
+                    continue;
+                }
+                // Move the socket to the other worker: deregister here, register there.
+                match tcp.into_std() {
+                    Ok(tcp) => placement.spawn_on(worker, async move {
+                        let _load = load;
+                        match TcpStream::from_std(tcp) {
+                            Ok(tcp) => {
+                                serve_connection(tcp, client, key, port, proxy, watcher).await
+                            }
+                            Err(e) => {
+                                tracing::warn!(client = %client, error = %e, "cannot adopt connection")
+                            }
+                        }
+                    }),
+                    Err(e) => tracing::warn!(client = %client, error = %e, "cannot hand over connection"),
+                }
             }
             Err(e) => {
                 tracing::warn!(listener = %local, error = %e, "accept failed");

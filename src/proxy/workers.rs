@@ -6,11 +6,15 @@
 //! Wakeups between a client connection and its upstream connection therefore never cross
 //! threads, which measured ~12% less CPU per request than tokio's work-stealing scheduler
 //! (docs/benchmarks.md). Every worker also accepts: each listener has an accept loop on every
-//! worker ([`Workers::spawn_on_each`]), and a connection is served by the worker that accepted
-//! it, so a new connection never crosses threads either.
+//! worker ([`Workers::spawn_on_each`]). A connection is served by the worker that accepted it
+//! unless that worker already serves more connections than the least busy one (a first-come
+//! accept would otherwise pile a burst of long-lived connections onto whichever worker woke
+//! first); then it moves to the least busy worker ([`Placement`]).
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
@@ -20,9 +24,64 @@ use tokio_util::sync::CancellationToken;
 /// A fixed set of worker threads.
 #[derive(Debug)]
 pub struct Workers {
-    handles: Vec<Handle>,
+    placement: Placement,
     threads: Vec<JoinHandle<()>>,
     stop: CancellationToken,
+}
+
+/// Which worker serves a new connection: the one that accepted it, or the least busy one when
+/// the acceptor is busier (by more than one connection).
+#[derive(Debug, Clone)]
+pub struct Placement(Arc<Placed>);
+
+#[derive(Debug)]
+struct Placed {
+    handles: Vec<Handle>,
+    /// Connections each worker serves now.
+    load: Box<[AtomicUsize]>,
+}
+
+/// A connection's share of its worker's load, given back when dropped.
+#[derive(Debug)]
+pub struct LoadGuard {
+    placement: Placement,
+    worker: usize,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.placement.0.load[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Placement {
+    /// The worker that serves a connection accepted by worker `me`, counted as busier by one
+    /// until the guard is dropped.
+    pub fn place(&self, me: usize) -> (usize, LoadGuard) {
+        let load = &self.0.load;
+        let mine = load[me].load(Ordering::Relaxed);
+        let (least, least_load) = load
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, l)| l)
+            .unwrap_or((me, mine));
+        let worker = if mine > least_load + 1 { least } else { me };
+        load[worker].fetch_add(1, Ordering::Relaxed);
+        let guard = LoadGuard {
+            placement: self.clone(),
+            worker,
+        };
+        (worker, guard)
+    }
+
+    /// Runs `task` on worker `worker`.
+    pub fn spawn_on<F>(&self, worker: usize, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.0.handles[worker].spawn(task);
+    }
 }
 
 impl Workers {
@@ -48,8 +107,9 @@ impl Workers {
                 })?;
             threads.push(thread);
         }
+        let load = (0..count).map(|_| AtomicUsize::new(0)).collect();
         Ok(Workers {
-            handles,
+            placement: Placement(Arc::new(Placed { handles, load })),
             threads,
             stop,
         })
@@ -57,31 +117,36 @@ impl Workers {
 
     /// How many workers there are.
     pub fn len(&self) -> usize {
-        self.handles.len()
+        self.placement.0.handles.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
+        self.placement.0.handles.is_empty()
     }
 
-    /// Starts one task on every worker. `make` builds each worker's task on the calling thread
-    /// but inside that worker's runtime context, so that what it registers (a socket) belongs to
-    /// the runtime the task then runs on. All or nothing: when a `make` fails, no task starts
-    /// and the tasks built so far are dropped.
+    /// Where new connections go (shared by every accept loop).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Starts one task on every worker. `make(i)` builds worker `i`'s task on the calling
+    /// thread but inside that worker's runtime context, so that what it registers (a socket)
+    /// belongs to the runtime the task then runs on. All or nothing: when a `make` fails, no
+    /// task starts and the tasks built so far are dropped.
     pub fn spawn_on_each<F>(
         &self,
-        mut make: impl FnMut() -> io::Result<F>,
+        mut make: impl FnMut(usize) -> io::Result<F>,
     ) -> io::Result<Vec<task::JoinHandle<()>>>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let mut tasks = Vec::with_capacity(self.handles.len());
-        for handle in &self.handles {
+        let handles = &self.placement.0.handles;
+        let mut tasks = Vec::with_capacity(handles.len());
+        for (i, handle) in handles.iter().enumerate() {
             let _context = handle.enter();
-            tasks.push(make()?);
+            tasks.push(make(i)?);
         }
-        Ok(self
-            .handles
+        Ok(handles
             .iter()
             .zip(tasks)
             .map(|(handle, task)| handle.spawn(task))
@@ -118,7 +183,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel();
         let tasks = workers
-            .spawn_on_each(|| {
+            .spawn_on_each(|_| {
                 // `from_std` panics outside a runtime: `make` runs in the worker's context.
                 let socket = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
                 let tx = tx.clone();
@@ -143,11 +208,30 @@ mod tests {
     }
 
     #[test]
+    fn connections_accepted_by_one_worker_are_spread_over_all() {
+        let workers = Workers::start(3).unwrap();
+        let placement = workers.placement();
+        // Worker 0 accepts everything (it woke first every time).
+        let held: Vec<_> = (0..99).map(|_| placement.place(0)).collect();
+        let mut per_worker = [0usize; 3];
+        for (worker, _) in &held {
+            per_worker[*worker] += 1;
+        }
+        let (min, max) = (per_worker.iter().min(), per_worker.iter().max());
+        assert!(max.unwrap() - min.unwrap() <= 2, "{per_worker:?}");
+        // Connections that end give their worker's share back: worker 0 keeps the next one.
+        drop(held);
+        assert_eq!(placement.place(0).0, 0);
+        let (first, _kept) = placement.place(1);
+        assert_eq!(first, 1, "an idle acceptor keeps its connection");
+    }
+
+    #[test]
     fn spawn_on_each_starts_nothing_when_a_task_cannot_be_made() {
         let workers = Workers::start(3).unwrap();
         let held = Arc::new(());
         let mut made = 0;
-        let result = workers.spawn_on_each(|| {
+        let result = workers.spawn_on_each(|_| {
             made += 1;
             if made == 3 {
                 return Err(std::io::Error::other("cannot"));
