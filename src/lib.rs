@@ -19,7 +19,7 @@
 //! proxy     listeners, the HTTP request path, upstream forwarding, error responses, access log
 //! admin     the admin listener: stats page, /metrics, runtime API (through the Control trait
 //!           the runtime implements); the `wasp ctl` client
-//! upstream  the pooled clients to servers: HTTP/1.1 or HTTP/2, plain or TLS
+//! upstream  connections to servers and their per-worker pools: HTTP/1.1 or HTTP/2, plain or TLS
 //! runtime   process lifecycle: run, reload on SIGHUP, graceful stop; run-time server overlay;
 //!           certificate reload when the files change
 //! watch     debounced folder watching (plugin hot-loading, certificate reload)

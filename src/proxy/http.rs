@@ -84,7 +84,9 @@ pub async fn serve(
         return Ok(local(Failure::NoBackend, record));
     };
     record.frontend = Some(Arc::clone(&frontend.state));
-    Ok(forward(&snapshot, frontend, &info, req, record).await)
+    // Boxed: the forwarding state is several KiB, and hyper moves this future (into its
+    // connection's slot; into a task of its own for each HTTP/2 stream).
+    Ok(Box::pin(forward(&snapshot, frontend, &info, req, record)).await)
 }
 
 async fn forward(

@@ -42,30 +42,55 @@ impl LazyTimer {
 /// Runs `fut` for at most `limit`; `None` when the limit passed first. With a shared `timer`
 /// (one that no other pending future polls meanwhile, e.g. the one request in flight on an
 /// HTTP/1 connection) no new timer is registered; without one a fresh tokio timer is used.
-pub async fn within<F: Future>(
+///
+/// A plain future rather than an `async fn`, so that `fut` is stored once (an `async fn` keeps
+/// its argument and the pinned copy of it), which keeps every request's future smaller.
+pub fn within<F: Future>(
     limit: Duration,
     timer: Option<&Mutex<LazyTimer>>,
     fut: F,
-) -> Option<F::Output> {
-    let Some(timer) = timer else {
-        return tokio::time::timeout(limit, fut).await.ok();
+) -> Within<'_, F> {
+    let (shared, own) = match timer {
+        Some(timer) => (Some((timer, Instant::now() + limit)), None),
+        None => (None, Some(tokio::time::sleep(limit))),
     };
-    let deadline = Instant::now() + limit;
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+    Within { fut, shared, own }
+}
+
+pin_project_lite::pin_project! {
+    /// The future [`within`] returns.
+    pub struct Within<'a, F> {
+        #[pin]
+        fut: F,
+        // The shared timer and the deadline, or a timer of its own.
+        shared: Option<(&'a Mutex<LazyTimer>, Instant)>,
+        #[pin]
+        own: Option<Sleep>,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        let mut timer = timer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if timer.poll_expired(deadline, cx) {
+        let expired = match (this.shared, this.own.as_pin_mut()) {
+            (Some((timer, deadline)), _) => timer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .poll_expired(*deadline, cx),
+            (None, Some(sleep)) => sleep.poll(cx).is_ready(),
+            (None, None) => false,
+        };
+        if expired {
             Poll::Ready(None)
         } else {
             Poll::Pending
         }
-    })
-    .await
+    }
 }
 
 #[cfg(test)]

@@ -142,7 +142,9 @@ impl Pools {
         loop {
             let (mut conn, reused) = match self.checkout(worker, authority) {
                 Some(idle) => ((idle.sender, idle.timing), true),
-                None => (self.connect_h1(scheme, authority).await?, false),
+                // Boxed: the connect state is large and rarely needed; inline, every request's future
+                // would carry (and copy) it.
+                None => (Box::pin(self.connect_h1(scheme, authority)).await?, false),
             };
             match conn.0.try_send_request(req).await {
                 Ok(resp) => {
@@ -211,7 +213,7 @@ impl Pools {
             let (mut sender, timing, reused) = match shared {
                 Some((sender, timing)) => (sender, timing, true),
                 None => {
-                    let (sender, timing) = self.connect_h2(scheme, authority).await?;
+                    let (sender, timing) = Box::pin(self.connect_h2(scheme, authority)).await?;
                     lock(&self.0.workers[worker].h2).insert(
                         authority.clone(),
                         Shared {
