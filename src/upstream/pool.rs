@@ -203,13 +203,18 @@ impl Pools {
         authority: &Authority,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
+        // The shared connection is tried once; a request it gave back unsent goes over a new
+        // one (or one another request has made meanwhile), and no further.
+        let mut may_reuse = true;
         loop {
-            let shared = {
-                let h2 = lock(&self.0.workers[worker].h2);
-                h2.get(authority)
-                    .filter(|s| !s.sender.is_closed())
-                    .map(|s| (s.sender.clone(), s.timing))
-            };
+            let shared = may_reuse
+                .then(|| {
+                    let h2 = lock(&self.0.workers[worker].h2);
+                    h2.get(authority)
+                        .filter(|s| !s.sender.is_closed())
+                        .map(|s| (s.sender.clone(), s.timing))
+                })
+                .flatten();
             let (mut sender, timing, reused) = match shared {
                 Some((sender, timing)) => (sender, timing, true),
                 None => {
@@ -228,28 +233,14 @@ impl Pools {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => {
-                        self.forget_h2(worker, authority, &sender);
+                        // Whatever refused it, new requests should not meet it again.
+                        lock(&self.0.workers[worker].h2).remove(authority);
+                        may_reuse = false;
                         req = unsent;
                     }
                     _ => return Err(UpstreamError::Send(e.into_error())),
                 },
             }
-        }
-    }
-
-    /// Drops the shared connection to `authority` if it still is `dead`.
-    fn forget_h2(
-        &self,
-        worker: usize,
-        authority: &Authority,
-        dead: &http2::SendRequest<UpstreamBody>,
-    ) {
-        let mut h2 = lock(&self.0.workers[worker].h2);
-        if h2
-            .get(authority)
-            .is_some_and(|s| s.sender.is_closed() || dead.is_closed())
-        {
-            h2.remove(authority);
         }
     }
 
