@@ -162,11 +162,11 @@ async fn accept_loop(
                                 serve_connection(tcp, client, key, port, proxy, watcher).await
                             }
                             Err(e) => {
-                                tracing::warn!(client = %client, error = %e, "cannot adopt connection")
+                                tracing::warn!(%client, error = %e, "cannot adopt connection")
                             }
                         }
                     }),
-                    Err(e) => tracing::warn!(client = %client, error = %e, "cannot hand over connection"),
+                    Err(e) => tracing::warn!(%client, error = %e, "cannot hand over connection"),
                 }
             }
             Err(e) => {

@@ -142,8 +142,8 @@ impl Pools {
         loop {
             let (mut conn, reused) = match self.checkout(worker, authority) {
                 Some(idle) => ((idle.sender, idle.timing), true),
-                // Boxed: the connect state is large and rarely needed; inline, every request's future
-                // would carry (and copy) it.
+                // Boxed: the connect state is large and rarely needed; inline, every request's
+                // future would carry (and copy) it.
                 None => (Box::pin(self.connect_h1(scheme, authority)).await?, false),
             };
             match conn.0.try_send_request(req).await {
