@@ -11,7 +11,8 @@
 //! [`POOL_MAX_IDLE_PER_SERVER`] stay idle per server.
 //!
 //! HTTP/2 (`proto = "h2"`): one shared connection per server, multiplexing every request, and
-//! replaced once it closes.
+//! replaced once it closes. Requests that find no connection each make one (the last made is
+//! kept; the others close when their request ends): connects are not coordinated.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -15,6 +15,10 @@ use tokio::sync::mpsc;
 use crate::support::{Proxy, Servers, client};
 
 fn proxy_to(addr: std::net::SocketAddr) -> String {
+    proxy_over(addr, "http1")
+}
+
+fn proxy_over(addr: std::net::SocketAddr, proto: &str) -> String {
     format!(
         r#"
         [global]
@@ -25,6 +29,7 @@ fn proxy_to(addr: std::net::SocketAddr) -> String {
         default_backend = "app"
 
         [backend.app]
+        proto = "{proto}"
         retries = 0
         timeout = {{ connect = "1s", server = "5s" }}
         servers = [ {{ name = "s", addr = "{addr}" }} ]
@@ -65,6 +70,31 @@ async fn sequential_requests_reuse_one_server_connection() {
         1,
         "30 sequential requests on one worker should share one server connection"
     );
+}
+
+#[tokio::test]
+async fn http2_requests_share_one_server_connection() {
+    let servers = Servers::new();
+    let (addr, accepted) = servers.counting().await;
+    let proxy = Proxy::start(&proxy_over(addr, "h2")).await;
+    let client = client();
+    // The first request makes the connection (a burst before it exists would make one
+    // connection per request, each closed after its request: see docs/proxy.md).
+    let first = client.get(proxy.url("/").parse().unwrap()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    // Then bursts of requests at once: all streams of that one HTTP/2 connection.
+    for _ in 0..3 {
+        let requests: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(client.get(proxy.url("/").parse().unwrap())))
+            .collect();
+        for request in requests {
+            let resp = request.await.unwrap().unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok\n");
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 /// A server that answers one request per connection with a keep-alive response, then closes
