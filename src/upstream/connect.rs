@@ -40,6 +40,9 @@ pub enum ConnectError {
     TlsTimeout(Duration),
     #[error("http handshake: {0}")]
     Handshake(hyper::Error),
+    /// The HTTP/2 connection this request waited for (another request was making it) failed.
+    #[error("the shared http/2 connection could not be made")]
+    Shared,
 }
 
 /// What a connector needs to speak TLS to one server.

@@ -11,8 +11,8 @@
 //! [`POOL_MAX_IDLE_PER_SERVER`] stay idle per server.
 //!
 //! HTTP/2 (`proto = "h2"`): one shared connection per server, multiplexing every request, and
-//! replaced once it closes. Requests that find no connection each make one (the last made is
-//! kept; the others close when their request ends): connects are not coordinated.
+//! replaced once it closes. One request makes it while the others that need it wait; if that
+//! connect fails, so do they (as connect failures, which `retries` may send elsewhere).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Proto;
@@ -67,16 +68,24 @@ struct Idle {
 }
 
 /// A shared HTTP/2 connection.
+#[derive(Clone)]
 struct Shared {
     sender: http2::SendRequest<UpstreamBody>,
     timing: ConnectTiming,
+}
+
+/// A server's HTTP/2 connection on one worker: made, or being made by one request while the
+/// others wait for it (`None` until the attempt ends; `Some(None)`: it failed).
+enum H2Slot {
+    Ready(Shared),
+    Connecting(watch::Receiver<Option<Option<Shared>>>),
 }
 
 /// One worker's connections.
 #[derive(Default)]
 struct WorkerPool {
     idle: Mutex<HashMap<Authority, Vec<Idle>>>,
-    h2: Mutex<HashMap<Authority, Shared>>,
+    h2: Mutex<HashMap<Authority, H2Slot>>,
     sweeping: AtomicBool,
 }
 
@@ -205,37 +214,31 @@ impl Pools {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         // The shared connection is tried once; a request it gave back unsent goes over a new
-        // one (or one another request has made meanwhile), and no further.
+        // one of its own, and no further.
         let mut may_reuse = true;
         loop {
-            let shared = may_reuse
-                .then(|| {
-                    let h2 = lock(&self.0.workers[worker].h2);
-                    h2.get(authority)
-                        .filter(|s| !s.sender.is_closed())
-                        .map(|s| (s.sender.clone(), s.timing))
-                })
-                .flatten();
-            let (mut sender, timing, reused) = match shared {
-                Some((sender, timing)) => (sender, timing, true),
-                None => {
-                    let (sender, timing) = Box::pin(self.connect_h2(scheme, authority)).await?;
-                    lock(&self.0.workers[worker].h2).insert(
-                        authority.clone(),
-                        Shared {
-                            sender: sender.clone(),
-                            timing,
-                        },
-                    );
-                    (sender, timing, false)
+            let (mut sender, timing) = if may_reuse {
+                match self.shared_h2(worker, scheme, authority).await? {
+                    Some(shared) => (shared.sender, shared.timing),
+                    // The connection waited for went away unmade: look again.
+                    None => continue,
                 }
+            } else {
+                let (sender, timing) = Box::pin(self.connect_h2(scheme, authority)).await?;
+                let shared = Shared { sender, timing };
+                lock(&self.0.workers[worker].h2)
+                    .insert(authority.clone(), H2Slot::Ready(shared.clone()));
+                (shared.sender, shared.timing)
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
+                    Some(unsent) if may_reuse => {
                         // Whatever refused it, new requests should not meet it again.
-                        lock(&self.0.workers[worker].h2).remove(authority);
+                        let mut h2 = lock(&self.0.workers[worker].h2);
+                        if matches!(h2.get(authority), Some(H2Slot::Ready(_))) {
+                            h2.remove(authority);
+                        }
                         may_reuse = false;
                         req = unsent;
                     }
@@ -243,6 +246,96 @@ impl Pools {
                 },
             }
         }
+    }
+
+    /// The worker's open HTTP/2 connection to `authority`: the one there is, the one another
+    /// request is making (waited for; its failure is this request's), or a new one. `None`
+    /// when the request making it was dropped before it finished.
+    async fn shared_h2(
+        &self,
+        worker: usize,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<Option<Shared>, UpstreamError> {
+        let slots = &self.0.workers[worker].h2;
+        enum Found {
+            Open(Shared),
+            Wait(watch::Receiver<Option<Option<Shared>>>),
+            Make(watch::Sender<Option<Option<Shared>>>),
+        }
+        let found = {
+            let mut h2 = lock(slots);
+            match h2.get(authority) {
+                Some(H2Slot::Ready(s)) if !s.sender.is_closed() => Found::Open(s.clone()),
+                Some(H2Slot::Connecting(rx)) => Found::Wait(rx.clone()),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    h2.insert(authority.clone(), H2Slot::Connecting(rx));
+                    Found::Make(tx)
+                }
+            }
+        };
+        let mut rx = match found {
+            Found::Open(shared) => return Ok(Some(shared)),
+            Found::Make(tx) => return self.make_h2(slots, scheme, authority, tx).await.map(Some),
+            Found::Wait(rx) => rx,
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(outcome) => match outcome.clone().flatten() {
+                Some(shared) => Ok(Some(shared)),
+                None => Err(UpstreamError::Connect(ConnectError::Shared)),
+            },
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Makes the connection the `Connecting` slot of `authority` stands for, and tells the
+    /// requests waiting for it.
+    async fn make_h2(
+        &self,
+        slots: &Mutex<HashMap<Authority, H2Slot>>,
+        scheme: &Scheme,
+        authority: &Authority,
+        tx: watch::Sender<Option<Option<Shared>>>,
+    ) -> Result<Shared, UpstreamError> {
+        /// Clears the slot if this request is dropped half-way (its waiters then look again).
+        struct Unfinished<'a> {
+            slots: &'a Mutex<HashMap<Authority, H2Slot>>,
+            authority: &'a Authority,
+            armed: bool,
+        }
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                if !self.armed {
+                    return;
+                }
+                let mut h2 = lock(self.slots);
+                if matches!(h2.get(self.authority), Some(H2Slot::Connecting(_))) {
+                    h2.remove(self.authority);
+                }
+            }
+        }
+        let mut unfinished = Unfinished {
+            slots,
+            authority,
+            armed: true,
+        };
+        let made = Box::pin(self.connect_h2(scheme, authority)).await;
+        let shared = made.as_ref().ok().map(|(sender, timing)| Shared {
+            sender: sender.clone(),
+            timing: *timing,
+        });
+        {
+            let mut h2 = lock(slots);
+            match &shared {
+                Some(s) => h2.insert(authority.clone(), H2Slot::Ready(s.clone())),
+                None => h2.remove(authority),
+            };
+        }
+        unfinished.armed = false;
+        tx.send_replace(Some(shared));
+        let (sender, timing) = made?;
+        Ok(Shared { sender, timing })
     }
 
     async fn connect_h2(
@@ -319,7 +412,10 @@ async fn sweep(pools: Weak<Inner>, worker: usize) {
             !list.is_empty()
         });
         drop(idle);
-        lock(&pool.h2).retain(|_, s| !s.sender.is_closed());
+        lock(&pool.h2).retain(|_, slot| match slot {
+            H2Slot::Ready(s) => !s.sender.is_closed(),
+            H2Slot::Connecting(_) => true,
+        });
     }
 }
 

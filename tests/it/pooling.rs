@@ -78,11 +78,8 @@ async fn http2_requests_share_one_server_connection() {
     let (addr, accepted) = servers.counting().await;
     let proxy = Proxy::start(&proxy_over(addr, "h2")).await;
     let client = client();
-    // The first request makes the connection (a burst before it exists would make one
-    // connection per request, each closed after its request: see docs/proxy.md).
-    let first = client.get(proxy.url("/").parse().unwrap()).await.unwrap();
-    assert_eq!(first.status(), 200);
-    // Then bursts of requests at once: all streams of that one HTTP/2 connection.
+    // Bursts of requests at once, the first before any connection exists: all streams of one
+    // HTTP/2 connection, which the first request makes while the others wait for it.
     for _ in 0..3 {
         let requests: Vec<_> = (0..5)
             .map(|_| tokio::spawn(client.get(proxy.url("/").parse().unwrap())))
@@ -95,6 +92,28 @@ async fn http2_requests_share_one_server_connection() {
         }
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn requests_waiting_for_a_failed_http2_connect_fail_with_it() {
+    let servers = Servers::new();
+    let closed = servers.closed_port().await;
+    let proxy = Proxy::start(&proxy_over(closed, "h2")).await;
+    let client = client();
+    let requests: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(client.get(proxy.url("/").parse().unwrap())))
+        .collect();
+    for request in requests {
+        let resp = request.await.unwrap().unwrap();
+        assert_eq!(
+            resp.status(),
+            503,
+            "a connect failure, for every waiting request"
+        );
+    }
+    // Nothing stays behind: the next request tries to connect again (and fails again).
+    let resp = client.get(proxy.url("/").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 503);
 }
 
 /// A server that answers one request per connection with a keep-alive response, then closes
