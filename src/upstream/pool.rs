@@ -14,7 +14,7 @@
 //! replaced once it closes. One request makes it while the others that need it wait; if that
 //! connect fails, so do they (as connect failures, which `retries` may send elsewhere).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,7 +84,7 @@ enum H2Slot {
 /// One worker's connections.
 #[derive(Default)]
 struct WorkerPool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<HashMap<Authority, VecDeque<Idle>>>,
     h2: Mutex<HashMap<Authority, H2Slot>>,
     sweeping: AtomicBool,
 }
@@ -181,7 +181,7 @@ impl Pools {
         let mut idle = lock(&self.0.workers[worker].idle);
         let list = idle.get_mut(authority)?;
         let now = Instant::now();
-        while let Some(conn) = list.pop() {
+        while let Some(conn) = list.pop_back() {
             if conn.sender.is_ready() && now - conn.since < POOL_IDLE_TIMEOUT {
                 return Some(conn);
             }
@@ -385,9 +385,9 @@ impl Inner {
             let list = map.entry(authority).or_default();
             if list.len() >= POOL_MAX_IDLE_PER_SERVER {
                 // The oldest goes.
-                list.remove(0);
+                list.pop_front();
             }
-            list.push(idle);
+            list.push_back(idle);
         }
         if !pool.sweeping.swap(true, Ordering::Relaxed) {
             let pools = Arc::downgrade(self);
@@ -442,30 +442,21 @@ impl Checkin {
             timing,
             ..
         } = self;
-        if sender.is_ready() {
+        let put_back = move |sender| {
             let since = Instant::now();
-            pools.check_in(
-                worker,
-                authority,
-                Idle {
-                    sender,
-                    timing,
-                    since,
-                },
-            );
+            let idle = Idle {
+                sender,
+                timing,
+                since,
+            };
+            pools.check_in(worker, authority, idle);
+        };
+        if sender.is_ready() {
+            put_back(sender);
         } else if !sender.is_closed() {
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    let since = Instant::now();
-                    pools.check_in(
-                        worker,
-                        authority,
-                        Idle {
-                            sender,
-                            timing,
-                            since,
-                        },
-                    );
+                    put_back(sender);
                 }
             });
         }

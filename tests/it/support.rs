@@ -325,13 +325,12 @@ async fn by_path(req: Request<Incoming>) -> Result<Response<TestBody>, Infallibl
         return Ok(Response::new(streamed(n.parse().unwrap_or(0))));
     }
     if path == "/chunked" {
-        return Ok(Response::new(
-            Chunks(vec![
-                Bytes::from_static(b"two\n"),
-                Bytes::from_static(b"one\n"),
-            ])
-            .boxed(),
-        ));
+        let (tx, body) = channel_body();
+        for part in [&b"one\n"[..], b"two\n"] {
+            tx.try_send(Frame::data(Bytes::from_static(part)))
+                .expect("the channel has room for both parts");
+        }
+        return Ok(Response::new(body.boxed()));
     }
     if path == "/empty" {
         let mut resp = Response::new(Full::new(Bytes::new()).boxed());
@@ -344,19 +343,25 @@ async fn by_path(req: Request<Incoming>) -> Result<Response<TestBody>, Infallibl
     ))
 }
 
-/// A body of unknown length (sent chunked): its frames, popped from the end.
-struct Chunks(Vec<Bytes>);
+/// A body fed frame by frame through a channel, so that a test controls when each part is
+/// sent; of unknown length (sent chunked over HTTP/1.1).
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Frame<Bytes>>);
 
-impl http_body::Body for Chunks {
+impl http_body::Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        std::task::Poll::Ready(self.0.pop().map(|b| Ok(Frame::data(b))))
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
     }
+}
+
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Frame<Bytes>>, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, ChannelBody(rx))
 }
 
 /// A body of `left` bytes sent as frames of (at most) `chunk`.

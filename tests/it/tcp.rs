@@ -288,6 +288,27 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Backends `shop` and `blog` (TLS servers with one certificate for `names`, sending their
+/// name) and `plain` (a TCP echo), as TOML; and the CA that signed the certificate.
+async fn sni_backends(names: &[&str]) -> (CertificateDer<'static>, String) {
+    let (ca, leaf, key) = test_pki(names);
+    let shop = tls_named("shop", leaf.clone(), key.clone()).await;
+    let blog = tls_named("blog", leaf, key).await;
+    let plain = tcp_echo("plain").await;
+    let backends = format!(
+        r#"[backend.shop]
+        mode = "tcp"
+        servers = [{{ name = "shop", addr = "{shop}" }}]
+        [backend.blog]
+        mode = "tcp"
+        servers = [{{ name = "blog", addr = "{blog}" }}]
+        [backend.plain]
+        mode = "tcp"
+        servers = [{{ name = "plain", addr = "{plain}" }}]"#
+    );
+    (ca, backends)
+}
+
 /// A TLS server that completes the handshake and sends `name`, then closes.
 async fn tls_named(name: &'static str, cert: CertificateDer<'static>, key: Vec<u8>) -> SocketAddr {
     let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -349,10 +370,7 @@ async fn assert_tls_routes(proxy: SocketAddr, ca: CertificateDer<'static>, cases
 
 #[tokio::test]
 async fn sni_routes_tls_to_two_backends_without_terminating_it() {
-    let (ca, leaf, key) = test_pki(&["shop.example", "blog.example"]);
-    let shop = tls_named("shop", leaf.clone(), key.clone()).await;
-    let blog = tls_named("blog", leaf, key).await;
-    let plain = tcp_echo("plain").await;
+    let (ca, backends) = sni_backends(&["shop.example", "blog.example"]).await;
     let proxy = Proxy::start(&format!(
         r#"
         [frontend.tls_in]
@@ -365,15 +383,7 @@ async fn sni_routes_tls_to_two_backends_without_terminating_it() {
           {{ backend = "blog", if = "is_blog" }},
         ]
         default_backend = "plain"
-        [backend.shop]
-        mode = "tcp"
-        servers = [{{ name = "shop", addr = "{shop}" }}]
-        [backend.blog]
-        mode = "tcp"
-        servers = [{{ name = "blog", addr = "{blog}" }}]
-        [backend.plain]
-        mode = "tcp"
-        servers = [{{ name = "plain", addr = "{plain}" }}]
+        {backends}
         "#
     ))
     .await;
@@ -469,10 +479,7 @@ async fn one_gib_through_tcp_mode_with_bounded_memory() {
 /// untouched), and defers the rest to `default_backend`.
 #[tokio::test]
 async fn a_router_plugin_routes_connections_by_sni() {
-    let (ca, leaf, key) = test_pki(&["shop.example", "www.blog.example"]);
-    let shop = tls_named("shop", leaf.clone(), key.clone()).await;
-    let blog = tls_named("blog", leaf, key).await;
-    let plain = tcp_echo("plain").await;
+    let (ca, backends) = sni_backends(&["shop.example", "www.blog.example"]).await;
     let proxy = Proxy::start(&format!(
         r#"
         [frontend.tls_in]
@@ -480,15 +487,7 @@ async fn a_router_plugin_routes_connections_by_sni() {
         bind = "127.0.0.1:0"
         router = "sni"
         default_backend = "plain"
-        [backend.shop]
-        mode = "tcp"
-        servers = [{{ name = "shop", addr = "{shop}" }}]
-        [backend.blog]
-        mode = "tcp"
-        servers = [{{ name = "blog", addr = "{blog}" }}]
-        [backend.plain]
-        mode = "tcp"
-        servers = [{{ name = "plain", addr = "{plain}" }}]
+        {backends}
         [plugin.sni]
         path = "{}"
         timeout = "1s"

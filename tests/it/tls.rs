@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::support::{Proxy, Servers, server_name, wait_until};
+use crate::support::{Proxy, Servers, channel_body, server_name, wait_until};
 
 /// A certificate authority made for one test.
 struct TestCa {
@@ -546,27 +546,6 @@ async fn grpc_like_backend() -> SocketAddr {
         }
     });
     addr
-}
-
-/// A body fed frame by frame through a channel, so that a test controls when each part is
-/// sent.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Frame<Bytes>>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|f| f.map(Ok))
-    }
-}
-
-fn channel_body() -> (tokio::sync::mpsc::Sender<Frame<Bytes>>, ChannelBody) {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    (tx, ChannelBody(rx))
 }
 
 #[tokio::test]
