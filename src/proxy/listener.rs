@@ -304,7 +304,10 @@ impl Connection {
             .keep_alive(true)
             // Head timeouts (with a 408) are ClientIo's; hyper's own would close silently.
             .header_read_timeout(None)
-            .max_buf_size(max_header_size.max(8192));
+            .max_buf_size(max_header_size.max(8192))
+            // Head and body copied into one buffer per write rather than writev (as the
+            // upstream side does): measured cheaper per request (docs/benchmarks.md).
+            .writev(false);
         builder
             .http2()
             .timer(TokioTimer::new())
