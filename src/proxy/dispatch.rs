@@ -30,7 +30,7 @@ use crate::proxy::upgrade;
 use crate::routing::RequestView;
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::upstream::body::{BodyError, IdleBody, Reclaimable, UpstreamBody};
-use crate::upstream::{ConnectTiming, ResponseBody, UpstreamError};
+use crate::upstream::{ResponseBody, UpstreamError};
 
 /// The parts of a forwarded request that each attempt needs.
 #[derive(Debug)]
@@ -326,12 +326,11 @@ fn relay(
     mut record: Box<Record>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    record.t_connect = parts.extensions.get::<ConnectTiming>().map(|t| {
-        if t.established >= sent {
-            t.took
-        } else {
-            std::time::Duration::ZERO
-        }
+    let timing = body.timing();
+    record.t_connect = Some(if timing.established >= sent {
+        timing.took
+    } else {
+        std::time::Duration::ZERO
     });
     record.t_response = Some(record.received.elapsed());
     record.status = parts.status.as_u16();

@@ -19,8 +19,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tower_service::Service;
 
-/// Timing of the connect that created an upstream connection; present in the extensions of
-/// every response received on that connection.
+/// Timing of the connect that created an upstream connection; every response received on that
+/// connection carries it (`ResponseBody::timing`).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectTiming {
     /// When the connection was established.

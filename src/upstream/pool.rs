@@ -470,6 +470,7 @@ impl Checkin {
 /// A server's response body; reading it to its end returns the connection to its pool.
 pub struct ResponseBody {
     inner: Incoming,
+    timing: ConnectTiming,
     checkin: Option<Checkin>,
 }
 
@@ -487,15 +488,23 @@ impl ResponseBody {
         timing: ConnectTiming,
         checkin: Option<Checkin>,
     ) -> Response<ResponseBody> {
-        let (mut parts, inner) = resp.into_parts();
-        parts.extensions.insert(timing);
+        let (parts, inner) = resp.into_parts();
         // After a 101 the connection belongs to the tunnel.
         let checkin = checkin.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS);
-        let mut body = ResponseBody { inner, checkin };
+        let mut body = ResponseBody {
+            inner,
+            timing,
+            checkin,
+        };
         if body.inner.is_end_stream() {
             body.release();
         }
         Response::from_parts(parts, body)
+    }
+
+    /// How the connection that carried this response was made.
+    pub fn timing(&self) -> ConnectTiming {
+        self.timing
     }
 
     fn release(&mut self) {
