@@ -24,7 +24,7 @@ use crate::proxy::respond::{Failure, direct, failure, redirect, redirect_status}
 use crate::proxy::timer::LazyTimer;
 use crate::proxy::upgrade;
 use crate::routing::{LocalResponse, RequestView, RouteDecision};
-use crate::snapshot::{Frontend, ListenKey, Snapshot};
+use crate::snapshot::{Backend, Frontend, ListenKey, Snapshot};
 use crate::upstream::body::{IdleBody, Reclaimable};
 
 /// What a request knows about the connection it arrived on.
@@ -84,42 +84,62 @@ pub async fn serve(
         return Ok(local(Failure::NoBackend, record));
     };
     record.frontend = Some(Arc::clone(&frontend.state));
-    // Boxed: the forwarding state is several KiB, and hyper moves this future (into its
+    let (backend, attempt, record) = match prepare(&snapshot, frontend, &info, req, record) {
+        Prepared::Forward(backend, attempt, record) => (backend, attempt, record),
+        Prepared::Answer(answer) => return Ok(answer),
+    };
+    // Boxed: the attempts' state is a few KiB, and hyper moves this future (into its
     // connection's slot; into a task of its own for each HTTP/2 stream).
-    Ok(Box::pin(forward(&snapshot, frontend, &info, req, record)).await)
+    Ok(Box::pin(dispatch(backend, frontend, &info, attempt, record)).await)
 }
 
-async fn forward(
-    snapshot: &Snapshot,
+/// Where a request goes once [`prepare`] has looked at it.
+enum Prepared<'s> {
+    /// To a backend, with what each attempt there needs.
+    Forward(&'s Backend, Attempt, Box<Record>),
+    /// Nowhere: this is the answer (a local error, a redirect, a router's own response).
+    Answer(Response<ProxyBody>),
+}
+
+/// Everything before the first attempt, none of which waits: canonical host and path,
+/// routing, the forwarded request's headers.
+fn prepare<'s>(
+    snapshot: &'s Snapshot,
     frontend: &Frontend,
     info: &ConnInfo,
     mut req: Request<Incoming>,
     mut record: Box<Record>,
-) -> Response<ProxyBody> {
+) -> Prepared<'s> {
     let upgrade = upgrade::requested(req.version(), req.headers())
         .map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT {
-        return local(Failure::BadRequest, record);
+        return Prepared::Answer(local(Failure::BadRequest, record));
     }
     let authority = match canon::authority(parts.version, &parts.uri, &parts.headers) {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(client = %info.client, error = %e, "bad request");
-            return local(Failure::BadRequest, record);
+            return Prepared::Answer(local(Failure::BadRequest, record));
         }
     };
     let path = match canon::path(parts.uri.path()) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(client = %info.client, error = %e, "bad request");
-            return local(Failure::BadRequest, record);
+            return Prepared::Answer(local(Failure::BadRequest, record));
         }
     };
     let host = authority.as_ref().map(canon::host);
     let query = parts.uri.query().unwrap_or("");
     if frontend.redirect == Some(Redirect::Https) && info.scheme == "http" {
-        return to_https(&parts.method, host.as_deref(), &path, query, record);
+        return Prepared::Answer(to_https(
+            &parts.method,
+            host.as_deref(),
+            &path,
+            query,
+            record,
+        ));
     }
 
     let view = RequestView {
@@ -136,9 +156,9 @@ async fn forward(
     };
     let backend = match frontend.router.route(&view) {
         RouteDecision::Backend(i) => &snapshot.backends[i],
-        RouteDecision::NoBackend => return local(Failure::NoBackend, record),
-        RouteDecision::Respond(answer) => return respond_direct(*answer, record),
-        RouteDecision::Deny => return local(Failure::PluginDenied, record),
+        RouteDecision::NoBackend => return Prepared::Answer(local(Failure::NoBackend, record)),
+        RouteDecision::Respond(answer) => return Prepared::Answer(respond_direct(*answer, record)),
+        RouteDecision::Deny => return Prepared::Answer(local(Failure::PluginDenied, record)),
     };
     record.backend = Some(Arc::clone(&backend.state));
 
@@ -161,7 +181,7 @@ async fn forward(
             };
             match PathAndQuery::try_from(text) {
                 Ok(pq) => pq,
-                Err(_) => return local(Failure::BadRequest, record),
+                Err(_) => return Prepared::Answer(local(Failure::BadRequest, record)),
             }
         }
     };
@@ -180,7 +200,7 @@ async fn forward(
         .map(|a| HeaderValue::from_str(a.as_str()))
     {
         Some(Ok(v)) => Some(v),
-        Some(Err(_)) => return local(Failure::BadRequest, record),
+        Some(Err(_)) => return Prepared::Answer(local(Failure::BadRequest, record)),
         None => None,
     };
     if let Some(v) = &host {
@@ -212,7 +232,7 @@ async fn forward(
         body,
         upgrade,
     };
-    dispatch(backend, frontend, info, attempt, record).await
+    Prepared::Forward(backend, attempt, record)
 }
 
 /// `redirect = "https"`: the same canonical host (without its port: https is on 443), path and

@@ -138,7 +138,9 @@ impl Pools {
         let worker = super::pool_index() % self.0.workers.len();
         match self.0.proto {
             Proto::Http1 => self.send_h1(worker, scheme, authority, req).await,
-            Proto::H2 => self.send_h2(worker, scheme, authority, req).await,
+            // Boxed: its state is the larger, and inline every HTTP/1 request's future would
+            // carry (and copy) it too.
+            Proto::H2 => Box::pin(self.send_h2(worker, scheme, authority, req)).await,
         }
     }
 
