@@ -165,7 +165,6 @@ impl Pools {
                         worker,
                         authority: authority.clone(),
                         sender: conn.0,
-                        timing: conn.1,
                     };
                     return Ok(ResponseBody::wrap(resp, conn.1, Some(checkin)));
                 }
@@ -223,18 +222,17 @@ impl Pools {
         // one of its own, and no further.
         let mut may_reuse = true;
         loop {
-            let (mut sender, timing) = if may_reuse {
+            let Shared { mut sender, timing } = if may_reuse {
                 match self.shared_h2(worker, scheme, authority).await? {
-                    Some(shared) => (shared.sender, shared.timing),
+                    Some(shared) => shared,
                     // The connection waited for went away unmade: look again.
                     None => continue,
                 }
             } else {
-                let (sender, timing) = Box::pin(self.connect_h2(scheme, authority)).await?;
-                let shared = Shared { sender, timing };
+                let shared = Box::pin(self.connect_h2(scheme, authority)).await?;
                 lock(&self.0.workers[worker].h2)
                     .insert(authority.clone(), H2Slot::Ready(shared.clone()));
-                (shared.sender, shared.timing)
+                shared
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
@@ -327,10 +325,7 @@ impl Pools {
             armed: true,
         };
         let made = Box::pin(self.connect_h2(scheme, authority)).await;
-        let shared = made.as_ref().ok().map(|(sender, timing)| Shared {
-            sender: sender.clone(),
-            timing: *timing,
-        });
+        let shared = made.as_ref().ok().cloned();
         {
             let mut h2 = lock(slots);
             match &shared {
@@ -340,15 +335,14 @@ impl Pools {
         }
         unfinished.armed = false;
         tx.send_replace(Some(shared));
-        let (sender, timing) = made?;
-        Ok(Shared { sender, timing })
+        made
     }
 
     async fn connect_h2(
         &self,
         scheme: &Scheme,
         authority: &Authority,
-    ) -> Result<(http2::SendRequest<UpstreamBody>, ConnectTiming), UpstreamError> {
+    ) -> Result<Shared, UpstreamError> {
         let (stream, timing) = self.connect(scheme, authority).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -360,7 +354,7 @@ impl Pools {
                 tracing::debug!(error = %e, "server connection ended");
             }
         });
-        Ok((sender, timing))
+        Ok(Shared { sender, timing })
     }
 
     async fn connect(
@@ -431,13 +425,13 @@ struct Checkin {
     worker: usize,
     authority: Authority,
     sender: http1::SendRequest<UpstreamBody>,
-    timing: ConnectTiming,
 }
 
 impl Checkin {
-    /// Returns the connection to its pool once it can take the next request (at once, nearly
-    /// always: the connection's task finished the response before its last bytes got here).
-    fn release(self) {
+    /// Returns the connection (made as `timing` says) to its pool once it can take the next
+    /// request (at once, nearly always: the connection's task finished the response before its
+    /// last bytes got here).
+    fn release(self, timing: ConnectTiming) {
         let Some(pools) = self.pools.upgrade() else {
             return;
         };
@@ -445,7 +439,6 @@ impl Checkin {
             worker,
             authority,
             mut sender,
-            timing,
             ..
         } = self;
         let put_back = move |sender| {
@@ -511,7 +504,7 @@ impl ResponseBody {
 
     fn release(&mut self) {
         if let Some(c) = self.checkin.take() {
-            c.release();
+            c.release(self.timing);
         }
     }
 }
