@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! ```text
+//! clock     a worker's coarse clock: the last reading, refreshed on wake-up (no dependencies)
 //! counters  per-worker sharded traffic counters (no dependencies)
 //! tls       certs: PEM certificate, key and CA loading (below config, which checks the files
 //!           with it); the rustls server config of a TLS bind with its SNI resolver; the rustls
@@ -26,7 +27,7 @@
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
-//! Arrows point one way: tls::certs -> config/counters -> tls -> health -> routing/balance ->
+//! Arrows point one way: tls::certs -> config/counters/clock -> tls -> health -> routing/balance ->
 //! upstream -> plugin -> snapshot -> proxy/admin -> runtime -> binary. (The runtime implements
 //! admin's `Control` trait; admin never names it.)
 //! A lower module never names a higher one.
@@ -34,6 +35,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod demo;

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Mutex;
 
 use crate::admin::{self, AdminHandle, Control, ControlError, DiagnosticView};
@@ -32,6 +31,7 @@ use crate::plugin::build::build_judge;
 use crate::plugin::watch::{WatchHandle, spawn_watch};
 use crate::plugin::{LivePlugin, PluginError, PluginSet, Plugins, Reloaded};
 use crate::proxy::Proxy;
+use crate::proxy::graceful::Graceful;
 use crate::proxy::listener::{ListenerHandle, bind, spawn_listener};
 use crate::proxy::workers::Workers;
 use crate::snapshot::{ListenKey, SnapshotError, build_snapshot, listen_keys, prune_states};
@@ -79,7 +79,7 @@ pub enum RuntimeError {
 pub struct Runtime {
     core: Arc<Core>,
     /// Held here only, so that a stop can wait for the connections it watches.
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<Graceful>,
 }
 
 impl std::ops::Deref for Runtime {
@@ -106,7 +106,7 @@ pub struct Core {
     clients: ClientCache,
     workers: Arc<Workers>,
     /// Gone once a stop has begun: no listener may open after that.
-    graceful: Weak<GracefulShutdown>,
+    graceful: Weak<Graceful>,
     /// Also serialises applies (reloads and run-time server changes).
     listeners: Mutex<HashMap<ListenKey, ListenerHandle>>,
     checkers: std::sync::Mutex<HealthCheckers>,
@@ -134,7 +134,7 @@ impl Runtime {
         let snapshot = build_snapshot(Arc::clone(&config), &states, &clients, &set)?;
         plugins.commit(&set);
         let proxy = Arc::new(Proxy::new(snapshot));
-        let graceful = Arc::new(GracefulShutdown::new());
+        let graceful = Arc::new(Graceful::new());
         let mut listeners = HashMap::new();
         for (key, frontend) in listen_keys(&config) {
             let handle = open(key.clone(), &proxy, &workers, &graceful)?;
@@ -609,7 +609,7 @@ fn open(
     key: ListenKey,
     proxy: &Arc<Proxy>,
     workers: &Workers,
-    graceful: &Arc<GracefulShutdown>,
+    graceful: &Arc<Graceful>,
 ) -> Result<ListenerHandle, RuntimeError> {
     let addr = key.addr;
     let listener = bind(addr).map_err(|source| RuntimeError::Bind { addr, source })?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
+use rustc_hash::FxHashMap;
 
 use crate::balance::Balancer;
 use crate::config::acl::{AclRef, AclSpec, Fetch};
@@ -114,6 +115,8 @@ pub struct Server {
     pub scheme: Scheme,
     /// Upstream connection pools, one per worker (shared by servers reached alike).
     pub pools: Pools,
+    /// This server's key in `pools`.
+    pub pool_key: usize,
     pub state: Arc<ServerState>,
     /// Whether active health checks run for it (passive checks only mark such servers down,
     /// since only a check brings them back).
@@ -129,7 +132,8 @@ pub struct Snapshot {
     pub global: Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
-    by_bind: HashMap<ListenKey, Listen>,
+    /// Looked up for every request: a fast hash (keys come from the configuration).
+    by_bind: FxHashMap<ListenKey, Listen>,
 }
 
 /// What a listener serves: its frontend, and TLS termination when configured.
@@ -171,6 +175,11 @@ pub fn listen_keys(config: &Config) -> Vec<(ListenKey, &str)> {
 }
 
 impl Snapshot {
+    /// The index in `frontends` of the frontend that owns the listener `key`.
+    pub fn frontend_index(&self, key: &ListenKey) -> Option<usize> {
+        self.by_bind.get(key).map(|l| l.frontend)
+    }
+
     /// The frontend that owns the listener `key`.
     pub fn frontend_for(&self, key: &ListenKey) -> Option<&Frontend> {
         self.by_bind.get(key).map(|l| &self.frontends[l.frontend])
@@ -236,15 +245,17 @@ pub fn build_snapshot(
                 proto: b.proto,
                 tls,
             };
+            let pools = clients.pools(&client).map_err(upstream_error)?;
             servers.push(Server {
                 name: Arc::from(s.name.as_str()),
+                pool_key: pools.key(&authority),
                 authority,
                 scheme: if s.tls.is_some() {
                     Scheme::HTTPS
                 } else {
                     Scheme::HTTP
                 },
-                pools: clients.pools(&client).map_err(upstream_error)?,
+                pools,
                 state: states.server(key, s),
                 check: s.check,
                 send_proxy: s.send_proxy,
@@ -278,7 +289,7 @@ pub fn build_snapshot(
         .map(|(i, b)| (b.name.clone(), i))
         .collect();
     let mut frontends = Vec::with_capacity(config.frontends.len());
-    let mut by_bind = HashMap::new();
+    let mut by_bind = FxHashMap::default();
     for (i, f) in config.frontends.iter().enumerate() {
         // A frontend routes to backends of its own mode only (`wasp check` holds its rules to
         // that; a router plugin naming another mode's backend makes an invalid decision).

@@ -10,15 +10,16 @@
 //! (last tried) server each get the status class, bytes and response time (`counters`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use tokio::time::Instant;
 
-use crate::health::state::{ActiveGuard, BackendState, FrontendState};
+use crate::health::state::{ActiveGuard, FrontendState};
+use crate::proxy::LocalSnapshot;
 use crate::proxy::body::Finish;
 use crate::proxy::client_io::InFlight;
+use crate::snapshot::Backend;
 
 /// Tracing target of access-log events, for filtering (`RUST_LOG=wasp::access=off`).
 pub const TARGET: &str = "wasp::access";
@@ -30,10 +31,15 @@ pub const TARGET: &str = "wasp::access";
 pub struct Record {
     pub log: bool,
     pub client: SocketAddr,
-    /// `None` until the listener's frontend is known.
-    pub frontend: Option<Arc<FrontendState>>,
-    pub backend: Option<Arc<BackendState>>,
-    pub server: Option<Arc<str>>,
+    /// The snapshot serving the request, which the indices below point into (a worker's own
+    /// handle on it: no counter shared with other workers is written per request).
+    pub snapshot: LocalSnapshot,
+    /// Index in `snapshot.frontends`; `None` until the listener's frontend is known.
+    pub frontend: Option<usize>,
+    /// Index in `snapshot.backends`.
+    pub backend: Option<usize>,
+    /// Index in the backend's servers of the last server tried.
+    pub server: Option<usize>,
     pub method: Method,
     pub path: String,
     pub status: u16,
@@ -52,12 +58,26 @@ fn ms(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
+impl Record {
+    pub fn frontend_state(&self) -> Option<&FrontendState> {
+        self.frontend.map(|f| &*self.snapshot.frontends[f].state)
+    }
+
+    fn backend(&self) -> Option<&Backend> {
+        self.backend.map(|b| &self.snapshot.backends[b])
+    }
+
+    fn server_name(&self) -> Option<&str> {
+        Some(&self.backend()?.servers.get(self.server?)?.name)
+    }
+}
+
 impl Finish for Record {
     fn finish(self: Box<Self>, bytes: u64, complete: bool) {
         let status = self.status;
         let counted = [
-            self.frontend.as_deref().map(|f| &f.traffic),
-            self.backend.as_deref().map(|b| &b.traffic),
+            self.frontend_state().map(|f| &f.traffic),
+            self.backend().map(|b| &b.state.traffic),
         ];
         for traffic in counted.into_iter().flatten() {
             traffic.count_exchange(status, self.bytes_in, bytes, self.t_response);
@@ -73,9 +93,9 @@ impl Finish for Record {
         tracing::info!(
             target: TARGET,
             client = %self.client,
-            frontend = self.frontend.as_deref().map_or("-", FrontendState::name),
-            backend = self.backend.as_deref().map_or("-", BackendState::name),
-            server = self.server.as_deref().unwrap_or("-"),
+            frontend = self.frontend_state().map_or("-", FrontendState::name),
+            backend = self.backend().map_or("-", |b| b.state.name()),
+            server = self.server_name().unwrap_or("-"),
             method = self.method.as_str(),
             path = self.path.as_str(),
             status = self.status,

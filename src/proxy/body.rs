@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::upstream::ResponseBody;
 use crate::upstream::body::{BodyError, IdleBody};
 
@@ -47,7 +48,7 @@ impl ProxyBody {
             kind: Kind::Local(bytes),
             sent: 0,
             finish,
-            started: Instant::now(),
+            started: clock::recent(),
         }
     }
 
@@ -56,7 +57,7 @@ impl ProxyBody {
             kind: Kind::Upstream(Box::pin(body)),
             sent: 0,
             finish,
-            started: Instant::now(),
+            started: clock::recent(),
         }
     }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::proxy::timer::LazyTimer;
 
 /// The bytes of an HTTP/1.1 408, written straight to the socket when a head times out.
@@ -45,7 +46,7 @@ pub struct ConnShared {
 impl Default for ConnShared {
     fn default() -> Self {
         Self {
-            accepted: Instant::now(),
+            accepted: clock::now(),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             timed_out_head: AtomicBool::new(false),
@@ -143,7 +144,7 @@ pub struct ClientIo<IO> {
 
 impl<IO> ClientIo<IO> {
     pub fn new(io: IO, shared: Arc<ConnShared>, timeouts: ClientTimeouts) -> Self {
-        let now = Instant::now();
+        let now = shared.accepted;
         Self {
             io,
             shared,
@@ -227,7 +228,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                 if fresh.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
-                let now = Instant::now();
+                // Inactivity and head clocks: as exact as `clock::recent` (module doc).
+                let now = clock::recent();
                 if this.proto == Proto::Unknown {
                     let n = fresh.len().min(H2_PREFACE_START.len());
                     this.proto = if fresh[..n] == H2_PREFACE_START[..n] {
@@ -257,8 +259,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let now = Instant::now();
-                this.sync_phase(now);
+                this.sync_phase(clock::recent());
                 let Some(deadline) = this.read_deadline() else {
                     return Poll::Pending;
                 };
@@ -291,7 +292,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
             Poll::Ready(r) => {
                 self.write_blocked_since = None;
                 if r.is_ok() {
-                    let now = Instant::now();
+                    let now = clock::recent();
                     self.last_activity = now;
                     // A response just went out: if it ended the last request in flight, the
                     // idle clock starts now, whether or not hyper polls the read side again.
@@ -303,7 +304,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let since = *self.write_blocked_since.get_or_insert_with(Instant::now);
+                let since = *self.write_blocked_since.get_or_insert_with(clock::recent);
                 if self
                     .write_timer
                     .poll_expired(since + self.timeouts.client, cx)
@@ -358,6 +359,16 @@ mod tests {
 
     use super::*;
 
+    /// Runs `test` on a worker's runtime (whose wake-ups refresh `clock::recent`), with
+    /// tokio's clock paused so that timeouts pass at once.
+    fn paused(test: impl Future<Output = ()>) {
+        crate::proxy::workers::runtime_builder()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(test);
+    }
+
     fn timeouts() -> ClientTimeouts {
         ClientTimeouts {
             client: Duration::from_secs(30),
@@ -366,95 +377,103 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn slow_head_gets_408_after_http_request() {
-        let (server_end, mut client) = duplex(4096);
-        let shared = Arc::new(ConnShared::default());
-        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
-        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let mut buf = [0u8; 64];
-        let start = Instant::now();
-        let n = io.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        let err = io.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(start.elapsed(), Duration::from_secs(10));
-        assert!(shared.timed_out_head());
-        let mut got = vec![0u8; RESPONSE_408.len()];
-        client.read_exact(&mut got).await.unwrap();
-        assert!(got.starts_with(b"HTTP/1.1 408"));
+    #[test]
+    fn slow_head_gets_408_after_http_request() {
+        paused(async {
+            let (server_end, mut client) = duplex(4096);
+            let shared = Arc::new(ConnShared::default());
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+            client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            let start = Instant::now();
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            let err = io.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(start.elapsed(), Duration::from_secs(10));
+            assert!(shared.timed_out_head());
+            let mut got = vec![0u8; RESPONSE_408.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got.starts_with(b"HTTP/1.1 408"));
+        });
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn in_flight_request_has_no_read_deadline_and_idle_keepalive_closes_silently() {
-        let (server_end, mut client) = duplex(4096);
-        let shared = Arc::new(ConnShared::default());
-        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let n = io.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        let guard = shared.begin_request();
-        // With a request in flight, a read waits beyond every client timeout.
-        let waited = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
-        assert!(
-            waited.is_err(),
-            "no read deadline while a request is in flight"
-        );
-        drop(guard);
-        let start = Instant::now();
-        let err = io.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(start.elapsed(), Duration::from_secs(5), "http_keep_alive");
-        assert!(
-            !shared.timed_out_head(),
-            "idle keep-alive close sends no 408"
-        );
+    #[test]
+    fn in_flight_request_has_no_read_deadline_and_idle_keepalive_closes_silently() {
+        paused(async {
+            let (server_end, mut client) = duplex(4096);
+            let shared = Arc::new(ConnShared::default());
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 64];
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            let guard = shared.begin_request();
+            // With a request in flight, a read waits beyond every client timeout.
+            let waited = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
+            assert!(
+                waited.is_err(),
+                "no read deadline while a request is in flight"
+            );
+            drop(guard);
+            let start = Instant::now();
+            let err = io.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(start.elapsed(), Duration::from_secs(5), "http_keep_alive");
+            assert!(
+                !shared.timed_out_head(),
+                "idle keep-alive close sends no 408"
+            );
+        });
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn blocked_write_is_cut_after_client_timeout() {
-        let (server_end, _client) = duplex(16);
-        let shared = Arc::new(ConnShared::default());
-        let mut io = ClientIo::new(server_end, shared, timeouts());
-        let start = Instant::now();
-        let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(start.elapsed(), Duration::from_secs(30));
+    #[test]
+    fn blocked_write_is_cut_after_client_timeout() {
+        paused(async {
+            let (server_end, _client) = duplex(16);
+            let shared = Arc::new(ConnShared::default());
+            let mut io = ClientIo::new(server_end, shared, timeouts());
+            let start = Instant::now();
+            let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(start.elapsed(), Duration::from_secs(30));
+        });
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn keep_alive_clock_starts_when_the_response_is_written() {
-        let (server_end, mut client) = duplex(4096);
-        let shared = Arc::new(ConnShared::default());
-        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
-        // The request is served and answered before the read side is polled again, as hyper
-        // does for a local answer.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        drop(shared.begin_request());
-        io.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        let answered = Instant::now();
-        let err = io.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(
-            answered.elapsed(),
-            Duration::from_secs(5),
-            "http_keep_alive from the answer"
-        );
-        assert!(
-            !shared.timed_out_head(),
-            "an idle keep-alive close sends no 408"
-        );
+    #[test]
+    fn keep_alive_clock_starts_when_the_response_is_written() {
+        paused(async {
+            let (server_end, mut client) = duplex(4096);
+            let shared = Arc::new(ConnShared::default());
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 64];
+            assert!(io.read(&mut buf).await.unwrap() > 0);
+            // The request is served and answered before the read side is polled again, as hyper
+            // does for a local answer.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(shared.begin_request());
+            io.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            let answered = Instant::now();
+            let err = io.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(
+                answered.elapsed(),
+                Duration::from_secs(5),
+                "http_keep_alive from the answer"
+            );
+            assert!(
+                !shared.timed_out_head(),
+                "an idle keep-alive close sends no 408"
+            );
+        });
     }
 }

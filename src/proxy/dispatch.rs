@@ -17,6 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::balance::PickContext;
+use crate::clock;
 use crate::config::Observe;
 use crate::health::Health;
 use crate::proxy::access::Record;
@@ -112,7 +113,7 @@ pub(crate) async fn dispatch(
     let mut tried: Vec<usize> = Vec::new();
     let mut previous: Option<usize> = None;
     let mut headers = Some(std::mem::take(&mut attempt.headers));
-    let queue_deadline = Instant::now() + backend.timeouts.queue;
+    let queue_deadline = clock::recent() + backend.timeouts.queue;
     let empty = HeaderMap::new();
     let host = attempt.authority.as_ref().map(canon::host);
     // What the client gets when every attempt failed: 503 after connect failures (no server
@@ -139,15 +140,18 @@ pub(crate) async fn dispatch(
         // The last attempt's unit stays with the record, whose server gets the response.
         record.active = Some(server.state.begin_request());
         let req = attempt.request(server, n + 1 == attempts, &mut headers);
-        let sent = Instant::now();
+        let sent = clock::recent();
         let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
         let outcome = within(
+            sent,
             backend.timeouts.server,
             timer,
-            server.pools.send(&server.scheme, &server.authority, req),
+            server
+                .pools
+                .send(server.pool_key, &server.scheme, &server.authority, req),
         )
         .await;
-        record.server = Some(Arc::clone(&server.name));
+        record.server = Some(idx);
         match outcome {
             Some(Ok(resp)) => {
                 observe(
@@ -332,7 +336,7 @@ fn relay(
     } else {
         std::time::Duration::ZERO
     });
-    record.t_response = Some(record.received.elapsed());
+    record.t_response = Some(clock::since(record.received));
     record.status = parts.status.as_u16();
     strip_hop_by_hop(&mut parts.headers);
     parts.extensions = http::Extensions::new();
@@ -360,13 +364,15 @@ fn switch(
     if let Some(a) = &active {
         a.server()
             .traffic
-            .count_response(101, 0, 0, Some(record.received.elapsed()));
+            .count_response(101, 0, 0, Some(clock::since(record.received)));
     }
     upgrade::Tunnel {
         idle: backend.timeouts.tunnel,
         in_flight: Some(info.conn.begin_request()),
         active,
-        frontend: record.frontend.clone(),
+        frontend: record
+            .frontend
+            .map(|f| Arc::clone(&record.snapshot.frontends[f].state)),
         backend: Arc::clone(&backend.state),
     }
     .spawn(client, server);

@@ -17,8 +17,9 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
 /// `Trailer`, `Transfer-Encoding`, `Upgrade`, and `Proxy-*` headers.
 ///
-/// One pass over the names finds them (usually none, or just `Connection`), so a message
-/// without hop-by-hop headers costs no lookups.
+/// One pass over the names finds them (usually none, or just `Connection: keep-alive`, whose
+/// token names no other header present), so the common cases make no lookup of a name that
+/// is not there, and a message without hop-by-hop headers allocates nothing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
@@ -29,13 +30,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if doomed.is_empty() {
         return;
     }
-    // Names listed in Connection go as well.
+    // End-to-end headers that `Connection` names go as well (hop-by-hop ones already do).
+    let hop = doomed.len();
     for value in headers.get_all(header::CONNECTION) {
-        if let Ok(text) = value.to_str() {
-            for token in text.split(',') {
-                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                    doomed.push(name);
-                }
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if let Some(name) = headers
+                .keys()
+                .find(|n| n.as_str().eq_ignore_ascii_case(token) && !is_hop_by_hop(n))
+                && !doomed[hop..].contains(name)
+            {
+                doomed.push(name.clone());
             }
         }
     }
@@ -45,10 +50,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let name = name.as_str();
     matches!(
-        name.as_str(),
+        name,
         "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    ) || name.as_str().starts_with("proxy-")
+    ) || name.starts_with("proxy-")
 }
 
 /// Replaces whatever forwarding headers the client sent with wasp's own: the client sent them,
@@ -60,17 +66,27 @@ pub fn set_forwarded(
     scheme: &'static str,
     host: Option<HeaderValue>,
 ) {
-    headers.remove(&FORWARDED);
-    headers.remove(&X_REAL_IP);
+    // Usually the client sent none of them: then there is nothing to look up and remove.
+    let sent = headers.keys().any(|n| {
+        matches!(
+            n.as_str(),
+            "forwarded"
+                | "x-real-ip"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+        )
+    });
+    if sent {
+        headers.remove(&FORWARDED);
+        headers.remove(&X_REAL_IP);
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    headers.reserve(3);
     headers.insert(X_FORWARDED_FOR.clone(), client);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    match host {
-        Some(v) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
+    if let Some(v) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
     }
 }
 

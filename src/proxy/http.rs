@@ -10,8 +10,8 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
+use crate::clock;
 use crate::config::Redirect;
 use crate::proxy::Proxy;
 use crate::proxy::access::Record;
@@ -40,6 +40,8 @@ pub struct ConnInfo {
     /// The server name the TLS client asked for (SNI), if any.
     pub sni: Option<Arc<str>>,
     pub conn: Arc<ConnShared>,
+    /// The proxy (kept here so that requests do not each clone the `Arc` every worker shares).
+    pub proxy: Arc<Proxy>,
     /// The server-timeout timer of HTTP/1 requests, which come one at a time (see `timer`).
     pub h1_timer: Mutex<LazyTimer>,
     /// The client's address as `X-Forwarded-For` gives it.
@@ -48,20 +50,20 @@ pub struct ConnInfo {
 
 /// Serves one request. Never fails: every failure is an HTTP answer.
 pub async fn serve(
-    proxy: Arc<Proxy>,
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let received = Instant::now();
+    let received = clock::now();
     let head_started = if req.version() == Version::HTTP_2 {
         received
     } else {
         info.conn.head_started()
     };
-    let snapshot = proxy.snapshot();
+    let snapshot = info.proxy.local_snapshot();
     let mut record = Box::new(Record {
         log: snapshot.global.access_log,
         client: info.client,
+        snapshot: Arc::clone(&snapshot),
         frontend: None,
         backend: None,
         server: None,
@@ -79,11 +81,12 @@ pub async fn serve(
     if record.log {
         record.path = req.uri().path().to_owned();
     }
-    let Some(frontend) = snapshot.frontend_for(&info.bind) else {
+    let Some(index) = snapshot.frontend_index(&info.bind) else {
         // The listener outlived its frontend (a reload removed it); stop serving it.
         return Ok(local(Failure::NoBackend, record));
     };
-    record.frontend = Some(Arc::clone(&frontend.state));
+    record.frontend = Some(index);
+    let frontend = &snapshot.frontends[index];
     let (backend, attempt, record) = match prepare(&snapshot, frontend, &info, req, record) {
         Prepared::Forward(backend, attempt, record) => (backend, attempt, record),
         Prepared::Answer(answer) => return Ok(answer),
@@ -155,12 +158,14 @@ fn prepare<'s>(
         sni: info.sni.as_deref().unwrap_or(""),
     };
     let backend = match frontend.router.route(&view) {
-        RouteDecision::Backend(i) => &snapshot.backends[i],
+        RouteDecision::Backend(i) => {
+            record.backend = Some(i);
+            &snapshot.backends[i]
+        }
         RouteDecision::NoBackend => return Prepared::Answer(local(Failure::NoBackend, record)),
         RouteDecision::Respond(answer) => return Prepared::Answer(respond_direct(*answer, record)),
         RouteDecision::Deny => return Prepared::Answer(local(Failure::PluginDenied, record)),
     };
-    record.backend = Some(Arc::clone(&backend.state));
 
     // The forwarded request: normalised path, canonical Host, no hop-by-hop headers, wasp's
     // forwarding headers, re-framed by hyper from the body.
@@ -195,17 +200,20 @@ fn prepare<'s>(
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     headers.remove(header::CONTENT_LENGTH);
-    let host = match authority
-        .as_ref()
-        .map(|a| HeaderValue::from_str(a.as_str()))
-    {
-        Some(Ok(v)) => Some(v),
-        Some(Err(_)) => return Prepared::Answer(local(Failure::BadRequest, record)),
+    // Host is the canonical authority; usually the client's own Host header already says it.
+    let host = match &authority {
         None => None,
+        Some(a) => match headers.get(header::HOST) {
+            Some(sent) if sent.as_bytes() == a.as_str().as_bytes() => Some(sent.clone()),
+            _ => match HeaderValue::from_str(a.as_str()) {
+                Ok(v) => {
+                    headers.insert(header::HOST, v.clone());
+                    Some(v)
+                }
+                Err(_) => return Prepared::Answer(local(Failure::BadRequest, record)),
+            },
+        },
     };
-    if let Some(v) = &host {
-        headers.insert(header::HOST, v.clone());
-    }
     if frontend.forwardfor {
         set_forwarded(headers, info.forwarded_for.clone(), info.scheme, host);
     }
@@ -257,7 +265,7 @@ fn to_https(
     };
     let status = redirect_status(method);
     record.status = status.as_u16();
-    record.t_response = Some(record.received.elapsed());
+    record.t_response = Some(clock::since(record.received));
     redirect(status, location, Some(record))
 }
 
@@ -265,11 +273,11 @@ fn to_https(
 pub(crate) fn local(why: Failure, mut record: Box<Record>) -> Response<ProxyBody> {
     record.status = why.status().as_u16();
     if why.status().is_client_error()
-        && let Some(f) = &record.frontend
+        && let Some(f) = record.frontend_state()
     {
         f.traffic.count_error();
     }
-    record.t_response = Some(record.received.elapsed());
+    record.t_response = Some(clock::since(record.received));
     failure(why, Some(record))
 }
 
@@ -289,7 +297,7 @@ fn accepts_trailers(headers: &http::HeaderMap) -> bool {
 /// A router's own answer, logged with the request's record.
 fn respond_direct(answer: LocalResponse, mut record: Box<Record>) -> Response<ProxyBody> {
     record.status = answer.status.as_u16();
-    record.t_response = Some(record.received.elapsed());
+    record.t_response = Some(clock::since(record.received));
     direct(answer, Some(record))
 }
 

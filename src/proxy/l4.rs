@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::HeaderMap;
-use hyper_util::server::graceful::Watcher;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -21,6 +20,7 @@ use crate::health::state::ActiveGuard;
 use crate::proxy::Proxy;
 use crate::proxy::access;
 use crate::proxy::dispatch::{Event, choose, observe};
+use crate::proxy::graceful::Watcher;
 use crate::proxy::respond::Failure;
 use crate::proxy::tcp::{Relayed, peek_sni, proxy_header, relay};
 use crate::routing::{ConnView, RouteDecision};

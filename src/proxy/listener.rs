@@ -24,7 +24,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +35,7 @@ use crate::config::Mode;
 use crate::health::FrontendState;
 use crate::proxy::Proxy;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
+use crate::proxy::graceful::{Graceful, Watcher};
 use crate::proxy::headers::client_value;
 use crate::proxy::http::{ConnInfo, serve};
 use crate::proxy::timer::LazyTimer;
@@ -95,7 +95,7 @@ pub fn spawn_listener(
     key: ListenKey,
     proxy: Arc<Proxy>,
     workers: &Workers,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<Graceful>,
 ) -> io::Result<ListenerHandle> {
     let local = listener.local_addr()?;
     let stop = CancellationToken::new();
@@ -133,7 +133,7 @@ async fn accept_loop(
     local: SocketAddr,
     key: ListenKey,
     proxy: Arc<Proxy>,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<Graceful>,
     stop: CancellationToken,
 ) {
     loop {
@@ -186,7 +186,7 @@ async fn serve_connection(
     bind: ListenKey,
     local_port: u16,
     proxy: Arc<Proxy>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
 ) {
     let snapshot = proxy.snapshot();
     let Some(frontend) = snapshot.frontend_for(&bind) else {
@@ -265,13 +265,8 @@ struct Connection {
 
 impl Connection {
     /// Serves HTTP on `io`; `tls` is `Some(sni)` on a TLS connection.
-    async fn serve<IO>(
-        self,
-        io: IO,
-        tls: Option<Option<Arc<str>>>,
-        alpn: Alpn,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) where
+    async fn serve<IO>(self, io: IO, tls: Option<Option<Arc<str>>>, alpn: Alpn, watcher: Watcher)
+    where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Connection {
@@ -293,10 +288,11 @@ impl Connection {
             scheme: if tls.is_some() { "https" } else { "http" },
             sni: tls.flatten(),
             conn: Arc::clone(&conn),
+            proxy,
             h1_timer: Mutex::new(LazyTimer::default()),
             forwarded_for: client_value(client.ip()),
         });
-        let service = service_fn(move |req| serve(Arc::clone(&proxy), Arc::clone(&info), req));
+        let service = service_fn(move |req| serve(Arc::clone(&info), req));
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -4,7 +4,8 @@
 //! socket), `http` carries each request through routing, balancing and forwarding (`canon`
 //! makes its authority and path canonical, `headers` rewrites headers), `respond` is the one
 //! place failures become statuses, `body` and `access` finish each response with its log line.
-//! `workers` runs the accept loops and the connections on per-thread runtimes. `upgrade` turns a
+//! `workers` runs the accept loops and the connections on per-thread runtimes; `graceful`
+//! tells open connections to stop and waits for them. `upgrade` turns a
 //! 101 into a WebSocket tunnel. TCP-mode frontends hand their connections to `l4`, which routes
 //! and relays them with `tcp`'s building blocks.
 
@@ -13,6 +14,7 @@ pub mod body;
 pub mod canon;
 pub mod client_io;
 pub mod dispatch;
+pub mod graceful;
 pub mod headers;
 pub mod http;
 pub mod l4;
@@ -23,11 +25,19 @@ pub mod timer;
 pub mod upgrade;
 pub mod workers;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::snapshot::Snapshot;
+
+/// A thread's own handle on a snapshot (see [`Proxy::local_snapshot`]).
+pub type LocalSnapshot = Arc<Arc<Snapshot>>;
+
+thread_local! {
+    static LOCAL: RefCell<Option<LocalSnapshot>> = const { RefCell::new(None) };
+}
 
 /// The live proxy state shared by every listener and connection: the current snapshot.
 #[derive(Debug)]
@@ -45,6 +55,27 @@ impl Proxy {
     /// The current snapshot; callers keep this `Arc` for the whole request.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The current snapshot, through this thread's own handle on it, for the request path.
+    ///
+    /// Every request keeps its snapshot alive to its end. Cloning the snapshot's `Arc` for
+    /// each request would make every worker write the one reference count they share; cloning
+    /// the thread's handle writes a count only this thread uses. The handle is replaced at the
+    /// thread's first request after a reload (until then it keeps the old snapshot alive).
+    pub fn local_snapshot(&self) -> LocalSnapshot {
+        let current = self.snapshot.load();
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            match &*local {
+                Some(handle) if Arc::ptr_eq(handle.as_ref(), &current) => Arc::clone(handle),
+                _ => {
+                    let handle = Arc::new(Arc::clone(&current));
+                    *local = Some(Arc::clone(&handle));
+                    handle
+                }
+            }
+        })
     }
 
     /// Makes `snapshot` the one new requests see. In-flight requests finish on the old one.

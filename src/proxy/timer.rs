@@ -39,20 +39,21 @@ impl LazyTimer {
     }
 }
 
-/// Runs `fut` for at most `limit`; `None` when the limit passed first. With a shared `timer`
+/// Runs `fut` for at most `limit` from `start`; `None` when the limit passed first. With a shared `timer`
 /// (one that no other pending future polls meanwhile, e.g. the one request in flight on an
 /// HTTP/1 connection) no new timer is registered; without one a fresh tokio timer is used.
 ///
 /// A plain future rather than an `async fn`, so that `fut` is stored once (an `async fn` keeps
 /// its argument and the pinned copy of it), which keeps every request's future smaller.
 pub fn within<F: Future>(
+    start: Instant,
     limit: Duration,
     timer: Option<&Mutex<LazyTimer>>,
     fut: F,
 ) -> Within<'_, F> {
     let (shared, own) = match timer {
-        Some(timer) => (Some((timer, Instant::now() + limit)), None),
-        None => (None, Some(tokio::time::sleep(limit))),
+        Some(timer) => (Some((timer, start + limit)), None),
+        None => (None, Some(tokio::time::sleep_until(start + limit))),
     };
     Within { fut, shared, own }
 }
@@ -103,12 +104,19 @@ mod tests {
         let start = Instant::now();
         // A first use arms the timer at +10s.
         assert_eq!(
-            within(Duration::from_secs(10), Some(&timer), async { 1 }).await,
+            within(
+                Instant::now(),
+                Duration::from_secs(10),
+                Some(&timer),
+                async { 1 }
+            )
+            .await,
             Some(1)
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
         // A later request's deadline is +15s from start; the +10s arming must not cut it.
         let out = within(
+            Instant::now(),
             Duration::from_secs(10),
             Some(&timer),
             std::future::pending::<()>(),
@@ -123,10 +131,17 @@ mod tests {
         let timer = Mutex::new(LazyTimer::default());
         let start = Instant::now();
         assert_eq!(
-            within(Duration::from_secs(60), Some(&timer), async {}).await,
+            within(
+                Instant::now(),
+                Duration::from_secs(60),
+                Some(&timer),
+                async {}
+            )
+            .await,
             Some(())
         );
         let out = within(
+            Instant::now(),
             Duration::from_secs(2),
             Some(&timer),
             std::future::pending::<()>(),
@@ -140,7 +155,13 @@ mod tests {
     async fn without_a_shared_timer_it_is_a_plain_timeout() {
         let start = Instant::now();
         assert_eq!(
-            within(Duration::from_secs(3), None, std::future::pending::<()>()).await,
+            within(
+                Instant::now(),
+                Duration::from_secs(3),
+                None,
+                std::future::pending::<()>()
+            )
+            .await,
             None
         );
         assert_eq!(start.elapsed(), Duration::from_secs(3));

@@ -84,6 +84,15 @@ impl Placement {
     }
 }
 
+/// How a worker's runtime is built: single-threaded, with IO and time, and a fresh
+/// [`clock::recent`](crate::clock::recent) on every wake-up, so that it is never older than
+/// the current round of work. Tests of code that reads `clock::recent` build theirs with it.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().on_thread_unpark(crate::clock::refresh);
+    builder
+}
+
 impl Workers {
     /// Starts `count` workers (at least one).
     pub fn start(count: usize) -> io::Result<Workers> {
@@ -92,9 +101,7 @@ impl Workers {
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for id in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = runtime_builder().build()?;
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
             let thread = std::thread::Builder::new()

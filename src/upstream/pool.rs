@@ -14,7 +14,7 @@
 //! replaced once it closes. One request makes it while the others that need it wait; if that
 //! connect fails, so do they (as connect failures, which `retries` may send elsewhere).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +28,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::config::Proto;
 use crate::upstream::body::UpstreamBody;
 use crate::upstream::connect::{ConnectError, ConnectTiming, Connector};
@@ -81,11 +83,13 @@ enum H2Slot {
     Connecting(watch::Receiver<Option<Option<Shared>>>),
 }
 
-/// One worker's connections.
+/// One worker's connections. Idle HTTP/1.1 connections are found by the server's
+/// [`Pools::key`], with no hashing per request; the HTTP/2 map is keyed by configured server
+/// addresses, never by client input, so a fast non-keyed hash is safe there.
 #[derive(Default)]
 struct WorkerPool {
-    idle: Mutex<HashMap<Authority, VecDeque<Idle>>>,
-    h2: Mutex<HashMap<Authority, H2Slot>>,
+    idle: Mutex<Vec<VecDeque<Idle>>>,
+    h2: Mutex<FxHashMap<Authority, H2Slot>>,
     sweeping: AtomicBool,
 }
 
@@ -94,6 +98,8 @@ struct Inner {
     connector: Connector,
     proto: Proto,
     workers: Box<[WorkerPool]>,
+    /// The key of each server address these pools have been asked about.
+    keys: Mutex<FxHashMap<Authority, usize>>,
 }
 
 /// Connection pools, one per worker, for servers reached with the same settings.
@@ -119,7 +125,17 @@ impl Pools {
             connector,
             proto,
             workers: (0..workers.max(1)).map(|_| WorkerPool::default()).collect(),
+            keys: Mutex::default(),
         }))
+    }
+
+    /// The key under which these pools keep idle connections to `authority` (the same for
+    /// the same address, in every snapshot that uses these pools). Asked once per server
+    /// when a snapshot is built; requests pass it to [`Pools::send`].
+    pub fn key(&self, authority: &Authority) -> usize {
+        let mut keys = lock(&self.0.keys);
+        let next = keys.len();
+        *keys.entry(authority.clone()).or_insert(next)
     }
 
     /// Whether requests to these servers are sent over HTTP/2 (and need an absolute URI).
@@ -127,17 +143,19 @@ impl Pools {
         self.0.proto == Proto::H2
     }
 
-    /// Sends `req` to the server at `scheme://authority` on the current worker's pool. An
-    /// HTTP/1.1 request carries its target in origin form, an HTTP/2 one in absolute form.
+    /// Sends `req` to the server at `scheme://authority` (whose [`Pools::key`] is `key`) on
+    /// the current worker's pool. An HTTP/1.1 request carries its target in origin form, an
+    /// HTTP/2 one in absolute form.
     pub async fn send(
         &self,
+        key: usize,
         scheme: &Scheme,
         authority: &Authority,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let worker = super::pool_index() % self.0.workers.len();
         match self.0.proto {
-            Proto::Http1 => self.send_h1(worker, scheme, authority, req).await,
+            Proto::Http1 => self.send_h1(worker, key, scheme, authority, req).await,
             // Boxed: its state is the larger, and inline every HTTP/1 request's future would
             // carry (and copy) it too.
             Proto::H2 => Box::pin(self.send_h2(worker, scheme, authority, req)).await,
@@ -147,12 +165,13 @@ impl Pools {
     async fn send_h1(
         &self,
         worker: usize,
+        key: usize,
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         loop {
-            let (mut conn, reused) = match self.checkout(worker, authority) {
+            let (mut conn, reused) = match self.checkout(worker, key) {
                 Some(idle) => ((idle.sender, idle.timing), true),
                 // Boxed: the connect state is large and rarely needed; inline, every request's
                 // future would carry (and copy) it.
@@ -161,9 +180,9 @@ impl Pools {
             match conn.0.try_send_request(req).await {
                 Ok(resp) => {
                     let checkin = Checkin {
-                        pools: Arc::downgrade(&self.0),
+                        pools: Arc::clone(&self.0),
                         worker,
-                        authority: authority.clone(),
+                        key,
                         sender: conn.0,
                     };
                     return Ok(ResponseBody::wrap(resp, conn.1, Some(checkin)));
@@ -177,11 +196,11 @@ impl Pools {
         }
     }
 
-    /// The most recently used idle connection to `authority` that can take a request.
-    fn checkout(&self, worker: usize, authority: &Authority) -> Option<Idle> {
+    /// The most recently used idle connection to the server `key` that can take a request.
+    fn checkout(&self, worker: usize, key: usize) -> Option<Idle> {
         let mut idle = lock(&self.0.workers[worker].idle);
-        let list = idle.get_mut(authority)?;
-        let now = Instant::now();
+        let list = idle.get_mut(key)?;
+        let now = clock::recent();
         while let Some(conn) = list.pop_back() {
             if conn.sender.is_ready() && now - conn.since < POOL_IDLE_TIMEOUT {
                 return Some(conn);
@@ -297,14 +316,14 @@ impl Pools {
     /// requests waiting for it.
     async fn make_h2(
         &self,
-        slots: &Mutex<HashMap<Authority, H2Slot>>,
+        slots: &Mutex<FxHashMap<Authority, H2Slot>>,
         scheme: &Scheme,
         authority: &Authority,
         tx: watch::Sender<Option<Option<Shared>>>,
     ) -> Result<Shared, UpstreamError> {
         /// Clears the slot if this request is dropped half-way (its waiters then look again).
         struct Unfinished<'a> {
-            slots: &'a Mutex<HashMap<Authority, H2Slot>>,
+            slots: &'a Mutex<FxHashMap<Authority, H2Slot>>,
             authority: &'a Authority,
             armed: bool,
         }
@@ -378,11 +397,14 @@ impl Pools {
 
 impl Inner {
     /// Puts an idle connection back, and makes sure this worker sweeps out stale ones.
-    fn check_in(self: &Arc<Self>, worker: usize, authority: Authority, idle: Idle) {
+    fn check_in(self: &Arc<Self>, worker: usize, key: usize, idle: Idle) {
         let pool = &self.workers[worker];
         {
-            let mut map = lock(&pool.idle);
-            let list = map.entry(authority).or_default();
+            let mut lists = lock(&pool.idle);
+            if lists.len() <= key {
+                lists.resize_with(key + 1, VecDeque::new);
+            }
+            let list = &mut lists[key];
             if list.len() >= POOL_MAX_IDLE_PER_SERVER {
                 // The oldest goes.
                 list.pop_front();
@@ -407,10 +429,12 @@ async fn sweep(pools: Weak<Inner>, worker: usize) {
         let pool = &pools.workers[worker];
         let now = Instant::now();
         let mut idle = lock(&pool.idle);
-        idle.retain(|_, list| {
+        for list in idle.iter_mut() {
             list.retain(|c| !c.sender.is_closed() && now - c.since < POOL_IDLE_TIMEOUT);
-            !list.is_empty()
-        });
+            if list.is_empty() {
+                *list = VecDeque::new();
+            }
+        }
         drop(idle);
         lock(&pool.h2).retain(|_, slot| match slot {
             H2Slot::Ready(s) => !s.sender.is_closed(),
@@ -419,11 +443,13 @@ async fn sweep(pools: Weak<Inner>, worker: usize) {
     }
 }
 
-/// Where an HTTP/1.1 connection goes once its response is over.
+/// Where an HTTP/1.1 connection goes once its response is over. It holds its pools strongly
+/// (for one response): a weak reference costs four writes of counts every worker shares,
+/// this two.
 struct Checkin {
-    pools: Weak<Inner>,
+    pools: Arc<Inner>,
     worker: usize,
-    authority: Authority,
+    key: usize,
     sender: http1::SendRequest<UpstreamBody>,
 }
 
@@ -432,23 +458,20 @@ impl Checkin {
     /// request (at once, nearly always: the connection's task finished the response before its
     /// last bytes got here).
     fn release(self, timing: ConnectTiming) {
-        let Some(pools) = self.pools.upgrade() else {
-            return;
-        };
         let Checkin {
+            pools,
             worker,
-            authority,
+            key,
             mut sender,
-            ..
         } = self;
         let put_back = move |sender| {
-            let since = Instant::now();
+            let since = clock::recent();
             let idle = Idle {
                 sender,
                 timing,
                 since,
             };
-            pools.check_in(worker, authority, idle);
+            pools.check_in(worker, key, idle);
         };
         if sender.is_ready() {
             put_back(sender);
