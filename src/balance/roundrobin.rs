@@ -36,6 +36,12 @@ impl Balancer for RoundRobin {
     }
 }
 
+/// The position in the schedule, written by every pick of every worker: on a cache line of
+/// its own, so that it does not evict the fields next to it (read by every pick).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Cursor(AtomicUsize);
+
 /// A weighted schedule over the candidate servers and a cursor into it.
 #[derive(Debug)]
 pub(crate) struct Rotation {
@@ -43,7 +49,7 @@ pub(crate) struct Rotation {
     /// Weights fixed at build time (`static-rr`); `None` follows each server's live weight.
     fixed: Option<Vec<u32>>,
     schedule: PerGeneration<Vec<u32>>,
-    next: AtomicUsize,
+    next: Cursor,
 }
 
 impl Rotation {
@@ -57,7 +63,7 @@ impl Rotation {
             servers,
             fixed,
             schedule,
-            next: AtomicUsize::new(0),
+            next: Cursor::default(),
         }
     }
 
@@ -72,7 +78,7 @@ impl Rotation {
         // At most one lap: a server may be full, tried, or have gone down since the schedule
         // was built.
         for _ in 0..len {
-            let slot = self.next.fetch_add(1, Ordering::Relaxed) % len;
+            let slot = self.next.0.fetch_add(1, Ordering::Relaxed) % len;
             let idx = order[slot] as usize;
             if eligible(&self.servers[idx], idx, ctx) {
                 return Some(idx);

@@ -24,13 +24,14 @@ pub struct ServerKey {
 /// Per-backend run-time facts. `generation` changes whenever a server's usability or weight
 /// changes, so that balancers can rebuild cached schedules lazily. The backend also counts its
 /// requests in flight and wakes queued requests when a slot frees up.
+///
+/// Aligned like [`Busy`], so that the `Arc` counts before it share no cache line with it.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct BackendState {
     name: Arc<str>,
     generation: AtomicU64,
-    active: AtomicU32,
-    /// Most requests in flight at once.
-    max_active: AtomicU64,
+    busy: Busy,
     /// Requests waiting in the queue for a free slot.
     waiting: AtomicUsize,
     freed: Notify,
@@ -52,7 +53,7 @@ impl BackendState {
 
     /// Most requests in flight at once since the backend was first configured.
     pub fn max_active(&self) -> u64 {
-        self.max_active.load(Ordering::Relaxed)
+        self.busy.max_active.load(Ordering::Relaxed)
     }
 
     pub fn generation(&self) -> u64 {
@@ -67,7 +68,7 @@ impl BackendState {
 
     /// Requests in flight to any server of the backend.
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.busy.active.load(Ordering::Relaxed)
     }
 
     /// Waits until a request finishes or server state changes (either may free a slot).
@@ -148,8 +149,21 @@ fn admin_of(code: u8) -> AdminState {
     }
 }
 
-/// Run-time state of one server.
+/// Counts every request writes (from every worker), on cache lines of their own: next to
+/// the read-mostly fields that each pick reads (health, weight, generation), they would keep
+/// evicting those from the other workers' caches.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Busy {
+    active: AtomicU32,
+    /// Most requests in flight at once.
+    max_active: AtomicU64,
+}
+
+/// Run-time state of one server. Aligned like [`Busy`], so that the `Arc` counts before it
+/// (written for every request) share no cache line with the fields a pick reads.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct ServerState {
     pub key: ServerKey,
     backend: Arc<BackendState>,
@@ -163,8 +177,7 @@ pub struct ServerState {
     backup: AtomicBool,
     /// 0: no limit.
     maxconn: AtomicU32,
-    active: AtomicU32,
-    max_active: AtomicU64,
+    busy: Busy,
     /// Attempts sent to this server, responses, bytes, timings.
     pub traffic: Traffic,
     connect_failures: AtomicU64,
@@ -211,8 +224,7 @@ impl ServerState {
             config_weight: AtomicU32::new(conf.weight),
             backup: AtomicBool::new(conf.backup),
             maxconn: AtomicU32::new(conf.maxconn.unwrap_or(0)),
-            active: AtomicU32::new(0),
-            max_active: AtomicU64::new(0),
+            busy: Busy::default(),
             traffic: Traffic::new(),
             connect_failures: AtomicU64::new(0),
             checks_passed: AtomicU64::new(0),
@@ -361,7 +373,7 @@ impl ServerState {
 
     /// Requests currently being served by this server.
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.busy.active.load(Ordering::Relaxed)
     }
 
     /// Requests sent to this server (every attempt counts).
@@ -371,7 +383,7 @@ impl ServerState {
 
     /// Most requests in flight at once.
     pub fn max_active(&self) -> u64 {
-        self.max_active.load(Ordering::Relaxed)
+        self.busy.max_active.load(Ordering::Relaxed)
     }
 
     pub fn connect_failures(&self) -> u64 {
@@ -380,10 +392,10 @@ impl ServerState {
 
     /// Counts a request dispatched to this server; the returned guard marks it finished.
     pub fn begin_request(self: &Arc<Self>) -> ActiveGuard {
-        let now = self.active.fetch_add(1, Ordering::Relaxed) + 1;
-        raise(&self.max_active, u64::from(now));
-        let backend = self.backend.active.fetch_add(1, Ordering::Relaxed) + 1;
-        raise(&self.backend.max_active, u64::from(backend));
+        let now = self.busy.active.fetch_add(1, Ordering::Relaxed) + 1;
+        raise(&self.busy.max_active, u64::from(now));
+        let backend = self.backend.busy.active.fetch_add(1, Ordering::Relaxed) + 1;
+        raise(&self.backend.busy.max_active, u64::from(backend));
         self.traffic.count_request();
         ActiveGuard {
             server: Arc::clone(self),
@@ -448,9 +460,9 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.server.active.fetch_sub(1, Ordering::Relaxed);
+        self.server.busy.active.fetch_sub(1, Ordering::Relaxed);
         let backend = &self.server.backend;
-        backend.active.fetch_sub(1, Ordering::Relaxed);
+        backend.busy.active.fetch_sub(1, Ordering::Relaxed);
         backend.wake_waiters();
     }
 }

@@ -22,7 +22,8 @@ pub trait Finish: Send + 'static {
 
 enum Kind {
     Local(Option<Bytes>),
-    Upstream(Pin<Box<IdleBody<ResponseBody>>>),
+    // Not boxed: it is `Unpin`, and a box would cost an allocation per response.
+    Upstream(IdleBody<ResponseBody>),
 }
 
 /// The body of a response to the client.
@@ -54,7 +55,7 @@ impl ProxyBody {
 
     pub fn upstream(body: IdleBody<ResponseBody>, finish: Option<Box<dyn Finish>>) -> Self {
         Self {
-            kind: Kind::Upstream(Box::pin(body)),
+            kind: Kind::Upstream(body),
             sent: 0,
             finish,
             started: clock::recent(),
@@ -84,7 +85,7 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => body.as_mut().poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

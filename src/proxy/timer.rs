@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -18,23 +18,35 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug, Default)]
 pub struct LazyTimer {
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The waker the armed timer will wake (the one of its last poll).
+    waker: Option<Waker>,
 }
 
 impl LazyTimer {
     /// Whether `deadline` has passed; if not, the task is woken no later than `deadline`.
+    ///
+    /// A timer already armed no later than `deadline`, not yet fired, and holding this task's
+    /// waker is left alone: polling it again would only store the same waker again (as the
+    /// request path would, several times per request).
     pub fn poll_expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if sleep.deadline() > deadline {
             sleep.as_mut().reset(deadline);
+            self.waker = None;
+        }
+        if !sleep.is_elapsed() && self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
         }
         while sleep.as_mut().poll(cx).is_ready() {
             if Instant::now() >= deadline {
+                self.waker = None;
                 return true;
             }
             sleep.as_mut().reset(deadline);
         }
+        self.waker = Some(cx.waker().clone());
         false
     }
 }

@@ -97,7 +97,9 @@ struct WorkerPool {
 struct Inner {
     connector: Connector,
     proto: Proto,
-    workers: Box<[WorkerPool]>,
+    /// Each worker's own (`Arc`: a check-in holds its worker's pool, and only that worker
+    /// writes its reference count).
+    workers: Box<[Arc<WorkerPool>]>,
     /// The key of each server address these pools have been asked about.
     keys: Mutex<FxHashMap<Authority, usize>>,
 }
@@ -124,7 +126,9 @@ impl Pools {
         Pools(Arc::new(Inner {
             connector,
             proto,
-            workers: (0..workers.max(1)).map(|_| WorkerPool::default()).collect(),
+            workers: (0..workers.max(1))
+                .map(|_| Arc::new(WorkerPool::default()))
+                .collect(),
             keys: Mutex::default(),
         }))
     }
@@ -180,8 +184,7 @@ impl Pools {
             match conn.0.try_send_request(req).await {
                 Ok(resp) => {
                     let checkin = Checkin {
-                        pools: Arc::clone(&self.0),
-                        worker,
+                        pool: Arc::clone(&self.0.workers[worker]),
                         key,
                         sender: conn.0,
                     };
@@ -395,12 +398,11 @@ impl Pools {
     }
 }
 
-impl Inner {
+impl WorkerPool {
     /// Puts an idle connection back, and makes sure this worker sweeps out stale ones.
-    fn check_in(self: &Arc<Self>, worker: usize, key: usize, idle: Idle) {
-        let pool = &self.workers[worker];
+    fn check_in(self: &Arc<Self>, key: usize, idle: Idle) {
         {
-            let mut lists = lock(&pool.idle);
+            let mut lists = lock(&self.idle);
             if lists.len() <= key {
                 lists.resize_with(key + 1, VecDeque::new);
             }
@@ -411,22 +413,20 @@ impl Inner {
             }
             list.push_back(idle);
         }
-        if !pool.sweeping.swap(true, Ordering::Relaxed) {
-            let pools = Arc::downgrade(self);
-            tokio::spawn(sweep(pools, worker));
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
         }
     }
 }
 
 /// Closes, every [`SWEEP_EVERY`], the worker's connections idle for too long or closed by
-/// their server; ends with the pools.
-async fn sweep(pools: Weak<Inner>, worker: usize) {
+/// their server; ends with the worker's pool.
+async fn sweep(pool: Weak<WorkerPool>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(pools) = pools.upgrade() else { return };
-        let pool = &pools.workers[worker];
+        let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
         let mut idle = lock(&pool.idle);
         for list in idle.iter_mut() {
@@ -443,12 +443,10 @@ async fn sweep(pools: Weak<Inner>, worker: usize) {
     }
 }
 
-/// Where an HTTP/1.1 connection goes once its response is over. It holds its pools strongly
-/// (for one response): a weak reference costs four writes of counts every worker shares,
-/// this two.
+/// Where an HTTP/1.1 connection goes once its response is over: its worker's pool, held
+/// strongly for the one response (no count other workers write is touched).
 struct Checkin {
-    pools: Arc<Inner>,
-    worker: usize,
+    pool: Arc<WorkerPool>,
     key: usize,
     sender: http1::SendRequest<UpstreamBody>,
 }
@@ -459,8 +457,7 @@ impl Checkin {
     /// last bytes got here).
     fn release(self, timing: ConnectTiming) {
         let Checkin {
-            pools,
-            worker,
+            pool,
             key,
             mut sender,
         } = self;
@@ -471,7 +468,7 @@ impl Checkin {
                 timing,
                 since,
             };
-            pools.check_in(worker, key, idle);
+            pool.check_in(key, idle);
         };
         if sender.is_ready() {
             put_back(sender);
