@@ -155,6 +155,26 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_connection_header_goes_with_what_it_names() {
+        let mut h = map(&[
+            ("server", "nginx"),
+            ("connection", "keep-alive"),
+            ("content-length", "6"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(left, vec!["server", "content-length"]);
+        let mut h = map(&[
+            ("connection", "close, X-Secret"),
+            ("x-secret", "1"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+
+    #[test]
     fn connection_cannot_remove_forwarding_headers_added_after() {
         let mut h = map(&[("connection", "x-forwarded-for")]);
         strip_hop_by_hop(&mut h);
