@@ -91,10 +91,9 @@ pub async fn serve(
         Prepared::Forward(backend, attempt, record) => (backend, attempt, record),
         Prepared::Answer(answer) => return Ok(answer),
     };
-    // Not boxed: hyper keeps an HTTP/1 connection's service future in a slot it allocates
-    // once per connection, and each HTTP/2 stream's in a task of its own, so a box here only
-    // added an allocation (and a copy) per request (docs/benchmarks.md).
-    Ok(dispatch(backend, frontend, &info, attempt, record).await)
+    // Boxed: the attempts' state is a few KiB, and hyper moves this future (into its
+    // connection's slot; into a task of its own for each HTTP/2 stream).
+    Ok(Box::pin(dispatch(backend, frontend, &info, attempt, record)).await)
 }
 
 /// Where a request goes once [`prepare`] has looked at it.
