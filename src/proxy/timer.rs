@@ -51,9 +51,10 @@ impl LazyTimer {
     }
 }
 
-/// Runs `fut` for at most `limit` from `start`; `None` when the limit passed first. With a shared `timer`
-/// (one that no other pending future polls meanwhile, e.g. the one request in flight on an
-/// HTTP/1 connection) no new timer is registered; without one a fresh tokio timer is used.
+/// Runs `fut` for at most `limit` from `start`; `None` when the limit passed first. With a
+/// shared `timer` (one that no other pending future polls meanwhile, e.g. the one request in
+/// flight on an HTTP/1 connection) no new timer is registered; without one a fresh tokio timer
+/// is used.
 ///
 /// A plain future rather than an `async fn`, so that `fut` is stored once (an `async fn` keeps
 /// its argument and the pinned copy of it), which keeps every request's future smaller.
