@@ -182,7 +182,7 @@ impl Snapshot {
 
     /// The frontend that owns the listener `key`.
     pub fn frontend_for(&self, key: &ListenKey) -> Option<&Frontend> {
-        self.by_bind.get(key).map(|l| &self.frontends[l.frontend])
+        self.frontend_index(key).map(|i| &self.frontends[i])
     }
 
     /// The TLS termination of the listener `key`, if it has one.

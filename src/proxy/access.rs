@@ -10,6 +10,7 @@
 //! (last tried) server each get the status class, bytes and response time (`counters`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -59,8 +60,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Record {
-    pub fn frontend_state(&self) -> Option<&FrontendState> {
-        self.frontend.map(|f| &*self.snapshot.frontends[f].state)
+    pub fn frontend_state(&self) -> Option<&Arc<FrontendState>> {
+        self.frontend.map(|f| &self.snapshot.frontends[f].state)
     }
 
     fn backend(&self) -> Option<&Backend> {
@@ -93,7 +94,7 @@ impl Finish for Record {
         tracing::info!(
             target: TARGET,
             client = %self.client,
-            frontend = self.frontend_state().map_or("-", FrontendState::name),
+            frontend = self.frontend_state().map_or("-", |f| f.name()),
             backend = self.backend().map_or("-", |b| b.state.name()),
             server = self.server_name().unwrap_or("-"),
             method = self.method.as_str(),

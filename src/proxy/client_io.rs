@@ -355,7 +355,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     use super::*;
 
@@ -367,6 +367,21 @@ mod tests {
             .build()
             .unwrap()
             .block_on(test);
+    }
+
+    /// A connection whose client sent a whole request head, read once from the socket; and
+    /// the client's end (kept open).
+    async fn after_a_request_head() -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>) {
+        let (server_end, mut client) = duplex(4096);
+        let shared = Arc::new(ConnShared::default());
+        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        (io, client, shared)
     }
 
     fn timeouts() -> ClientTimeouts {
@@ -401,16 +416,8 @@ mod tests {
     #[test]
     fn in_flight_request_has_no_read_deadline_and_idle_keepalive_closes_silently() {
         paused(async {
-            let (server_end, mut client) = duplex(4096);
-            let shared = Arc::new(ConnShared::default());
-            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-                .await
-                .unwrap();
+            let (mut io, _client, shared) = after_a_request_head().await;
             let mut buf = [0u8; 64];
-            let n = io.read(&mut buf).await.unwrap();
-            assert!(n > 0);
             let guard = shared.begin_request();
             // With a request in flight, a read waits beyond every client timeout.
             let waited = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
@@ -446,15 +453,8 @@ mod tests {
     #[test]
     fn keep_alive_clock_starts_when_the_response_is_written() {
         paused(async {
-            let (server_end, mut client) = duplex(4096);
-            let shared = Arc::new(ConnShared::default());
-            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-                .await
-                .unwrap();
+            let (mut io, _client, shared) = after_a_request_head().await;
             let mut buf = [0u8; 64];
-            assert!(io.read(&mut buf).await.unwrap() > 0);
             // The request is served and answered before the read side is polled again, as hyper
             // does for a local answer.
             tokio::time::sleep(Duration::from_secs(3)).await;

@@ -370,9 +370,7 @@ fn switch(
         idle: backend.timeouts.tunnel,
         in_flight: Some(info.conn.begin_request()),
         active,
-        frontend: record
-            .frontend
-            .map(|f| Arc::clone(&record.snapshot.frontends[f].state)),
+        frontend: record.frontend_state().cloned(),
         backend: Arc::clone(&backend.state),
     }
     .spawn(client, server);
