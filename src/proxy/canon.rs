@@ -77,8 +77,22 @@ pub fn authority(
 }
 
 /// The host part of an authority, without port, lower-cased (brackets kept for IPv6).
+///
+/// The authority has no userinfo (see [`authority`]), so the host is everything before the
+/// port's `:`, or the bracketed IPv6 literal. One pass over a few bytes: `Authority::host`
+/// searches from the end for `@` first, at several times the cost.
 pub fn host(authority: &Authority) -> Cow<'_, str> {
-    let host = authority.host();
+    let text = authority.as_str();
+    let bytes = text.as_bytes();
+    let end = if bytes.first() == Some(&b'[') {
+        bytes
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(text.len(), |i| i + 1)
+    } else {
+        bytes.iter().position(|&b| b == b':').unwrap_or(text.len())
+    };
+    let host = &text[..end];
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -274,5 +288,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(host(&ipv6), "[::1]");
+    }
+
+    #[test]
+    fn host_is_the_authority_without_port_lower_cased() {
+        for (authority, expected) in [
+            ("example.com", "example.com"),
+            ("Example.COM", "example.com"),
+            ("example.com:8080", "example.com"),
+            ("10.0.0.1:80", "10.0.0.1"),
+            ("[::1]", "[::1]"),
+            ("[2001:DB8::1]:443", "[2001:db8::1]"),
+        ] {
+            let a: Authority = authority.parse().unwrap();
+            assert_eq!(host(&a), expected, "{authority}");
+            assert_eq!(host(&a), a.host().to_ascii_lowercase(), "{authority}");
+        }
     }
 }

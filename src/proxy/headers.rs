@@ -14,23 +14,138 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
-/// `Trailer`, `Transfer-Encoding`, `Upgrade`, and `Proxy-*` headers.
+/// The hop-by-hop headers every message loses, by bit in [`Scan`]'s mask.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const UPGRADE_BIT: u8 = 1 << 5;
+
+/// What one pass over a message's header names found: which hop-by-hop headers it has, what its
+/// `Connection` and `TE` headers say, and (for requests) whether it carries a `Content-Length`
+/// or forwarding headers of the client's own.
 ///
-/// One pass over the names finds them (usually none, or just `Connection: keep-alive`, whose
-/// token names no other header present), so the common cases make no lookup of a name that
-/// is not there, and a message without hop-by-hop headers allocates nothing.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    for name in headers.keys() {
-        if is_hop_by_hop(name) {
-            doomed.push(name.clone());
+/// The usual message has no hop-by-hop header but `Connection: keep-alive` (whose token names
+/// no other header), so stripping it looks up only the names that are there and allocates
+/// nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scan {
+    /// Bit `i`: a header named `HOP_BY_HOP[i]` is present.
+    hop: u8,
+    /// A `Proxy-*` header, or a `Connection` token that may name some other header: the
+    /// general (slower) strip is needed.
+    general: bool,
+    /// `Connection` lists `upgrade`.
+    pub connection_upgrade: bool,
+    /// `TE` lists `trailers`.
+    pub te_trailers: bool,
+    pub content_length: bool,
+    /// The client sent `Forwarded`, `X-Real-IP` or an `X-Forwarded-*` header.
+    pub forwarding: bool,
+}
+
+impl Scan {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Scan::default();
+        for (name, value) in headers {
+            let text = name.as_str();
+            let bit = match text {
+                "connection" => {
+                    scan.read_connection(value);
+                    0
+                }
+                "keep-alive" => 1,
+                "te" => {
+                    scan.te_trailers |= lists(value, "trailers");
+                    2
+                }
+                "trailer" => 3,
+                "transfer-encoding" => 4,
+                "upgrade" => 5,
+                "content-length" => {
+                    scan.content_length = true;
+                    continue;
+                }
+                "forwarded" | "x-real-ip" | "x-forwarded-for" | "x-forwarded-proto"
+                | "x-forwarded-host" => {
+                    scan.forwarding = true;
+                    continue;
+                }
+                _ => {
+                    scan.general |= text.starts_with("proxy-");
+                    continue;
+                }
+            };
+            debug_assert_eq!(HOP_BY_HOP[bit].as_str(), text);
+            scan.hop |= 1 << bit;
+        }
+        scan
+    }
+
+    fn read_connection(&mut self, value: &HeaderValue) {
+        let Ok(text) = value.to_str() else {
+            // Tokens that are not text name no header we could find; nothing more to do.
+            return;
+        };
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token.eq_ignore_ascii_case("upgrade") {
+                self.connection_upgrade = true;
+            } else if !is_hop_by_hop_token(token) {
+                self.general = true;
+            }
         }
     }
-    if doomed.is_empty() {
-        return;
+
+    /// Whether the message has an `Upgrade` header.
+    pub fn has_upgrade(&self) -> bool {
+        self.hop & UPGRADE_BIT != 0
     }
-    // End-to-end headers that `Connection` names go as well (hop-by-hop ones already do).
+
+    /// Removes the hop-by-hop headers this scan found in `headers` (the map it scanned,
+    /// unchanged since): `Connection` and every header it names, `Keep-Alive`, `TE`,
+    /// `Trailer`, `Transfer-Encoding`, `Upgrade`, and `Proxy-*` headers.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if self.general {
+            strip_general(headers);
+            return;
+        }
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.hop & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
+/// `Trailer`, `Transfer-Encoding`, `Upgrade`, and `Proxy-*` headers.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    Scan::of(headers).strip(headers);
+}
+
+/// Whether a comma-separated header value lists `token` (parameters after `;` ignored).
+fn lists(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|t| {
+        t.split(',').any(|e| {
+            e.split(';')
+                .next()
+                .is_some_and(|w| w.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// The general case: `Proxy-*` headers, and `Connection` tokens that may name end-to-end
+/// headers, which go as well (hop-by-hop ones already do).
+fn strip_general(headers: &mut HeaderMap) {
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
     let hop = doomed.len();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(text) = value.to_str() else { continue };
@@ -51,32 +166,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     let name = name.as_str();
-    matches!(
-        name,
-        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    ) || name.starts_with("proxy-")
+    HOP_BY_HOP.iter().any(|h| h.as_str() == name) || name.starts_with("proxy-")
+}
+
+/// Whether a `Connection` token names a header that goes anyway (so it names nothing more).
+fn is_hop_by_hop_token(token: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(token))
+        || (token.len() > 6 && token[..6].eq_ignore_ascii_case("proxy-"))
 }
 
 /// Replaces whatever forwarding headers the client sent with wasp's own: the client sent them,
-/// so they cannot be trusted. `host` is the canonical authority, if any.
-/// `client` is the client's address as [`client_value`] made it, `host` the `Host` value sent.
+/// so they cannot be trusted. `client` is the client's address as [`client_value`] made it,
+/// `host` the `Host` value sent; `sent`: the client sent some (a [`Scan`] tells).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: HeaderValue,
     scheme: &'static str,
     host: Option<HeaderValue>,
+    sent: bool,
 ) {
     // Usually the client sent none of them: then there is nothing to look up and remove.
-    let sent = headers.keys().any(|n| {
-        matches!(
-            n.as_str(),
-            "forwarded"
-                | "x-real-ip"
-                | "x-forwarded-for"
-                | "x-forwarded-proto"
-                | "x-forwarded-host"
-        )
-    });
     if sent {
         headers.remove(&FORWARDED);
         headers.remove(&X_REAL_IP);
@@ -180,14 +291,56 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_reads_connection_te_and_the_request_headers_wasp_replaces() {
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "gzip;q=0.5, Trailers"),
+            ("content-length", "0"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let scan = Scan::of(&h);
+        assert!(scan.connection_upgrade && scan.has_upgrade());
+        assert!(scan.te_trailers && scan.content_length && scan.forwarding);
+        let plain = Scan::of(&map(&[("host", "a"), ("te", "gzip")]));
+        assert!(!plain.connection_upgrade && !plain.has_upgrade());
+        assert!(!plain.te_trailers && !plain.content_length && !plain.forwarding);
+    }
+
+    #[test]
+    fn connection_tokens_naming_no_hop_by_hop_header_take_the_general_strip() {
+        // `close` names no standard header, but a header may carry that name: it goes too.
+        let mut h = map(&[
+            ("connection", "close"),
+            ("close", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), vec!["x-kept"]);
+        // Tokens naming hop-by-hop headers only: each present one goes, nothing else.
+        let mut h = map(&[
+            ("connection", "Keep-Alive, TE, proxy-authorization"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), vec!["x-kept"]);
+    }
+
+    #[test]
     fn connection_cannot_remove_forwarding_headers_added_after() {
         let mut h = map(&[("connection", "x-forwarded-for")]);
-        strip_hop_by_hop(&mut h);
+        let scan = Scan::of(&h);
+        scan.strip(&mut h);
         set_forwarded(
             &mut h,
             client_value("10.0.0.1".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("example.com")),
+            scan.forwarding,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
@@ -200,22 +353,27 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
         ]);
+        assert!(Scan::of(&h).forwarding);
         set_forwarded(
             &mut h,
             client_value("::ffff:192.0.2.7".parse().unwrap()),
             "https",
             None,
+            true,
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert!(h.get("x-forwarded-host").is_none());
         assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
+        let sent = Scan::of(&h).forwarding;
+        assert!(sent, "wasp's own headers from the first call");
         set_forwarded(
             &mut h,
             client_value("2001:db8::1".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("a.example:8080")),
+            sent,
         );
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
         assert_eq!(h["x-forwarded-host"], "a.example:8080");

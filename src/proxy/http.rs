@@ -19,7 +19,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::canon;
 use crate::proxy::client_io::ConnShared;
 use crate::proxy::dispatch::{Attempt, dispatch};
-use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
+use crate::proxy::headers::{Scan, set_forwarded};
 use crate::proxy::respond::{Failure, direct, failure, redirect, redirect_status};
 use crate::proxy::timer::LazyTimer;
 use crate::proxy::upgrade;
@@ -113,7 +113,8 @@ fn prepare<'s>(
     mut req: Request<Incoming>,
     mut record: Box<Record>,
 ) -> Prepared<'s> {
-    let upgrade = upgrade::requested(req.version(), req.headers())
+    let scan = Scan::of(req.headers());
+    let upgrade = upgrade::requested(req.version(), req.headers(), &scan)
         .map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT {
@@ -193,13 +194,14 @@ fn prepare<'s>(
     drop(host);
     drop(path);
     let headers = &mut parts.headers;
-    let trailers = accepts_trailers(headers);
-    strip_hop_by_hop(headers);
-    if trailers {
+    scan.strip(headers);
+    if scan.te_trailers {
         // The one TE value that is end to end in effect: gRPC servers require it.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers.remove(header::CONTENT_LENGTH);
+    if scan.content_length {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     // Host is the canonical authority; usually the client's own Host header already says it.
     let host = match &authority {
         None => None,
@@ -215,7 +217,13 @@ fn prepare<'s>(
         },
     };
     if frontend.forwardfor {
-        set_forwarded(headers, info.forwarded_for.clone(), info.scheme, host);
+        set_forwarded(
+            headers,
+            info.forwarded_for.clone(),
+            info.scheme,
+            host,
+            scan.forwarding,
+        );
     }
 
     let upgrade = upgrade.map(|(proto, on)| {
@@ -279,19 +287,6 @@ pub(crate) fn local(why: Failure, mut record: Box<Record>) -> Response<ProxyBody
     }
     record.t_response = Some(clock::since(record.received));
     failure(why, Some(record))
-}
-
-/// Whether the client said it accepts trailers (`TE: trailers`).
-fn accepts_trailers(headers: &http::HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|t| {
-            t.split(',').any(|e| {
-                e.split(';')
-                    .next()
-                    .is_some_and(|w| w.trim().eq_ignore_ascii_case("trailers"))
-            })
-        })
-    })
 }
 
 /// A router's own answer, logged with the request's record.

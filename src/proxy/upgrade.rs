@@ -20,25 +20,20 @@ use hyper_util::rt::TokioIo;
 
 use crate::health::state::{ActiveGuard, BackendState, FrontendState};
 use crate::proxy::client_io::InFlight;
+use crate::proxy::headers::Scan;
 use crate::proxy::tcp::relay;
 
 /// The protocol an HTTP/1.1 request asks to switch to: `Connection` lists `upgrade` and an
-/// `Upgrade` header names a protocol other than `h2c`.
-pub(crate) fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version != Version::HTTP_11 {
+/// `Upgrade` header names a protocol other than `h2c`. `scan` is the request's.
+pub(crate) fn requested(version: Version, headers: &HeaderMap, scan: &Scan) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 || !scan.connection_upgrade || !scan.has_upgrade() {
         return None;
     }
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
     let proto = headers.get(header::UPGRADE)?;
     let h2c = proto
         .to_str()
         .is_ok_and(|p| p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")));
-    (asks && !h2c).then(|| proto.clone())
+    (!h2c).then(|| proto.clone())
 }
 
 /// Puts `Connection: upgrade` and `Upgrade: proto` back after the hop-by-hop headers went.
@@ -121,17 +116,23 @@ mod tests {
             ("upgrade", "websocket"),
         ]);
         assert_eq!(
-            requested(Version::HTTP_11, &ws)
+            requested(Version::HTTP_11, &ws, &Scan::of(&ws))
                 .as_ref()
                 .map(|v| v.as_bytes()),
             Some(&b"websocket"[..])
         );
-        assert_eq!(requested(Version::HTTP_10, &ws), None);
+        assert_eq!(requested(Version::HTTP_10, &ws, &Scan::of(&ws)), None);
         let h2c = headers(&[("connection", "upgrade"), ("upgrade", "h2c")]);
-        assert_eq!(requested(Version::HTTP_11, &h2c), None);
+        assert_eq!(requested(Version::HTTP_11, &h2c, &Scan::of(&h2c)), None);
         let no_token = headers(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
-        assert_eq!(requested(Version::HTTP_11, &no_token), None);
+        assert_eq!(
+            requested(Version::HTTP_11, &no_token, &Scan::of(&no_token)),
+            None
+        );
         let no_proto = headers(&[("connection", "upgrade")]);
-        assert_eq!(requested(Version::HTTP_11, &no_proto), None);
+        assert_eq!(
+            requested(Version::HTTP_11, &no_proto, &Scan::of(&no_proto)),
+            None
+        );
     }
 }

@@ -31,6 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use crate::clock;
 use crate::config::Proto;
@@ -150,19 +151,21 @@ impl Pools {
     /// Sends `req` to the server at `scheme://authority` (whose [`Pools::key`] is `key`) on
     /// the current worker's pool. An HTTP/1.1 request carries its target in origin form, an
     /// HTTP/2 one in absolute form.
-    pub async fn send(
-        &self,
+    pub fn send<'a>(
+        &'a self,
         key: usize,
-        scheme: &Scheme,
-        authority: &Authority,
+        scheme: &'a Scheme,
+        authority: &'a Authority,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + 'a {
         let worker = super::pool_index() % self.0.workers.len();
+        // Either future itself, not one awaiting it: a layer less to move the request and the
+        // response through.
         match self.0.proto {
-            Proto::Http1 => self.send_h1(worker, key, scheme, authority, req).await,
+            Proto::Http1 => Either::Left(self.send_h1(worker, key, scheme, authority, req)),
             // Boxed: its state is the larger, and inline every HTTP/1 request's future would
             // carry (and copy) it too.
-            Proto::H2 => Box::pin(self.send_h2(worker, scheme, authority, req)).await,
+            Proto::H2 => Either::Right(Box::pin(self.send_h2(worker, scheme, authority, req))),
         }
     }
 
