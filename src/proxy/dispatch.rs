@@ -73,13 +73,14 @@ impl Attempt {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
-        // The last possible attempt takes the headers; earlier ones copy them.
+        // The last possible attempt takes the headers; earlier ones keep a copy for the next.
+        // The original goes to the server: its spare capacity is reused (hyper parses the
+        // response's headers into the request's map) where a copy has none.
         *req.headers_mut() = match (last, headers.take()) {
             (true, Some(h)) => h,
             (_, Some(h)) => {
-                let copy = h.clone();
-                *headers = Some(h);
-                copy
+                *headers = Some(h.clone());
+                h
             }
             (_, None) => self.headers.clone(),
         };

@@ -15,13 +15,21 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// The hop-by-hop headers every message loses, by bit in [`Scan`]'s mask.
+const HOP_NAMES: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+    HeaderName::from_static(HOP_NAMES[0]),
+    HeaderName::from_static(HOP_NAMES[1]),
+    HeaderName::from_static(HOP_NAMES[2]),
+    HeaderName::from_static(HOP_NAMES[3]),
+    HeaderName::from_static(HOP_NAMES[4]),
+    HeaderName::from_static(HOP_NAMES[5]),
 ];
 const UPGRADE_BIT: u8 = 1 << 5;
 
@@ -53,6 +61,13 @@ impl Scan {
         let mut scan = Scan::default();
         for (name, value) in headers {
             let text = name.as_str();
+            // Every name looked for starts with one of these letters: most names stop here.
+            if !matches!(
+                text.as_bytes()[0],
+                b'c' | b'f' | b'k' | b'p' | b't' | b'u' | b'x'
+            ) {
+                continue;
+            }
             let bit = match text {
                 "connection" => {
                     scan.read_connection(value);
@@ -80,7 +95,7 @@ impl Scan {
                     continue;
                 }
             };
-            debug_assert_eq!(HOP_BY_HOP[bit].as_str(), text);
+            debug_assert_eq!(HOP_NAMES[bit], text);
             scan.hop |= 1 << bit;
         }
         scan
@@ -166,15 +181,17 @@ fn strip_general(headers: &mut HeaderMap) {
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     let name = name.as_str();
-    HOP_BY_HOP.iter().any(|h| h.as_str() == name) || name.starts_with("proxy-")
+    HOP_NAMES.contains(&name) || name.starts_with("proxy-")
 }
 
 /// Whether a `Connection` token names a header that goes anyway (so it names nothing more).
 fn is_hop_by_hop_token(token: &str) -> bool {
-    HOP_BY_HOP
+    HOP_NAMES
         .iter()
-        .any(|h| h.as_str().eq_ignore_ascii_case(token))
-        || (token.len() > 6 && token[..6].eq_ignore_ascii_case("proxy-"))
+        .any(|n| n.len() == token.len() && n.eq_ignore_ascii_case(token))
+        || token
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// Replaces whatever forwarding headers the client sent with wasp's own: the client sent them,
