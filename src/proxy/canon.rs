@@ -15,9 +15,10 @@
 //!   with 400, so no server that decodes them can be walked out of a routed prefix.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 use http::uri::Authority;
-use http::{HeaderMap, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Uri, Version, header};
 
 /// Why a request's authority or path was refused (always a 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,11 +35,37 @@ pub enum CanonError {
     EncodedTraversal,
 }
 
-/// The request's canonical authority (with port, as sent), if it has one.
+/// The last `Host` a connection sent, parsed. A client sends the same `Host` on every request
+/// of a keep-alive connection: then it costs a comparison, not a parse and a copy.
+#[derive(Debug, Default)]
+pub struct HostCache(Mutex<Option<Authority>>);
+
+impl HostCache {
+    fn parse(&self, sent: &HeaderValue) -> Result<Authority, CanonError> {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // An authority's text is exactly the bytes it was parsed from.
+        if let Some(a) = &*last
+            && a.as_str().as_bytes() == sent.as_bytes()
+        {
+            return Ok(a.clone());
+        }
+        let text = sent.to_str().map_err(|_| CanonError::InvalidHost)?;
+        let parsed: Authority = text.parse().map_err(|_| CanonError::InvalidHost)?;
+        *last = Some(parsed.clone());
+        Ok(parsed)
+    }
+}
+
+/// The request's canonical authority (with port, as sent), if it has one. `cache` is the
+/// connection's.
 pub fn authority(
     version: Version,
     uri: &Uri,
     headers: &HeaderMap,
+    cache: &HostCache,
 ) -> Result<Option<Authority>, CanonError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
@@ -46,13 +73,7 @@ pub fn authority(
         return Err(CanonError::DuplicateHost);
     }
     let from_header = match host {
-        Some(v) => {
-            let text = v.to_str().map_err(|_| CanonError::InvalidHost)?;
-            Some(
-                text.parse::<Authority>()
-                    .map_err(|_| CanonError::InvalidHost)?,
-            )
-        }
+        Some(v) => Some(cache.parse(v)?),
         None => None,
     };
     if let Some(auth) = uri.authority() {
@@ -84,16 +105,22 @@ pub fn authority(
 pub fn host(authority: &Authority) -> Cow<'_, str> {
     let text = authority.as_str();
     let bytes = text.as_bytes();
-    let end = if bytes.first() == Some(&b'[') {
-        bytes
-            .iter()
-            .position(|&b| b == b']')
-            .map_or(text.len(), |i| i + 1)
-    } else {
-        bytes.iter().position(|&b| b == b':').unwrap_or(text.len())
-    };
+    let bracketed = bytes.first() == Some(&b'[');
+    let mut end = text.len();
+    let mut upper = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if bracketed && b == b']' {
+            end = i + 1;
+            break;
+        }
+        if !bracketed && b == b':' {
+            end = i;
+            break;
+        }
+        upper |= b.is_ascii_uppercase();
+    }
     let host = &text[..end];
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if upper {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
@@ -144,20 +171,21 @@ pub fn path(path: &str) -> Result<Cow<'_, str>, CanonError> {
     Ok(Cow::Owned(normal))
 }
 
-/// Fast check: can this path change under normalisation, or need refusing?
+/// Fast check: can this path change under normalisation, or need refusing? One pass: only `/`
+/// followed by `/` or `.`, an encoded dot, slash or backslash (`%2e`, `%2f`, `%5c`, any case),
+/// or a backslash can.
 fn needs_work(path: &str) -> bool {
     let b = path.as_bytes();
-    b.windows(2).any(|w| w == b"//" || w == b"/.")
-        || contains_ci(b, b"%2e")
-        || contains_ci(b, b"%2f")
-        || contains_ci(b, b"%5c")
-        || b.contains(&b'\\')
-}
-
-fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    b.iter().enumerate().any(|(i, &c)| match c {
+        b'/' => matches!(b.get(i + 1), Some(b'/' | b'.')),
+        b'%' => b.get(i + 1..i + 3).is_some_and(|hex| {
+            hex.eq_ignore_ascii_case(b"2e")
+                || hex.eq_ignore_ascii_case(b"2f")
+                || hex.eq_ignore_ascii_case(b"5c")
+        }),
+        b'\\' => true,
+        _ => false,
+    })
 }
 
 enum Dot {
@@ -206,6 +234,15 @@ fn hides_dot_segment(seg: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The authority as a connection's first request sees it.
+    fn authority(
+        version: Version,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Option<Authority>, CanonError> {
+        super::authority(version, uri, headers, &HostCache::default())
+    }
 
     fn norm(p: &str) -> String {
         path(p).expect("accepted").into_owned()
@@ -288,6 +325,62 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(host(&ipv6), "[::1]");
+    }
+
+    /// What `needs_work` decides, said the slow and obvious way.
+    fn needs_work_by_definition(path: &str) -> bool {
+        let b = path.as_bytes();
+        let contains_ci = |needle: &[u8]| b.windows(3).any(|w| w.eq_ignore_ascii_case(needle));
+        b.windows(2).any(|w| w == b"//" || w == b"/.")
+            || contains_ci(b"%2e")
+            || contains_ci(b"%2f")
+            || contains_ci(b"%5c")
+            || b.contains(&b'\\')
+    }
+
+    #[test]
+    fn the_fast_check_agrees_with_its_definition() {
+        let alphabet = [
+            '/', '.', '%', '2', 'e', 'E', 'f', 'F', '5', 'c', 'C', '\\', 'a',
+        ];
+        let mut paths = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            for p in &longer {
+                assert_eq!(needs_work(p), needs_work_by_definition(p), "{p:?}");
+            }
+            paths = longer;
+        }
+    }
+
+    #[test]
+    fn a_connection_keeps_the_last_host_it_sent_parsed() {
+        let cache = HostCache::default();
+        let origin: Uri = "/".parse().unwrap();
+        let on_conn = |host: &str| {
+            super::authority(Version::HTTP_11, &origin, &headers(&[host]), &cache)
+                .map(|a| a.map(|a| a.as_str().to_owned()))
+        };
+        let kept = || {
+            cache
+                .0
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|a| a.as_str().to_owned())
+        };
+        assert_eq!(on_conn("a.example:8080"), Ok(Some("a.example:8080".into())));
+        assert_eq!(on_conn("a.example:8080"), Ok(Some("a.example:8080".into())));
+        assert_eq!(kept().as_deref(), Some("a.example:8080"));
+        // Another host is parsed anew (a prefix of the kept one is not the kept one).
+        assert_eq!(on_conn("a.example"), Ok(Some("a.example".into())));
+        assert_eq!(kept().as_deref(), Some("a.example"));
+        // A bad one is refused, and the last good one stays.
+        assert_eq!(on_conn("a b"), Err(CanonError::InvalidHost));
+        assert_eq!(kept().as_deref(), Some("a.example"));
     }
 
     #[test]

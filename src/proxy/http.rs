@@ -46,6 +46,8 @@ pub struct ConnInfo {
     pub h1_timer: Mutex<LazyTimer>,
     /// The client's address as `X-Forwarded-For` gives it.
     pub forwarded_for: HeaderValue,
+    /// The last `Host` the client sent, parsed.
+    pub host: canon::HostCache,
 }
 
 /// Serves one request. Never fails: every failure is an HTTP answer.
@@ -120,7 +122,7 @@ fn prepare<'s>(
     if parts.method == Method::CONNECT {
         return Prepared::Answer(local(Failure::BadRequest, record));
     }
-    let authority = match canon::authority(parts.version, &parts.uri, &parts.headers) {
+    let authority = match canon::authority(parts.version, &parts.uri, &parts.headers, &info.host) {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(client = %info.client, error = %e, "bad request");

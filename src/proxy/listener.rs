@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Mode;
 use crate::health::FrontendState;
 use crate::proxy::Proxy;
+use crate::proxy::canon::HostCache;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::graceful::{Graceful, Watcher};
 use crate::proxy::headers::client_value;
@@ -291,6 +292,7 @@ impl Connection {
             proxy,
             h1_timer: Mutex::new(LazyTimer::default()),
             forwarded_for: client_value(client.ip()),
+            host: HostCache::default(),
         });
         let service = service_fn(move |req| serve(Arc::clone(&info), req));
 
