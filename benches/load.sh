@@ -26,6 +26,11 @@
 #                (default 1024) over one connection and over STREAMS (default 4) at once, and
 #                new connections per second (wrk with `Connection: close`, -c CONNECTIONS)
 #   WASP_BIN     use this wasp binary instead of building one
+#   FORWARDFOR   which forwarding headers the proxies add: "lab" (default) runs lab 2's configs
+#                as they are: wasp adds X-Forwarded-For/-Proto/-Host (its default), HAProxy and
+#                nginx add none (theirs); "same": HAProxy and nginx add the same three headers
+#                (HAProxy: option forwardfor + http-request set-header), so every proxy does the
+#                same header work; "off": wasp with forwardfor = false, no proxy adds any
 #   TLS=1        the TLS benchmark instead: wasp and HAProxy terminating TLS with the same
 #                certificate (ECDSA P-256, made with openssl) in front of the same nginx
 #                backends, measured three ways per round: HTTPS keep-alive (wrk, lab 2 paths),
@@ -65,11 +70,14 @@ PROXIES=${PROXIES:-"wasp haproxy nginx wasp+log"}
 WASP_BASE_BIN=${WASP_BASE_BIN:-}
 OUT_DIR=${OUT_DIR:-}
 ROUTING_CHECK=${ROUTING_CHECK:-strict}
+FORWARDFOR=${FORWARDFOR:-lab}
 
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "load.sh: DURATION must be a positive integer" >&2; exit 2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "load.sh: ROUNDS must be a positive integer" >&2; exit 2; }
 [[ $ROUTING_CHECK == strict || $ROUTING_CHECK == warn ]] ||
     { echo "load.sh: ROUTING_CHECK must be strict or warn" >&2; exit 2; }
+[[ $FORWARDFOR == lab || $FORWARDFOR == same || $FORWARDFOR == off ]] ||
+    { echo "load.sh: FORWARDFOR must be lab, same or off" >&2; exit 2; }
 for p in $PROXIES; do
     case $p in
         wasp | wasp+log | wasp+scrape | wasp+plugin | haproxy | nginx) ;;
@@ -282,6 +290,9 @@ servers = [
   { name = "s4", addr = "127.0.0.1:${NODE_PORT[4]}" },
 ]
 EOF
+    if [[ $FORWARDFOR == off ]]; then
+        sed -i 's/^default_backend = "webservers"$/default_backend = "webservers"\nforwardfor = false/' "$f"
+    fi
     if [[ -n $plugin ]]; then
         # The same routing taken by a plugin: its table, then (defer) the default backend.
         sed -i 's/^default_backend = "webservers"$/default_backend = "webservers"\nrouter = "paths"/' "$f"
@@ -336,6 +347,11 @@ backend baskets
     server s3 127.0.0.1:${NODE_PORT[3]}
     server s4 127.0.0.1:${NODE_PORT[4]}
 EOF
+    if [[ $FORWARDFOR == same ]]; then
+        # The three headers wasp adds by default, so both proxies do the same header work.
+        sed -i "s|^    default_backend webservers\$|    default_backend webservers\n    option forwardfor\n    http-request set-header X-Forwarded-Proto ${3:-http}\n    http-request set-header X-Forwarded-Host %[req.hdr(host)]|" "$f"
+        grep -q "option forwardfor" "$f" || die "could not add forwardfor to the HAProxy config"
+    fi
 }
 
 write_nginx_proxy_conf() {
@@ -384,6 +400,7 @@ http {
         listen 127.0.0.1:$port;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
+$([[ $FORWARDFOR == same ]] && printf '        proxy_set_header X-Forwarded-For $remote_addr;\n        proxy_set_header X-Forwarded-Proto $scheme;\n        proxy_set_header X-Forwarded-Host $http_host;\n')
         proxy_connect_timeout 5s;
         proxy_read_timeout 10s;
         proxy_send_timeout 10s;
@@ -581,6 +598,17 @@ PY
     RESULTS[$name]+="$r"$'\n'
     log "round $round $(printf '%-9s' "$name") req/s, p50 ms, p99 ms, non-2xx, socket errors: $r"
     grep -E 'Socket errors|Non-2xx' "$out" | sed "s/^ */[load]   $name: /" >&2 || true
+}
+
+# Round by round, A's req/s over B's (both ran in every round, minutes apart at most): the
+# ratios, their median, and in how many rounds A served at least as many requests as B.
+paired() {
+    local a=$1 b=$2 ratios
+    ratios=$(paste -d' ' <(awk 'NF {print $1}' <<<"${RESULTS[$a]}") <(awk 'NF {print $1}' <<<"${RESULTS[$b]}") |
+        awk '{printf "%.4f %d\n", $1 / $2, ($1 >= $2)}')
+    printf '%-9s / %-9s round by round: req/s%s; median x%.2f, ahead in %d of %d\n' "$a" "$b" \
+        "$(awk '{printf " x%.2f", $1}' <<<"$ratios")" "$(median "$ratios" 1)" \
+        "$(awk '{s += $2} END {print s}' <<<"$ratios")" "$(grep -c . <<<"$ratios")"
 }
 
 # Median of column COL (1-based) of the lines in $1.
@@ -826,7 +854,7 @@ tls_main() {
         "$TMP/wasp-tls/wasp.toml"
     "$WASP_BIN" check -c "$TMP/wasp-tls/wasp.toml" || die "wasp check rejected the TLS config"
     start_bg wasp-tls "$TMP/wasp-tls/output.log" "$WASP_BIN" run -c "$TMP/wasp-tls/wasp.toml"
-    write_haproxy_conf "$TMP/haproxy-tls/haproxy.cfg" "${PORT[haproxy-tls]}"
+    write_haproxy_conf "$TMP/haproxy-tls/haproxy.cfg" "${PORT[haproxy-tls]}" https
     sed -i "s|^    bind 127.0.0.1:${PORT[haproxy-tls]}\$|    bind 127.0.0.1:${PORT[haproxy-tls]} ssl crt $d/combined.pem alpn h2,http/1.1|" \
         "$TMP/haproxy-tls/haproxy.cfg"
     grep -q " ssl crt " "$TMP/haproxy-tls/haproxy.cfg" || die "could not add ssl to the HAProxy config"
@@ -931,7 +959,8 @@ echo "wasp        $wasp_version ($wasp_commit, release build), workers = 2"
 echo "haproxy     $haproxy_version, nbthread 2"
 echo "nginx       $nginx_version, proxy: 2 workers, upstream keepalive 64; backends: 1 worker, 4 server blocks"
 echo "wrk         $wrk_version, -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, paths /item/1 /basket/1 / in rotation"
-echo "rounds      $ROUNDS, order per round: $PROXIES direct  (~$((ROUNDS * n_runs * DURATION)) s of load)"
+echo "rounds      $ROUNDS, order: $PROXIES direct, each round starting one further along (~$((ROUNDS * n_runs * DURATION)) s of load)"
+echo "forwarding  FORWARDFOR=$FORWARDFOR: $(case $FORWARDFOR in lab) echo "wasp adds X-Forwarded-For/-Proto/-Host, HAProxy and nginx add none" ;; same) echo "every proxy adds X-Forwarded-For/-Proto/-Host" ;; off) echo "no proxy adds forwarding headers" ;; esac)"
 echo "backends    node1..node4 on 127.0.0.1:${NODE_PORT[1]} ${NODE_PORT[2]} ${NODE_PORT[3]} ${NODE_PORT[4]}"
 echo "note        proxies, backends and wrk all share these CPUs"
 echo
@@ -947,13 +976,19 @@ for p in $PROXIES; do
     check_routing "$p"
 done
 
+# Each round starts one place further along the order, so that no proxy always runs first
+# (right after the backend was loaded straight) or last.
+read -ra ORDER <<<"$PROXIES direct"
 for ((round = 1; round <= ROUNDS; round++)); do
-    for p in $PROXIES; do
-        run_wrk "$p" "$round" "http://127.0.0.1:${PORT[$p]}/"
+    for ((i = 0; i < ${#ORDER[@]}; i++)); do
+        p=${ORDER[$(((i + round - 1) % ${#ORDER[@]}))]}
+        if [[ $p == direct ]]; then
+            run_wrk direct "$round" "http://127.0.0.1:${NODE_PORT[1]}/"
+        else
+            run_wrk "$p" "$round" "http://127.0.0.1:${PORT[$p]}/"
+        fi
         sleep 0.5
     done
-    run_wrk direct "$round" "http://127.0.0.1:${NODE_PORT[1]}/"
-    sleep 0.5
 done
 
 declare -A RSS_AFTER=()
@@ -1003,6 +1038,9 @@ if [[ -n ${MED_RPS[haproxy]:-} ]]; then
             -v l="${MED_P99[$p]}" -v hl="${MED_P99[haproxy]}" 'BEGIN {
             printf "%-9s / haproxy: req/s x%.2f, p99 x%.2f\n", p, r / hr, (hl > 0 ? l / hl : 0) }'
     done
+    for p in wasp wasp+log; do
+        if [[ -n ${MED_RPS[$p]:-} ]]; then paired "$p" haproxy; fi
+    done
 fi
 
 # The control plane's cost: the same wasp with /metrics scraped every 100 ms, and (when given)
@@ -1014,3 +1052,4 @@ for pair in "wasp+scrape wasp" "wasp wasp-base"; do
         -v l="${MED_P99[$a]}" -v bl="${MED_P99[$b]}" 'BEGIN {
         printf "%-11s / %-9s: req/s x%.3f, p99 x%.2f\n", a, b, r / br, (bl > 0 ? l / bl : 0) }'
 done
+if [[ -n ${MED_RPS[wasp-base]:-} && -n ${MED_RPS[wasp]:-} ]]; then paired wasp wasp-base; fi
