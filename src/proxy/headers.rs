@@ -60,48 +60,59 @@ impl Scan {
     pub fn of(headers: &HeaderMap) -> Self {
         let mut scan = Scan::default();
         for (name, value) in headers {
-            let text = name.as_str();
-            // Every name looked for starts with one of these letters: most names stop here.
-            if !matches!(
-                text.as_bytes()[0],
-                b'c' | b'f' | b'k' | b'p' | b't' | b'u' | b'x'
-            ) {
+            // Names `http` knows compare as a one-byte tag, without looking at their text.
+            let bit = if *name == header::CONNECTION {
+                scan.read_connection(value);
+                0
+            } else if *name == header::CONTENT_LENGTH {
+                scan.content_length = true;
                 continue;
-            }
-            let bit = match text {
-                "connection" => {
-                    scan.read_connection(value);
-                    0
-                }
-                "keep-alive" => 1,
-                "te" => {
-                    scan.te_trailers |= lists(value, "trailers");
-                    2
-                }
-                "trailer" => 3,
-                "transfer-encoding" => 4,
-                "upgrade" => 5,
-                "content-length" => {
-                    scan.content_length = true;
-                    continue;
-                }
-                "forwarded" | "x-real-ip" | "x-forwarded-for" | "x-forwarded-proto"
-                | "x-forwarded-host" => {
-                    scan.forwarding = true;
-                    continue;
-                }
-                _ => {
-                    scan.general |= text.starts_with("proxy-");
-                    continue;
+            } else if *name == header::TE {
+                scan.te_trailers |= lists(value, "trailers");
+                2
+            } else if *name == header::TRAILER {
+                3
+            } else if *name == header::TRANSFER_ENCODING {
+                4
+            } else if *name == header::UPGRADE {
+                5
+            } else if *name == header::FORWARDED {
+                scan.forwarding = true;
+                continue;
+            } else {
+                // The other names looked for (`http` knows none of them but two `Proxy-*`)
+                // start with one of these letters: most names stop here.
+                let text = name.as_str();
+                match text.as_bytes()[0] {
+                    b'k' if text == "keep-alive" => 1,
+                    b'p' => {
+                        scan.general |= text.starts_with("proxy-");
+                        continue;
+                    }
+                    b'x' => {
+                        scan.forwarding |= matches!(
+                            text,
+                            "x-real-ip"
+                                | "x-forwarded-for"
+                                | "x-forwarded-proto"
+                                | "x-forwarded-host"
+                        );
+                        continue;
+                    }
+                    _ => continue,
                 }
             };
-            debug_assert_eq!(HOP_NAMES[bit], text);
+            debug_assert_eq!(HOP_NAMES[bit], name.as_str());
             scan.hop |= 1 << bit;
         }
         scan
     }
 
     fn read_connection(&mut self, value: &HeaderValue) {
+        // What nearly every HTTP/1.1 message says: a hop-by-hop name, nothing else to do.
+        if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+            return;
+        }
         let Ok(text) = value.to_str() else {
             // Tokens that are not text name no header we could find; nothing more to do.
             return;
@@ -317,6 +328,36 @@ mod tests {
         let plain = Scan::of(&map(&[("host", "a"), ("te", "gzip")]));
         assert!(!plain.connection_upgrade && !plain.has_upgrade());
         assert!(!plain.te_trailers && !plain.content_length && !plain.forwarding);
+        // `Connection: Keep-Alive` in any case names only a hop-by-hop header.
+        let keep = Scan::of(&map(&[("connection", "Keep-Alive"), ("keep-alive", "5")]));
+        assert_eq!((keep.hop, keep.general), (0b11, false));
+        // Each forwarding header the client may send is seen, standard name or not.
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ] {
+            assert!(Scan::of(&map(&[(name, "x")])).forwarding, "{name}");
+        }
+        for name in [
+            "x-forwarded",
+            "xforwarded-for",
+            "x-frame-options",
+            "forwarded-for",
+        ] {
+            assert!(!Scan::of(&map(&[(name, "x")])).forwarding, "{name}");
+        }
+        // `Proxy-*` names, standard or not, take the general strip; `Pragma` does not.
+        for (name, general) in [
+            ("proxy-authorization", true),
+            ("proxy-connection", true),
+            ("proxy", false),
+            ("pragma", false),
+        ] {
+            assert_eq!(Scan::of(&map(&[(name, "x")])).general, general, "{name}");
+        }
     }
 
     #[test]
