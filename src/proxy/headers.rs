@@ -117,10 +117,10 @@ impl Scan {
             // Tokens that are not text name no header we could find; nothing more to do.
             return;
         };
-        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for token in tokens(text) {
             if token.eq_ignore_ascii_case("upgrade") {
                 self.connection_upgrade = true;
-            } else if !is_hop_by_hop_token(token) {
+            } else if !is_hop_by_hop(token) {
                 self.general = true;
             }
         }
@@ -169,16 +169,16 @@ fn lists(value: &HeaderValue, token: &str) -> bool {
 fn strip_general(headers: &mut HeaderMap) {
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name))
+        .filter(|name| is_hop_by_hop(name.as_str()))
         .cloned()
         .collect();
     let hop = doomed.len();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for token in tokens(text) {
             if let Some(name) = headers
                 .keys()
-                .find(|n| n.as_str().eq_ignore_ascii_case(token) && !is_hop_by_hop(n))
+                .find(|n| n.as_str().eq_ignore_ascii_case(token) && !is_hop_by_hop(n.as_str()))
                 && !doomed[hop..].contains(name)
             {
                 doomed.push(name.clone());
@@ -190,19 +190,20 @@ fn strip_general(headers: &mut HeaderMap) {
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    HOP_NAMES.contains(&name) || name.starts_with("proxy-")
-}
-
-/// Whether a `Connection` token names a header that goes anyway (so it names nothing more).
-fn is_hop_by_hop_token(token: &str) -> bool {
+/// Whether a header name, or a `Connection` token naming one, is hop-by-hop (any case): such a
+/// header goes anyway, so a token naming it names nothing more.
+fn is_hop_by_hop(name: &str) -> bool {
     HOP_NAMES
         .iter()
-        .any(|n| n.len() == token.len() && n.eq_ignore_ascii_case(token))
-        || token
+        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+        || name
             .get(..6)
             .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
+/// The tokens of a comma-separated `Connection` value, trimmed, empty ones skipped.
+fn tokens(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// Replaces whatever forwarding headers the client sent with wasp's own: the client sent them,
