@@ -12,7 +12,9 @@ use std::error::Error as _;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
@@ -23,7 +25,7 @@ use crate::health::Health;
 use crate::proxy::access::Record;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::canon;
-use crate::proxy::headers::strip_hop_by_hop;
+use crate::proxy::headers::{Forwarding, strip_hop_by_hop};
 use crate::proxy::http::{ConnInfo, local};
 use crate::proxy::respond::Failure;
 use crate::proxy::timer::within;
@@ -41,19 +43,17 @@ pub(crate) struct Attempt {
     pub(crate) method: Method,
     pub(crate) authority: Option<Authority>,
     pub(crate) path_and_query: PathAndQuery,
+    /// The client's headers as forwarded: hop-by-hop ones removed, `Host` canonical.
     pub(crate) headers: HeaderMap,
+    /// Added to each attempt's headers (`forwardfor`).
+    pub(crate) forwarding: Option<Forwarding>,
     pub(crate) body: Option<Reclaimable>,
     /// The client connection's hand-over, when the request asks for an upgrade.
     pub(crate) upgrade: Option<OnUpgrade>,
 }
 
 impl Attempt {
-    fn request(
-        &self,
-        server: &Server,
-        last: bool,
-        headers: &mut Option<HeaderMap>,
-    ) -> Request<UpstreamBody> {
+    fn request(&self, server: &Server, headers: HeaderMap) -> Request<UpstreamBody> {
         // HTTP/1.1 sends the origin form; HTTP/2 needs the scheme and authority as well.
         let uri = if server.pools.is_h2() {
             Uri::builder()
@@ -73,18 +73,38 @@ impl Attempt {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
-        // The last possible attempt takes the headers; earlier ones keep a copy for the next.
-        // The original goes to the server: its spare capacity is reused (hyper parses the
-        // response's headers into the request's map) where a copy has none.
-        *req.headers_mut() = match (last, headers.take()) {
-            (true, Some(h)) => h,
-            (_, Some(h)) => {
-                *headers = Some(h.clone());
-                h
-            }
-            (_, None) => self.headers.clone(),
-        };
+        *req.headers_mut() = headers;
         req
+    }
+
+    /// The first attempt's headers: the client's own map, with the forwarding headers. Its
+    /// spare capacity is reused: hyper parses the response's headers into the map it sent.
+    fn first_headers(&mut self) -> HeaderMap {
+        let mut headers = std::mem::take(&mut self.headers);
+        if let Some(f) = &self.forwarding {
+            f.apply(&mut headers);
+        }
+        headers
+    }
+
+    /// What a later attempt rebuilds its headers from: a plain copy of the client's headers
+    /// (one allocation; a clone of the map took two, and about twice the instructions).
+    fn saved_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut saved = Vec::with_capacity(self.headers.len());
+        saved.extend(self.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        saved
+    }
+
+    /// A later attempt's headers, from [`Self::saved_headers`].
+    fn rebuilt_headers(&self, saved: &[(HeaderName, HeaderValue)]) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(saved.len() + 3);
+        for (name, value) in saved {
+            headers.append(name.clone(), value.clone());
+        }
+        if let Some(f) = &self.forwarding {
+            f.apply(&mut headers);
+        }
+        headers
     }
 
     /// Whether the request may be sent again after reaching a server that gave no answer.
@@ -113,21 +133,27 @@ pub(crate) async fn dispatch(
     let attempts = backend.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut previous: Option<usize> = None;
-    let mut headers = Some(std::mem::take(&mut attempt.headers));
+    // hyper consumes the headers it sends: an attempt after the first rebuilds them from a
+    // copy, taken only when there may be one.
+    let saved = (attempts > 1).then(|| attempt.saved_headers());
+    let mut first = Some(attempt.first_headers());
     let queue_deadline = clock::recent() + backend.timeouts.queue;
-    let empty = HeaderMap::new();
     let host = attempt.authority.as_ref().map(canon::host);
     // What the client gets when every attempt failed: 503 after connect failures (no server
     // could take it), 502 when the last server took it and hung up.
     let mut exhausted = Failure::NoServer;
     for n in 0..attempts {
+        let headers = match first.take() {
+            Some(h) => h,
+            None => attempt.rebuilt_headers(saved.as_deref().unwrap_or_default()),
+        };
         let view = RequestView {
             method: &attempt.method,
             scheme: info.scheme,
             host: host.as_deref().unwrap_or(""),
             path: attempt.path_and_query.path(),
             query: attempt.path_and_query.query().unwrap_or(""),
-            headers: headers.as_ref().unwrap_or(&empty),
+            headers: &headers,
             client: info.client,
             local_port: info.local_port,
             frontend: &frontend.name,
@@ -140,7 +166,7 @@ pub(crate) async fn dispatch(
         let server = &backend.servers[idx];
         // The last attempt's unit stays with the record, whose server gets the response.
         record.active = Some(server.state.begin_request());
-        let req = attempt.request(server, n + 1 == attempts, &mut headers);
+        let req = attempt.request(server, headers);
         let sent = clock::recent();
         let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
         let outcome = within(

@@ -206,27 +206,38 @@ fn tokens(text: &str) -> impl Iterator<Item = &str> {
     text.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
-/// Replaces whatever forwarding headers the client sent with wasp's own: the client sent them,
-/// so they cannot be trusted. `client` is the client's address as [`client_value`] made it,
-/// `host` the `Host` value sent; `sent`: the client sent some (a [`Scan`] tells).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: HeaderValue,
-    scheme: &'static str,
-    host: Option<HeaderValue>,
-    sent: bool,
-) {
-    // Usually the client sent none of them: then there is nothing to look up and remove.
-    if sent {
-        headers.remove(&FORWARDED);
-        headers.remove(&X_REAL_IP);
-        headers.remove(&X_FORWARDED_HOST);
-    }
-    headers.reserve(3);
-    headers.insert(X_FORWARDED_FOR.clone(), client);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    if let Some(v) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
+/// The forwarding headers wasp adds to a request (`forwardfor`). Kept apart from the request's
+/// headers so that each attempt adds them to its own copy (hyper consumes the map it sends).
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// The client's address as [`client_value`] made it.
+    pub client: HeaderValue,
+    pub scheme: &'static str,
+    /// The `Host` value sent upstream.
+    pub host: Option<HeaderValue>,
+    /// The client sent forwarding headers of its own (a [`Scan`] tells).
+    pub sent: bool,
+}
+
+impl Forwarding {
+    /// Replaces whatever forwarding headers the client sent with wasp's own: the client sent
+    /// them, so they cannot be trusted.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        // Usually the client sent none of them: then there is nothing to look up and remove.
+        if self.sent {
+            headers.remove(&FORWARDED);
+            headers.remove(&X_REAL_IP);
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        headers.reserve(3);
+        headers.insert(X_FORWARDED_FOR.clone(), self.client.clone());
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(self.scheme),
+        );
+        if let Some(v) = &self.host {
+            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
+        }
     }
 }
 
@@ -391,13 +402,13 @@ mod tests {
         let mut h = map(&[("connection", "x-forwarded-for")]);
         let scan = Scan::of(&h);
         scan.strip(&mut h);
-        set_forwarded(
-            &mut h,
-            client_value("10.0.0.1".parse().unwrap()),
-            "http",
-            Some(HeaderValue::from_static("example.com")),
-            scan.forwarding,
-        );
+        Forwarding {
+            client: client_value("10.0.0.1".parse().unwrap()),
+            scheme: "http",
+            host: Some(HeaderValue::from_static("example.com")),
+            sent: scan.forwarding,
+        }
+        .apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
 
@@ -410,13 +421,13 @@ mod tests {
             ("x-real-ip", "6.6.6.6"),
         ]);
         assert!(Scan::of(&h).forwarding);
-        set_forwarded(
-            &mut h,
-            client_value("::ffff:192.0.2.7".parse().unwrap()),
-            "https",
-            None,
-            true,
-        );
+        Forwarding {
+            client: client_value("::ffff:192.0.2.7".parse().unwrap()),
+            scheme: "https",
+            host: None,
+            sent: true,
+        }
+        .apply(&mut h);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -424,13 +435,13 @@ mod tests {
         assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none());
         let sent = Scan::of(&h).forwarding;
         assert!(sent, "wasp's own headers from the first call");
-        set_forwarded(
-            &mut h,
-            client_value("2001:db8::1".parse().unwrap()),
-            "http",
-            Some(HeaderValue::from_static("a.example:8080")),
+        Forwarding {
+            client: client_value("2001:db8::1".parse().unwrap()),
+            scheme: "http",
+            host: Some(HeaderValue::from_static("a.example:8080")),
             sent,
-        );
+        }
+        .apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
         assert_eq!(h["x-forwarded-host"], "a.example:8080");
     }

@@ -19,7 +19,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::canon;
 use crate::proxy::client_io::ConnShared;
 use crate::proxy::dispatch::{Attempt, dispatch};
-use crate::proxy::headers::{Scan, set_forwarded};
+use crate::proxy::headers::{Forwarding, Scan};
 use crate::proxy::respond::{Failure, direct, failure, redirect, redirect_status};
 use crate::proxy::timer::LazyTimer;
 use crate::proxy::upgrade;
@@ -170,8 +170,8 @@ fn prepare<'s>(
         RouteDecision::Deny => return Prepared::Answer(local(Failure::PluginDenied, record)),
     };
 
-    // The forwarded request: normalised path, canonical Host, no hop-by-hop headers, wasp's
-    // forwarding headers, re-framed by hyper from the body.
+    // The forwarded request: normalised path, canonical Host, no hop-by-hop headers (wasp's
+    // forwarding headers come with each attempt), re-framed by hyper from the body.
     let path_and_query = match &path {
         Cow::Borrowed(_) => parts
             .uri
@@ -218,19 +218,16 @@ fn prepare<'s>(
             },
         },
     };
-    if frontend.forwardfor {
-        set_forwarded(
-            headers,
-            info.forwarded_for.clone(),
-            info.scheme,
-            host,
-            scan.forwarding,
-        );
-    }
-
     let upgrade = upgrade.map(|(proto, on)| {
         upgrade::restore(headers, proto);
         on
+    });
+    // Added by each attempt (dispatch), to its own copy of the headers.
+    let forwarding = frontend.forwardfor.then(|| Forwarding {
+        client: info.forwarded_for.clone(),
+        scheme: info.scheme,
+        host,
+        sent: scan.forwarding,
     });
 
     let body = if body_is_empty(&body) {
@@ -247,6 +244,7 @@ fn prepare<'s>(
         authority,
         path_and_query,
         headers: parts.headers,
+        forwarding,
         body,
         upgrade,
     };

@@ -112,6 +112,60 @@ async fn upstream_closing_early_is_502() {
 }
 
 #[tokio::test]
+async fn a_get_a_server_dropped_unanswered_is_replayed_with_the_same_headers() {
+    let servers = Servers::new();
+    let closer = servers.closer().await;
+    let echo = servers.echo("e").await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "c", addr = "{closer}" }}, {{ name = "e", addr = "{echo}" }}"#),
+        "",
+    ))
+    .await;
+    // Round-robin starts on the closer (the first server), so at least the first request is
+    // replayed on the echo server, with headers rebuilt for the second attempt.
+    for i in 0..4 {
+        let req = Request::get(proxy.url("/replay?q=1"))
+            .header("host", "shop.example")
+            .header("accept", "application/json")
+            .header("x-one", "1")
+            .header("x-two", "a")
+            .header("x-two", "b")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-real-ip", "6.6.6.6")
+            .header("connection", "keep-alive, x-private")
+            .header("x-private", "secret")
+            .body(empty())
+            .unwrap();
+        let (status, _, body) = send(&client(), req).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo["path"], "/replay", "request {i}");
+        assert_eq!(echo["query"], "q=1", "request {i}");
+        let h = &echo["headers"];
+        assert_eq!(h["host"], "shop.example", "request {i}: {h}");
+        assert_eq!(h["x-one"], "1", "request {i}: {h}");
+        assert_eq!(h["x-two"], "a, b", "request {i}: {h}");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "request {i}: {h}");
+        assert_eq!(h["x-forwarded-proto"], "http", "request {i}: {h}");
+        assert_eq!(h["x-forwarded-host"], "shop.example", "request {i}: {h}");
+        assert!(
+            h.get("x-real-ip").is_none() && h.get("x-private").is_none(),
+            "request {i}: {h}"
+        );
+    }
+    // A request with a body is not replayed: the server may have acted on it.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let req = Request::post(proxy.url("/once"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+            .unwrap();
+        statuses.push(send(&client(), req).await.0);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 502], "one to each server");
+}
+
+#[tokio::test]
 async fn malformed_requests_are_400() {
     let servers = Servers::new();
     let echo = servers.echo("e").await;
