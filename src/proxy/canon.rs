@@ -59,19 +59,29 @@ impl HostCache {
     }
 }
 
-/// The request's canonical authority (with port, as sent), if it has one. `cache` is the
+/// The request's canonical authority (with port, as sent), if it has one, and the `Host`
+/// header sent, if any (so that the caller need not look it up again). `cache` is the
 /// connection's.
 pub fn authority(
     version: Version,
     uri: &Uri,
     headers: &HeaderMap,
     cache: &HostCache,
-) -> Result<Option<Authority>, CanonError> {
+) -> Result<(Option<Authority>, Option<HeaderValue>), CanonError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(CanonError::DuplicateHost);
     }
+    Ok((canonical(version, uri, host, cache)?, host.cloned()))
+}
+
+fn canonical(
+    version: Version,
+    uri: &Uri,
+    host: Option<&HeaderValue>,
+    cache: &HostCache,
+) -> Result<Option<Authority>, CanonError> {
     let from_header = match host {
         Some(v) => Some(cache.parse(v)?),
         None => None,
@@ -100,26 +110,27 @@ pub fn authority(
 /// The host part of an authority, without port, lower-cased (brackets kept for IPv6).
 ///
 /// The authority has no userinfo (see [`authority`]), so the host is everything before the
-/// port's `:`, or the bracketed IPv6 literal. One pass over a few bytes: `Authority::host`
-/// searches from the end for `@` first, at several times the cost.
+/// port's `:`, or the bracketed IPv6 literal: `Authority::host` searches from the end for `@`
+/// first, at several times the cost. The end is found first and the case checked over the host
+/// alone, in a loop with no early exit (which the compiler can widen).
 pub fn host(authority: &Authority) -> Cow<'_, str> {
     let text = authority.as_str();
     let bytes = text.as_bytes();
-    let bracketed = bytes.first() == Some(&b'[');
-    let mut end = text.len();
-    let mut upper = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        if bracketed && b == b']' {
-            end = i + 1;
-            break;
-        }
-        if !bracketed && b == b':' {
-            end = i;
-            break;
-        }
-        upper |= b.is_ascii_uppercase();
-    }
+    let stop = if bytes.first() == Some(&b'[') {
+        b']'
+    } else {
+        b':'
+    };
+    let end = match bytes.iter().position(|&b| b == stop) {
+        // The closing bracket belongs to the host; a port's colon does not.
+        Some(i) if stop == b']' => i + 1,
+        Some(i) => i,
+        None => text.len(),
+    };
     let host = &text[..end];
+    let upper = host
+        .bytes()
+        .fold(false, |upper, b| upper | b.is_ascii_uppercase());
     if upper {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -241,7 +252,9 @@ mod tests {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Result<Option<Authority>, CanonError> {
-        super::authority(version, uri, headers, &HostCache::default())
+        let (authority, sent) = super::authority(version, uri, headers, &HostCache::default())?;
+        assert_eq!(sent.as_ref(), headers.get(header::HOST), "the Host sent");
+        Ok(authority)
     }
 
     fn norm(p: &str) -> String {
@@ -362,7 +375,7 @@ mod tests {
         let origin: Uri = "/".parse().unwrap();
         let on_conn = |host: &str| {
             super::authority(Version::HTTP_11, &origin, &headers(&[host]), &cache)
-                .map(|a| a.map(|a| a.as_str().to_owned()))
+                .map(|(a, _)| a.map(|a| a.as_str().to_owned()))
         };
         let kept = || {
             cache

@@ -126,6 +126,12 @@ impl Scan {
         }
     }
 
+    /// Whether [`Self::strip`] may remove more than the hop-by-hop headers: whatever the
+    /// `Connection` header names, which can be any header (`Host` included).
+    pub fn strips_named(&self) -> bool {
+        self.general
+    }
+
     /// Whether the message has an `Upgrade` header.
     pub fn has_upgrade(&self) -> bool {
         self.hop & UPGRADE_BIT != 0

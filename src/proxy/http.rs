@@ -122,13 +122,14 @@ fn prepare<'s>(
     if parts.method == Method::CONNECT {
         return Prepared::Answer(local(Failure::BadRequest, record));
     }
-    let authority = match canon::authority(parts.version, &parts.uri, &parts.headers, &info.host) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(client = %info.client, error = %e, "bad request");
-            return Prepared::Answer(local(Failure::BadRequest, record));
-        }
-    };
+    let (authority, sent_host) =
+        match canon::authority(parts.version, &parts.uri, &parts.headers, &info.host) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(client = %info.client, error = %e, "bad request");
+                return Prepared::Answer(local(Failure::BadRequest, record));
+            }
+        };
     let path = match canon::path(parts.uri.path()) {
         Ok(p) => p,
         Err(e) => {
@@ -205,10 +206,11 @@ fn prepare<'s>(
         headers.remove(header::CONTENT_LENGTH);
     }
     // Host is the canonical authority; usually the client's own Host header already says it.
+    // (A `Connection` header that names `Host` makes the strip above remove it.)
     let host = match &authority {
         None => None,
-        Some(a) => match headers.get(header::HOST) {
-            Some(sent) if sent.as_bytes() == a.as_str().as_bytes() => Some(sent.clone()),
+        Some(a) => match sent_host.filter(|_| !scan.strips_named()) {
+            Some(sent) if sent.as_bytes() == a.as_str().as_bytes() => Some(sent),
             _ => match HeaderValue::from_str(a.as_str()) {
                 Ok(v) => {
                     headers.insert(header::HOST, v.clone());

@@ -284,6 +284,29 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
 }
 
 #[tokio::test]
+async fn a_connection_header_naming_host_does_not_take_host_away() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+        "",
+    ))
+    .await;
+    let req = Request::get(proxy.url("/"))
+        .header("host", "shop.example")
+        .header("connection", "keep-alive, Host")
+        .header("accept", "application/json")
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let h = &echo["headers"];
+    assert_eq!(h["host"], "shop.example", "{h}");
+    assert_eq!(h["x-forwarded-host"], "shop.example", "{h}");
+}
+
+#[tokio::test]
 async fn forwardfor_false_adds_nothing() {
     let servers = Servers::new();
     let echo = servers.echo("e").await;
