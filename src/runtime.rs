@@ -127,7 +127,9 @@ impl Runtime {
         let config = Arc::new(config);
         let states = Arc::new(StateTable::new());
         let count = config.global.workers.unwrap_or_else(Workers::default_count);
-        let workers = Arc::new(Workers::start(count).map_err(RuntimeError::Workers)?);
+        let workers = Arc::new(
+            Workers::start(count, config.global.sched_slice).map_err(RuntimeError::Workers)?,
+        );
         let clients = ClientCache::new(workers.len());
         let plugins = Arc::new(Plugins::new());
         let set = prepare_plugins(&plugins, &config).await?;

@@ -33,6 +33,19 @@ fn expect(name: &str, code: i32, lines: &[&str]) {
 }
 
 #[test]
+fn a_sched_slice_the_kernel_would_not_take_is_an_error() {
+    expect(
+        "sched_slice",
+        1,
+        &[
+            r#"sched_slice.toml:3:15: error: global.sched_slice: sched_slice is out of range"#,
+            r#"    = help: the kernel takes 100us to 100ms"#,
+            r#"check: 1 error"#,
+        ],
+    );
+}
+
+#[test]
 fn example_labs_pass_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for lab in [

@@ -60,6 +60,8 @@ pub struct Global {
     pub access_log: bool,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits.
     pub grace: Duration,
+    /// The time slice worker threads ask the kernel's scheduler for (Linux 6.12+), if any.
+    pub sched_slice: Option<Duration>,
 }
 
 impl Default for Global {
@@ -69,6 +71,7 @@ impl Default for Global {
             log_format: LogFormat::Text,
             access_log: true,
             grace: DEFAULT_GRACE,
+            sched_slice: None,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! paths) and leaves `[defaults]` unapplied. Invalid values are reported and then dropped: a
 //! `Raw` with errors is never turned into a `Config`.
 
+use std::time::Duration;
+
 use crate::config::admin::{self, RawAdmin};
 use crate::config::backend::{self, RawBackend};
 use crate::config::diag::Sink;
@@ -16,10 +18,13 @@ use crate::config::plugin::{self, RawPlugin};
 use crate::config::values::{
     At, PartialTimeouts, Side, balance_at, header_size, mode, retries, timeouts,
 };
-use crate::config::walk::Table;
+use crate::config::walk::{Item, Table};
 
 /// More worker threads than this is a typo, not a tuning choice.
 const MAX_WORKERS: i64 = 1024;
+/// The custom slices Linux's scheduler (EEVDF) accepts for ordinary threads.
+const SCHED_SLICE_MIN: Duration = Duration::from_micros(100);
+const SCHED_SLICE_MAX: Duration = Duration::from_millis(100);
 
 /// `[defaults]`: every field is a fallback for the sections that do not set it.
 #[derive(Debug, Default)]
@@ -92,8 +97,22 @@ fn global(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Global {
     if let Some(d) = t.take_duration(sink, "grace") {
         g.grace = d;
     }
+    if let Some(item) = t.take("sched_slice") {
+        g.sched_slice = sched_slice(&item, sink);
+    }
     t.finish(sink);
     g
+}
+
+/// `sched_slice`: within what the kernel accepts (0.1 ms to 100 ms).
+fn sched_slice(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Duration> {
+    let d = item.duration(sink)?;
+    if !(SCHED_SLICE_MIN..=SCHED_SLICE_MAX).contains(&d) {
+        sink.error(item.start(), &item.path, "sched_slice is out of range")
+            .help("the kernel takes 100us to 100ms");
+        return None;
+    }
+    Some(d)
 }
 
 fn defaults(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Defaults {

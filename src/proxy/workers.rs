@@ -16,6 +16,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::task;
@@ -94,8 +95,9 @@ pub fn runtime_builder() -> tokio::runtime::Builder {
 }
 
 impl Workers {
-    /// Starts `count` workers (at least one).
-    pub fn start(count: usize) -> io::Result<Workers> {
+    /// Starts `count` workers (at least one). With `slice`, each asks the scheduler for time
+    /// slices that long ([`request_slice`]); where that fails it says so once and runs anyway.
+    pub fn start(count: usize, slice: Option<Duration>) -> io::Result<Workers> {
         let count = count.max(1);
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count);
@@ -107,6 +109,12 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("wasp-worker-{id}"))
                 .spawn(move || {
+                    if let Some(slice) = slice
+                        && let Err(e) = request_slice(slice)
+                        && id == 0
+                    {
+                        tracing::warn!(error = %e, "sched_slice {slice:?} not applied");
+                    }
                     crate::upstream::set_pool_index(id);
                     crate::counters::set_shard(id);
                     runtime.block_on(stop.cancelled());
@@ -166,6 +174,74 @@ impl Workers {
     }
 }
 
+/// Asks Linux's scheduler (EEVDF, 6.12 and later) to run the calling thread in time slices of
+/// `slice` instead of its default (about 1.4 ms on a 2-core machine). Under a full load, a
+/// worker that has work waiting is often runnable but not running; a shorter slice brings it
+/// back to a core sooner, at the price of more context switches (docs/benchmarks.md). The
+/// thread keeps its policy and nice value. Kernels before 6.12 accept the call and ignore the
+/// slice.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn request_slice(slice: Duration) -> io::Result<()> {
+    /// `struct sched_attr` (include/uapi/linux/sched/types.h), the 56-byte version.
+    #[repr(C)]
+    #[derive(Default)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+        util_min: u32,
+        util_max: u32,
+    }
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    let mut attr = SchedAttr::default();
+    // SAFETY: `attr` is a valid, writable `sched_attr` of `size` bytes, which the kernel fills
+    // in for the calling thread (pid 0); flags must be 0.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut SchedAttr,
+            size,
+            0,
+        )
+    };
+    if got != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if attr.policy != SCHED_OTHER && attr.policy != SCHED_BATCH {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the thread is not scheduled as SCHED_OTHER or SCHED_BATCH",
+        ));
+    }
+    attr.size = size;
+    attr.flags = 0;
+    attr.runtime = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
+    // SAFETY: `attr` is a valid `sched_attr` of `attr.size` bytes, read by the kernel for the
+    // calling thread (pid 0); flags must be 0.
+    let set = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn request_slice(_slice: Duration) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "scheduler time slices are a Linux feature",
+    ))
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -184,7 +260,7 @@ mod tests {
 
     #[test]
     fn spawn_on_each_runs_a_task_on_every_worker_in_its_runtime() {
-        let workers = Workers::start(3).unwrap();
+        let workers = Workers::start(3, None).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -216,7 +292,7 @@ mod tests {
 
     #[test]
     fn connections_accepted_by_one_worker_are_spread_over_all() {
-        let workers = Workers::start(3).unwrap();
+        let workers = Workers::start(3, None).unwrap();
         let placement = workers.placement();
         // Worker 0 accepts everything (it woke first every time).
         let held: Vec<_> = (0..99).map(|_| placement.place(0)).collect();
@@ -233,9 +309,43 @@ mod tests {
         assert_eq!(first, 1, "an idle acceptor keeps its connection");
     }
 
+    /// This thread's time slice as the scheduler reports it (`None` before Linux 6.12).
+    fn own_slice_ns() -> Option<u64> {
+        let sched = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+        let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
+        line.split(':').nth(1)?.trim().parse().ok()
+    }
+
+    fn own_nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command name (which ends with ')'): nice is the 19th field.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_gets_the_slice_it_asks_for_and_keeps_its_nice_value() {
+        std::thread::spawn(|| {
+            let nice = own_nice();
+            super::request_slice(Duration::from_micros(250)).unwrap();
+            // Kernels before 6.12 accept the call but have no slice to report.
+            if let Some(ns) = own_slice_ns() {
+                assert_eq!(ns, 250_000);
+            }
+            assert_eq!(own_nice(), nice);
+            super::request_slice(Duration::from_millis(3)).unwrap();
+            if let Some(ns) = own_slice_ns() {
+                assert_eq!(ns, 3_000_000);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn spawn_on_each_starts_nothing_when_a_task_cannot_be_made() {
-        let workers = Workers::start(3).unwrap();
+        let workers = Workers::start(3, None).unwrap();
         let held = Arc::new(());
         let mut made = 0;
         let result = workers.spawn_on_each(|_| {

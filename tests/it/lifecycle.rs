@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{Binary, Proxy, Servers, field, get, server_name};
+use crate::support::{Binary, Proxy, Servers, field, get, server_name, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -213,4 +213,65 @@ async fn reload_moving_a_bind_closes_the_old_port_and_can_bind_it_again() {
             assert_eq!((status.as_u16(), server_name(&body)), (200, "one"));
         }
     }
+}
+
+/// The time slice of each of process `pid`'s worker threads, as the scheduler reports it
+/// (`None` for a kernel before Linux 6.12, which has no custom slices to report).
+fn worker_slices(pid: u32) -> Vec<Option<u64>> {
+    let mut slices = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("wasp-worker") {
+            continue;
+        }
+        let sched = std::fs::read_to_string(dir.join("sched")).unwrap_or_default();
+        let slice = sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok());
+        slices.push(slice);
+    }
+    slices
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_runs_with_the_configured_sched_slice() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [global]
+            workers = 3
+            sched_slice = "300us"
+
+            [frontend.web]
+            bind = "127.0.0.1:0"
+            default_backend = "one"
+
+            [backend.one]
+            servers = [ {{ name = "one", addr = "{one}" }} ]
+            "#
+        ),
+    )
+    .unwrap();
+    let wasp = Binary::run(&path);
+    assert_eq!(
+        server_name(&get(&format!("http://{}/", wasp.addr)).await.2),
+        "one"
+    );
+    let pid = wasp.child.id();
+    assert_eq!(worker_slices(pid).len(), 3);
+    // Each worker asks for its slice as its thread starts.
+    wait_until(WAIT, "every worker's slice is 300us", || {
+        worker_slices(pid)
+            .iter()
+            .all(|s| s.is_none_or(|ns| ns == 300_000))
+    })
+    .await;
 }
