@@ -310,12 +310,14 @@ mod tests {
     }
 
     /// This thread's time slice as the scheduler reports it (`None` before Linux 6.12).
+    #[cfg(target_os = "linux")]
     fn own_slice_ns() -> Option<u64> {
         let sched = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
         let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
         line.split(':').nth(1)?.trim().parse().ok()
     }
 
+    #[cfg(target_os = "linux")]
     fn own_nice() -> i64 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         // Fields after the command name (which ends with ')'): nice is the 19th field.
