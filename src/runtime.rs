@@ -128,7 +128,8 @@ impl Runtime {
         let states = Arc::new(StateTable::new());
         let count = config.global.workers.unwrap_or_else(Workers::default_count);
         let workers = Arc::new(
-            Workers::start(count, config.global.sched_slice).map_err(RuntimeError::Workers)?,
+            Workers::start(count, config.global.sched_slice, config.global.pin_workers)
+                .map_err(RuntimeError::Workers)?,
         );
         let clients = ClientCache::new(workers.len());
         let plugins = Arc::new(Plugins::new());

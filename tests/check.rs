@@ -33,14 +33,16 @@ fn expect(name: &str, code: i32, lines: &[&str]) {
 }
 
 #[test]
-fn a_sched_slice_the_kernel_would_not_take_is_an_error() {
+fn scheduling_settings_out_of_range_or_unknown_are_errors() {
     expect(
         "sched_slice",
         1,
         &[
             r#"sched_slice.toml:3:15: error: global.sched_slice: sched_slice is out of range"#,
             r#"    = help: the kernel takes 100us to 100ms"#,
-            r#"check: 1 error"#,
+            r#"sched_slice.toml:4:16: error: global.cpu_affinity: unknown cpu affinity "autp""#,
+            r#"    = help: did you mean "auto"?"#,
+            r#"check: 2 errors"#,
         ],
     );
 }

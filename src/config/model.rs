@@ -62,6 +62,8 @@ pub struct Global {
     pub grace: Duration,
     /// The time slice worker threads ask the kernel's scheduler for (Linux 6.12+), if any.
     pub sched_slice: Option<Duration>,
+    /// Pin each worker thread to one CPU (`cpu_affinity = "auto"`).
+    pub pin_workers: bool,
 }
 
 impl Default for Global {
@@ -72,6 +74,7 @@ impl Default for Global {
             access_log: true,
             grace: DEFAULT_GRACE,
             sched_slice: None,
+            pin_workers: false,
         }
     }
 }

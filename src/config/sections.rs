@@ -100,6 +100,13 @@ fn global(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Global {
     if let Some(item) = t.take("sched_slice") {
         g.sched_slice = sched_slice(&item, sink);
     }
+    let affinities = [("auto", true), ("none", false)];
+    if let Some(pin) = t
+        .take("cpu_affinity")
+        .and_then(|i| i.keyword(sink, "cpu affinity", &affinities))
+    {
+        g.pin_workers = pin;
+    }
     t.finish(sink);
     g
 }

@@ -96,8 +96,10 @@ pub fn runtime_builder() -> tokio::runtime::Builder {
 
 impl Workers {
     /// Starts `count` workers (at least one). With `slice`, each asks the scheduler for time
-    /// slices that long ([`request_slice`]); where that fails it says so once and runs anyway.
-    pub fn start(count: usize, slice: Option<Duration>) -> io::Result<Workers> {
+    /// slices that long ([`request_slice`]); with `pin`, worker `i` runs on the `i`-th CPU
+    /// the process may use ([`pin_to_cpu`]). Where either fails, worker 0 says so and all run
+    /// anyway.
+    pub fn start(count: usize, slice: Option<Duration>, pin: bool) -> io::Result<Workers> {
         let count = count.max(1);
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count);
@@ -114,6 +116,12 @@ impl Workers {
                         && id == 0
                     {
                         tracing::warn!(error = %e, "sched_slice {slice:?} not applied");
+                    }
+                    if pin
+                        && let Err(e) = pin_to_cpu(id)
+                        && id == 0
+                    {
+                        tracing::warn!(error = %e, "cpu_affinity not applied");
                     }
                     crate::upstream::set_pool_index(id);
                     crate::counters::set_shard(id);
@@ -234,6 +242,47 @@ pub fn request_slice(slice: Duration) -> io::Result<()> {
     Ok(())
 }
 
+/// Pins the calling thread to the `n`-th CPU (counting round) of those the process may run
+/// on, as nginx's `worker_cpu_affinity auto` does: each worker then keeps its core, and two
+/// busy workers never queue for the same one while another core is free.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn pin_to_cpu(n: usize) -> io::Result<()> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set (it is a plain bit array).
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `allowed` is a writable `cpu_set_t` of `size` bytes, filled in by the kernel for
+    // the calling thread (pid 0).
+    if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below CPU_SETSIZE, so within the set's bits.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+        .collect();
+    let Some(&cpu) = cpus.get(n % cpus.len().max(1)) else {
+        return Err(io::Error::other("the process may run on no CPU"));
+    };
+    // SAFETY: as above, an all-zero `cpu_set_t` is the empty set.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` came from the range above, below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut one) };
+    // SAFETY: `one` is a valid `cpu_set_t` of `size` bytes, read by the kernel for the calling
+    // thread (pid 0).
+    if unsafe { libc::sched_setaffinity(0, size, &one) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn pin_to_cpu(_n: usize) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "pinning threads to CPUs is implemented for Linux only",
+    ))
+}
+
 #[cfg(not(target_os = "linux"))]
 pub fn request_slice(_slice: Duration) -> io::Result<()> {
     Err(io::Error::new(
@@ -260,7 +309,7 @@ mod tests {
 
     #[test]
     fn spawn_on_each_runs_a_task_on_every_worker_in_its_runtime() {
-        let workers = Workers::start(3, None).unwrap();
+        let workers = Workers::start(3, None, false).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -292,7 +341,7 @@ mod tests {
 
     #[test]
     fn connections_accepted_by_one_worker_are_spread_over_all() {
-        let workers = Workers::start(3, None).unwrap();
+        let workers = Workers::start(3, None, false).unwrap();
         let placement = workers.placement();
         // Worker 0 accepts everything (it woke first every time).
         let held: Vec<_> = (0..99).map(|_| placement.place(0)).collect();
@@ -345,9 +394,37 @@ mod tests {
         .unwrap();
     }
 
+    /// The CPUs the calling thread may run on, as `/proc` lists them (e.g. `0-1`, `3`).
+    #[cfg(target_os = "linux")]
+    fn own_cpus() -> String {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list"))
+            .unwrap();
+        line.split(':').nth(1).unwrap().trim().to_owned()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pinned_thread_runs_on_one_cpu_of_those_allowed() {
+        std::thread::spawn(|| {
+            let allowed = std::thread::available_parallelism().unwrap().get();
+            super::pin_to_cpu(0).unwrap();
+            let first = own_cpus();
+            assert!(first.parse::<usize>().is_ok(), "one CPU: {first}");
+            // Pinned, the thread may use that one CPU only, so counting round from there
+            // lands on it again.
+            super::pin_to_cpu(allowed).unwrap();
+            assert_eq!(own_cpus(), first);
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn spawn_on_each_starts_nothing_when_a_task_cannot_be_made() {
-        let workers = Workers::start(3, None).unwrap();
+        let workers = Workers::start(3, None, false).unwrap();
         let held = Arc::new(());
         let mut made = 0;
         let result = workers.spawn_on_each(|_| {

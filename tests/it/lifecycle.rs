@@ -275,3 +275,85 @@ async fn every_worker_runs_with_the_configured_sched_slice() {
     })
     .await;
 }
+
+/// The CPUs each of process `pid`'s worker threads may run on, as `/proc` lists them.
+fn worker_cpus(pid: u32) -> Vec<String> {
+    let mut cpus = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("wasp-worker") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let list = status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default();
+        cpus.push(list);
+    }
+    cpus.sort();
+    cpus
+}
+
+/// How many CPUs this process may run on (its affinity mask, which wasp inherits).
+fn allowed_cpus() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap()
+        .trim();
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_affinity_auto_pins_each_worker_to_its_own_cpu() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [global]
+            workers = 2
+            cpu_affinity = "auto"
+
+            [frontend.web]
+            bind = "127.0.0.1:0"
+            default_backend = "one"
+
+            [backend.one]
+            servers = [ {{ name = "one", addr = "{one}" }} ]
+            "#
+        ),
+    )
+    .unwrap();
+    let wasp = Binary::run(&path);
+    assert_eq!(
+        server_name(&get(&format!("http://{}/", wasp.addr)).await.2),
+        "one"
+    );
+    let pid = wasp.child.id();
+    let cpus = allowed_cpus();
+    // Each worker pins itself as its thread starts: one CPU each, different ones while there
+    // are enough.
+    wait_until(WAIT, "each worker on a CPU of its own", || {
+        let pinned = worker_cpus(pid);
+        let single = pinned.iter().all(|c| c.parse::<usize>().is_ok());
+        let mut distinct = pinned.clone();
+        distinct.dedup();
+        pinned.len() == 2 && single && distinct.len() == cpus.min(2)
+    })
+    .await;
+}
