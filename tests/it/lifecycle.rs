@@ -215,29 +215,30 @@ async fn reload_moving_a_bind_closes_the_old_port_and_can_bind_it_again() {
     }
 }
 
-/// The time slice of each of process `pid`'s worker threads, as the scheduler reports it
-/// (`None` for a kernel before Linux 6.12, which has no custom slices to report).
-fn worker_slices(pid: u32) -> Vec<Option<u64>> {
-    let mut slices = Vec::new();
+/// The value after `key:` on the line of a `/proc` file that starts with `key`.
+fn proc_field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    Some(line.split(':').nth(1)?.trim())
+}
+
+/// `proc_field(file, key)` for each of process `pid`'s worker threads.
+fn worker_fields(pid: u32, file: &str, key: &str) -> Vec<Option<String>> {
+    let mut fields = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("wasp-worker") {
-            continue;
+        if comm.starts_with("wasp-worker") {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            fields.push(proc_field(&text, key).map(str::to_owned));
         }
-        let sched = std::fs::read_to_string(dir.join("sched")).unwrap_or_default();
-        let slice = sched
-            .lines()
-            .find(|l| l.starts_with("se.slice"))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse().ok());
-        slices.push(slice);
     }
-    slices
+    fields
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_worker_runs_with_the_configured_sched_slice() {
+/// The real binary with `global` in its `[global]` section and one backend (an echo server
+/// named "one"), checked to answer through it. Keep the tuple: it holds the servers and the
+/// config's folder.
+async fn run_one_backend(global: &str) -> (Binary, Servers, tempfile::TempDir) {
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let dir = tempfile::tempdir().unwrap();
@@ -247,8 +248,7 @@ async fn every_worker_runs_with_the_configured_sched_slice() {
         format!(
             r#"
             [global]
-            workers = 3
-            sched_slice = "300us"
+            {global}
 
             [frontend.web]
             bind = "127.0.0.1:0"
@@ -265,6 +265,21 @@ async fn every_worker_runs_with_the_configured_sched_slice() {
         server_name(&get(&format!("http://{}/", wasp.addr)).await.2),
         "one"
     );
+    (wasp, servers, dir)
+}
+
+/// The time slice of each of process `pid`'s worker threads, as the scheduler reports it
+/// (`None` for a kernel before Linux 6.12, which has no custom slices to report).
+fn worker_slices(pid: u32) -> Vec<Option<u64>> {
+    worker_fields(pid, "sched", "se.slice")
+        .into_iter()
+        .map(|v| v.and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_runs_with_the_configured_sched_slice() {
+    let (wasp, _servers, _dir) = run_one_backend("workers = 3\nsched_slice = \"300us\"").await;
     let pid = wasp.child.id();
     assert_eq!(worker_slices(pid).len(), 3);
     // Each worker asks for its slice as its thread starts.
@@ -278,22 +293,10 @@ async fn every_worker_runs_with_the_configured_sched_slice() {
 
 /// The CPUs each of process `pid`'s worker threads may run on, as `/proc` lists them.
 fn worker_cpus(pid: u32) -> Vec<String> {
-    let mut cpus = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let dir = task.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("wasp-worker") {
-            continue;
-        }
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let list = status
-            .lines()
-            .find(|l| l.starts_with("Cpus_allowed_list"))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default();
-        cpus.push(list);
-    }
+    let mut cpus: Vec<String> = worker_fields(pid, "status", "Cpus_allowed_list")
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
     cpus.sort();
     cpus
 }
@@ -301,12 +304,7 @@ fn worker_cpus(pid: u32) -> Vec<String> {
 /// How many CPUs this process may run on (its affinity mask, which wasp inherits).
 fn allowed_cpus() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let list = status
-        .lines()
-        .find(|l| l.starts_with("Cpus_allowed_list"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap()
-        .trim();
+    let list = proc_field(&status, "Cpus_allowed_list").unwrap();
     list.split(',')
         .map(|part| match part.split_once('-') {
             Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
@@ -317,33 +315,7 @@ fn allowed_cpus() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_affinity_auto_pins_each_worker_to_its_own_cpu() {
-    let servers = Servers::new();
-    let one = servers.echo("one").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasp.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-            [global]
-            workers = 2
-            cpu_affinity = "auto"
-
-            [frontend.web]
-            bind = "127.0.0.1:0"
-            default_backend = "one"
-
-            [backend.one]
-            servers = [ {{ name = "one", addr = "{one}" }} ]
-            "#
-        ),
-    )
-    .unwrap();
-    let wasp = Binary::run(&path);
-    assert_eq!(
-        server_name(&get(&format!("http://{}/", wasp.addr)).await.2),
-        "one"
-    );
+    let (wasp, _servers, _dir) = run_one_backend("workers = 2\ncpu_affinity = \"auto\"").await;
     let pid = wasp.child.id();
     let cpus = allowed_cpus();
     // Each worker pins itself as its thread starts: one CPU each, different ones while there

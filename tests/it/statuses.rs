@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use http::Request;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
 
 use crate::support::{Proxy, Servers, client, empty, get, raw, raw_status, send, server_name};
 
@@ -25,6 +27,24 @@ fn one_backend(servers: &str, extra: &str) -> String {
         servers = [ {servers} ]
         "#
     )
+}
+
+/// A proxy in front of one echo server (named "e"), with `extra` in the frontend.
+async fn to_echo(servers: &Servers, extra: &str) -> Proxy {
+    let echo = servers.echo("e").await;
+    Proxy::start(&one_backend(
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+        extra,
+    ))
+    .await
+}
+
+/// Sends `req` (which asks for JSON) and returns the status and what the echo server says
+/// it received.
+async fn echoed(req: Request<Full<Bytes>>) -> (StatusCode, serde_json::Value) {
+    let (status, _, body) = send(&client(), req).await;
+    let echo = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (status, echo)
 }
 
 #[tokio::test]
@@ -136,9 +156,8 @@ async fn a_get_a_server_dropped_unanswered_is_replayed_with_the_same_headers() {
             .header("x-private", "secret")
             .body(empty())
             .unwrap();
-        let (status, _, body) = send(&client(), req).await;
-        assert_eq!(status, 200, "request {i}: {body}");
-        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let (status, echo) = echoed(req).await;
+        assert_eq!(status, 200, "request {i}: {echo}");
         assert_eq!(echo["path"], "/replay", "request {i}");
         assert_eq!(echo["query"], "q=1", "request {i}");
         let h = &echo["headers"];
@@ -157,7 +176,7 @@ async fn a_get_a_server_dropped_unanswered_is_replayed_with_the_same_headers() {
     let mut statuses = Vec::new();
     for _ in 0..2 {
         let req = Request::post(proxy.url("/once"))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+            .body(Full::new(Bytes::from_static(b"x")))
             .unwrap();
         statuses.push(send(&client(), req).await.0);
     }
@@ -168,12 +187,7 @@ async fn a_get_a_server_dropped_unanswered_is_replayed_with_the_same_headers() {
 #[tokio::test]
 async fn malformed_requests_are_400() {
     let servers = Servers::new();
-    let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(
-        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
-        "",
-    ))
-    .await;
+    let proxy = to_echo(&servers, "").await;
     let limit = Duration::from_secs(5);
     let garbage = raw(proxy.addr(), b"GARBAGE\x01 / HTTP/1.1\r\n\r\n", limit).await;
     assert_eq!(raw_status(&garbage), 400, "{garbage}");
@@ -198,12 +212,7 @@ async fn malformed_requests_are_400() {
 #[tokio::test]
 async fn oversized_head_is_431() {
     let servers = Servers::new();
-    let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(
-        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
-        "",
-    ))
-    .await;
+    let proxy = to_echo(&servers, "").await;
     let mut req = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
     for i in 0..100 {
         req.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(700)).as_bytes());
@@ -225,12 +234,7 @@ async fn oversized_head_is_431() {
 #[tokio::test]
 async fn slow_client_head_is_cut_with_408_within_http_request() {
     let servers = Servers::new();
-    let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(
-        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
-        r#"timeout = { http_request = "1s" }"#,
-    ))
-    .await;
+    let proxy = to_echo(&servers, r#"timeout = { http_request = "1s" }"#).await;
     let start = Instant::now();
     // Half a head, then silence: a slowloris.
     let answer = raw(
@@ -250,12 +254,7 @@ async fn slow_client_head_is_cut_with_408_within_http_request() {
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     let servers = Servers::new();
-    let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(
-        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
-        "",
-    ))
-    .await;
+    let proxy = to_echo(&servers, "").await;
     let req = Request::get(proxy.url("/x"))
         .header("host", "Shop.Example:8080")
         .header("connection", "keep-alive, x-private")
@@ -265,9 +264,8 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
         .header("accept", "application/json")
         .body(empty())
         .unwrap();
-    let (status, _, body) = send(&client(), req).await;
+    let (status, echo) = echoed(req).await;
     assert_eq!(status, 200);
-    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     let h = &echo["headers"];
     assert_eq!(h["host"], "Shop.Example:8080", "Host passes through");
     assert_eq!(
@@ -286,21 +284,15 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
 #[tokio::test]
 async fn a_connection_header_naming_host_does_not_take_host_away() {
     let servers = Servers::new();
-    let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(
-        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
-        "",
-    ))
-    .await;
+    let proxy = to_echo(&servers, "").await;
     let req = Request::get(proxy.url("/"))
         .header("host", "shop.example")
         .header("connection", "keep-alive, Host")
         .header("accept", "application/json")
         .body(empty())
         .unwrap();
-    let (status, _, body) = send(&client(), req).await;
+    let (status, echo) = echoed(req).await;
     assert_eq!(status, 200);
-    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     let h = &echo["headers"];
     assert_eq!(h["host"], "shop.example", "{h}");
     assert_eq!(h["x-forwarded-host"], "shop.example", "{h}");
@@ -309,19 +301,13 @@ async fn a_connection_header_naming_host_does_not_take_host_away() {
 #[tokio::test]
 async fn forwardfor_false_adds_nothing() {
     let servers = Servers::new();
-    let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&one_backend(
-        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
-        "forwardfor = false",
-    ))
-    .await;
+    let proxy = to_echo(&servers, "forwardfor = false").await;
     let req = Request::get(proxy.url("/"))
         .header("accept", "application/json")
         .body(empty())
         .unwrap();
-    let (_, _, body) = send(&client(), req).await;
-    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(echo["headers"].get("x-forwarded-for").is_none(), "{body}");
+    let (_, echo) = echoed(req).await;
+    assert!(echo["headers"].get("x-forwarded-for").is_none(), "{echo}");
 }
 
 #[tokio::test]
