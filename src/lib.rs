@@ -31,9 +31,8 @@
 //! upstream -> plugin -> snapshot -> proxy/admin -> runtime -> binary. (The runtime implements
 //! admin's `Control` trait; admin never names it.)
 //! A lower module never names a higher one.
-// Denied, not forbidden: measured needs (`proxy::workers::request_slice` and `pin_to_cpu`,
-// system calls the standard library and our dependencies do not wrap) allow it, with SAFETY
-// notes.
+// Denied, not forbidden: measured needs (`proxy::sched`: system calls the standard library
+// and our dependencies do not wrap) allow it there, with SAFETY notes.
 #![deny(unsafe_code)]
 
 pub mod admin;

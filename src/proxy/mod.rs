@@ -4,7 +4,8 @@
 //! socket), `http` carries each request through routing, balancing and forwarding (`canon`
 //! makes its authority and path canonical, `headers` rewrites headers), `respond` is the one
 //! place failures become statuses, `body` and `access` finish each response with its log line.
-//! `workers` runs the accept loops and the connections on per-thread runtimes; `graceful`
+//! `workers` runs the accept loops and the connections on per-thread runtimes (`sched` sets a
+//! worker thread's time slice and CPU when the config asks); `graceful`
 //! tells open connections to stop and waits for them. `upgrade` turns a
 //! 101 into a WebSocket tunnel. TCP-mode frontends hand their connections to `l4`, which routes
 //! and relays them with `tcp`'s building blocks.
@@ -20,6 +21,7 @@ pub mod http;
 pub mod l4;
 pub mod listener;
 pub mod respond;
+pub mod sched;
 pub mod tcp;
 pub mod timer;
 pub mod upgrade;
