@@ -29,6 +29,10 @@
 #                (default 1024) over one connection and over STREAMS (default 4) at once, and
 #                new connections per second (wrk with `Connection: close`, -c CONNECTIONS)
 #   WASP_BIN     use this wasp binary instead of building one
+#   PGO=1        benchmark the profile-guided build instead of the plain release build: runs
+#                benches/pgo.sh first (17 minutes on 2 cores), which trains with this script's
+#                QUICK runs; with WASP_BASE_BIN=target/release/wasp and wasp-base in PROXIES
+#                the plain build runs alongside
 #   FORWARDFOR   which forwarding headers the proxies add: "lab" (default) runs lab 2's configs
 #                as they are: wasp adds X-Forwarded-For/-Proto/-Host (its default), HAProxy and
 #                nginx add none (theirs); "same": HAProxy and nginx add the same three headers
@@ -753,7 +757,7 @@ run_tcp_bench() {
     echo "cpus        $(nproc) ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo))"
     echo "kernel      $(uname -sr)"
     echo "load avg    $(cut -d' ' -f1-3 /proc/loadavg) (at start; other work on the machine skews results)"
-    echo "wasp        $("$WASP_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown), release build), workers = 2, mode tcp"
+    echo "wasp        $("$WASP_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown), $BUILD_KIND), workers = 2, mode tcp"
     echo "haproxy     $(haproxy -v | awk 'NR == 1 {print $3}'), nbthread 2, mode tcp"
     echo "backends    nginx, 1 worker, node1..node4; /big.bin = $BIG_MB MiB (sendfile)"
     echo "transfers   curl, 1 stream and $STREAMS streams of $BIG_MB MiB; conn/s: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, Connection: close"
@@ -918,8 +922,14 @@ tls_main() {
 
 ensure_tools
 
+BUILD_KIND="release build"
 if [[ -n ${WASP_BIN:-} ]]; then
     log "using $WASP_BIN (WASP_BIN set: no build)"
+    BUILD_KIND="WASP_BIN=$WASP_BIN"
+elif [[ ${PGO:-0} == 1 ]]; then
+    log "building wasp with profile-guided optimization (benches/pgo.sh)"
+    WASP_BIN=$("$ROOT/benches/pgo.sh")
+    BUILD_KIND="profile-guided release build (benches/pgo.sh)"
 else
     log "building wasp (cargo build --release)"
     (cd "$ROOT" && cargo build --release --quiet)
@@ -966,7 +976,7 @@ echo "memory      $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/me
 echo "kernel      $(uname -sr)"
 echo "os          $(awk -F= '$1 == "PRETTY_NAME" {gsub(/"/, "", $2); print $2}' /etc/os-release 2>/dev/null)"
 echo "load avg    $(cut -d' ' -f1-3 /proc/loadavg) (at start; other work on the machine skews results)"
-echo "wasp        $wasp_version ($wasp_commit, release build), workers = 2"
+echo "wasp        $wasp_version ($wasp_commit, $BUILD_KIND), workers = 2"
 echo "haproxy     $haproxy_version, nbthread 2"
 echo "nginx       $nginx_version, proxy: 2 workers, upstream keepalive 64; backends: 1 worker, 4 server blocks"
 echo "wrk         $wrk_version, -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, paths /item/1 /basket/1 / in rotation"
