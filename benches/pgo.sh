@@ -70,10 +70,15 @@ done
 compgen -G "$raw/*.profraw" >/dev/null || die "the training runs left no profile in $raw"
 
 log "3/4 merging the profiles"
-"$profdata" merge -o "$PGO_DIR/wasp.profdata" "$raw"/*.profraw
+"$profdata" merge -o "$PGO_DIR/merged.profdata" "$raw"/*.profraw
+# Named by its content: cargo rebuilds when RUSTFLAGS change, not when a file they name does,
+# so a new profile gets a new name and the optimized build is redone with it.
+profile=$PGO_DIR/wasp-$(sha256sum "$PGO_DIR/merged.profdata" | cut -c1-16).profdata
+rm -f "$PGO_DIR"/wasp-*.profdata
+mv "$PGO_DIR/merged.profdata" "$profile"
 
 log "4/4 optimized build with the profile (target dir $PGO_DIR/use)"
-(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PGO_DIR/wasp.profdata" \
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$profile" \
     cargo build --release --quiet --target-dir "$PGO_DIR/use")
 [[ -x $PGO_DIR/use/release/wasp ]] || die "$PGO_DIR/use/release/wasp missing after the build"
 echo "$PGO_DIR/use/release/wasp"
