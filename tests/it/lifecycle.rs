@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{Binary, Proxy, Servers, field, get, server_name, wait_until};
+use crate::support::{Binary, Proxy, Servers, config_file, field, get, server_name, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -45,9 +45,7 @@ async fn sighup_changes_routing_while_an_in_flight_request_completes() {
     let one = servers.echo("one").await;
     let two = servers.echo("two").await;
     let (gated, mut arrived, gate) = servers.gated("gated").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasp.toml");
-    std::fs::write(&path, config("one", one, two, gated, "")).unwrap();
+    let (_dir, path) = config_file(&config("one", one, two, gated, ""));
     let wasp = Binary::run(&path);
     let url = |p: &str| format!("http://{}{}", wasp.addr, p);
     assert_eq!(server_name(&get(&url("/")).await.2), "one");
@@ -82,9 +80,7 @@ async fn bad_config_on_sighup_keeps_the_old_one_serving() {
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let two = servers.echo("two").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasp.toml");
-    std::fs::write(&path, config("one", one, two, one, "")).unwrap();
+    let (_dir, path) = config_file(&config("one", one, two, one, ""));
     let wasp = Binary::run(&path);
     std::fs::write(&path, config("nowhere", one, two, one, "")).unwrap();
     wasp.signal("HUP");
@@ -103,9 +99,7 @@ async fn sighup_opens_and_closes_listeners() {
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let two = servers.echo("two").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasp.toml");
-    std::fs::write(&path, config("one", one, two, one, "")).unwrap();
+    let (_dir, path) = config_file(&config("one", one, two, one, ""));
     let wasp = Binary::run(&path);
     let second = r#"
         [frontend.second]
@@ -140,9 +134,7 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let (gated, mut arrived, gate) = servers.gated("gated").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasp.toml");
-    std::fs::write(&path, config("one", one, one, gated, "")).unwrap();
+    let (_dir, path) = config_file(&config("one", one, one, gated, ""));
     let mut wasp = Binary::run(&path);
     let addr = wasp.addr;
 
@@ -241,12 +233,8 @@ fn worker_fields(pid: u32, file: &str, key: &str) -> Vec<Option<String>> {
 async fn run_one_backend(global: &str) -> (Binary, Servers, tempfile::TempDir) {
     let servers = Servers::new();
     let one = servers.echo("one").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasp.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+    let (dir, path) = config_file(&format!(
+        r#"
             [global]
             {global}
 
@@ -257,9 +245,7 @@ async fn run_one_backend(global: &str) -> (Binary, Servers, tempfile::TempDir) {
             [backend.one]
             servers = [ {{ name = "one", addr = "{one}" }} ]
             "#
-        ),
-    )
-    .unwrap();
+    ));
     let wasp = Binary::run(&path);
     assert_eq!(
         server_name(&get(&format!("http://{}/", wasp.addr)).await.2),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::Request;
 use http_body_util::BodyExt;
 
-use crate::support::{Binary, Servers, rss_kib_of, streamed, streaming_client};
+use crate::support::{Binary, Servers, config_file, rss_kib_of, streamed, streaming_client};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 const BUDGET_KIB: u64 = 50 * 1024;
@@ -33,12 +33,8 @@ fn sample_peak(
 async fn one_gib_up_and_down_with_bounded_memory() {
     let servers = Servers::new();
     let backend = servers.behaviour().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasp.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+    let (_dir, path) = config_file(&format!(
+        r#"
             [global]
             access_log = false
             [frontend.web]
@@ -47,9 +43,7 @@ async fn one_gib_up_and_down_with_bounded_memory() {
             [backend.app]
             servers = [ {{ name = "b", addr = "{backend}" }} ]
             "#
-        ),
-    )
-    .unwrap();
+    ));
     let wasp = Binary::run(&path);
     let client = streaming_client();
     // Warm up one request so that idle includes the pools and buffers every request needs.

@@ -409,12 +409,19 @@ pub struct Proxy {
     pub path: PathBuf,
 }
 
+/// `toml` written to `wasp.toml` in a new temporary folder, which is removed when the
+/// returned `TempDir` is dropped (keep it as long as the file is needed).
+pub fn config_file(toml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasp.toml");
+    std::fs::write(&path, toml).unwrap();
+    (dir, path)
+}
+
 impl Proxy {
     /// Starts a proxy from `toml`; binds in it should use port 0.
     pub async fn start(toml: &str) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wasp.toml");
-        std::fs::write(&path, toml).unwrap();
+        let (dir, path) = config_file(toml);
         let (config, report) = wasp::config::load(&path);
         let config = config.unwrap_or_else(|| panic!("test config invalid:\n{}", report.render()));
         let names: Vec<String> = config.frontends.iter().map(|f| f.name.clone()).collect();

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::support::{Binary, Proxy, Servers, rss_kib_of, wait_until};
+use crate::support::{Binary, Proxy, Servers, config_file, rss_kib_of, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -426,17 +426,13 @@ async fn one_gib_through_tcp_mode_with_bounded_memory() {
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wasp.toml");
-    std::fs::write(
-        &path,
-        tcp_config(
+    let (_dir, path) = config_file(
+        &tcp_config(
             "",
             &format!(r#"servers = [{{ name = "sink", addr = "{sink}" }}]"#),
         )
         .replace("[defaults]", "[global]\naccess_log = false\n[defaults]"),
-    )
-    .unwrap();
+    );
     let wasp = Binary::run(&path);
     // Warm up: one small session, so that idle includes what every session needs.
     assert_eq!(exchange(wasp.addr, b"warm").await, "4");
