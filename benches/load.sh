@@ -13,8 +13,10 @@
 #                also wasp+plugin: wasp with lab 2's routing taken by the path-router Wasm
 #                plugin (plugins/examples/path-router), e.g. PROXIES="wasp wasp+plugin";
 #                wasp+slice: wasp with `[global] sched_slice = SCHED_SLICE` (default
-#                "100us"), e.g. PROXIES="wasp wasp+slice haproxy"; and wasp+pin: wasp with
-#                `[global] cpu_affinity = "auto"` (each worker on a CPU of its own)
+#                "100us"), e.g. PROXIES="wasp wasp+slice haproxy"; wasp+pin: wasp with
+#                `[global] cpu_affinity = "auto"` (each worker on a CPU of its own: what
+#                wasp's default is here, with 2 workers on 2 CPUs); and wasp+nopin: wasp with
+#                `cpu_affinity = "none"` (workers left to the scheduler)
 #   QUICK=1      DURATION=2 ROUNDS=1
 #   OUT_DIR      if set, generated configs, logs and raw wrk outputs are copied there
 #   ROUTING_CHECK  strict (default): stop if a proxy misroutes a lab 2 path before the load;
@@ -88,9 +90,9 @@ SCHED_SLICE=${SCHED_SLICE:-100us}
     { echo "load.sh: FORWARDFOR must be lab, same or off" >&2; exit 2; }
 for p in $PROXIES; do
     case $p in
-        wasp | wasp+log | wasp+scrape | wasp+plugin | wasp+slice | wasp+pin | haproxy | nginx) ;;
+        wasp | wasp+log | wasp+scrape | wasp+plugin | wasp+slice | wasp+pin | wasp+nopin | haproxy | nginx) ;;
         wasp-base) [[ -x $WASP_BASE_BIN ]] || { echo "load.sh: wasp-base needs WASP_BASE_BIN=PATH to a wasp binary" >&2; exit 2; } ;;
-        *) echo "load.sh: unknown proxy '$p' in PROXIES (wasp, wasp+log, wasp+scrape, wasp+plugin, wasp+slice, wasp+pin, wasp-base, haproxy, nginx)" >&2; exit 2 ;;
+        *) echo "load.sh: unknown proxy '$p' in PROXIES (wasp, wasp+log, wasp+scrape, wasp+plugin, wasp+slice, wasp+pin, wasp+nopin, wasp-base, haproxy, nginx)" >&2; exit 2 ;;
     esac
 done
 
@@ -262,7 +264,7 @@ write_wasp_conf() {
 workers = 2
 access_log = $access_log
 $([[ -n $slice ]] && printf 'sched_slice = "%s"\n' "$slice")
-$([[ -n $pin ]] && printf 'cpu_affinity = "auto"\n')
+$([[ -n $pin ]] && printf 'cpu_affinity = "%s"\n' "$pin")
 $([[ -n $admin_port ]] && printf '\n[admin]\nbind = "127.0.0.1:%s"\n' "$admin_port")
 
 [defaults]
@@ -472,13 +474,14 @@ start_proxy() {
     local name=$1 port=${PORT[$1]} d=$TMP/$1
     mkdir -p "$d"
     case $name in
-        wasp | wasp+log | wasp+scrape | wasp+plugin | wasp+slice | wasp+pin | wasp-base)
+        wasp | wasp+log | wasp+scrape | wasp+plugin | wasp+slice | wasp+pin | wasp+nopin | wasp-base)
             local access_log=false admin_port="" plugin="" slice="" pin="" bin=$WASP_BIN
             [[ $name == wasp+log ]] && access_log=true
             [[ $name == wasp+scrape ]] && admin_port=$ADMIN_PORT
             [[ $name == wasp+plugin ]] && plugin=$ROOT/plugins/target/wasm32-wasip2/release/path_router.wasm
             [[ $name == wasp+slice ]] && slice=$SCHED_SLICE
-            [[ $name == wasp+pin ]] && pin=1
+            [[ $name == wasp+pin ]] && pin=auto
+            [[ $name == wasp+nopin ]] && pin=none
             [[ $name == wasp-base ]] && bin=$WASP_BASE_BIN
             write_wasp_conf "$d/wasp.toml" "$port" "$access_log" "$admin_port" "$plugin" "$slice" "$pin"
             if [[ $name == wasp+log ]]; then
@@ -949,7 +952,7 @@ if [[ ${TCP:-0} == 1 ]]; then
 fi
 write_wrk_script
 
-read -r -a ports <<<"$(free_ports $((4 + 10)))"
+read -r -a ports <<<"$(free_ports $((4 + 11)))"
 for i in 1 2 3 4; do NODE_PORT[$i]=${ports[$((i - 1))]}; done
 PORT[wasp]=${ports[4]}
 PORT[wasp+log]=${ports[5]}
@@ -961,6 +964,7 @@ ADMIN_PORT=${ports[10]}
 PORT[wasp+plugin]=${ports[11]}
 PORT[wasp+slice]=${ports[12]}
 PORT[wasp+pin]=${ports[13]}
+PORT[wasp+nopin]=${ports[14]}
 
 nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
 haproxy_version=$(haproxy -v | awk 'NR == 1 {print $3}')
@@ -1053,20 +1057,20 @@ fi
 
 if [[ -n ${MED_RPS[haproxy]:-} ]]; then
     echo
-    for p in wasp wasp+log wasp+slice wasp+pin; do
+    for p in wasp wasp+log wasp+slice wasp+pin wasp+nopin; do
         [[ -n ${MED_RPS[$p]:-} ]] || continue
         awk -v p="$p" -v r="${MED_RPS[$p]}" -v hr="${MED_RPS[haproxy]}" \
             -v l="${MED_P99[$p]}" -v hl="${MED_P99[haproxy]}" 'BEGIN {
             printf "%-9s / haproxy: req/s x%.2f, p99 x%.2f\n", p, r / hr, (hl > 0 ? l / hl : 0) }'
     done
-    for p in wasp wasp+log wasp+slice wasp+pin; do
+    for p in wasp wasp+log wasp+slice wasp+pin wasp+nopin; do
         if [[ -n ${MED_RPS[$p]:-} ]]; then paired "$p" haproxy; fi
     done
 fi
 
 # The control plane's cost: the same wasp with /metrics scraped every 100 ms, and (when given)
 # the current wasp against another build.
-for pair in "wasp+scrape wasp" "wasp+slice wasp" "wasp+pin wasp" "wasp wasp-base"; do
+for pair in "wasp+scrape wasp" "wasp+slice wasp" "wasp+pin wasp" "wasp wasp+nopin" "wasp wasp-base"; do
     read -r a b <<<"$pair"
     [[ -n ${MED_RPS[$a]:-} && -n ${MED_RPS[$b]:-} ]] || continue
     awk -v a="$a" -v b="$b" -v r="${MED_RPS[$a]}" -v br="${MED_RPS[$b]}" \
@@ -1075,4 +1079,5 @@ for pair in "wasp+scrape wasp" "wasp+slice wasp" "wasp+pin wasp" "wasp wasp-base
 done
 if [[ -n ${MED_RPS[wasp+slice]:-} && -n ${MED_RPS[wasp]:-} ]]; then paired wasp+slice wasp; fi
 if [[ -n ${MED_RPS[wasp+pin]:-} && -n ${MED_RPS[wasp]:-} ]]; then paired wasp+pin wasp; fi
+if [[ -n ${MED_RPS[wasp+nopin]:-} && -n ${MED_RPS[wasp]:-} ]]; then paired wasp wasp+nopin; fi
 if [[ -n ${MED_RPS[wasp-base]:-} && -n ${MED_RPS[wasp]:-} ]]; then paired wasp wasp-base; fi

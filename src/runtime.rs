@@ -127,10 +127,11 @@ impl Runtime {
         let config = Arc::new(config);
         let states = Arc::new(StateTable::new());
         let count = config.global.workers.unwrap_or_else(Workers::default_count);
+        let pin = config.global.pin_workers.unwrap_or_else(|| Workers::pin_by_default(count));
         let workers = Arc::new(
-            Workers::start(count, config.global.sched_slice, config.global.pin_workers)
-                .map_err(RuntimeError::Workers)?,
+            Workers::start(count, config.global.sched_slice, pin).map_err(RuntimeError::Workers)?,
         );
+        tracing::info!(workers = count, pinned = pin, "workers started");
         let clients = ClientCache::new(workers.len());
         let plugins = Arc::new(Plugins::new());
         let set = prepare_plugins(&plugins, &config).await?;

@@ -62,8 +62,10 @@ pub struct Global {
     pub grace: Duration,
     /// The time slice worker threads ask the kernel's scheduler for (Linux 6.12+), if any.
     pub sched_slice: Option<Duration>,
-    /// Pin each worker thread to one CPU (`cpu_affinity = "auto"`).
-    pub pin_workers: bool,
+    /// Pin each worker thread to one CPU: `cpu_affinity = "auto"` (`Some(true)`) or `"none"`
+    /// (`Some(false)`); `None` (not set) pins when there is one worker per CPU
+    /// ([`Workers::pin_by_default`](crate::proxy::workers::Workers::pin_by_default)).
+    pub pin_workers: Option<bool>,
 }
 
 impl Default for Global {
@@ -74,7 +76,7 @@ impl Default for Global {
             access_log: true,
             grace: DEFAULT_GRACE,
             sched_slice: None,
-            pin_workers: false,
+            pin_workers: None,
         }
     }
 }

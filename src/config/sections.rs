@@ -105,7 +105,7 @@ fn global(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Global {
         .take("cpu_affinity")
         .and_then(|i| i.keyword(sink, "cpu affinity", &affinities))
     {
-        g.pin_workers = pin;
+        g.pin_workers = Some(pin);
     }
     t.finish(sink);
     g

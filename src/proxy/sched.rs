@@ -66,12 +66,11 @@ pub fn request_slice(slice: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// Pins the calling thread to the `n`-th CPU (counting round) of those the process may run
-/// on, as nginx's `worker_cpu_affinity auto` does: each worker then keeps its core, and two
-/// busy workers never queue for the same one while another core is free.
+/// The CPUs the calling thread may run on (its affinity mask, which threads it starts inherit),
+/// in ascending order.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub fn pin_to_cpu(n: usize) -> io::Result<()> {
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: an all-zero `cpu_set_t` is a valid empty set (it is a plain bit array).
     let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::cpu_set_t>();
@@ -80,23 +79,40 @@ pub fn pin_to_cpu(n: usize) -> io::Result<()> {
     if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+    Ok((0..libc::CPU_SETSIZE as usize)
         // SAFETY: `c` is below CPU_SETSIZE, so within the set's bits.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
-        .collect();
+        .collect())
+}
+
+/// Pins the calling thread to the `n`-th CPU (counting round) of those the process may run
+/// on, as nginx's `worker_cpu_affinity auto` does: each worker then keeps its core, and two
+/// busy workers never queue for the same one while another core is free.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn pin_to_cpu(n: usize) -> io::Result<()> {
+    let cpus = allowed_cpus()?;
     let Some(&cpu) = cpus.get(n % cpus.len().max(1)) else {
         return Err(io::Error::other("the process may run on no CPU"));
     };
-    // SAFETY: as above, an all-zero `cpu_set_t` is the empty set.
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set (it is a plain bit array).
     let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` came from the range above, below CPU_SETSIZE.
+    // SAFETY: `cpu` came from `allowed_cpus`, below CPU_SETSIZE.
     unsafe { libc::CPU_SET(cpu, &mut one) };
-    // SAFETY: `one` is a valid `cpu_set_t` of `size` bytes, read by the kernel for the calling
+    // SAFETY: `one` is a valid `cpu_set_t` of its own size, read by the kernel for the calling
     // thread (pid 0).
-    if unsafe { libc::sched_setaffinity(0, size, &one) } != 0 {
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "reading the CPUs a thread may use is implemented for Linux only",
+    ))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -99,17 +99,19 @@ pub fn runtime_builder() -> tokio::runtime::Builder {
 impl Workers {
     /// Starts `count` workers (at least one). With `slice`, each asks the scheduler for time
     /// slices that long ([`sched::request_slice`]); with `pin`, worker `i` runs on the `i`-th
-    /// CPU the process may use ([`sched::pin_to_cpu`]). Where either fails, worker 0 says so and all run
-    /// anyway.
+    /// CPU the process may use ([`sched::pin_to_cpu`]). Where either fails, worker 0 says so
+    /// and all run anyway. Returns once every worker has set itself up so.
     pub fn start(count: usize, slice: Option<Duration>, pin: bool) -> io::Result<Workers> {
         let count = count.max(1);
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
+        let (ready, set_up) = std::sync::mpsc::channel();
         for id in 0..count {
             let runtime = runtime_builder().build()?;
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
+            let ready = ready.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wasp-worker-{id}"))
                 .spawn(move || {
@@ -127,11 +129,17 @@ impl Workers {
                     }
                     crate::upstream::set_pool_index(id);
                     crate::counters::set_shard(id);
+                    let _ = ready.send(());
+                    drop(ready);
                     runtime.block_on(stop.cancelled());
                     // Dropping the runtime cancels whatever is still running on it.
                 })?;
             threads.push(thread);
         }
+        drop(ready);
+        // Ends early only if a worker thread died before it was ready (then there is no
+        // message left to wait for).
+        for _ in set_up.iter().take(count) {}
         let load = (0..count).map(|_| AtomicUsize::new(0)).collect();
         Ok(Workers {
             placement: Placement(Arc::new(Placed { handles, load })),
@@ -182,6 +190,21 @@ impl Workers {
     pub fn default_count() -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
+
+    /// Whether `count` workers are pinned when the config does not say (`cpu_affinity`
+    /// absent): when there is one worker for each CPU the process may run on. Then no CPU is
+    /// left over for a worker to move to, and a worker that moves can only land on another
+    /// worker's core; pinned, each keeps its own. Measured on lab 2, pinning cut wasp's p99 by
+    /// a quarter to a third and kept its req/s (docs/benchmarks.md).
+    pub fn pin_by_default(count: usize) -> bool {
+        sched::allowed_cpus().is_ok_and(|cpus| one_per_cpu(count, cpus.len()))
+    }
+}
+
+/// `count` workers on `cpus` CPUs, one each (more than one: a single worker has no other to
+/// share its core with).
+fn one_per_cpu(count: usize, cpus: usize) -> bool {
+    count > 1 && count == cpus
 }
 
 impl Drop for Workers {
@@ -198,7 +221,7 @@ mod tests {
     use std::sync::{Arc, mpsc};
     use std::time::Duration;
 
-    use super::Workers;
+    use super::{Workers, one_per_cpu};
 
     #[test]
     fn spawn_on_each_runs_a_task_on_every_worker_in_its_runtime() {
@@ -249,6 +272,15 @@ mod tests {
         assert_eq!(placement.place(0).0, 0);
         let (first, _kept) = placement.place(1);
         assert_eq!(first, 1, "an idle acceptor keeps its connection");
+    }
+
+    #[test]
+    fn workers_are_pinned_by_default_only_when_there_is_one_per_cpu() {
+        assert!(one_per_cpu(2, 2));
+        assert!(one_per_cpu(8, 8));
+        assert!(!one_per_cpu(1, 1), "a single worker");
+        assert!(!one_per_cpu(2, 4), "CPUs left over");
+        assert!(!one_per_cpu(4, 2), "more workers than CPUs");
     }
 
     #[test]

@@ -287,11 +287,17 @@ fn worker_cpus(pid: u32) -> Vec<String> {
     cpus
 }
 
-/// How many CPUs this process may run on (its affinity mask, which wasp inherits).
-fn allowed_cpus() -> usize {
+/// The CPUs this process may run on (its affinity mask, which wasp inherits), as `/proc`
+/// lists them.
+fn own_cpu_list() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let list = proc_field(&status, "Cpus_allowed_list").unwrap();
-    list.split(',')
+    proc_field(&status, "Cpus_allowed_list").unwrap().to_owned()
+}
+
+/// How many CPUs this process may run on.
+fn allowed_cpus() -> usize {
+    own_cpu_list()
+        .split(',')
         .map(|part| match part.split_once('-') {
             Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
             None => 1,
@@ -299,19 +305,39 @@ fn allowed_cpus() -> usize {
         .sum()
 }
 
+/// Whether each of process `pid`'s `workers` worker threads runs on one CPU of its own (while
+/// there are CPUs enough: the `i`-th worker takes the `i`-th CPU, counting round).
+fn each_worker_on_its_own_cpu(pid: u32, workers: usize) -> bool {
+    let pinned = worker_cpus(pid);
+    let single = pinned.iter().all(|c| c.parse::<usize>().is_ok());
+    let mut distinct = pinned.clone();
+    distinct.dedup();
+    pinned.len() == workers && single && distinct.len() == allowed_cpus().min(workers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_affinity_auto_pins_each_worker_to_its_own_cpu() {
     let (wasp, _servers, _dir) = run_one_backend("workers = 2\ncpu_affinity = \"auto\"").await;
-    let pid = wasp.child.id();
+    // The workers pin themselves before wasp starts listening.
+    assert!(each_worker_on_its_own_cpu(wasp.child.id(), 2), "{:?}", worker_cpus(wasp.child.id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_pinned_by_default_when_there_is_one_per_cpu() {
     let cpus = allowed_cpus();
-    // Each worker pins itself as its thread starts: one CPU each, different ones while there
-    // are enough.
-    wait_until(WAIT, "each worker on a CPU of its own", || {
-        let pinned = worker_cpus(pid);
-        let single = pinned.iter().all(|c| c.parse::<usize>().is_ok());
-        let mut distinct = pinned.clone();
-        distinct.dedup();
-        pinned.len() == 2 && single && distinct.len() == cpus.min(2)
-    })
-    .await;
+    let own = own_cpu_list();
+    // One worker per CPU: pinned, unless the config says "none".
+    let (wasp, _servers, _dir) = run_one_backend(&format!("workers = {cpus}")).await;
+    let pid = wasp.child.id();
+    if cpus > 1 {
+        assert!(each_worker_on_its_own_cpu(pid, cpus), "{:?}", worker_cpus(pid));
+    } else {
+        assert_eq!(worker_cpus(pid), [own.clone()], "a single worker is not pinned");
+    }
+    let (wasp, _servers, _dir) =
+        run_one_backend(&format!("workers = {cpus}\ncpu_affinity = \"none\"")).await;
+    assert_eq!(worker_cpus(wasp.child.id()), vec![own.clone(); cpus]);
+    // More workers than CPUs: left to the scheduler.
+    let (wasp, _servers, _dir) = run_one_backend(&format!("workers = {}", cpus + 1)).await;
+    assert_eq!(worker_cpus(wasp.child.id()), vec![own; cpus + 1]);
 }
