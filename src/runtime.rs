@@ -127,7 +127,10 @@ impl Runtime {
         let config = Arc::new(config);
         let states = Arc::new(StateTable::new());
         let count = config.global.workers.unwrap_or_else(Workers::default_count);
-        let pin = config.global.pin_workers.unwrap_or_else(|| Workers::pin_by_default(count));
+        let pin = config
+            .global
+            .pin_workers
+            .unwrap_or_else(|| Workers::pin_by_default(count));
         let workers = Arc::new(
             Workers::start(count, config.global.sched_slice, pin).map_err(RuntimeError::Workers)?,
         );

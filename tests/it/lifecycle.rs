@@ -319,7 +319,11 @@ fn each_worker_on_its_own_cpu(pid: u32, workers: usize) -> bool {
 async fn cpu_affinity_auto_pins_each_worker_to_its_own_cpu() {
     let (wasp, _servers, _dir) = run_one_backend("workers = 2\ncpu_affinity = \"auto\"").await;
     // The workers pin themselves before wasp starts listening.
-    assert!(each_worker_on_its_own_cpu(wasp.child.id(), 2), "{:?}", worker_cpus(wasp.child.id()));
+    assert!(
+        each_worker_on_its_own_cpu(wasp.child.id(), 2),
+        "{:?}",
+        worker_cpus(wasp.child.id())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,9 +334,17 @@ async fn workers_are_pinned_by_default_when_there_is_one_per_cpu() {
     let (wasp, _servers, _dir) = run_one_backend(&format!("workers = {cpus}")).await;
     let pid = wasp.child.id();
     if cpus > 1 {
-        assert!(each_worker_on_its_own_cpu(pid, cpus), "{:?}", worker_cpus(pid));
+        assert!(
+            each_worker_on_its_own_cpu(pid, cpus),
+            "{:?}",
+            worker_cpus(pid)
+        );
     } else {
-        assert_eq!(worker_cpus(pid), [own.clone()], "a single worker is not pinned");
+        assert_eq!(
+            worker_cpus(pid),
+            vec![own.clone()],
+            "a single worker is not pinned"
+        );
     }
     let (wasp, _servers, _dir) =
         run_one_backend(&format!("workers = {cpus}\ncpu_affinity = \"none\"")).await;
