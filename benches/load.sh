@@ -1057,13 +1057,13 @@ fi
 
 if [[ -n ${MED_RPS[haproxy]:-} ]]; then
     echo
-    for p in wasp wasp+log wasp+slice wasp+pin wasp+nopin; do
+    for p in wasp wasp+log wasp+slice wasp+pin wasp+nopin wasp-base; do
         [[ -n ${MED_RPS[$p]:-} ]] || continue
         awk -v p="$p" -v r="${MED_RPS[$p]}" -v hr="${MED_RPS[haproxy]}" \
             -v l="${MED_P99[$p]}" -v hl="${MED_P99[haproxy]}" 'BEGIN {
             printf "%-9s / haproxy: req/s x%.2f, p99 x%.2f\n", p, r / hr, (hl > 0 ? l / hl : 0) }'
     done
-    for p in wasp wasp+log wasp+slice wasp+pin wasp+nopin; do
+    for p in wasp wasp+log wasp+slice wasp+pin wasp+nopin wasp-base; do
         if [[ -n ${MED_RPS[$p]:-} ]]; then paired "$p" haproxy; fi
     done
 fi
