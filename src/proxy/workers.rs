@@ -194,8 +194,8 @@ impl Workers {
     /// Whether `count` workers are pinned when the config does not say (`cpu_affinity`
     /// absent): when there is one worker for each CPU the process may run on. Then no CPU is
     /// left over for a worker to move to, and a worker that moves can only land on another
-    /// worker's core; pinned, each keeps its own. Measured on lab 2, pinning cut wasp's p99 by
-    /// a quarter to a third and kept its req/s (docs/benchmarks.md).
+    /// worker's core; pinned, each keeps its own. On lab 2, pinning cut wasp's median p99 by
+    /// 23 to 41% in seven of eight sets and kept its req/s (docs/benchmarks.md).
     pub fn pin_by_default(count: usize) -> bool {
         sched::allowed_cpus().is_ok_and(|cpus| one_per_cpu(count, cpus.len()))
     }
