@@ -353,3 +353,22 @@ async fn workers_are_pinned_by_default_when_there_is_one_per_cpu() {
     let (wasp, _servers, _dir) = run_one_backend(&format!("workers = {}", cpus + 1)).await;
     assert_eq!(worker_cpus(wasp.child.id()), vec![own; cpus + 1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_runs_without_transparent_huge_pages() {
+    // With them, each thread's allocator segment cost 2 MiB or more of RSS (see `main`).
+    // The test process itself keeps them (whatever the host says), so this is wasp's doing.
+    let (wasp, _servers, _dir) = run_one_backend("workers = 2").await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", wasp.child.id())).unwrap();
+    assert_eq!(
+        proc_field(&status, "THP_enabled"),
+        Some("0"),
+        "THP_enabled in /proc/PID/status (Linux 5.0 and later)"
+    );
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(
+        proc_field(&own, "THP_enabled"),
+        Some("1"),
+        "the test process inherited THP_enabled 0: the check above proves nothing here"
+    );
+}
