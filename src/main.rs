@@ -181,15 +181,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Turns transparent huge pages off for this process, before the workers start. mimalloc
-/// gives each thread's heap its own 32 MiB segment; with huge pages every segment a thread
-/// touches costs at least 2 MiB of RSS. An idle `wasp run` had 12 to 18 MiB of huge pages
-/// (28 to 29 MiB RSS in all, 15 MiB without), and req/s under load did not change
-/// measurably without them (docs/benchmarks.md). The Cargo feature `no_thp` stops mimalloc
-/// from asking for them on hosts where they are opt-in (`madvise`, the usual default); this
-/// covers hosts where they are on for every process (`always`). The setting is the process's
-/// own: other processes and the host keep theirs.
+/// Turns transparent huge pages off for this process, before the workers start, unless
+/// `MIMALLOC_ALLOW_THP` is set: then mimalloc's own setting decides (`1` keeps them).
+///
+/// mimalloc gives each thread's heap its own 32 MiB segment and asks for huge pages for
+/// them, so every segment a thread touches costs at least 2 MiB of RSS: an idle `wasp run`
+/// had 12 to 18 MiB of huge pages, 28 to 29 MiB of RSS in all, where HAProxy has 14 MiB.
+/// Without them: 17 MiB. Under load they saved about 1% of CPU (docs/benchmarks.md). The
+/// setting is the process's own: other processes and the host keep theirs.
 fn no_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
     // It fails only on kernels older than 3.15, which then serve with huge pages as before.
     #[cfg(target_os = "linux")]

@@ -231,6 +231,14 @@ fn worker_fields(pid: u32, file: &str, key: &str) -> Vec<Option<String>> {
 /// named "one"), checked to answer through it. Keep the tuple: it holds the servers and the
 /// config's folder.
 async fn run_one_backend(global: &str) -> (Binary, Servers, tempfile::TempDir) {
+    run_one_backend_with_env(global, &[]).await
+}
+
+/// [`run_one_backend`] with these environment variables set for the binary.
+async fn run_one_backend_with_env(
+    global: &str,
+    vars: &[(&str, &str)],
+) -> (Binary, Servers, tempfile::TempDir) {
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let (dir, path) = config_file(&format!(
@@ -246,7 +254,7 @@ async fn run_one_backend(global: &str) -> (Binary, Servers, tempfile::TempDir) {
             servers = [ {{ name = "one", addr = "{one}" }} ]
             "#
     ));
-    let wasp = Binary::run(&path);
+    let wasp = Binary::run_with_env(&path, vars);
     assert_eq!(
         server_name(&get(&format!("http://{}/", wasp.addr)).await.2),
         "one"
@@ -354,21 +362,29 @@ async fn workers_are_pinned_by_default_when_there_is_one_per_cpu() {
     assert_eq!(worker_cpus(wasp.child.id()), vec![own; cpus + 1]);
 }
 
+/// `THP_enabled` of process `pid` (Linux 5.0 and later report it): 0 once the process has
+/// turned transparent huge pages off for itself.
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    proc_field(&status, "THP_enabled").map(str::to_owned)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_runs_without_transparent_huge_pages() {
-    // With them, each thread's allocator segment cost 2 MiB or more of RSS (see `main`).
-    // The test process itself keeps them (whatever the host says), so this is wasp's doing.
-    let (wasp, _servers, _dir) = run_one_backend("workers = 2").await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", wasp.child.id())).unwrap();
+async fn the_proxy_runs_without_transparent_huge_pages_unless_told_otherwise() {
+    // The test process keeps them (whatever the host's setting), so a 0 is wasp's doing.
     assert_eq!(
-        proc_field(&status, "THP_enabled"),
-        Some("0"),
-        "THP_enabled in /proc/PID/status (Linux 5.0 and later)"
-    );
-    let own = std::fs::read_to_string("/proc/self/status").unwrap();
-    assert_eq!(
-        proc_field(&own, "THP_enabled"),
+        thp_enabled(std::process::id()).as_deref(),
         Some("1"),
-        "the test process inherited THP_enabled 0: the check above proves nothing here"
+        "the test process has THP_enabled 0 (or no such field): it cannot tell wasp's doing"
     );
+    // With them, each thread's allocator segment cost 2 MiB or more of RSS (see `main`).
+    let (wasp, _servers, _dir) = run_one_backend("workers = 2").await;
+    assert_eq!(thp_enabled(wasp.child.id()).as_deref(), Some("0"));
+    // mimalloc's own variable decides when it is set.
+    let (wasp, _servers, _dir) =
+        run_one_backend_with_env("workers = 2", &[("MIMALLOC_ALLOW_THP", "1")]).await;
+    assert_eq!(thp_enabled(wasp.child.id()).as_deref(), Some("1"));
+    let (wasp, _servers, _dir) =
+        run_one_backend_with_env("workers = 2", &[("MIMALLOC_ALLOW_THP", "0")]).await;
+    assert_eq!(thp_enabled(wasp.child.id()).as_deref(), Some("0"));
 }

@@ -528,11 +528,17 @@ pub struct Binary {
 impl Binary {
     /// Runs `wasp run -c path` and waits until it logs its listening address.
     pub fn run(path: &Path) -> Binary {
+        Self::run_with_env(path, &[])
+    }
+
+    /// [`Self::run`] with these environment variables set as well.
+    pub fn run_with_env(path: &Path, vars: &[(&str, &str)]) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasp"))
             .args(["run", "-c"])
             .arg(path)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
