@@ -531,13 +531,15 @@ impl Binary {
         Self::run_with_env(path, &[])
     }
 
-    /// [`Self::run`] with these environment variables set as well.
+    /// [`Self::run`] with these environment variables set as well. `MIMALLOC_ALLOW_THP` is
+    /// not passed on from the test's environment: wasp makes its own huge-page choice.
     pub fn run_with_env(path: &Path, vars: &[(&str, &str)]) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasp"))
             .args(["run", "-c"])
             .arg(path)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .env_remove("MIMALLOC_ALLOW_THP")
             .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
