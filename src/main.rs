@@ -186,10 +186,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 ///
 /// mimalloc gives each thread's heap its own 32 MiB segment and asks for huge pages for
 /// them, so every segment a thread touches costs at least 2 MiB of RSS: an idle `wasp run`
-/// had 12 to 18 MiB of huge pages, 27 to 29 MiB of RSS in all, where HAProxy has 14 MiB.
-/// Without them: 17 MiB. With them wasp served about 1% more requests per second on lab 2
-/// (docs/benchmarks.md). The setting is the process's own: other processes and the host
-/// keep theirs.
+/// with 2 workers had 12 to 18 MiB of huge pages, 27 to 29 MiB of RSS in all (HAProxy: 14
+/// MiB), and 40 MiB with 8 workers. Without them: 17 and 16 MiB. With them wasp served
+/// about 1% more requests per second on lab 2 (docs/benchmarks.md). The setting is the
+/// process's own: other processes and the host keep theirs.
 fn no_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
