@@ -8,6 +8,7 @@ mod admin;
 mod failover;
 mod health;
 mod labs;
+mod layout;
 mod lifecycle;
 mod plugins;
 mod pooling;
