@@ -923,28 +923,6 @@ tls_main() {
 # ---------------------------------------------------------------------------------------------
 # Main
 
-# Whether BIN was linked with benches/hot-functions.txt's order (build.rs): how many of the
-# listed functions it has, and whether they lie in the list's order (all but a few: the
-# assembly of ring's cryptography comes one file to a section and keeps its own order).
-hot_layout() {
-    local list=$ROOT/benches/hot-functions.txt
-    [[ -f $list ]] || { echo "no benches/hot-functions.txt"; return; }
-    nm --defined-only "$1" 2>/dev/null | awk -v list="$list" '
-        BEGIN { while ((getline line < list) > 0) if (line !~ /^#/ && line != "") order[++n] = line }
-        { addr[$3] = $1 }
-        END {
-            for (i = 1; i <= n; i++) if (order[i] in addr) {
-                found++
-                a = addr[order[i]]
-                if (last != "" && a < last) unordered++
-                last = a
-            }
-            if (found == 0) { printf "none of the %d hot functions listed in benches/hot-functions.txt found (a list for other dependencies or toolchain?)", n; exit }
-            printf "%d of the %d hot functions listed in benches/hot-functions.txt found, %s", found, n,
-                (unordered * 10 > found ? "not placed in its order (plain layout)" : "placed first, in its order")
-        }'
-}
-
 ensure_tools
 
 BUILD_KIND="release build"
@@ -1003,7 +981,6 @@ echo "kernel      $(uname -sr)"
 echo "os          $(awk -F= '$1 == "PRETTY_NAME" {gsub(/"/, "", $2); print $2}' /etc/os-release 2>/dev/null)"
 echo "load avg    $(cut -d' ' -f1-3 /proc/loadavg) (at start; other work on the machine skews results)"
 echo "wasp        $wasp_version ($wasp_commit, $BUILD_KIND), workers = 2"
-echo "layout      $(hot_layout "$WASP_BIN")"
 echo "haproxy     $haproxy_version, nbthread 2"
 echo "nginx       $nginx_version, proxy: 2 workers, upstream keepalive 64; backends: 1 worker, 4 server blocks"
 echo "wrk         $wrk_version, -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, paths /item/1 /basket/1 / in rotation"

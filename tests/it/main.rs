@@ -8,7 +8,6 @@ mod admin;
 mod failover;
 mod health;
 mod labs;
-mod layout;
 mod lifecycle;
 mod plugins;
 mod pooling;
