@@ -3,7 +3,7 @@
 # benchmark's workloads to record which code is hot, then build it again with that profile.
 # The result is the same program, laid out and inlined for the paths a proxy takes per request.
 #
-#   benches/pgo.sh                   # writes target/pgo/use/release/wasp (17 minutes on 2 cores)
+#   benches/pgo.sh                   # writes target/pgo/use/release/wasp (17 to 42 minutes on 2 cores)
 #   PGO=1 benches/load.sh            # builds it this way, then benchmarks it
 #
 # Environment:
