@@ -32,7 +32,7 @@
 #                new connections per second (wrk with `Connection: close`, -c CONNECTIONS)
 #   WASP_BIN     use this wasp binary instead of building one
 #   PGO=1        benchmark the profile-guided build instead of the plain release build: runs
-#                benches/pgo.sh first (17 to 42 minutes on 2 cores), which trains with this script's
+#                benches/pgo.sh first (about 20 minutes on 2 cores), which trains with this script's
 #                QUICK runs; with WASP_BASE_BIN=target/release/wasp and wasp-base in PROXIES
 #                the plain build runs alongside
 #   FORWARDFOR   which forwarding headers the proxies add: "lab" (default) runs lab 2's configs

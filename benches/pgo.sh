@@ -3,8 +3,8 @@
 # benchmark's workloads to record which code is hot, then build it again with that profile.
 # The result is the same program, laid out and inlined for the paths a proxy takes per request.
 #
-#   benches/pgo.sh                   # writes target/pgo/use/release/wasp (17 to 42 minutes on 2 cores)
-#   PGO=1 benches/load.sh            # builds it this way, then benchmarks it
+#   benches/pgo.sh          # writes target/pgo/use/release/wasp (about 20 minutes on 2 cores)
+#   PGO=1 benches/load.sh   # builds it this way, then benchmarks it
 #
 # Environment:
 #   PGO_DIR      where the builds, raw profiles and the merged profile go (default target/pgo)
@@ -30,6 +30,13 @@ for t in $TRAIN; do
     esac
 done
 [[ -n ${TRAIN// /} ]] || { echo "pgo.sh: TRAIN names no workload" >&2; exit 2; }
+
+# The training runs take only the settings given below. `PGO=1 benches/load.sh` hands its whole
+# environment down, so without this its ROUNDS, DURATION, PROXIES, TLS, OUT_DIR and the rest
+# would decide how long and on what the profile is trained (ROUNDS=10 DURATION=10 made the
+# training take 25 minutes instead of one).
+unset BIG_MB CONNECTIONS DURATION FORWARDFOR OUT_DIR PGO PROXIES QUICK ROUNDS ROUTING_CHECK \
+    SCHED_SLICE SCRAPE SCRAPER_NICE STREAMS TCP THREADS TLS WASP_BASE_BIN WASP_BIN
 
 log() { printf '[pgo] %s\n' "$*" >&2; }
 die() { printf 'pgo.sh: error: %s\n' "$*" >&2; exit 1; }
