@@ -227,7 +227,9 @@ fn route(l: &Loaded, path: &str) -> Result<(), Fault> {
 
 #[test]
 fn a_looping_call_ends_at_its_timeout() {
-    let timeout = Duration::from_millis(5);
+    // Long enough that the healthy `/ok` call is not cut short when the busy test machine
+    // deschedules this thread for a few milliseconds.
+    let timeout = Duration::from_millis(50);
     let l = loaded("looper", timeout);
     route(&l, "/ok").unwrap();
     let mut took: Vec<Duration> = (0..7)
@@ -245,14 +247,14 @@ fn a_looping_call_ends_at_its_timeout() {
     // the ticker thread, so only "at least the timeout, and bounded" is checked here.
     assert!(median >= timeout, "looping calls took {took:?}");
     assert!(
-        took[took.len() - 1] < timeout + Duration::from_millis(100),
+        took[took.len() - 1] < timeout + Duration::from_millis(500),
         "{took:?}"
     );
 }
 
 #[test]
 fn a_trapped_instance_is_never_reused() {
-    let l = loaded("panicker", Duration::from_millis(50));
+    let l = loaded("panicker", Duration::from_secs(1));
     route(&l, "/ok").unwrap();
     route(&l, "/ok").unwrap();
     assert_eq!(l.instances_created(), 1, "warm reuse");
@@ -278,7 +280,7 @@ fn memory_beyond_the_cap_costs_the_call() {
 
 #[test]
 fn recycle_after_one_call_gives_a_fresh_instance_per_call() {
-    let mut l = loaded("path-router", Duration::from_millis(50));
+    let mut l = loaded("path-router", Duration::from_secs(1));
     l.settings.recycle_after = 1;
     for _ in 0..3 {
         route(&l, "/").unwrap();

@@ -283,14 +283,19 @@ async fn a_panicking_plugin_costs_one_decision_deny() {
     fault_costs_one_decision("panicker", "deny", "").await;
 }
 
+/// The looper's timeout: long enough that a healthy call is never cut short because the
+/// test process was descheduled (the suite runs many tests at once on two cores; a 5 ms
+/// timeout once stopped an `/ok` call there), short enough to keep the faulting request fast.
+const LOOPER_LIMITS: &str = "timeout = \"250ms\"";
+
 #[tokio::test]
 async fn a_looping_plugin_costs_one_decision_fallback() {
-    fault_costs_one_decision("looper", "fallback", "timeout = \"5ms\"").await;
+    fault_costs_one_decision("looper", "fallback", LOOPER_LIMITS).await;
 }
 
 #[tokio::test]
 async fn a_looping_plugin_costs_one_decision_deny() {
-    fault_costs_one_decision("looper", "deny", "timeout = \"5ms\"").await;
+    fault_costs_one_decision("looper", "deny", LOOPER_LIMITS).await;
 }
 
 #[tokio::test]
