@@ -14,7 +14,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::support::{Proxy, Servers, client, get, send, server_name};
+use crate::support::{Proxy, Servers, assert_closed, client, get, send, server_name};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -773,10 +773,7 @@ async fn healthz_answers_503_while_draining() {
     gate.open(1);
     assert_eq!(held.await.unwrap().0, 200, "the in-flight request finished");
     stopping.await.unwrap();
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "admin closed last"
-    );
+    assert_closed(addr, "admin closed last").await;
 }
 
 /// Runs `wasp ctl ARGS` (the real binary) and returns (exit code, stdout, stderr).
@@ -984,10 +981,7 @@ async fn a_reload_moves_and_closes_the_admin_listener() {
     let new = admin(&proxy).await;
     assert_ne!(new, old);
     assert_eq!(call(new, Method::GET, "/healthz", None).await.0, 200);
-    assert!(
-        tokio::net::TcpStream::connect(old).await.is_err(),
-        "old listener closed"
-    );
+    assert_closed(old, "old listener").await;
     assert!(socket.exists());
 
     std::fs::write(

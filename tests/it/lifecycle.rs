@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{Binary, Proxy, Servers, config_file, field, get, server_name, wait_until};
+use crate::support::{
+    Binary, Proxy, Servers, assert_closed, config_file, field, get, server_name, wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -119,10 +121,7 @@ async fn sighup_opens_and_closes_listeners() {
     wasp.signal("HUP");
     wasp.wait_for(&format!("listener={added}"), WAIT);
     wasp.wait_for("configuration loaded", WAIT);
-    assert!(
-        tokio::net::TcpStream::connect(added).await.is_err(),
-        "removed listener is closed"
-    );
+    assert_closed(added, "removed listener").await;
     assert_eq!(
         server_name(&get(&format!("http://{}/", wasp.addr)).await.2),
         "one"
@@ -146,10 +145,7 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     wasp.signal("TERM");
     wasp.wait_for("stopping", WAIT);
     wasp.wait_for("listener closed", WAIT);
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no new connections while draining"
-    );
+    assert_closed(addr, "no new connections while draining").await;
 
     gate.open(1);
     let (status, _, body) = held.await.unwrap();
@@ -160,10 +156,12 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     assert_eq!(code, 0);
 }
 
-/// Two loopback ports nothing listens on (bound together, so distinct, then closed).
+/// Two loopback ports nothing listens on (bound together, so distinct, then closed), on an
+/// address no other test binds (the rest of the suite binds 127.0.0.1), so that no listener
+/// of a test running meanwhile can take them before this test's proxy binds them.
 fn two_free_ports() -> (SocketAddr, SocketAddr) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     (a.local_addr().unwrap(), b.local_addr().unwrap())
 }
 
@@ -195,10 +193,7 @@ async fn reload_moving_a_bind_closes_the_old_port_and_can_bind_it_again() {
     for (open, closed) in [(second, first), (first, second)] {
         std::fs::write(&proxy.path, config(open)).unwrap();
         proxy.runtime.reload().await.expect("reload");
-        assert!(
-            tokio::net::TcpStream::connect(closed).await.is_err(),
-            "{closed}: the port the bind left is closed"
-        );
+        assert_closed(closed, "the port the bind left").await;
         // Fresh connections, more than there are workers, all served.
         for _ in 0..8 {
             let (status, _, body) = get(&format!("http://{open}/")).await;

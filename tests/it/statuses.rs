@@ -8,12 +8,6 @@ use http_body_util::Full;
 
 use crate::support::{Proxy, Servers, client, empty, get, raw, raw_status, send, server_name};
 
-/// A free port with nothing listening on it (bound, then released).
-async fn dead_addr() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
-}
-
 fn one_backend(servers: &str, extra: &str) -> String {
     format!(
         r#"
@@ -50,7 +44,7 @@ async fn echoed(req: Request<Full<Bytes>>) -> (StatusCode, serde_json::Value) {
 #[tokio::test]
 async fn refused_connect_tries_the_next_server() {
     let servers = Servers::new();
-    let dead = dead_addr().await;
+    let dead = servers.closed_port().await;
     let alive = servers.echo("alive").await;
     let proxy = Proxy::start(&one_backend(
         &format!(r#"{{ name = "dead", addr = "{dead}" }}, {{ name = "alive", addr = "{alive}" }}"#),
@@ -66,8 +60,9 @@ async fn refused_connect_tries_the_next_server() {
 
 #[tokio::test]
 async fn no_server_reachable_is_503() {
-    let dead1 = dead_addr().await;
-    let dead2 = dead_addr().await;
+    let servers = Servers::new();
+    let dead1 = servers.closed_port().await;
+    let dead2 = servers.closed_port().await;
     let proxy = Proxy::start(&one_backend(
         &format!(r#"{{ name = "a", addr = "{dead1}" }}, {{ name = "b", addr = "{dead2}" }}"#),
         "",

@@ -1,6 +1,6 @@
 //! Test support: backends the tests start themselves, an in-process proxy from TOML text,
 //! the real binary as a child process, and small HTTP client helpers. Everything binds
-//! 127.0.0.1:0.
+//! 127.0.0.1:0; ports meant to stay closed are held (see [`HeldPort`]).
 
 #![allow(dead_code)]
 
@@ -35,6 +35,8 @@ pub mod test_plugins;
 #[derive(Debug, Default)]
 pub struct Servers {
     stop: CancellationToken,
+    /// The ports handed out by [`Servers::closed_port`], held for as long as the servers.
+    held: std::sync::Mutex<Vec<HeldPort>>,
 }
 
 impl Drop for Servers {
@@ -68,6 +70,7 @@ impl Servers {
             addr: listener.local_addr().unwrap(),
             parent: self.stop.clone(),
             running: None,
+            held: None,
         };
         server.serve(listener);
         server
@@ -105,10 +108,13 @@ impl Servers {
         (addr, status)
     }
 
-    /// A port on which nothing listens (bound, then closed).
+    /// A port on which nothing listens: held (see [`HeldPort`]) until the servers are
+    /// dropped, so no other test's listener can take it meanwhile.
     pub async fn closed_port(&self) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
+        let held = HeldPort::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = held.addr();
+        self.held.lock().unwrap().push(held);
+        addr
     }
 
     /// A server with test behaviours chosen by path:
@@ -235,6 +241,8 @@ pub struct Killable {
     pub addr: SocketAddr,
     parent: CancellationToken,
     running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The port while the server is dead, so that it stays closed and free for the revival.
+    held: Option<HeldPort>,
 }
 
 impl Killable {
@@ -243,16 +251,15 @@ impl Killable {
         if let Some((stop, task)) = self.running.take() {
             stop.cancel();
             let _ = task.await;
+            self.held = Some(HeldPort::bind(self.addr).expect("hold the killed server's port"));
         }
     }
 
     /// Listens on the same port again.
     pub async fn revive(&mut self) {
         self.kill().await;
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .expect("rebind the same port");
-        self.serve(listener);
+        let held = self.held.take().expect("a killed server holds its port");
+        self.serve(held.listen());
     }
 
     fn serve(&mut self, listener: TcpListener) {
@@ -264,6 +271,42 @@ impl Killable {
         ));
         self.running = Some((stop, task));
     }
+}
+
+/// A loopback port bound without listening: connects to it are refused, and no other socket
+/// of the suite can take it while it is held (a bind to port 0 skips a bound port; a listener
+/// would need the port to itself). Ports freed instead could be taken by another test's
+/// listener running at the same time, which then answered where the test expected a refusal.
+#[derive(Debug)]
+pub struct HeldPort(tokio::net::TcpSocket);
+
+impl HeldPort {
+    /// Binds `addr` (port 0: any free port). `SO_REUSEADDR` lets the bind through the
+    /// `TIME_WAIT` connections a closed server leaves, never past a socket still listening.
+    pub fn bind(addr: SocketAddr) -> std::io::Result<HeldPort> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        Ok(HeldPort(socket))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap()
+    }
+
+    /// Starts listening on the held port.
+    pub fn listen(self) -> TcpListener {
+        self.0.listen(1024).expect("listen on the held port")
+    }
+}
+
+/// Asserts that nothing listens on `addr` any more: the port can be held (which a listening
+/// socket would prevent), and a connect to it is refused while it is held.
+pub async fn assert_closed(addr: SocketAddr, what: &str) {
+    let held = HeldPort::bind(addr)
+        .unwrap_or_else(|e| panic!("{what}: {addr} is still bound by a listener: {e}"));
+    assert!(TcpStream::connect(addr).await.is_err(), "{what}: {addr}");
+    drop(held);
 }
 
 /// The status a [`Servers::status`] server answers with; change it at any time.
