@@ -273,10 +273,10 @@ impl Killable {
     }
 }
 
-/// A loopback port bound without listening: connects to it are refused, and no other socket
-/// of the suite can take it while it is held (a bind to port 0 skips a bound port; a listener
-/// would need the port to itself). Ports freed instead could be taken by another test's
-/// listener running at the same time, which then answered where the test expected a refusal.
+/// A loopback port bound without listening: connects to it are refused, and no other test can
+/// take it while it is held (the suite's listeners bind port 0, and the kernel's choice of a
+/// port skips one that is bound). A port freed instead could be taken by the listener of a
+/// test running at the same time, which then answered where a refusal was expected.
 #[derive(Debug)]
 pub struct HeldPort(tokio::net::TcpSocket);
 
