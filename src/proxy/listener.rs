@@ -300,6 +300,11 @@ impl Connection {
         builder
             .http1()
             .keep_alive(true)
+            // HAProxy's default (no `abortonclose`): a client that shuts down its sending side
+            // after its request still gets the response. hyper's default instead reads while
+            // a request is in flight, to close on such an EOF, and that read needs a fresh
+            // 8 KiB buffer per request while the request still holds the last one.
+            .half_close(true)
             // Head timeouts (with a 408) are ClientIo's; hyper's own would close silently.
             .header_read_timeout(None)
             .max_buf_size(max_header_size.max(8192))

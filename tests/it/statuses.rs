@@ -1,10 +1,13 @@
-//! Every status of the error table provoked for real, plus header rewriting.
+//! Every status of the error table provoked for real, plus header rewriting and a client that
+//! half-closes its connection.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::{Proxy, Servers, client, empty, get, raw, raw_status, send, server_name};
 
@@ -124,6 +127,48 @@ async fn upstream_closing_early_is_502() {
     let (status, _, body) = get(&proxy.url("/")).await;
     assert_eq!(status, 502);
     assert_eq!(body, "502 Bad Gateway\n");
+}
+
+/// HAProxy's default (no `abortonclose`): a client may shut down its sending side once its
+/// request is out, and still gets the answer.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
+    let servers = Servers::new();
+    let (held, mut arrived, gate) = servers.gated("held").await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "held", addr = "{held}" }}"#),
+        "",
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: wasp.test\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.shutdown().await.unwrap();
+    // The server holds its answer until the request is known to have reached it, so the
+    // proxy has the client's EOF long before it has an answer.
+    // (Bounded only so that a regression fails rather than hangs.)
+    let limit = Duration::from_secs(10);
+    let mut answer = Vec::new();
+    tokio::time::timeout(limit, async {
+        tokio::select! {
+            _ = arrived.recv() => {}
+            read = tcp.read_to_end(&mut answer) => panic!(
+                "the proxy closed the connection before the request reached the server ({read:?}): {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    })
+    .await
+    .expect("the request reaches the server");
+    gate.open(1);
+    tokio::time::timeout(limit, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the proxy closes the connection after the response")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(raw_status(&answer), 200, "{answer:?}");
+    assert!(answer.ends_with("held\nreleased\n"), "{answer:?}");
 }
 
 #[tokio::test]
