@@ -13,6 +13,10 @@
 //!   (`%2F`) and backslashes stay as they are, since many applications rely on them, but a
 //!   segment that would become a dot segment once they are decoded (`..%2F`, `..\`) is refused
 //!   with 400, so no server that decodes them can be walked out of a routed prefix.
+//! - **Cookies.** An HTTP/2 client may split its `Cookie` header into several fields (browsers
+//!   do, one per cookie, for header compression). They are joined into one, separated by
+//!   `"; "`, as RFC 9113 (8.2.3) requires before a request goes to an HTTP/1.1 server, and
+//!   before routing, so that ACLs, balancers and plugins see what an HTTP/1.1 client sends.
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -104,6 +108,34 @@ fn canonical(
         Some(h) => Ok(Some(h)),
         None if version == Version::HTTP_11 => Err(CanonError::MissingHost),
         None => Ok(None),
+    }
+}
+
+/// Joins an HTTP/2 request's `Cookie` fields into one (`a=1; b=2`), leaving out empty ones
+/// (and the header, when all are); one field or none is left as it is.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for field in headers.get_all(header::COOKIE) {
+        let crumb = field.as_bytes().trim_ascii();
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb);
+    }
+    if joined.is_empty() {
+        headers.remove(header::COOKIE);
+        return;
+    }
+    // The fields were valid header values, and so are they joined by "; ": this cannot fail.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -245,6 +277,36 @@ fn hides_dot_segment(seg: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cookies(fields: &[&str]) -> Vec<String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        for f in fields {
+            headers.append(header::COOKIE, HeaderValue::from_str(f).unwrap());
+        }
+        join_cookies(&mut headers);
+        assert_eq!(headers[header::HOST], "example.com", "other headers stay");
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn split_cookie_fields_are_joined_into_one() {
+        assert_eq!(cookies(&["a=1", "b=2", "c=3"]), ["a=1; b=2; c=3"]);
+        assert_eq!(cookies(&["a=1; b=2", "c=3"]), ["a=1; b=2; c=3"]);
+        assert_eq!(cookies(&["a=1", "", " ", "b=2"]), ["a=1; b=2"]);
+        assert_eq!(cookies(&["", ""]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn one_cookie_field_or_none_is_left_alone() {
+        assert_eq!(cookies(&["a=1; b=2"]), ["a=1; b=2"]);
+        assert_eq!(cookies(&[" a=1 "]), [" a=1 "]);
+        assert_eq!(cookies(&[]), Vec::<String>::new());
+    }
 
     /// The authority as a connection's first request sees it.
     fn authority(

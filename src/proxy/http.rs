@@ -144,6 +144,9 @@ fn prepare<'s>(
             return Prepared::Answer(local(Failure::BadRequest, record));
         }
     };
+    if parts.version == Version::HTTP_2 {
+        canon::join_cookies(&mut parts.headers);
+    }
     let host = authority.as_ref().map(canon::host);
     let query = parts.uri.query().unwrap_or("");
     if frontend.redirect == Some(Redirect::Https) && info.scheme == "http" {
