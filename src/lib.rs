@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! ```text
+//! limits    process limits set at start (the open-file limit) and the default maxconn they give
+//!           (no dependencies)
 //! clock     a worker's coarse clock: the last reading, refreshed on wake-up (no dependencies)
 //! counters  per-worker sharded traffic counters (no dependencies)
 //! tls       certs: PEM certificate, key and CA loading (below config, which checks the files
@@ -43,6 +45,7 @@ pub mod counters;
 pub mod demo;
 pub mod echo;
 pub mod health;
+pub mod limits;
 pub mod plugin;
 pub mod proxy;
 pub mod routing;

@@ -121,12 +121,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             let _log = init_tracing(loaded.global.log_format);
+            open_files();
             wasp::runtime::log_diagnostics(&report);
             control_runtime()?.block_on(wasp::runtime::run(loaded))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
             let _log = init_tracing(LogFormat::Text);
+            open_files();
             control_runtime()?.block_on(wasp::demo::run())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -199,6 +201,28 @@ fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// Raises the open-file limit to the hard limit (`wasp::limits`) and says what it is: a warning
+/// when it stays low enough to cap the connections served.
+fn open_files() {
+    match wasp::limits::raise_open_files() {
+        Ok(files) if files.now < wasp::limits::LOW_OPEN_FILES => tracing::warn!(
+            limit = files.now,
+            "the open-file limit is low: each client connection and each server connection \
+             takes one, and accepts fail beyond it; raise the hard limit (ulimit -Hn, \
+             systemd LimitNOFILE=)"
+        ),
+        Ok(files) if files.now > files.before => {
+            tracing::info!(
+                limit = files.now,
+                was = files.before,
+                "open-file limit raised"
+            )
+        }
+        Ok(files) => tracing::debug!(limit = files.now, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 }
 

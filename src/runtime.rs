@@ -134,14 +134,15 @@ impl Runtime {
         let workers = Arc::new(
             Workers::start(count, config.global.sched_slice, pin).map_err(RuntimeError::Workers)?,
         );
-        tracing::info!(workers = count, pinned = pin, "workers started");
+        let maxconn = maxconn(&config);
+        tracing::info!(workers = count, pinned = pin, maxconn, "workers started");
         let clients = ClientCache::new(workers.len());
         let plugins = Arc::new(Plugins::new());
         let set = prepare_plugins(&plugins, &config).await?;
         let snapshot = build_snapshot(Arc::clone(&config), &states, &clients, &set)?;
         plugins.commit(&set);
         let proxy = Arc::new(Proxy::new(snapshot));
-        let graceful = Arc::new(Graceful::new());
+        let graceful = Arc::new(Graceful::new(maxconn));
         let mut listeners = HashMap::new();
         for (key, frontend) in listen_keys(&config) {
             let handle = open(key.clone(), &proxy, &workers, &graceful)?;
@@ -392,6 +393,11 @@ impl Core {
                 }
             }
         }
+        let limit = maxconn(&config);
+        if limit != graceful.limit() {
+            tracing::info!(maxconn = limit, was = graceful.limit(), "maxconn changed");
+            graceful.set_limit(limit);
+        }
         drop(graceful);
         let mut admin = self.admin.lock().await;
         let mut old_admin = None;
@@ -610,6 +616,14 @@ fn watch_plugins(
     };
     handle.update(plugins);
     Some(handle)
+}
+
+/// `[global] maxconn`, else derived from the open-file limit.
+fn maxconn(config: &Config) -> usize {
+    config
+        .global
+        .maxconn
+        .unwrap_or_else(|| crate::limits::default_maxconn(crate::limits::open_files()))
 }
 
 fn open(

@@ -48,6 +48,19 @@ fn scheduling_settings_out_of_range_or_unknown_are_errors() {
 }
 
 #[test]
+fn maxconn_below_one_is_an_error() {
+    expect(
+        "maxconn",
+        1,
+        &[
+            r#"maxconn.toml:3:11: error: global.maxconn: maxconn 0 is out of range"#,
+            r#"    = help: expected 1..=1073741824"#,
+            r#"check: 1 error"#,
+        ],
+    );
+}
+
+#[test]
 fn example_labs_pass_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for lab in [

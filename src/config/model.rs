@@ -66,6 +66,9 @@ pub struct Global {
     /// (`Some(false)`); `None` (not set) pins when there is one worker per CPU
     /// ([`Workers::pin_by_default`](crate::proxy::workers::Workers::pin_by_default)).
     pub pin_workers: Option<bool>,
+    /// The most client connections open at once (HAProxy's global `maxconn`); `None` derives
+    /// it from the open-file limit ([`crate::limits::default_maxconn`]).
+    pub maxconn: Option<usize>,
 }
 
 impl Default for Global {
@@ -77,6 +80,7 @@ impl Default for Global {
             grace: DEFAULT_GRACE,
             sched_slice: None,
             pin_workers: None,
+            maxconn: None,
         }
     }
 }

@@ -22,6 +22,10 @@ use crate::config::walk::{Item, Table};
 
 /// More worker threads than this is a typo, not a tuning choice.
 const MAX_WORKERS: i64 = 1024;
+/// The largest `[global] maxconn`: Linux's ceiling on open files per process (`fs.nr_open`
+/// cannot exceed it), and so on connections.
+const MAX_MAXCONN: i64 = 1 << 30;
+
 /// The custom slices Linux's scheduler (EEVDF) accepts for ordinary threads.
 const SCHED_SLICE_MIN: Duration = Duration::from_micros(100);
 const SCHED_SLICE_MAX: Duration = Duration::from_millis(100);
@@ -106,6 +110,9 @@ fn global(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Global {
         .and_then(|i| i.keyword(sink, "cpu affinity", &affinities))
     {
         g.pin_workers = Some(pin);
+    }
+    if let Some(n) = t.take_int_in(sink, "maxconn", 1, Some(MAX_MAXCONN)) {
+        g.maxconn = usize::try_from(n).ok();
     }
     t.finish(sink);
     g

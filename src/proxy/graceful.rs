@@ -1,5 +1,6 @@
-//! Graceful stop of client connections: every open connection watches a stop signal, and the
-//! stop waits for them to close.
+//! The open client connections: how many may be open at once (`[global] maxconn`), and the
+//! graceful stop, where every open connection watches a stop signal and the stop waits for them
+//! to close.
 //!
 //! hyper-util's `GracefulShutdown` has every connection watch one `tokio::sync::watch`
 //! channel, and each poll of a connection takes that channel's lock: under load the
@@ -7,10 +8,17 @@
 //! a signal of its own: a poll costs one atomic load, and its waker is stored only when it
 //! changes. Only opening and closing a connection, and the stop itself, touch the shared
 //! registry.
+//!
+//! **The limit.** HAProxy's `maxconn`: once that many connections are open, the accept loops
+//! wait ([`Graceful::room`]) and new clients wait in the kernel's listen queue until one
+//! closes. Without it a proxy would accept until it runs out of file descriptors, and then
+//! every accepted request would fail for want of one to reach a server with. Each accept loop
+//! checks for room before it accepts, so loops waiting in `accept` at the same time can take
+//! the count past the limit by at most one each (one per worker and listener).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -19,18 +27,22 @@ use hyper_util::server::graceful::GracefulConnection;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-/// The open connections of a proxy, and the stop signal they watch.
-#[derive(Debug, Default)]
+/// The open connections of a proxy, their limit, and the stop signal they watch.
+#[derive(Debug)]
 pub struct Graceful {
     registry: Arc<Registry>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Registry {
     stopping: AtomicBool,
     open: Mutex<Open>,
     /// Notified when the last connection closes during a stop.
     closed: Notify,
+    /// The most connections open at once (`maxconn`).
+    limit: AtomicUsize,
+    /// Notified when a connection closes at the limit, or the limit is raised.
+    room: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -53,8 +65,44 @@ impl Registry {
 }
 
 impl Graceful {
-    pub fn new() -> Self {
-        Self::default()
+    /// A registry that lets `limit` connections be open at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            registry: Arc::new(Registry {
+                stopping: AtomicBool::new(false),
+                open: Mutex::default(),
+                closed: Notify::new(),
+                limit: AtomicUsize::new(limit.max(1)),
+                room: Notify::new(),
+            }),
+        }
+    }
+
+    /// Changes the limit (a reload); connections already open stay open.
+    pub fn set_limit(&self, limit: usize) {
+        let limit = limit.max(1);
+        let before = self.registry.limit.swap(limit, Ordering::AcqRel);
+        if limit > before {
+            self.registry.room.notify_waiters();
+        }
+    }
+
+    /// The limit on open connections.
+    pub fn limit(&self) -> usize {
+        self.registry.limit.load(Ordering::Acquire)
+    }
+
+    /// Waits until fewer connections than the limit are open.
+    pub async fn room(&self) {
+        loop {
+            let room = self.registry.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.count() < self.limit() {
+                return;
+            }
+            room.await;
+        }
     }
 
     /// Registers a new connection; it counts as open until the watcher is dropped. A
@@ -119,6 +167,10 @@ impl Drop for Watcher {
         if open.signals.is_empty() && self.registry.stopping.load(Ordering::Acquire) {
             self.registry.closed.notify_waiters();
         }
+        // There is room again only when this one was at the limit (past it, there is none yet).
+        if open.signals.len() + 1 == self.registry.limit.load(Ordering::Acquire) {
+            self.registry.room.notify_waiters();
+        }
     }
 }
 
@@ -179,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_waits_for_every_open_connection() {
-        let graceful = Graceful::new();
+        let graceful = Graceful::new(usize::MAX);
         let a = graceful.watcher();
         let b = graceful.watcher();
         assert_eq!(graceful.count(), 2);
@@ -196,11 +248,55 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_opened_during_the_stop_is_told_to_stop() {
-        let graceful = Graceful::new();
+        let graceful = Graceful::new(usize::MAX);
         graceful.shutdown().await;
         let late = graceful.watcher();
         assert!(late.signal.stop.load(Ordering::Acquire));
         drop(late);
         assert_eq!(graceful.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn room_waits_while_the_limit_is_reached() {
+        let graceful = Graceful::new(2);
+        let a = graceful.watcher();
+        {
+            let room = graceful.room();
+            tokio::pin!(room);
+            assert!(!pending(room.as_mut()).await, "one of two open: room");
+        }
+        let b = graceful.watcher();
+        let room = graceful.room();
+        tokio::pin!(room);
+        assert!(pending(room.as_mut()).await, "two of two open: no room");
+        drop(a);
+        assert!(!pending(room.as_mut()).await, "a closed: room again");
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn raising_the_limit_makes_room_and_lowering_it_takes_it() {
+        let graceful = Graceful::new(1);
+        let a = graceful.watcher();
+        let room = graceful.room();
+        tokio::pin!(room);
+        assert!(pending(room.as_mut()).await);
+        graceful.set_limit(2);
+        assert!(
+            !pending(room.as_mut()).await,
+            "a raised limit wakes the waiter"
+        );
+        let b = graceful.watcher();
+        graceful.set_limit(1);
+        let room = graceful.room();
+        tokio::pin!(room);
+        assert!(pending(room.as_mut()).await);
+        drop(b);
+        assert!(
+            pending(room.as_mut()).await,
+            "still one open, the new limit"
+        );
+        drop(a);
+        assert!(!pending(room.as_mut()).await);
     }
 }

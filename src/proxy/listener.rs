@@ -138,6 +138,11 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     loop {
+        // At `maxconn`, stop accepting: new clients wait in the listen queue.
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            () = graceful.room() => {}
+        }
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,

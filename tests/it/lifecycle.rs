@@ -383,3 +383,126 @@ async fn the_proxy_runs_without_transparent_huge_pages_unless_told_otherwise() {
         run_one_backend_with_env("workers = 2", &[("MIMALLOC_ALLOW_THP", "0")]).await;
     assert_eq!(thp_enabled(wasp.child.id()).as_deref(), Some("0"));
 }
+
+/// The soft and hard limits on open files of process `pid`.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut values = line["Max open files".len()..].split_whitespace();
+    (
+        values.next().unwrap().to_owned(),
+        values.next().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_raises_its_open_file_limit_to_the_hard_limit() {
+    let (_, hard) = open_file_limits(std::process::id());
+    let hard_n: u64 = hard.parse().unwrap_or(u64::MAX);
+    assert!(
+        hard_n > 256,
+        "the hard limit here ({hard}) leaves nothing to raise a soft limit of 256 to"
+    );
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (_dir, path) = config_file(&format!(
+        r#"
+            [frontend.web]
+            bind = "127.0.0.1:0"
+            default_backend = "one"
+
+            [backend.one]
+            servers = [ {{ name = "one", addr = "{one}" }} ]
+            "#
+    ));
+    let wasp = Binary::run_with_soft_open_files(&path, 256);
+    // An unlimited hard limit is not one Linux takes for a soft limit: wasp uses fs.nr_open's
+    // default then.
+    let soft = if hard == "unlimited" {
+        "1048576".to_owned()
+    } else {
+        hard.clone()
+    };
+    assert_eq!(
+        open_file_limits(wasp.child.id()),
+        (soft, hard),
+        "the soft limit of 256 it was started with is raised to the hard one"
+    );
+    assert_eq!(
+        server_name(&get(&format!("http://{}/", wasp.addr)).await.2),
+        "one"
+    );
+}
+
+/// Sends one keep-alive request on `tcp` and reads its answer's first line.
+async fn ask(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reader = tokio::io::BufReader::new(tcp);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.unwrap();
+    status.trim_end().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_maxconn_new_clients_wait_until_a_connection_closes() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    // One worker: one accept loop, so the limit is exact.
+    let proxy = Proxy::start(&format!(
+        r#"
+        [global]
+        workers = 1
+        maxconn = 2
+
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "one"
+
+        [backend.one]
+        servers = [ {{ name = "one", addr = "{one}" }} ]
+        "#
+    ))
+    .await;
+    let connect = || tokio::net::TcpStream::connect(proxy.addr());
+    let (mut a, mut b) = (connect().await.unwrap(), connect().await.unwrap());
+    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+    assert_eq!(ask(&mut b).await, "HTTP/1.1 200 OK");
+    // The third connects (the kernel queues it) but is not accepted while two are open.
+    let mut c = connect().await.unwrap();
+    let third = tokio::spawn(async move { ask(&mut c).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served at maxconn = 2"
+    );
+    assert_eq!(
+        ask(&mut b).await,
+        "HTTP/1.1 200 OK",
+        "the open ones are served"
+    );
+    drop(a);
+    let answer = tokio::time::timeout(WAIT, third)
+        .await
+        .expect("the third is served once one closed")
+        .unwrap();
+    assert_eq!(answer, "HTTP/1.1 200 OK");
+}

@@ -577,9 +577,25 @@ impl Binary {
     /// [`Self::run`] with these environment variables set as well. `MIMALLOC_ALLOW_THP` is
     /// not passed on from the test's environment: wasp makes its own huge-page choice.
     pub fn run_with_env(path: &Path, vars: &[(&str, &str)]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasp"))
-            .args(["run", "-c"])
-            .arg(path)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasp"));
+        command.args(["run", "-c"]).arg(path);
+        Self::start(command, vars)
+    }
+
+    /// [`Self::run`] with the soft limit on open files lowered to `soft` (by the shell that
+    /// then becomes wasp: the same process).
+    pub fn run_with_soft_open_files(path: &Path, soft: u64) -> Binary {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -Sn {soft} && exec \"$0\" run -c \"$1\""))
+            .arg(env!("CARGO_BIN_EXE_wasp"))
+            .arg(path);
+        Self::start(command, &[])
+    }
+
+    fn start(mut command: Command, vars: &[(&str, &str)]) -> Binary {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("MIMALLOC_ALLOW_THP")
