@@ -18,7 +18,7 @@ mod overlay;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
@@ -118,6 +118,9 @@ pub struct Core {
     /// Reloads certificates when their files change; `None` when no watcher could start.
     cert_watch: std::sync::Mutex<Option<CertWatch>>,
     draining: AtomicBool,
+    /// The limit the connection registry applies (kept here too: the registry is gone once a
+    /// stop has begun).
+    maxconn: AtomicUsize,
     me: Weak<Core>,
 }
 
@@ -184,6 +187,7 @@ impl Runtime {
             admin: Mutex::new(None),
             cert_watch: std::sync::Mutex::new(cert_watch),
             draining: AtomicBool::new(false),
+            maxconn: AtomicUsize::new(maxconn),
             me: me.clone(),
         });
         if let Some(a) = &config.admin {
@@ -397,6 +401,7 @@ impl Core {
         if limit != graceful.limit() {
             tracing::info!(maxconn = limit, was = graceful.limit(), "maxconn changed");
             graceful.set_limit(limit);
+            self.maxconn.store(limit, Ordering::Release);
         }
         drop(graceful);
         let mut admin = self.admin.lock().await;
@@ -502,6 +507,10 @@ impl Control for Core {
 
     fn workers(&self) -> usize {
         self.workers.len()
+    }
+
+    fn maxconn(&self) -> usize {
+        self.maxconn.load(Ordering::Acquire)
     }
 
     fn reload(&self) -> admin::BoxFuture<'_, Result<(), ControlError>> {

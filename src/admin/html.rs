@@ -140,12 +140,13 @@ pub fn render(view: &StatsView, refresh: Duration) -> String {
     let _ = write!(
         out,
         "<h1>wasp stats</h1><div class=\"meta\">version {} &middot; pid {} &middot; up {} &middot; \
-         {} workers &middot; {} connections{}{}{}</div>",
+         {} workers &middot; {} connections (maxconn {}){}{}{}</div>",
         esc(p.version),
         p.pid,
         ago(p.uptime_seconds),
         p.workers,
         p.connections,
+        p.maxconn,
         p.rss_bytes
             .map(|b| format!(" &middot; RSS {}", bytes(b)))
             .unwrap_or_default(),

@@ -14,7 +14,7 @@
 //!   `wasp_server_active_requests`, `wasp_server_up` (health), `wasp_server_state{state}` (1 for the
 //!   current one of UP, DOWN, MAINT, DRAIN), `wasp_server_weight`, `wasp_server_checks{result}`,
 //!   `wasp_server_last_change_seconds`;
-//! - `wasp_process_resident_memory_bytes`, `wasp_open_connections`, `wasp_uptime_seconds`,
+//! - `wasp_process_resident_memory_bytes`, `wasp_open_connections`, `wasp_maxconn`, `wasp_uptime_seconds`,
 //!   `wasp_draining`;
 //! - `wasp_plugin_version` (gauge), `wasp_plugin_calls`, `wasp_plugin_errors{kind}`,
 //!   `wasp_plugin_rejected_loads`, `wasp_plugin_decision_time_seconds` (histogram, buckets
@@ -205,6 +205,15 @@ impl Collector for ViewCollector {
             "Client connections open on every frontend.",
             None,
             [(no_labels(), gauge(view.process.connections))],
+        )?;
+        f.gauges(
+            "wasp_maxconn",
+            "The most client connections open at once ([global] maxconn).",
+            None,
+            [(
+                no_labels(),
+                gauge(u64::try_from(view.process.maxconn).unwrap_or(u64::MAX)),
+            )],
         )?;
         f.gauges(
             "wasp_uptime",

@@ -42,6 +42,8 @@ pub trait Control: Send + Sync + 'static {
     fn draining(&self) -> bool;
     /// Worker threads serving connections.
     fn workers(&self) -> usize;
+    /// The most client connections open at once (`[global] maxconn`, or its default).
+    fn maxconn(&self) -> usize;
     /// Re-reads and applies the config file, as SIGHUP does.
     fn reload(&self) -> BoxFuture<'_, Result<(), ControlError>>;
     /// Adds a server to a backend at run time.

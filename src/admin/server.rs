@@ -66,6 +66,7 @@ impl Context {
             started: process_start(),
             draining: control.draining(),
             workers: control.workers(),
+            maxconn: control.maxconn(),
         };
         let view = build(
             &snapshot,

@@ -73,6 +73,8 @@ pub struct ProcessView {
     pub rss_bytes: Option<u64>,
     /// Client connections open on every frontend.
     pub connections: u64,
+    /// The most client connections open at once (`[global] maxconn`).
+    pub maxconn: usize,
     pub workers: usize,
     /// True once a graceful stop has begun.
     pub draining: bool,
@@ -239,6 +241,7 @@ pub struct ProcessFacts {
     pub started: Instant,
     pub draining: bool,
     pub workers: usize,
+    pub maxconn: usize,
 }
 
 /// Builds the view of `snapshot` (servers' run-time state comes through it) and `plugins`.
@@ -262,6 +265,7 @@ pub fn build(
             uptime_seconds: process.started.elapsed().as_secs(),
             rss_bytes: rss_bytes(),
             connections,
+            maxconn: process.maxconn,
             workers: process.workers,
             draining: process.draining,
         },

@@ -215,6 +215,7 @@ async fn metrics_parse_with_a_prometheus_parser_and_count_the_traffic() {
         r#"
         [global]
         access_log = false
+        maxconn = 777
         [admin]
         bind = "127.0.0.1:0"
         [frontend.web]
@@ -324,6 +325,8 @@ async fn metrics_parse_with_a_prometheus_parser_and_count_the_traffic() {
     );
     assert!(m.value("wasp_process_resident_memory_bytes", &[]) > 1e6);
     assert!(m.value("wasp_open_connections", &[]) >= 0.0);
+    assert_eq!(m.value("wasp_maxconn", &[]), 777.0);
+    assert_eq!(stats(addr).await["process"]["maxconn"], 777);
     // The latency histogram counts every timed response of the backend.
     let buckets = m.histogram("wasp_backend_response_time_seconds", &[("backend", "app")]);
     assert_eq!(buckets.len(), wasp::counters::BUCKETS);

@@ -445,11 +445,13 @@ async fn ask(tcp: &mut tokio::net::TcpStream) -> String {
         .unwrap();
     let mut reader = tokio::io::BufReader::new(tcp);
     let mut status = String::new();
-    reader.read_line(&mut status).await.unwrap();
+    let read = reader.read_line(&mut status).await.unwrap();
+    assert!(read > 0, "the proxy closed the connection");
     let mut length = 0;
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).await.unwrap();
+        let read = reader.read_line(&mut line).await.unwrap();
+        assert!(read > 0, "the proxy closed the connection mid-head");
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             length = v.trim().parse().unwrap();
         }
@@ -462,26 +464,38 @@ async fn ask(tcp: &mut tokio::net::TcpStream) -> String {
     status.trim_end().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_maxconn_new_clients_wait_until_a_connection_closes() {
-    let servers = Servers::new();
-    let one = servers.echo("one").await;
-    // One worker: one accept loop, so the limit is exact.
-    let proxy = Proxy::start(&format!(
+/// One worker (one accept loop, so that the limit is exact), `maxconn`, one echo server.
+/// Idle connections are kept far longer than the tests wait: only the tests close them.
+fn limited(one: SocketAddr, maxconn: usize) -> String {
+    format!(
         r#"
         [global]
         workers = 1
-        maxconn = 2
+        maxconn = {maxconn}
 
         [frontend.web]
         bind = "127.0.0.1:0"
         default_backend = "one"
+        timeout = {{ client = "300s", http_request = "300s", http_keep_alive = "300s" }}
 
         [backend.one]
         servers = [ {{ name = "one", addr = "{one}" }} ]
         "#
-    ))
-    .await;
+    )
+}
+
+/// Whether `third` (a request on a connection made at the limit) is still unanswered a
+/// moment later: a window for something not to happen, not a wait for something that will.
+async fn still_waiting<T>(third: &tokio::task::JoinHandle<T>) -> bool {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    !third.is_finished()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_maxconn_new_clients_wait_until_a_connection_closes() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let proxy = Proxy::start(&limited(one, 2)).await;
     let connect = || tokio::net::TcpStream::connect(proxy.addr());
     let (mut a, mut b) = (connect().await.unwrap(), connect().await.unwrap());
     assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
@@ -489,9 +503,8 @@ async fn at_maxconn_new_clients_wait_until_a_connection_closes() {
     // The third connects (the kernel queues it) but is not accepted while two are open.
     let mut c = connect().await.unwrap();
     let third = tokio::spawn(async move { ask(&mut c).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        !third.is_finished(),
+        still_waiting(&third).await,
         "a third connection was served at maxconn = 2"
     );
     assert_eq!(
@@ -505,4 +518,28 @@ async fn at_maxconn_new_clients_wait_until_a_connection_closes() {
         .expect("the third is served once one closed")
         .unwrap();
     assert_eq!(answer, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_raises_maxconn_lets_waiting_clients_in() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let proxy = Proxy::start(&limited(one, 1)).await;
+    let connect = || tokio::net::TcpStream::connect(proxy.addr());
+    let mut a = connect().await.unwrap();
+    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+    let mut b = connect().await.unwrap();
+    let second = tokio::spawn(async move { ask(&mut b).await });
+    assert!(
+        still_waiting(&second).await,
+        "a second connection was served at maxconn = 1"
+    );
+    std::fs::write(&proxy.path, limited(one, 2)).unwrap();
+    proxy.runtime.reload().await.expect("reload");
+    let answer = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second is served once the limit is 2, with the first still open")
+        .unwrap();
+    assert_eq!(answer, "HTTP/1.1 200 OK");
+    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
 }
