@@ -56,7 +56,8 @@ pub const RESERVED_FILES: u64 = 64;
 
 /// The default `[global] maxconn` for an open-file limit of `open_files`: half of what is left
 /// after [`RESERVED_FILES`], since a client connection and its connection to a server take a
-/// descriptor each (HAProxy derives its default the same way).
+/// descriptor each (HAProxy, without a `maxconn`, also derives one from the open-file limit
+/// at two descriptors per connection).
 pub fn default_maxconn(open_files: u64) -> usize {
     let half = open_files.saturating_sub(RESERVED_FILES) / 2;
     usize::try_from(half).unwrap_or(usize::MAX).max(1)

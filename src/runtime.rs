@@ -397,12 +397,6 @@ impl Core {
                 }
             }
         }
-        let limit = maxconn(&config);
-        if limit != graceful.limit() {
-            tracing::info!(maxconn = limit, was = graceful.limit(), "maxconn changed");
-            graceful.set_limit(limit);
-            self.maxconn.store(limit, Ordering::Release);
-        }
         drop(graceful);
         let mut admin = self.admin.lock().await;
         let mut old_admin = None;
@@ -444,6 +438,15 @@ impl Core {
         }
         self.plugins.commit(&set);
         self.proxy.install(snapshot);
+        // With the snapshot: a reload that fails changes nothing.
+        let limit = maxconn(&config);
+        if let Some(graceful) = self.graceful.upgrade()
+            && limit != graceful.limit()
+        {
+            tracing::info!(maxconn = limit, was = graceful.limit(), "maxconn changed");
+            graceful.set_limit(limit);
+            self.maxconn.store(limit, Ordering::Release);
+        }
         if let Some(w) = self
             .cert_watch
             .lock()
