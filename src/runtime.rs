@@ -631,11 +631,26 @@ fn watch_plugins(
 }
 
 /// `[global] maxconn`, else derived from the open-file limit.
+/// A configured value that the open-file limit cannot carry (a client connection and its
+/// server's take a descriptor each) is logged: like HAProxy, wasp then runs with it, and
+/// accepts fail with "too many open files" before the limit is reached.
 fn maxconn(config: &Config) -> usize {
-    config
-        .global
-        .maxconn
-        .unwrap_or_else(|| crate::limits::default_maxconn(crate::limits::open_files()))
+    let files = crate::limits::open_files();
+    let fits = crate::limits::default_maxconn(files);
+    match config.global.maxconn {
+        Some(n) if n > fits => {
+            tracing::warn!(
+                maxconn = n,
+                open_file_limit = files,
+                fits,
+                "maxconn is more than the open-file limit can serve; raise the hard limit \
+                 (ulimit -Hn, systemd LimitNOFILE=) or lower maxconn"
+            );
+            n
+        }
+        Some(n) => n,
+        None => fits,
+    }
 }
 
 fn open(

@@ -408,8 +408,12 @@ async fn the_proxy_raises_its_open_file_limit_to_the_hard_limit() {
     );
     let servers = Servers::new();
     let one = servers.echo("one").await;
+    // More than even the raised limit carries: said at start.
     let (_dir, path) = config_file(&format!(
         r#"
+            [global]
+            maxconn = 1073741824
+
             [frontend.web]
             bind = "127.0.0.1:0"
             default_backend = "one"
@@ -430,6 +434,15 @@ async fn the_proxy_raises_its_open_file_limit_to_the_hard_limit() {
         open_file_limits(wasp.child.id()),
         (soft, hard),
         "the soft limit of 256 it was started with is raised to the hard one"
+    );
+    let log = wasp.start_log.join("\n");
+    assert!(
+        log.contains("open-file limit raised") && log.contains("was=256"),
+        "{log}"
+    );
+    assert!(
+        log.contains("maxconn is more than the open-file limit can serve"),
+        "{log}"
     );
     assert_eq!(
         server_name(&get(&format!("http://{}/", wasp.addr)).await.2),

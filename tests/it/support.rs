@@ -566,6 +566,8 @@ pub struct Binary {
     pub child: Child,
     pub lines: mpsc::Receiver<String>,
     pub addr: SocketAddr,
+    /// The log lines up to the first `listening` one (start-up).
+    pub start_log: Vec<String>,
 }
 
 impl Binary {
@@ -618,9 +620,24 @@ impl Binary {
             child,
             lines,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            start_log: Vec::new(),
         };
-        let line = binary.wait_for("listening", Duration::from_secs(20));
-        binary.addr = field(&line, "listener")
+        let limit = Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = binary
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no listening line within {limit:?}"));
+            let listening = line.contains("listening");
+            binary.start_log.push(line);
+            if listening {
+                break;
+            }
+        }
+        let line = binary.start_log.last().expect("the listening line");
+        binary.addr = field(line, "listener")
             .parse()
             .expect("listener address in log");
         binary
