@@ -622,20 +622,7 @@ impl Binary {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             start_log: Vec::new(),
         };
-        let limit = Duration::from_secs(20);
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = binary
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no listening line within {limit:?}"));
-            let listening = line.contains("listening");
-            binary.start_log.push(line);
-            if listening {
-                break;
-            }
-        }
+        binary.start_log = binary.lines_until("listening", Duration::from_secs(20));
         let line = binary.start_log.last().expect("the listening line");
         binary.addr = field(line, "listener")
             .parse()
@@ -645,12 +632,24 @@ impl Binary {
 
     /// Waits for a log line containing `needle`.
     pub fn wait_for(&self, needle: &str, limit: Duration) -> String {
+        let mut lines = self.lines_until(needle, limit);
+        lines.pop().expect("the line found")
+    }
+
+    /// The log lines read until one contains `needle`, that one last; panics after `limit`.
+    fn lines_until(&self, needle: &str, limit: Duration) -> Vec<String> {
         let deadline = std::time::Instant::now() + limit;
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    lines.push(line);
+                    if found {
+                        return lines;
+                    }
+                }
                 Err(_) => panic!("no log line containing {needle:?} within {limit:?}"),
             }
         }
