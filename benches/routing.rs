@@ -92,6 +92,7 @@ fn frontend(acls: &[(String, String)], rules: &[(String, String)], default: &str
         binds: vec![wasp::config::Bind {
             addr: "127.0.0.1:8080".parse().expect("static address"),
             tls: None,
+            accept_proxy: None,
         }],
         redirect: None,
         mode: Mode::Http,

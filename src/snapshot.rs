@@ -6,7 +6,7 @@
 //! the shared [`StateTable`], so they carry over from one snapshot to the next.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use http::uri::{Authority, Scheme};
 use rustc_hash::FxHashMap;
 
 use crate::balance::Balancer;
-use crate::config::acl::{AclRef, AclSpec, Fetch};
+use crate::config::acl::{AclRef, AclSpec, Fetch, IpNet};
 use crate::config::{Config, Global, Mode, Observe, Redirect, SendProxy, Timeouts};
 use crate::health::{BackendState, FrontendState, ServerKey, ServerState, StateTable};
 use crate::plugin::PluginSet;
@@ -136,11 +136,13 @@ pub struct Snapshot {
     by_bind: FxHashMap<ListenKey, Listen>,
 }
 
-/// What a listener serves: its frontend, and TLS termination when configured.
+/// What a listener serves: its frontend, TLS termination when configured, and the peers that
+/// announce their clients with a PROXY protocol header.
 #[derive(Debug)]
 struct Listen {
     frontend: usize,
     tls: Option<Arc<TlsListener>>,
+    accept_proxy: Option<Box<[IpNet]>>,
 }
 
 /// Identifies a listener across reloads: its configured address, plus the frontend's name when
@@ -188,6 +190,15 @@ impl Snapshot {
     /// The TLS termination of the listener `key`, if it has one.
     pub fn tls_for(&self, key: &ListenKey) -> Option<&Arc<TlsListener>> {
         self.by_bind.get(key).and_then(|l| l.tls.as_ref())
+    }
+
+    /// Whether connections from `peer` to the listener `key` start with a PROXY protocol header
+    /// (the bind's `accept_proxy` lists a network holding it).
+    pub fn expects_proxy_header(&self, key: &ListenKey, peer: IpAddr) -> bool {
+        self.by_bind
+            .get(key)
+            .and_then(|l| l.accept_proxy.as_deref())
+            .is_some_and(|nets| nets.iter().any(|n| n.contains(peer)))
     }
 
     /// Every TLS listener of this snapshot (to reload their certificates).
@@ -316,7 +327,11 @@ pub fn build_snapshot(
             };
             by_bind.insert(
                 ListenKey::new(&f.name, bind.addr),
-                Listen { frontend: i, tls },
+                Listen {
+                    frontend: i,
+                    tls,
+                    accept_proxy: bind.accept_proxy.as_deref().map(Box::from),
+                },
             );
         }
         frontends.push(Frontend {

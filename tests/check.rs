@@ -247,6 +247,23 @@ fn bad_address() {
     );
 }
 
+/// `accept_proxy` lists that are empty or hold something other than an address or a CIDR.
+#[test]
+fn accept_proxy() {
+    expect(
+        "accept_proxy",
+        1,
+        &[
+            r#"accept_proxy.toml:4:45: error: frontend.web.bind[0].accept_proxy: accept_proxy needs at least one address"#,
+            r#"    = help: list the peers that send the PROXY protocol, e.g. accept_proxy = ["10.0.0.0/8"]"#,
+            r#"accept_proxy.toml:5:61: error: frontend.web.bind[1].accept_proxy[1]: invalid address or cidr "lb.internal""#,
+            r#"    = help: e.g. 10.0.0.1, 10.0.0.0/8, 10.0.0.0/255.0.0.0, ::1 or 2001:db8::/32"#,
+            r#"accept_proxy.toml:5:80: error: frontend.web.bind[1].accept_proxy[2]: prefix length 129 is out of range 0..=128"#,
+            r#"check: 3 errors"#,
+        ],
+    );
+}
+
 /// A server host name that does not resolve.
 #[test]
 fn unresolvable_host() {

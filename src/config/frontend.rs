@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use crate::config::acl::{self, AclError, AclSpec, Condition};
+use crate::config::acl::{self, AclError, AclSpec, Condition, IpNet};
 use crate::config::addr;
 use crate::config::diag::{Sink, did_you_mean, quoted_list};
 use crate::config::model::{Mode, Redirect, TlsConfig};
@@ -41,11 +41,13 @@ pub(crate) struct RawFrontend {
     pub(crate) router: Option<At<String>>,
 }
 
-/// One `bind` entry: where it was written, and its TLS settings.
+/// One `bind` entry: where it was written, its TLS settings and the peers it takes the PROXY
+/// protocol from.
 #[derive(Debug)]
 pub(crate) struct RawBind {
     pub(crate) addr: At<SocketAddr>,
     pub(crate) tls: Option<TlsConfig>,
+    pub(crate) accept_proxy: Option<Vec<IpNet>>,
 }
 
 #[derive(Debug)]
@@ -111,7 +113,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
     Some(f)
 }
 
-/// `bind`: an address, a `{ addr, tls }` table, or an array of either.
+/// `bind`: an address, a `{ addr, tls, accept_proxy }` table, or an array of either.
 fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<RawBind> {
     let items = if matches!(item.value.get_ref(), DeValue::Table(_)) {
         vec![item.clone()]
@@ -131,20 +133,24 @@ fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<RawBind> {
     }
     let mut out: Vec<RawBind> = Vec::new();
     for i in &items {
-        let (b, tls) = if matches!(i.value.get_ref(), DeValue::Table(_)) {
+        let (b, tls, accept_proxy) = if matches!(i.value.get_ref(), DeValue::Table(_)) {
             let Some(mut t) = i.table(sink) else { continue };
             let addr = t.require(sink, "addr").and_then(|a| bind_one(&a, sink));
             let tls_item = t.take("tls");
             let tls = tls_item.as_ref().and_then(|x| bind_tls(x, sink));
+            let proxy_item = t.take("accept_proxy");
+            let accept_proxy = proxy_item.as_ref().and_then(|x| trusted_peers(x, sink));
             t.finish(sink);
-            match (addr, tls_item.is_some(), tls) {
-                (Some(a), false, _) => (a, None),
-                (Some(a), true, Some(tls)) => (a, Some(tls)),
+            // An invalid key was reported; the bind is left out.
+            let valid = tls_item.is_some() == tls.is_some()
+                && proxy_item.is_some() == accept_proxy.is_some();
+            match addr {
+                Some(a) if valid => (a, tls, accept_proxy),
                 _ => continue,
             }
         } else {
             let Some(b) = bind_one(i, sink) else { continue };
-            (b, None)
+            (b, None, None)
         };
         match out
             .iter()
@@ -160,10 +166,45 @@ fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<RawBind> {
                 sink.error(b.at, &b.path, message)
                     .help(format!("already bound by {}", prev.path));
             }
-            None => out.push(RawBind { addr: b, tls }),
+            None => out.push(RawBind {
+                addr: b,
+                tls,
+                accept_proxy,
+            }),
         }
     }
     out
+}
+
+/// `accept_proxy`: the peers that send a PROXY protocol header, each an address or a CIDR (as
+/// in a `src` ACL); one string, or an array of at least one.
+fn trusted_peers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Vec<IpNet>> {
+    let entries = item.one_or_many(sink)?;
+    if entries.is_empty() {
+        sink.error(
+            item.start(),
+            &item.path,
+            "accept_proxy needs at least one address",
+        )
+        .help("list the peers that send the PROXY protocol, e.g. accept_proxy = [\"10.0.0.0/8\"]");
+        return None;
+    }
+    let mut nets = Vec::with_capacity(entries.len());
+    let mut valid = true;
+    for entry in &entries {
+        let Some(s) = entry.str(sink) else {
+            valid = false;
+            continue;
+        };
+        match acl::parse_net(s.value) {
+            Ok(net) => nets.push(net),
+            Err(e) => {
+                acl_error(sink, &s, &entry.path, e);
+                valid = false;
+            }
+        }
+    }
+    valid.then_some(nets)
 }
 
 fn acl_error(sink: &mut Sink<'_>, s: &Str<'_>, path: &str, e: AclError) {
@@ -303,4 +344,54 @@ fn condition(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> Op
             .help(help);
     }
     valid.then_some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::path::Path;
+
+    use crate::config::load_str;
+    use crate::config::tests::messages;
+
+    const BACKEND: &str = "[backend.app]\nservers = [{ name = \"s\", addr = \"127.0.0.1:2\" }]\n";
+
+    #[test]
+    fn accept_proxy_lists_the_trusted_peers_of_one_bind() {
+        let src = format!(
+            "[frontend.web]\ndefault_backend = \"app\"\nbind = [\n  \"127.0.0.1:1\",\n  {{ addr = \"127.0.0.1:2\", accept_proxy = [\"10.0.0.0/8\", \"::1\"] }},\n  {{ addr = \"127.0.0.1:3\", accept_proxy = \"192.0.2.7\" }},\n]\n{BACKEND}"
+        );
+        let (config, report) = load_str(&src, Path::new("t.toml"));
+        assert_eq!(report.diagnostics, []);
+        let binds = &config.expect("config").frontends[0].binds;
+        assert_eq!(binds[0].accept_proxy, None);
+        let trusts = |i: usize, ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            binds[i]
+                .accept_proxy
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|n| n.contains(ip))
+        };
+        assert!(trusts(1, "10.9.8.7") && trusts(1, "::1") && !trusts(1, "11.0.0.1"));
+        assert!(trusts(2, "192.0.2.7") && !trusts(2, "192.0.2.8"));
+    }
+
+    #[test]
+    fn accept_proxy_entries_are_checked_where_they_are_written() {
+        let src = format!(
+            "[frontend.web]\ndefault_backend = \"app\"\nbind = [\n  {{ addr = \"127.0.0.1:1\", accept_proxy = [] }},\n  {{ addr = \"127.0.0.1:2\", accept_proxy = [\"10.0.0.0/33\", \"lb1\", 7] }},\n  {{ addr = \"127.0.0.1:3\", accept_proxy = 10 }},\n]\n{BACKEND}"
+        );
+        assert_eq!(
+            messages(&src),
+            [
+                "4:42 frontend.web.bind[0].accept_proxy: accept_proxy needs at least one address",
+                "5:53 frontend.web.bind[1].accept_proxy[0]: prefix length 33 is out of range 0..=32",
+                "5:59 frontend.web.bind[1].accept_proxy[1]: invalid address or cidr \"lb1\"",
+                "5:65 frontend.web.bind[1].accept_proxy[2]: expected a string, found an integer",
+                "6:42 frontend.web.bind[2].accept_proxy: expected a string or an array of strings, found an integer",
+            ]
+        );
+    }
 }

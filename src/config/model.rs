@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::acl::{AclSpec, Condition};
+use crate::config::acl::{AclSpec, Condition, IpNet};
 
 /// Default limit for a request head (request line plus headers), as HAProxy's `tune.bufsize`.
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
@@ -184,6 +184,9 @@ impl Default for Timeouts {
 pub struct Bind {
     pub addr: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// `accept_proxy`: the peers (never empty) whose connections start with a PROXY protocol
+    /// header announcing the client's address; `None`: no peer sends one.
+    pub accept_proxy: Option<Vec<IpNet>>,
 }
 
 /// `redirect`: what a frontend answers on its cleartext listeners instead of routing.

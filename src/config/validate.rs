@@ -276,6 +276,7 @@ fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
             .map(|b| Bind {
                 addr: b.addr.value,
                 tls: b.tls,
+                accept_proxy: b.accept_proxy,
             })
             .collect(),
         redirect: f.redirect,

@@ -53,10 +53,12 @@ struct Connected {
     active: ActiveGuard,
 }
 
-/// Serves one TCP-mode connection accepted on the listener `bind`.
+/// Serves one TCP-mode connection accepted on the listener `bind`, from `client` to `local`
+/// (the connection's own addresses, or those its PROXY protocol header announced).
 pub async fn serve(
     client_tcp: TcpStream,
     client: SocketAddr,
+    local: SocketAddr,
     bind: ListenKey,
     proxy: Arc<Proxy>,
     watcher: Watcher,
@@ -73,7 +75,6 @@ pub async fn serve(
     let log = snapshot.global.access_log;
     let mut client_tcp = client_tcp;
     let _ = client_tcp.set_nodelay(true);
-    let local = client_tcp.local_addr().unwrap_or(bind.addr);
 
     let head = if frontend.inspects_sni {
         peek_sni(&mut client_tcp, CLIENT_HELLO_LIMIT, frontend.inspect_delay).await

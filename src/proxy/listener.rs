@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Mode;
 use crate::health::FrontendState;
 use crate::proxy::Proxy;
+use crate::proxy::accept_proxy::{self, Announced, HeaderError};
 use crate::proxy::canon::HostCache;
 use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::graceful::{Graceful, Watcher};
@@ -187,20 +188,48 @@ async fn accept_loop(
 }
 
 async fn serve_connection(
-    tcp: TcpStream,
-    client: SocketAddr,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
     bind: ListenKey,
     local_port: u16,
     proxy: Arc<Proxy>,
     watcher: Watcher,
 ) {
-    let snapshot = proxy.snapshot();
+    let mut snapshot = proxy.snapshot();
+    let (mut client, mut local) = (peer, None);
+    if snapshot.expects_proxy_header(&bind, peer.ip()) {
+        // The header stands for the peer's client: everything below sees the client's address
+        // (and the address it connected to) as if it had connected itself.
+        let Some(frontend) = snapshot.frontend_for(&bind) else {
+            return;
+        };
+        let (timeout, state) = (frontend.timeouts.client, Arc::clone(&frontend.state));
+        drop(snapshot);
+        match accept_proxy::read_header(&mut tcp, timeout).await {
+            Ok(Announced::Client {
+                client: announced,
+                local: to,
+            }) => (client, local) = (announced, Some(to)),
+            Ok(Announced::Local) => {}
+            Err(HeaderError::Silent) => {
+                tracing::debug!(%peer, frontend = state.name(), "connection closed before its PROXY header");
+                return;
+            }
+            Err(e) => {
+                state.traffic.count_error();
+                tracing::info!(%peer, frontend = state.name(), error = %e, "PROXY header refused");
+                return;
+            }
+        }
+        snapshot = proxy.snapshot();
+    }
     let Some(frontend) = snapshot.frontend_for(&bind) else {
         return;
     };
     if frontend.mode == Mode::Tcp {
         drop(snapshot);
-        return l4::serve(tcp, client, bind, proxy, watcher).await;
+        let local = local.unwrap_or_else(|| tcp.local_addr().unwrap_or(bind.addr));
+        return l4::serve(tcp, client, local, bind, proxy, watcher).await;
     }
     let _ = tcp.set_nodelay(true);
     let tls = snapshot.tls_for(&bind).map(|t| Arc::clone(&t.config));
@@ -215,7 +244,7 @@ async fn serve_connection(
         },
         max_header_size: frontend.max_header_size,
         bind,
-        local_port,
+        local_port: local.map_or(local_port, |l| l.port()),
         proxy: Arc::clone(&proxy),
     };
     drop(snapshot);

@@ -1,7 +1,7 @@
 //! The data path: listeners, the HTTP request path, forwarding, error answers, access log.
 //!
-//! `listener` accepts and serves connections (`client_io` enforces client timeouts at the
-//! socket), `http` carries each request through routing, balancing and forwarding (`canon`
+//! `listener` accepts and serves connections (`accept_proxy` reads the PROXY protocol header
+//! of trusted peers, `client_io` enforces client timeouts at the socket), `http` carries each request through routing, balancing and forwarding (`canon`
 //! makes its authority and path canonical, `headers` rewrites headers), `respond` is the one
 //! place failures become statuses, `body` and `access` finish each response with its log line.
 //! `workers` runs the accept loops and the connections on per-thread runtimes (`sched` sets a
@@ -10,6 +10,7 @@
 //! 101 into a WebSocket tunnel. TCP-mode frontends hand their connections to `l4`, which routes
 //! and relays them with `tcp`'s building blocks.
 
+pub mod accept_proxy;
 pub mod access;
 pub mod body;
 pub mod canon;

@@ -284,6 +284,7 @@ mod tests {
             binds: vec![crate::config::Bind {
                 addr: "127.0.0.1:8080".parse().unwrap(),
                 tls: None,
+                accept_proxy: None,
             }],
             redirect: None,
             mode: Mode::Http,

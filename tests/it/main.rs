@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accept_proxy;
 mod admin;
 
 mod failover;

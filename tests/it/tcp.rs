@@ -40,7 +40,7 @@ async fn tcp_echo(name: &str) -> SocketAddr {
 
 /// A TCP server that reads each connection to its end, reports the bytes on the channel, then
 /// answers `got N` and closes.
-async fn tcp_recorder() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+pub(crate) async fn tcp_recorder() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -197,7 +197,7 @@ async fn failed_connects_are_retried_on_the_next_server() {
 }
 
 /// Reads a PROXY header from `tcp`'s recorded bytes: (the header, the payload after it).
-fn split_proxy_header(bytes: &[u8]) -> (ppp::HeaderResult<'_>, &[u8]) {
+pub(crate) fn split_proxy_header(bytes: &[u8]) -> (ppp::HeaderResult<'_>, &[u8]) {
     let header = ppp::HeaderResult::parse(bytes);
     let len = match &header {
         ppp::HeaderResult::V1(Ok(h)) => h.header.len(),

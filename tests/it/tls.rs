@@ -26,14 +26,14 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::support::{Proxy, Servers, channel_body, server_name, wait_until};
 
 /// A certificate authority made for one test.
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
     /// The CA certificate (PEM) on disk.
-    pem: PathBuf,
+    pub(crate) pem: PathBuf,
 }
 
 impl TestCa {
-    fn new(dir: &Path, stem: &str) -> Self {
+    pub(crate) fn new(dir: &Path, stem: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -46,7 +46,7 @@ impl TestCa {
     }
 
     /// A certificate for `names` signed by this CA, written as `stem.pem` and `stem.key`.
-    fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    pub(crate) fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let params = CertificateParams::new(names).unwrap();
         let key = KeyPair::generate().unwrap();
@@ -65,7 +65,7 @@ fn der(cert: &Path) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(cert).unwrap()
 }
 
-fn connector(ca: &Path, alpn: &[&[u8]]) -> TlsConnector {
+pub(crate) fn connector(ca: &Path, alpn: &[&[u8]]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der(ca)).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -117,7 +117,7 @@ async fn h1_get(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn tls_table(cert: &Path, key: &Path) -> String {
+pub(crate) fn tls_table(cert: &Path, key: &Path) -> String {
     format!(
         "{{ cert = \"{}\", key = \"{}\" }}",
         cert.display(),

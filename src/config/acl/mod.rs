@@ -22,6 +22,7 @@ mod lexer;
 mod pattern;
 
 use lexer::tokenize;
+pub use pattern::parse_net;
 use pattern::parse_test;
 
 /// A problem in an ACL line or a condition.

@@ -219,14 +219,26 @@ fn parse_lengths(tokens: &[Token]) -> Result<Vec<Pattern>, AclError> {
     }
 }
 
-/// An address, `ADDR/PREFIX`, or (IPv4) `ADDR/NETMASK`.
+/// An address, `ADDR/PREFIX`, or (IPv4) `ADDR/NETMASK`, as a `src` or `-m ip` pattern.
 fn parse_ip(t: &Token) -> Result<Pattern, AclError> {
-    let word = t.text.as_str();
+    parse_net(&t.text).map(Pattern::Ip).map_err(|mut e| {
+        // An error in the prefix points at it only when the word is as written (unquoted).
+        if e.offset > 0 && !t.verbatim {
+            e.offset = 0;
+        }
+        e.offset += t.offset;
+        e
+    })
+}
+
+/// An address, `ADDR/PREFIX`, or (IPv4) `ADDR/NETMASK`: the networks of `src` patterns and of a
+/// bind's `accept_proxy`. Error offsets are relative to `word`.
+pub fn parse_net(word: &str) -> Result<IpNet, AclError> {
     let (addr, prefix) = word
         .split_once('/')
         .map_or((word, None), |(a, p)| (a, Some(p)));
     let invalid = || {
-        AclError::new(t.offset, format!("invalid address or cidr \"{word}\""))
+        AclError::new(0, format!("invalid address or cidr \"{word}\""))
             .help("e.g. 10.0.0.1, 10.0.0.0/8, 10.0.0.0/255.0.0.0, ::1 or 2001:db8::/32")
     };
     let ip: IpAddr = addr.parse().map_err(|_| invalid())?;
@@ -237,13 +249,8 @@ fn parse_ip(t: &Token) -> Result<Pattern, AclError> {
         {
             Ok(n) if n <= max => n,
             _ => {
-                let at = if t.verbatim {
-                    t.offset + addr.len() + 1
-                } else {
-                    t.offset
-                };
                 return Err(AclError::new(
-                    at,
+                    addr.len() + 1,
                     format!("prefix length {p} is out of range 0..={max}"),
                 ));
             }
@@ -257,5 +264,5 @@ fn parse_ip(t: &Token) -> Result<Pattern, AclError> {
             _ => return Err(invalid()),
         },
     };
-    Ok(Pattern::Ip(IpNet::new(ip, prefix)))
+    Ok(IpNet::new(ip, prefix))
 }
