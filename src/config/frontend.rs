@@ -181,12 +181,10 @@ fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<RawBind> {
 fn trusted_peers(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Vec<IpNet>> {
     let entries = item.one_or_many(sink)?;
     if entries.is_empty() {
-        sink.error(
-            item.start(),
-            &item.path,
-            "accept_proxy needs at least one address",
-        )
-        .help("list the peers that send the PROXY protocol, e.g. accept_proxy = [\"10.0.0.0/8\"]");
+        let message = "accept_proxy needs at least one address";
+        sink.error(item.start(), &item.path, message).help(
+            "list the peers that send the PROXY protocol, e.g. accept_proxy = [\"10.0.0.0/8\"]",
+        );
         return None;
     }
     let mut nets = Vec::with_capacity(entries.len());

@@ -138,35 +138,44 @@ pub fn header_len(bytes: &[u8]) -> Result<Option<usize>, HeaderError> {
 
 /// What the complete header `header` (as [`header_len`] framed it) announces.
 pub fn parse(header: &[u8]) -> Result<Announced, HeaderError> {
-    if header.starts_with(V1_PREFIX) {
-        let parsed = ppp::v1::Header::try_from(header).map_err(invalid)?;
-        return Ok(match parsed.addresses {
-            ppp::v1::Addresses::Tcp4(a) => Announced::Client {
-                client: (a.source_address, a.source_port).into(),
-                local: (a.destination_address, a.destination_port).into(),
-            },
-            ppp::v1::Addresses::Tcp6(a) => Announced::Client {
-                client: (a.source_address, a.source_port).into(),
-                local: (a.destination_address, a.destination_port).into(),
-            },
-            ppp::v1::Addresses::Unknown => Announced::Local,
-        });
-    }
-    let parsed = ppp::v2::Header::try_from(header).map_err(invalid)?;
-    if parsed.command == ppp::v2::Command::Local {
-        return Ok(Announced::Local);
-    }
-    Ok(match parsed.addresses {
-        ppp::v2::Addresses::IPv4(a) => Announced::Client {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        },
-        ppp::v2::Addresses::IPv6(a) => Announced::Client {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        },
-        ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => Announced::Local,
-    })
+    // v1 and v2 headers carry the same address types.
+    let addresses = if header.starts_with(V1_PREFIX) {
+        match ppp::v1::Header::try_from(header)
+            .map_err(invalid)?
+            .addresses
+        {
+            ppp::v1::Addresses::Tcp4(a) => Endpoints::V4(a),
+            ppp::v1::Addresses::Tcp6(a) => Endpoints::V6(a),
+            ppp::v1::Addresses::Unknown => return Ok(Announced::Local),
+        }
+    } else {
+        let parsed = ppp::v2::Header::try_from(header).map_err(invalid)?;
+        match parsed.addresses {
+            _ if parsed.command == ppp::v2::Command::Local => return Ok(Announced::Local),
+            ppp::v2::Addresses::IPv4(a) => Endpoints::V4(a),
+            ppp::v2::Addresses::IPv6(a) => Endpoints::V6(a),
+            ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => {
+                return Ok(Announced::Local);
+            }
+        }
+    };
+    let (client, local) = match addresses {
+        Endpoints::V4(a) => (
+            SocketAddr::from((a.source_address, a.source_port)),
+            SocketAddr::from((a.destination_address, a.destination_port)),
+        ),
+        Endpoints::V6(a) => (
+            SocketAddr::from((a.source_address, a.source_port)),
+            SocketAddr::from((a.destination_address, a.destination_port)),
+        ),
+    };
+    Ok(Announced::Client { client, local })
+}
+
+/// A header's source and destination, in either family.
+enum Endpoints {
+    V4(ppp::v2::IPv4),
+    V6(ppp::v2::IPv6),
 }
 
 /// A parser's complaint in wasp's words: lower case, no final period.

@@ -13,7 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::support::{Binary, Proxy, Servers, config_file, field, raw_status, server_name};
 use crate::tcp::{split_proxy_header, tcp_recorder};
-use crate::tls::{TestCa, connector, tls_table};
+use crate::tls::{connector, site_with};
 
 const LIMIT: Duration = Duration::from_secs(10);
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n";
@@ -104,6 +104,14 @@ fn answered_by(answer: &str) -> &str {
     server_name(answer.split_once("\r\n\r\n").map_or("", |(_, body)| body))
 }
 
+/// Asserts that `answer` is a 200 from the echo server `backend`, which was told (in
+/// `X-Forwarded-For`) that the client is `client`.
+fn assert_served(answer: &str, backend: &str, client: &str) {
+    assert_eq!(raw_status(answer), 200, "{answer}");
+    assert_eq!(answered_by(answer), backend, "{answer}");
+    assert_eq!(echoed(answer, "x-forwarded-for"), Some(client), "{answer}");
+}
+
 /// A frontend `web` whose bind trusts `trusted`; requests announced from 192.0.2.0/24 go to the
 /// echo server `inside`, the rest to `outside`.
 async fn routed(servers: &Servers, trusted: &str) -> Proxy {
@@ -112,19 +120,33 @@ async fn routed(servers: &Servers, trusted: &str) -> Proxy {
 }
 
 fn routed_config(trusted: &str, inside: SocketAddr, outside: SocketAddr) -> String {
+    two_way(
+        "http",
+        trusted,
+        &format!(r#""{inside}""#),
+        &format!(r#""{outside}""#),
+    )
+}
+
+/// A frontend `web` in `mode` whose bind trusts `trusted`: connections announced from
+/// 192.0.2.0/24 go to the backend `inside`, the rest to `outside`, each with one server whose
+/// table goes on from `addr = ` with `inside` or `outside`.
+fn two_way(mode: &str, trusted: &str, inside: &str, outside: &str) -> String {
     format!(
         r#"
         [global]
         access_log = false
+        [defaults]
+        mode = "{mode}"
         [frontend.web]
         bind = [{{ addr = "127.0.0.1:0", accept_proxy = {trusted} }}]
         acl = {{ announced = "src 192.0.2.0/24" }}
         use_backend = [{{ backend = "inside", if = "announced" }}]
         default_backend = "outside"
         [backend.inside]
-        servers = [{{ name = "i", addr = "{inside}" }}]
+        servers = [{{ name = "i", addr = {inside} }}]
         [backend.outside]
-        servers = [{{ name = "o", addr = "{outside}" }}]
+        servers = [{{ name = "o", addr = {outside} }}]
         "#
     )
 }
@@ -164,14 +186,7 @@ async fn the_header_of_a_trusted_peer_sets_the_client_address() {
         ),
     ];
     for (header, backend, client) in cases {
-        let answer = with_header(proxy.addr(), &header).await;
-        assert_eq!(raw_status(&answer), 200, "{answer}");
-        assert_eq!(
-            answered_by(&answer),
-            backend,
-            "routed by the announced address"
-        );
-        assert_eq!(echoed(&answer, "x-forwarded-for"), Some(client), "{answer}");
+        assert_served(&with_header(proxy.addr(), &header).await, backend, client);
     }
 }
 
@@ -259,9 +274,7 @@ async fn an_untrusted_peer_is_a_direct_client() {
     assert_eq!(raw_status(&answer), 400, "{answer}");
     // Without one it is served, with its own address.
     let answer = exchange(connect_from([127, 0, 0, 2], proxy.addr()).await, &[GET]).await;
-    assert_eq!(raw_status(&answer), 200, "{answer}");
-    assert_eq!(answered_by(&answer), "outside");
-    assert_eq!(echoed(&answer, "x-forwarded-for"), Some("127.0.0.2"));
+    assert_served(&answer, "outside", "127.0.0.2");
 }
 
 #[tokio::test]
@@ -271,10 +284,11 @@ async fn local_and_unknown_headers_keep_the_peer_address() {
     // A LOCAL header's addresses are not the client's, even when it carries some.
     let local = v2(ppp::v2::Command::Local, "192.0.2.7:1", "198.51.100.2:443");
     for header in [local, b"PROXY UNKNOWN\r\n".to_vec()] {
-        let answer = with_header(proxy.addr(), &header).await;
-        assert_eq!(raw_status(&answer), 200, "{answer}");
-        assert_eq!(answered_by(&answer), "outside");
-        assert_eq!(echoed(&answer, "x-forwarded-for"), Some("127.0.0.1"));
+        assert_served(
+            &with_header(proxy.addr(), &header).await,
+            "outside",
+            "127.0.0.1",
+        );
     }
 }
 
@@ -294,8 +308,7 @@ async fn a_header_in_two_writes_is_read_whole() {
         let (first, rest) = header.split_at(10);
         let tcp = connect_from([127, 0, 0, 1], proxy.addr()).await;
         let answer = exchange(tcp, &[first, &[rest, GET].concat()]).await;
-        assert_eq!(raw_status(&answer), 200, "{answer}");
-        assert_eq!(echoed(&answer, "x-forwarded-for"), Some("192.0.2.7"));
+        assert_served(&answer, "inside", "192.0.2.7");
     }
 }
 
@@ -303,22 +316,11 @@ async fn a_header_in_two_writes_is_read_whole() {
 async fn tcp_mode_passes_the_announced_addresses_on_with_send_proxy() {
     let (inside, mut inside_seen) = tcp_recorder().await;
     let (outside, mut outside_seen) = tcp_recorder().await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [global]
-        access_log = false
-        [defaults]
-        mode = "tcp"
-        [frontend.db]
-        bind = {{ addr = "127.0.0.1:0", accept_proxy = ["127.0.0.1"] }}
-        acl = {{ announced = "src 192.0.2.0/24" }}
-        use_backend = [{{ backend = "inside", if = "announced" }}]
-        default_backend = "outside"
-        [backend.inside]
-        servers = [{{ name = "i", addr = "{inside}", send_proxy = "v2" }}]
-        [backend.outside]
-        servers = [{{ name = "o", addr = "{outside}", send_proxy = "v1" }}]
-        "#
+    let proxy = Proxy::start(&two_way(
+        "tcp",
+        r#"["127.0.0.1"]"#,
+        &format!(r#""{inside}", send_proxy = "v2""#),
+        &format!(r#""{outside}", send_proxy = "v1""#),
     ))
     .await;
     let cases = [
@@ -343,17 +345,14 @@ async fn tcp_mode_passes_the_announced_addresses_on_with_send_proxy() {
             .await
             .unwrap();
         tcp.shutdown().await.unwrap();
-        let mut answer = String::new();
-        tokio::time::timeout(LIMIT, tcp.read_to_string(&mut answer))
-            .await
-            .expect("answer in time")
-            .unwrap();
+        let answer = read_all(&mut tcp).await;
         let bytes = tokio::time::timeout(LIMIT, seen.recv())
             .await
             .expect("the server got the session")
             .unwrap();
         let (sent, payload) = split_proxy_header(&bytes);
         assert_eq!(payload, b"payload", "the client's bytes after its header");
+        assert_eq!(answer, format!("got {}", bytes.len()));
         let announced: (SocketAddr, SocketAddr) = (client.parse().unwrap(), local.parse().unwrap());
         match sent {
             ppp::HeaderResult::V1(Ok(h)) => {
@@ -369,25 +368,8 @@ async fn tcp_mode_passes_the_announced_addresses_on_with_send_proxy() {
 
 #[tokio::test]
 async fn a_tls_bind_reads_the_header_before_the_handshake() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
-    let (cert, key) = ca.leaf(dir.path(), "site", &["site.test"]);
-    let servers = Servers::new();
-    let echo = servers.echo("node1").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [global]
-        access_log = false
-        [frontend.web]
-        bind = [{{ addr = "127.0.0.1:0", tls = {}, accept_proxy = ["127.0.0.1"] }}]
-        default_backend = "app"
-        [backend.app]
-        servers = [{{ name = "s1", addr = "{echo}" }}]
-        "#,
-        tls_table(&cert, &key)
-    ))
-    .await;
-    let mut tcp = connect_from([127, 0, 0, 1], proxy.addr()).await;
+    let site = site_with(r#", accept_proxy = ["127.0.0.1"]"#, "").await;
+    let mut tcp = connect_from([127, 0, 0, 1], site.proxy.addr()).await;
     tcp.write_all(&v2(
         ppp::v2::Command::Proxy,
         "192.0.2.7:40000",
@@ -396,14 +378,13 @@ async fn a_tls_bind_reads_the_header_before_the_handshake() {
     .await
     .unwrap();
     let name = rustls::pki_types::ServerName::try_from("site.test").unwrap();
-    let mut tls = tokio::time::timeout(LIMIT, connector(&ca.pem, &[]).connect(name, tcp))
+    let mut tls = tokio::time::timeout(LIMIT, connector(&site.ca.pem, &[]).connect(name, tcp))
         .await
         .expect("handshake in time")
         .expect("tls handshake after the header");
     tls.write_all(GET).await.unwrap();
     let answer = read_all(&mut tls).await;
-    assert_eq!(raw_status(&answer), 200, "{answer}");
-    assert_eq!(echoed(&answer, "x-forwarded-for"), Some("192.0.2.7"));
+    assert_served(&answer, "node1", "192.0.2.7");
     assert_eq!(echoed(&answer, "x-forwarded-proto"), Some("https"));
 }
 
@@ -414,11 +395,7 @@ async fn a_reload_changes_the_trusted_peers_of_an_open_listener() {
     let proxy = Proxy::start(&routed_config(r#"["127.0.0.2"]"#, inside, outside)).await;
     let addr = proxy.addr();
     let answer = exchange(connect_from([127, 0, 0, 1], addr).await, &[GET]).await;
-    assert_eq!(
-        echoed(&answer, "x-forwarded-for"),
-        Some("127.0.0.1"),
-        "{answer}"
-    );
+    assert_served(&answer, "outside", "127.0.0.1");
 
     std::fs::write(
         &proxy.path,
@@ -434,18 +411,10 @@ async fn a_reload_changes_the_trusted_peers_of_an_open_listener() {
     let answer = exchange(connect_from([127, 0, 0, 1], addr).await, &[GET]).await;
     assert_eq!(answer, "", "127.0.0.1 must now send a header");
     let answer = with_header(addr, &v1("192.0.2.7:40000", "198.51.100.2:443")).await;
-    assert_eq!(
-        echoed(&answer, "x-forwarded-for"),
-        Some("192.0.2.7"),
-        "{answer}"
-    );
+    assert_served(&answer, "inside", "192.0.2.7");
     // And 127.0.0.2 is no longer trusted.
     let answer = exchange(connect_from([127, 0, 0, 2], addr).await, &[GET]).await;
-    assert_eq!(
-        echoed(&answer, "x-forwarded-for"),
-        Some("127.0.0.2"),
-        "{answer}"
-    );
+    assert_served(&answer, "outside", "127.0.0.2");
 }
 
 #[test]

@@ -33,7 +33,7 @@ pub(crate) struct TestCa {
 }
 
 impl TestCa {
-    pub(crate) fn new(dir: &Path, stem: &str) -> Self {
+    fn new(dir: &Path, stem: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -46,7 +46,7 @@ impl TestCa {
     }
 
     /// A certificate for `names` signed by this CA, written as `stem.pem` and `stem.key`.
-    pub(crate) fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let params = CertificateParams::new(names).unwrap();
         let key = KeyPair::generate().unwrap();
@@ -117,7 +117,7 @@ async fn h1_get(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-pub(crate) fn tls_table(cert: &Path, key: &Path) -> String {
+fn tls_table(cert: &Path, key: &Path) -> String {
     format!(
         "{{ cert = \"{}\", key = \"{}\" }}",
         cert.display(),
@@ -128,23 +128,28 @@ pub(crate) fn tls_table(cert: &Path, key: &Path) -> String {
 /// A TLS frontend `web` for `site.test` (a certificate from a test CA made here) in front of
 /// one echo server, `node1`; `frontend_extra` is added to the frontend's section. Keep `dir`
 /// and `_servers` bound for the whole test: dropping them removes the files and the server.
-struct Site {
+pub(crate) struct Site {
     dir: tempfile::TempDir,
-    ca: TestCa,
+    pub(crate) ca: TestCa,
     cert: PathBuf,
     key: PathBuf,
-    proxy: Proxy,
+    pub(crate) proxy: Proxy,
     _servers: Servers,
 }
 
 async fn site(frontend_extra: &str) -> Site {
+    site_with("", frontend_extra).await
+}
+
+/// [`site`] with `bind_extra` (`, KEY = VALUE`...) added to its bind's table.
+pub(crate) async fn site_with(bind_extra: &str, frontend_extra: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "ca");
     let (cert, key) = ca.leaf(dir.path(), "site", &["site.test"]);
     let servers = Servers::new();
     let echo = servers.echo("node1").await;
     let proxy = Proxy::start(&format!(
-        "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {} }}]\ndefault_backend = \"app\"\n\
+        "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {}{bind_extra} }}]\ndefault_backend = \"app\"\n\
          {frontend_extra}\n\
          [backend.app]\nservers = [{{ name = \"s1\", addr = \"{echo}\" }}]\n",
         tls_table(&cert, &key)
