@@ -1,5 +1,5 @@
 //! `accept_proxy` end to end: the PROXY protocol header of a trusted peer (v1 and v2, whole or
-//! in two pieces) sets the client address that `src` ACLs, `balance source`,
+//! in two pieces) sets the client address that `src` ACLs, `balance source`, a router plugin,
 //! `X-Forwarded-For`, `send_proxy` and the access log see; a trusted peer without a valid header
 //! is closed without an answer; an untrusted peer is a direct client whose PROXY line is a bad
 //! request; `LOCAL` and `UNKNOWN` keep the peer's address; TLS binds; a reload that changes the
@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::plugins::plugin;
 use crate::support::{Binary, Proxy, Servers, config_file, field, raw_status, server_name};
 use crate::tcp::{split_proxy_header, tcp_recorder};
 use crate::tls::{connector, site_with};
@@ -228,6 +229,44 @@ async fn balance_source_hashes_the_announced_address() {
     chosen.sort();
     chosen.dedup();
     assert!(chosen.len() > 1, "announced clients spread: {chosen:?}");
+}
+
+#[tokio::test]
+async fn a_router_plugin_sees_the_announced_client() {
+    let servers = Servers::new();
+    let (stable, canary) = (servers.echo("stable").await, servers.echo("canary").await);
+    let proxy = Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [frontend.web]
+        bind = {{ addr = "127.0.0.1:0", accept_proxy = "127.0.0.1" }}
+        default_backend = "stable"
+        router = "canary"
+        [backend.stable]
+        servers = [{{ name = "s", addr = "{stable}" }}]
+        [backend.canary]
+        servers = [{{ name = "c", addr = "{canary}" }}]
+        {}
+        "#,
+        plugin(
+            "canary",
+            "canary",
+            r#"config = { backend = "canary", percent = "50" }"#
+        )
+    ))
+    .await;
+    // The plugin puts half the client addresses on the canary; all come from 127.0.0.1.
+    let mut sides = Vec::new();
+    for i in 1..=16 {
+        let header = v1(&format!("192.0.2.{i}:40000"), "198.51.100.2:443");
+        let answer = with_header(proxy.addr(), &header).await;
+        sides.push(answered_by(&answer).to_owned());
+    }
+    assert!(
+        sides.contains(&"canary".to_owned()) && sides.contains(&"stable".to_owned()),
+        "{sides:?}"
+    );
 }
 
 #[tokio::test]

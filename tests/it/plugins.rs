@@ -17,7 +17,7 @@ use crate::support::{Proxy, Servers, body_server, client, get, send, server_name
 /// A `[plugin.NAME]` section for the example or test plugin `crate_name`. Unless `extra` sets
 /// one, the call timeout is generous: these tests judge answers, and a test machine busy with
 /// other tests can stall a call for longer than the 5 ms default.
-fn plugin(name: &str, crate_name: &str, extra: &str) -> String {
+pub(crate) fn plugin(name: &str, crate_name: &str, extra: &str) -> String {
     let timeout = if extra.contains("timeout") {
         ""
     } else {
