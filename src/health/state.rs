@@ -473,7 +473,8 @@ pub struct FrontendState {
     name: Arc<str>,
     pub sessions: Sessions,
     /// Requests received, counted when their response ends; `errors` counts requests wasp
-    /// refused itself (400, 408, 431).
+    /// refused itself (400, 408, 431), failed TCP sessions, and connections of a trusted peer
+    /// refused for their PROXY protocol header.
     pub traffic: Traffic,
 }
 

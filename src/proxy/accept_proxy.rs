@@ -81,6 +81,9 @@ pub async fn read_header(tcp: &mut TcpStream, timeout: Duration) -> Result<Annou
 async fn read(tcp: &mut TcpStream) -> Result<Announced, HeaderError> {
     let mut buf = [0u8; V2_MAX];
     let len = loop {
+        // Each round costs the task a unit of its cooperative budget, so it yields now and then
+        // even if a socket's readiness could not be cleared: a timeout can still end it.
+        tokio::task::consume_budget().await;
         let ready = tcp.ready(Interest::READABLE).await?;
         // The peek runs inside `try_io`: while the header is incomplete it answers WouldBlock,
         // which clears the socket's readiness (unless bytes arrived meanwhile), so the next
