@@ -59,11 +59,14 @@ async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
 }
 
 /// Sends each piece (as its own write, `TCP_NODELAY` on) and reads until the proxy closes:
-/// everything it answered. A reset (the proxy closed with bytes unread) ends the answer too.
+/// everything it answered. A reset (the proxy closed with bytes unread) ends the answer too,
+/// and a write the closed connection refuses ends the sending.
 async fn exchange(mut tcp: TcpStream, pieces: &[&[u8]]) -> String {
     tcp.set_nodelay(true).unwrap();
     for piece in pieces {
-        tcp.write_all(piece).await.unwrap();
+        if tcp.write_all(piece).await.is_err() {
+            break;
+        }
     }
     read_all(&mut tcp).await
 }
@@ -126,13 +129,15 @@ fn routed_config(trusted: &str, inside: SocketAddr, outside: SocketAddr) -> Stri
         trusted,
         &format!(r#""{inside}""#),
         &format!(r#""{outside}""#),
+        "",
     )
 }
 
 /// A frontend `web` in `mode` whose bind trusts `trusted`: connections announced from
 /// 192.0.2.0/24 go to the backend `inside`, the rest to `outside`, each with one server whose
-/// table goes on from `addr = ` with `inside` or `outside`.
-fn two_way(mode: &str, trusted: &str, inside: &str, outside: &str) -> String {
+/// table goes on from `addr = ` with `inside` or `outside`; `frontend_extra` is added to the
+/// frontend's section.
+fn two_way(mode: &str, trusted: &str, inside: &str, outside: &str, frontend_extra: &str) -> String {
     format!(
         r#"
         [global]
@@ -144,6 +149,7 @@ fn two_way(mode: &str, trusted: &str, inside: &str, outside: &str) -> String {
         acl = {{ announced = "src 192.0.2.0/24" }}
         use_backend = [{{ backend = "inside", if = "announced" }}]
         default_backend = "outside"
+        {frontend_extra}
         [backend.inside]
         servers = [{{ name = "i", addr = {inside} }}]
         [backend.outside]
@@ -216,57 +222,52 @@ async fn balance_source_hashes_the_announced_address() {
     ))
     .await;
     // Every connection comes from 127.0.0.1; only the announced addresses differ.
-    let mut chosen = Vec::new();
-    for i in 1..=16 {
-        let mut names = Vec::new();
-        for port in [40000, 40001] {
-            let header = v1(&format!("192.0.2.{i}:{port}"), "198.51.100.2:443");
-            names.push(answered_by(&with_header(proxy.addr(), &header).await).to_owned());
-        }
-        assert_eq!(names[0], names[1], "192.0.2.{i} keeps its server");
-        chosen.push(names.swap_remove(0));
-    }
-    chosen.sort();
-    chosen.dedup();
-    assert!(chosen.len() > 1, "announced clients spread: {chosen:?}");
+    let chosen = answers_for_announced(proxy.addr(), 40000).await;
+    let again = answers_for_announced(proxy.addr(), 40001).await;
+    assert_eq!(again, chosen, "each announced client keeps its server");
+    let mut servers_used = chosen.clone();
+    servers_used.sort();
+    servers_used.dedup();
+    assert!(
+        servers_used.len() > 1,
+        "announced clients spread: {chosen:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_router_plugin_sees_the_announced_client() {
     let servers = Servers::new();
-    let (stable, canary) = (servers.echo("stable").await, servers.echo("canary").await);
-    let proxy = Proxy::start(&format!(
-        r#"
-        [global]
-        access_log = false
-        [frontend.web]
-        bind = {{ addr = "127.0.0.1:0", accept_proxy = "127.0.0.1" }}
-        default_backend = "stable"
-        router = "canary"
-        [backend.stable]
-        servers = [{{ name = "s", addr = "{stable}" }}]
-        [backend.canary]
-        servers = [{{ name = "c", addr = "{canary}" }}]
-        {}
-        "#,
-        plugin(
-            "canary",
-            "canary",
-            r#"config = { backend = "canary", percent = "50" }"#
-        )
-    ))
-    .await;
-    // The plugin puts half the client addresses on the canary; all come from 127.0.0.1.
-    let mut sides = Vec::new();
-    for i in 1..=16 {
-        let header = v1(&format!("192.0.2.{i}:40000"), "198.51.100.2:443");
-        let answer = with_header(proxy.addr(), &header).await;
-        sides.push(answered_by(&answer).to_owned());
-    }
+    let (inside, outside) = (servers.echo("inside").await, servers.echo("outside").await);
+    let config = two_way(
+        "http",
+        r#""127.0.0.1""#,
+        &format!(r#""{inside}""#),
+        &format!(r#""{outside}""#),
+        r#"router = "canary""#,
+    ) + &plugin(
+        "canary",
+        "canary",
+        r#"config = { backend = "outside", percent = "50" }"#,
+    );
+    let proxy = Proxy::start(&config).await;
+    // The plugin sends half the client addresses `outside` and defers the rest to the rules,
+    // which send 192.0.2.0/24 `inside`. All connections come from 127.0.0.1.
+    let sides = answers_for_announced(proxy.addr(), 40000).await;
     assert!(
-        sides.contains(&"canary".to_owned()) && sides.contains(&"stable".to_owned()),
+        sides.iter().any(|s| s == "inside") && sides.iter().any(|s| s == "outside"),
         "{sides:?}"
     );
+}
+
+/// Which echo server answers each of the clients 192.0.2.1 to 192.0.2.16 (from `port`), as
+/// 127.0.0.1 announces them.
+async fn answers_for_announced(addr: SocketAddr, port: u16) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 1..=16 {
+        let header = v1(&format!("192.0.2.{i}:{port}"), "198.51.100.2:443");
+        names.push(answered_by(&with_header(addr, &header).await).to_owned());
+    }
+    names
 }
 
 #[tokio::test]
@@ -305,11 +306,8 @@ async fn an_untrusted_peer_is_a_direct_client() {
     let proxy = routed(&servers, r#"["127.0.0.1"]"#).await;
     // From 127.0.0.2, a PROXY line is the start of a malformed request.
     let header = v1("192.0.2.7:40000", "198.51.100.2:443");
-    let answer = exchange(
-        connect_from([127, 0, 0, 2], proxy.addr()).await,
-        &[&header, GET],
-    )
-    .await;
+    let tcp = connect_from([127, 0, 0, 2], proxy.addr()).await;
+    let answer = exchange(tcp, &[&[&header[..], GET].concat()]).await;
     assert_eq!(raw_status(&answer), 400, "{answer}");
     // Without one it is served, with its own address.
     let answer = exchange(connect_from([127, 0, 0, 2], proxy.addr()).await, &[GET]).await;
@@ -360,6 +358,7 @@ async fn tcp_mode_passes_the_announced_addresses_on_with_send_proxy() {
         r#"["127.0.0.1"]"#,
         &format!(r#""{inside}", send_proxy = "v2""#),
         &format!(r#""{outside}", send_proxy = "v1""#),
+        "",
     ))
     .await;
     let cases = [
