@@ -1,14 +1,14 @@
 //! The data path: listeners, the HTTP request path, forwarding, error answers, access log.
 //!
 //! `listener` accepts and serves connections (`accept_proxy` reads the PROXY protocol header
-//! of trusted peers, `client_io` enforces client timeouts at the socket), `http` carries each request through routing, balancing and forwarding (`canon`
-//! makes its authority and path canonical, `headers` rewrites headers), `respond` is the one
-//! place failures become statuses, `body` and `access` finish each response with its log line.
-//! `workers` runs the accept loops and the connections on per-thread runtimes (`sched` sets a
-//! worker thread's time slice and CPU when the config asks); `graceful`
-//! tells open connections to stop and waits for them. `upgrade` turns a
-//! 101 into a WebSocket tunnel. TCP-mode frontends hand their connections to `l4`, which routes
-//! and relays them with `tcp`'s building blocks.
+//! of trusted peers, `client_io` enforces client timeouts at the socket), `http` carries each
+//! request through routing, balancing and forwarding (`canon` makes its authority and path
+//! canonical, `headers` rewrites headers), `respond` is the one place failures become
+//! statuses, `body` and `access` finish each response with its log line. `workers` runs the
+//! accept loops and the connections on per-thread runtimes (`sched` sets a worker thread's time
+//! slice and CPU when the config asks); `graceful` tells open connections to stop and waits for
+//! them. `upgrade` turns a 101 into a WebSocket tunnel. TCP-mode frontends hand their
+//! connections to `l4`, which routes and relays them with `tcp`'s building blocks.
 
 pub mod accept_proxy;
 pub mod access;
