@@ -235,14 +235,21 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
+/// The default log filter. The HTTP/2 and TLS libraries log what a peer did wrong at `warn`,
+/// one line per offending frame or message: a client sending unsolicited PING acks would
+/// write 150 bytes of log for every 17 it sends. wasp logs the outcome itself (the refused
+/// request, the closed connection), so theirs are kept to errors.
+const DEFAULT_LOG_FILTER: &str = "info,h2=error,rustls=error";
+
 /// Logs go to stdout through a background writer, so a slow terminal or pipe never stalls a
-/// worker (lines are dropped instead if it falls far behind). `RUST_LOG` overrides the
-/// default `info` level, e.g. `RUST_LOG=wasp::access=off` silences the access log.
+/// worker (lines are dropped instead if it falls far behind). `RUST_LOG` replaces
+/// [`DEFAULT_LOG_FILTER`], e.g. `RUST_LOG=info,wasp::access=off` silences the access log.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -546,3 +546,57 @@ async fn a_reload_that_raises_maxconn_lets_waiting_clients_in() {
     assert_eq!(answer, "HTTP/1.1 200 OK");
     assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
 }
+
+/// An HTTP/2 frame on stream 0: the 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads HTTP/2 frames from `tcp` until a PING acknowledging `payload` (the server has then
+/// handled every frame sent before that PING).
+async fn read_until_ping_ack(tcp: &mut tokio::net::TcpStream, payload: &[u8; 8]) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut head = [0u8; 9];
+        tcp.read_exact(&mut head).await.unwrap();
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut body = vec![0; len];
+        tcp.read_exact(&mut body).await.unwrap();
+        if head[3] == 6 && head[4] & 1 == 1 && body == payload {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_an_http2_client_cannot_flood_the_log() {
+    use tokio::io::AsyncWriteExt;
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (_dir, path) = config_file(&one_backend("", "", one));
+    let wasp = Binary::run_with_default_log(&path);
+
+    // Acknowledgements of PINGs the proxy never sent: the HTTP/2 library logs each one at
+    // `warn`, 150 bytes of log for 17 sent, unless wasp's default filter keeps them out.
+    let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(h2_frame(4, 0, &[]));
+    for _ in 0..200 {
+        flood.extend(h2_frame(6, 1, &[0; 8]));
+    }
+    flood.extend(h2_frame(6, 0, b"lastping"));
+    tcp.write_all(&flood).await.unwrap();
+    tokio::time::timeout(WAIT, read_until_ping_ack(&mut tcp, b"lastping"))
+        .await
+        .expect("the proxy acknowledges a real PING after the flood");
+
+    // Whatever the flood logged comes before this request's access-log line.
+    let url = format!("http://{}/after-the-flood", wasp.addr);
+    assert_eq!(server_name(&get(&url).await.2), "one");
+    let lines = wasp.lines_until("/after-the-flood", WAIT);
+    let flooded: Vec<_> = lines.iter().filter(|l| l.contains("PING")).collect();
+    assert!(flooded.is_empty(), "{flooded:#?}");
+}

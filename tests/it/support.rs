@@ -581,7 +581,14 @@ impl Binary {
     pub fn run_with_env(path: &Path, vars: &[(&str, &str)]) -> Binary {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasp"));
         command.args(["run", "-c"]).arg(path);
-        Self::start(command, vars)
+        Self::start(command, Some("info"), vars)
+    }
+
+    /// [`Self::run`] without `RUST_LOG`: wasp's own default log filter.
+    pub fn run_with_default_log(path: &Path) -> Binary {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasp"));
+        command.args(["run", "-c"]).arg(path);
+        Self::start(command, None, &[])
     }
 
     /// [`Self::run`] with the soft limit on open files lowered to `soft` (by the shell that
@@ -593,12 +600,16 @@ impl Binary {
             .arg(format!("ulimit -Sn {soft} && exec \"$0\" run -c \"$1\""))
             .arg(env!("CARGO_BIN_EXE_wasp"))
             .arg(path);
-        Self::start(command, &[])
+        Self::start(command, Some("info"), &[])
     }
 
-    fn start(mut command: Command, vars: &[(&str, &str)]) -> Binary {
+    /// Starts `command` with `RUST_LOG` set to `log` (`None`: unset) and `vars`.
+    fn start(mut command: Command, log: Option<&str>, vars: &[(&str, &str)]) -> Binary {
+        match log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
         let mut child = command
-            .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("MIMALLOC_ALLOW_THP")
             .envs(vars.iter().copied())
@@ -637,7 +648,7 @@ impl Binary {
     }
 
     /// The log lines read until one contains `needle`, that one last; panics after `limit`.
-    fn lines_until(&self, needle: &str, limit: Duration) -> Vec<String> {
+    pub fn lines_until(&self, needle: &str, limit: Duration) -> Vec<String> {
         let deadline = std::time::Instant::now() + limit;
         let mut lines = Vec::new();
         loop {
