@@ -3,10 +3,13 @@
 //! Routing (ACLs, plugins) and forwarding must see the same values, or a request can match one
 //! rule and reach something else on the server. The rules:
 //!
-//! - **Authority.** HTTP/1.1 needs exactly one `Host` header (none or several: 400); HTTP/1.0
-//!   may omit it. An absolute-form request URI's authority wins over `Host`. For HTTP/2,
-//!   `:authority` is used, and a `host` header that disagrees with it is a 400. The canonical
-//!   *host* (for ACLs) is the authority without port, lower-cased.
+//! - **Authority.** HTTP/1.1 needs exactly one `Host` header (none or several: 400), even with
+//!   an absolute-form target; HTTP/1.0 may omit it. An absolute-form request URI's authority
+//!   wins over `Host`; an authority-form target (`GET example.com:80`) is a 400. For HTTP/2,
+//!   `:authority` is used, and a `host` header that disagrees with it is a 400. A port that
+//!   does not fit in 16 bits is a 400. The canonical authority replaces the `Host` header
+//!   before routing, so `hdr(host)` sees what the server will. The canonical *host* (for the
+//!   `host` ACL) is the authority without port, lower-cased.
 //! - **Path.** Dot segments are resolved as RFC 3986 does (`/a/./b/../c` is `/a/c`, never
 //!   above the root), including percent-encoded dots (`%2e`, `%2E`); runs of slashes merge into
 //!   one. The normalised path is what ACLs match *and* what the server receives. Encoded slashes
@@ -35,6 +38,10 @@ pub enum CanonError {
     InvalidHost,
     #[error("host header disagrees with :authority")]
     AuthorityMismatch,
+    #[error("authority-form target on a method other than CONNECT")]
+    AuthorityForm,
+    #[error("port out of range")]
+    InvalidPort,
     #[error("path escapes its prefix through an encoded separator")]
     EncodedTraversal,
 }
@@ -58,6 +65,7 @@ impl HostCache {
         }
         let text = sent.to_str().map_err(|_| CanonError::InvalidHost)?;
         let parsed: Authority = text.parse().map_err(|_| CanonError::InvalidHost)?;
+        check_port(&parsed)?;
         *last = Some(parsed.clone());
         Ok(parsed)
     }
@@ -88,9 +96,17 @@ fn canonical(
 ) -> Result<Option<Authority>, CanonError> {
     let from_header = match host {
         Some(v) => Some(cache.parse(v)?),
+        // HTTP/1.1 requires Host even with an absolute-form target (RFC 9112, 3.2).
+        None if version == Version::HTTP_11 => return Err(CanonError::MissingHost),
         None => None,
     };
     if let Some(auth) = uri.authority() {
+        // An HTTP/1 target that is only an authority (`GET example.com:80`) is CONNECT's
+        // form; hyper accepts it for any method. HTTP/2 requests always carry a scheme.
+        if uri.scheme().is_none() {
+            return Err(CanonError::AuthorityForm);
+        }
+        check_port(auth)?;
         if version == Version::HTTP_2
             && let Some(h) = &from_header
             && !h.as_str().eq_ignore_ascii_case(auth.as_str())
@@ -106,8 +122,20 @@ fn canonical(
     match from_header {
         Some(h) if h.as_str().contains('@') => Err(CanonError::InvalidHost),
         Some(h) => Ok(Some(h)),
-        None if version == Version::HTTP_11 => Err(CanonError::MissingHost),
         None => Ok(None),
+    }
+}
+
+/// An authority's port, when it has one, is a number a TCP port can be (`http`'s parser
+/// takes any digits: `example.com:99999`). An empty port (`example.com:`) is allowed.
+fn check_port(authority: &Authority) -> Result<(), CanonError> {
+    match authority.as_str().rsplit_once(':') {
+        // The last colon of an IPv6 host without a port is inside its brackets.
+        Some((host, port)) if !port.contains(']') && !port.is_empty() && !host.is_empty() => port
+            .parse::<u16>()
+            .map(drop)
+            .map_err(|_| CanonError::InvalidPort),
+        _ => Ok(()),
     }
 }
 
@@ -400,6 +428,60 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(host(&ipv6), "[::1]");
+    }
+
+    #[test]
+    fn http11_needs_host_even_with_an_absolute_target() {
+        let absolute: Uri = "http://real.example/x".parse().unwrap();
+        assert_eq!(
+            authority(Version::HTTP_11, &absolute, &headers(&[])),
+            Err(CanonError::MissingHost)
+        );
+        assert_eq!(
+            authority(Version::HTTP_10, &absolute, &headers(&[]))
+                .unwrap()
+                .map(|a| a.to_string()),
+            Some("real.example".to_owned())
+        );
+    }
+
+    #[test]
+    fn an_authority_form_target_is_refused() {
+        let target: Uri = "admin.example:80".parse().unwrap();
+        assert_eq!(target.scheme(), None);
+        assert_eq!(
+            authority(Version::HTTP_11, &target, &headers(&["public.example"])),
+            Err(CanonError::AuthorityForm)
+        );
+    }
+
+    #[test]
+    fn ports_must_fit_in_16_bits() {
+        let origin: Uri = "/x".parse().unwrap();
+        for good in [
+            "a.example:65535",
+            "a.example:",
+            "[::1]",
+            "[::1]:8080",
+            "a.example",
+        ] {
+            assert!(
+                authority(Version::HTTP_11, &origin, &headers(&[good])).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in ["a.example:65536", "a.example:99999", "[::1]:123456"] {
+            assert_eq!(
+                authority(Version::HTTP_11, &origin, &headers(&[bad])),
+                Err(CanonError::InvalidPort),
+                "{bad}"
+            );
+        }
+        let absolute: Uri = "http://a.example:99999/x".parse().unwrap();
+        assert_eq!(
+            authority(Version::HTTP_11, &absolute, &headers(&["a.example"])),
+            Err(CanonError::InvalidPort)
+        );
     }
 
     /// What `needs_work` decides, said the slow and obvious way.

@@ -25,7 +25,7 @@ use crate::health::Health;
 use crate::proxy::access::Record;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::canon;
-use crate::proxy::headers::{Forwarding, strip_hop_by_hop};
+use crate::proxy::headers::{Forwarding, strip_response};
 use crate::proxy::http::{ConnInfo, local};
 use crate::proxy::respond::Failure;
 use crate::proxy::timer::within;
@@ -74,6 +74,13 @@ impl Attempt {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
+        if self.authority.is_none()
+            && !server.pools.is_h2()
+            && let Ok(host) = HeaderValue::from_str(server.authority.as_str())
+        {
+            // An HTTP/1.0 client may leave Host out; the HTTP/1.1 request sent must have one.
+            req.headers_mut().insert(header::HOST, host);
+        }
         req
     }
 
@@ -169,15 +176,24 @@ pub(crate) async fn dispatch(
         let req = attempt.request(server, headers);
         let sent = clock::recent();
         let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
-        let outcome = within(
-            sent,
-            backend.timeouts.server,
-            timer,
-            server
-                .pools
-                .send(server.pool_key, &server.scheme, &server.authority, req),
-        )
-        .await;
+        let mut send = std::pin::pin!(server.pools.send(
+            server.pool_key,
+            &server.scheme,
+            &server.authority,
+            req
+        ));
+        // `timeout server` counts from the request, or from the last piece of its body the
+        // server took: an upload slower than the timeout is not the server's delay.
+        let mut from = sent;
+        let outcome = loop {
+            match within(from, backend.timeouts.server, timer, send.as_mut()).await {
+                None => match attempt.body.as_ref().and_then(Reclaimable::last_sent) {
+                    Some(later) if later > from => from = later,
+                    _ => break None,
+                },
+                done => break done,
+            }
+        };
         record.server = Some(idx);
         match outcome {
             Some(Ok(resp)) => {
@@ -211,8 +227,15 @@ pub(crate) async fn dispatch(
                     return local(Failure::UpstreamFailed, record);
                 }
             }
-            Some(Err(e)) if is_client_body_timeout(&e) => {
-                return local(Failure::ClientTimeout, record);
+            Some(Err(ref e)) if let Some(body) = client_body_error(e) => {
+                // The client's request body failed (malformed chunks, the client gone or
+                // silent): the client's fault, never counted against the server.
+                tracing::debug!(client = %info.client, error = %body, "request body failed");
+                let why = match body {
+                    BodyError::Idle(_) => Failure::ClientTimeout,
+                    BodyError::Hyper(_) => Failure::BadRequest,
+                };
+                return local(why, record);
             }
             Some(Err(e)) => {
                 tracing::debug!(
@@ -364,8 +387,14 @@ fn relay(
         std::time::Duration::ZERO
     });
     record.t_response = Some(clock::since(record.received));
+    if let Err(e) = strip_response(&mut parts.headers) {
+        tracing::debug!(backend = &*backend.name, error = %e, "response not relayed");
+        return local(Failure::UpstreamFailed, record);
+    }
     record.status = parts.status.as_u16();
-    strip_hop_by_hop(&mut parts.headers);
+    // wasp's own version, not the server's: an HTTP/1.0 status line would end the client's
+    // keep-alive (hyper still answers an HTTP/1.0 client in HTTP/1.0).
+    parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     let body = ProxyBody::upstream(IdleBody::new(body, backend.timeouts.server), Some(record));
     Response::from_parts(parts, body)
@@ -406,15 +435,16 @@ fn switch(
     out
 }
 
-fn is_client_body_timeout(e: &UpstreamError) -> bool {
+/// The client's request-body error behind `e`, when that is why no response came.
+fn client_body_error(e: &UpstreamError) -> Option<&BodyError> {
     let mut source = e.source();
     while let Some(err) = source {
-        if let Some(BodyError::Idle(_)) = err.downcast_ref::<BodyError>() {
-            return true;
+        if let Some(body) = err.downcast_ref::<BodyError>() {
+            return Some(body);
         }
         source = err.source();
     }
-    false
+    None
 }
 
 /// An error and its causes on one line: hyper's own messages are terse.

@@ -31,6 +31,7 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static(HOP_NAMES[4]),
     HeaderName::from_static(HOP_NAMES[5]),
 ];
+const TRANSFER_ENCODING_BIT: u8 = 1 << 4;
 const UPGRADE_BIT: u8 = 1 << 5;
 
 /// What one pass over a message's header names found: which hop-by-hop headers it has, what its
@@ -52,6 +53,9 @@ pub struct Scan {
     /// `TE` lists `trailers`.
     pub te_trailers: bool,
     pub content_length: bool,
+    /// A `Transfer-Encoding` header says something other than `chunked`: a coding wasp would
+    /// drop (`gzip, chunked`), or one hyper cannot frame.
+    pub other_coding: bool,
     /// The client sent `Forwarded`, `X-Real-IP` or an `X-Forwarded-*` header.
     pub forwarding: bool,
 }
@@ -73,6 +77,10 @@ impl Scan {
             } else if *name == header::TRAILER {
                 3
             } else if *name == header::TRANSFER_ENCODING {
+                scan.other_coding |= !value
+                    .as_bytes()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"chunked");
                 4
             } else if *name == header::UPGRADE {
                 5
@@ -113,12 +121,10 @@ impl Scan {
         if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
             return;
         }
-        let Ok(text) = value.to_str() else {
-            // Tokens that are not text name no header we could find; nothing more to do.
-            return;
-        };
-        for token in tokens(text) {
-            if token.eq_ignore_ascii_case("upgrade") {
+        // Byte by byte: a token that is not text names no header, but the others in the same
+        // value still do.
+        for token in tokens(value.as_bytes()) {
+            if token.eq_ignore_ascii_case(b"upgrade") {
                 self.connection_upgrade = true;
             } else if !is_hop_by_hop(token) {
                 self.general = true;
@@ -135,6 +141,11 @@ impl Scan {
     /// Whether the message has an `Upgrade` header.
     pub fn has_upgrade(&self) -> bool {
         self.hop & UPGRADE_BIT != 0
+    }
+
+    /// Whether the message has a `Transfer-Encoding` header.
+    pub fn has_transfer_encoding(&self) -> bool {
+        self.hop & TRANSFER_ENCODING_BIT != 0
     }
 
     /// Removes the hop-by-hop headers this scan found in `headers` (the map it scanned,
@@ -159,6 +170,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     Scan::of(headers).strip(headers);
 }
 
+/// A server's response whose framing cannot be relayed faithfully.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("response transfer coding other than chunked")]
+pub struct OtherCoding;
+
+/// [`strip_hop_by_hop`] for a server's response, which hyper has de-chunked: a
+/// `Content-Length` sent along with `Transfer-Encoding` is not the body's length (RFC 9112,
+/// 6.3) and goes too. A coding besides `chunked` (`gzip, chunked`) would be lost with the
+/// header, so such a response is refused instead.
+pub fn strip_response(headers: &mut HeaderMap) -> Result<(), OtherCoding> {
+    let scan = Scan::of(headers);
+    if scan.has_transfer_encoding() {
+        if scan.other_coding {
+            return Err(OtherCoding);
+        }
+        if scan.content_length {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+    scan.strip(headers);
+    Ok(())
+}
+
 /// Whether a comma-separated header value lists `token` (parameters after `;` ignored).
 fn lists(value: &HeaderValue, token: &str) -> bool {
     value.to_str().is_ok_and(|t| {
@@ -175,17 +209,16 @@ fn lists(value: &HeaderValue, token: &str) -> bool {
 fn strip_general(headers: &mut HeaderMap) {
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name.as_str()))
+        .filter(|name| is_hop_by_hop(name.as_str().as_bytes()))
         .cloned()
         .collect();
     let hop = doomed.len();
     for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in tokens(text) {
-            if let Some(name) = headers
-                .keys()
-                .find(|n| n.as_str().eq_ignore_ascii_case(token) && !is_hop_by_hop(n.as_str()))
-                && !doomed[hop..].contains(name)
+        for token in tokens(value.as_bytes()) {
+            if let Some(name) = headers.keys().find(|n| {
+                let n = n.as_str().as_bytes();
+                n.eq_ignore_ascii_case(token) && !is_hop_by_hop(n)
+            }) && !doomed[hop..].contains(name)
             {
                 doomed.push(name.clone());
             }
@@ -198,18 +231,21 @@ fn strip_general(headers: &mut HeaderMap) {
 
 /// Whether a header name, or a `Connection` token naming one, is hop-by-hop (any case): such a
 /// header goes anyway, so a token naming it names nothing more.
-fn is_hop_by_hop(name: &str) -> bool {
+fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_NAMES
         .iter()
-        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+        .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
         || name
             .get(..6)
-            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
 /// The tokens of a comma-separated `Connection` value, trimmed, empty ones skipped.
-fn tokens(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',').map(str::trim).filter(|t| !t.is_empty())
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// The forwarding headers wasp adds to a request (`forwardfor`). Kept apart from the request's

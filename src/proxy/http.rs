@@ -86,8 +86,7 @@ pub async fn serve(
     let Some(index) = snapshot.frontend_index(&info.bind) else {
         // The listener outlived its frontend (a reload removed it); stop serving it.
         return Ok(local(Failure::NoBackend, record));
-    };
-    record.frontend = Some(index);
+    };    record.frontend = Some(index);
     let frontend = &snapshot.frontends[index];
     let (backend, attempt, record) = match prepare(&snapshot, frontend, &info, req, record) {
         Prepared::Forward(backend, attempt, record) => (backend, attempt, record),
@@ -126,7 +125,9 @@ fn prepare<'s>(
     let upgrade = upgrade::requested(req.version(), req.headers(), &scan)
         .map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
-    if parts.method == Method::CONNECT {
+    // CONNECT is not proxied. A transfer coding besides `chunked` (`gzip, chunked`) would be
+    // lost when the request is re-framed.
+    if parts.method == Method::CONNECT || scan.other_coding {
         return Prepared::Answer(local(Failure::BadRequest, record));
     }
     let (authority, sent_host) =
@@ -147,6 +148,21 @@ fn prepare<'s>(
     if parts.version == Version::HTTP_2 {
         canon::join_cookies(&mut parts.headers);
     }
+    // Host is the canonical authority, for `hdr(host)` and plugins as for the server; usually
+    // the client's own Host header already says it.
+    let host_value = match &authority {
+        None => None,
+        Some(a) => match sent_host {
+            Some(sent) if sent.as_bytes() == a.as_str().as_bytes() => Some(sent),
+            _ => match HeaderValue::from_str(a.as_str()) {
+                Ok(v) => {
+                    parts.headers.insert(header::HOST, v.clone());
+                    Some(v)
+                }
+                Err(_) => return Prepared::Answer(local(Failure::BadRequest, record)),
+            },
+        },
+    };
     let host = authority.as_ref().map(canon::host);
     let query = parts.uri.query().unwrap_or("");
     if frontend.redirect == Some(Redirect::Https) && info.scheme == "http" {
@@ -215,21 +231,12 @@ fn prepare<'s>(
     if scan.content_length {
         headers.remove(header::CONTENT_LENGTH);
     }
-    // Host is the canonical authority; usually the client's own Host header already says it.
-    // (A `Connection` header that names `Host` makes the strip above remove it.)
-    let host = match &authority {
-        None => None,
-        Some(a) => match sent_host.filter(|_| !scan.strips_named()) {
-            Some(sent) if sent.as_bytes() == a.as_str().as_bytes() => Some(sent),
-            _ => match HeaderValue::from_str(a.as_str()) {
-                Ok(v) => {
-                    headers.insert(header::HOST, v.clone());
-                    Some(v)
-                }
-                Err(_) => return Prepared::Answer(local(Failure::BadRequest, record)),
-            },
-        },
-    };
+    // A `Connection` header that names `Host` makes the strip above remove it.
+    if scan.strips_named()
+        && let Some(v) = &host_value
+    {
+        headers.insert(header::HOST, v.clone());
+    }
     let upgrade = upgrade.map(|(proto, on)| {
         upgrade::restore(headers, proto);
         on
@@ -238,7 +245,7 @@ fn prepare<'s>(
     let forwarding = frontend.forwardfor.then(|| Forwarding {
         client: info.forwarded_for.clone(),
         scheme: info.scheme,
-        host,
+        host: host_value,
         sent: scan.forwarding,
     });
 

@@ -17,7 +17,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
+
+use crate::clock;
 
 /// Errors a proxied body can end with.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +97,14 @@ pub type ClientBody = IdleBody<Incoming>;
 /// A request body slot shared between attempts: whoever reads first takes the body.
 #[derive(Clone)]
 pub struct Reclaimable {
-    slot: Arc<Mutex<Option<ClientBody>>>,
+    shared: Arc<Shared>,
     hint: SizeHint,
+}
+
+struct Shared {
+    slot: Mutex<Option<ClientBody>>,
+    /// When the server last took a piece of the body (or its end).
+    last_sent: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for Reclaimable {
@@ -111,18 +119,37 @@ impl Reclaimable {
     pub fn new(body: ClientBody) -> Self {
         let hint = body.size_hint();
         Self {
-            slot: Arc::new(Mutex::new(Some(body))),
+            shared: Arc::new(Shared {
+                slot: Mutex::new(Some(body)),
+                last_sent: Mutex::new(None),
+            }),
             hint,
         }
     }
 
     /// Whether the body is still unread, i.e. a new attempt can carry it.
     pub fn is_intact(&self) -> bool {
-        self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+        self.shared
+            .slot
+            .lock()
+            .map(|s| s.is_some())
+            .unwrap_or(false)
+    }
+
+    /// When the server last took a piece of the body, or its end (`None`: nothing yet).
+    /// `timeout server` counts from there: a long upload is not the server's delay.
+    pub fn last_sent(&self) -> Option<Instant> {
+        self.shared.last_sent.lock().ok().and_then(|t| *t)
     }
 
     fn take(&self) -> Option<ClientBody> {
-        self.slot.lock().ok().and_then(|mut s| s.take())
+        self.shared.slot.lock().ok().and_then(|mut s| s.take())
+    }
+
+    fn mark_sent(&self) {
+        if let Ok(mut t) = self.shared.last_sent.lock() {
+            *t = Some(clock::recent());
+        }
     }
 }
 
@@ -131,8 +158,8 @@ pub enum UpstreamBody {
     Empty,
     /// Not yet read: the body is still in the shared slot.
     Pending(Reclaimable),
-    /// Being read: taken out of the slot.
-    Streaming(Box<ClientBody>),
+    /// Being read: taken out of the slot (which keeps the time of the last piece sent).
+    Streaming(Box<ClientBody>, Reclaimable),
 }
 
 impl fmt::Debug for UpstreamBody {
@@ -140,7 +167,7 @@ impl fmt::Debug for UpstreamBody {
         match self {
             UpstreamBody::Empty => f.write_str("Empty"),
             UpstreamBody::Pending(_) => f.write_str("Pending"),
-            UpstreamBody::Streaming(_) => f.write_str("Streaming"),
+            UpstreamBody::Streaming(..) => f.write_str("Streaming"),
         }
     }
 }
@@ -156,13 +183,19 @@ impl Body for UpstreamBody {
         let this = self.get_mut();
         if let UpstreamBody::Pending(slot) = this {
             *this = match slot.take() {
-                Some(body) => UpstreamBody::Streaming(Box::new(body)),
+                Some(body) => UpstreamBody::Streaming(Box::new(body), slot.clone()),
                 // Another attempt owns it now; this one must not send anything.
                 None => UpstreamBody::Empty,
             };
         }
         match this {
-            UpstreamBody::Streaming(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            UpstreamBody::Streaming(body, slot) => {
+                let polled = Pin::new(body.as_mut()).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None | Some(Ok(_)))) {
+                    slot.mark_sent();
+                }
+                polled
+            }
             _ => Poll::Ready(None),
         }
     }
@@ -171,7 +204,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Pending(slot) => slot.hint.exact() == Some(0),
-            UpstreamBody::Streaming(body) => body.is_end_stream(),
+            UpstreamBody::Streaming(body, _) => body.is_end_stream(),
         }
     }
 
@@ -179,7 +212,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Pending(slot) => slot.hint,
-            UpstreamBody::Streaming(body) => body.size_hint(),
+            UpstreamBody::Streaming(body, _) => body.size_hint(),
         }
     }
 }

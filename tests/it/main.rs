@@ -7,6 +7,7 @@ mod accept_proxy;
 mod admin;
 
 mod failover;
+mod framing;
 mod health;
 mod labs;
 mod lifecycle;

@@ -211,6 +211,36 @@ impl Servers {
         (addr, accepted)
     }
 
+    /// A server that answers every request with the raw bytes `answer`, whatever they say,
+    /// and reports each request head it reads (the text up to the blank line). Request
+    /// bodies are read and ignored when they have a `Content-Length`.
+    pub async fn scripted(
+        &self,
+        answer: &'static [u8],
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (heads_tx, heads) = tokio::sync::mpsc::unbounded_channel();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let heads_tx = heads_tx.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = answer_each(tcp, answer, heads_tx) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        (addr, heads)
+    }
+
     /// A server that reads the request head and closes the connection without answering.
     pub async fn closer(&self) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -230,6 +260,48 @@ impl Servers {
             }
         });
         addr
+    }
+}
+
+/// [`Servers::scripted`]'s connections: each request head read, reported, and answered.
+async fn answer_each(
+    mut tcp: TcpStream,
+    answer: &[u8],
+    heads: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < end + length {
+            let mut chunk = [0u8; 4096];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..end + length);
+        let _ = heads.send(head);
+        if tcp.write_all(answer).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,0 +1,304 @@
+//! HTTP/1 messages at the edges of the rules: which Host routing and the server see, request
+//! bodies that fail or take long, and server responses whose framing or version the client
+//! must not get as they came.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{
+    Proxy, Servers, channel_body, get, raw, raw_status, server_name, streaming_client,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A frontend with `frontend` added, default backend `app` with `servers`.
+fn config(frontend: &str, servers: &str) -> String {
+    format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        {frontend}
+
+        [backend.app]
+        timeout = {{ connect = "1s", server = "2s" }}
+        servers = [ {servers} ]
+        "#
+    )
+}
+
+/// A proxy in front of a [`Servers::scripted`] server answering `answer`.
+async fn to_scripted(
+    servers: &Servers,
+    answer: &'static [u8],
+) -> (Proxy, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (addr, heads) = servers.scripted(answer).await;
+    let proxy = Proxy::start(&config(
+        "",
+        &format!(r#"{{ name = "s", addr = "{addr}" }}"#),
+    ))
+    .await;
+    (proxy, heads)
+}
+
+/// The value of header `name` in a raw head (the first one; names compared in any case).
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn hdr_host_routes_on_the_host_the_server_gets() {
+    let servers = Servers::new();
+    let (public, admin) = (servers.echo("public").await, servers.echo("admin").await);
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "public"
+        acl = {{ is_admin = "hdr(host) -i admin.example" }}
+        use_backend = [ {{ backend = "admin", if = "is_admin" }} ]
+
+        [backend.public]
+        servers = [ {{ name = "public", addr = "{public}" }} ]
+        [backend.admin]
+        servers = [ {{ name = "admin", addr = "{admin}" }} ]
+        "#
+    ))
+    .await;
+    // An absolute-form target's authority wins over Host (RFC 9112, 3.2.2): for the server,
+    // and so for `hdr(host)`.
+    for (target, host, expect) in [
+        ("http://admin.example/", "public.example", "admin"),
+        ("http://public.example/", "admin.example", "public"),
+    ] {
+        let answer = raw(
+            proxy.addr(),
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+            WAIT,
+        )
+        .await;
+        assert_eq!(raw_status(&answer), 200, "{answer}");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(
+            server_name(body),
+            expect,
+            "{target} with Host {host}: {answer}"
+        );
+        let authority = target.trim_start_matches("http://").trim_end_matches('/');
+        assert!(
+            answer.contains(&format!("host: {authority}")),
+            "the server got Host {authority}: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn targets_and_hosts_that_name_no_one_place_are_400() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    let proxy = Proxy::start(&config(
+        "",
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+    ))
+    .await;
+    for request in [
+        // Authority-form is CONNECT's; hyper takes it for any method.
+        "GET admin.example:80 HTTP/1.1\r\nHost: admin.example\r\n\r\n",
+        // HTTP/1.1 needs Host even with an absolute-form target.
+        "GET http://admin.example/ HTTP/1.1\r\n\r\n",
+        // No TCP port is that large.
+        "GET / HTTP/1.1\r\nHost: admin.example:99999\r\n\r\n",
+        "GET http://admin.example:65536/ HTTP/1.1\r\nHost: admin.example\r\n\r\n",
+    ] {
+        let answer = raw(proxy.addr(), request.as_bytes(), WAIT).await;
+        assert_eq!(raw_status(&answer), 400, "{request:?}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn an_http10_request_without_host_reaches_the_server_with_one() {
+    let servers = Servers::new();
+    let (proxy, mut heads) =
+        to_scripted(&servers, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let answer = raw(proxy.addr(), b"GET /old HTTP/1.0\r\n\r\n", WAIT).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    let head = heads.recv().await.unwrap();
+    assert!(head.starts_with("GET /old HTTP/1.1\r\n"), "{head}");
+    let host = header(&head, "host").unwrap_or_else(|| panic!("no Host sent: {head}"));
+    assert!(host.starts_with("127.0.0.1:"), "{head}");
+}
+
+#[tokio::test]
+async fn a_connection_header_with_a_non_ascii_token_still_strips_what_it_names() {
+    let servers = Servers::new();
+    let (proxy, mut heads) = to_scripted(
+        &servers,
+        b"HTTP/1.1 200 OK\r\nConnection: x-internal, \xe9t\xe9\r\nX-Internal: server-only\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let answer = raw(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Secret, \xe9t\xe9\r\nX-Secret: client-only\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("x-internal"),
+        "{answer}"
+    );
+    let head = heads.recv().await.unwrap();
+    assert!(header(&head, "x-secret").is_none(), "{head}");
+}
+
+#[tokio::test]
+async fn a_response_with_a_length_and_chunked_framing_goes_by_the_chunks() {
+    let servers = Servers::new();
+    // The length says 50, the chunks carry 3 bytes: chunked wins (RFC 9112, 6.3), and the
+    // length must not reach the client, which would wait for 47 more bytes.
+    let (proxy, _heads) = to_scripted(
+        &servers,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    let (status, headers, body) = get(&proxy.url("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "abc");
+    assert_ne!(
+        headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"50"[..]),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn transfer_codings_besides_chunked_are_refused_both_ways() {
+    let servers = Servers::new();
+    let (proxy, mut heads) = to_scripted(
+        &servers,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    // Re-framed, the request would lose its gzip coding: 400, and nothing reaches the server.
+    let answer = raw(
+        proxy.addr(),
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 400, "{answer}");
+    assert!(heads.try_recv().is_err(), "the request reached the server");
+    // The same for the server's response: 502.
+    let (status, _, _) = get(&proxy.url("/")).await;
+    assert_eq!(status, 502);
+}
+
+#[tokio::test]
+async fn an_http10_server_does_not_end_the_clients_keep_alive() {
+    let servers = Servers::new();
+    let (proxy, _heads) =
+        to_scripted(&servers, b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    for n in 0..2 {
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let mut chunk = [0u8; 1024];
+            let read = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert!(read > 0, "request {n}: the proxy closed the connection");
+            answer.extend_from_slice(&chunk[..read]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {n}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_request_body_is_400_and_not_held_against_the_server() {
+    let servers = Servers::new();
+    let echo = servers.echo("e").await;
+    // One observed error would mark the server DOWN (and every request after it 503).
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+
+        [backend.app]
+        observe = "layer7"
+        error_limit = 1
+        check = {{ interval = "1h" }}
+        servers = [ {{ name = "e", addr = "{echo}", check = true }} ]
+        "#
+    ))
+    .await;
+    for body in [
+        &b"zz\r\nabc\r\n0\r\n\r\n"[..],
+        b"3\r\nabcdef\r\n0\r\n\r\n",
+        b"ffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+    ] {
+        let mut request =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(body);
+        let answer = raw(proxy.addr(), &request, WAIT).await;
+        assert_eq!(raw_status(&answer), 400, "{answer}");
+    }
+    let (status, _, body) = get(&proxy.url("/")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server_name(&body), "e");
+}
+
+#[tokio::test]
+async fn an_upload_slower_than_timeout_server_is_not_a_504() {
+    let servers = Servers::new();
+    let sink = servers.behaviour().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        timeout = {{ client = "5s" }}
+
+        [backend.app]
+        timeout = {{ server = "1s" }}
+        servers = [ {{ name = "sink", addr = "{sink}" }} ]
+        "#
+    ))
+    .await;
+    let (tx, body) = channel_body();
+    let req = Request::post(proxy.url("/upload"))
+        .body(body.boxed())
+        .unwrap();
+    let response = tokio::spawn(streaming_client().request(req));
+    // A slow client: ten pieces over about 2.5 s, each well within `timeout client`, the
+    // whole well beyond `timeout server`. The server takes every piece as it comes.
+    for _ in 0..10 {
+        tx.send(Frame::data(Bytes::from_static(&[b'x'; 1000])))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(tx);
+    let resp = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("an answer in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-body-bytes"], "10000");
+}
