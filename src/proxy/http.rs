@@ -84,9 +84,16 @@ pub async fn serve(
         record.path = req.uri().path().to_owned();
     }
     let Some(index) = snapshot.frontend_index(&info.bind) else {
-        // The listener outlived its frontend (a reload removed it); stop serving it.
-        return Ok(local(Failure::NoBackend, record));
-    };    record.frontend = Some(index);
+        // The connection outlived its listener's frontend (a reload removed it): a 503, after
+        // which an HTTP/1 connection closes, as HAProxy's old process closes its connections.
+        // Kept open, it would answer every later request the same way.
+        let mut answer = local(Failure::NoBackend, record);
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(answer);
+    };
+    record.frontend = Some(index);
     let frontend = &snapshot.frontends[index];
     let (backend, attempt, record) = match prepare(&snapshot, frontend, &info, req, record) {
         Prepared::Forward(backend, attempt, record) => (backend, attempt, record),

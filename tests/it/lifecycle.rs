@@ -600,3 +600,46 @@ async fn by_default_an_http2_client_cannot_flood_the_log() {
     let flooded: Vec<_> = lines.iter().filter(|l| l.contains("PING")).collect();
     assert!(flooded.is_empty(), "{flooded:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_bind_closes_its_keep_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let two = servers.echo("two").await;
+    // Idle connections are kept far longer than the test waits: only the fix closes them.
+    let long_idle = r#"
+        [defaults]
+        timeout = { client = "300s", http_keep_alive = "300s" }
+    "#;
+    let second = format!(
+        r#"
+        [frontend.second]
+        bind = "127.0.0.1:0"
+        default_backend = "two"
+        {long_idle}
+        "#
+    );
+    let (_dir, path) = config_file(&config("one", one, two, one, &second));
+    let wasp = Binary::run(&path);
+    let line = wasp.wait_for("frontend=\"second\"", WAIT);
+    let removed: SocketAddr = field(&line, "listener").parse().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(removed).await.unwrap();
+    assert!(ask(&mut tcp).await.ends_with("200 OK"));
+
+    std::fs::write(&path, config("one", one, two, one, long_idle)).unwrap();
+    wasp.signal("HUP");
+    wasp.wait_for("configuration loaded", WAIT);
+    // The open connection's next request has no frontend left: it is answered, and then the
+    // connection is closed rather than kept to answer 503 to every request after it.
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer, long before its idle timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+}
