@@ -84,7 +84,9 @@ pub fn build_balancer(
     match &backend.balance {
         Balance::RoundRobin => Box::new(RoundRobin::new(servers, state)),
         Balance::StaticRr => {
-            let weights = backend.servers.iter().map(|s| s.weight).collect();
+            // The weights in force when the snapshot is built: the file's, or a run-time
+            // change a reload kept (HAProxy's static-rr takes such changes at a reload too).
+            let weights = servers.iter().map(|s| s.weight()).collect();
             Box::new(StaticRr::new(servers, weights, state))
         }
         Balance::LeastConn => Box::new(LeastConn::new(servers, state)),

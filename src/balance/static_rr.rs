@@ -66,6 +66,15 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuild_takes_the_weights_in_force() {
+        let lab = Lab::new(&[1, 1, 1]);
+        lab.servers[2].set_weight(4);
+        let backend = crate::balance::tests::backend(&crate::config::Balance::StaticRr, &lab);
+        let rebuilt = crate::balance::build_balancer(&backend, &lab.servers, lab.backend());
+        assert_eq!(counts(&lab.picks(&*rebuilt, 600, &[]), 3), [100, 100, 400]);
+    }
+
+    #[test]
     fn health_admin_and_zero_weight_still_apply() {
         let lab = Lab::new(&[1, 1, 1, 1]);
         let srr = static_rr(&lab);
