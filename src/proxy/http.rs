@@ -235,7 +235,10 @@ fn prepare<'s>(
         // The one TE value that is end to end in effect: gRPC servers require it.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if scan.content_length {
+    let empty = body_is_empty(&body);
+    // Re-framed by hyper, except an empty body's `Content-Length: 0`, kept: without it a POST
+    // reaches the server with no length at all, and strict servers answer 411.
+    if scan.content_length && !empty {
         headers.remove(header::CONTENT_LENGTH);
     }
     // A `Connection` header that names `Host` makes the strip above remove it.
@@ -256,7 +259,7 @@ fn prepare<'s>(
         sent: scan.forwarding,
     });
 
-    let body = if body_is_empty(&body) {
+    let body = if empty {
         None
     } else {
         Some(Reclaimable::new(IdleBody::new(

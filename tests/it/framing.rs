@@ -302,3 +302,19 @@ async fn an_upload_slower_than_timeout_server_is_not_a_504() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-body-bytes"], "10000");
 }
+
+#[tokio::test]
+async fn an_empty_body_keeps_its_content_length_zero() {
+    let servers = Servers::new();
+    let (proxy, mut heads) =
+        to_scripted(&servers, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let answer = raw(
+        proxy.addr(),
+        b"POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    let head = heads.recv().await.unwrap();
+    assert_eq!(header(&head, "content-length"), Some("0"), "{head}");
+}
