@@ -91,6 +91,15 @@ impl BackendState {
             self.freed.notify_waiters();
         }
     }
+
+    /// One slot freed: the request that has waited longest gets its turn (tokio's `Notify`
+    /// wakes its waiters first come, first served, and a woken waiter that gives up passes its
+    /// turn on). With nobody waiting the turn is kept for the next one to queue.
+    fn wake_next(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.freed.notify_one();
+        }
+    }
 }
 
 /// A registration to be woken when a slot may have freed up.
@@ -463,7 +472,7 @@ impl Drop for ActiveGuard {
         self.server.busy.active.fetch_sub(1, Ordering::Relaxed);
         let backend = &self.server.backend;
         backend.busy.active.fetch_sub(1, Ordering::Relaxed);
-        backend.wake_waiters();
+        backend.wake_next();
     }
 }
 

@@ -289,8 +289,13 @@ pub(crate) async fn choose(
         return Ok(p);
     }
     let mut ticket = None;
+    // Whether this request's turn came in the queue. The queue is first come, first served,
+    // as HAProxy's: a request that has not been woken from it takes a free slot only when
+    // nobody else is waiting (a slot that frees goes to the request waiting longest).
+    let mut woken = false;
     loop {
-        if !backend.is_full() {
+        let others = backend.state.queued() - usize::from(ticket.is_some());
+        if !backend.is_full() && (woken || others == 0) {
             let pick = |tried: &[usize]| {
                 backend
                     .balancer
@@ -310,7 +315,8 @@ pub(crate) async fn choose(
         if !backend.any_usable() {
             return Err(Failure::NoServer);
         }
-        // Every usable server is at its maxconn (or the backend is): queue for a free slot.
+        // Every usable server is at its maxconn (or the backend is), or others wait before
+        // this request: queue for a free slot.
         match ticket.take() {
             None => {
                 // Register first, then look again, so that a slot freed in between is seen.
@@ -325,6 +331,7 @@ pub(crate) async fn choose(
                 {
                     return Err(Failure::QueueTimeout);
                 }
+                woken = true;
             }
         }
     }

@@ -241,6 +241,40 @@ async fn a_queued_request_is_served_when_a_slot_frees_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_first_come_first_served() {
+    let servers = Servers::new();
+    let (held, mut arrived, gate) = servers.gated("held").await;
+    let proxy = Proxy::start(&limited(held, "10s")).await;
+    let queue = std::sync::Arc::clone(state(&proxy, "app", held).backend());
+    let mut answers = Vec::new();
+    for n in 0..6usize {
+        let url = proxy.url(&format!("/{n}"));
+        answers.push(tokio::spawn(async move { get(&url).await }));
+        if n == 0 {
+            assert_eq!(
+                arrived.recv().await.unwrap(),
+                "/0",
+                "the first takes the slot"
+            );
+        } else {
+            crate::support::wait_until(Duration::from_secs(10), "the request queued", || {
+                queue.queued() == n
+            })
+            .await;
+        }
+    }
+    // Each time the slot frees, the request that has waited longest gets it.
+    for n in 1..6 {
+        gate.open(1);
+        assert_eq!(arrived.recv().await.unwrap(), format!("/{n}"));
+    }
+    gate.open(1);
+    for answer in answers {
+        assert_eq!(answer.await.unwrap().0, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leastconn_sends_a_slow_server_fewer_requests() {
     let servers = Servers::new();
     let slow = servers.behaviour().await;

@@ -143,11 +143,16 @@ impl Servers {
     }
 
     /// A server that holds every request until the test opens the gate: each arrival is
-    /// reported on the returned channel, and each answer ("released") waits for the gate.
+    /// reported on the returned channel (with the request's path), and each answer
+    /// ("released") waits for the gate.
     pub async fn gated(
         &self,
         name: &str,
-    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>, Gate) {
+    ) -> (
+        SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+        Gate,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
@@ -164,11 +169,12 @@ impl Servers {
                 let (arrived_tx, permits, name) =
                     (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
                 tokio::spawn(async move {
-                    let service = service_fn(move |_req: Request<Incoming>| {
+                    let service = service_fn(move |req: Request<Incoming>| {
                         let (arrived_tx, permits, name) =
                             (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
+                        let path = req.uri().path().to_owned();
                         async move {
-                            let _ = arrived_tx.send(());
+                            let _ = arrived_tx.send(path);
                             permits.acquire().await.expect("gate open").forget();
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
                                 "{name}\nreleased\n"
