@@ -77,6 +77,16 @@ impl ConnShared {
         }
     }
 
+    /// Keeps the connection busy (no head or idle clock) until the returned guard is dropped:
+    /// held by an HTTP/1 request body until it has all arrived, which may be after its
+    /// response (an early answer). The bytes still coming are that body's, not a new head.
+    pub fn hold_for_body(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            shared: Arc::clone(self),
+        }
+    }
+
     /// Whether the connection ended because a request head did not arrive in time (a 408).
     pub fn timed_out_head(&self) -> bool {
         self.timed_out_head.load(Ordering::Acquire)

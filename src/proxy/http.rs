@@ -25,7 +25,7 @@ use crate::proxy::timer::LazyTimer;
 use crate::proxy::upgrade;
 use crate::routing::{LocalResponse, RequestView, RouteDecision};
 use crate::snapshot::{Backend, Frontend, ListenKey, Snapshot};
-use crate::upstream::body::{IdleBody, Reclaimable};
+use crate::upstream::body::{ClientBody, IdleBody, Reclaimable};
 
 /// What a request knows about the connection it arrived on.
 #[derive(Debug)]
@@ -262,9 +262,13 @@ fn prepare<'s>(
     let body = if empty {
         None
     } else {
-        Some(Reclaimable::new(IdleBody::new(
-            body,
-            frontend.timeouts.client,
+        // On HTTP/1 the rest of the body follows on the connection even after an early
+        // response; on HTTP/2 an unread body's stream is reset instead.
+        let hold = (parts.version != Version::HTTP_2)
+            .then(|| Box::new(info.conn.hold_for_body()) as Box<dyn Send + Sync>);
+        Some(Reclaimable::new(ClientBody::new(
+            IdleBody::new(body, frontend.timeouts.client),
+            hold,
         )))
     };
     let attempt = Attempt {

@@ -92,7 +92,81 @@ where
 }
 
 /// A client's request body on its way upstream.
-pub type ClientBody = IdleBody<Incoming>;
+///
+/// It may hold a token (`hold`) for as long as the body has not ended: on HTTP/1 the client
+/// connection counts the request as in flight until its body is in, so that the rest of a
+/// body still arriving after an early response (a 413, a local 503) is not taken for the
+/// start of the next request head. A body dropped before its end is read to its end by a
+/// task of its own, which keeps the token until then, for at most the idle timeout in all;
+/// then the connection closes (hyper closes one whose request body is left unfinished).
+pub struct ClientBody {
+    /// `None` only once dropped.
+    inner: Option<IdleBody<Incoming>>,
+    hold: Option<Box<dyn Send + Sync>>,
+}
+
+impl ClientBody {
+    pub fn new(inner: IdleBody<Incoming>, hold: Option<Box<dyn Send + Sync>>) -> Self {
+        Self {
+            inner: Some(inner),
+            hold,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.hold = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        let (Some(hold), Some(mut rest)) = (self.hold.take(), self.inner.take()) else {
+            return;
+        };
+        if rest.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // As nginx's lingering close: for at most the idle timeout (`timeout client`) in all;
+        // a client still sending then is cut off.
+        let limit = rest.idle;
+        runtime.spawn(async move {
+            use http_body_util::BodyExt as _;
+            let _ = tokio::time::timeout(limit, async {
+                while let Some(Ok(_)) = rest.frame().await {}
+            })
+            .await;
+            drop(hold);
+        });
+    }
+}
 
 /// A request body slot shared between attempts: whoever reads first takes the body.
 #[derive(Clone)]

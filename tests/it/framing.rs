@@ -318,3 +318,86 @@ async fn an_empty_body_keeps_its_content_length_zero() {
     let head = heads.recv().await.unwrap();
     assert_eq!(header(&head, "content-length"), Some("0"), "{head}");
 }
+
+/// A server that answers `/upload` with 413 as soon as it has read the head, leaving the body
+/// unread, and anything else with 200 "next".
+async fn early_answers() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer: &[u8] = if head.starts_with(b"POST /upload") {
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nnext\n"
+                };
+                let _ = tcp.write_all(answer).await;
+                // Whatever else comes is not read; the connection closes when dropped.
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_body_still_arriving_after_an_early_answer_is_not_a_late_head() {
+    let server = early_answers().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        timeout = {{ http_request = "1s", client = "10s" }}
+
+        [backend.app]
+        servers = [ {{ name = "s", addr = "{server}" }} ]
+        "#
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    tcp.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[b'x'; 1000]).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let read = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .expect("the early answer in time")
+            .unwrap();
+        assert!(read > 0, "closed before the early answer");
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The client goes on with its body for longer than `http_request`, each piece well
+    // within `timeout client`: these bytes are the body's, not a next head to time.
+    for _ in 0..9 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        tcp.write_all(&[b'x'; 1000]).await.unwrap();
+    }
+    tcp.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("the next answer in time")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(rest.ends_with("next\n"), "{rest}");
+}
