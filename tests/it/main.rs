@@ -7,6 +7,7 @@ mod accept_proxy;
 mod admin;
 
 mod failover;
+mod h2;
 mod health;
 mod labs;
 mod lifecycle;
