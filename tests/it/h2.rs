@@ -1,4 +1,5 @@
-//! HTTP/2 on both sides: what servers reached over HTTP/2 receive as `:authority` and `host`.
+//! HTTP/2 on both sides: what servers reached over HTTP/2 receive as `:authority` and `host`;
+//! the header list limit wasp advertises to HTTP/2 clients.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -135,5 +136,52 @@ servers = [{{ name = "e1", addr = "{echo}" }}]
     assert!(
         body.contains(&format!("\nhost: {}\n", outer.addr())),
         "{body}"
+    );
+}
+
+/// A GET over HTTP/2 (prior knowledge) carrying `n` headers of about 1 KiB each (as HPACK
+/// counts them: name, value and 32 bytes): its status, or the error that ended the stream.
+async fn with_big_headers(proxy: SocketAddr, n: usize) -> Result<StatusCode, hyper::Error> {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(format!("http://{proxy}/big-head"))
+        .body(crate::support::empty())
+        .unwrap();
+    for i in 0..n {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-h{i:03}")).unwrap(),
+            http::HeaderValue::from_str(&"v".repeat(995)).unwrap(),
+        );
+    }
+    sender.send_request(req).await.map(|r| r.status())
+}
+
+#[tokio::test]
+async fn h2_header_list_is_limited_to_16k() {
+    let servers = Servers::new();
+    let echo = servers.echo("e1").await;
+    let proxy = Proxy::start(&format!(
+        r#"[frontend.web]
+bind = "127.0.0.1:0"
+default_backend = "echo"
+[backend.echo]
+servers = [{{ name = "e1", addr = "{echo}" }}]
+"#
+    ))
+    .await;
+    assert_eq!(
+        with_big_headers(proxy.addr(), 10).await.unwrap(),
+        StatusCode::OK,
+        "a 10 KiB header list passes"
+    );
+    // Answered 431 by the HTTP/2 layer: the request goes nowhere.
+    assert_eq!(
+        with_big_headers(proxy.addr(), 20).await.unwrap(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "a 20 KiB header list is refused"
     );
 }
