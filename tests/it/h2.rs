@@ -1,18 +1,23 @@
 //! HTTP/2 on both sides: what servers reached over HTTP/2 receive as `:authority` and `host`;
-//! the header list limit wasp advertises to HTTP/2 clients.
+//! the header list limit wasp advertises to HTTP/2 clients; clients that stop granting
+//! flow-control window (cut after `timeout client`, their servers' connections released) and
+//! clients that read slowly but steadily (never cut).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::support::{Proxy, Servers, raw, raw_status, server_name};
+use crate::support::{
+    Binary, Proxy, Servers, channel_body, config_file, field, raw, raw_status, server_name,
+};
 
 /// An HTTP/2 (prior knowledge) server answering with the `:authority` it received (the URI's
 /// authority, `-` without one) and its `host` headers (`-` for none), one per line.
@@ -67,7 +72,7 @@ async fn h2_servers_get_the_canonical_authority_and_no_host_header() {
     let answer = raw(
         proxy.addr(),
         b"GET /a HTTP/1.1\r\nhost: App.Test:8080\r\nconnection: close\r\n\r\n",
-        std::time::Duration::from_secs(5),
+        Duration::from_secs(5),
     )
     .await;
     assert_eq!(raw_status(&answer), 200, "{answer}");
@@ -79,7 +84,7 @@ async fn h2_servers_get_the_canonical_authority_and_no_host_header() {
     let answer = raw(
         proxy.addr(),
         b"GET http://abs.test/a HTTP/1.1\r\nhost: other.test\r\nconnection: close\r\n\r\n",
-        std::time::Duration::from_secs(5),
+        Duration::from_secs(5),
     )
     .await;
     assert!(answer.ends_with("authority=abs.test\nhost=-\n"), "{answer}");
@@ -87,7 +92,7 @@ async fn h2_servers_get_the_canonical_authority_and_no_host_header() {
     let answer = raw(
         proxy.addr(),
         b"GET /a HTTP/1.0\r\n\r\n",
-        std::time::Duration::from_secs(5),
+        Duration::from_secs(5),
     )
     .await;
     assert!(
@@ -116,7 +121,7 @@ servers = [{{ name = "e1", addr = "{echo}" }}]
         let answer = raw(
             outer.addr(),
             b"GET /chained HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
-            std::time::Duration::from_secs(5),
+            Duration::from_secs(5),
         )
         .await;
         assert_eq!(raw_status(&answer), 200, "{answer}");
@@ -184,4 +189,177 @@ servers = [{{ name = "e1", addr = "{echo}" }}]
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "a 20 KiB header list is refused"
     );
+}
+
+/// A server whose every response is an endless body, sent in 16 KiB pieces as fast as the
+/// reader takes them; over HTTP/2 when `h2`, else HTTP/1.1. Each time a response body is
+/// dropped (the proxy let go of it) a message arrives on the returned channel.
+async fn endless(h2: bool) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (released_tx, released) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let released_tx = released_tx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let released_tx = released_tx.clone();
+                    async move {
+                        let (tx, body) = channel_body();
+                        tokio::spawn(async move {
+                            let piece = Bytes::from(vec![b'e'; 16 * 1024]);
+                            while tx.send(Frame::data(piece.clone())).await.is_ok() {}
+                            let _ = released_tx.send(());
+                        });
+                        Ok::<_, Infallible>(Response::new(body))
+                    }
+                });
+                let io = TokioIo::new(tcp);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, released)
+}
+
+/// An HTTP/2 client connection to `addr` with the given stream and connection windows; its
+/// connection task's handle ends when the connection does.
+async fn h2_connect(
+    addr: SocketAddr,
+    window: u32,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window.max(65_535))
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, task)
+}
+
+fn get(addr: SocketAddr, path: &str) -> Request<http_body_util::Full<Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .body(crate::support::empty())
+        .unwrap()
+}
+
+/// Config for a frontend with `timeout client = client` in front of `server` (over HTTP/2
+/// when `h2`), on one worker so that every client shares the worker's server connections.
+fn stall_config(server: SocketAddr, h2: bool, client: &str) -> String {
+    let proto = if h2 { "proto = \"h2\"\n" } else { "" };
+    format!(
+        r#"[global]
+workers = 1
+[defaults]
+timeout = {{ client = "{client}", server = "60s" }}
+[frontend.web]
+bind = "127.0.0.1:0"
+default_backend = "be"
+[backend.be]
+{proto}servers = [{{ name = "s1", addr = "{server}" }}]
+"#
+    )
+}
+
+/// Opens `streams` downloads on one HTTP/2 connection and never reads them: once their
+/// windows are used up, the client grants no more. Returns the connection's task.
+async fn stalled_client(
+    proxy: SocketAddr,
+    streams: usize,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+    Vec<Response<Incoming>>,
+) {
+    let (mut sender, task) = h2_connect(proxy, 65_535).await;
+    let mut held = Vec::new();
+    for i in 0..streams {
+        let resp = sender
+            .send_request(get(proxy, &format!("/stall/{i}")))
+            .await;
+        let resp = resp.expect("response head");
+        assert_eq!(resp.status(), StatusCode::OK);
+        held.push(resp);
+    }
+    (sender, task, held)
+}
+
+#[tokio::test]
+async fn h2_client_granting_no_window_is_cut_after_timeout_client() {
+    for h2_server in [false, true] {
+        let (server, mut released) = endless(h2_server).await;
+        let proxy = Proxy::start(&stall_config(server, h2_server, "1s")).await;
+        let (_sender, task, _held) = stalled_client(proxy.addr(), 3).await;
+        let limit = Duration::from_secs(20);
+        tokio::time::timeout(limit, task)
+            .await
+            .unwrap_or_else(|_| panic!("h2 server {h2_server}: connection still open"))
+            .unwrap();
+        for _ in 0..3 {
+            tokio::time::timeout(limit, released.recv())
+                .await
+                .unwrap_or_else(|_| panic!("h2 server {h2_server}: a server response is held"))
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2_slow_steady_reader_is_not_cut() {
+    let servers = Servers::new();
+    let server = servers.behaviour().await;
+    let proxy = Proxy::start(&stall_config(server, false, "500ms")).await;
+    // A 16 KiB window, 16 KiB read every 50 ms (about 320 KB/s): the download takes well over
+    // three times `timeout client`, never waiting that long for one piece.
+    let (mut sender, _task) = h2_connect(proxy.addr(), 16 * 1024).await;
+    let total = 1024 * 1024;
+    let resp = sender
+        .send_request(get(proxy.addr(), &format!("/bytes/{total}")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap_or_else(|e| panic!("cut after {got} bytes: {e}"));
+        got += frame.data_ref().map_or(0, |d| d.len());
+        // Pacing the reader, not waiting for an event.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(got, total);
+}
+
+/// The access log shows a stream cut this way as HTTP/1 shows a client that stopped reading:
+/// the response's status, the bytes that went out, `complete=false`.
+#[test]
+fn h2_stalled_response_is_logged_incomplete() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, _released) = runtime.block_on(endless(false));
+    let (_dir, path) = config_file(&stall_config(server, false, "1s"));
+    let wasp = Binary::run(&path);
+    let (_sender, task, _held) = runtime.block_on(stalled_client(wasp.addr, 1));
+    let line = wasp.wait_for("wasp::access", Duration::from_secs(20));
+    assert_eq!(field(&line, "path"), "/stall/0", "{line}");
+    assert_eq!(field(&line, "status"), "200", "{line}");
+    assert_eq!(field(&line, "complete"), "false", "{line}");
+    assert!(field(&line, "bytes").parse::<u64>().unwrap() > 0, "{line}");
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), task).await })
+        .expect("the connection is closed")
+        .unwrap();
 }
