@@ -344,6 +344,36 @@ async fn h2_slow_steady_reader_is_not_cut() {
     assert_eq!(got, total);
 }
 
+/// Clients that grant no window on streams through a `proto = "h2"` backend do not stall
+/// another client's download on the worker's shared server connection: it completes while
+/// they are still waiting for `timeout client` (a minute here).
+#[tokio::test]
+async fn h2_stalled_streams_leave_the_shared_server_connection_usable() {
+    let (server, _released) = endless(true).await;
+    let proxy = Proxy::start(&stall_config(server, true, "60s")).await;
+    let (_sender, stalled, _held) = stalled_client(proxy.addr(), 8).await;
+    // Another client reads 8 MiB of the endless body, through the same server connection.
+    let (mut sender, _task) = h2_connect(proxy.addr(), 1024 * 1024).await;
+    let resp = sender
+        .send_request(get(proxy.addr(), "/other"))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut got = 0;
+    while got < 8 * 1024 * 1024 {
+        let frame = tokio::time::timeout(Duration::from_secs(20), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {got} bytes"))
+            .expect("more body")
+            .unwrap();
+        got += frame.data_ref().map_or(0, |d| d.len());
+    }
+    assert!(
+        !stalled.is_finished(),
+        "the stalled client is still connected"
+    );
+}
+
 /// The access log shows a stream cut this way as HTTP/1 shows a client that stopped reading:
 /// the response's status, the bytes that went out, `complete=false`.
 #[test]
