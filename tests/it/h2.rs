@@ -1,10 +1,15 @@
 //! HTTP/2 on both sides: what servers reached over HTTP/2 receive as `:authority` and `host`;
 //! the header list limit wasp advertises to HTTP/2 clients; clients that stop granting
-//! flow-control window (cut after `timeout client`, their servers' connections released) and
-//! clients that read slowly but steadily (never cut).
+//! flow-control window (cut after `timeout client`, their servers' connections released),
+//! clients that read slowly but steadily (never cut), and the memory a client that stops
+//! reading its socket can hold.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -392,4 +397,99 @@ fn h2_stalled_response_is_logged_incomplete() {
         .block_on(async { tokio::time::timeout(Duration::from_secs(20), task).await })
         .expect("the connection is closed")
         .unwrap();
+}
+
+/// A socket whose reads stop for good once `stop` is set (writes go on): a client that has
+/// stopped reading.
+struct StopReading {
+    tcp: tokio::net::TcpStream,
+    stop: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for StopReading {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StopReading {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// What one stream of a client that stopped reading may cost wasp, in KiB.
+const BUDGET_PER_STREAM_KIB: u64 = 400;
+
+/// Clients that grant every window there is and then stop reading their sockets: what each
+/// stream holds in wasp until `timeout client` is bounded by the HTTP/2 send buffer (hyper's
+/// default, 400 KiB a stream, made such clients cost hundreds of MB).
+#[test]
+fn h2_clients_that_stop_reading_hold_bounded_memory() {
+    const STREAMS: usize = 100;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, _released) = runtime.block_on(endless(false));
+    let config = stall_config(server, false, "60s");
+    let (_dir, path) = config_file(&config.replace("[global]", "[global]\naccess_log = false"));
+    let wasp = Binary::run(&path);
+    let idle = wasp.rss_kib();
+    let stop = Arc::new(AtomicBool::new(false));
+    let _held = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
+        let io = StopReading {
+            tcp,
+            stop: Arc::clone(&stop),
+        };
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(i32::MAX as u32)
+            .initial_connection_window_size(i32::MAX as u32)
+            .handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut heads = tokio::task::JoinSet::new();
+        for i in 0..STREAMS {
+            let mut sender = sender.clone();
+            let req = get(wasp.addr, &format!("/big/{i}"));
+            heads.spawn(async move { sender.send_request(req).await.unwrap() });
+        }
+        let held = heads.join_all().await;
+        stop.store(true, Ordering::Relaxed);
+        (sender, held)
+    });
+    // Poll until the memory stops growing (no change of more than 1 MiB for a second).
+    let (mut peak, mut steady_since) = (idle, std::time::Instant::now());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline && steady_since.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = wasp.rss_kib();
+        if now > peak + 1024 {
+            steady_since = std::time::Instant::now();
+        }
+        peak = peak.max(now);
+    }
+    let per_stream = (peak.saturating_sub(idle)) / STREAMS as u64;
+    assert!(
+        per_stream < BUDGET_PER_STREAM_KIB,
+        "{per_stream} KiB per stream (idle {idle} KiB, peak {peak} KiB)"
+    );
 }
