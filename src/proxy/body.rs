@@ -1,9 +1,11 @@
 //! The body of a response to the client: a server's response or a local answer, carrying the
 //! request's [`Finish`] hook so the access-log line is written when the response has been fully
-//! sent (or abandoned), with the bytes actually sent.
+//! sent (or abandoned), with the bytes actually sent. Over HTTP/2 it also tells the connection
+//! when it waits for the client to take its data ([`StreamProgress`]).
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::clock;
+use crate::proxy::client_io::StreamProgress;
 use crate::upstream::ResponseBody;
 use crate::upstream::body::{BodyError, IdleBody};
 
@@ -20,10 +23,98 @@ pub trait Finish: Send + 'static {
     fn finish(self: Box<Self>, bytes: u64, complete: bool);
 }
 
+/// The most an HTTP/2 response hands over at a time. hyper asks for the next piece once the
+/// client's window and the send buffer have room for more, so a piece is also how much a
+/// client must take per `timeout client` to be making progress; a server's chunk (an HTTP/1.1
+/// read can be hundreds of KiB) is cut to it. One HTTP/2 frame's worth by default.
+const H2_PIECE: usize = 16 * 1024;
+
 enum Kind {
     Local(Option<Bytes>),
     // Not boxed: it is `Unpin`, and a box would cost an allocation per response.
     Upstream(IdleBody<ResponseBody>),
+    /// An HTTP/2 response: one of the above, watched.
+    Http2(Box<Watched>),
+}
+
+/// An HTTP/2 response body and what its connection's stall check reads.
+struct Watched {
+    kind: Kind,
+    progress: Arc<StreamProgress>,
+    /// What is left of the last chunk after the piece handed over.
+    rest: Bytes,
+}
+
+impl Kind {
+    #[inline]
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
+            Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Http2(watched) => watched.poll_frame(cx),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Kind::Local(bytes) => bytes.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Http2(watched) => watched.rest.is_empty() && watched.kind.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Kind::Local(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Local(None) => SizeHint::with_exact(0),
+            Kind::Upstream(body) => body.size_hint(),
+            Kind::Http2(watched) => {
+                let inner = watched.kind.size_hint();
+                let rest = watched.rest.len() as u64;
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + rest);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + rest);
+                }
+                hint
+            }
+        }
+    }
+}
+
+impl Watched {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // Asked for more: whatever was handed over before has been taken.
+        self.progress.asked();
+        let polled = if self.rest.is_empty() {
+            match self.kind.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) => {
+                        if data.len() > H2_PIECE {
+                            self.rest = data.split_off(H2_PIECE);
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        } else {
+            let n = self.rest.len().min(H2_PIECE);
+            Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
+        };
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.progress.handed_over(clock::recent());
+        }
+        polled
+    }
 }
 
 /// The body of a response to the client.
@@ -67,6 +158,16 @@ impl ProxyBody {
         self.started
     }
 
+    /// Makes this the body of an HTTP/2 response, whose progress `progress` reports.
+    pub fn watch(&mut self, progress: Arc<StreamProgress>) {
+        let kind = std::mem::replace(&mut self.kind, Kind::Local(None));
+        self.kind = Kind::Http2(Box::new(Watched {
+            kind,
+            progress,
+            rest: Bytes::new(),
+        }));
+    }
+
     fn done(&mut self, complete: bool) {
         if let Some(f) = self.finish.take() {
             f.finish(self.sent, complete);
@@ -83,10 +184,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
-            Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
-        };
+        let polled = this.kind.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -101,18 +199,11 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Local(bytes) => bytes.is_none(),
-            Kind::Upstream(body) => body.is_end_stream(),
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Local(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Kind::Local(None) => SizeHint::with_exact(0),
-            Kind::Upstream(body) => body.size_hint(),
-        }
+        self.kind.size_hint()
     }
 }
 

@@ -11,11 +11,19 @@
 //!   timeout, and a slow server is `timeout server`'s business).
 //! - **HTTP/2**: a connection with no stream in flight and no traffic for `client` is closed.
 //! - **Writing**: a client that accepts no bytes for `client` (a blocked write) is cut.
+//! - **HTTP/2 flow control**: a client can stop a response without ever blocking a write, by
+//!   granting no window: its stream just stops asking for data. Each HTTP/2 response body
+//!   reports when it handed data over and when more was asked for ([`StreamProgress`]); a
+//!   response that waited `client` for the client to take its data closes the connection, as
+//!   HAProxy does, which releases every stream's server connection. The check needs no timer
+//!   per stream: the connection's read timer, which waits anyway while streams are in flight,
+//!   is armed at the earliest such deadline, and a scan of the connection's streams when it
+//!   fires finds the next one. HTTP/1 connections never register a stream.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,6 +49,8 @@ pub struct ConnShared {
     timed_out_head: AtomicBool,
     /// When the first byte of the latest request head arrived, in ns since `accepted`.
     head_start_ns: AtomicU64,
+    /// The HTTP/2 response bodies of this connection (dead ones are pruned as it goes).
+    streams: Mutex<Vec<Weak<StreamProgress>>>,
 }
 
 impl Default for ConnShared {
@@ -51,6 +61,7 @@ impl Default for ConnShared {
             in_flight: AtomicUsize::new(0),
             timed_out_head: AtomicBool::new(false),
             head_start_ns: AtomicU64::new(0),
+            streams: Mutex::default(),
         }
     }
 }
@@ -94,6 +105,74 @@ impl ConnShared {
 
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A new HTTP/2 response body's progress, which the connection's stall check will watch.
+    pub fn watch_stream(&self) -> Arc<StreamProgress> {
+        let progress = Arc::new(StreamProgress {
+            base: self.accepted,
+            waiting_since_ns: AtomicU64::new(0),
+        });
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if streams.len() == streams.capacity() {
+            // Before the list grows: amortised, each entry is looked at once per growth.
+            streams.retain(|w| w.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(&progress));
+        progress
+    }
+
+    /// When the connection's streams must be looked at again: `Err` when a response has been
+    /// waiting for `limit` for the client to take its data (at `now`), else the earliest
+    /// instant one could have (`now + limit` when none is waiting).
+    fn next_stall(&self, now: Instant, limit: Duration) -> Result<Instant, ()> {
+        let mut next = now + limit;
+        let mut stalled = false;
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.retain(|w| {
+            let Some(progress) = w.upgrade() else {
+                return false;
+            };
+            if let Some(since) = progress.waiting_since() {
+                if since + limit <= now {
+                    stalled = true;
+                }
+                next = next.min(since + limit);
+            }
+            true
+        });
+        if stalled { Err(()) } else { Ok(next) }
+    }
+}
+
+/// Where an HTTP/2 response body stands with its client: waiting since when for the client to
+/// take the data it handed over (the stream asks for more only once the client's flow-control
+/// window and the send buffer let it), or not waiting (asked for more, or not started).
+#[derive(Debug)]
+pub struct StreamProgress {
+    /// The connection's accept.
+    base: Instant,
+    /// ns since `base`, plus one; 0: not waiting.
+    waiting_since_ns: AtomicU64,
+}
+
+impl StreamProgress {
+    /// Data was handed over at `at`: waiting for the client from then.
+    pub fn handed_over(&self, at: Instant) {
+        let ns = u64::try_from((at - self.base).as_nanos()).unwrap_or(u64::MAX - 1);
+        self.waiting_since_ns.store(ns + 1, Ordering::Relaxed);
+    }
+
+    /// More data was asked for: not waiting for the client.
+    pub fn asked(&self) {
+        self.waiting_since_ns.store(0, Ordering::Relaxed);
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        match self.waiting_since_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(self.base + Duration::from_nanos(ns - 1)),
+        }
     }
 }
 
@@ -150,6 +229,8 @@ pub struct ClientIo<IO> {
     read_timer: LazyTimer,
     write_blocked_since: Option<Instant>,
     write_timer: LazyTimer,
+    /// HTTP/2 with streams in flight: when to look for a stalled response next.
+    stall_check: Instant,
 }
 
 impl<IO> ClientIo<IO> {
@@ -170,6 +251,7 @@ impl<IO> ClientIo<IO> {
             read_timer: LazyTimer::default(),
             write_blocked_since: None,
             write_timer: LazyTimer::default(),
+            stall_check: now,
         }
     }
 
@@ -198,6 +280,7 @@ impl<IO> ClientIo<IO> {
     /// The instant at which waiting for more client bytes becomes a timeout, if any.
     fn read_deadline(&self) -> Option<Instant> {
         match (self.proto, self.phase) {
+            (Proto::Http2, Phase::InFlight) => Some(self.stall_check),
             (_, Phase::InFlight) => None,
             (Proto::Http2, Phase::AwaitingHead { .. }) => {
                 Some(self.last_activity + self.timeouts.client)
@@ -270,23 +353,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 this.sync_phase(clock::recent());
-                let Some(deadline) = this.read_deadline() else {
-                    return Poll::Pending;
-                };
-                if !this.read_timer.poll_expired(deadline, cx) {
-                    return Poll::Pending;
+                loop {
+                    let Some(deadline) = this.read_deadline() else {
+                        return Poll::Pending;
+                    };
+                    if !this.read_timer.poll_expired(deadline, cx) {
+                        return Poll::Pending;
+                    }
+                    let Phase::AwaitingHead { first, started, .. } = this.phase else {
+                        // HTTP/2 streams in flight (no other in-flight phase has a deadline).
+                        match this.shared.next_stall(Instant::now(), this.timeouts.client) {
+                            Ok(next) => {
+                                this.stall_check = next;
+                                continue;
+                            }
+                            Err(()) => return Poll::Ready(Err(timed_out("write"))),
+                        }
+                    };
+                    if this.proto != Proto::Http2 && (first || started) {
+                        // Best effort: hyper is not writing while it waits for a head.
+                        this.shared.timed_out_head.store(true, Ordering::Release);
+                        let _ = Pin::new(&mut this.io).poll_write(cx, RESPONSE_408);
+                        let _ = Pin::new(&mut this.io).poll_flush(cx);
+                        return Poll::Ready(Err(timed_out("request")));
+                    }
+                    return Poll::Ready(Err(timed_out("idle")));
                 }
-                let Phase::AwaitingHead { first, started, .. } = this.phase else {
-                    return Poll::Pending;
-                };
-                if this.proto != Proto::Http2 && (first || started) {
-                    // Best effort: hyper is not writing while it waits for a head.
-                    this.shared.timed_out_head.store(true, Ordering::Release);
-                    let _ = Pin::new(&mut this.io).poll_write(cx, RESPONSE_408);
-                    let _ = Pin::new(&mut this.io).poll_flush(cx);
-                    return Poll::Ready(Err(timed_out("request")));
-                }
-                Poll::Ready(Err(timed_out("idle")))
             }
         }
     }
@@ -457,6 +549,45 @@ mod tests {
             let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
             assert_eq!(start.elapsed(), Duration::from_secs(30));
+        });
+    }
+
+    #[test]
+    fn h2_response_waiting_for_the_client_closes_the_connection_after_client() {
+        paused(async {
+            let (server_end, mut client) = duplex(4096);
+            let shared = Arc::new(ConnShared::default());
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+            client
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 64];
+            assert!(io.read(&mut buf).await.unwrap() > 0);
+            let _request = shared.begin_request();
+            let waiting = shared.watch_stream();
+            let other = shared.watch_stream();
+            // One stream keeps going (asks for more every 10 s); the other stops at 20 s.
+            let start = Instant::now();
+            let steady = async {
+                loop {
+                    waiting.handed_over(clock::now());
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    waiting.asked();
+                }
+            };
+            let stalls = async {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                other.handed_over(clock::now());
+                std::future::pending::<()>().await;
+            };
+            let err = tokio::select! {
+                r = io.read(&mut buf) => r.unwrap_err(),
+                _ = steady => unreachable!(),
+                _ = stalls => unreachable!(),
+            };
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(start.elapsed(), Duration::from_secs(50), "20 s + client");
         });
     }
 

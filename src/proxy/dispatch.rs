@@ -53,12 +53,22 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
-    fn request(&self, server: &Server, headers: HeaderMap) -> Request<UpstreamBody> {
-        // HTTP/1.1 sends the origin form; HTTP/2 needs the scheme and authority as well.
+    fn request(&self, server: &Server, mut headers: HeaderMap) -> Request<UpstreamBody> {
+        // HTTP/1.1 sends the origin form; HTTP/2 needs the scheme and authority as well. The
+        // authority is the request's canonical one (what an HTTP/1.1 server gets as `Host`),
+        // the server's address only when the request has none; and it goes as `:authority`
+        // alone: RFC 9113 8.3.1 wants no `host` beside it (an HTTP/2 server may refuse a
+        // mismatch, as wasp does, or go by `:authority` and never see `host`). The connection
+        // is still chosen by the server's address (`Pools::send`).
         let uri = if server.pools.is_h2() {
+            headers.remove(header::HOST);
             Uri::builder()
                 .scheme(server.scheme.clone())
-                .authority(server.authority.clone())
+                .authority(
+                    self.authority
+                        .clone()
+                        .unwrap_or_else(|| server.authority.clone()),
+                )
                 .path_and_query(self.path_and_query.clone())
                 .build()
                 .unwrap_or_default()

@@ -56,7 +56,8 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let received = clock::now();
-    let head_started = if req.version() == Version::HTTP_2 {
+    let h2 = req.version() == Version::HTTP_2;
+    let head_started = if h2 {
         received
     } else {
         info.conn.head_started()
@@ -91,13 +92,13 @@ pub async fn serve(
         answer
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(answer);
+        return Ok(watched(h2, &info, answer));
     };
     record.frontend = Some(index);
     let frontend = &snapshot.frontends[index];
     let (backend, attempt, record) = match prepare(&snapshot, frontend, &info, req, record) {
         Prepared::Forward(backend, attempt, record) => (backend, attempt, record),
-        Prepared::Answer(answer) => return Ok(answer),
+        Prepared::Answer(answer) => return Ok(watched(h2, &info, answer)),
     };
     // Boxed: the attempts' state is a few KiB, and hyper moves this future (into its
     // connection's slot; into a task of its own for each HTTP/2 stream). The box is allocated
@@ -108,7 +109,17 @@ pub async fn serve(
         Box::new_uninit(),
         dispatch(backend, frontend, &info, attempt, record),
     );
-    Ok(Box::into_pin(dispatched).await)
+    Ok(watched(h2, &info, Box::into_pin(dispatched).await))
+}
+
+/// An HTTP/2 response's body reports its progress to the connection's stall check
+/// (`client_io`); an HTTP/1 one is left as it is.
+#[inline]
+fn watched(h2: bool, info: &ConnInfo, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if h2 {
+        resp.body_mut().watch(info.conn.watch_stream());
+    }
+    resp
 }
 
 /// Where a request goes once [`prepare`] has looked at it.

@@ -8,6 +8,7 @@ mod admin;
 
 mod failover;
 mod framing;
+mod h2;
 mod health;
 mod labs;
 mod lifecycle;
