@@ -24,11 +24,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rustls::server::Acceptor;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DEFAULT_MAX_HEADER_SIZE, Mode};
@@ -244,7 +245,7 @@ async fn serve_connection(
         return l4::serve(tcp, client, local, bind, proxy, watcher).await;
     }
     let _ = tcp.set_nodelay(true);
-    let tls = snapshot.tls_for(&bind).map(|t| Arc::clone(&t.config));
+    let tls = snapshot.tls_for(&bind).map(Arc::clone);
     let conn = Connection {
         client,
         frontend: Arc::clone(&frontend.name),
@@ -262,10 +263,15 @@ async fn serve_connection(
     drop(snapshot);
     let state = Arc::clone(&conn.state);
     let _session = state.sessions.open();
-    let Some(config) = tls else {
+    let Some(tls) = tls else {
         return conn.serve(tcp, None, Alpn::None, watcher).await;
     };
-    let handshake = TlsAcceptor::from(config).accept(tcp);
+    let handshake = async move {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
+        let config = Arc::clone(tls.config_for(start.client_hello().alpn()));
+        drop(tls);
+        start.into_stream(config).await
+    };
     let stream = match tokio::time::timeout(conn.timeouts.http_request, handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -364,14 +370,22 @@ impl Connection {
             .max_header_list_size(h2_header_list_limit(max_header_size))
             .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
             .max_send_buf_size(H2_MAX_SEND_BUF);
-        let builder = match alpn {
-            Alpn::None => builder,
-            Alpn::Http1 => builder.http1_only(),
-            Alpn::H2 => builder.http2_only(),
+        let served = match alpn {
+            // HTTP/2 chosen by ALPN: nothing else is served on the connection (hyper-util
+            // honours `http2_only` without upgrades, which HTTP/2 has no use for).
+            Alpn::H2 => {
+                let h2 = builder.http2_only();
+                watcher.watch(h2.serve_connection(io, service)).await
+            }
+            // HTTP/1.1 chosen by ALPN, or no ALPN: with upgrades (WebSocket), where hyper-util
+            // cannot be held to HTTP/1 (`http1_only` does nothing there): a client that chose
+            // HTTP/1.1 and sends the HTTP/2 preface anyway is served HTTP/2.
+            Alpn::Http1 | Alpn::None => {
+                watcher
+                    .watch(builder.serve_connection_with_upgrades(io, service))
+                    .await
+            }
         };
-        let served = watcher
-            .watch(builder.serve_connection_with_upgrades(io, service))
-            .await;
 
         if conn.timed_out_head() {
             connection_error(client, &state, 408, "request head timeout");

@@ -1,8 +1,8 @@
 //! TLS termination: certificates loaded and checked (`certs`), chosen per connection by SNI
 //! (`sni`), and the rustls server configuration of a listener: TLS 1.2 and 1.3 only with
 //! rustls' default cipher suites (no renegotiation or compression exist in rustls), ALPN `h2`
-//! then `http/1.1`, optional client-certificate verification. `client` builds the rustls
-//! configuration wasp uses towards TLS servers.
+//! then `http/1.1` (none for a client that offers neither), optional client-certificate
+//! verification. `client` builds the rustls configuration wasp uses towards TLS servers.
 
 pub mod certs;
 pub mod client;
@@ -36,7 +36,14 @@ pub struct TlsListener {
     pub settings: TlsConfig,
     pub resolver: Arc<SniResolver>,
     pub config: Arc<ServerConfig>,
+    /// The same without ALPN, for a client that offers only protocols wasp does not speak
+    /// (`http/1.0`): rustls would end its handshake with `no_application_protocol`, where
+    /// HAProxy goes on without ALPN (RFC 7301 lets a server do either).
+    pub config_without_alpn: Arc<ServerConfig>,
 }
+
+/// The protocols wasp offers by ALPN, preferred first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 impl TlsListener {
     /// Loads the certificates and builds the rustls configuration.
@@ -63,14 +70,16 @@ impl TlsListener {
             _ => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as Arc<_>);
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         // The server's order (rustls' default list, strongest first) decides the cipher suite,
         // not the client's.
         config.ignore_client_order = true;
+        let config_without_alpn = Arc::new(config.clone());
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         Ok(TlsListener {
             settings: settings.clone(),
             resolver,
             config: Arc::new(config),
+            config_without_alpn,
         })
     }
 
@@ -79,6 +88,26 @@ impl TlsListener {
     pub fn reload_certs(&self) -> Result<(), TlsError> {
         self.resolver.replace(load_set(&self.settings)?);
         Ok(())
+    }
+
+    /// The configuration for a client that offers `offered` by ALPN (`None`: no ALPN).
+    pub fn config_for<'a>(
+        &self,
+        offered: Option<impl Iterator<Item = &'a [u8]>>,
+    ) -> &Arc<ServerConfig> {
+        match offered {
+            Some(protocols) => {
+                let mut protocols = protocols.peekable();
+                let none_of_ours =
+                    protocols.peek().is_some() && !protocols.any(|p| ALPN.contains(&p));
+                if none_of_ours {
+                    &self.config_without_alpn
+                } else {
+                    &self.config
+                }
+            }
+            None => &self.config,
+        }
     }
 }
 

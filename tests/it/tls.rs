@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -834,4 +835,58 @@ async fn router_plugins_see_the_sni_and_the_local_port() {
     proxy.runtime.reload().await.expect("reload");
     assert_eq!(served("b.test").await, "beta", "by the local port");
     assert_eq!(served("a.test").await, "alpha", "names before ports");
+}
+
+#[tokio::test]
+async fn a_client_offering_only_other_protocols_goes_on_without_alpn() {
+    let Site {
+        ca,
+        proxy,
+        dir: _dir,
+        _servers,
+        ..
+    } = site("").await;
+    // What `curl --http1.0` offers: rustls alone would end the handshake with
+    // `no_application_protocol`; HAProxy goes on without ALPN, and so does wasp.
+    let mut stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"http/1.0"]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    stream
+        .write_all(b"GET /old HTTP/1.0\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.contains("node1"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_connection_that_chose_h2_by_alpn_serves_only_http2() {
+    let Site {
+        ca,
+        proxy,
+        dir: _dir,
+        _servers,
+        ..
+    } = site("").await;
+    let mut stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"h2"]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends in time")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.contains("HTTP/1.1 200"),
+        "served HTTP/1.1 after ALPN h2: {answer}"
+    );
 }
