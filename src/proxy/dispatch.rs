@@ -73,6 +73,13 @@ impl Attempt {
                 .build()
                 .unwrap_or_default()
         } else {
+            if self.authority.is_none()
+                && let Ok(host) = HeaderValue::from_str(server.authority.as_str())
+            {
+                // An HTTP/1.0 client may leave Host out; the HTTP/1.1 request sent must have
+                // one.
+                headers.insert(header::HOST, host);
+            }
             Uri::from(self.path_and_query.clone())
         };
         let body = match &self.body {
@@ -84,13 +91,6 @@ impl Attempt {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        if self.authority.is_none()
-            && !server.pools.is_h2()
-            && let Ok(host) = HeaderValue::from_str(server.authority.as_str())
-        {
-            // An HTTP/1.0 client may leave Host out; the HTTP/1.1 request sent must have one.
-            req.headers_mut().insert(header::HOST, host);
-        }
         req
     }
 

@@ -164,20 +164,14 @@ impl Scan {
     }
 }
 
-/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
-/// `Trailer`, `Transfer-Encoding`, `Upgrade`, and `Proxy-*` headers.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    Scan::of(headers).strip(headers);
-}
-
 /// A server's response whose framing cannot be relayed faithfully.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("response transfer coding other than chunked")]
 pub struct OtherCoding;
 
-/// [`strip_hop_by_hop`] for a server's response, which hyper has de-chunked: a
-/// `Content-Length` sent along with `Transfer-Encoding` is not the body's length (RFC 9112,
-/// 6.3) and goes too. A coding besides `chunked` (`gzip, chunked`) would be lost with the
+/// Removes a server's response's hop-by-hop headers ([`Scan::strip`]). hyper has de-chunked
+/// the response: a `Content-Length` sent along with `Transfer-Encoding` is not the body's
+/// length (RFC 9112, 6.3) and goes too. A coding besides `chunked` (`gzip, chunked`) would be lost with the
 /// header, so such a response is refused instead.
 pub fn strip_response(headers: &mut HeaderMap) -> Result<(), OtherCoding> {
     let scan = Scan::of(headers);
@@ -301,7 +295,7 @@ mod tests {
     /// The names left, in order, once the hop-by-hop headers of `pairs` are stripped.
     fn left_after_strip(pairs: &[(&str, &str)]) -> Vec<String> {
         let mut h = map(pairs);
-        strip_hop_by_hop(&mut h);
+        Scan::of(&h).strip(&mut h);
         h.keys().map(|k| k.as_str().to_owned()).collect()
     }
 

@@ -89,9 +89,11 @@ pub async fn serve(
         // which an HTTP/1 connection closes, as HAProxy's old process closes its connections.
         // Kept open, it would answer every later request the same way.
         let mut answer = local(Failure::NoBackend, record);
-        answer
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if !h2 {
+            answer
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         return Ok(watched(h2, &info, answer));
     };
     record.frontend = Some(index);
