@@ -12,26 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    Proxy, Servers, channel_body, get, raw, raw_status, server_name, streaming_client,
+    Proxy, Servers, channel_body, get, one_backend, raw, raw_status, server_name, streaming_client,
+    to_echo,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A frontend with `frontend` added, default backend `app` with `servers`.
-fn config(frontend: &str, servers: &str) -> String {
-    format!(
-        r#"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        {frontend}
-
-        [backend.app]
-        timeout = {{ connect = "1s", server = "2s" }}
-        servers = [ {servers} ]
-        "#
-    )
-}
 
 /// A proxy in front of a [`Servers::scripted`] server answering `answer`.
 async fn to_scripted(
@@ -39,12 +24,27 @@ async fn to_scripted(
     answer: &'static [u8],
 ) -> (Proxy, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let (addr, heads) = servers.scripted(answer).await;
-    let proxy = Proxy::start(&config(
-        "",
+    let proxy = Proxy::start(&one_backend(
         &format!(r#"{{ name = "s", addr = "{addr}" }}"#),
+        "",
     ))
     .await;
     (proxy, heads)
+}
+
+/// Reads from `tcp` until what was read ends with `end`; `what` names it in a failure.
+async fn read_until(tcp: &mut TcpStream, end: &[u8], what: &str) -> Vec<u8> {
+    let mut read = Vec::new();
+    while !read.ends_with(end) {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("{what} in time"))
+            .unwrap();
+        assert!(n > 0, "the proxy closed the connection before {what}");
+        read.extend_from_slice(&chunk[..n]);
+    }
+    read
 }
 
 /// The value of header `name` in a raw head (the first one; names compared in any case).
@@ -105,12 +105,7 @@ async fn hdr_host_routes_on_the_host_the_server_gets() {
 #[tokio::test]
 async fn targets_and_hosts_that_name_no_one_place_are_400() {
     let servers = Servers::new();
-    let echo = servers.echo("e").await;
-    let proxy = Proxy::start(&config(
-        "",
-        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
-    ))
-    .await;
+    let proxy = to_echo(&servers, "").await;
     for request in [
         // Authority-form is CONNECT's; hyper takes it for any method.
         "GET admin.example:80 HTTP/1.1\r\nHost: admin.example\r\n\r\n",
@@ -213,16 +208,7 @@ async fn an_http10_server_does_not_end_the_clients_keep_alive() {
         tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
-        let mut answer = Vec::new();
-        while !answer.ends_with(b"\r\n\r\nok") {
-            let mut chunk = [0u8; 1024];
-            let read = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
-                .await
-                .expect("an answer in time")
-                .unwrap();
-            assert!(read > 0, "request {n}: the proxy closed the connection");
-            answer.extend_from_slice(&chunk[..read]);
-        }
+        let answer = read_until(&mut tcp, b"\r\n\r\nok", &format!("answer {n}")).await;
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 200"), "request {n}: {answer}");
     }
@@ -321,36 +307,32 @@ async fn an_empty_body_keeps_its_content_length_zero() {
 
 /// A server that answers `/upload` with 413 as soon as it has read the head, leaving the body
 /// unread, and anything else with 200 "next".
-async fn early_answers() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let mut byte = [0u8; 1];
-                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+async fn early_answers(servers: &Servers) -> std::net::SocketAddr {
+    servers
+        .serve_each(|mut tcp| async move {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
                 }
-                let answer: &[u8] = if head.starts_with(b"POST /upload") {
-                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nnext\n"
-                };
-                let _ = tcp.write_all(answer).await;
-                // Whatever else comes is not read; the connection closes when dropped.
-            });
-        }
-    });
-    addr
+                head.push(byte[0]);
+            }
+            let answer: &[u8] = if head.starts_with(b"POST /upload") {
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nnext\n"
+            };
+            let _ = tcp.write_all(answer).await;
+            // Whatever else comes is not read; the connection closes when dropped.
+        })
+        .await
 }
 
 #[tokio::test]
 async fn a_body_still_arriving_after_an_early_answer_is_not_a_late_head() {
-    let server = early_answers().await;
+    let servers = Servers::new();
+    let server = early_answers(&servers).await;
     let proxy = Proxy::start(&format!(
         r#"
         [frontend.web]
@@ -368,16 +350,7 @@ async fn a_body_still_arriving_after_an_early_answer_is_not_a_late_head() {
         .await
         .unwrap();
     tcp.write_all(&[b'x'; 1000]).await.unwrap();
-    let mut answer = Vec::new();
-    while !answer.ends_with(b"\r\n\r\n") {
-        let mut chunk = [0u8; 1024];
-        let read = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
-            .await
-            .expect("the early answer in time")
-            .unwrap();
-        assert!(read > 0, "closed before the early answer");
-        answer.extend_from_slice(&chunk[..read]);
-    }
+    let answer = read_until(&mut tcp, b"\r\n\r\n", "the early answer").await;
     assert!(
         answer.starts_with(b"HTTP/1.1 413"),
         "{}",

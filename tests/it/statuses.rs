@@ -10,33 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    Proxy, Servers, client, empty, get, h2_client, raw, raw_status, send, server_name,
+    Proxy, Servers, client, empty, get, h2_client, one_backend, raw, raw_status, send, server_name,
+    to_echo,
 };
-
-fn one_backend(servers: &str, extra: &str) -> String {
-    format!(
-        r#"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        {extra}
-
-        [backend.app]
-        timeout = {{ connect = "1s", server = "2s" }}
-        servers = [ {servers} ]
-        "#
-    )
-}
-
-/// A proxy in front of one echo server (named "e"), with `extra` in the frontend.
-async fn to_echo(servers: &Servers, extra: &str) -> Proxy {
-    let echo = servers.echo("e").await;
-    Proxy::start(&one_backend(
-        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
-        extra,
-    ))
-    .await
-}
 
 /// Sends `req` (which asks for JSON) and returns the status and what the echo server says
 /// it received.

@@ -79,32 +79,21 @@ impl Servers {
     /// A server answering every request with the status `initial` (changeable through the
     /// returned [`Status`]) and its name as the body.
     pub async fn status(&self, name: &str, initial: u16) -> (SocketAddr, Status) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let status = Status(Arc::new(std::sync::atomic::AtomicU16::new(initial)));
-        let stop = self.stop.clone();
         let current = status.clone();
         let name: Arc<str> = Arc::from(name);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    a = listener.accept() => a.unwrap(),
-                };
-                let (current, name, stop) = (current.clone(), Arc::clone(&name), stop.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |_req: Request<Incoming>| {
-                        let code = current.0.load(std::sync::atomic::Ordering::Relaxed);
-                        let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
-                        *resp.status_mut() = StatusCode::from_u16(code).unwrap();
-                        async move { Ok::<_, Infallible>(resp) }
-                    });
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
-                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+        let addr = self
+            .serve_each(move |tcp| {
+                let (current, name) = (current.clone(), Arc::clone(&name));
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let code = current.0.load(std::sync::atomic::Ordering::Relaxed);
+                    let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
+                    *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                    async move { Ok::<_, Infallible>(resp) }
                 });
-            }
-        });
+                serve_http(tcp, service)
+            })
+            .await;
         (addr, status)
     }
 
@@ -122,24 +111,8 @@ impl Servers {
     /// `/bytes/N` streams N bytes; anything else answers "ok" after reading the whole body,
     /// with the body size in `x-body-bytes`.
     pub async fn behaviour(&self) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    a = listener.accept() => a.unwrap(),
-                };
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service_fn(behave));
-                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
-                });
-            }
-        });
-        addr
+        self.serve_each(|tcp| serve_http(tcp, service_fn(behave)))
+            .await
     }
 
     /// A server that holds every request until the test opens the gate: each arrival is
@@ -194,26 +167,14 @@ impl Servers {
     /// chunked body (`one\ntwo\n`), `/empty` with 204, `/bytes/N` with N bytes, anything else
     /// with `ok\n` once it has read the request body.
     pub async fn counting(&self) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = Arc::clone(&accepted);
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    a = listener.accept() => a.unwrap(),
-                };
+        let addr = self
+            .serve_each(move |tcp| {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service_fn(by_path));
-                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
-                });
-            }
-        });
+                serve_http(tcp, service_fn(by_path))
+            })
+            .await;
         (addr, accepted)
     }
 
@@ -224,9 +185,22 @@ impl Servers {
         &self,
         answer: &'static [u8],
     ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (heads_tx, heads) = tokio::sync::mpsc::unbounded_channel();
+        let addr = self
+            .serve_each(move |tcp| answer_each(tcp, answer, heads_tx.clone()))
+            .await;
+        (addr, heads)
+    }
+
+    /// A listener on a free loopback port whose connections are each handed to `handle`, as
+    /// a task of its own; the listener and those tasks end when the servers are dropped.
+    pub async fn serve_each<F, Fut>(&self, mut handle: F) -> SocketAddr
+    where
+        F: FnMut(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (heads_tx, heads) = tokio::sync::mpsc::unbounded_channel();
         let stop = self.stop.clone();
         tokio::spawn(async move {
             loop {
@@ -234,17 +208,13 @@ impl Servers {
                     _ = stop.cancelled() => return,
                     a = listener.accept() => a.unwrap(),
                 };
-                let heads_tx = heads_tx.clone();
-                let stop = stop.clone();
+                let (conn, stop) = (handle(tcp), stop.clone());
                 tokio::spawn(async move {
-                    tokio::select! {
-                        _ = answer_each(tcp, answer, heads_tx) => {}
-                        _ = stop.cancelled() => {}
-                    }
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
                 });
             }
         });
-        (addr, heads)
+        addr
     }
 
     /// A server that reads the request head and closes the connection without answering.
@@ -519,6 +489,33 @@ pub fn streamed(total: u64) -> TestBody {
         chunk: Bytes::from(vec![b'u'; 64 * 1024]),
     }
     .boxed()
+}
+
+/// One frontend `web` (with `extra` in its section) and one backend `app` with `servers`
+/// (TOML inline tables), short connect and server timeouts.
+pub fn one_backend(servers: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        {extra}
+
+        [backend.app]
+        timeout = {{ connect = "1s", server = "2s" }}
+        servers = [ {servers} ]
+        "#
+    )
+}
+
+/// A proxy in front of one echo server (named "e"), with `extra` in the frontend.
+pub async fn to_echo(servers: &Servers, extra: &str) -> Proxy {
+    let echo = servers.echo("e").await;
+    Proxy::start(&one_backend(
+        &format!(r#"{{ name = "e", addr = "{echo}" }}"#),
+        extra,
+    ))
+    .await
 }
 
 /// An in-process proxy started from TOML text.
@@ -816,30 +813,34 @@ pub fn empty() -> Full<Bytes> {
 /// A server answering every request with status 200 and the body it is given (changeable
 /// through the returned handle).
 pub async fn body_server(servers: &Servers, initial: &str) -> (SocketAddr, BodyText) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let text = BodyText(Arc::new(std::sync::Mutex::new(initial.to_owned())));
     let current = text.clone();
-    let stop = servers.stop.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = tokio::select! {
-                _ = stop.cancelled() => return,
-                a = listener.accept() => a.unwrap(),
-            };
-            let (current, stop) = (current.clone(), stop.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |_req: Request<Incoming>| {
-                    let body = current.0.lock().unwrap().clone();
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(tcp), service);
-                tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+    let addr = servers
+        .serve_each(move |tcp| {
+            let current = current.clone();
+            let service = service_fn(move |_req: Request<Incoming>| {
+                let body = current.0.lock().unwrap().clone();
+                async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
             });
-        }
-    });
+            serve_http(tcp, service)
+        })
+        .await;
     (addr, text)
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (prior knowledge) with `service` on `tcp` until it closes.
+async fn serve_http<S, B>(tcp: TcpStream, service: S)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tcp), service)
+        .await;
 }
 
 /// The body a [`body_server`] answers with.

@@ -837,6 +837,18 @@ async fn router_plugins_see_the_sni_and_the_local_port() {
     assert_eq!(served("a.test").await, "alpha", "names before ports");
 }
 
+/// Writes `request` on `stream` and returns all that comes back until the proxy ends the
+/// connection (a reset ends it too).
+async fn send_raw(stream: &mut TlsStream<TcpStream>, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends in time")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[tokio::test]
 async fn a_client_offering_only_other_protocols_goes_on_without_alpn() {
     let Site {
@@ -850,16 +862,7 @@ async fn a_client_offering_only_other_protocols_goes_on_without_alpn() {
     // `no_application_protocol`; HAProxy goes on without ALPN, and so does wasp.
     let mut stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"http/1.0"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), None);
-    stream
-        .write_all(b"GET /old HTTP/1.0\r\nHost: site.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time")
-        .ok();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = send_raw(&mut stream, b"GET /old HTTP/1.0\r\nHost: site.test\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     assert!(answer.contains("node1"), "{answer}");
 }
@@ -875,16 +878,7 @@ async fn a_connection_that_chose_h2_by_alpn_serves_only_http2() {
     } = site("").await;
     let mut stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"h2"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("the connection ends in time")
-        .ok();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = send_raw(&mut stream, b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n").await;
     assert!(
         !answer.contains("HTTP/1.1 200"),
         "served HTTP/1.1 after ALPN h2: {answer}"
