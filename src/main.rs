@@ -89,10 +89,27 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("wasp: error: {e:#}");
+            eprintln!("wasp: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. wasp's own errors already name their cause in their
+/// message, so a cause whose text the line holds already is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -259,4 +276,35 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+    use std::io;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot listen on 127.0.0.1:80: {source}")]
+    struct Named {
+        source: io::Error,
+    }
+
+    fn in_use() -> io::Error {
+        io::Error::new(io::ErrorKind::AddrInUse, "Address already in use")
+    }
+
+    #[test]
+    fn a_cause_the_message_names_is_not_repeated() {
+        let e = anyhow::Error::new(Named { source: in_use() });
+        assert_eq!(
+            describe(&e),
+            "cannot listen on 127.0.0.1:80: Address already in use"
+        );
+    }
+
+    #[test]
+    fn a_context_keeps_its_cause() {
+        let e = anyhow::Error::new(in_use()).context("--listen");
+        assert_eq!(describe(&e), "--listen: Address already in use");
+    }
 }

@@ -53,6 +53,9 @@ pub struct Scan {
     /// `TE` lists `trailers`.
     pub te_trailers: bool,
     pub content_length: bool,
+    /// `Content-Length` came as a list (`2, 2`, or the field twice): equal values, or hyper
+    /// would have refused the message.
+    pub length_list: bool,
     /// A `Transfer-Encoding` header says something other than `chunked`: a coding wasp would
     /// drop (`gzip, chunked`), or one hyper cannot frame.
     pub other_coding: bool,
@@ -69,6 +72,7 @@ impl Scan {
                 scan.read_connection(value);
                 0
             } else if *name == header::CONTENT_LENGTH {
+                scan.length_list |= scan.content_length || value.as_bytes().contains(&b',');
                 scan.content_length = true;
                 continue;
             } else if *name == header::TE {
@@ -182,9 +186,23 @@ pub fn strip_response(headers: &mut HeaderMap) -> Result<(), OtherCoding> {
         if scan.content_length {
             headers.remove(header::CONTENT_LENGTH);
         }
+    } else if scan.length_list {
+        single_length(headers);
     }
     scan.strip(headers);
     Ok(())
+}
+
+/// Replaces a `Content-Length` list of equal values (`2, 2`, which hyper accepts) with the one
+/// value, as RFC 9110 (8.6) allows and HAProxy does: a strict recipient refuses the list.
+fn single_length(headers: &mut HeaderMap) {
+    let first = headers.get(header::CONTENT_LENGTH).and_then(|v| {
+        let text = v.as_bytes().split(|&b| b == b',').next()?.trim_ascii();
+        std::str::from_utf8(text).ok()?.parse::<u64>().ok()
+    });
+    if let Some(n) = first {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
 }
 
 /// Whether a comma-separated header value lists `token` (parameters after `;` ignored).

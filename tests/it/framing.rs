@@ -305,6 +305,36 @@ async fn an_empty_body_keeps_its_content_length_zero() {
     assert_eq!(header(&head, "content-length"), Some("0"), "{head}");
 }
 
+#[tokio::test]
+async fn a_content_length_list_of_equal_values_goes_on_as_one_value() {
+    // RFC 9110, 8.6: a list of equal lengths may be taken as the one value; a strict recipient
+    // refuses the list, so the proxy passes on the one value, both ways.
+    let servers = Servers::new();
+    let (proxy, mut heads) = to_scripted(
+        &servers,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let answer = raw(
+        proxy.addr(),
+        b"POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    let lengths = |head: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lengths(&answer), ["2"], "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    let head = heads.recv().await.unwrap();
+    assert_eq!(lengths(&head), ["0"], "{head}");
+}
+
 /// A server that answers `/upload` with 413 as soon as it has read the head, leaving the body
 /// unread, and anything else with 200 "next".
 async fn early_answers(servers: &Servers) -> std::net::SocketAddr {

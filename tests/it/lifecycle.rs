@@ -643,3 +643,36 @@ async fn a_reload_that_removes_a_bind_closes_its_keep_alive_connections() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
 }
+
+#[test]
+fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (_dir, path) = config_file(&format!(
+        r#"
+        [frontend.web]
+        bind = "{addr}"
+        default_backend = "one"
+        [backend.one]
+        servers = [ {{ name = "one", addr = "127.0.0.1:1" }} ]
+        "#
+    ));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run wasp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("error"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        line.starts_with(&format!("wasp: error: cannot listen on {addr}: ")),
+        "{line}"
+    );
+    // The cause once, not once for the message and once again for its source.
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+}
