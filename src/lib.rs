@@ -54,3 +54,6 @@ pub mod snapshot;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
+
+#[cfg(test)]
+pub(crate) mod test_log;

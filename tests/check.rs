@@ -200,7 +200,7 @@ fn wrong_type() {
     );
 }
 
-/// Durations without a unit, with an unknown unit, malformed, or zero.
+/// Durations without a unit, with an unknown unit, malformed, zero, or too long.
 #[test]
 fn bad_duration() {
     expect(
@@ -216,9 +216,11 @@ fn bad_duration() {
             r#"bad_duration.toml:6:53: error: defaults.timeout.connect: unknown unit "sec" in duration "5sec""#,
             r#"    = help: units are us, ms, s, m, h and d"#,
             r#"bad_duration.toml:11:28: error: frontend.web.timeout.http_request: duration must be greater than zero"#,
+            r#"bad_duration.toml:11:43: error: frontend.web.timeout.client: duration "25d" is too large"#,
+            r#"    = help: the maximum is "2147483647ms" (about 24.8 days), as in HAProxy"#,
             r#"bad_duration.toml:15:22: error: backend.app.check.interval: unknown unit "x" in duration "2x""#,
             r#"    = help: units are us, ms, s, m, h and d"#,
-            r#"check: 6 errors"#,
+            r#"check: 7 errors"#,
         ],
     );
 }
@@ -238,11 +240,13 @@ fn bad_address() {
             r#"    = help: bind takes an IP address: "127.0.0.1:PORT" for loopback, ":PORT" for all interfaces"#,
             r#"bad_address.toml:6:46: error: frontend.web.bind[2]: IPv6 address in "::1:8080" needs brackets"#,
             r#"    = help: write "[ADDRESS]:PORT", e.g. "[::1]:8080""#,
+            r#"bad_address.toml:6:58: error: frontend.web.bind[3]: bind address "[::ffff:127.0.0.1]:80" is the IPv4 address 127.0.0.1 in IPv6 form"#,
+            r#"    = help: an IPv6 socket cannot listen on it; write "127.0.0.1:PORT""#,
             r#"bad_address.toml:11:25: error: backend.app.servers[0].addr: missing port in "127.0.0.1""#,
             r#"    = help: write it as host:port, e.g. "127.0.0.1:8080""#,
             r#"bad_address.toml:12:25: error: backend.app.servers[1].addr: port 0 is not a valid server port"#,
             r#"    = help: write the port the server listens on"#,
-            r#"check: 6 errors"#,
+            r#"check: 7 errors"#,
         ],
     );
 }
@@ -631,7 +635,9 @@ fn plugin_keys() {
             r#"    = help: use it with frontend router = "NAME", backend balance = "NAME" or check.judge = "NAME""#,
             r#"plugin_keys.toml:22:1: error: plugin.sticky: unknown key "paht""#,
             r#"    = help: did you mean "path"?"#,
-            r#"check: 9 errors, 2 warnings"#,
+            r#"plugin_keys.toml:23:11: error: plugin.sticky.timeout: plugin timeout is too short"#,
+            r#"    = help: calls are timed in 1 ms steps; the minimum is 1ms"#,
+            r#"check: 10 errors, 2 warnings"#,
         ],
     );
 }

@@ -21,6 +21,8 @@ pub(crate) enum AddrError {
     Ipv6NeedsBrackets(String),
     #[error("bind address \"{0}\" is not an IP address")]
     BindHost(String),
+    #[error("bind address \"{addr}\" is the IPv4 address {v4} in IPv6 form")]
+    MappedV4 { addr: String, v4: Ipv4Addr },
     #[error("cannot resolve host \"{0}\"")]
     Unresolvable(String),
 }
@@ -40,6 +42,9 @@ impl AddrError {
                 "bind takes an IP address: \"127.0.0.1:PORT\" for loopback, \":PORT\" for all \
                  interfaces"
                     .to_owned()
+            }
+            AddrError::MappedV4 { v4, .. } => {
+                format!("an IPv6 socket cannot listen on it; write \"{v4}:PORT\"")
             }
             AddrError::Unresolvable(_) => {
                 "check the name (and /etc/hosts or DNS), or write an IP address".to_owned()
@@ -67,6 +72,14 @@ pub(crate) fn bind(s: &str) -> Result<SocketAddr, AddrError> {
             .parse()
             .map_err(|_| AddrError::BindHost(s.to_owned()))?,
     };
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return Err(AddrError::MappedV4 {
+            addr: s.to_owned(),
+            v4,
+        });
+    }
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -193,6 +206,13 @@ mod tests {
             Err(AddrError::Ipv6NeedsBrackets("::1:80".into()))
         );
         assert_eq!(bind("::1"), Err(AddrError::Ipv6NeedsBrackets("::1".into())));
+        assert_eq!(
+            bind("[::ffff:127.0.0.1]:80"),
+            Err(AddrError::MappedV4 {
+                addr: "[::ffff:127.0.0.1]:80".into(),
+                v4: std::net::Ipv4Addr::LOCALHOST
+            })
+        );
         assert_eq!(bind("[::1]"), Err(AddrError::MissingPort("[::1]".into())));
         assert_eq!(
             bind("example.com:80"),

@@ -14,6 +14,10 @@ const UNITS: &[(&str, u128)] = &[
     ("d", 86_400 * 1_000_000_000),
 ];
 
+/// The longest duration, HAProxy's: 2147483647 ms (about 24.8 days). Every timer wasp arms
+/// stays far from the limits of the clock's arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_millis(i32::MAX as u64);
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub(crate) enum DurationError {
     #[error("empty duration")]
@@ -35,7 +39,9 @@ impl DurationError {
                 format!("add a unit, e.g. \"{n}s\" or \"{n}ms\"")
             }
             DurationError::UnknownUnit { .. } => "units are us, ms, s, m, h and d".to_owned(),
-            DurationError::TooLarge(_) => "durations must fit in 64 bits of seconds".to_owned(),
+            DurationError::TooLarge(_) => {
+                "the maximum is \"2147483647ms\" (about 24.8 days), as in HAProxy".to_owned()
+            }
             _ => "write a number and a unit, e.g. \"10s\", \"250ms\" or \"1m30s\"".to_owned(),
         }
     }
@@ -82,9 +88,11 @@ pub(crate) fn parse(s: &str) -> Result<Duration, DurationError> {
             .ok_or_else(too_large)?;
         rest = tail;
     }
-    let secs =
-        u64::try_from(nanos / 1_000_000_000).map_err(|_| DurationError::TooLarge(s.to_owned()))?;
-    // The remainder is below 10^9, so it always fits.
+    if nanos > MAX_DURATION.as_nanos() {
+        return Err(DurationError::TooLarge(s.to_owned()));
+    }
+    // Below the maximum, both parts fit.
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(0);
     let sub = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
     Ok(Duration::new(secs, sub))
 }
@@ -145,5 +153,24 @@ mod tests {
             parse("999999999999999d"),
             Err(DurationError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn the_longest_duration_is_haproxys() {
+        assert_eq!(
+            parse("2147483647ms"),
+            Ok(Duration::from_millis(2_147_483_647))
+        );
+        assert_eq!(
+            parse("24d20h31m23s647ms"),
+            Ok(Duration::from_millis(2_147_483_647))
+        );
+        for long in ["2147483648ms", "25d", "4000000000000000000s"] {
+            assert_eq!(
+                parse(long),
+                Err(DurationError::TooLarge(long.into())),
+                "{long}"
+            );
+        }
     }
 }

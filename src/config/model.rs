@@ -416,6 +416,9 @@ impl HttpCheck {
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(5);
 /// Largest `timeout` a plugin may have: a decision is on the request path.
 pub const MAX_PLUGIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Smallest `timeout` a plugin may have: calls are timed by a 1 ms epoch tick, so a shorter
+/// bound would cut calls that finish well within it.
+pub const MIN_PLUGIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// Default cap on a plugin instance's linear memory.
 pub const DEFAULT_PLUGIN_MEMORY: usize = 32 * 1024 * 1024;
 /// Largest `memory` a plugin may have.

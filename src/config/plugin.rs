@@ -9,7 +9,7 @@ use toml::de::DeValue;
 use crate::config::diag::Sink;
 use crate::config::model::{
     DEFAULT_PLUGIN_MEMORY, DEFAULT_PLUGIN_TIMEOUT, DEFAULT_RECYCLE_AFTER, DEFAULT_RECYCLE_MEMORY,
-    MAX_PLUGIN_MEMORY, MAX_PLUGIN_TIMEOUT, OnError,
+    MAX_PLUGIN_MEMORY, MAX_PLUGIN_TIMEOUT, MIN_PLUGIN_TIMEOUT, OnError,
 };
 use crate::config::size;
 use crate::config::values::{At, section};
@@ -61,6 +61,11 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
             if d > MAX_PLUGIN_TIMEOUT {
                 sink.error(i.start(), &i.path, "plugin timeout is too long")
                     .help("a plugin call runs on the request path; the maximum is 1s");
+                return None;
+            }
+            if d < MIN_PLUGIN_TIMEOUT {
+                sink.error(i.start(), &i.path, "plugin timeout is too short")
+                    .help("calls are timed in 1 ms steps; the minimum is 1ms");
                 return None;
             }
             Some(d)

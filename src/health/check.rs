@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminState, CheckParams};
 use crate::health::probe::Probe;
-use crate::health::result::{CheckResult, HealthCheck, Outcome, ProbeError, Reason};
+use crate::health::result::{
+    CheckResult, HealthCheck, Observation, Outcome, ProbeError, Reason, Verdict,
+};
 use crate::health::state::{Health, ServerState};
 
 /// Jitter applied to every check delay, in percent either way (HAProxy's `spread-checks`
@@ -214,6 +216,29 @@ impl Spread {
     }
 }
 
+/// `judge`'s verdict on `observation`. A judge that may take long (a plugin, up to its
+/// timeout) runs on the blocking pool: the checker's own thread also serves the admin API
+/// (`/healthz`) and runs every other check. `None`: the runtime is shutting down.
+async fn judged(
+    judge: &Arc<dyn HealthCheck>,
+    observation: Observation,
+) -> Option<(Observation, Verdict)> {
+    if !judge.may_block() {
+        let verdict = judge.judge(&observation);
+        return Some((observation, verdict));
+    }
+    let judge = Arc::clone(judge);
+    let judging = tokio::task::spawn_blocking(move || {
+        let verdict = judge.judge(&observation);
+        (observation, verdict)
+    });
+    match judging.await {
+        Ok(judged) => Some(judged),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
 /// Everything one server's checker needs.
 #[derive(Debug)]
 pub struct Checker<P> {
@@ -221,7 +246,7 @@ pub struct Checker<P> {
     pub server: Arc<str>,
     pub params: CheckParams,
     pub probe: P,
-    pub judge: Box<dyn HealthCheck>,
+    pub judge: Arc<dyn HealthCheck>,
     pub state: Arc<ServerState>,
     pub spread: Spread,
 }
@@ -243,7 +268,9 @@ impl<P: Probe> Checker<P> {
                 continue;
             }
             let observation = self.probe.probe().await;
-            let verdict = self.judge.judge(&observation);
+            let Some((observation, verdict)) = judged(&self.judge, observation).await else {
+                return;
+            };
             tracker.sync(self.state.health());
             let change = tracker.record(verdict.passed);
             // The reason says it all, except what was wrong with an invalid response.
@@ -366,8 +393,9 @@ mod tests {
 
     use super::*;
     use crate::config::Server;
-    use crate::health::result::{NativeCheck, Observation};
+    use crate::health::result::NativeCheck;
     use crate::health::state::{ServerKey, StateTable};
+    use crate::test_log::Logs;
 
     const PASS: bool = true;
     const FAIL: bool = false;
@@ -574,12 +602,71 @@ mod tests {
                 server: Arc::from("s1"),
                 params: params(),
                 probe: script.clone(),
-                judge: Box::new(NativeCheck::default()),
+                judge: Arc::new(NativeCheck::default()),
                 state: Arc::clone(state),
                 spread: Spread::none(),
             },
             Duration::ZERO,
         )
+    }
+
+    /// A judge that may block: it says when it is called, then holds its thread until
+    /// released (or for ten seconds), and says which came first.
+    #[derive(Debug)]
+    struct Held {
+        entered: Mutex<std::sync::mpsc::Sender<()>>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+        released: Mutex<std::sync::mpsc::Sender<bool>>,
+    }
+
+    impl HealthCheck for Held {
+        fn judge(&self, observation: &Observation) -> Verdict {
+            self.entered.lock().unwrap().send(()).unwrap();
+            let release = self.release.lock().unwrap();
+            let released = release.recv_timeout(Duration::from_secs(10)).is_ok();
+            self.released.lock().unwrap().send(released).unwrap();
+            NativeCheck::default().judge(observation)
+        }
+
+        fn may_block(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_judge_that_takes_long_leaves_the_checkers_thread_free() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let (released_tx, released) = std::sync::mpsc::channel();
+        let state = server_state();
+        let _checker = spawn_checker(
+            Checker {
+                backend: Arc::from("items"),
+                server: Arc::from("s1"),
+                params: params(),
+                probe: Script::new(&[PASS]),
+                judge: Arc::new(Held {
+                    entered: Mutex::new(entered_tx),
+                    release: Mutex::new(release_rx),
+                    released: Mutex::new(released_tx),
+                }),
+                state: Arc::clone(&state),
+                spread: Spread::none(),
+            },
+            Duration::ZERO,
+        );
+        fn wait<T: Send + 'static>(rx: std::sync::mpsc::Receiver<T>) -> JoinHandle<T> {
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)).unwrap())
+        }
+        wait(entered).await.unwrap();
+        // The judge is holding a thread. Were it this runtime's only thread, nothing below
+        // would run until the judge gave up.
+        tokio::spawn(async {}).await.unwrap();
+        release.send(()).unwrap();
+        assert!(
+            wait(released).await.unwrap(),
+            "the judge held the checker's thread: it was not released until it gave up"
+        );
     }
 
     /// Lets the checker run through its script (the paused clock jumps ahead while idle).
@@ -671,41 +758,9 @@ mod tests {
         );
     }
 
-    /// Collects formatted log output.
-    #[derive(Clone, Default)]
-    struct Logs(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Logs {
-        fn lines(&self, level: &str) -> Vec<String> {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .lines()
-                .filter(|l| l.contains(level))
-                .map(str::to_owned)
-                .collect()
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn only_state_changes_are_logged_as_warnings_and_repeats_not_at_all() {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .without_time()
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = Logs::capture();
 
         let script = Script::new(&[PASS, PASS, FAIL, FAIL, FAIL, FAIL, FAIL, PASS, PASS, PASS]);
         let state = server_state();

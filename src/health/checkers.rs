@@ -170,12 +170,12 @@ impl HealthCheckers {
                     spec.params.http.as_ref(),
                     spec.tls.as_ref(),
                 ),
-                judge: judge(&JudgeSpec {
+                judge: Arc::from(judge(&JudgeSpec {
                     backend: &spec.backend,
                     server: &spec.server,
                     addr: key.addr,
                     params: &spec.params,
-                }),
+                })),
                 params: spec.params.clone(),
                 state,
                 spread: Spread::new(self.spread.next_u64(), self.spread.percent()),

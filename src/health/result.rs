@@ -136,6 +136,13 @@ pub struct CheckResult {
 /// The health decision: native (below) or a plugin (`plugin::WasmJudge`) implement it.
 pub trait HealthCheck: Send + Sync + fmt::Debug {
     fn judge(&self, observation: &Observation) -> Verdict;
+
+    /// Whether a judgement may take long (a plugin's, up to its timeout). Such a judge runs on
+    /// the blocking pool, not on the control thread, which also serves the admin API and
+    /// every other check.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 /// HAProxy's judgement: a TCP check passes when the connect succeeds, an HTTP check when the

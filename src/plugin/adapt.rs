@@ -24,6 +24,7 @@ use crate::plugin::bindings::router::RouteDecision as WitDecision;
 use crate::plugin::bindings::types::{self as wit, DirectResponse};
 use crate::plugin::instance::{Fault, poll_once};
 use crate::plugin::registry::Plugin;
+use crate::plugin::store::printable;
 use crate::routing::{AclRouter, ConnView, LocalResponse, RequestView, RouteDecision, Router};
 
 /// Largest body of a response a router plugin sends itself.
@@ -238,8 +239,11 @@ fn is_framing_or_hop(name: &HeaderName) -> bool {
 }
 
 /// At most 100 characters of plugin text, for messages.
+/// A plugin's text quoted in a fault's message: its first 100 characters, control
+/// characters escaped.
 fn clip(s: &str) -> String {
-    s.chars().take(100).collect()
+    let head: String = s.chars().take(100).collect();
+    printable(&head).into_owned()
 }
 
 /// Balances with a plugin, over the servers the shared eligibility rules allow.
@@ -427,6 +431,7 @@ impl HealthCheck for WasmJudge {
             Ok(wit_health::Verdict::Up) => self.verdict(true, String::new()),
             Ok(wit_health::Verdict::Down(why)) => {
                 let why: String = why.chars().take(MAX_REASON).collect();
+                let why = printable(&why).into_owned();
                 self.verdict(false, why)
             }
             Err(fault) => match self.plugin.on_error() {
@@ -434,6 +439,10 @@ impl HealthCheck for WasmJudge {
                 OnError::Deny => self.verdict(false, format!("plugin fault: {}", fault.kind())),
             },
         }
+    }
+
+    fn may_block(&self) -> bool {
+        true
     }
 }
 

@@ -166,6 +166,8 @@ fn health_judges_never_pass_a_failed_probe() {
         Box::new(NativeCheck::for_params(params)),
         build_judge(&spec, &set),
     ];
+    // The plugin's judgement runs off the control thread; the native one needs not.
+    assert!(!judges[0].may_block() && judges[1].may_block());
     for judge in &judges {
         for e in [
             ProbeError::Refused,

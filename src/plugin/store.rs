@@ -2,6 +2,7 @@
 //! interface (log, time, config, shared state), the memory limiter, and the minimal WASI
 //! context whose stdout/stderr go to the log.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
@@ -213,7 +214,7 @@ pub fn plugin_log(ctx: &PluginContext, level: tracing::Level, stream: &str, line
     while !line.is_char_boundary(end) {
         end -= 1;
     }
-    let line = &line[..end];
+    let line = printable(&line[..end]);
     let plugin = &*ctx.name;
     macro_rules! emit {
         ($level:expr) => {
@@ -231,6 +232,23 @@ pub fn plugin_log(ctx: &PluginContext, level: tracing::Level, stream: &str, line
         tracing::Level::WARN => emit!(tracing::Level::WARN),
         _ => emit!(tracing::Level::ERROR),
     }
+}
+
+/// A plugin's text as it may go into a log line or an operator's terminal: control characters
+/// (a newline that would start a forged log line, an escape sequence) written as escapes.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A plugin's stdout or stderr: each line becomes a log event (stderr at warn).
@@ -350,7 +368,35 @@ impl tokio::io::AsyncWrite for LineWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::LogLimit;
+    use std::sync::Arc;
+
+    use super::{LogLimit, PluginContext, plugin_log};
+    use crate::test_log::Logs;
+
+    #[test]
+    fn a_plugins_log_line_cannot_forge_another_or_write_escapes() {
+        let (logs, _guard) = Logs::capture();
+        let ctx = PluginContext {
+            name: Arc::from("evil"),
+            config: Vec::new(),
+            shared: Arc::default(),
+            log: Arc::new(LogLimit::new(10)),
+            memory: 1 << 20,
+        };
+        plugin_log(
+            &ctx,
+            tracing::Level::WARN,
+            "log",
+            "one\nERROR wasp: forged\x1b[2J\r",
+        );
+        let text = logs.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+        assert!(
+            text.contains(r"one\nERROR wasp: forged\u{1b}[2J\r"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn log_limit_counts_what_it_drops() {
