@@ -28,7 +28,7 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
                 out.push(error(
                     &p.written.path,
                     format!("plugin {file} {}", load_text(&e)),
-                    None,
+                    load_help(&e),
                 ));
                 continue;
             }
@@ -70,6 +70,27 @@ fn load_text(e: &crate::plugin::LoadError) -> String {
         }
         other => format!("cannot be loaded: {other}"),
     }
+}
+
+/// What to change when a plugin asks for something wasp does not give plugins (docs/plugins.md:
+/// no file system, network, environment, clock or randomness).
+fn load_help(e: &crate::plugin::LoadError) -> Option<String> {
+    let crate::plugin::LoadError::Link(text) = e else {
+        return None;
+    };
+    let help = if text.contains("wasi:random/") {
+        "plugins have no randomness: std's HashMap and HashSet seed their hasher from it; use \
+         BTreeMap, or a HashMap with a fixed hasher"
+    } else if text.contains("wasi:clocks/") {
+        "plugins have no clock (Instant, SystemTime, sleep); wasp_plugin::now_ns() is a \
+         monotonic clock"
+    } else if text.contains("wasi:") {
+        "plugins have no file system, network or environment; what a plugin needs comes in its \
+         request and its config table"
+    } else {
+        return None;
+    };
+    Some(help.to_owned())
 }
 
 fn trait_name(role: PluginRole) -> &'static str {

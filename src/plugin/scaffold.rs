@@ -152,6 +152,7 @@ mod tests {{
             headers: Vec::new(),
             client_ip: "127.0.0.1".into(),
             client_port: 40000,
+            local_port: 80,
             frontend: "web".into(),
             sni: None,
         }}

@@ -454,7 +454,7 @@ async fn hot_swap_under_load_fails_no_request() {
 }
 
 #[test]
-fn wasp_check_names_the_missing_export() {
+fn wasp_check_names_the_missing_export_or_import() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wasp.toml");
     std::fs::write(
@@ -475,9 +475,15 @@ path = "{}"
 [backend.other]
 servers = [{{ name = "s1", addr = "127.0.0.1:9002" }}]
 balance = "text"
-"#,
+
+[frontend.map]
+bind = "127.0.0.1:0"
+default_backend = "app"
+router = "map"
+{}"#,
             plugin("oops", "wrong-world", ""),
             path.display(),
+            plugin("map", "std-map", ""),
         ),
     )
     .unwrap();
@@ -503,7 +509,12 @@ balance = "text"
             && text.contains("wasp.toml is not a wasm component"),
         "{text}"
     );
-    assert!(text.ends_with("check: 2 errors\n"), "{text}");
+    assert!(
+        text.contains("std_map.wasm cannot be loaded: cannot link: ")
+            && text.contains("= help: plugins have no randomness: std's HashMap"),
+        "{text}"
+    );
+    assert!(text.ends_with("check: 3 errors\n"), "{text}");
 }
 
 /// The example plugins' own unit tests (their logic, on the host target).
@@ -574,6 +585,20 @@ fn scaffolded_plugins_build_and_load() {
             built.status.success(),
             "{name}: {}",
             String::from_utf8_lossy(&built.stderr)
+        );
+        // The crate's own tests run on the host as generated: they compile, and so does the
+        // library they link with.
+        let tested = std::process::Command::new(&cargo)
+            .current_dir(&crate_dir)
+            .args(["test", "--quiet"])
+            .env("CARGO_TARGET_DIR", &shared_target)
+            .output()
+            .unwrap();
+        assert!(
+            tested.status.success(),
+            "{name}: cargo test: {}{}",
+            String::from_utf8_lossy(&tested.stdout),
+            String::from_utf8_lossy(&tested.stderr)
         );
         let wasm_file = shared_target
             .join("wasm32-wasip2/release")

@@ -125,7 +125,14 @@ pub use bindings::router::wasp::plugin::types::{
 #[macro_export]
 macro_rules! export_router {
     ($ty:ident) => {
+        // Exported by the component only: on the host (`cargo test`) the plugin is a plain
+        // crate whose trait impl its tests call directly.
+        #[cfg(target_arch = "wasm32")]
         $crate::__export_router_plugin_impl!($ty with_types_in $crate::bindings::router);
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$ty as $crate::Router>::route;
+        };
     };
 }
 
@@ -147,7 +154,14 @@ macro_rules! export_router {
 #[macro_export]
 macro_rules! export_balancer {
     ($ty:ident) => {
+        // Exported by the component only: on the host (`cargo test`) the plugin is a plain
+        // crate whose trait impl its tests call directly.
+        #[cfg(target_arch = "wasm32")]
         $crate::__export_balancer_plugin_impl!($ty with_types_in $crate::bindings::balancer);
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$ty as $crate::Balancer>::pick;
+        };
     };
 }
 
@@ -170,7 +184,14 @@ macro_rules! export_balancer {
 #[macro_export]
 macro_rules! export_health {
     ($ty:ident) => {
+        // Exported by the component only: on the host (`cargo test`) the plugin is a plain
+        // crate whose trait impl its tests call directly.
+        #[cfg(target_arch = "wasm32")]
         $crate::__export_health_plugin_impl!($ty with_types_in $crate::bindings::health);
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$ty as $crate::HealthJudge>::judge;
+        };
     };
 }
 
