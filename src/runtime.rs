@@ -121,6 +121,8 @@ pub struct Core {
     /// The limit the connection registry applies (kept here too: the registry is gone once a
     /// stop has begun).
     maxconn: AtomicUsize,
+    /// `[global]` as the process started: the settings read at start only stay these.
+    at_start: config::Global,
     me: Weak<Core>,
 }
 
@@ -138,7 +140,6 @@ impl Runtime {
             Workers::start(count, config.global.sched_slice, pin).map_err(RuntimeError::Workers)?,
         );
         let maxconn = maxconn(&config);
-        tracing::info!(workers = count, pinned = pin, maxconn, "workers started");
         let clients = ClientCache::new(workers.len());
         let plugins = Arc::new(Plugins::new());
         let set = prepare_plugins(&plugins, &config).await?;
@@ -152,6 +153,8 @@ impl Runtime {
             tracing::info!(frontend, listener = %handle.local, "listening");
             listeners.insert(key, handle);
         }
+        // Logged once the listeners are open: a bind that fails ends the start-up before it.
+        tracing::info!(workers = count, pinned = pin, maxconn, "workers started");
         let cert_watch = match spawn_cert_watch(Arc::clone(&proxy)) {
             Ok(mut w) => {
                 w.update(&proxy.snapshot());
@@ -188,6 +191,7 @@ impl Runtime {
             cert_watch: std::sync::Mutex::new(cert_watch),
             draining: AtomicBool::new(false),
             maxconn: AtomicUsize::new(maxconn),
+            at_start: config.global.clone(),
             me: me.clone(),
         });
         if let Some(a) = &config.admin {
@@ -324,7 +328,10 @@ impl Core {
         let (config, report) = tokio::task::spawn_blocking(move || config::load(&path)).await?;
         log_diagnostics(&report);
         match config {
-            Some(config) => self.apply(config).await,
+            Some(config) => {
+                warn_start_only(&self.at_start, &config.global);
+                self.apply(config).await
+            }
             None => Err(RuntimeError::Invalid {
                 path: self.path.clone(),
                 report,
@@ -585,6 +592,22 @@ fn control_error(e: RuntimeError) -> ControlError {
 }
 
 /// Logs each diagnostic of a config report at its severity.
+/// Warns of each `[global]` setting read at start only that the file now sets differently
+/// from the running process: a reload leaves it as it was.
+fn warn_start_only(running: &config::Global, file: &config::Global) {
+    let changed = [
+        ("workers", running.workers != file.workers),
+        ("log_format", running.log_format != file.log_format),
+        ("cpu_affinity", running.pin_workers != file.pin_workers),
+        ("sched_slice", running.sched_slice != file.sched_slice),
+    ];
+    for (key, _) in changed.iter().filter(|(_, c)| *c) {
+        tracing::warn!(
+            "global.{key} changed in the file; it is read at start: the running value stays until a restart"
+        );
+    }
+}
+
 pub fn log_diagnostics(report: &config::Report) {
     for d in &report.diagnostics {
         let text = d.render(&report.file);

@@ -97,6 +97,31 @@ async fn bad_config_on_sighup_keeps_the_old_one_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_says_which_start_only_settings_it_left_as_they_were() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (_dir, path) = config_file(&config("one", one, one, one, ""));
+    let wasp = Binary::run(&path);
+    let read_at_start = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("read at start"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    wasp.signal("HUP");
+    let lines = wasp.lines_until("configuration loaded", WAIT);
+    assert_eq!(read_at_start(&lines), Vec::<String>::new(), "nothing changed");
+    let fewer = config("one", one, one, one, "").replace("workers = 4", "workers = 2");
+    std::fs::write(&path, fewer).unwrap();
+    wasp.signal("HUP");
+    let warned = read_at_start(&wasp.lines_until("configuration loaded", WAIT));
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    assert!(warned[0].contains("global.workers changed"), "{}", warned[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_opens_and_closes_listeners() {
     let servers = Servers::new();
     let one = servers.echo("one").await;
