@@ -116,14 +116,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config } => {
             // Diagnostics go to stderr, like a compiler's; stdout stays free.
-            let (loaded, mut report) = config::load(&config);
-            if let Some(loaded) = &loaded {
-                // Plugins load as `run` would load them: compiled, linked, role exports.
-                report
-                    .diagnostics
-                    .extend(wasp::plugin::check::check(loaded));
-                report.diagnostics.sort_by_key(|d| (d.line, d.col));
-            }
+            let (loaded, mut report) = config::load_for_check(&config);
+            // Plugins load as `run` would load them (compiled, linked, role exports), also
+            // when the rest of the file has errors.
+            let plugins = match &loaded {
+                Ok(loaded) => &loaded.plugins,
+                Err(plugins) => plugins,
+            };
+            report
+                .diagnostics
+                .extend(wasp::plugin::check::check(plugins));
+            report.diagnostics.sort_by_key(|d| (d.line, d.col));
             eprint!("{}", report.render());
             Ok(if report.has_errors() {
                 ExitCode::FAILURE

@@ -24,9 +24,11 @@ fn run_check(dir: &Path, file: &str) -> (i32, String) {
     (code, String::from_utf8(out.stderr).expect("utf-8 output"))
 }
 
-/// Checks `tests/fixtures/check/NAME.toml` and compares the whole report.
+/// Checks `tests/fixtures/check/NAME.toml` and compares the whole report (the fixtures'
+/// folder written `FIXTURES` in it).
 fn expect(name: &str, code: i32, lines: &[&str]) {
     let (actual_code, stderr) = run_check(&fixtures(), &format!("{name}.toml"));
+    let stderr = stderr.replace(&*fixtures().to_string_lossy(), "FIXTURES");
     let expected = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
     assert_eq!(stderr, expected, "report for {name}.toml");
     assert_eq!(actual_code, code, "exit code for {name}.toml");
@@ -607,7 +609,8 @@ fn mode_mismatch() {
     );
 }
 
-/// `[plugin.*]` keys and the keys naming plugins (router, balance, check.judge).
+/// `[plugin.*]` keys and the keys naming plugins (router, balance, check.judge); the plugin
+/// files are checked too although the rest has errors.
 #[test]
 fn plugin_keys() {
     expect(
@@ -622,6 +625,8 @@ fn plugin_keys() {
             r#"    = help: defined plugins: "path-router", "sticky""#,
             r#"plugin_keys.toml:12:1: warning: plugin.path-router: plugin "path-router" is not used"#,
             r#"    = help: use it with frontend router = "NAME", backend balance = "NAME" or check.judge = "NAME""#,
+            r#"plugin_keys.toml:13:8: error: plugin.path-router.path: cannot read plugin FIXTURES/path_router.wasm: no such file or directory (os error 2)"#,
+            r#"    = help: build it with `cargo build --release --target wasm32-wasip2`, or fix the path (relative paths start at the config file's folder)"#,
             r#"plugin_keys.toml:14:11: error: plugin.path-router.timeout: plugin timeout is too long"#,
             r#"    = help: a plugin call runs on the request path; the maximum is 1s"#,
             r#"plugin_keys.toml:15:10: error: plugin.path-router.memory: invalid size "4g""#,
@@ -633,11 +638,13 @@ fn plugin_keys() {
             r#"    = help: expected at least 1"#,
             r#"plugin_keys.toml:20:1: warning: plugin.sticky: plugin "sticky" is not used"#,
             r#"    = help: use it with frontend router = "NAME", backend balance = "NAME" or check.judge = "NAME""#,
+            r#"plugin_keys.toml:21:8: error: plugin.sticky.path: cannot read plugin FIXTURES/sticky_balancer.wasm: no such file or directory (os error 2)"#,
+            r#"    = help: build it with `cargo build --release --target wasm32-wasip2`, or fix the path (relative paths start at the config file's folder)"#,
             r#"plugin_keys.toml:22:1: error: plugin.sticky: unknown key "paht""#,
             r#"    = help: did you mean "path"?"#,
             r#"plugin_keys.toml:23:11: error: plugin.sticky.timeout: plugin timeout is too short"#,
             r#"    = help: calls are timed in 1 ms steps; the minimum is 1ms"#,
-            r#"check: 10 errors, 2 warnings"#,
+            r#"check: 12 errors, 2 warnings"#,
         ],
     );
 }

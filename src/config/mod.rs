@@ -47,8 +47,19 @@ use walk::Table;
 ///
 /// Server host names are resolved here (blocking); call it from `spawn_blocking` in async code.
 pub fn load(path: &Path) -> (Option<Config>, Report) {
+    let (config, report) = load_parts(path);
+    (config.ok(), report)
+}
+
+/// [`load`] for `wasp check`: with errors, the `[plugin.*]` sections that could be read, so
+/// that their files are checked too.
+pub fn load_for_check(path: &Path) -> (Result<Config, Vec<Plugin>>, Report) {
+    load_parts(path)
+}
+
+fn load_parts(path: &Path) -> (Result<Config, Vec<Plugin>>, Report) {
     match std::fs::read_to_string(path) {
-        Ok(src) => load_str(&src, path),
+        Ok(src) => parts_of_str(&src, path),
         Err(e) => {
             let diagnostic = Diagnostic {
                 severity: Severity::Error,
@@ -62,7 +73,7 @@ pub fn load(path: &Path) -> (Option<Config>, Report) {
                 help: None,
             };
             (
-                None,
+                Err(Vec::new()),
                 Report {
                     file: path.to_owned(),
                     diagnostics: vec![diagnostic],
@@ -74,6 +85,11 @@ pub fn load(path: &Path) -> (Option<Config>, Report) {
 
 /// Validates config text; `path` is only used in the report and [`Config::path`].
 pub fn load_str(src: &str, path: &Path) -> (Option<Config>, Report) {
+    let (config, report) = parts_of_str(src, path);
+    (config.ok(), report)
+}
+
+fn parts_of_str(src: &str, path: &Path) -> (Result<Config, Vec<Plugin>>, Report) {
     let mut sink = Sink::new(src).with_base_dir(path.parent().unwrap_or(Path::new("")));
     let (root, syntax_errors) = DeTable::parse_recoverable(src);
     let config = if syntax_errors.is_empty() {
@@ -83,7 +99,7 @@ pub fn load_str(src: &str, path: &Path) -> (Option<Config>, Report) {
         for e in &syntax_errors {
             syntax_error(&mut sink, src, e);
         }
-        None
+        Err(Vec::new())
     };
     (
         config,

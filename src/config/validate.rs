@@ -18,22 +18,23 @@ use crate::config::plugin::RawPlugin;
 use crate::config::sections::{Defaults, Raw};
 use crate::config::values::{At, PartialTimeouts, unknown_algorithm};
 
-/// Runs the cross-section checks, then builds the config if no error was found at all.
-pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Option<Config> {
+/// Runs the cross-section checks, then builds the config if no error was found at all; else
+/// the `[plugin.*]` sections that were read (`wasp check` still loads their files).
+pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Result<Config, Vec<Plugin>> {
     check_backend_refs(&raw, sink);
     check_listeners(&raw, sink);
     modes::check(&raw, sink);
     let uses = check_plugin_refs(&raw, sink);
-    if sink.has_errors() {
-        return None;
-    }
-    let d = &raw.defaults;
     let plugins = raw
         .plugins
         .into_iter()
         .filter_map(|p| plugin(p, file, &uses, sink))
         .collect();
-    Some(Config {
+    if sink.has_errors() {
+        return Err(plugins);
+    }
+    let d = &raw.defaults;
+    Ok(Config {
         path: file.to_owned(),
         global: raw.global.clone(),
         admin: raw.admin.map(RawAdmin::build),

@@ -1,15 +1,15 @@
 //! `wasp check`'s plugin diagnostics: every plugin file is loaded as the proxy would load
 //! it (compiled, linked, instantiated once), and each use is checked against its exports.
 
-use crate::config::{Config, Diagnostic, Place, PluginRole, Severity};
+use crate::config::{Diagnostic, Place, Plugin, PluginRole, Severity};
 use crate::plugin::instance::{Compiled, export_name};
 use crate::plugin::registry::role_name;
 
 /// One diagnostic per problem, at the `path` key of the plugin (a file that cannot be
 /// loaded) or at the key that uses it (a missing export).
-pub fn check(config: &Config) -> Vec<Diagnostic> {
+pub fn check(plugins: &[Plugin]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    for p in &config.plugins {
+    for p in plugins {
         let file = p.path.display().to_string();
         let bytes = match std::fs::read(&p.path) {
             Ok(b) => b,

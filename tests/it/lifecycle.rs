@@ -111,14 +111,22 @@ async fn a_reload_says_which_start_only_settings_it_left_as_they_were() {
     };
     wasp.signal("HUP");
     let lines = wasp.lines_until("configuration loaded", WAIT);
-    assert_eq!(read_at_start(&lines), Vec::<String>::new(), "nothing changed");
+    assert_eq!(
+        read_at_start(&lines),
+        Vec::<String>::new(),
+        "nothing changed"
+    );
     let fewer = config("one", one, one, one, "").replace("workers = 4", "workers = 2");
     std::fs::write(&path, fewer).unwrap();
     wasp.signal("HUP");
     let warned = read_at_start(&wasp.lines_until("configuration loaded", WAIT));
     assert_eq!(warned.len(), 1, "{warned:#?}");
     assert!(warned[0].contains("WARN"), "{}", warned[0]);
-    assert!(warned[0].contains("global.workers changed"), "{}", warned[0]);
+    assert!(
+        warned[0].contains("global.workers changed"),
+        "{}",
+        warned[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
