@@ -424,7 +424,7 @@ impl Collector for ViewCollector {
         )?;
         f.counters(
             "wasp_plugin_errors",
-            "Calls that cost their decision, by kind (timeout, trap, memory, invalid, unavailable).",
+            "Decisions the plugin did not take, by kind (timeout, trap, memory, invalid, unavailable, suspended).",
             view.plugins.iter().flat_map(|p| {
                 [
                     ("timeout", p.timeouts),
@@ -432,6 +432,7 @@ impl Collector for ViewCollector {
                     ("memory", p.memory_faults),
                     ("invalid", p.invalid_answers),
                     ("unavailable", p.unavailable),
+                    ("suspended", p.suspended),
                 ]
                 .into_iter()
                 .map(|(kind, n)| {
@@ -440,6 +441,11 @@ impl Collector for ViewCollector {
                     (labels, n)
                 })
             }),
+        )?;
+        f.counters(
+            "wasp_plugin_suspensions",
+            "Times the plugin was suspended after calls that all ran out of time or memory.",
+            view.plugins.iter().map(|p| (pl(&p.name), p.suspensions)),
         )?;
         f.counters(
             "wasp_plugin_rejected_loads",

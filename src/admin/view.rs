@@ -55,6 +55,9 @@ pub struct PluginView {
     pub memory_faults: u64,
     pub invalid_answers: u64,
     pub unavailable: u64,
+    /// Decisions taken by `on_error` while the plugin was suspended, and the suspensions.
+    pub suspended: u64,
+    pub suspensions: u64,
     /// New versions a hot-load rejected (the previous one kept serving).
     pub rejected_loads: u64,
     /// Instances the live version has created.
@@ -306,6 +309,8 @@ pub fn plugin(live: &LivePlugin) -> PluginView {
         memory_faults: count(&p.stats.memory),
         invalid_answers: count(&p.stats.invalid),
         unavailable: count(&p.stats.unavailable),
+        suspended: count(&p.stats.suspended),
+        suspensions: count(&p.stats.suspensions),
         rejected_loads: count(&p.stats.rejected),
         instances: loaded.instances_created(),
         usage,

@@ -285,6 +285,9 @@ pub enum Fault {
     Missing(PluginRole),
     /// The guest answered, but the answer is not acceptable (unknown backend, bad index...).
     Invalid(String),
+    /// Not called: its latest calls all ran out of time or memory, and it rests for a while
+    /// (see `registry::Plugin::call`).
+    Suspended,
 }
 
 impl Fault {
@@ -298,6 +301,7 @@ impl Fault {
             Fault::Unavailable(_) => "unavailable",
             Fault::Missing(_) => "missing export",
             Fault::Invalid(_) => "invalid answer",
+            Fault::Suspended => "suspended",
         }
     }
 }
@@ -312,6 +316,9 @@ impl std::fmt::Display for Fault {
             Fault::Unavailable(e) => write!(f, "no instance available: {e}"),
             Fault::Missing(role) => write!(f, "does not export {}", export_name(*role)),
             Fault::Invalid(e) => write!(f, "invalid answer: {e}"),
+            Fault::Suspended => {
+                f.write_str("suspended after calls that all ran out of time or memory")
+            }
         }
     }
 }

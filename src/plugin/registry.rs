@@ -8,19 +8,28 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, OnError, PluginRole};
 use crate::plugin::instance::{Compiled, Fault, LoadError, Loaded, Settings, Usage, content_hash};
 use crate::plugin::shared::SharedState;
-use crate::plugin::store::{LOG_LINES_PER_SECOND, LogLimit, PluginContext};
+use crate::plugin::store::{LOG_LINES_PER_SECOND, LogLimit, PluginContext, monotonic_ns};
 
 /// Fault log lines per plugin per second (the rest are counted).
 const FAULT_LOGS_PER_SECOND: u32 = 2;
+
+/// Calls in a row that run out of time or memory (each one a whole `timeout` of a worker, or
+/// a memory's growth) after which a plugin is not called for [`SUSPEND_FOR`]: its decisions
+/// are taken by `on_error` at no cost. A plugin that loops on every call would otherwise make
+/// each request cost a worker its `timeout`, stalling everything else the worker serves.
+const SUSPEND_AFTER: u32 = 3;
+/// How long a plugin rests; the first call after it is a trial: one more such fault suspends
+/// it again at once, an answer ends the streak. A new version starts afresh.
+const SUSPEND_FOR: Duration = Duration::from_secs(1);
 
 /// Why plugins could not be loaded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,6 +60,10 @@ pub struct Stats {
     pub memory: AtomicU64,
     pub invalid: AtomicU64,
     pub unavailable: AtomicU64,
+    /// Decisions taken by `on_error` without a call while the plugin was suspended.
+    pub suspended: AtomicU64,
+    /// Times the plugin was suspended.
+    pub suspensions: AtomicU64,
     /// New versions rejected by a hot-load.
     pub rejected: AtomicU64,
 }
@@ -69,6 +82,10 @@ pub struct Plugin {
     reloading: Mutex<()>,
     fault_log: LogLimit,
     pub stats: Stats,
+    /// Calls in a row that ran out of time or memory.
+    costly_streak: AtomicU32,
+    /// While [`monotonic_ns`] is below this, the plugin is not called; 0: not suspended.
+    suspended_until: AtomicU64,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -108,9 +125,54 @@ impl Plugin {
             self.fault(role, &fault);
             return Err(fault);
         }
-        loaded
-            .call(call)
-            .inspect_err(|fault| self.fault(role, fault))
+        let until = self.suspended_until.load(Ordering::Relaxed);
+        if until != 0 && monotonic_ns() < until {
+            self.fault(role, &Fault::Suspended);
+            return Err(Fault::Suspended);
+        }
+        let answer = loaded.call(call);
+        match &answer {
+            Err(fault @ (Fault::Timeout | Fault::Memory { .. })) => {
+                self.fault(role, fault);
+                let streak = self.costly_streak.fetch_add(1, Ordering::Relaxed) + 1;
+                if streak >= SUSPEND_AFTER {
+                    self.suspend(role, streak);
+                }
+            }
+            Err(fault) => self.fault(role, fault),
+            // Read first: no write to a shared line on every call.
+            Ok(_) if self.costly_streak.load(Ordering::Relaxed) != 0 => {
+                self.costly_streak.store(0, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+        }
+        answer
+    }
+
+    /// Stops calling the plugin for [`SUSPEND_FOR`] after `streak` costly faults in a row.
+    fn suspend(&self, role: PluginRole, streak: u32) {
+        let until = monotonic_ns().saturating_add(SUSPEND_FOR.as_nanos() as u64);
+        self.suspended_until.store(until, Ordering::Relaxed);
+        self.stats.suspensions.fetch_add(1, Ordering::Relaxed);
+        let policy = match self.on_error() {
+            OnError::Fallback => "fallback",
+            OnError::Deny => "deny",
+        };
+        tracing::warn!(
+            plugin = &*self.name,
+            role = role_name(role),
+            streak,
+            on_error = policy,
+            "plugin {} ran out of time or memory on {streak} calls in a row: not called for \
+             {SUSPEND_FOR:?}, its decisions taken by on_error = {policy}",
+            self.name,
+        );
+    }
+
+    /// A new version is called at once, whatever the last one did.
+    fn resume(&self) {
+        self.costly_streak.store(0, Ordering::Relaxed);
+        self.suspended_until.store(0, Ordering::Relaxed);
     }
 
     /// Counts and logs (rate-limited) a fault: a failed call or an answer the host refused.
@@ -122,6 +184,11 @@ impl Plugin {
             Fault::Memory { .. } => &self.stats.memory,
             Fault::Invalid(_) | Fault::Missing(_) => &self.stats.invalid,
             Fault::Unavailable(_) => &self.stats.unavailable,
+            Fault::Suspended => {
+                // The suspension was logged when it began.
+                self.stats.suspended.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let Some(dropped) = self.fault_log.allow() else {
@@ -314,6 +381,8 @@ impl Plugins {
                         reloading: Mutex::new(()),
                         fault_log: LogLimit::new(FAULT_LOGS_PER_SECOND),
                         stats: Stats::default(),
+                        costly_streak: AtomicU32::new(0),
+                        suspended_until: AtomicU64::new(0),
                     });
                     set.pending.push((Arc::clone(&plugin), loaded, roles));
                     plugin
@@ -332,6 +401,7 @@ impl Plugins {
             let old = plugin.current.swap(Arc::clone(loaded));
             if old.version != loaded.version {
                 plugin.retire(&old);
+                plugin.resume();
                 tracing::info!(
                     plugin = &*plugin.name,
                     version = loaded.version,
@@ -474,6 +544,7 @@ impl Plugins {
         );
         let old = plugin.current.swap(Arc::new(loaded));
         plugin.retire(&old);
+        plugin.resume();
         Ok(Reloaded::Swapped { version })
     }
 

@@ -308,6 +308,93 @@ async fn an_allocating_plugin_costs_one_decision_deny() {
     fault_costs_one_decision("hog", "deny", "memory = \"8m\"").await;
 }
 
+/// A plugin that times out on every call is not called for a while: each request would cost a
+/// worker a whole `timeout`. The native rules decide meanwhile; calls resume after the rest, or
+/// at once with a new version.
+#[tokio::test]
+async fn a_plugin_that_keeps_timing_out_is_suspended() {
+    let servers = Servers::new();
+    let app = servers.echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("router.wasm");
+    std::fs::write(&file, std::fs::read(wasm("looper")).unwrap()).unwrap();
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        router = "looper"
+        [backend.app]
+        servers = [{{ name = "app", addr = "{app}" }}]
+        [plugin.looper]
+        path = "{}"
+        {LOOPER_LIMITS}
+        "#,
+        file.display()
+    ))
+    .await;
+    let plugin = proxy.runtime.plugins().get("looper").unwrap();
+    let answered_by = |body: &str| {
+        if body == "looper ok\n" {
+            "plugin".to_owned()
+        } else {
+            server_name(body).to_owned()
+        }
+    };
+    let timeouts = || plugin.stats.timeouts.load(Ordering::Relaxed);
+    let suspensions = || plugin.stats.suspensions.load(Ordering::Relaxed);
+    // Three timeouts in a row, and only the third suspends it.
+    let suspend = async |then: u64| {
+        for call in 1..=3 {
+            let (status, _, body) = get(&proxy.url("/fault")).await;
+            assert_eq!((status.as_u16(), &*answered_by(&body)), (200, "app"));
+            let expected = if call < 3 { then - 1 } else { then };
+            assert_eq!(suspensions(), expected, "after timeout {call}");
+        }
+    };
+    suspend(1).await;
+    assert_eq!(timeouts(), 3);
+    // Suspended: not called, not even for a request it would answer at once.
+    let (status, _, body) = get(&proxy.url("/ok")).await;
+    assert_eq!((status.as_u16(), &*answered_by(&body)), (200, "app"));
+    assert_eq!(plugin.stats.suspended.load(Ordering::Relaxed), 1);
+    assert_eq!(timeouts(), 3);
+    // After the rest, the first call is a trial: one more timeout suspends it again at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while timeouts() == 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin was never called again"
+        );
+        get(&proxy.url("/fault")).await;
+    }
+    assert_eq!((timeouts(), suspensions()), (4, 2));
+    let (_, _, body) = get(&proxy.url("/ok")).await;
+    assert_eq!(answered_by(&body), "app");
+    // A trial that answers ends the streak.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin was never called again"
+        );
+        let (_, _, body) = get(&proxy.url("/ok")).await;
+        if answered_by(&body) == "plugin" {
+            break;
+        }
+    }
+    suspend(3).await;
+    // A new version is called at once.
+    let version = plugin.version();
+    replace_file(&file, &std::fs::read(wasm("panicker")).unwrap());
+    wait_until(Duration::from_secs(10), "the new version loaded", || {
+        plugin.version() > version
+    })
+    .await;
+    let (_, _, body) = get(&proxy.url("/ok")).await;
+    assert_eq!(body, "panicker ok\n");
+}
+
 /// Replaces `dest` with `src`'s bytes atomically (write beside it, then rename), as a build
 /// tool or a deploy would.
 fn replace_file(dest: &Path, bytes: &[u8]) {
