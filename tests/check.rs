@@ -818,7 +818,7 @@ fn tls_files_are_checked_at_the_key_that_names_them() {
     let toml = r#"[frontend.web]
 bind = [
   { addr = "127.0.0.1:0", tls = { cert = "a.pem", key = "b.key" } },
-  { addr = "127.0.0.1:1", tls = { cert = "missing.pem", key = "a.key" } },
+  { addr = "127.0.0.1:1", tls = { cert = "missing.pem", key = "missing.key" } },
   { addr = "127.0.0.1:2", tls = { certs = [{ cert = "garbage.pem", key = "a.key" }] } },
   { addr = "127.0.0.1:3", tls = { cert = "a.pem", key = "a.key", verify_client = "required" } },
   { addr = "127.0.0.1:4", tls = { cert = "a.pem" } },
@@ -831,6 +831,7 @@ servers = [{ name = "s1", addr = "127.0.0.1:9", tls = true, ca = "nope.pem", ver
     let expected = [
         "wasp.toml:3:57: error: frontend.web.bind[0].tls.key: b.key does not match the certificate in a.pem",
         "wasp.toml:4:42: error: frontend.web.bind[1].tls.cert: missing.pem: cannot read: No such file or directory (os error 2)",
+        "wasp.toml:4:63: error: frontend.web.bind[1].tls.key: missing.key: cannot read: No such file or directory (os error 2)",
         "wasp.toml:5:53: error: frontend.web.bind[2].tls.certs[0].cert: garbage.pem: not a valid PEM file: base64 decode error: InvalidCharacter(37)",
         "wasp.toml:6:82: error: frontend.web.bind[3].tls.verify_client: verify_client needs a ca",
         "    = help: add ca = \"clients-ca.pem\": the CA that signs client certificates",

@@ -138,7 +138,7 @@ fn pair(
         cert: sink.resolve(c.value),
         key: sink.resolve(k.value),
     };
-    match certs::load(&files) {
+    match certs::load_each(&files) {
         Ok(loaded) => {
             let shown = files.cert.display();
             match loaded.remaining(SystemTime::now()) {
@@ -167,13 +167,15 @@ fn pair(
             }
             Some(files)
         }
-        Err(e) => {
-            let (at, path) = if e.path() == files.key && files.key != files.cert {
-                (k.start, &key.path)
-            } else {
-                (c.start, &cert.path)
-            };
-            sink.error(at, path, e.to_string());
+        Err(errors) => {
+            for e in errors {
+                let (at, path) = if e.path() == files.key && files.key != files.cert {
+                    (k.start, &key.path)
+                } else {
+                    (c.start, &cert.path)
+                };
+                sink.error(at, path, e.to_string());
+            }
             None
         }
     }

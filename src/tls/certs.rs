@@ -90,33 +90,53 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Loads and checks a certificate chain and its key.
 pub fn load(pair: &CertPair) -> Result<Certificate, CertError> {
-    let cert_pem = read(&pair.cert)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+    load_each(pair).map_err(|mut errors| errors.swap_remove(0))
+}
+
+/// [`load`], with a problem of each file: a missing certificate file and a missing key file
+/// are two errors (`wasp check` reports both).
+pub fn load_each(pair: &CertPair) -> Result<Certificate, Vec<CertError>> {
+    match (read_chain(&pair.cert), read_key(&pair.key)) {
+        (Ok(chain), Ok(key)) => combine(pair, chain, key).map_err(|e| vec![e]),
+        (chain, key) => Err(chain.err().into_iter().chain(key.err()).collect()),
+    }
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let pem = read(path)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| CertError::Pem {
-            path: pair.cert.clone(),
+            path: path.to_owned(),
             message: e.to_string(),
         })?;
     if chain.is_empty() {
         return Err(CertError::NoCertificate {
-            path: pair.cert.clone(),
+            path: path.to_owned(),
         });
     }
-    let key_pem = read(&pair.key)?;
-    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
-        Ok(k) => k,
-        Err(rustls::pki_types::pem::Error::NoItemsFound) => {
-            return Err(CertError::NoKey {
-                path: pair.key.clone(),
-            });
-        }
-        Err(e) => {
-            return Err(CertError::Pem {
-                path: pair.key.clone(),
-                message: e.to_string(),
-            });
-        }
-    };
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => CertError::NoKey {
+            path: path.to_owned(),
+        },
+        e => CertError::Pem {
+            path: path.to_owned(),
+            message: e.to_string(),
+        },
+    })
+}
+
+/// A chain and its key as one certificate: the key must be usable and match the chain's leaf.
+fn combine(
+    pair: &CertPair,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Certificate, CertError> {
     let (names, not_after, not_after_text) = inspect(&chain[0], &pair.cert)?;
     let signing = provider()
         .key_provider
