@@ -197,7 +197,9 @@ fn wrong_type() {
             r#"wrong_type.toml:9:14: error: frontend.web.forwardfor: expected a boolean, found an integer"#,
             r#"wrong_type.toml:12:11: error: backend.app.servers: expected an array, found a table"#,
             r#"wrong_type.toml:13:11: error: backend.app.retries: expected an integer, found a float"#,
-            r#"check: 6 errors"#,
+            // No knock-on "backend other is not used": the reference could not be read.
+            r#"wrong_type.toml:17:19: error: frontend.api.default_backend: expected a string, found an array"#,
+            r#"check: 7 errors"#,
         ],
     );
 }

@@ -135,6 +135,12 @@ impl LineIndex {
         let offset = offset.min(src.len());
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         let start = self.starts[line - 1];
+        // A byte-order mark before the first line is not a column an editor shows.
+        let start = if line == 1 && src.starts_with('\u{feff}') {
+            '\u{feff}'.len_utf8().min(offset)
+        } else {
+            start
+        };
         let col = src[start..]
             .char_indices()
             .take_while(|(i, c)| start + i + c.len_utf8() <= offset)
@@ -292,6 +298,15 @@ mod tests {
         assert_eq!(idx.line_col(src, 3), (2, 1));
         assert_eq!(idx.line_col(src, 6), (3, 1)); // end of input after a final newline
         assert_eq!(idx.line_col(src, 99), (3, 1));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_a_column() {
+        let src = "\u{feff}foo = 1\nbar = 2";
+        let idx = LineIndex::new(src);
+        assert_eq!(idx.line_col(src, src.find("foo").unwrap()), (1, 1));
+        assert_eq!(idx.line_col(src, src.find('1').unwrap()), (1, 7));
+        assert_eq!(idx.line_col(src, src.find("bar").unwrap()), (2, 1));
     }
 
     #[test]

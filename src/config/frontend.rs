@@ -31,6 +31,9 @@ pub(crate) struct RawFrontend {
     pub(crate) default_backend: Option<At<String>>,
     /// `default_backend` or `use_backend` was written (even if invalid).
     pub(crate) routes: bool,
+    /// A backend reference was written but could not be read (a type error): which backends
+    /// the frontend uses is not known.
+    pub(crate) refs_unread: bool,
     pub(crate) timeouts: PartialTimeouts,
     pub(crate) forwardfor: Option<bool>,
     pub(crate) max_header_size: Option<usize>,
@@ -83,10 +86,11 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
     let default_backend = default_item.as_ref().and_then(|i| backend_ref(i, sink));
     let rules_item = t.take("use_backend");
     let acl_names: Vec<&str> = acls.iter().map(|(n, _)| n.as_str()).collect();
-    let rules = rules_item
+    let (rules, rules_read) = rules_item
         .as_ref()
         .map(|i| rules(i, &acl_names, sink))
-        .unwrap_or_default();
+        .unwrap_or((Vec::new(), true));
+    let refs_unread = (default_item.is_some() && default_backend.is_none()) || !rules_read;
     let f = RawFrontend {
         name: name.to_owned(),
         at: t.start(),
@@ -97,6 +101,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         rules,
         default_backend,
         routes: default_item.is_some() || rules_item.is_some(),
+        refs_unread,
         timeouts: timeouts(t.take("timeout"), Side::Frontend, sink),
         forwardfor: t.take_bool(sink, "forwardfor"),
         max_header_size: t
@@ -263,20 +268,24 @@ fn backend_ref(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<At<String>> {
     })
 }
 
-fn rules(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> Vec<RawRule> {
+/// The rules, and whether every rule's backend could be read.
+fn rules(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> (Vec<RawRule>, bool) {
     let Some(items) = item.array(sink) else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
+    let mut all_read = true;
     let mut out = Vec::new();
     // The first rule without a condition: every rule after it is dead.
     let mut catch_all: Option<String> = None;
     for rule in &items {
         let Some(mut t) = rule.table(sink) else {
+            all_read = false;
             continue;
         };
         let backend = t
             .require(sink, "backend")
             .and_then(|i| backend_ref(&i, sink));
+        all_read &= backend.is_some();
         let (if_item, unless_item) = (t.take("if"), t.take("unless"));
         t.finish(sink);
         let (condition, negate) = match (if_item, unless_item) {
@@ -313,7 +322,7 @@ fn rules(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> Vec<Ra
             negate,
         });
     }
-    out
+    (out, all_read)
 }
 
 fn condition(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> Option<Condition> {

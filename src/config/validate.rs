@@ -196,10 +196,14 @@ fn check_backend_refs(raw: &Raw, sink: &mut Sink<'_>) {
             );
         }
     }
-    // A router plugin may send requests to any backend.
-    let plugin_routes = raw.frontends.iter().any(|f| f.router.is_some());
+    // A router plugin may send requests to any backend; a reference that could not be read
+    // may name any backend too (its own error is reported).
+    let unknown_uses = raw
+        .frontends
+        .iter()
+        .any(|f| f.router.is_some() || f.refs_unread);
     for (b, used) in raw.backends.iter().zip(used) {
-        if !used && !plugin_routes {
+        if !used && !unknown_uses {
             sink.warning(
                 b.at,
                 &b.path,
