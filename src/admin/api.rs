@@ -152,7 +152,7 @@ pub(crate) async fn handle(ctx: &Context, req: Request<Incoming>, tcp: bool) -> 
                 "frontends" | "backends" | "servers" | "reload" | "plugins",
             ],
         )
-        | (_, ["api", "servers" | "plugins", ..]) => {
+        | (_, ["api", "servers", _] | ["api", "servers", _, _] | ["api", "plugins", _, "reload"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "no such page"),
@@ -258,6 +258,11 @@ fn set_server(ctx: &Context, backend: &str, server: &str, change: SetServer) -> 
     let Some(control) = ctx.control.upgrade() else {
         return stopping();
     };
+    // An unknown server is a 404 whatever the body says.
+    let snapshot = control.snapshot();
+    let Some((_, s)) = crate::admin::view::find_server(&snapshot, backend, server) else {
+        return no_server(backend, server);
+    };
     let state = match change.state.as_deref().map(parse_state).transpose() {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -276,10 +281,6 @@ fn set_server(ctx: &Context, backend: &str, server: &str, change: SetServer) -> 
             "nothing to change: give state and/or weight",
         );
     }
-    let snapshot = control.snapshot();
-    let Some((_, s)) = crate::admin::view::find_server(&snapshot, backend, server) else {
-        return no_server(backend, server);
-    };
     if let Some(state) = state
         && s.state.set_admin(state)
     {

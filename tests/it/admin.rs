@@ -480,6 +480,17 @@ async fn maint_stops_traffic_at_once_and_ready_brings_it_back() {
     )
     .await;
     assert_eq!(status, 404);
+    // An unknown server is a 404 before its body is looked at; a path no page has, a 404.
+    let (status, _) = call(addr, Method::PATCH, "/api/servers/app/zz", Some(json!({}))).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        addr,
+        Method::PATCH,
+        "/api/servers/app/a/extra",
+        Some(json!({"state": "drain"})),
+    )
+    .await;
+    assert_eq!(status, 404);
     let (status, _) = call(
         addr,
         Method::PATCH,
