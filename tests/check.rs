@@ -646,7 +646,9 @@ fn plugin_keys() {
             r#"    = help: did you mean "path"?"#,
             r#"plugin_keys.toml:23:11: error: plugin.sticky.timeout: plugin timeout is too short"#,
             r#"    = help: calls are timed in 1 ms steps; the minimum is 1ms"#,
-            r#"check: 12 errors, 2 warnings"#,
+            r#"plugin_keys.toml:25:18: warning: plugin.sticky.recycle_memory: recycle_memory is not below memory"#,
+            r#"    = help: an instance never grows past memory, so it is never recycled for its size; set it below memory"#,
+            r#"check: 12 errors, 3 warnings"#,
         ],
     );
 }

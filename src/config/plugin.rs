@@ -89,10 +89,17 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         .take_int_in(sink, "recycle_after", 1, None)
         .and_then(|n| u64::try_from(n).ok())
         .unwrap_or(DEFAULT_RECYCLE_AFTER);
-    let recycle_memory = t
-        .take("recycle_memory")
-        .and_then(|i| bytes(&i, sink, 0, MAX_PLUGIN_MEMORY))
+    let recycle_memory_item = t.take("recycle_memory");
+    let recycle_memory = recycle_memory_item
+        .as_ref()
+        .and_then(|i| bytes(i, sink, 0, MAX_PLUGIN_MEMORY))
         .unwrap_or(DEFAULT_RECYCLE_MEMORY);
+    if let Some(i) = &recycle_memory_item
+        && recycle_memory >= memory
+    {
+        sink.warning(i.start(), &i.path, "recycle_memory is not below memory")
+            .help("an instance never grows past memory, so it is never recycled for its size; set it below memory");
+    }
     let p = RawPlugin {
         name: name.to_owned(),
         at: t.start(),

@@ -134,7 +134,11 @@ impl WasmRouter {
         let decision = match answer {
             WitDecision::Backend(name) => match self.backends.get(&name) {
                 Some(&i) => RouteDecision::Backend(i),
-                None => return Err(self.invalid(format!("unknown backend \"{}\"", clip(&name)))),
+                // Only the frontend's mode's backends can be named.
+                None => {
+                    let mode = if respond { "http" } else { "tcp" };
+                    return Err(self.invalid(format!("no {mode} backend \"{}\"", clip(&name))));
+                }
             },
             WitDecision::Respond(_) if !respond => {
                 return Err(self.invalid("a direct response to a TCP connection".to_owned()));
