@@ -214,28 +214,33 @@ async fn json_health_marks_down_a_server_whose_body_is_not_status_ok() {
     .await;
 }
 
+/// A frontend whose router is plugin `name` (defined by `section`), with backend `app` at
+/// `app` as its default.
+fn routed_by(app: std::net::SocketAddr, name: &str, section: &str) -> String {
+    format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        router = "{name}"
+        [backend.app]
+        servers = [{{ name = "app", addr = "{app}" }}]
+        {section}
+        "#
+    )
+}
+
 /// A fault plugin under `on_error`: the faulting request gets the fallback (the default
 /// backend) or 503; later requests are served by a fresh instance of the plugin.
 async fn fault_costs_one_decision(crate_name: &str, on_error: &str, limits: &str) {
     let servers = Servers::new();
     let app = servers.echo("app").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        router = "faulty"
-        [backend.app]
-        servers = [{{ name = "app", addr = "{app}" }}]
-        {}
-        "#,
-        plugin(
-            "faulty",
-            crate_name,
-            &format!("on_error = \"{on_error}\"\n{limits}")
-        )
-    ))
-    .await;
+    let section = plugin(
+        "faulty",
+        crate_name,
+        &format!("on_error = \"{on_error}\"\n{limits}"),
+    );
+    let proxy = Proxy::start(&routed_by(app, "faulty", &section)).await;
     let plugin = proxy.runtime.plugins().get("faulty").unwrap();
     let (status, _, body) = get(&proxy.url("/ok")).await;
     assert_eq!(
@@ -318,21 +323,11 @@ async fn a_plugin_that_keeps_timing_out_is_suspended() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("router.wasm");
     std::fs::write(&file, std::fs::read(wasm("looper")).unwrap()).unwrap();
-    let proxy = Proxy::start(&format!(
-        r#"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        router = "looper"
-        [backend.app]
-        servers = [{{ name = "app", addr = "{app}" }}]
-        [plugin.looper]
-        path = "{}"
-        {LOOPER_LIMITS}
-        "#,
+    let section = format!(
+        "[plugin.looper]\npath = \"{}\"\n{LOOPER_LIMITS}\n",
         file.display()
-    ))
-    .await;
+    );
+    let proxy = Proxy::start(&routed_by(app, "looper", &section)).await;
     let plugin = proxy.runtime.plugins().get("looper").unwrap();
     let answered_by = |body: &str| {
         if body == "looper ok\n" {
