@@ -67,7 +67,8 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
     let key = if bare {
         key.to_owned()
     } else {
-        format!("\"{}\"", key.escape_default())
+        // As written: only quotes, backslashes and control characters are escaped.
+        format!("\"{}\"", key.escape_debug())
     };
     if parent.is_empty() {
         key
@@ -605,6 +606,8 @@ mod tests {
         assert_eq!(join("", "frontend"), "frontend");
         assert_eq!(join("frontend", "my web"), "frontend.\"my web\"");
         assert_eq!(join("backend", "api-1_x"), "backend.api-1_x");
+        assert_eq!(join("acl", "é"), "acl.\"é\"");
+        assert_eq!(join("acl", "a\"b\n"), "acl.\"a\\\"b\\n\"");
         assert_eq!(or_list(&["a", "b", "c"]), "a, b or c");
     }
 }
