@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use std::sync::atomic::Ordering;
 
-use crate::config::{AdminState, Balance, OnError};
+use crate::config::{AdminState, Balance};
 use crate::counters::{CLASSES, RateWindow, TrafficTotals};
 use crate::health::{ServerKey, ServerState};
 use crate::plugin::LivePlugin;
@@ -295,10 +295,7 @@ pub fn plugin(live: &LivePlugin) -> PluginView {
         hash: format!("{:016x}", loaded.compiled.hash),
         size_bytes: loaded.compiled.size,
         roles: p.roles().into_iter().map(role_name).collect(),
-        on_error: match loaded.settings.on_error {
-            OnError::Fallback => "fallback",
-            OnError::Deny => "deny",
-        },
+        on_error: loaded.settings.on_error.name(),
         timeout_ms: loaded.settings.timeout.as_secs_f64() * 1e3,
         memory_limit_bytes: loaded.ctx.memory,
         calls: usage.calls,

@@ -47,17 +47,13 @@ use walk::Table;
 ///
 /// Server host names are resolved here (blocking); call it from `spawn_blocking` in async code.
 pub fn load(path: &Path) -> (Option<Config>, Report) {
-    let (config, report) = load_parts(path);
+    let (config, report) = load_for_check(path);
     (config.ok(), report)
 }
 
 /// [`load`] for `wasp check`: with errors, the `[plugin.*]` sections that could be read, so
 /// that their files are checked too.
 pub fn load_for_check(path: &Path) -> (Result<Config, Vec<Plugin>>, Report) {
-    load_parts(path)
-}
-
-fn load_parts(path: &Path) -> (Result<Config, Vec<Plugin>>, Report) {
     match std::fs::read_to_string(path) {
         Ok(src) => parts_of_str(&src, path),
         Err(e) => {

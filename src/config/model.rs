@@ -459,6 +459,16 @@ pub enum OnError {
     Deny,
 }
 
+impl OnError {
+    /// As the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnError::Fallback => "fallback",
+            OnError::Deny => "deny",
+        }
+    }
+}
+
 /// The decisions a plugin can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PluginRole {

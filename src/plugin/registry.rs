@@ -154,10 +154,7 @@ impl Plugin {
         let until = monotonic_ns().saturating_add(SUSPEND_FOR.as_nanos() as u64);
         self.suspended_until.store(until, Ordering::Relaxed);
         self.stats.suspensions.fetch_add(1, Ordering::Relaxed);
-        let policy = match self.on_error() {
-            OnError::Fallback => "fallback",
-            OnError::Deny => "deny",
-        };
+        let policy = self.on_error().name();
         tracing::warn!(
             plugin = &*self.name,
             role = role_name(role),
@@ -194,10 +191,7 @@ impl Plugin {
         let Some(dropped) = self.fault_log.allow() else {
             return;
         };
-        let policy = match self.on_error() {
-            OnError::Fallback => "fallback",
-            OnError::Deny => "deny",
-        };
+        let policy = self.on_error().name();
         let backtrace = match fault {
             Fault::Trap { backtrace, .. } | Fault::Memory { backtrace, .. } => backtrace.as_str(),
             _ => "",

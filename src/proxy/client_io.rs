@@ -471,19 +471,21 @@ mod tests {
             .block_on(test);
     }
 
-    /// A connection whose client sent a whole request head, read once from the socket; and
-    /// the client's end (kept open).
-    async fn after_a_request_head() -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>) {
+    /// A connection whose client sent `sent`, read once from the socket; and the client's
+    /// end (kept open).
+    async fn after_reading(sent: &[u8]) -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>) {
         let (server_end, mut client) = duplex(4096);
         let shared = Arc::new(ConnShared::default());
         let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
+        client.write_all(sent).await.unwrap();
         let mut buf = [0u8; 64];
         assert!(io.read(&mut buf).await.unwrap() > 0);
         (io, client, shared)
+    }
+
+    /// [`after_reading`] a whole HTTP/1.1 request head.
+    async fn after_a_request_head() -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>) {
+        after_reading(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await
     }
 
     fn timeouts() -> ClientTimeouts {
@@ -555,15 +557,9 @@ mod tests {
     #[test]
     fn h2_response_waiting_for_the_client_closes_the_connection_after_client() {
         paused(async {
-            let (server_end, mut client) = duplex(4096);
-            let shared = Arc::new(ConnShared::default());
-            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
-            client
-                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                .await
-                .unwrap();
+            let (mut io, _client, shared) =
+                after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
             let mut buf = [0u8; 64];
-            assert!(io.read(&mut buf).await.unwrap() > 0);
             let _request = shared.begin_request();
             let waiting = shared.watch_stream();
             let other = shared.watch_stream();

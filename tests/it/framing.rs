@@ -47,12 +47,18 @@ async fn read_until(tcp: &mut TcpStream, end: &[u8], what: &str) -> Vec<u8> {
     read
 }
 
-/// The value of header `name` in a raw head (the first one; names compared in any case).
+/// Every value of header `name` in a raw head, in order (names compared in any case).
+fn header_values<'h>(head: &'h str, name: &str) -> Vec<&'h str> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// The value of header `name` in a raw head (the first one).
 fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+    header_values(head, name).first().copied()
 }
 
 #[tokio::test]
@@ -322,17 +328,10 @@ async fn a_content_length_list_of_equal_values_goes_on_as_one_value() {
     )
     .await;
     assert_eq!(raw_status(&answer), 200, "{answer}");
-    let lengths = |head: &str| {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.trim().to_owned())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(lengths(&answer), ["2"], "{answer}");
+    assert_eq!(header_values(&answer, "content-length"), ["2"], "{answer}");
     assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
     let head = heads.recv().await.unwrap();
-    assert_eq!(lengths(&head), ["0"], "{head}");
+    assert_eq!(header_values(&head, "content-length"), ["0"], "{head}");
 }
 
 /// A server that answers `/upload` with 413 as soon as it has read the head, leaving the body

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::support::{
-    Binary, Proxy, Servers, channel_body, config_file, field, raw, raw_status, server_name,
+    Binary, Proxy, Servers, channel_body, config_file, field, raw, raw_status, server_name, to_echo,
 };
 
 /// An HTTP/2 (prior knowledge) server answering with the `:authority` it received (the URI's
@@ -111,16 +111,7 @@ async fn h2_servers_get_the_canonical_authority_and_no_host_header() {
 #[tokio::test]
 async fn wasp_behind_wasp_over_h2_keeps_the_clients_host() {
     let servers = Servers::new();
-    let echo = servers.echo("e1").await;
-    let inner = Proxy::start(&format!(
-        r#"[frontend.inner]
-bind = "127.0.0.1:0"
-default_backend = "echo"
-[backend.echo]
-servers = [{{ name = "e1", addr = "{echo}" }}]
-"#
-    ))
-    .await;
+    let inner = to_echo(&servers, "").await;
     let outer = Proxy::start(&to_h2_server(inner.addr())).await;
     for _ in 0..2 {
         let answer = raw(
@@ -131,7 +122,7 @@ servers = [{{ name = "e1", addr = "{echo}" }}]
         .await;
         assert_eq!(raw_status(&answer), 200, "{answer}");
         let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-        assert_eq!(server_name(body), "e1");
+        assert_eq!(server_name(body), "e");
         assert!(body.contains("\nhost: site.test\n"), "{body}");
     }
     // A request the outer wasp received over HTTP/2 goes the same way.
@@ -173,16 +164,7 @@ async fn with_big_headers(proxy: SocketAddr, n: usize) -> Result<StatusCode, hyp
 #[tokio::test]
 async fn h2_header_list_is_limited_to_16k() {
     let servers = Servers::new();
-    let echo = servers.echo("e1").await;
-    let proxy = Proxy::start(&format!(
-        r#"[frontend.web]
-bind = "127.0.0.1:0"
-default_backend = "echo"
-[backend.echo]
-servers = [{{ name = "e1", addr = "{echo}" }}]
-"#
-    ))
-    .await;
+    let proxy = to_echo(&servers, "").await;
     assert_eq!(
         with_big_headers(proxy.addr(), 10).await.unwrap(),
         StatusCode::OK,
