@@ -600,7 +600,7 @@ fn mode_mismatch() {
             r#"    = help: backend "app" is in http mode; remove it, or set mode = "tcp""#,
             r#"mode_mismatch.toml:24:11: warning: backend.db.balance: balance "uri" needs http mode"#,
             r#"    = help: backend "db" is in tcp mode: without HTTP data to hash, tcp mode balances round-robin"#,
-            r#"mode_mismatch.toml:25:1: error: backend.db.observe: observe = "layer7" applies to http mode only"#,
+            r#"mode_mismatch.toml:25:11: error: backend.db.observe: observe = "layer7" applies to http mode only"#,
             db_http_only,
             r#"mode_mismatch.toml:26:11: error: backend.db.check.http: check.http applies to http mode only"#,
             db_http_only,

@@ -125,11 +125,17 @@ pub(crate) fn backend_uses(t: &Table<'_, '_>) -> Vec<ModeUse> {
         }
     }
     if let Some(i) = t.peek("observe")
-        && strings(&i).first().is_some_and(|(s, _)| *s == "layer7")
+        && let Some(&(s, at)) = strings(&i).first()
+        && s == "layer7"
     {
-        let mut u = ModeUse::key(Mode::Http, &i);
-        u.what = "observe = \"layer7\"".to_owned();
-        out.push(u);
+        // At the value, where check's warnings about `observe` point too.
+        out.push(ModeUse {
+            needs: Mode::Http,
+            what: "observe = \"layer7\"".to_owned(),
+            at,
+            path: i.path.clone(),
+            fallback: None,
+        });
     }
     if let Some(i) = t.peek("balance")
         && let Some((s, at)) = strings(&i).first().copied()
