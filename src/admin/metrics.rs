@@ -452,6 +452,13 @@ impl Collector for ViewCollector {
             "New versions a hot-load rejected (the previous one kept serving).",
             view.plugins.iter().map(|p| (pl(&p.name), p.rejected_loads)),
         )?;
+        f.counters(
+            "wasp_plugin_log_lines_dropped",
+            "Log lines of the plugin dropped over its budget (50 a second).",
+            view.plugins
+                .iter()
+                .map(|p| (pl(&p.name), p.log_lines_dropped)),
+        )?;
         f.histograms(
             "wasp_plugin_decision_time",
             "Time of one plugin call, instantiation included.",

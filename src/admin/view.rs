@@ -60,6 +60,8 @@ pub struct PluginView {
     pub suspensions: u64,
     /// New versions a hot-load rejected (the previous one kept serving).
     pub rejected_loads: u64,
+    /// Log lines over the plugin's budget, dropped.
+    pub log_lines_dropped: u64,
     /// Instances the live version has created.
     pub instances: usize,
     /// The raw usage, for `/metrics` (histogram).
@@ -309,6 +311,7 @@ pub fn plugin(live: &LivePlugin) -> PluginView {
         suspended: count(&p.stats.suspended),
         suspensions: count(&p.stats.suspensions),
         rejected_loads: count(&p.stats.rejected),
+        log_lines_dropped: loaded.ctx.log.dropped_total(),
         instances: loaded.instances_created(),
         usage,
     }

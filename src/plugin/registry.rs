@@ -352,7 +352,9 @@ impl Plugins {
                         && current.ctx.memory == p.memory;
                     if !same {
                         let version = plugin.versions.fetch_add(1, Ordering::Relaxed) + 1;
-                        let ctx = context(p, shared, &plugin.name);
+                        // The log budget and its dropped count carry over to the new version.
+                        let log = Arc::clone(&current.ctx.log);
+                        let ctx = context(p, shared, &plugin.name, log);
                         let loaded = Loaded::new(compiled, ctx, settings, version);
                         set.pending
                             .push((Arc::clone(&plugin), Arc::new(loaded), roles));
@@ -364,7 +366,8 @@ impl Plugins {
                 }
                 None => {
                     let name: Arc<str> = Arc::from(p.name.as_str());
-                    let ctx = context(p, shared, &name);
+                    let log = Arc::new(LogLimit::new(LOG_LINES_PER_SECOND));
+                    let ctx = context(p, shared, &name, log);
                     let loaded = Arc::new(Loaded::new(compiled, ctx, settings, 1));
                     let plugin = Arc::new(Plugin {
                         name,
@@ -592,12 +595,17 @@ fn settings(p: &config::Plugin) -> Settings {
     }
 }
 
-fn context(p: &config::Plugin, shared: Arc<SharedState>, name: &Arc<str>) -> Arc<PluginContext> {
+fn context(
+    p: &config::Plugin,
+    shared: Arc<SharedState>,
+    name: &Arc<str>,
+    log: Arc<LogLimit>,
+) -> Arc<PluginContext> {
     Arc::new(PluginContext {
         name: Arc::clone(name),
         config: p.config.clone(),
         shared,
-        log: Arc::new(LogLimit::new(LOG_LINES_PER_SECOND)),
+        log,
         memory: p.memory,
     })
 }

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -163,11 +164,13 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// A per-plugin log budget: [`LOG_LINES_PER_SECOND`], then lines are counted and dropped;
-/// the count is reported with the next line let through.
+/// the count is reported with the next line let through, and kept in a running total for the
+/// stats (a plugin may never log again).
 #[derive(Debug)]
 pub struct LogLimit {
     per_second: u32,
     window: Mutex<Window>,
+    dropped_total: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -186,7 +189,13 @@ impl LogLimit {
                 lines: 0,
                 dropped: 0,
             }),
+            dropped_total: AtomicU64::new(0),
         }
+    }
+
+    /// Lines dropped since the plugin was loaded.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
     }
 
     /// `Some(dropped since the last line let through)` when a line may be logged now.
@@ -198,6 +207,7 @@ impl LogLimit {
         }
         if w.lines >= self.per_second {
             w.dropped += 1;
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         w.lines += 1;
@@ -405,5 +415,6 @@ mod tests {
         assert_eq!(limit.allow(), Some(0));
         assert_eq!(limit.allow(), None);
         assert_eq!(limit.allow(), None);
+        assert_eq!(limit.dropped_total(), 2);
     }
 }

@@ -390,6 +390,73 @@ async fn a_plugin_that_keeps_timing_out_is_suspended() {
     assert_eq!(body, "panicker ok\n");
 }
 
+/// Log lines over a plugin's budget (50 a second) are dropped and counted in
+/// `log_lines_dropped`, and a new version (hot-loaded, or made by a reload) keeps the count and
+/// the budget: a plugin that floods the log and then stops still shows what it lost.
+#[tokio::test]
+async fn a_plugin_flooding_the_log_has_its_dropped_lines_counted() {
+    let servers = Servers::new();
+    let app = servers.echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("noisy.wasm");
+    std::fs::copy(wasm("panicker"), &file).unwrap();
+    let config = |timeout: &str| {
+        let section = format!(
+            "[plugin.noisy]\npath = \"{}\"\ntimeout = \"{timeout}\"\n[admin]\nbind = \"127.0.0.1:0\"\n",
+            file.display()
+        );
+        routed_by(app, "noisy", &section)
+    };
+    let proxy = Proxy::start(&config("1s")).await;
+    let admin = proxy.runtime.admin_addr().await.expect("admin listener");
+    let dropped = || async {
+        let (status, text) = admin_call(admin, false, "/api/plugins").await;
+        assert_eq!(status, 200, "{text}");
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        list[0]["log_lines_dropped"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no log_lines_dropped: {text}"))
+    };
+    assert_eq!(dropped().await, 0);
+    // Each panic writes its message to stderr, which reaches the log line by line.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut before = 0;
+    while before == 0 {
+        assert!(Instant::now() < deadline, "no line dropped within 30 s");
+        for _ in 0..20 {
+            let (status, _, body) = get(&proxy.url("/fault")).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        before = dropped().await;
+    }
+
+    let plugin = proxy.runtime.plugins().get("noisy").unwrap();
+    let version = plugin.version();
+    replace_file(&file, &std::fs::read(wasm("looper")).unwrap());
+    wait_until(Duration::from_secs(10), "the new version loaded", || {
+        plugin.version() > version
+    })
+    .await;
+    let (_, _, body) = get(&proxy.url("/ok")).await;
+    assert_eq!(body, "looper ok\n");
+    assert!(dropped().await >= before, "the count survives a hot-load");
+    // A reload that changes the plugin's settings makes a new version too.
+    let version = plugin.version();
+    std::fs::write(&proxy.path, config("900ms")).unwrap();
+    proxy.runtime.reload().await.expect("reload");
+    assert!(plugin.version() > version);
+    assert!(dropped().await >= before, "the count survives a reload");
+
+    let (status, text) = admin_call(admin, false, "/metrics").await;
+    assert_eq!(status, 200);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("wasp_plugin_log_lines_dropped_total{"))
+        .unwrap_or_else(|| panic!("no dropped lines metric:\n{text}"));
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= before, "{line}");
+}
+
 /// Replaces `dest` with `src`'s bytes atomically (write beside it, then rename), as a build
 /// tool or a deploy would.
 fn replace_file(dest: &Path, bytes: &[u8]) {
