@@ -11,7 +11,7 @@
 //!
 //! A v2 `LOCAL` header (a load balancer's own health check), v1 `UNKNOWN`, and v2 address
 //! families other than IPv4 and IPv6 announce no client: the connection's own addresses stay.
-//! TLVs are skipped.
+//! A v2 header announcing a datagram (UDP) connection is refused. TLVs are skipped.
 
 use std::io;
 use std::net::SocketAddr;
@@ -132,8 +132,11 @@ pub fn header_len(bytes: &[u8]) -> Result<Option<usize>, HeaderError> {
         return Err(HeaderError::Missing);
     }
     let window = &bytes[..bytes.len().min(V1_MAX)];
-    match window.windows(2).position(|w| w == b"\r\n") {
-        Some(end) => Ok(Some(end + 2)),
+    match window.iter().position(|&b| b == b'\n') {
+        Some(end) if end > 0 && window[end - 1] == b'\r' => Ok(Some(end + 1)),
+        // The line must end with CRLF: a bare LF is refused at once, as HAProxy does, rather
+        // than waited on until the timeout.
+        Some(_) => Err(HeaderError::Invalid("line not ended by CRLF".to_owned())),
         None if bytes.len() >= V1_MAX => Err(HeaderError::TooLong(V1_MAX)),
         None => Ok(None),
     }
@@ -155,6 +158,12 @@ pub fn parse(header: &[u8]) -> Result<Announced, HeaderError> {
         let parsed = ppp::v2::Header::try_from(header).map_err(invalid)?;
         match parsed.addresses {
             _ if parsed.command == ppp::v2::Command::Local => return Ok(Announced::Local),
+            // A datagram's addresses cannot stand for a stream connection (HAProxy refuses it).
+            _ if parsed.protocol == ppp::v2::Protocol::Datagram => {
+                return Err(HeaderError::Invalid(
+                    "a UDP connection announced on a TCP one".to_owned(),
+                ));
+            }
             ppp::v2::Addresses::IPv4(a) => Endpoints::V4(a),
             ppp::v2::Addresses::IPv6(a) => Endpoints::V6(a),
             ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => {
@@ -283,6 +292,16 @@ mod tests {
                 "{bytes:?}"
             );
         }
+        // A v1 line is refused as soon as it ends without CR before its LF.
+        for bytes in [
+            &b"PROXY TCP4 192.0.2.1 198.51.100.2 40000 443\nGET"[..],
+            b"PROXY \n",
+        ] {
+            assert!(
+                matches!(header_len(bytes), Err(HeaderError::Invalid(_))),
+                "{bytes:?}"
+            );
+        }
     }
 
     #[test]
@@ -334,12 +353,20 @@ mod tests {
     fn malformed_headers_are_invalid() {
         let mut v3 = v2(ppp::v2::Command::Proxy, "192.0.2.1:1", "192.0.2.2:2", 0);
         v3[12] = 0x31;
+        let udp = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Datagram,
+            (addr("192.0.2.1:1"), addr("192.0.2.2:2")),
+        )
+        .build()
+        .unwrap();
         for header in [
             &b"PROXY TCP4 192.0.2.1 192.0.2.2 1\r\n"[..],
             b"PROXY TCP4 2001:db8::1 192.0.2.2 1 2\r\n",
             b"PROXY TCP4 192.0.2.1 192.0.2.2 01 2\r\n",
             b"PROXY TCP5 192.0.2.1 192.0.2.2 1 2\r\n",
             &v3,
+            &udp,
         ] {
             let e = parse(header).unwrap_err();
             assert!(

@@ -70,7 +70,6 @@ pub async fn serve(
         return;
     };
     let frontend_state = Arc::clone(&frontend.state);
-    let _session = frontend_state.sessions.open();
     let started = Instant::now();
     let log = snapshot.global.access_log;
     let mut client_tcp = client_tcp;

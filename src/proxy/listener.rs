@@ -209,14 +209,18 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let mut snapshot = proxy.snapshot();
+    let Some(frontend) = snapshot.frontend_for(&bind) else {
+        return;
+    };
+    // Counted from the accept, as in HAProxy: a connection still sending its PROXY header or
+    // its TLS handshake is open, and holds a place under `maxconn`.
+    let state = Arc::clone(&frontend.state);
+    let _session = state.sessions.open();
     let (mut client, mut local) = (peer, None);
     if snapshot.expects_proxy_header(&bind, peer.ip()) {
         // The header stands for the peer's client: everything below sees the client's address
         // (and the address it connected to) as if it had connected itself.
-        let Some(frontend) = snapshot.frontend_for(&bind) else {
-            return;
-        };
-        let (timeout, state) = (frontend.timeouts.client, Arc::clone(&frontend.state));
+        let timeout = frontend.timeouts.client;
         drop(snapshot);
         match accept_proxy::read_header(&mut tcp, timeout).await {
             Ok(Announced::Client {
@@ -261,8 +265,6 @@ async fn serve_connection(
         proxy: Arc::clone(&proxy),
     };
     drop(snapshot);
-    let state = Arc::clone(&conn.state);
-    let _session = state.sessions.open();
     let Some(tls) = tls else {
         return conn.serve(tcp, None, Alpn::None, watcher).await;
     };

@@ -12,7 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::plugins::plugin;
-use crate::support::{Binary, Proxy, Servers, config_file, field, raw_status, server_name};
+use crate::support::{
+    Binary, Proxy, Servers, config_file, field, raw_status, server_name, wait_until,
+};
 use crate::tcp::{split_proxy_header, tcp_recorder};
 use crate::tls::{connector, site_with};
 
@@ -276,11 +278,25 @@ async fn a_trusted_peer_without_a_valid_header_is_closed_without_an_answer() {
     let proxy = routed(&servers, r#"["127.0.0.1"]"#).await;
     let too_long = format!("PROXY UNKNOWN {}\r\n", "x".repeat(120));
     let bad_address = b"PROXY TCP4 192.0.2.300 198.51.100.2 1 2\r\n".to_vec();
+    // Refused at once, not after the 30 s `timeout client` (the answer's wait is shorter).
+    let bare_lf = b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\nGET / HTTP/1.1\r\n\r\n".to_vec();
+    let udp = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Datagram,
+        (
+            "192.0.2.7:1".parse::<SocketAddr>().unwrap(),
+            "198.51.100.2:2".parse::<SocketAddr>().unwrap(),
+        ),
+    )
+    .build()
+    .unwrap();
     for bytes in [
         GET.to_vec(),
         b"HELLO\r\n".to_vec(),
         too_long.into_bytes(),
         bad_address,
+        bare_lf,
+        [&udp[..], GET].concat(),
     ] {
         let answer = exchange(connect_from([127, 0, 0, 1], proxy.addr()).await, &[&bytes]).await;
         assert_eq!(
@@ -290,14 +306,39 @@ async fn a_trusted_peer_without_a_valid_header_is_closed_without_an_answer() {
             String::from_utf8_lossy(&bytes)
         );
     }
-    let errors = proxy
-        .runtime
-        .states()
-        .frontend("web")
-        .traffic
-        .totals()
-        .errors;
-    assert_eq!(errors, 4, "each refused connection is counted");
+    let state = proxy.runtime.states().frontend("web");
+    assert_eq!(
+        state.traffic.totals().errors,
+        6,
+        "each refused connection is counted"
+    );
+    assert_eq!(state.sessions.total(), 6, "as accepted, too");
+}
+
+/// A connection counts as open from its accept, as in HAProxy: one still sending its header
+/// holds a place under `maxconn` and shows in the frontend's sessions, in either mode.
+#[tokio::test]
+async fn a_connection_awaiting_its_header_is_counted_open() {
+    for mode in ["http", "tcp"] {
+        let servers = Servers::new();
+        let (inside, outside) = (servers.echo("inside").await, servers.echo("outside").await);
+        let (inside, outside) = (format!(r#""{inside}""#), format!(r#""{outside}""#));
+        let proxy = Proxy::start(&two_way(mode, r#"["127.0.0.1"]"#, &inside, &outside, "")).await;
+        let state = proxy.runtime.states().frontend("web");
+        let mut tcp = connect_from([127, 0, 0, 1], proxy.addr()).await;
+        tcp.write_all(b"PROXY TCP4 ").await.unwrap();
+        wait_until(LIMIT, "the connection counted", || {
+            state.sessions.current() == 1
+        })
+        .await;
+        assert_eq!(state.sessions.total(), 1, "{mode}");
+        drop(tcp);
+        wait_until(LIMIT, "the connection no longer counted", || {
+            state.sessions.current() == 0
+        })
+        .await;
+        assert_eq!(state.sessions.total(), 1, "{mode}: counted once");
+    }
 }
 
 #[tokio::test]
