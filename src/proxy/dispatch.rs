@@ -4,9 +4,9 @@
 //! Retry rules (HAProxy's `retries` / `redispatch` / `retry-on conn-failure empty-response`):
 //! a failed connect is retried, on another server with `redispatch` (the default) or on the same
 //! one; a request that reached a server is replayed only when it is idempotent, has no body and
-//! no valid response came back (the server closed or reset the connection, or answered with
-//! something that is not HTTP). A server that answered,
-//! even with an error status, is never retried, and a timeout is a 504, not a retry.
+//! the server closed or reset the connection without a byte of answer. A server that answered,
+//! even with an error status or with something that is not HTTP (a 502, as HAProxy without
+//! `junk-response`), is never retried, and a timeout is a 504, not a retry.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -50,6 +50,8 @@ pub(crate) struct Attempt {
     pub(crate) body: Option<Reclaimable>,
     /// The client connection's hand-over, when the request asks for an upgrade.
     pub(crate) upgrade: Option<OnUpgrade>,
+    /// The client sent `TE: trailers`: the response keeps its `Trailer` header.
+    pub(crate) trailers: bool,
 }
 
 impl Attempt {
@@ -206,7 +208,24 @@ pub(crate) async fn dispatch(
         };
         record.server = Some(idx);
         match outcome {
-            Some(Ok(resp)) => {
+            Some(Ok(mut resp)) => {
+                if let Err(e) = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(resp.body_mut().poll_ahead(cx))
+                })
+                .await
+                {
+                    // A head and at once a broken body: an answer, not worth replaying, but
+                    // not one the client can be given (it would get nothing at all).
+                    tracing::debug!(
+                        backend = &*backend.name,
+                        server = &*server.name,
+                        error = %source_chain(&e),
+                        "response body failed before its first byte"
+                    );
+                    server.state.record_response_error();
+                    observe(backend, server, Event::NoAnswer);
+                    return local(Failure::UpstreamFailed, record);
+                }
                 observe(
                     backend,
                     server,
@@ -217,7 +236,7 @@ pub(crate) async fn dispatch(
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return switch(resp, attempt.upgrade.take(), backend, info, sent, record);
                 }
-                return relay(resp, backend, sent, record);
+                return relay(resp, backend, sent, record, attempt.trailers);
             }
             Some(Err(e)) if e.is_connect() => {
                 server.state.record_connect_failure();
@@ -257,7 +276,7 @@ pub(crate) async fn dispatch(
                 server.state.record_response_error();
                 observe(backend, server, Event::NoAnswer);
                 exhausted = Failure::UpstreamFailed;
-                if !attempt.replayable() {
+                if e.is_junk() || !attempt.replayable() {
                     return local(Failure::UpstreamFailed, record);
                 }
             }
@@ -395,6 +414,7 @@ fn relay(
     backend: &Backend,
     sent: Instant,
     mut record: Box<Record>,
+    trailers: bool,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     let timing = body.timing();
@@ -404,7 +424,7 @@ fn relay(
         std::time::Duration::ZERO
     });
     record.t_response = Some(clock::since(record.received));
-    if let Err(e) = strip_response(&mut parts.headers) {
+    if let Err(e) = strip_response(&mut parts.headers, trailers) {
         tracing::debug!(backend = &*backend.name, error = %e, "response not relayed");
         return local(Failure::UpstreamFailed, record);
     }
@@ -412,7 +432,13 @@ fn relay(
     // wasp's own version, not the server's: an HTTP/1.0 status line would end the client's
     // keep-alive (hyper still answers an HTTP/1.0 client in HTTP/1.0).
     parts.version = Version::HTTP_11;
+    // The server's own reason phrase (`413 X`), when it is not the usual one, as HAProxy
+    // keeps it; nothing else of the client connection's extensions.
+    let reason = parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     parts.extensions = http::Extensions::new();
+    if let Some(reason) = reason {
+        parts.extensions.insert(reason);
+    }
     let body = ProxyBody::upstream(IdleBody::new(body, backend.timeouts.server), Some(record));
     Response::from_parts(parts, body)
 }
@@ -447,7 +473,7 @@ fn switch(
         backend: Arc::clone(&backend.state),
     }
     .spawn(client, server);
-    let mut out = relay(resp, backend, sent, record);
+    let mut out = relay(resp, backend, sent, record, false);
     upgrade::restore(out.headers_mut(), proto);
     out
 }

@@ -31,6 +31,7 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static(HOP_NAMES[4]),
     HeaderName::from_static(HOP_NAMES[5]),
 ];
+const TRAILER_BIT: u8 = 1 << 3;
 const TRANSFER_ENCODING_BIT: u8 = 1 << 4;
 const UPGRADE_BIT: u8 = 1 << 5;
 
@@ -175,9 +176,13 @@ pub struct OtherCoding;
 
 /// Removes a server's response's hop-by-hop headers ([`Scan::strip`]). hyper has de-chunked
 /// the response: a `Content-Length` sent along with `Transfer-Encoding` is not the body's
-/// length (RFC 9112, 6.3) and goes too. A coding besides `chunked` (`gzip, chunked`) would be lost with the
-/// header, so such a response is refused instead.
-pub fn strip_response(headers: &mut HeaderMap) -> Result<(), OtherCoding> {
+/// length (RFC 9112, 6.3) and goes too. A coding besides `chunked` (`gzip, chunked`) would be
+/// lost with the header, so such a response is refused instead.
+///
+/// With `trailers` (the client sent `TE: trailers`) the `Trailer` header stays: it announces
+/// the trailer fields the client will get, and hyper sends an HTTP/1.1 client only the
+/// trailer fields it names.
+pub fn strip_response(headers: &mut HeaderMap, trailers: bool) -> Result<(), OtherCoding> {
     let scan = Scan::of(headers);
     if scan.has_transfer_encoding() {
         if scan.other_coding {
@@ -189,7 +194,17 @@ pub fn strip_response(headers: &mut HeaderMap) -> Result<(), OtherCoding> {
     } else if scan.length_list {
         single_length(headers);
     }
+    let announced = (trailers && scan.hop & TRAILER_BIT != 0).then(|| {
+        headers
+            .get_all(header::TRAILER)
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+    });
     scan.strip(headers);
+    for value in announced.into_iter().flatten() {
+        headers.append(header::TRAILER, value);
+    }
     Ok(())
 }
 

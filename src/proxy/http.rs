@@ -293,6 +293,7 @@ fn prepare<'s>(
         forwarding,
         body,
         upgrade,
+        trailers: scan.te_trailers,
     };
     Prepared::Forward(backend, attempt, record)
 }

@@ -403,3 +403,116 @@ async fn a_body_still_arriving_after_an_early_answer_is_not_a_late_head() {
     assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
     assert!(rest.ends_with("next\n"), "{rest}");
 }
+
+/// A server that answers with something that is not HTTP has answered: the request gets a 502
+/// at once and is not replayed, although it is a GET and the server kept the connection open
+/// (HAProxy without `retry-on junk-response`).
+#[tokio::test]
+async fn a_response_that_is_not_http_is_a_502_and_not_replayed() {
+    let servers = Servers::new();
+    for answer in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Space : a\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let (proxy, mut heads) = to_scripted(&servers, answer).await;
+        let (status, _, body) = get(&proxy.url("/junk")).await;
+        let text = String::from_utf8_lossy(answer);
+        assert_eq!(status, 502, "{text:?}: {body}");
+        // Every attempt was made before the answer: what the server got by now is all.
+        let mut sent = 0;
+        while heads.try_recv().is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, 1, "{text:?}: sent once");
+    }
+}
+
+/// A body that fails right after its head (a malformed first chunk, or the server closing
+/// after the head) still gets the client an answer: a 502, or the head, never nothing.
+#[tokio::test]
+async fn a_body_that_fails_at_once_still_gets_the_client_an_answer() {
+    const GET_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let servers = Servers::new();
+    let (proxy, _heads) = to_scripted(
+        &servers,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await;
+    for i in 0..5 {
+        let answer = raw(proxy.addr(), GET_CLOSE, WAIT).await;
+        assert_eq!(raw_status(&answer), 502, "{i}: {answer:?}");
+    }
+
+    let closing = servers
+        .serve_each(|mut tcp| async move {
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                .await;
+        })
+        .await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "s", addr = "{closing}" }}"#),
+        "",
+    ))
+    .await;
+    for i in 0..10 {
+        let answer = raw(proxy.addr(), GET_CLOSE, WAIT).await;
+        assert!(matches!(raw_status(&answer), 200 | 502), "{i}: {answer:?}");
+    }
+}
+
+/// A response's trailers reach an HTTP/1.1 client that asked for them (`TE: trailers`): the
+/// `Trailer` header announcing them is kept for it, and for it only.
+#[tokio::test]
+async fn trailers_reach_an_http11_client_that_asked_for_them() {
+    let servers = Servers::new();
+    let (proxy, _heads) = to_scripted(
+        &servers,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n",
+    )
+    .await;
+    let asking = raw(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    let (head, body) = asking.split_once("\r\n\r\n").unwrap();
+    assert_eq!(header(head, "trailer"), Some("X-Sum"), "{asking}");
+    assert_eq!(body, "3\r\nabc\r\n0\r\nx-sum: 42\r\n\r\n", "{asking}");
+
+    let not_asking = raw(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    let (head, body) = not_asking.split_once("\r\n\r\n").unwrap();
+    assert_eq!(header(head, "trailer"), None, "{not_asking}");
+    assert_eq!(body, "3\r\nabc\r\n0\r\n\r\n", "{not_asking}");
+}
+
+/// The server's own reason phrase goes to the client, as HAProxy passes it on.
+#[tokio::test]
+async fn the_servers_reason_phrase_is_kept() {
+    let servers = Servers::new();
+    let (proxy, _heads) = to_scripted(
+        &servers,
+        b"HTTP/1.1 413 Upload Much Too Big\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let answer = raw(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Upload Much Too Big\r\n"),
+        "{answer}"
+    );
+}
