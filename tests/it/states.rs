@@ -367,6 +367,32 @@ async fn observed_5xx_mark_a_server_down_and_its_checks_bring_it_back() {
     assert!(shares(&proxy, 6).await.contains_key("bad"));
 }
 
+/// A response that is not HTTP is one observed error per request (it is not replayed), so
+/// `error_limit` counts requests, as HAProxy's `error-limit` does.
+#[tokio::test]
+async fn a_junk_answer_is_one_observed_error_per_request() {
+    let servers = Servers::new();
+    let (junk, _heads) = servers.scripted(b"NOT HTTP\r\n\r\n").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        observe = "layer7"
+        error_limit = 3
+        check = {{ interval = "1h" }}
+        servers = [ {{ name = "junk", addr = "{junk}", check = true }} ]
+        "#
+    ))
+    .await;
+    for n in 1..=3 {
+        assert_eq!(get(&proxy.url("/")).await.0, 502, "request {n}");
+        let expected = if n < 3 { Health::Up } else { Health::Down };
+        assert_eq!(state(&proxy, "app", junk).health(), expected, "after {n}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_maxconn_queues_across_all_its_servers() {
     let servers = Servers::new();
