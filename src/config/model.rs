@@ -152,8 +152,9 @@ impl Mode {
 /// upstream TCP connect, `http_request` bounds the arrival of a whole request head,
 /// `http_keep_alive` bounds the wait for the next request on an idle keep-alive connection,
 /// `queue` how long a request may wait for a free connection slot (`maxconn`), `tunnel` the
-/// idle timeout of a WebSocket tunnel (it replaces `client` and `server` once the server
-/// answered 101).
+/// idle timeout of a tunnel, replacing `client` and `server`: a WebSocket tunnel once the server
+/// answered 101 ([`DEFAULT_TUNNEL_TIMEOUT`] when unset), a TCP-mode session once its server is
+/// connected (only when set, as in HAProxy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub client: Duration,
@@ -162,7 +163,14 @@ pub struct Timeouts {
     pub http_request: Duration,
     pub http_keep_alive: Duration,
     pub queue: Duration,
-    pub tunnel: Duration,
+    pub tunnel: Option<Duration>,
+}
+
+impl Timeouts {
+    /// A WebSocket tunnel's idle timeout.
+    pub fn websocket(&self) -> Duration {
+        self.tunnel.unwrap_or(DEFAULT_TUNNEL_TIMEOUT)
+    }
 }
 
 impl Default for Timeouts {
@@ -174,7 +182,7 @@ impl Default for Timeouts {
             http_request: Duration::from_secs(10),
             http_keep_alive: Duration::from_secs(10),
             queue: Duration::from_secs(5),
-            tunnel: DEFAULT_TUNNEL_TIMEOUT,
+            tunnel: None,
         }
     }
 }

@@ -268,7 +268,7 @@ pub(crate) fn resolve_timeouts(defaults: &PartialTimeouts, own: &PartialTimeouts
         http_request,
         http_keep_alive: pick(|t| t.http_keep_alive, http_request),
         queue: pick(|t| t.queue, connect),
-        tunnel: pick(|t| t.tunnel, base.tunnel),
+        tunnel: own.tunnel.or(defaults.tunnel),
     }
 }
 

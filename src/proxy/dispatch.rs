@@ -466,7 +466,7 @@ fn switch(
             .count_response(101, 0, 0, Some(clock::since(record.received)));
     }
     upgrade::Tunnel {
-        idle: backend.timeouts.tunnel,
+        idle: backend.timeouts.websocket(),
         in_flight: Some(info.conn.begin_request()),
         active,
         frontend: record.frontend_state().cloned(),

@@ -113,7 +113,12 @@ pub async fn serve(
         None => Vec::new(),
     };
     first.extend_from_slice(&head);
-    let (client_idle, server_idle) = (frontend.timeouts.client, backend.timeouts.server);
+    // HAProxy's `timeout tunnel`: once connected, a TCP session is a tunnel, and the tunnel
+    // timeout (when set) replaces both idle timeouts.
+    let (client_idle, server_idle) = match backend.timeouts.tunnel {
+        Some(tunnel) => (tunnel, tunnel),
+        None => (frontend.timeouts.client, backend.timeouts.server),
+    };
     let frontend_name = Arc::clone(&frontend.name);
     let backend_state = Arc::clone(&backend.state);
     // Nothing below needs the snapshot: a long session must not keep an old config alive.

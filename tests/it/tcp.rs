@@ -130,6 +130,29 @@ async fn round_robin_over_three_tcp_echo_servers_and_stats_count_sessions() {
     }
 }
 
+/// A backend's `timeout tunnel` replaces `client` and `server` once the server is connected,
+/// as HAProxy's does in TCP mode: a silent session is closed after it, not after the others.
+#[tokio::test]
+async fn timeout_tunnel_is_a_tcp_sessions_idle_timeout() {
+    let echo = tcp_echo("s1").await;
+    let proxy = Proxy::start(&tcp_config(
+        r#"timeout = { client = "1h" }"#,
+        &format!(
+            r#"timeout = {{ server = "1h", tunnel = "200ms" }}
+            servers = [{{ name = "s1", addr = "{echo}" }}]"#
+        ),
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut out = Vec::new();
+    // The server's greeting, then silence both ways: closed by the tunnel timeout.
+    tokio::time::timeout(LIMIT, tcp.read_to_end(&mut out))
+        .await
+        .expect("the idle session closed by timeout tunnel")
+        .unwrap();
+    assert_eq!(out, b"s1\n");
+}
+
 #[tokio::test]
 async fn half_close_the_client_still_gets_the_reply() {
     let (addr, mut seen) = tcp_recorder().await;
