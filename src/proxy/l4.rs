@@ -141,9 +141,8 @@ pub async fn serve(
         .traffic
         .count_session(relayed.up, relayed.down);
     server.traffic.count_bytes(relayed.up, relayed.down);
-    if result.is_err() {
-        frontend_state.traffic.count_error();
-    }
+    // A session that ends on a timeout or a reset was served: not a refused request (the
+    // access log gives the error), as HAProxy keeps such aborts out of its request errors.
     if log {
         let error = result.as_ref().err().map(ToString::to_string);
         tracing::info!(

@@ -151,6 +151,14 @@ async fn timeout_tunnel_is_a_tcp_sessions_idle_timeout() {
         .expect("the idle session closed by timeout tunnel")
         .unwrap();
     assert_eq!(out, b"s1\n");
+    // Served, then ended by a timeout: a session, not a request error.
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let frontend = &snapshot.frontends[0].state;
+    wait_until(LIMIT, "the session counted", || {
+        frontend.traffic.totals().requests == 1
+    })
+    .await;
+    assert_eq!(frontend.traffic.totals().errors, 0);
 }
 
 #[tokio::test]
