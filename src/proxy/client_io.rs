@@ -36,6 +36,8 @@ use crate::proxy::timer::LazyTimer;
 /// The bytes of an HTTP/1.1 408, written straight to the socket when a head times out.
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
+/// The length of [`RESPONSE_408`]'s body, for the byte counters.
+pub(crate) const BODY_408_LEN: u64 = 16;
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 /// State shared between a connection's socket wrapper and the requests it carries.
@@ -494,6 +496,16 @@ mod tests {
             http_request: Duration::from_secs(10),
             http_keep_alive: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn the_408s_body_is_as_long_as_counted() {
+        let head_end = RESPONSE_408
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap()
+            + 4;
+        assert_eq!((RESPONSE_408.len() - head_end) as u64, BODY_408_LEN);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::health::FrontendState;
 use crate::proxy::Proxy;
 use crate::proxy::accept_proxy::{self, Announced, HeaderError};
 use crate::proxy::canon::HostCache;
-use crate::proxy::client_io::{ClientIo, ClientTimeouts, ConnShared};
+use crate::proxy::client_io::{BODY_408_LEN, ClientIo, ClientTimeouts, ConnShared};
 use crate::proxy::graceful::{Graceful, Watcher};
 use crate::proxy::headers::client_value;
 use crate::proxy::http::{ConnInfo, serve};
@@ -390,15 +390,16 @@ impl Connection {
         };
 
         if conn.timed_out_head() {
-            connection_error(client, &state, 408, "request head timeout");
+            connection_error(client, &state, 408, "request head timeout", BODY_408_LEN);
             return;
         }
         let Err(e) = served else { return };
         match e.downcast_ref::<hyper::Error>() {
             Some(he) if he.is_parse_too_large() => {
-                connection_error(client, &state, 431, "request head too large")
+                connection_error(client, &state, 431, "request head too large", 0)
             }
-            Some(he) if he.is_parse() => connection_error(client, &state, 400, &he.to_string()),
+            // hyper's own answers to these have no body.
+            Some(he) if he.is_parse() => connection_error(client, &state, 400, &he.to_string(), 0),
             _ => {
                 tracing::debug!(client = %client, frontend = &*frontend, error = %e, "connection closed")
             }
@@ -420,8 +421,14 @@ fn h2_header_list_limit(max_header_size: usize) -> u32 {
 }
 
 /// Logs and counts a request hyper refused before wasp saw it (hyper already answered it).
-fn connection_error(client: SocketAddr, state: &FrontendState, status: u16, error: &str) {
-    state.traffic.count_exchange(status, 0, 0, None);
+fn connection_error(
+    client: SocketAddr,
+    state: &FrontendState,
+    status: u16,
+    error: &str,
+    bytes_out: u64,
+) {
+    state.traffic.count_exchange(status, 0, bytes_out, None);
     state.traffic.count_error();
     let frontend = state.name();
     tracing::info!(target: access::TARGET, client = %client, frontend, status, error, "bad request");

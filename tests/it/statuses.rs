@@ -289,6 +289,16 @@ async fn slow_client_head_is_cut_with_408_within_http_request() {
         took >= Duration::from_secs(1) && took < Duration::from_secs(2),
         "took {took:?}"
     );
+    // Its body is counted in the frontend's bytes out, as wasp's other answers are.
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(0, |(_, b)| b.len() as u64);
+    let state = proxy.runtime.states().frontend("web");
+    crate::support::wait_until(Duration::from_secs(10), "the 408 counted", || {
+        state.traffic.totals().responses[3] == 1
+    })
+    .await;
+    assert_eq!((body, state.traffic.totals().bytes_out), (16, 16));
 }
 
 #[tokio::test]
