@@ -87,10 +87,10 @@ fn tcp_example_loads_into_the_model() {
     assert_eq!(shop.mode, Mode::Tcp);
     assert_eq!(shop.servers[0].send_proxy, Some(config::SendProxy::V2));
     assert_eq!(
-        shop.timeouts.tunnel,
-        Duration::from_secs(3600),
-        "the default"
+        shop.timeouts.tunnel, None,
+        "unset: client and server apply to TCP sessions"
     );
+    assert_eq!(shop.timeouts.websocket(), Duration::from_secs(3600));
     assert_eq!(config.backend("db").unwrap().balance, Balance::Source);
 }
 
