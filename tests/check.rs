@@ -819,6 +819,11 @@ fn tls_files_are_checked_at_the_key_that_names_them() {
         "-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.path().join("locked.key"),
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let toml = r#"[frontend.web]
 bind = [
   { addr = "127.0.0.1:0", tls = { cert = "a.pem", key = "b.key" } },
@@ -826,6 +831,8 @@ bind = [
   { addr = "127.0.0.1:2", tls = { certs = [{ cert = "garbage.pem", key = "a.key" }] } },
   { addr = "127.0.0.1:3", tls = { cert = "a.pem", key = "a.key", verify_client = "required" } },
   { addr = "127.0.0.1:4", tls = { cert = "a.pem" } },
+  { addr = "127.0.0.1:5", tls = { cert = "a.pem", key = "a.pem" } },
+  { addr = "127.0.0.1:6", tls = { cert = "a.pem", key = "locked.key" } },
 ]
 default_backend = "app"
 [backend.app]
@@ -841,8 +848,11 @@ servers = [{ name = "s1", addr = "127.0.0.1:9", tls = true, ca = "nope.pem", ver
         "    = help: add ca = \"clients-ca.pem\": the CA that signs client certificates",
         "wasp.toml:7:33: error: frontend.web.bind[4].tls: cert without key",
         "    = help: add key = \"FILE\": the certificate's private key (PEM)",
-        "wasp.toml:11:66: error: backend.app.servers[0].ca: nope.pem: cannot read: No such file or directory (os error 2)",
-        "wasp.toml:11:87: error: backend.app.servers[0].verify: unknown verify \"maybe\"",
+        "wasp.toml:8:57: error: frontend.web.bind[5].tls.key: a.pem: no private key in the file",
+        "wasp.toml:9:57: error: frontend.web.bind[6].tls.key: locked.key: the private key is encrypted",
+        "    = help: wasp reads keys without a passphrase: decrypt it (`openssl pkey -in KEY -out PLAIN`) and keep the file readable by wasp alone",
+        "wasp.toml:13:66: error: backend.app.servers[0].ca: nope.pem: cannot read: No such file or directory (os error 2)",
+        "wasp.toml:13:87: error: backend.app.servers[0].verify: unknown verify \"maybe\"",
         "    = help: expected required or none",
     ];
     let lines: Vec<&str> = out.lines().collect();

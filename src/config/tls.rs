@@ -169,12 +169,18 @@ fn pair(
         }
         Err(errors) => {
             for e in errors {
-                let (at, path) = if e.path() == files.key && files.key != files.cert {
+                let on_key = e
+                    .about_key()
+                    .unwrap_or(e.path() == files.key && files.key != files.cert);
+                let (at, path) = if on_key {
                     (k.start, &key.path)
                 } else {
                     (c.start, &cert.path)
                 };
-                sink.error(at, path, e.to_string());
+                let d = sink.error(at, path, e.to_string());
+                if matches!(e, certs::CertError::EncryptedKey { .. }) {
+                    d.help("wasp reads keys without a passphrase: decrypt it (`openssl pkey -in KEY -out PLAIN`) and keep the file readable by wasp alone");
+                }
             }
             None
         }

@@ -39,6 +39,8 @@ pub enum CertError {
     NoCertificate { path: PathBuf },
     #[error("{}: no private key in the file", .path.display())]
     NoKey { path: PathBuf },
+    #[error("{}: the private key is encrypted", .path.display())]
+    EncryptedKey { path: PathBuf },
     #[error("{}: unsupported private key: {message}", .path.display())]
     Key { path: PathBuf, message: String },
     #[error("{}: invalid certificate: {message}", .path.display())]
@@ -55,9 +57,23 @@ impl CertError {
             | CertError::Pem { path, .. }
             | CertError::NoCertificate { path }
             | CertError::NoKey { path }
+            | CertError::EncryptedKey { path }
             | CertError::Key { path, .. }
             | CertError::Certificate { path, .. } => path,
             CertError::Mismatch { key, .. } => key,
+        }
+    }
+
+    /// Whether the problem is with the key (`Some(true)`) or the certificate (`Some(false)`);
+    /// `None` for a file that cannot be read or parsed, whichever it is named as.
+    pub fn about_key(&self) -> Option<bool> {
+        match self {
+            CertError::NoKey { .. }
+            | CertError::EncryptedKey { .. }
+            | CertError::Key { .. }
+            | CertError::Mismatch { .. } => Some(true),
+            CertError::NoCertificate { .. } | CertError::Certificate { .. } => Some(false),
+            CertError::Read { .. } | CertError::Pem { .. } => None,
         }
     }
 }
@@ -121,6 +137,16 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let pem = read(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        // PKCS#8 `ENCRYPTED PRIVATE KEY`, or a traditional key with a `Proc-Type` header: a
+        // key, but one wasp cannot read without its passphrase.
+        rustls::pki_types::pem::Error::NoItemsFound
+            if contains(&pem, b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+                || contains(&pem, b"Proc-Type: 4,ENCRYPTED") =>
+        {
+            CertError::EncryptedKey {
+                path: path.to_owned(),
+            }
+        }
         rustls::pki_types::pem::Error::NoItemsFound => CertError::NoKey {
             path: path.to_owned(),
         },
@@ -129,6 +155,10 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
             message: e.to_string(),
         },
     })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A chain and its key as one certificate: the key must be usable and match the chain's leaf.
