@@ -35,6 +35,8 @@ enum Kind {
     Upstream(IdleBody<ResponseBody>),
     /// An HTTP/2 response: one of the above, watched.
     Http2(Box<Watched>),
+    /// The body failed; the error is returned by the next poll ([`ProxyBody::poll_frame`]).
+    Failed(Option<BodyError>),
 }
 
 /// An HTTP/2 response body and what its connection's stall check reads.
@@ -55,6 +57,7 @@ impl Kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
             Kind::Http2(watched) => watched.poll_frame(cx),
+            Kind::Failed(error) => Poll::Ready(error.take().map(Err)),
         }
     }
 
@@ -64,13 +67,14 @@ impl Kind {
             Kind::Local(bytes) => bytes.is_none(),
             Kind::Upstream(body) => body.is_end_stream(),
             Kind::Http2(watched) => watched.rest.is_empty() && watched.kind.is_end_stream(),
+            Kind::Failed(_) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Kind::Local(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Kind::Local(None) => SizeHint::with_exact(0),
+            Kind::Local(None) | Kind::Failed(_) => SizeHint::with_exact(0),
             Kind::Upstream(body) => body.size_hint(),
             Kind::Http2(watched) => {
                 let inner = watched.kind.size_hint();
@@ -185,11 +189,20 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = this.kind.poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
+        match polled {
+            Poll::Ready(Some(Ok(ref frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
                 }
+            }
+            // The server's body failed (it closed after the head, sent a malformed chunk, went
+            // silent). The error waits one poll: hyper writes what it holds (the head, data not
+            // yet sent) only once the body waits, and on an error at once it would drop it
+            // unsent, so a client whose server failed right after the head would get nothing.
+            Poll::Ready(Some(Err(e))) if !matches!(this.kind, Kind::Failed(_)) => {
+                this.kind = Kind::Failed(Some(e));
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             Poll::Ready(Some(Err(_))) => this.done(false),
             Poll::Ready(None) => this.done(true),

@@ -208,24 +208,7 @@ pub(crate) async fn dispatch(
         };
         record.server = Some(idx);
         match outcome {
-            Some(Ok(mut resp)) => {
-                if let Err(e) = std::future::poll_fn(|cx| {
-                    std::task::Poll::Ready(resp.body_mut().poll_ahead(cx))
-                })
-                .await
-                {
-                    // A head and at once a broken body: an answer, not worth replaying, but
-                    // not one the client can be given (it would get nothing at all).
-                    tracing::debug!(
-                        backend = &*backend.name,
-                        server = &*server.name,
-                        error = %source_chain(&e),
-                        "response body failed before its first byte"
-                    );
-                    server.state.record_response_error();
-                    observe(backend, server, Event::NoAnswer);
-                    return local(Failure::UpstreamFailed, record);
-                }
+            Some(Ok(resp)) => {
                 observe(
                     backend,
                     server,

@@ -518,9 +518,6 @@ impl Checkin {
 /// A server's response body; reading it to its end returns the connection to its pool.
 pub struct ResponseBody {
     inner: Incoming,
-    /// What [`ResponseBody::poll_ahead`] read: a frame (`Some(Some)`) or the end
-    /// (`Some(None)`), for the next poll.
-    ahead: Option<Option<Frame<bytes::Bytes>>>,
     timing: ConnectTiming,
     checkin: Option<Checkin>,
 }
@@ -544,7 +541,6 @@ impl ResponseBody {
         let checkin = checkin.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS);
         let mut body = ResponseBody {
             inner,
-            ahead: None,
             timing,
             checkin,
         };
@@ -564,28 +560,6 @@ impl ResponseBody {
             c.release(self.timing);
         }
     }
-
-    /// Polls the body once before its response is relayed, and keeps what was ready for the
-    /// next poll. `Err` when the body has already failed: the server closed the connection
-    /// right after the head, or its first chunk is malformed. Relayed as it is, hyper's server
-    /// would drop the head unsent on that error and the client would get no answer at all.
-    pub fn poll_ahead(&mut self, cx: &mut Context<'_>) -> Result<(), hyper::Error> {
-        if self.ahead.is_some() || self.inner.is_end_stream() {
-            return Ok(());
-        }
-        match Pin::new(&mut *self).poll_frame(cx) {
-            Poll::Pending => Ok(()),
-            Poll::Ready(Some(Err(e))) => Err(e),
-            Poll::Ready(Some(Ok(frame))) => {
-                self.ahead = Some(Some(frame));
-                Ok(())
-            }
-            Poll::Ready(None) => {
-                self.ahead = Some(None);
-                Ok(())
-            }
-        }
-    }
 }
 
 impl Body for ResponseBody {
@@ -597,9 +571,6 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        if let Some(ahead) = this.ahead.take() {
-            return Poll::Ready(ahead.map(Ok));
-        }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             None => this.release(),
@@ -612,27 +583,10 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.ahead {
-            None => self.inner.is_end_stream(),
-            Some(ahead) => ahead.is_none(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
-        match &self.ahead {
-            None => {}
-            Some(None) => hint = SizeHint::with_exact(0),
-            // The frame read ahead is still to come.
-            Some(Some(frame)) => {
-                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                // Upper first: a lower bound above the upper one panics.
-                if let Some(upper) = hint.upper() {
-                    hint.set_upper(upper + len);
-                }
-                hint.set_lower(hint.lower() + len);
-            }
-        }
-        hint
+        self.inner.size_hint()
     }
 }
