@@ -172,6 +172,22 @@ impl ProxyBody {
         }));
     }
 
+    /// The server's body failed (it closed after the head, sent a malformed chunk, went
+    /// silent): the error waits one poll. hyper writes what it holds (the head, data not yet
+    /// sent) only once the body waits; on an error at once it would drop it unsent, and a
+    /// client whose server failed right after the head would get nothing at all.
+    #[cold]
+    #[inline(never)]
+    fn defer(
+        &mut self,
+        error: BodyError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.kind = Kind::Failed(Some(error));
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
     fn done(&mut self, complete: bool) {
         if let Some(f) = self.finish.take() {
             f.finish(self.sent, complete);
@@ -183,6 +199,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -195,14 +212,8 @@ impl Body for ProxyBody {
                     this.sent += data.len() as u64;
                 }
             }
-            // The server's body failed (it closed after the head, sent a malformed chunk, went
-            // silent). The error waits one poll: hyper writes what it holds (the head, data not
-            // yet sent) only once the body waits, and on an error at once it would drop it
-            // unsent, so a client whose server failed right after the head would get nothing.
             Poll::Ready(Some(Err(e))) if !matches!(this.kind, Kind::Failed(_)) => {
-                this.kind = Kind::Failed(Some(e));
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+                return this.defer(e, cx);
             }
             Poll::Ready(Some(Err(_))) => this.done(false),
             Poll::Ready(None) => this.done(true),

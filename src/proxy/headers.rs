@@ -194,16 +194,15 @@ pub fn strip_response(headers: &mut HeaderMap, trailers: bool) -> Result<(), Oth
     } else if scan.length_list {
         single_length(headers);
     }
-    let announced = (trailers && scan.hop & TRAILER_BIT != 0).then(|| {
-        headers
-            .get_all(header::TRAILER)
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-    });
-    scan.strip(headers);
-    for value in announced.into_iter().flatten() {
-        headers.append(header::TRAILER, value);
+    if trailers && scan.hop & TRAILER_BIT != 0 {
+        let announced: Vec<HeaderValue> =
+            headers.get_all(header::TRAILER).iter().cloned().collect();
+        scan.strip(headers);
+        for value in announced {
+            headers.append(header::TRAILER, value);
+        }
+    } else {
+        scan.strip(headers);
     }
     Ok(())
 }
