@@ -9,7 +9,11 @@
 //!   keep-alive connection that sends nothing for `http_keep_alive` is closed silently.
 //! - **A request in flight**: no read deadline here (request bodies have their own idle
 //!   timeout, and a slow server is `timeout server`'s business).
-//! - **HTTP/2**: a connection with no stream in flight and no traffic for `client` is closed.
+//! - **HTTP/2**: a connection with no stream in flight is closed `http_keep_alive` after it
+//!   became idle (its accept, or the end of its last stream), whatever frames (PINGs,
+//!   SETTINGS, an unfinished header block) arrive meanwhile, as HAProxy closes an idle HTTP/2
+//!   connection: without that a client could hold its connection, and a place under
+//!   `maxconn`, for ever.
 //! - **Writing**: a client that accepts no bytes for `client` (a blocked write) is cut.
 //! - **HTTP/2 flow control**: a client can stop a response without ever blocking a write, by
 //!   granting no window: its stream just stops asking for data. Each HTTP/2 response body
@@ -23,6 +27,8 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use atomic_waker::AtomicWaker;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -53,6 +59,10 @@ pub struct ConnShared {
     head_start_ns: AtomicU64,
     /// The HTTP/2 response bodies of this connection (dead ones are pruned as it goes).
     streams: Mutex<Vec<Weak<StreamProgress>>>,
+    /// An HTTP/2 connection's socket task, woken when its last stream ends: the stream ends
+    /// in a task of its own, and the idle clock starts then, whether or not anything else
+    /// wakes the connection. Never registered on HTTP/1.
+    idle: AtomicWaker,
 }
 
 impl Default for ConnShared {
@@ -64,6 +74,7 @@ impl Default for ConnShared {
             timed_out_head: AtomicBool::new(false),
             head_start_ns: AtomicU64::new(0),
             streams: Mutex::default(),
+            idle: AtomicWaker::new(),
         }
     }
 }
@@ -186,7 +197,9 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.idle.wake();
+        }
     }
 }
 
@@ -227,7 +240,6 @@ pub struct ClientIo<IO> {
     phase: Phase,
     /// `ConnShared::requests` as of the last phase update.
     seen_requests: u64,
-    last_activity: Instant,
     read_timer: LazyTimer,
     write_blocked_since: Option<Instant>,
     write_timer: LazyTimer,
@@ -236,20 +248,20 @@ pub struct ClientIo<IO> {
 }
 
 impl<IO> ClientIo<IO> {
-    pub fn new(io: IO, shared: Arc<ConnShared>, timeouts: ClientTimeouts) -> Self {
+    /// `h2`: HTTP/2 was agreed by ALPN (otherwise the first bytes tell).
+    pub fn new(io: IO, shared: Arc<ConnShared>, timeouts: ClientTimeouts, h2: bool) -> Self {
         let now = shared.accepted;
         Self {
             io,
             shared,
             timeouts,
-            proto: Proto::Unknown,
+            proto: if h2 { Proto::Http2 } else { Proto::Unknown },
             phase: Phase::AwaitingHead {
                 since: now,
                 first: true,
                 started: false,
             },
             seen_requests: 0,
-            last_activity: now,
             read_timer: LazyTimer::default(),
             write_blocked_since: None,
             write_timer: LazyTimer::default(),
@@ -284,8 +296,8 @@ impl<IO> ClientIo<IO> {
         match (self.proto, self.phase) {
             (Proto::Http2, Phase::InFlight) => Some(self.stall_check),
             (_, Phase::InFlight) => None,
-            (Proto::Http2, Phase::AwaitingHead { .. }) => {
-                Some(self.last_activity + self.timeouts.client)
+            (Proto::Http2, Phase::AwaitingHead { since, .. }) => {
+                Some(since + self.timeouts.http_keep_alive)
             }
             (
                 _,
@@ -333,13 +345,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                         Proto::Http1
                     };
                 }
-                this.last_activity = now;
                 this.sync_phase(now);
-                if let Phase::AwaitingHead {
-                    since,
-                    first,
-                    started: false,
-                } = this.phase
+                // HTTP/2 frames are no request head: its idle clock runs on (`read_deadline`).
+                if this.proto != Proto::Http2
+                    && let Phase::AwaitingHead {
+                        since,
+                        first,
+                        started: false,
+                    } = this.phase
                 {
                     // The first request's clock runs from accept; later ones from their first byte.
                     let since = if first { since } else { now };
@@ -354,6 +367,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if this.proto == Proto::Http2 {
+                    this.shared.idle.register(cx.waker());
+                }
                 this.sync_phase(clock::recent());
                 loop {
                     let Some(deadline) = this.read_deadline() else {
@@ -397,7 +413,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
                 self.write_blocked_since = None;
                 if r.is_ok() {
                     let now = clock::recent();
-                    self.last_activity = now;
                     // A response just went out: if it ended the last request in flight, the
                     // idle clock starts now, whether or not hyper polls the read side again.
                     self.sync_phase(now);
@@ -478,7 +493,7 @@ mod tests {
     async fn after_reading(sent: &[u8]) -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>) {
         let (server_end, mut client) = duplex(4096);
         let shared = Arc::new(ConnShared::default());
-        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts(), false);
         client.write_all(sent).await.unwrap();
         let mut buf = [0u8; 64];
         assert!(io.read(&mut buf).await.unwrap() > 0);
@@ -513,7 +528,7 @@ mod tests {
         paused(async {
             let (server_end, mut client) = duplex(4096);
             let shared = Arc::new(ConnShared::default());
-            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts());
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts(), false);
             client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
             let mut buf = [0u8; 64];
             let start = Instant::now();
@@ -558,7 +573,7 @@ mod tests {
         paused(async {
             let (server_end, _client) = duplex(16);
             let shared = Arc::new(ConnShared::default());
-            let mut io = ClientIo::new(server_end, shared, timeouts());
+            let mut io = ClientIo::new(server_end, shared, timeouts(), false);
             let start = Instant::now();
             let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -596,6 +611,43 @@ mod tests {
             };
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
             assert_eq!(start.elapsed(), Duration::from_secs(50), "20 s + client");
+        });
+    }
+
+    #[test]
+    fn an_idle_h2_connection_closes_after_http_keep_alive_whatever_it_sends() {
+        paused(async {
+            let (mut io, mut client, shared) =
+                after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            let request = shared.begin_request();
+            // The response goes out while the stream is still open; the stream ends 7 s later,
+            // in a task of its own, with nothing written on the connection then. The client
+            // sends a frame now and then (a PING): not a request, the idle clock runs on.
+            io.write_all(b"response frames").await.unwrap();
+            let start = Instant::now();
+            let ended = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(7)).await;
+                drop(request);
+                for _ in 0..4 {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    client.write_all(b"ping").await.unwrap();
+                }
+                client
+            });
+            let err = loop {
+                match io.read(&mut buf).await {
+                    Ok(_) => continue,
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_secs(12),
+                "7 s + http_keep_alive"
+            );
+            drop(ended.await.unwrap());
         });
     }
 

@@ -335,7 +335,12 @@ impl Connection {
             proxy,
         } = self;
         let conn = Arc::new(ConnShared::default());
-        let io = TokioIo::new(ClientIo::new(io, Arc::clone(&conn), timeouts));
+        let io = TokioIo::new(ClientIo::new(
+            io,
+            Arc::clone(&conn),
+            timeouts,
+            alpn == Alpn::H2,
+        ));
         let info = Arc::new(ConnInfo {
             bind,
             client,

@@ -475,3 +475,31 @@ fn h2_clients_that_stop_reading_hold_bounded_memory() {
         "{per_stream} KiB per stream (idle {idle} KiB, peak {peak} KiB)"
     );
 }
+
+/// An HTTP/2 connection with no stream in flight is closed `http_keep_alive` after its last
+/// stream ended, as an idle HTTP/1.1 one is: otherwise a client could hold a connection (and a
+/// place under `maxconn`) for ever. One that never sends a request is closed the same way.
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_after_http_keep_alive() {
+    let servers = Servers::new();
+    let proxy = to_echo(
+        &servers,
+        r#"timeout = { client = "1h", http_keep_alive = "300ms" }"#,
+    )
+    .await;
+    let limit = Duration::from_secs(10);
+    let (mut sender, closed) = h2_connect(proxy.addr(), 65_535).await;
+    let resp = sender.send_request(get(proxy.addr(), "/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    tokio::time::timeout(limit, closed)
+        .await
+        .expect("closed after its last stream")
+        .unwrap();
+
+    let (_sender, closed) = h2_connect(proxy.addr(), 65_535).await;
+    tokio::time::timeout(limit, closed)
+        .await
+        .expect("closed without a stream")
+        .unwrap();
+}

@@ -884,3 +884,23 @@ async fn a_connection_that_chose_h2_by_alpn_serves_only_http2() {
         "served HTTP/1.1 after ALPN h2: {answer}"
     );
 }
+
+/// A connection that chose h2 by ALPN and then sends nothing is closed at its idle timeout
+/// without an HTTP/1.1 `408` written into the HTTP/2 stream of frames.
+#[tokio::test]
+async fn a_silent_h2_connection_is_closed_without_an_http1_answer() {
+    let Site {
+        ca,
+        proxy,
+        dir: _dir,
+        _servers,
+        ..
+    } = site(r#"timeout = { http_request = "300ms", http_keep_alive = "300ms" }"#).await;
+    let mut stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"h2"]).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("closed in time");
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains("HTTP/1.1"), "{text:?}");
+}
