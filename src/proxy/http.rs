@@ -17,7 +17,7 @@ use crate::proxy::Proxy;
 use crate::proxy::access::Record;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::canon;
-use crate::proxy::client_io::ConnShared;
+use crate::proxy::client_io::{ConnShared, InFlight};
 use crate::proxy::dispatch::{Attempt, dispatch};
 use crate::proxy::headers::{Forwarding, Scan};
 use crate::proxy::respond::{Failure, direct, failure, redirect, redirect_status};
@@ -51,9 +51,13 @@ pub struct ConnInfo {
 }
 
 /// Serves one request. Never fails: every failure is an HTTP answer.
+/// `in_flight`: the request, counted on its connection from the moment hyper handed it over (an
+/// HTTP/2 stream's future first runs in a task of its own, after the connection may have looked
+/// at whether it is idle).
 pub async fn serve(
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
+    in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let received = clock::now();
     let h2 = req.version() == Version::HTTP_2;
@@ -78,7 +82,7 @@ pub async fn serve(
         received,
         t_connect: None,
         t_response: None,
-        in_flight: Some(info.conn.begin_request()),
+        in_flight: Some(in_flight),
         active: None,
     });
     if record.log {

@@ -353,7 +353,10 @@ impl Connection {
             forwarded_for: client_value(client.ip()),
             host: HostCache::default(),
         });
-        let service = service_fn(move |req| serve(Arc::clone(&info), req));
+        let service = service_fn(move |req| {
+            let in_flight = info.conn.begin_request();
+            serve(Arc::clone(&info), req, in_flight)
+        });
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
