@@ -44,6 +44,11 @@ async fn call(
     (status, text)
 }
 
+/// A PATCH to the runtime API with the JSON `body`.
+async fn patch(addr: SocketAddr, path: &str, body: Value) -> (StatusCode, String) {
+    call(addr, Method::PATCH, path, Some(body)).await
+}
+
 async fn stats(addr: SocketAddr) -> Value {
     let (status, text) = call(addr, Method::GET, "/stats.json", None).await;
     assert_eq!(status, 200, "{text}");
@@ -410,13 +415,7 @@ async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
     let held = tokio::spawn(async move { get(&url).await });
     arrived.recv().await.expect("the first request reaches g");
 
-    let (status, body) = call(
-        addr,
-        Method::PATCH,
-        "/api/servers/app/g",
-        Some(json!({"state": "drain"})),
-    )
-    .await;
+    let (status, body) = patch(addr, "/api/servers/app/g", json!({"state": "drain"})).await;
     assert_eq!(status, 200, "{body}");
     let view: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -444,60 +443,24 @@ async fn maint_stops_traffic_at_once_and_ready_brings_it_back() {
     let (a, b) = (servers.echo("a").await, servers.echo("b").await);
     let proxy = Proxy::start(&two_servers(a, b, "")).await;
     let addr = admin(&proxy).await;
-    let (status, _) = call(
-        addr,
-        Method::PATCH,
-        "/api/servers/app/a",
-        Some(json!({"state": "maint"})),
-    )
-    .await;
+    let (status, _) = patch(addr, "/api/servers/app/a", json!({"state": "maint"})).await;
     assert_eq!(status, 200);
     assert_eq!(shares(&proxy, "/", 20).await.get("b"), Some(&20));
     let s = stats(addr).await;
     assert_eq!(server(&s, "app", "a")["status"], "MAINT");
-    call(
-        addr,
-        Method::PATCH,
-        "/api/servers/app/a",
-        Some(json!({"state": "ready"})),
-    )
-    .await;
+    patch(addr, "/api/servers/app/a", json!({"state": "ready"})).await;
     assert_eq!(shares(&proxy, "/", 20).await.get("a"), Some(&10));
 
-    let (status, body) = call(
-        addr,
-        Method::PATCH,
-        "/api/servers/app/a",
-        Some(json!({"state": "asleep"})),
-    )
-    .await;
+    let (status, body) = patch(addr, "/api/servers/app/a", json!({"state": "asleep"})).await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = call(
-        addr,
-        Method::PATCH,
-        "/api/servers/app/zz",
-        Some(json!({"state": "drain"})),
-    )
-    .await;
+    let (status, _) = patch(addr, "/api/servers/app/zz", json!({"state": "drain"})).await;
     assert_eq!(status, 404);
     // An unknown server is a 404 before its body is looked at; a path no page has, a 404.
-    let (status, _) = call(addr, Method::PATCH, "/api/servers/app/zz", Some(json!({}))).await;
+    let (status, _) = patch(addr, "/api/servers/app/zz", json!({})).await;
     assert_eq!(status, 404);
-    let (status, _) = call(
-        addr,
-        Method::PATCH,
-        "/api/servers/app/a/extra",
-        Some(json!({"state": "drain"})),
-    )
-    .await;
+    let (status, _) = patch(addr, "/api/servers/app/a/extra", json!({"state": "drain"})).await;
     assert_eq!(status, 404);
-    let (status, _) = call(
-        addr,
-        Method::PATCH,
-        "/api/servers/app/a",
-        Some(json!({"weight": 999})),
-    )
-    .await;
+    let (status, _) = patch(addr, "/api/servers/app/a", json!({"weight": 999})).await;
     assert_eq!(status, 400);
 }
 
@@ -508,13 +471,7 @@ async fn weight_changes_shift_the_split() {
     let proxy = Proxy::start(&two_servers(a, b, "")).await;
     let addr = admin(&proxy).await;
     assert_eq!(shares(&proxy, "/", 40).await.get("a"), Some(&20));
-    let (status, _) = call(
-        addr,
-        Method::PATCH,
-        "/api/servers/app/b",
-        Some(json!({"weight": 3})),
-    )
-    .await;
+    let (status, _) = patch(addr, "/api/servers/app/b", json!({"weight": 3})).await;
     assert_eq!(status, 200);
     let seen = shares(&proxy, "/", 400).await;
     let b_share = seen.get("b").copied().unwrap_or(0);
@@ -661,11 +618,10 @@ async fn reload_through_the_api_reports_diagnostics_and_keeps_serving() {
     let proxy = Proxy::start(&good).await;
     let addr = admin(&proxy).await;
     // Admin overrides made before the reload survive it.
-    call(
+    patch(
         addr,
-        Method::PATCH,
         "/api/servers/app/a",
-        Some(json!({"state": "drain", "weight": 7})),
+        json!({"state": "drain", "weight": 7}),
     )
     .await;
 

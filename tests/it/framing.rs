@@ -12,11 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    Proxy, Servers, channel_body, get, one_backend, raw, raw_status, server_name, streaming_client,
-    to_echo,
+    Proxy, Servers, channel_body, get, observed_one, one_backend, raw, raw_status, server_name,
+    streaming_client, to_echo,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
+/// A GET on a connection the client closes after it.
+const GET_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
 
 /// A proxy in front of a [`Servers::scripted`] server answering `answer`.
 async fn to_scripted(
@@ -225,20 +227,7 @@ async fn a_malformed_request_body_is_400_and_not_held_against_the_server() {
     let servers = Servers::new();
     let echo = servers.echo("e").await;
     // One observed error would mark the server DOWN (and every request after it 503).
-    let proxy = Proxy::start(&format!(
-        r#"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-
-        [backend.app]
-        observe = "layer7"
-        error_limit = 1
-        check = {{ interval = "1h" }}
-        servers = [ {{ name = "e", addr = "{echo}", check = true }} ]
-        "#
-    ))
-    .await;
+    let proxy = Proxy::start(&observed_one("e", echo, 1)).await;
     for body in [
         &b"zz\r\nabc\r\n0\r\n\r\n"[..],
         b"3\r\nabcdef\r\n0\r\n\r\n",
@@ -435,7 +424,6 @@ async fn a_response_that_is_not_http_is_a_502_and_not_replayed() {
 /// nothing.
 #[tokio::test]
 async fn a_body_that_fails_at_once_still_gets_the_client_an_answer() {
-    const GET_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     let servers = Servers::new();
     let (proxy, _heads) = to_scripted(
         &servers,
@@ -499,12 +487,7 @@ async fn trailers_reach_an_http11_client_that_asked_for_them() {
     assert_eq!(header(head, "trailer"), Some("X-Sum"), "{asking}");
     assert_eq!(body, "3\r\nabc\r\n0\r\nx-sum: 42\r\n\r\n", "{asking}");
 
-    let not_asking = raw(
-        proxy.addr(),
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        WAIT,
-    )
-    .await;
+    let not_asking = raw(proxy.addr(), GET_CLOSE, WAIT).await;
     let (head, body) = not_asking.split_once("\r\n\r\n").unwrap();
     assert_eq!(header(head, "trailer"), None, "{not_asking}");
     assert_eq!(body, "3\r\nabc\r\n0\r\n\r\n", "{not_asking}");
@@ -519,12 +502,7 @@ async fn the_servers_reason_phrase_is_kept() {
         b"HTTP/1.1 413 Upload Much Too Big\r\nContent-Length: 0\r\n\r\n",
     )
     .await;
-    let answer = raw(
-        proxy.addr(),
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        WAIT,
-    )
-    .await;
+    let answer = raw(proxy.addr(), GET_CLOSE, WAIT).await;
     assert!(
         answer.starts_with("HTTP/1.1 413 Upload Much Too Big\r\n"),
         "{answer}"

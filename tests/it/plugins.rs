@@ -380,12 +380,7 @@ async fn a_plugin_that_keeps_timing_out_is_suspended() {
     }
     suspend(3).await;
     // A new version is called at once.
-    let version = plugin.version();
-    replace_file(&file, &std::fs::read(wasm("panicker")).unwrap());
-    wait_until(Duration::from_secs(10), "the new version loaded", || {
-        plugin.version() > version
-    })
-    .await;
+    hot_load(&plugin, &file, "panicker").await;
     let (_, _, body) = get(&proxy.url("/ok")).await;
     assert_eq!(body, "panicker ok\n");
 }
@@ -431,12 +426,7 @@ async fn a_plugin_flooding_the_log_has_its_dropped_lines_counted() {
     }
 
     let plugin = proxy.runtime.plugins().get("noisy").unwrap();
-    let version = plugin.version();
-    replace_file(&file, &std::fs::read(wasm("looper")).unwrap());
-    wait_until(Duration::from_secs(10), "the new version loaded", || {
-        plugin.version() > version
-    })
-    .await;
+    hot_load(&plugin, &file, "looper").await;
     let (_, _, body) = get(&proxy.url("/ok")).await;
     assert_eq!(body, "looper ok\n");
     assert!(dropped().await >= before, "the count survives a hot-load");
@@ -455,6 +445,17 @@ async fn a_plugin_flooding_the_log_has_its_dropped_lines_counted() {
         .unwrap_or_else(|| panic!("no dropped lines metric:\n{text}"));
     let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= before, "{line}");
+}
+
+/// Puts the test plugin `crate_name` in `file` (watched by the running proxy) and waits until
+/// `plugin` runs it as a new version.
+async fn hot_load(plugin: &wasp::plugin::registry::Plugin, file: &Path, crate_name: &str) {
+    let version = plugin.version();
+    replace_file(file, &std::fs::read(wasm(crate_name)).unwrap());
+    wait_until(Duration::from_secs(10), "the new version loaded", || {
+        plugin.version() > version
+    })
+    .await;
 }
 
 /// Replaces `dest` with `src`'s bytes atomically (write beside it, then rename), as a build

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use wasp::config::AdminState;
 use wasp::health::{Health, ServerKey, ServerState};
 
-use crate::support::{Proxy, Servers, get, server_name};
+use crate::support::{Proxy, Servers, get, observed_one, server_name};
 
 fn state(proxy: &Proxy, backend: &str, addr: SocketAddr) -> std::sync::Arc<ServerState> {
     let key = ServerKey {
@@ -373,19 +373,7 @@ async fn observed_5xx_mark_a_server_down_and_its_checks_bring_it_back() {
 async fn a_junk_answer_is_one_observed_error_per_request() {
     let servers = Servers::new();
     let (junk, _heads) = servers.scripted(b"NOT HTTP\r\n\r\n").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        [backend.app]
-        observe = "layer7"
-        error_limit = 3
-        check = {{ interval = "1h" }}
-        servers = [ {{ name = "junk", addr = "{junk}", check = true }} ]
-        "#
-    ))
-    .await;
+    let proxy = Proxy::start(&observed_one("junk", junk, 3)).await;
     for n in 1..=3 {
         assert_eq!(get(&proxy.url("/")).await.0, 502, "request {n}");
         let expected = if n < 3 { Health::Up } else { Health::Down };

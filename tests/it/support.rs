@@ -508,6 +508,24 @@ pub fn one_backend(servers: &str, extra: &str) -> String {
     )
 }
 
+/// A frontend `web` in front of backend `app`, whose one server `name` at `addr` is judged by
+/// live traffic (`observe = "layer7"`): `error_limit` errors in a row mark it down. Its active
+/// checks run hourly, out of the way.
+pub fn observed_one(name: &str, addr: SocketAddr, error_limit: u32) -> String {
+    format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        observe = "layer7"
+        error_limit = {error_limit}
+        check = {{ interval = "1h" }}
+        servers = [ {{ name = "{name}", addr = "{addr}", check = true }} ]
+        "#
+    )
+}
+
 /// A proxy in front of one echo server (named "e"), with `extra` in the frontend.
 pub async fn to_echo(servers: &Servers, extra: &str) -> Proxy {
     let echo = servers.echo("e").await;
