@@ -9,11 +9,16 @@
 //!   keep-alive connection that sends nothing for `http_keep_alive` is closed silently.
 //! - **A request in flight**: no read deadline here (request bodies have their own idle
 //!   timeout, and a slow server is `timeout server`'s business).
-//! - **HTTP/2**: a connection with no stream in flight is closed `http_keep_alive` after it
+//! - **HTTP/2**: a connection with no stream in flight is shut down `http_keep_alive` after it
 //!   became idle (its accept, or the end of its last stream), whatever frames (PINGs,
 //!   SETTINGS, an unfinished header block) arrive meanwhile, as HAProxy closes an idle HTTP/2
 //!   connection: without that a client could hold its connection, and a place under
-//!   `maxconn`, for ever.
+//!   `maxconn`, for ever. The shutdown is hyper's graceful one, asked for through the
+//!   connection's [`StopHandle`]: a GOAWAY, so that the client knows no request it sends from
+//!   then on will be served and can retry it elsewhere, and a PING whose answer lets hyper
+//!   send the final GOAWAY (the last stream it took) and close. A client that does not
+//!   answer, and has no stream in flight, is cut [`H2_GOAWAY_GRACE`] after the shutdown began,
+//!   whoever began it: an idle timeout here, or the proxy's graceful stop.
 //! - **Writing**: a client that accepts no bytes for `client` (a blocked write) is cut.
 //! - **HTTP/2 flow control**: a client can stop a response without ever blocking a write, by
 //!   granting no window: its stream just stops asking for data. Each HTTP/2 response body
@@ -37,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::clock;
+use crate::proxy::graceful::StopHandle;
 use crate::proxy::timer::LazyTimer;
 
 /// The bytes of an HTTP/1.1 408, written straight to the socket when a head times out.
@@ -45,6 +51,10 @@ const RESPONSE_408: &[u8] =
 /// The length of [`RESPONSE_408`]'s body, for the byte counters.
 pub(crate) const BODY_408_LEN: u64 = 16;
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+/// How long an HTTP/2 connection being shut down may stay open with no stream in flight: time
+/// for the client to answer the shutdown's PING (one round trip), after which hyper closes it
+/// itself. A client that has not answered by then is cut.
+pub(crate) const H2_GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// State shared between a connection's socket wrapper and the requests it carries.
 #[derive(Debug)]
@@ -63,10 +73,21 @@ pub struct ConnShared {
     /// in a task of its own, and the idle clock starts then, whether or not anything else
     /// wakes the connection. Never registered on HTTP/1.
     idle: AtomicWaker,
+    /// The connection's stop signal: an idle HTTP/2 connection asks for its own graceful
+    /// shutdown with it.
+    stop: StopHandle,
 }
 
 impl Default for ConnShared {
+    /// State for a connection that belongs to no stop registry.
     fn default() -> Self {
+        Self::new(StopHandle::default())
+    }
+}
+
+impl ConnShared {
+    /// State for a new connection whose stop signal is `stop`.
+    pub fn new(stop: StopHandle) -> Self {
         Self {
             accepted: clock::now(),
             requests: AtomicU64::new(0),
@@ -75,11 +96,10 @@ impl Default for ConnShared {
             head_start_ns: AtomicU64::new(0),
             streams: Mutex::default(),
             idle: AtomicWaker::new(),
+            stop,
         }
     }
-}
 
-impl ConnShared {
     /// When the first byte of the current HTTP/1 request head arrived (for HTTP/2, when the
     /// connection last became idle or accepted).
     pub fn head_started(&self) -> Instant {
@@ -245,6 +265,8 @@ pub struct ClientIo<IO> {
     write_timer: LazyTimer,
     /// HTTP/2 with streams in flight: when to look for a stalled response next.
     stall_check: Instant,
+    /// HTTP/2: when the connection's graceful shutdown was first seen (module doc).
+    shutdown_since: Option<Instant>,
 }
 
 impl<IO> ClientIo<IO> {
@@ -266,6 +288,7 @@ impl<IO> ClientIo<IO> {
             write_blocked_since: None,
             write_timer: LazyTimer::default(),
             stall_check: now,
+            shutdown_since: None,
         }
     }
 
@@ -289,6 +312,12 @@ impl<IO> ClientIo<IO> {
         } else if self.phase == Phase::InFlight && !busy {
             self.phase = idle;
         }
+        if self.proto == Proto::Http2
+            && self.shutdown_since.is_none()
+            && self.shared.stop.stopping()
+        {
+            self.shutdown_since = Some(now);
+        }
     }
 
     /// The instant at which waiting for more client bytes becomes a timeout, if any.
@@ -296,9 +325,10 @@ impl<IO> ClientIo<IO> {
         match (self.proto, self.phase) {
             (Proto::Http2, Phase::InFlight) => Some(self.stall_check),
             (_, Phase::InFlight) => None,
-            (Proto::Http2, Phase::AwaitingHead { since, .. }) => {
-                Some(since + self.timeouts.http_keep_alive)
-            }
+            (Proto::Http2, Phase::AwaitingHead { since, .. }) => match self.shutdown_since {
+                None => Some(since + self.timeouts.http_keep_alive),
+                Some(shutdown) => Some(since.max(shutdown) + H2_GOAWAY_GRACE),
+            },
             (
                 _,
                 Phase::AwaitingHead {
@@ -394,6 +424,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                         let _ = Pin::new(&mut this.io).poll_write(cx, RESPONSE_408);
                         let _ = Pin::new(&mut this.io).poll_flush(cx);
                         return Poll::Ready(Err(timed_out("request")));
+                    }
+                    if this.proto == Proto::Http2 && this.shutdown_since.is_none() {
+                        // Idle: a graceful shutdown (GOAWAY) first, then the grace.
+                        this.shared.stop.stop();
+                        this.shutdown_since = Some(deadline);
+                        continue;
                     }
                     return Poll::Ready(Err(timed_out("idle")));
                 }
@@ -642,12 +678,72 @@ mod tests {
                 }
             };
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert!(shared.stop.stopping(), "a graceful shutdown was asked for");
             assert_eq!(
                 start.elapsed(),
-                Duration::from_secs(12),
-                "7 s + http_keep_alive"
+                Duration::from_secs(12) + H2_GOAWAY_GRACE,
+                "7 s + http_keep_alive, then the grace for a client that does not answer"
             );
             drop(ended.await.unwrap());
+        });
+    }
+
+    #[test]
+    fn an_idle_h2_connection_asks_for_its_graceful_shutdown_at_http_keep_alive() {
+        paused(async {
+            let (mut io, _client, shared) =
+                after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            let start = Instant::now();
+            let almost = Duration::from_secs(5) - Duration::from_millis(1);
+            let before = tokio::time::timeout(almost, io.read(&mut buf)).await;
+            assert!(before.is_err(), "nothing happens before http_keep_alive");
+            assert!(!shared.stop.stopping());
+            let at = tokio::time::timeout(Duration::from_millis(2), io.read(&mut buf)).await;
+            assert!(at.is_err(), "the read goes on waiting, for the grace");
+            assert!(
+                shared.stop.stopping(),
+                "the shutdown (GOAWAY) was asked for at http_keep_alive"
+            );
+            let err = io.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(start.elapsed(), Duration::from_secs(5) + H2_GOAWAY_GRACE);
+        });
+    }
+
+    #[test]
+    fn a_stopping_h2_connection_is_cut_the_grace_after_its_last_stream() {
+        paused(async {
+            let (mut io, mut client, shared) =
+                after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            let request = shared.begin_request();
+            let start = Instant::now();
+            // The proxy's stop begins at 2 s with a stream in flight, which ends at 4 s; the
+            // client sends a frame at 3 s and never answers the shutdown's PING.
+            let stop = shared.stop.clone();
+            let driver = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                stop.stop();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                client.write_all(b"frame").await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(request);
+                client
+            });
+            let err = loop {
+                match io.read(&mut buf).await {
+                    Ok(_) => continue,
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_secs(4) + H2_GOAWAY_GRACE,
+                "not while the stream was in flight; the grace after it ended"
+            );
+            drop(driver.await.unwrap());
         });
     }
 

@@ -152,6 +152,25 @@ impl Graceful {
     }
 }
 
+/// One connection's handle on its stop signal: its socket asks for the connection's graceful
+/// shutdown with it (an idle HTTP/2 connection's GOAWAY), and sees whether one was asked for,
+/// by the stop or by itself. A handle made with `default` belongs to no connection.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<Signal>);
+
+impl StopHandle {
+    /// Asks the connection to shut down gracefully, as the stop does for every connection.
+    pub fn stop(&self) {
+        self.0.stop.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
+
+    /// Whether the connection was asked to shut down.
+    pub fn stopping(&self) -> bool {
+        self.0.stop.load(Ordering::Acquire)
+    }
+}
+
 /// A connection's registration; dropping it marks the connection closed.
 #[derive(Debug)]
 pub struct Watcher {
@@ -175,7 +194,13 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
-    /// Runs `conn`, asking it to shut down gracefully once the stop begins.
+    /// The connection's own handle on its stop signal.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.signal))
+    }
+
+    /// Runs `conn`, asking it to shut down gracefully once the stop begins (or once
+    /// [`StopHandle::stop`] asks for it).
     pub fn watch<C: GracefulConnection>(self, conn: C) -> Watched<C> {
         Watched {
             conn,

@@ -334,7 +334,7 @@ impl Connection {
             local_port,
             proxy,
         } = self;
-        let conn = Arc::new(ConnShared::default());
+        let conn = Arc::new(ConnShared::new(watcher.stop_handle()));
         let io = TokioIo::new(ClientIo::new(
             io,
             Arc::clone(&conn),

@@ -21,7 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::support::{
-    Binary, Proxy, Servers, channel_body, config_file, field, raw, raw_status, server_name, to_echo,
+    Binary, H2_PREFACE, H2Frame, Proxy, Servers, channel_body, config_file, field, raw, raw_status,
+    server_name, to_echo,
 };
 
 /// An HTTP/2 (prior knowledge) server answering with the `:authority` it received (the URI's
@@ -502,4 +503,75 @@ async fn an_idle_h2_connection_is_closed_after_http_keep_alive() {
         .await
         .expect("closed without a stream")
         .unwrap();
+}
+
+/// What an idle HTTP/2 connection's client reads from its last response on: the frames up to
+/// the close, answering PINGs when `answer_pings`.
+async fn frames_until_closed(tcp: &mut tokio::net::TcpStream, answer_pings: bool) -> Vec<H2Frame> {
+    use tokio::io::AsyncWriteExt;
+    let mut frames = Vec::new();
+    while let Some(frame) = H2Frame::read(tcp).await {
+        if answer_pings && frame.kind == H2Frame::PING && frame.flags & 1 == 0 {
+            let ack = H2Frame::encode(H2Frame::PING, 1, 0, &frame.payload);
+            tcp.write_all(&ack).await.unwrap();
+        }
+        frames.push(frame);
+    }
+    frames
+}
+
+/// An idle HTTP/2 connection is shut down with GOAWAY, as HAProxy's are, not just closed: a
+/// client that sends a request at that moment learns it was not taken and may retry it. A
+/// client that answers the shutdown's PING gets a final GOAWAY naming the last stream served;
+/// one that does not is still closed.
+#[tokio::test]
+async fn an_idle_h2_connection_is_shut_down_with_goaway() {
+    use tokio::io::AsyncWriteExt;
+    let servers = Servers::new();
+    let proxy = to_echo(
+        &servers,
+        r#"timeout = { client = "1h", http_keep_alive = "300ms" }"#,
+    )
+    .await;
+    let limit = Duration::from_secs(10);
+
+    // One request on stream 1 (HPACK: GET, http, /, then :authority as a literal).
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
+    start.extend(H2Frame::encode(
+        H2Frame::HEADERS,
+        0x5,
+        1,
+        &[0x82, 0x86, 0x84, 0x41, 0x01, b'a'],
+    ));
+    tcp.write_all(&start).await.unwrap();
+    let frames = tokio::time::timeout(limit, frames_until_closed(&mut tcp, true))
+        .await
+        .expect("closed after its last stream");
+    let answered = frames
+        .iter()
+        .any(|f| f.kind == H2Frame::HEADERS && f.stream == 1);
+    assert!(answered, "{frames:?}");
+    let goaways: Vec<_> = frames
+        .iter()
+        .filter(|f| f.kind == H2Frame::GOAWAY)
+        .map(H2Frame::goaway)
+        .collect();
+    assert_eq!(
+        goaways.last(),
+        Some(&(1, 0)),
+        "the final GOAWAY names stream 1, NO_ERROR: {frames:?}"
+    );
+
+    // No request, and the shutdown's PING left unanswered.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
+    tcp.write_all(&start).await.unwrap();
+    let frames = tokio::time::timeout(limit, frames_until_closed(&mut tcp, false))
+        .await
+        .expect("closed although it never answered");
+    let goaway = frames.iter().find(|f| f.kind == H2Frame::GOAWAY);
+    assert_eq!(goaway.map(|f| f.goaway().1), Some(0), "{frames:?}");
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::{
-    Binary, Proxy, Servers, assert_closed, config_file, field, get, server_name, wait_until,
+    Binary, H2_PREFACE, H2Frame, Proxy, Servers, assert_closed, config_file, field, get,
+    server_name, wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -183,6 +184,47 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     gate.open(1);
     let (status, _, body) = held.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "gated\nreleased\n"));
+    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+}
+
+/// The graceful stop sends an idle HTTP/2 client a GOAWAY and closes its connection, even when
+/// the client never answers the shutdown's PING: such a client does not hold the stop for the
+/// whole grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_an_idle_h2_client_that_does_not_answer() {
+    use tokio::io::AsyncWriteExt;
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (_dir, path) = config_file(&one_backend(
+        r#"grace = "300s""#,
+        r#"timeout = { http_keep_alive = "300s" }"#,
+        one,
+    ));
+    let mut wasp = Binary::run(&path);
+    let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
+    tcp.write_all(&start).await.unwrap();
+    let settings = H2Frame::read(&mut tcp)
+        .await
+        .expect("the server's SETTINGS");
+    assert_eq!(settings.kind, H2Frame::SETTINGS);
+
+    wasp.signal("TERM");
+    let mut goaway = None;
+    let closed = tokio::time::timeout(WAIT, async {
+        while let Some(frame) = H2Frame::read(&mut tcp).await {
+            if frame.kind == H2Frame::GOAWAY {
+                goaway = Some(frame.goaway());
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "closed long before the grace period");
+    assert_eq!(goaway.map(|g| g.1), Some(0), "a GOAWAY with NO_ERROR");
     let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
         .await
         .unwrap();
@@ -580,25 +622,12 @@ async fn a_reload_that_raises_maxconn_lets_waiting_clients_in() {
     assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
 }
 
-/// An HTTP/2 frame on stream 0: the 9-byte header, then `payload`.
-fn h2_frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
-    frame.extend_from_slice(payload);
-    frame
-}
-
 /// Reads HTTP/2 frames from `tcp` until a PING acknowledging `payload` (the server has then
 /// handled every frame sent before that PING).
 async fn read_until_ping_ack(tcp: &mut tokio::net::TcpStream, payload: &[u8; 8]) {
-    use tokio::io::AsyncReadExt;
     loop {
-        let mut head = [0u8; 9];
-        tcp.read_exact(&mut head).await.unwrap();
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let mut body = vec![0; len];
-        tcp.read_exact(&mut body).await.unwrap();
-        if head[3] == 6 && head[4] & 1 == 1 && body == payload {
+        let frame = H2Frame::read(tcp).await.expect("the connection stays open");
+        if frame.kind == H2Frame::PING && frame.flags & 1 == 1 && frame.payload == payload {
             return;
         }
     }
@@ -615,12 +644,12 @@ async fn by_default_an_http2_client_cannot_flood_the_log() {
     // Acknowledgements of PINGs the proxy never sent: the HTTP/2 library logs each one at
     // `warn`, 150 bytes of log for 17 sent, unless wasp's default filter keeps them out.
     let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
-    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    flood.extend(h2_frame(4, 0, &[]));
+    let mut flood = H2_PREFACE.to_vec();
+    flood.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
     for _ in 0..200 {
-        flood.extend(h2_frame(6, 1, &[0; 8]));
+        flood.extend(H2Frame::encode(H2Frame::PING, 1, 0, &[0; 8]));
     }
-    flood.extend(h2_frame(6, 0, b"lastping"));
+    flood.extend(H2Frame::encode(H2Frame::PING, 0, 0, b"lastping"));
     tcp.write_all(&flood).await.unwrap();
     tokio::time::timeout(WAIT, read_until_ping_ack(&mut tcp, b"lastping"))
         .await

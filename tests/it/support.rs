@@ -645,6 +645,61 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The HTTP/2 client connection preface.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One HTTP/2 frame: its type, flags, stream and payload.
+#[derive(Debug)]
+pub struct H2Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+impl H2Frame {
+    pub const HEADERS: u8 = 1;
+    pub const SETTINGS: u8 = 4;
+    pub const PING: u8 = 6;
+    pub const GOAWAY: u8 = 7;
+
+    /// The frame's bytes: the 9-byte header, then the payload.
+    pub fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, flags];
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// The next frame on `tcp`; `None` once the peer has closed (at a frame's boundary).
+    pub async fn read(tcp: &mut TcpStream) -> Option<H2Frame> {
+        let mut head = [0u8; 9];
+        match tcp.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) => panic!("reading a frame: {e}"),
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0; len];
+        tcp.read_exact(&mut payload).await.unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        Some(H2Frame {
+            kind: head[3],
+            flags: head[4],
+            stream,
+            payload,
+        })
+    }
+
+    /// A GOAWAY's last stream identifier and error code.
+    pub fn goaway(&self) -> (u32, u32) {
+        assert_eq!(self.kind, Self::GOAWAY, "{self:?}");
+        let word = |i: usize| u32::from_be_bytes(self.payload[i..i + 4].try_into().unwrap());
+        (word(0) & 0x7fff_ffff, word(4))
+    }
+}
+
 /// The status code of a raw HTTP/1 answer.
 pub fn raw_status(answer: &str) -> u16 {
     answer
