@@ -267,6 +267,8 @@ pub struct ClientIo<IO> {
     stall_check: Instant,
     /// HTTP/2: when the connection's graceful shutdown was first seen (module doc).
     shutdown_since: Option<Instant>,
+    /// HTTP/1: a request head is arriving, and the stop signal is held for it.
+    holding: bool,
 }
 
 impl<IO> ClientIo<IO> {
@@ -289,6 +291,7 @@ impl<IO> ClientIo<IO> {
             write_timer: LazyTimer::default(),
             stall_check: now,
             shutdown_since: None,
+            holding: false,
         }
     }
 
@@ -309,6 +312,12 @@ impl<IO> ClientIo<IO> {
         if requests != self.seen_requests {
             self.seen_requests = requests;
             self.phase = if busy { Phase::InFlight } else { idle };
+            if self.holding {
+                // The head arrived: a stop now finds a request in flight (hyper ends it with
+                // `Connection: close`), not an idle connection.
+                self.holding = false;
+                self.shared.stop.release();
+            }
         } else if self.phase == Phase::InFlight && !busy {
             self.phase = idle;
         }
@@ -392,6 +401,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                         started: true,
                     };
                     this.shared.mark_head_start(now);
+                    // Not idle any more: a graceful stop waits for this request to begin.
+                    this.holding = true;
+                    this.shared.stop.hold();
                 }
                 Poll::Ready(Ok(()))
             }

@@ -55,6 +55,9 @@ struct Open {
 #[derive(Debug, Default)]
 struct Signal {
     stop: AtomicBool,
+    /// Set while an HTTP/1 request head is arriving: the connection is not idle, and is asked
+    /// to shut down only once its request has begun (hyper would close it as idle).
+    held: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -169,6 +172,20 @@ impl StopHandle {
     pub fn stopping(&self) -> bool {
         self.0.stop.load(Ordering::Acquire)
     }
+
+    /// A request head has started to arrive: a stop waits for [`release`](Self::release)
+    /// before it asks the connection to shut down.
+    pub fn hold(&self) {
+        self.0.held.store(true, Ordering::Release);
+    }
+
+    /// The request whose head arrived has begun (or the connection is idle again): a stop that
+    /// began meanwhile asks the connection now.
+    pub fn release(&self) {
+        if self.0.held.swap(false, Ordering::AcqRel) && self.0.stop.load(Ordering::Acquire) {
+            self.0.waker.wake();
+        }
+    }
 }
 
 /// A connection's registration; dropping it marks the connection closed.
@@ -200,7 +217,7 @@ impl Watcher {
     }
 
     /// Runs `conn`, asking it to shut down gracefully once the stop begins (or once
-    /// [`StopHandle::stop`] asks for it).
+    /// [`StopHandle::stop`] asks for it), and no request head is arriving.
     pub fn watch<C: GracefulConnection>(self, conn: C) -> Watched<C> {
         Watched {
             conn,
@@ -234,8 +251,10 @@ impl<C: GracefulConnection> Future for Watched<C> {
                 this.watcher.signal.waker.register(cx.waker());
                 *this.waker = Some(cx.waker().clone());
             }
-            // After registering: a stop that sets the flag later also wakes this waker.
-            if this.watcher.signal.stop.load(Ordering::Acquire) {
+            // After registering: a stop that sets the flag later also wakes this waker, and so
+            // does a release of the hold after it.
+            let signal = &this.watcher.signal;
+            if signal.stop.load(Ordering::Acquire) && !signal.held.load(Ordering::Acquire) {
                 *this.asked = true;
                 this.conn.as_mut().graceful_shutdown();
             }

@@ -190,6 +190,58 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     assert_eq!(code, 0);
 }
 
+/// A keep-alive connection holding part of its next request head when the stop begins is not
+/// idle: the request is served (with `Connection: close`), where hyper alone would close the
+/// connection and lose it. An idle connection beside it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_serves_a_request_whose_head_is_arriving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (_dir, path) = config_file(&one_backend(
+        r#"grace = "300s""#,
+        r#"timeout = { http_request = "300s", http_keep_alive = "300s" }"#,
+        one,
+    ));
+    let mut wasp = Binary::run(&path);
+    let connect = || tokio::net::TcpStream::connect(wasp.addr);
+    let mut arriving = connect().await.unwrap();
+    assert_eq!(ask(&mut arriving).await, "HTTP/1.1 200 OK");
+    let mut idle = connect().await.unwrap();
+    assert_eq!(ask(&mut idle).await, "HTTP/1.1 200 OK");
+    arriving
+        .write_all(b"GET /second HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    // The first half has been read once the proxy answers a request sent after it on
+    // another connection (each connection's bytes are read as they come).
+    let mut third = connect().await.unwrap();
+    assert_eq!(ask(&mut third).await, "HTTP/1.1 200 OK");
+
+    wasp.signal("TERM");
+    // The stop has reached every connection once the idle one is closed.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    arriving.write_all(b"st: a\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, arriving.read_to_end(&mut answer))
+        .await
+        .expect("answered, then closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200 ok"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("/second"), "{answer}");
+    drop(third);
+    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+}
+
 /// The graceful stop sends an idle HTTP/2 client a GOAWAY and closes its connection, even when
 /// the client never answers the shutdown's PING: such a client does not hold the stop for the
 /// whole grace period.
