@@ -1,4 +1,7 @@
-//! The access log: one line per request, written when its response has been sent.
+//! The access log: one line per request, written when its response has been sent, or when the
+//! request is dropped without one (an HTTP/2 client that reset its stream while the request
+//! waited for its server, the end of the stop's grace period): then `status` is -1, as in
+//! HAProxy's log.
 //!
 //! Fields (stable keys): `client`, `frontend`, `backend`, `server`, `method`, `path`, `status`,
 //! `bytes` (response body bytes sent), `complete` (false when the response was cut short), and
@@ -21,6 +24,7 @@ use crate::proxy::LocalSnapshot;
 use crate::proxy::body::Finish;
 use crate::proxy::client_io::InFlight;
 use crate::snapshot::Backend;
+use crate::upstream::connect::ConnectTiming;
 
 /// Tracing target of access-log events, for filtering (`RUST_LOG=wasp::access=off`).
 pub const TARGET: &str = "wasp::access";
@@ -48,11 +52,16 @@ pub struct Record {
     pub bytes_in: u64,
     pub head_started: Instant,
     pub received: Instant,
-    pub t_connect: Option<Duration>,
+    /// When the request went to the last server tried, and the connection it went out on
+    /// (set when the request has one, even if no answer came): `t_connect`.
+    pub sent: Instant,
+    pub connection: Option<ConnectTiming>,
     pub t_response: Option<Duration>,
     pub in_flight: Option<InFlight>,
     /// The in-flight unit of the last server tried (whose counters get the response).
     pub active: Option<ActiveGuard>,
+    /// Counted and logged (by [`Finish::finish`], or when dropped without a response).
+    pub done: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -60,6 +69,17 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Record {
+    /// The connect of the connection the request went out on, or 0 on one that was open
+    /// before (pooled, or shared over HTTP/2); `None` when no server was reached.
+    fn t_connect(&self) -> Option<Duration> {
+        let c = self.connection.as_ref()?;
+        Some(if c.established >= self.sent {
+            c.took
+        } else {
+            Duration::ZERO
+        })
+    }
+
     pub fn frontend_state(&self) -> Option<&Arc<FrontendState>> {
         self.frontend.map(|f| &self.snapshot.frontends[f].state)
     }
@@ -74,8 +94,27 @@ impl Record {
 }
 
 impl Finish for Record {
-    fn finish(self: Box<Self>, bytes: u64, complete: bool) {
-        let status = self.status;
+    fn finish(mut self: Box<Self>, bytes: u64, complete: bool) {
+        self.done = true;
+        self.count_and_log(i32::from(self.status), bytes, complete);
+    }
+}
+
+impl Drop for Record {
+    /// A request dropped before its response started: counted (status class "other") and
+    /// logged with status -1.
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.count_and_log(-1, 0, false);
+        }
+    }
+}
+
+impl Record {
+    /// Counts the exchange (a negative status counts as class "other") and writes its line.
+    fn count_and_log(&self, logged: i32, bytes: u64, complete: bool) {
+        let status = u16::try_from(logged).unwrap_or(0);
         let counted = [
             self.frontend_state().map(|f| &f.traffic),
             self.backend().map(|b| &b.state.traffic),
@@ -99,11 +138,11 @@ impl Finish for Record {
             server = self.server_name().unwrap_or("-"),
             method = self.method.as_str(),
             path = self.path.as_str(),
-            status = self.status,
+            status = logged,
             bytes,
             complete,
             t_request = ms(self.received.saturating_duration_since(self.head_started)),
-            t_connect = self.t_connect.map(ms),
+            t_connect = self.t_connect().map(ms),
             t_response = self.t_response.map(ms),
             t_total = ms(now - self.head_started.min(self.received)),
         );

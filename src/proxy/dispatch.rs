@@ -188,25 +188,30 @@ pub(crate) async fn dispatch(
         let req = attempt.request(server, headers);
         let sent = clock::recent();
         let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
-        let mut send = std::pin::pin!(server.pools.send(
-            server.pool_key,
-            &server.scheme,
-            &server.authority,
-            req
-        ));
-        // `timeout server` counts from the request, or from the last piece of its body the
-        // server took: an upload slower than the timeout is not the server's delay.
-        let mut from = sent;
-        let outcome = loop {
-            match within(from, backend.timeouts.server, timer, send.as_mut()).await {
-                None => match attempt.body.as_ref().and_then(Reclaimable::last_sent) {
-                    Some(later) if later > from => from = later,
-                    _ => break None,
-                },
-                done => break done,
+        record.server = Some(idx);
+        record.sent = sent;
+        record.connection = None;
+        let outcome = {
+            let mut send = std::pin::pin!(server.pools.send(
+                server.pool_key,
+                &server.scheme,
+                &server.authority,
+                req,
+                &mut record.connection,
+            ));
+            // `timeout server` counts from the request, or from the last piece of its body the
+            // server took: an upload slower than the timeout is not the server's delay.
+            let mut from = sent;
+            loop {
+                match within(from, backend.timeouts.server, timer, send.as_mut()).await {
+                    None => match attempt.body.as_ref().and_then(Reclaimable::last_sent) {
+                        Some(later) if later > from => from = later,
+                        _ => break None,
+                    },
+                    done => break done,
+                }
             }
         };
-        record.server = Some(idx);
         match outcome {
             Some(Ok(resp)) => {
                 observe(
@@ -217,9 +222,9 @@ pub(crate) async fn dispatch(
                     },
                 );
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    return switch(resp, attempt.upgrade.take(), backend, info, sent, record);
+                    return switch(resp, attempt.upgrade.take(), backend, info, record);
                 }
-                return relay(resp, backend, sent, record, attempt.trailers);
+                return relay(resp, backend, record, attempt.trailers);
             }
             Some(Err(e)) if e.is_connect() => {
                 server.state.record_connect_failure();
@@ -395,17 +400,10 @@ pub(crate) fn observe(backend: &Backend, server: &Server, event: Event) {
 fn relay(
     resp: Response<ResponseBody>,
     backend: &Backend,
-    sent: Instant,
     mut record: Box<Record>,
     trailers: bool,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    let timing = body.timing();
-    record.t_connect = Some(if timing.established >= sent {
-        timing.took
-    } else {
-        std::time::Duration::ZERO
-    });
     record.t_response = Some(clock::since(record.received));
     if let Err(e) = strip_response(&mut parts.headers, trailers) {
         tracing::debug!(backend = &*backend.name, error = %e, "response not relayed");
@@ -433,7 +431,6 @@ fn switch(
     client: Option<OnUpgrade>,
     backend: &Backend,
     info: &ConnInfo,
-    sent: Instant,
     mut record: Box<Record>,
 ) -> Response<ProxyBody> {
     let proto = resp.headers().get(header::UPGRADE).cloned();
@@ -456,7 +453,7 @@ fn switch(
         backend: Arc::clone(&backend.state),
     }
     .spawn(client, server);
-    let mut out = relay(resp, backend, sent, record, false);
+    let mut out = relay(resp, backend, record, false);
     upgrade::restore(out.headers_mut(), proto);
     out
 }

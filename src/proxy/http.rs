@@ -80,10 +80,12 @@ pub async fn serve(
         bytes_in: req.body().size_hint().exact().unwrap_or(0),
         head_started,
         received,
-        t_connect: None,
+        sent: received,
+        connection: None,
         t_response: None,
         in_flight: Some(in_flight),
         active: None,
+        done: false,
     });
     if record.log {
         record.path = req.uri().path().to_owned();

@@ -180,22 +180,29 @@ impl Pools {
 
     /// Sends `req` to the server at `scheme://authority` (whose [`Pools::key`] is `key`) on
     /// the current worker's pool. An HTTP/1.1 request carries its target in origin form, an
-    /// HTTP/2 one in absolute form.
+    /// HTTP/2 one in absolute form. `connected` gets the timing of the connection the request
+    /// went out on, for the access log of a request that gets no answer (whose response
+    /// carries it otherwise).
     pub fn send<'a>(
         &'a self,
         key: usize,
         scheme: &'a Scheme,
         authority: &'a Authority,
         req: Request<UpstreamBody>,
+        connected: &'a mut Option<ConnectTiming>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + 'a {
         let worker = super::pool_index() % self.0.workers.len();
         // Either future itself, not one awaiting it: a layer less to move the request and the
         // response through.
         match self.0.proto {
-            Proto::Http1 => Either::Left(self.send_h1(worker, key, scheme, authority, req)),
+            Proto::Http1 => {
+                Either::Left(self.send_h1(worker, key, scheme, authority, req, connected))
+            }
             // Boxed: its state is the larger, and inline every HTTP/1 request's future would
             // carry (and copy) it too.
-            Proto::H2 => Either::Right(Box::pin(self.send_h2(worker, scheme, authority, req))),
+            Proto::H2 => Either::Right(Box::pin(
+                self.send_h2(worker, scheme, authority, req, connected),
+            )),
         }
     }
 
@@ -206,6 +213,7 @@ impl Pools {
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
+        connected: &mut Option<ConnectTiming>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         loop {
             let (mut conn, reused) = match self.checkout(worker, key) {
@@ -214,6 +222,7 @@ impl Pools {
                 // future would carry (and copy) it.
                 None => (Box::pin(self.connect_h1(scheme, authority)).await?, false),
             };
+            *connected = Some(conn.1);
             match conn.0.try_send_request(req).await {
                 Ok(resp) => {
                     let checkin = Checkin {
@@ -276,6 +285,7 @@ impl Pools {
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
+        connected: &mut Option<ConnectTiming>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         // The shared connection is tried once; a request it gave back unsent goes over a new
         // one of its own, and no further.
@@ -293,6 +303,7 @@ impl Pools {
                     .insert(authority.clone(), H2Slot::Ready(shared.clone()));
                 shared
             };
+            *connected = Some(timing);
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
                 Err(mut e) => match e.take_message() {
@@ -555,11 +566,6 @@ impl ResponseBody {
             body.release();
         }
         Response::from_parts(parts, body)
-    }
-
-    /// How the connection that carried this response was made.
-    pub fn timing(&self) -> ConnectTiming {
-        self.timing
     }
 
     fn release(&mut self) {

@@ -283,6 +283,35 @@ async fn sigterm_closes_an_idle_h2_client_that_does_not_answer() {
     assert_eq!(code, 0);
 }
 
+/// A request still waiting for its server when the grace period ends is logged (status -1, as
+/// HAProxy logs a request that got no response), not lost from the log with its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_at_the_end_of_the_grace_period_is_logged() {
+    let servers = Servers::new();
+    let (gated, mut arrived, _gate) = servers.gated("gated").await;
+    let (_dir, path) = config_file(&one_backend(r#"grace = "200ms""#, "", gated));
+    let mut wasp = Binary::run(&path);
+    let addr = wasp.addr;
+    let held = tokio::spawn(async move { get(&format!("http://{addr}/cut")).await });
+    arrived
+        .recv()
+        .await
+        .expect("the request reached its server");
+    wasp.signal("TERM");
+    let line = wasp.wait_for("/cut", WAIT);
+    assert_eq!(field(&line, "status"), "-1", "{line}");
+    assert_eq!(field(&line, "complete"), "false", "{line}");
+    assert!(
+        line.contains("t_connect="),
+        "the server was reached: {line}"
+    );
+    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    held.abort();
+}
+
 /// Two loopback ports nothing listens on (bound together, so distinct, then closed), on an
 /// address no other test binds (the rest of the suite binds 127.0.0.1), so that no listener
 /// of a test running meanwhile can take them before this test's proxy binds them.

@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    Proxy, Servers, client, empty, get, h2_client, one_backend, raw, raw_status, send, server_name,
-    to_echo,
+    Binary, Proxy, Servers, client, config_file, empty, field, get, h2_client, one_backend, raw,
+    raw_status, send, server_name, to_echo,
 };
 
 /// Sends `req` (which asks for JSON) and returns the status and what the echo server says
@@ -105,6 +105,41 @@ async fn upstream_closing_early_is_502() {
     let (status, _, body) = get(&proxy.url("/")).await;
     assert_eq!(status, 502);
     assert_eq!(body, "502 Bad Gateway\n");
+}
+
+/// A 504 or a 502 from a server that took the connection: the access log has the connect time
+/// (the server was reached), as HAProxy logs `Tc` once connected.
+#[tokio::test]
+async fn a_server_reached_without_an_answer_has_its_connect_time_logged() {
+    let servers = Servers::new();
+    let slow = servers.behaviour().await;
+    let closer = servers.closer().await;
+    let config = format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "closer"
+        acl = {{ hang = "path_beg /hang" }}
+        use_backend = [ {{ backend = "slow", if = "hang" }} ]
+
+        [backend.slow]
+        timeout = {{ server = "300ms" }}
+        servers = [ {{ name = "slow", addr = "{slow}" }} ]
+        [backend.closer]
+        servers = [ {{ name = "closer", addr = "{closer}" }} ]
+        "#
+    );
+    let (_dir, path) = config_file(&config);
+    let wasp = Binary::run(&path);
+    let limit = Duration::from_secs(20);
+    for (path, status) in [("/hang", "504"), ("/closed", "502")] {
+        let (got, _, _) = get(&format!("http://{}{path}", wasp.addr)).await;
+        assert_eq!(got.as_str(), status);
+        let line = wasp.wait_for(&format!("path=\"{path}\""), limit);
+        assert_eq!(field(&line, "status"), status, "{line}");
+        let t_connect: f64 = field(&line, "t_connect").parse().unwrap_or(-1.0);
+        assert!(t_connect >= 0.0, "t_connect logged: {line}");
+    }
 }
 
 /// HAProxy's default (no `abortonclose`): a client may shut down its sending side once its
