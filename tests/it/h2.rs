@@ -362,6 +362,35 @@ async fn h2_stalled_streams_leave_the_shared_server_connection_usable() {
     );
 }
 
+/// An HTTP/2 client that resets its stream while the request waits for its server: the
+/// request gets its access-log line, status -1 (none was sent), as HAProxy logs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_before_the_response_is_logged() {
+    let servers = Servers::new();
+    let (held, mut arrived, _gate) = servers.gated("held").await;
+    let (_dir, path) = config_file(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "held"
+        [backend.held]
+        servers = [ {{ name = "held", addr = "{held}" }} ]
+        "#
+    ));
+    let wasp = Binary::run(&path);
+    let (mut sender, _conn) = h2_connect(wasp.addr, 65_535).await;
+    let waiting = tokio::spawn(async move { sender.send_request(get(wasp.addr, "/reset")).await });
+    arrived
+        .recv()
+        .await
+        .expect("the request reached its server");
+    // Dropping the response future resets the stream (RST_STREAM CANCEL).
+    waiting.abort();
+    let line = wasp.wait_for("path=\"/reset\"", Duration::from_secs(20));
+    assert_eq!(field(&line, "status"), "-1", "{line}");
+    assert_eq!(field(&line, "server"), "held", "{line}");
+}
+
 /// The access log shows a stream cut this way as HTTP/1 shows a client that stopped reading:
 /// the response's status, the bytes that went out, `complete=false`.
 #[test]
