@@ -139,15 +139,7 @@ fn scenario(balance: &Balance, n: usize, load: Load) -> Scenario {
         .collect();
     let servers: Vec<_> = confs
         .iter()
-        .map(|c| {
-            table.server(
-                ServerKey {
-                    backend: "app".into(),
-                    addr: c.addr,
-                },
-                c,
-            )
-        })
+        .map(|c| table.server(ServerKey::of("app", c), c))
         .collect();
     let backend = Backend {
         name: "app".into(),

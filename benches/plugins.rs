@@ -136,15 +136,7 @@ fn balancers(config: &Config, set: &PluginSet) -> (Box<dyn Balancer>, Box<dyn Ba
     let servers: Vec<Arc<ServerState>> = b
         .servers
         .iter()
-        .map(|s| {
-            states.server(
-                ServerKey {
-                    backend: b.name.clone(),
-                    addr: s.addr,
-                },
-                s,
-            )
-        })
+        .map(|s| states.server(ServerKey::of(&b.name, s), s))
         .collect();
     let mut native_conf = b.clone();
     native_conf.balance = wasp::config::Balance::RoundRobin;

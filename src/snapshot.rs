@@ -220,10 +220,7 @@ pub fn build_snapshot(
     for b in &config.backends {
         let mut servers = Vec::with_capacity(b.servers.len());
         for s in &b.servers {
-            let key = ServerKey {
-                backend: b.name.clone(),
-                addr: s.addr,
-            };
+            let key = ServerKey::of(&b.name, s);
             let authority =
                 Authority::try_from(s.addr.to_string()).map_err(|_| SnapshotError::Authority {
                     backend: b.name.clone(),
@@ -379,12 +376,7 @@ pub fn prune_states(config: &Config, states: &StateTable) {
     let keep: HashSet<ServerKey> = config
         .backends
         .iter()
-        .flat_map(|b| {
-            b.servers.iter().map(|s| ServerKey {
-                backend: b.name.clone(),
-                addr: s.addr,
-            })
-        })
+        .flat_map(|b| b.servers.iter().map(|s| ServerKey::of(&b.name, s)))
         .collect();
     states.retain(|k| keep.contains(k));
     states.retain_frontends(|name| config.frontends.iter().any(|f| f.name == name));

@@ -46,15 +46,7 @@ impl Lab {
         let table = StateTable::new();
         let servers = confs
             .iter()
-            .map(|c| {
-                table.server(
-                    ServerKey {
-                        backend: BACKEND.into(),
-                        addr: c.addr,
-                    },
-                    c,
-                )
-            })
+            .map(|c| table.server(ServerKey::of(BACKEND, c), c))
             .collect();
         Self {
             table,

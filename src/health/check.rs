@@ -586,13 +586,7 @@ mod tests {
             send_proxy: None,
             tls: None,
         };
-        StateTable::new().server(
-            ServerKey {
-                backend: "items".into(),
-                addr,
-            },
-            &conf,
-        )
+        StateTable::new().server(ServerKey::of("items", &conf), &conf)
     }
 
     fn start(script: &Script, state: &Arc<ServerState>) -> CheckerHandle {

@@ -14,11 +14,25 @@ use crate::config::{AdminState, Server};
 use crate::counters::{Sessions, Traffic, raise};
 use crate::health::result::CheckResult;
 
-/// Stable identity of a server across reloads.
+/// Stable identity of a server across reloads: its backend, its name and its address. Two
+/// entries of one backend at one address are two servers, with a state each (as HAProxy's
+/// `server` lines are); a server renamed or moved to another address starts afresh.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerKey {
     pub backend: String,
+    pub server: String,
     pub addr: SocketAddr,
+}
+
+impl ServerKey {
+    /// The key of server `conf` of backend `backend`.
+    pub fn of(backend: &str, conf: &Server) -> ServerKey {
+        ServerKey {
+            backend: backend.to_owned(),
+            server: conf.name.clone(),
+            addr: conf.addr,
+        }
+    }
 }
 
 /// Per-backend run-time facts. `generation` changes whenever a server's usability or weight
@@ -593,6 +607,7 @@ pub(crate) mod tests {
     fn key(port: u16) -> ServerKey {
         ServerKey {
             backend: "b".into(),
+            server: "s".into(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         }
     }

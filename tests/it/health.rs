@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use wasp::health::{ServerKey, ServerState};
 
-use crate::support::{Proxy, Servers, get, server_name, wait_until};
+use crate::support::{Proxy, Servers, get, server_name, server_state, wait_until};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -22,14 +22,7 @@ const MARGIN: Duration = Duration::from_millis(100);
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn state(proxy: &Proxy, backend: &str, addr: SocketAddr) -> Arc<ServerState> {
-    proxy
-        .runtime
-        .states()
-        .get(&ServerKey {
-            backend: backend.into(),
-            addr,
-        })
-        .expect("server state")
+    server_state(proxy, backend, addr)
 }
 
 fn last_reason(state: &ServerState) -> Option<String> {
@@ -202,6 +195,7 @@ async fn reloads_keep_health_and_unchanged_checkers() {
     let proxy = Proxy::start(&config(r#"interval = "100ms""#, true)).await;
     let key = ServerKey {
         backend: "app".into(),
+        server: "closed".into(),
         addr: closed,
     };
     let sc = state(&proxy, "app", closed);

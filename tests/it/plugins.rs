@@ -194,11 +194,12 @@ async fn json_health_marks_down_a_server_whose_body_is_not_status_ok() {
     ))
     .await;
     let states = Arc::clone(proxy.runtime.states());
-    let key = |addr| wasp::health::ServerKey {
+    let key = |name: &str, addr| wasp::health::ServerKey {
         backend: "app".into(),
+        server: name.into(),
         addr,
     };
-    let bad_state = states.get(&key(bad)).unwrap();
+    let bad_state = states.get(&key("bad", bad)).unwrap();
     bad_body.set(r#"{"status": "degraded"}"#);
     wait_until(Duration::from_secs(5), "bad server down", || {
         !bad_state.is_up()
@@ -206,7 +207,7 @@ async fn json_health_marks_down_a_server_whose_body_is_not_status_ok() {
     .await;
     let reason = bad_state.last_check().unwrap().verdict.reason.to_string();
     assert_eq!(reason, r#"plugin json: down: status is "degraded""#);
-    assert!(states.get(&key(good)).unwrap().is_up());
+    assert!(states.get(&key("good", good)).unwrap().is_up());
     bad_body.set(r#"{"status":"ok","db":"up"}"#);
     wait_until(Duration::from_secs(5), "bad server back", || {
         bad_state.is_up()

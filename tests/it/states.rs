@@ -6,16 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use wasp::config::AdminState;
-use wasp::health::{Health, ServerKey, ServerState};
+use wasp::health::{Health, ServerState};
 
-use crate::support::{Proxy, Servers, get, observed_one, server_name};
+use crate::support::{Proxy, Servers, get, observed_one, server_name, server_state};
 
 fn state(proxy: &Proxy, backend: &str, addr: SocketAddr) -> std::sync::Arc<ServerState> {
-    let key = ServerKey {
-        backend: backend.to_owned(),
-        addr,
-    };
-    proxy.runtime.states().get(&key).expect("server state")
+    server_state(proxy, backend, addr)
 }
 
 async fn shares(proxy: &Proxy, requests: usize) -> HashMap<String, usize> {
@@ -124,6 +120,44 @@ async fn no_usable_server_is_503_at_once() {
         "no waiting: {:?}",
         start.elapsed()
     );
+}
+
+/// Two entries of one backend at one address are two servers, as HAProxy's `server` lines
+/// are: one in `maint` with weight 3 leaves the other ready with its own weight 1.
+#[tokio::test]
+async fn two_entries_at_one_address_have_a_state_each() {
+    let servers = Servers::new();
+    let (one, two) = (servers.echo("one").await, servers.echo("two").await);
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        servers = [
+          {{ name = "s1", addr = "{one}" }},
+          {{ name = "s2", addr = "{two}" }},
+          {{ name = "s2b", addr = "{two}", weight = 3, state = "maint" }},
+        ]
+        "#
+    ))
+    .await;
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let states: Vec<_> = snapshot.backends[0]
+        .servers
+        .iter()
+        .map(|s| (s.state.admin(), s.state.weight()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (AdminState::Ready, 1),
+            (AdminState::Ready, 1),
+            (AdminState::Maint, 3)
+        ]
+    );
+    let seen = shares(&proxy, 10).await;
+    assert_eq!((seen.get("one"), seen.get("two")), (Some(&5), Some(&5)));
 }
 
 #[tokio::test]

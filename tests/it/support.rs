@@ -645,6 +645,18 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The run-time state of the server at `addr` in backend `backend` of the live snapshot.
+pub fn server_state(
+    proxy: &Proxy,
+    backend: &str,
+    addr: SocketAddr,
+) -> std::sync::Arc<wasp::health::ServerState> {
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let backend = snapshot.backends.iter().find(|b| &*b.name == backend);
+    let server = backend.and_then(|b| b.servers.iter().find(|s| s.state.key.addr == addr));
+    std::sync::Arc::clone(&server.expect("server state").state)
+}
+
 /// The HTTP/2 client connection preface.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
