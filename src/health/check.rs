@@ -288,7 +288,7 @@ impl<P: Probe> Checker<P> {
             let reason = verdict.reason.clone();
             self.state.record_check(CheckResult {
                 at: tokio::time::Instant::now().into_std(),
-                observation,
+                observation: Some(observation),
                 verdict,
             });
             match change {

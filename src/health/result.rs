@@ -94,6 +94,9 @@ pub enum Reason {
         passed: bool,
         detail: String,
     },
+    /// Passive health (`observe`): this many errors in a row on live traffic marked the
+    /// server down (HAProxy's "Health analyze").
+    Observed(u32),
 }
 
 impl fmt::Display for Reason {
@@ -113,6 +116,9 @@ impl fmt::Display for Reason {
                 ..
             } => write!(f, "plugin {plugin}: up"),
             Reason::Judged { plugin, detail, .. } => write!(f, "plugin {plugin}: down: {detail}"),
+            Reason::Observed(n) => {
+                write!(f, "health analyze: {n} consecutive errors on live traffic")
+            }
         }
     }
 }
@@ -124,12 +130,13 @@ pub struct Verdict {
     pub reason: Reason,
 }
 
-/// The latest check of a server, as kept in its state for the stats page.
+/// The latest check of a server, as kept in its state for the stats page: an active check's,
+/// or passive health's when live traffic marked the server down (no observation then).
 #[derive(Debug, Clone)]
 pub struct CheckResult {
     /// When the check finished.
     pub at: Instant,
-    pub observation: Observation,
+    pub observation: Option<Observation>,
     pub verdict: Verdict,
 }
 

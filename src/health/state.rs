@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::config::{AdminState, Server};
 use crate::counters::{Sessions, Traffic, raise};
-use crate::health::result::CheckResult;
+use crate::health::result::{CheckResult, Reason, Verdict};
 
 /// Stable identity of a server across reloads: its backend, its name and its address. Two
 /// entries of one backend at one address are two servers, with a state each (as HAProxy's
@@ -350,6 +350,19 @@ impl ServerState {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.last_check.store(Some(Arc::new(result)));
+    }
+
+    /// Live traffic marked the server down after `errors` errors in a row (passive health):
+    /// kept as its latest result, so that the stats say why, but not counted as a check.
+    pub fn record_observed_down(&self, errors: u32) {
+        self.last_check.store(Some(Arc::new(CheckResult {
+            at: std::time::Instant::now(),
+            observation: None,
+            verdict: Verdict {
+                passed: false,
+                reason: Reason::Observed(errors),
+            },
+        })));
     }
 
     /// Active health checks run so far: (passed, failed).

@@ -22,6 +22,7 @@ use crate::balance::PickContext;
 use crate::clock;
 use crate::config::Observe;
 use crate::health::Health;
+use crate::health::result::Reason;
 use crate::proxy::access::Record;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::canon;
@@ -218,7 +219,7 @@ pub(crate) async fn dispatch(
                     backend,
                     server,
                     Event::Answered {
-                        error: resp.status().is_server_error(),
+                        error: layer7_error(resp.status()),
                     },
                 );
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -275,6 +276,7 @@ pub(crate) async fn dispatch(
                     "no response within timeout server"
                 );
                 server.state.record_response_error();
+                observe(backend, server, Event::NoAnswer);
                 return local(Failure::UpstreamTimeout, record);
             }
         }
@@ -358,18 +360,28 @@ pub(crate) async fn choose(
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Event {
     ConnectFailed,
-    /// Connected, but the server closed or broke the connection without a valid answer.
+    /// Connected, but the server closed or broke the connection without a valid answer, or
+    /// sent none within `timeout server`.
     NoAnswer,
-    /// An answer; `error` for a 5xx.
+    /// An answer; `error` for a 5xx but 501 and 505.
     Answered {
         error: bool,
     },
 }
 
+/// Whether an answer's status is an error to passive health: a 5xx other than 501 and 505,
+/// which say the server does not do what this client asked, not that it is unwell (HAProxy's
+/// `observe layer7`).
+fn layer7_error(status: StatusCode) -> bool {
+    status.is_server_error()
+        && status != StatusCode::NOT_IMPLEMENTED
+        && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED
+}
+
 /// Passive health (`observe`): `error_limit` consecutive errors on live traffic mark a checked
 /// server down; its active checks bring it back. `layer4` counts failed connects (any
-/// connection that worked resets the count); `layer7` also counts 5xx answers and connections
-/// closed without an answer.
+/// connection that worked resets the count); `layer7` also counts 5xx answers (but 501 and
+/// 505), connections closed without an answer, and `timeout server` expiring.
 pub(crate) fn observe(backend: &Backend, server: &Server, event: Event) {
     let Some(mode) = backend.observe else { return };
     if !server.check {
@@ -386,10 +398,11 @@ pub(crate) fn observe(backend: &Backend, server: &Server, event: Event) {
     } else if server.state.observe_error(backend.error_limit)
         && server.state.set_health(Health::Down)
     {
+        server.state.record_observed_down(backend.error_limit);
         tracing::warn!(
             backend = &*backend.name,
             server = &*server.name,
-            check = format!("{} consecutive errors on live traffic", backend.error_limit),
+            check = %Reason::Observed(backend.error_limit),
             "server {}/{} is DOWN",
             backend.name,
             server.name

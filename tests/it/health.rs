@@ -130,8 +130,12 @@ async fn an_http_check_marks_a_500_down_and_a_200_up() {
     wait_until(LIMIT, "recovered server marked up", || sf.is_up()).await;
     assert_eq!(last_reason(&sf).as_deref(), Some("layer7 ok status 202"));
     let check = sf.last_check().expect("check result");
-    let wasp::health::Outcome::Response(r) = &check.observation.outcome else {
-        panic!("expected a response: {:?}", check.observation.outcome)
+    let observation = check
+        .observation
+        .as_ref()
+        .expect("an active check's observation");
+    let wasp::health::Outcome::Response(r) = &observation.outcome else {
+        panic!("expected a response: {:?}", observation.outcome)
     };
     assert_eq!(&r.body[..], b"failing\n", "the body prefix is kept");
 }

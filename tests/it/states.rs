@@ -415,6 +415,56 @@ async fn a_junk_answer_is_one_observed_error_per_request() {
     }
 }
 
+/// `timeout server` expiring is an error to passive health, as HAProxy's `observe layer7`
+/// counts a read timeout: a hung server is taken out of rotation, and its last result says
+/// why (not its last active check's "ok").
+#[tokio::test]
+async fn a_server_timeout_is_an_observed_error() {
+    let servers = Servers::new();
+    let slow = servers.behaviour().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        observe = "layer7"
+        error_limit = 2
+        timeout = {{ server = "200ms" }}
+        check = {{ interval = "1h" }}
+        servers = [ {{ name = "slow", addr = "{slow}", check = true }} ]
+        "#
+    ))
+    .await;
+    for n in 1..=2 {
+        assert_eq!(get(&proxy.url("/hang")).await.0, 504, "request {n}");
+    }
+    let slow_state = state(&proxy, "app", slow);
+    assert_eq!(slow_state.health(), Health::Down);
+    assert_eq!(get(&proxy.url("/hang")).await.0, 503, "no server left");
+    let last = slow_state.last_check().expect("a result");
+    assert_eq!(
+        last.verdict.reason.to_string(),
+        "health analyze: 2 consecutive errors on live traffic"
+    );
+}
+
+/// 501 and 505 say the server does not do what the client asked, not that it is unwell: not
+/// errors to passive health (HAProxy's `observe layer7`), so a client cannot take a server out
+/// with requests it does not implement.
+#[tokio::test]
+async fn a_501_is_no_observed_error() {
+    let servers = Servers::new();
+    let (server, _heads) = servers
+        .scripted(b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\n\r\n")
+        .await;
+    let proxy = Proxy::start(&observed_one("s", server, 1)).await;
+    for n in 1..=3 {
+        assert_eq!(get(&proxy.url("/")).await.0, 501, "request {n}");
+    }
+    assert_eq!(state(&proxy, "app", server).health(), Health::Up);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_maxconn_queues_across_all_its_servers() {
     let servers = Servers::new();
