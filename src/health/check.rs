@@ -264,8 +264,13 @@ impl<P: Probe> Checker<P> {
         tokio::time::sleep(first).await;
         loop {
             if self.state.admin() == AdminState::Maint {
-                tokio::time::sleep(self.spread.jitter(self.params.interval)).await;
-                continue;
+                // No checks in maintenance. Leaving it, the server is checked at once, and one
+                // that is UP starts over as at start-up: a single failed check takes it DOWN
+                // (HAProxy's "start OK but check immediately"), for it may have died meanwhile.
+                self.state.out_of_maint().await;
+                if self.state.health() == Health::Up {
+                    tracker = Tracker::new(self.params.rise, self.params.fall);
+                }
             }
             let observation = self.probe.probe().await;
             let Some((observation, verdict)) = judged(&self.judge, observation).await else {
@@ -298,7 +303,12 @@ impl<P: Probe> Checker<P> {
                 _ if changed_reason => self.log_result(passed, &reason, error.as_deref(), &tracker),
                 _ => {}
             }
-            tokio::time::sleep(self.spread.jitter(tracker.delay(&self.params))).await;
+            // Woken early by an admin change: a server put in maintenance and back is
+            // checked as it leaves (above), not an interval later.
+            tokio::select! {
+                () = tokio::time::sleep(self.spread.jitter(tracker.delay(&self.params))) => {}
+                () = self.state.admin_changed() => {}
+            }
         }
     }
 
@@ -727,9 +737,29 @@ mod tests {
         settle().await;
         assert_eq!(
             script.call_times(t0),
-            [60, 70],
-            "resumes at the next interval"
+            [55, 65],
+            "checked as it leaves maintenance, then at the interval"
         );
+    }
+
+    /// A server UP before its maintenance may have died meanwhile: leaving it, the server is
+    /// checked at once, and a single failed check takes it DOWN (HAProxy's "start OK but check
+    /// immediately"), not `fall` checks an interval apart.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_died_in_maintenance_is_down_at_its_first_check() {
+        let t0 = Instant::now();
+        let state = server_state();
+        let script = Script::new(&[PASS, PASS, FAIL]);
+        let _checker = start(&script, &state);
+        // Passed at 0 and 10; in maintenance from 15 to 45.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        state.set_admin(AdminState::Maint);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(state.is_up());
+        state.set_admin(AdminState::Ready);
+        settle().await;
+        assert!(!state.is_up(), "down at the first failed check");
+        assert_eq!(script.call_times(t0)[..3], [0, 10, 45]);
     }
 
     #[tokio::test(start_paused = true)]

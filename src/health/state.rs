@@ -214,6 +214,9 @@ pub struct ServerState {
     last_check: ArcSwapOption<CheckResult>,
     /// When `health` last changed (or the state was created). Written on changes only.
     last_change: Mutex<Instant>,
+    /// Woken when the admin state changes: a checker idle while the server is in maintenance
+    /// checks it at once when it leaves.
+    admin_changed: Notify,
 }
 
 /// The current time on tokio's clock (paused in tests), as a std `Instant`.
@@ -256,6 +259,7 @@ impl ServerState {
             last_failure_log: AtomicU64::new(0),
             last_check: ArcSwapOption::empty(),
             last_change: Mutex::new(now()),
+            admin_changed: Notify::new(),
         }
     }
 
@@ -393,8 +397,27 @@ impl ServerState {
         let changed = self.admin.swap(code, Ordering::AcqRel) != code;
         if changed {
             self.backend.bump();
+            self.admin_changed.notify_waiters();
         }
         changed
+    }
+
+    /// Waits for the next change of the admin state.
+    pub async fn admin_changed(&self) {
+        self.admin_changed.notified().await;
+    }
+
+    /// Waits until the server is out of maintenance (at once when it is).
+    pub async fn out_of_maint(&self) {
+        loop {
+            let changed = self.admin_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.admin() != AdminState::Maint {
+                return;
+            }
+            changed.await;
+        }
     }
 
     pub fn weight(&self) -> u32 {
