@@ -324,18 +324,68 @@ impl Core {
 
     /// Re-reads the config file this runtime was started from and applies it.
     pub async fn reload(&self) -> Result<(), RuntimeError> {
+        let reloaded = self.reload_file().await;
+        match &reloaded {
+            // Its diagnostics are logged already, one line each.
+            Err(RuntimeError::Invalid { path, report }) => tracing::error!(
+                file = %path.display(),
+                errors = report.errors(),
+                "reload rejected; the previous configuration keeps serving"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving")
+            }
+            Ok(()) => {}
+        }
+        reloaded
+    }
+
+    async fn reload_file(&self) -> Result<(), RuntimeError> {
         let path = self.path.clone();
         let (config, report) = tokio::task::spawn_blocking(move || config::load(&path)).await?;
         log_diagnostics(&report);
-        match config {
-            Some(config) => {
-                warn_start_only(&self.at_start, &config.global);
-                self.apply(config).await
-            }
-            None => Err(RuntimeError::Invalid {
+        let Some(config) = config else {
+            return Err(RuntimeError::Invalid {
                 path: self.path.clone(),
                 report,
-            }),
+            });
+        };
+        warn_start_only(&self.at_start, &config.global);
+        let plugins = config.plugins.clone();
+        match self.apply(config).await {
+            Err(RuntimeError::Plugin(e)) => Err(self.plugin_diagnostics(e, plugins).await),
+            done => done,
+        }
+    }
+
+    /// A plugin the new file names cannot be loaded or lacks an export: said as `wasp check`
+    /// says it, at the key, with the same words (a report of diagnostics, also logged).
+    async fn plugin_diagnostics(
+        &self,
+        e: PluginError,
+        plugins: Vec<config::Plugin>,
+    ) -> RuntimeError {
+        let name = match &e {
+            PluginError::Load { name, .. } | PluginError::Missing { name, .. } => name.clone(),
+            PluginError::Unknown(_) => return RuntimeError::Plugin(e),
+        };
+        let these: Vec<config::Plugin> = plugins.into_iter().filter(|p| p.name == name).collect();
+        let diagnostics =
+            tokio::task::spawn_blocking(move || crate::plugin::check::check(&these)).await;
+        match diagnostics {
+            Ok(diagnostics) if !diagnostics.is_empty() => {
+                let report = config::Report {
+                    file: self.path.clone(),
+                    diagnostics,
+                };
+                log_diagnostics(&report);
+                RuntimeError::Invalid {
+                    path: self.path.clone(),
+                    report,
+                }
+            }
+            // The file was fixed in between: the error as it was.
+            _ => RuntimeError::Plugin(e),
         }
     }
 
@@ -591,7 +641,6 @@ fn control_error(e: RuntimeError) -> ControlError {
     }
 }
 
-/// Logs each diagnostic of a config report at its severity.
 /// Warns of each `[global]` setting read at start only that the file now sets differently
 /// from the running process: a reload leaves it as it was.
 fn warn_start_only(running: &config::Global, file: &config::Global) {
@@ -608,6 +657,7 @@ fn warn_start_only(running: &config::Global, file: &config::Global) {
     }
 }
 
+/// Logs each diagnostic of a config report at its severity.
 pub fn log_diagnostics(report: &config::Report) {
     for d in &report.diagnostics {
         let text = d.render(&report.file);
@@ -705,9 +755,8 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!(file = %runtime.path.display(), "SIGHUP: reloading");
-                if let Err(e) = runtime.reload().await {
-                    tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
-                }
+                // A rejected reload is logged by `reload`.
+                let _ = runtime.reload().await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -115,12 +115,10 @@ pub(crate) async fn handle(ctx: &Context, req: Request<Incoming>, tcp: bool) -> 
                 return stopping();
             };
             tracing::info!("admin API: reloading");
+            // A rejected reload is logged where it is rejected.
             match control.reload().await {
                 Ok(()) => json(StatusCode::OK, &Status { status: "reloaded" }),
-                Err(e) => {
-                    tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
-                    control_error(e)
-                }
+                Err(e) => control_error(e),
             }
         }
         (&Method::GET, ["api", "plugins"]) => {

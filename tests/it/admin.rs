@@ -657,6 +657,42 @@ async fn reload_through_the_api_reports_diagnostics_and_keeps_serving() {
     );
 }
 
+/// A reload whose new plugin cannot be loaded is answered as a config with errors: 422 with
+/// the diagnostic `wasp check` gives, at the plugin's `path` key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_broken_plugin_answers_with_its_diagnostic() {
+    let servers = Servers::new();
+    let (a, b) = (servers.echo("a").await, servers.echo("b").await);
+    let good = two_servers(a, b, "");
+    let proxy = Proxy::start(&good).await;
+    let addr = admin(&proxy).await;
+    let broken = good.replace(
+        "default_backend = \"app\"",
+        "default_backend = \"app\"\n        router = \"junk\"",
+    ) + "\n[plugin.junk]\npath = \"wasp.toml\"\n";
+    std::fs::write(&proxy.path, &broken).unwrap();
+    let (status, body) = call(addr, Method::POST, "/api/reload", None).await;
+    assert_eq!(status, 422, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["path"], "plugin.junk.path", "{body}");
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("path = "))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        (d["line"].as_u64(), d["col"].as_u64()),
+        (Some(line as u64), Some(8))
+    );
+    let message = d["message"].as_str().unwrap();
+    assert!(
+        message.ends_with("wasp.toml is not a wasm component (no \\0asm header)"),
+        "{message}"
+    );
+    assert_eq!(get(&proxy.url("/")).await.0, 200, "still serving");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_guards_everything_but_healthz() {
     let servers = Servers::new();
