@@ -76,7 +76,11 @@ pub async fn run() -> Result<(), DemoError> {
          Ctrl-C stops it.\n"
     );
     let _ = tokio::signal::ctrl_c().await;
-    runtime.shutdown(grace).await;
+    // A second Ctrl-C stops at once.
+    let second = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    runtime.shutdown_unless(grace, second).await;
     stop.cancel();
     Ok(())
 }

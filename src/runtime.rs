@@ -212,6 +212,12 @@ impl Runtime {
     /// keep-alive connections are closed at once. `/healthz` on the admin listener answers 503
     /// from the start of the stop; the admin listener closes last.
     pub async fn shutdown(self, grace: Duration) {
+        self.shutdown_unless(grace, std::future::pending()).await;
+    }
+
+    /// [`shutdown`](Self::shutdown), with the wait for in-flight requests cut short when `cut`
+    /// completes first (a second SIGTERM or SIGINT).
+    pub async fn shutdown_unless(self, grace: Duration, cut: impl Future<Output = ()>) {
         let Runtime { core, graceful } = self;
         let listeners = {
             let mut listeners = core.listeners.lock().await;
@@ -230,11 +236,15 @@ impl Runtime {
                 if open > 0 {
                     tracing::info!(connections = open, grace = ?grace, "waiting for in-flight requests");
                 }
-                if tokio::time::timeout(grace, graceful.shutdown())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
+                tokio::select! {
+                    finished = tokio::time::timeout(grace, graceful.shutdown()) => {
+                        if finished.is_err() {
+                            tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
+                        }
+                    }
+                    () = cut => {
+                        tracing::warn!("second stop signal: closing remaining connections now");
+                    }
                 }
             }
             Err(_) => tracing::warn!("connections still referenced; not waiting for them"),
@@ -765,7 +775,14 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     tracing::info!("stopping: no new connections; in-flight requests may finish");
     // The grace period of the configuration in force now (a reload may have changed it).
     let grace = runtime.proxy.snapshot().global.grace;
-    runtime.shutdown(grace).await;
+    // A second signal stops at once, as HAProxy's hard stop after a soft one.
+    let second = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    runtime.shutdown_unless(grace, second).await;
     tracing::info!("stopped");
     Ok(())
 }

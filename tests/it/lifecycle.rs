@@ -319,6 +319,33 @@ async fn a_request_cut_at_the_end_of_the_grace_period_is_logged() {
     held.abort();
 }
 
+/// A second SIGTERM during the grace period stops at once (HAProxy's hard stop after a soft
+/// one): the request still in flight is cut and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_at_once() {
+    let servers = Servers::new();
+    let (gated, mut arrived, _gate) = servers.gated("gated").await;
+    let (_dir, path) = config_file(&one_backend(r#"grace = "300s""#, "", gated));
+    let mut wasp = Binary::run(&path);
+    let addr = wasp.addr;
+    let held = tokio::spawn(async move { get(&format!("http://{addr}/held")).await });
+    arrived
+        .recv()
+        .await
+        .expect("the request reached its server");
+    wasp.signal("TERM");
+    wasp.wait_for("waiting for in-flight requests", WAIT);
+    wasp.signal("TERM");
+    wasp.wait_for("second stop signal", WAIT);
+    let line = wasp.wait_for("/held", WAIT);
+    assert_eq!(field(&line, "status"), "-1", "{line}");
+    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    held.abort();
+}
+
 /// Two loopback ports nothing listens on (bound together, so distinct, then closed), on an
 /// address no other test binds (the rest of the suite binds 127.0.0.1), so that no listener
 /// of a test running meanwhile can take them before this test's proxy binds them.
