@@ -157,6 +157,28 @@ fn unreadable_file() {
     );
 }
 
+/// Bytes that are not UTF-8 are reported where they are, and the rest of the file is still
+/// checked (written at test time: a fixture with such bytes would trouble editors and diffs).
+#[test]
+fn bytes_that_are_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("latin1.toml"),
+        b"[global]\nworkers = 2\n# caf\xe9 comment\ngrace = \"1sec\"\n",
+    )
+    .unwrap();
+    let (code, stderr) = run_check(dir.path(), "latin1.toml");
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "latin1.toml:3:6: error: not UTF-8 text: byte 0xE9 here\n    \
+         = help: a config file is UTF-8 text; re-save it as UTF-8\n\
+         latin1.toml:4:9: error: global.grace: unknown unit \"sec\" in duration \"1sec\"\n    \
+         = help: units are us, ms, s, m, h and d\n\
+         check: 2 errors\n"
+    );
+}
+
 /// Unknown keys at every level, with a suggestion or the list of valid keys.
 #[test]
 fn unknown_key() {

@@ -54,8 +54,16 @@ pub fn load(path: &Path) -> (Option<Config>, Report) {
 /// [`load`] for `wasp check`: with errors, the `[plugin.*]` sections that could be read, so
 /// that their files are checked too.
 pub fn load_for_check(path: &Path) -> (Result<Config, Vec<Plugin>>, Report) {
-    match std::fs::read_to_string(path) {
-        Ok(src) => parts_of_str(&src, path),
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(src) => parts_of_str(&src, path),
+            Err(e) => {
+                // Each bad byte is reported where it is, and the rest of the file is checked
+                // with it replaced (U+FFFD), so that one run still reports every problem.
+                let (src, invalid) = lossy(e.as_bytes());
+                parts_of_text(&src, path, &invalid)
+            }
+        },
         Err(e) => {
             let diagnostic = Diagnostic {
                 severity: Severity::Error,
@@ -85,8 +93,42 @@ pub fn load_str(src: &str, path: &Path) -> (Option<Config>, Report) {
     (config.ok(), report)
 }
 
+/// `bytes` as text, each invalid UTF-8 sequence replaced by U+FFFD; and for each, its offset
+/// in that text and its bytes.
+fn lossy(bytes: &[u8]) -> (String, Vec<(usize, Vec<u8>)>) {
+    let mut text = String::with_capacity(bytes.len());
+    let mut invalid = Vec::new();
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            invalid.push((text.len(), chunk.invalid().to_vec()));
+            text.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    (text, invalid)
+}
+
 fn parts_of_str(src: &str, path: &Path) -> (Result<Config, Vec<Plugin>>, Report) {
+    parts_of_text(src, path, &[])
+}
+
+/// [`parts_of_str`] for text read with `invalid` UTF-8 sequences (offset, bytes), each an
+/// error at its place.
+fn parts_of_text(
+    src: &str,
+    path: &Path,
+    invalid: &[(usize, Vec<u8>)],
+) -> (Result<Config, Vec<Plugin>>, Report) {
     let mut sink = Sink::new(src).with_base_dir(path.parent().unwrap_or(Path::new("")));
+    for (at, bytes) in invalid {
+        let hex: Vec<String> = bytes.iter().map(|b| format!("0x{b:02X}")).collect();
+        sink.error(
+            *at,
+            "",
+            format!("not UTF-8 text: byte {} here", hex.join(" ")),
+        )
+        .help = Some("a config file is UTF-8 text; re-save it as UTF-8".into());
+    }
     let (root, syntax_errors) = DeTable::parse_recoverable(src);
     let config = if syntax_errors.is_empty() {
         let raw = sections::walk(Table::new(String::new(), 0, root.get_ref()), &mut sink);
@@ -96,6 +138,10 @@ fn parts_of_str(src: &str, path: &Path) -> (Result<Config, Vec<Plugin>>, Report)
             syntax_error(&mut sink, src, e);
         }
         Err(Vec::new())
+    };
+    let config = match config {
+        Ok(config) if !invalid.is_empty() => Err(config.plugins),
+        other => other,
     };
     (
         config,
