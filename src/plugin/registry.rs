@@ -6,7 +6,7 @@
 //! compiles nothing. Shared state (counters, key-value store) is kept per plugin name for the
 //! life of the registry: it survives reloads and versions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -22,11 +22,16 @@ use crate::plugin::store::{LOG_LINES_PER_SECOND, LogLimit, PluginContext, monoto
 /// Fault log lines per plugin per second (the rest are counted).
 const FAULT_LOGS_PER_SECOND: u32 = 2;
 
-/// Calls in a row that run out of time or memory (each one a whole `timeout` of a worker, or
-/// a memory's growth) after which a plugin is not called for [`SUSPEND_FOR`]: its decisions
-/// are taken by `on_error` at no cost. A plugin that loops on every call would otherwise make
-/// each request cost a worker its `timeout`, stalling everything else the worker serves.
+/// Calls that run out of time or memory (each one a whole `timeout` of a worker, or a memory's
+/// growth) after which a plugin is not called for [`SUSPEND_FOR`]: its decisions are taken by
+/// `on_error` at no cost. That many in a row, or within [`SUSPEND_WINDOW`] whatever answers
+/// came between: a plugin that loops on every call, or on the requests of one path, would
+/// otherwise make each such request cost a worker its `timeout`, stalling everything else the
+/// worker serves.
 const SUSPEND_AFTER: u32 = 3;
+/// The span within which [`SUSPEND_AFTER`] costly calls suspend a plugin (at least that many
+/// timeouts and one more, for a long `timeout`).
+const SUSPEND_WINDOW: Duration = Duration::from_secs(1);
 /// How long a plugin rests; the first call after it is a trial: one more such fault suspends
 /// it again at once, an answer ends the streak. A new version starts afresh.
 const SUSPEND_FOR: Duration = Duration::from_secs(1);
@@ -84,6 +89,9 @@ pub struct Plugin {
     pub stats: Stats,
     /// Calls in a row that ran out of time or memory.
     costly_streak: AtomicU32,
+    /// When the latest calls that ran out of time or memory ended ([`monotonic_ns`]), at most
+    /// [`SUSPEND_AFTER`]; touched only by such calls.
+    costly_times: Mutex<VecDeque<u64>>,
     /// While [`monotonic_ns`] is below this, the plugin is not called; 0: not suspended.
     suspended_until: AtomicU64,
 }
@@ -136,7 +144,9 @@ impl Plugin {
                 self.fault(role, fault);
                 let streak = self.costly_streak.fetch_add(1, Ordering::Relaxed) + 1;
                 if streak >= SUSPEND_AFTER {
-                    self.suspend(role, streak);
+                    self.suspend(role, "in a row");
+                } else if let Some(window) = self.costly_in_window(loaded.settings.timeout) {
+                    self.suspend(role, &format!("within {window:?}"));
                 }
             }
             Err(fault) => self.fault(role, fault),
@@ -149,19 +159,38 @@ impl Plugin {
         answer
     }
 
-    /// Stops calling the plugin for [`SUSPEND_FOR`] after `streak` costly faults in a row.
-    fn suspend(&self, role: PluginRole, streak: u32) {
+    /// Notes a costly call that just ended: the window, when it is the [`SUSPEND_AFTER`]th
+    /// within [`SUSPEND_WINDOW`] (or `SUSPEND_AFTER + 1` timeouts, when that is longer).
+    fn costly_in_window(&self, timeout: Duration) -> Option<Duration> {
+        let window = SUSPEND_WINDOW.max(timeout * (SUSPEND_AFTER + 1));
+        let now = monotonic_ns();
+        let mut times = self.costly_times.lock().unwrap_or_else(|p| p.into_inner());
+        if times.len() == SUSPEND_AFTER as usize {
+            times.pop_front();
+        }
+        times.push_back(now);
+        let first = *times.front()?;
+        (times.len() == SUSPEND_AFTER as usize && now - first <= window.as_nanos() as u64)
+            .then_some(window)
+    }
+
+    /// Stops calling the plugin for [`SUSPEND_FOR`] after [`SUSPEND_AFTER`] costly faults,
+    /// `how` close together.
+    fn suspend(&self, role: PluginRole, how: &str) {
         let until = monotonic_ns().saturating_add(SUSPEND_FOR.as_nanos() as u64);
         self.suspended_until.store(until, Ordering::Relaxed);
         self.stats.suspensions.fetch_add(1, Ordering::Relaxed);
+        self.costly_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let policy = self.on_error().name();
         tracing::warn!(
             plugin = &*self.name,
             role = role_name(role),
-            streak,
             on_error = policy,
-            "plugin {} ran out of time or memory on {streak} calls in a row: not called for \
-             {SUSPEND_FOR:?}, its decisions taken by on_error = {policy}",
+            "plugin {} ran out of time or memory on {SUSPEND_AFTER} calls {how}: not called \
+             for {SUSPEND_FOR:?}, its decisions taken by on_error = {policy}",
             self.name,
         );
     }
@@ -169,6 +198,10 @@ impl Plugin {
     /// A new version is called at once, whatever the last one did.
     fn resume(&self) {
         self.costly_streak.store(0, Ordering::Relaxed);
+        self.costly_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.suspended_until.store(0, Ordering::Relaxed);
     }
 
@@ -379,6 +412,7 @@ impl Plugins {
                         fault_log: LogLimit::new(FAULT_LOGS_PER_SECOND),
                         stats: Stats::default(),
                         costly_streak: AtomicU32::new(0),
+                        costly_times: Mutex::default(),
                         suspended_until: AtomicU64::new(0),
                     });
                     set.pending.push((Arc::clone(&plugin), loaded, roles));

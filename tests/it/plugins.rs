@@ -386,6 +386,39 @@ async fn a_plugin_that_keeps_timing_out_is_suspended() {
     assert_eq!(body, "panicker ok\n");
 }
 
+/// A plugin that runs out of time on the requests of one path only, with answers to others
+/// between, is suspended too: 3 timeouts within a second, whatever came between, would
+/// otherwise cost a worker its `timeout` on every such request, for ever.
+#[tokio::test]
+async fn a_plugin_timing_out_between_answers_is_suspended() {
+    let servers = Servers::new();
+    let app = servers.echo("app").await;
+    let section = plugin("looper", "looper", LOOPER_LIMITS);
+    let proxy = Proxy::start(&routed_by(app, "looper", &section)).await;
+    let plugin = proxy.runtime.plugins().get("looper").unwrap();
+    let suspensions = || plugin.stats.suspensions.load(Ordering::Relaxed);
+    for n in 1..=3 {
+        assert_eq!(suspensions(), 0, "before timeout {n}");
+        let (status, _, body) = get(&proxy.url("/fault")).await;
+        assert_eq!((status.as_u16(), server_name(&body)), (200, "app"));
+        let (_, _, body) = get(&proxy.url("/ok")).await;
+        if n < 3 {
+            assert_eq!(body, "looper ok\n", "answered between the timeouts");
+        }
+    }
+    assert_eq!(plugin.stats.timeouts.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        suspensions(),
+        1,
+        "the third timeout within a second suspends it"
+    );
+    assert_eq!(
+        plugin.stats.suspended.load(Ordering::Relaxed),
+        1,
+        "/ok decided by on_error"
+    );
+}
+
 /// Log lines over a plugin's budget (50 a second) are dropped and counted in
 /// `log_lines_dropped`, and a new version (hot-loaded, or made by a reload) keeps the count and
 /// the budget: a plugin that floods the log and then stops still shows what it lost.
