@@ -1,8 +1,9 @@
 //! Watching files for changes: a `notify` watcher on the folders of the files of interest.
-//! Events (write, replace, rename into place, removal) are collected for a debounce period,
-//! since one change to a file produces several, then handed to a callback as one set of
-//! changed paths, on the tokio runtime that started the watcher. Used for plugin hot-loading
-//! and certificate reload.
+//! Events (write, replace, rename into place, removal) are collected until none has come for a
+//! debounce period (at most [`MAX_WAIT_DEBOUNCES`] periods), since one change to a file
+//! produces several and a slow write many, then handed to a callback as one set of changed
+//! paths, on the tokio runtime that started the watcher. Used for plugin hot-loading and
+//! certificate reload.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -28,9 +29,14 @@ impl std::fmt::Debug for FolderWatch {
     }
 }
 
-/// Starts a watcher that calls `on_change` with the paths changed in the watched folders, at
-/// most once per `debounce`; one call finishes before the next starts. It watches nothing
-/// until [`FolderWatch::watch_folders`] is called.
+/// The longest a set of changes is collected, in debounce periods: a file written without a
+/// pause for that long is handed over unfinished (and a plugin or certificate rejected, the old
+/// one kept, until the write ends).
+pub const MAX_WAIT_DEBOUNCES: u32 = 20;
+
+/// Starts a watcher that calls `on_change` with the paths changed in the watched folders, once
+/// no change has come for `debounce`; one call finishes before the next starts. It watches
+/// nothing until [`FolderWatch::watch_folders`] is called.
 pub fn spawn_folder_watch<F, Fut>(
     debounce: Duration,
     on_change: F,
@@ -60,18 +66,7 @@ where
                 p = rx.recv() => p,
             };
             let Some(first) = first else { return };
-            let mut changed = HashSet::from([first]);
-            let settle = tokio::time::sleep(debounce);
-            tokio::pin!(settle);
-            loop {
-                tokio::select! {
-                    _ = &mut settle => break,
-                    p = rx.recv() => match p {
-                        Some(p) => { changed.insert(p); }
-                        None => break,
-                    },
-                }
-            }
+            let changed = collect(first, &mut rx, debounce).await;
             on_change(changed).await;
         }
     });
@@ -80,6 +75,33 @@ where
         dirs: HashSet::new(),
         stop,
     })
+}
+
+/// The paths changed from `first` on, until none has come for `debounce` (each change waits
+/// for the writes after it) or [`MAX_WAIT_DEBOUNCES`] periods have passed.
+async fn collect(
+    first: PathBuf,
+    rx: &mut mpsc::UnboundedReceiver<PathBuf>,
+    debounce: Duration,
+) -> HashSet<PathBuf> {
+    let mut changed = HashSet::from([first]);
+    let start = tokio::time::Instant::now();
+    let cap = start + debounce * MAX_WAIT_DEBOUNCES;
+    let settle = tokio::time::sleep(debounce);
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            () = &mut settle => return changed,
+            p = rx.recv() => match p {
+                Some(p) => {
+                    changed.insert(p);
+                    let next = (tokio::time::Instant::now() + debounce).min(cap);
+                    settle.as_mut().reset(next);
+                }
+                None => return changed,
+            },
+        }
+    }
 }
 
 impl FolderWatch {
@@ -101,5 +123,50 @@ impl FolderWatch {
 impl Drop for FolderWatch {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_collected_until_a_quiet_debounce() {
+        let debounce = Duration::from_millis(50);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = tokio::time::Instant::now();
+        // A slow write: a change every 30 ms for 300 ms, then nothing.
+        tokio::spawn(async move {
+            for i in 1..=10 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let _ = tx.send(PathBuf::from(format!("f{}", i % 2)));
+            }
+            std::future::pending::<()>().await;
+        });
+        let changed = collect(PathBuf::from("f0"), &mut rx, debounce).await;
+        assert_eq!(changed, HashSet::from(["f0".into(), "f1".into()]));
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(350),
+            "the last change + debounce"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_never_stops_changing_is_handed_over_at_the_cap() {
+        let debounce = Duration::from_millis(50);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if tx.send(PathBuf::from("f")).is_err() {
+                    return;
+                }
+            }
+        });
+        let changed = collect(PathBuf::from("f"), &mut rx, debounce).await;
+        assert_eq!(changed.len(), 1);
+        assert_eq!(start.elapsed(), debounce * MAX_WAIT_DEBOUNCES);
     }
 }
