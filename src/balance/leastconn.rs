@@ -1,7 +1,8 @@
 //! `balance leastconn`: the server with the fewest requests in flight relative to its weight.
 //!
-//! A pick scans every server once, comparing `active / weight` by cross-multiplication (a plain
-//! comparison of `active` when all candidates have the same weight, the common case). The scan
+//! A pick scans every server once, comparing `(active + 1) / weight` (HAProxy's key: the load
+//! with this request) by cross-multiplication (a plain comparison of `active` when all
+//! candidates have the same weight, the common case). The scan
 //! is the whole cost of this algorithm, so it is kept tight: besides each server's live
 //! `active` counter it reads one compact slot per server (its weight, and its `maxconn`, 0 when
 //! it is not a candidate), refreshed in place when the backend's state generation moves. There
@@ -11,13 +12,13 @@
 //! the worst outcome is a slightly less balanced choice.
 //!
 //! The scan starts one position further at every pick and keeps the first of equally loaded
-//! servers, so ties (an idle backend, equal loads) are spread round-robin; an idle server ends
-//! the scan early since nothing can beat it.
+//! servers, so ties (an idle backend, equal loads) are spread round-robin; with equal weights an
+//! idle server ends the scan early since nothing can beat it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::balance::{Balancer, PickContext, backup_in_use, less_loaded};
+use crate::balance::{Balancer, PickContext, backup_in_use};
 use crate::health::{BackendState, ServerState};
 
 #[derive(Debug)]
@@ -112,7 +113,7 @@ impl LeastConn {
             let better = if UNIFORM {
                 active < best.active
             } else {
-                less_loaded(active, weight, best.active, best.weight)
+                less_loaded_with_this_one(active, weight, best.active, best.weight)
             };
             if better
                 && active < slot.limit.load(Ordering::Relaxed)
@@ -125,7 +126,9 @@ impl LeastConn {
                     active,
                     weight,
                 };
-                if active == 0 {
+                // With equal weights none beats an idle server; with others a heavier busy
+                // one may (`less_loaded`).
+                if UNIFORM && active == 0 {
                     return true;
                 }
             }
@@ -169,6 +172,15 @@ impl Balancer for LeastConn {
     }
 }
 
+/// Whether server a would be less loaded than server b with this request:
+/// `(a_active + 1) / a_weight < (b_active + 1) / b_weight`, without division (HAProxy's
+/// leastconn key). Counting the request makes weight count on an idle backend too: a server
+/// of weight 4 with one request (2/4) is less loaded than an idle one of weight 1 (1/1).
+fn less_loaded_with_this_one(a_active: u32, a_weight: u32, b_active: u32, b_weight: u32) -> bool {
+    (u64::from(a_active) + 1) * u64::from(b_weight)
+        < (u64::from(b_active) + 1) * u64::from(a_weight)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +215,22 @@ mod tests {
         let _a = hold(&lab, 0, 1);
         let _b = hold(&lab, 1, 2);
         assert_eq!(lab.picks(&lc, 2, &[]), vec![Some(1); 2]);
+    }
+
+    /// HAProxy's key counts the request being placed: with weights 2/1/1 and 4/2/2 in flight,
+    /// (4+1)/2 beats (2+1)/1, where the loads alone (2, 2, 2) would tie; and a weight-4 server
+    /// with one request (2/4) beats an idle weight-1 one (1/1).
+    #[test]
+    fn the_request_being_placed_counts() {
+        let lab = Lab::new(&[2, 1, 1]);
+        let balancer = lc(&lab);
+        let _held = [hold(&lab, 0, 4), hold(&lab, 1, 2), hold(&lab, 2, 2)];
+        assert_eq!(lab.picks(&balancer, 6, &[]), vec![Some(0); 6]);
+
+        let lab = Lab::new(&[1, 4]);
+        let balancer = lc(&lab);
+        let _busy = hold(&lab, 1, 1);
+        assert_eq!(lab.picks(&balancer, 4, &[]), vec![Some(1); 4]);
     }
 
     #[test]
