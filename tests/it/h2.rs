@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::support::{
-    Binary, H2_PREFACE, H2Frame, Proxy, Servers, channel_body, config_file, field, raw, raw_status,
+    Binary, H2Frame, Proxy, Servers, channel_body, config_file, field, h2_start, raw, raw_status,
     server_name, to_echo,
 };
 
@@ -506,17 +506,22 @@ fn h2_clients_that_stop_reading_hold_bounded_memory() {
     );
 }
 
+/// A proxy to an echo server whose connections may be idle for 300 ms.
+async fn short_keep_alive(servers: &Servers) -> Proxy {
+    to_echo(
+        servers,
+        r#"timeout = { client = "1h", http_keep_alive = "300ms" }"#,
+    )
+    .await
+}
+
 /// An HTTP/2 connection with no stream in flight is closed `http_keep_alive` after its last
 /// stream ended, as an idle HTTP/1.1 one is: otherwise a client could hold a connection (and a
 /// place under `maxconn`) for ever. One that never sends a request is closed the same way.
 #[tokio::test]
 async fn an_idle_h2_connection_is_closed_after_http_keep_alive() {
     let servers = Servers::new();
-    let proxy = to_echo(
-        &servers,
-        r#"timeout = { client = "1h", http_keep_alive = "300ms" }"#,
-    )
-    .await;
+    let proxy = short_keep_alive(&servers).await;
     let limit = Duration::from_secs(10);
     let (mut sender, closed) = h2_connect(proxy.addr(), 65_535).await;
     let resp = sender.send_request(get(proxy.addr(), "/")).await.unwrap();
@@ -557,17 +562,12 @@ async fn frames_until_closed(tcp: &mut tokio::net::TcpStream, answer_pings: bool
 async fn an_idle_h2_connection_is_shut_down_with_goaway() {
     use tokio::io::AsyncWriteExt;
     let servers = Servers::new();
-    let proxy = to_echo(
-        &servers,
-        r#"timeout = { client = "1h", http_keep_alive = "300ms" }"#,
-    )
-    .await;
+    let proxy = short_keep_alive(&servers).await;
     let limit = Duration::from_secs(10);
 
     // One request on stream 1 (HPACK: GET, http, /, then :authority as a literal).
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let mut start = H2_PREFACE.to_vec();
-    start.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
+    let mut start = h2_start();
     start.extend(H2Frame::encode(
         H2Frame::HEADERS,
         0x5,
@@ -595,9 +595,7 @@ async fn an_idle_h2_connection_is_shut_down_with_goaway() {
 
     // No request, and the shutdown's PING left unanswered.
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let mut start = H2_PREFACE.to_vec();
-    start.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
-    tcp.write_all(&start).await.unwrap();
+    tcp.write_all(&h2_start()).await.unwrap();
     let frames = tokio::time::timeout(limit, frames_until_closed(&mut tcp, false))
         .await
         .expect("closed although it never answered");

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::{
-    Binary, H2_PREFACE, H2Frame, Proxy, Servers, assert_closed, config_file, field, get,
-    server_name, wait_until,
+    Binary, H2Frame, Proxy, Servers, assert_closed, config_file, field, get, h2_start, server_name,
+    wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -175,7 +175,7 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     let one = servers.echo("one").await;
     let (gated, mut arrived, gate) = servers.gated("gated").await;
     let (_dir, path) = config_file(&config("one", one, one, gated, ""));
-    let mut wasp = Binary::run(&path);
+    let wasp = Binary::run(&path);
     let addr = wasp.addr;
 
     let held = tokio::spawn(async move { get(&format!("http://{addr}/held")).await });
@@ -191,10 +191,7 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     gate.open(1);
     let (status, _, body) = held.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "gated\nreleased\n"));
-    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
-        .await
-        .unwrap();
-    assert_eq!(code, 0);
+    exits_0(wasp).await;
 }
 
 /// A keep-alive connection holding part of its next request head when the stop begins is not
@@ -210,7 +207,7 @@ async fn sigterm_serves_a_request_whose_head_is_arriving() {
         r#"timeout = { http_request = "300s", http_keep_alive = "300s" }"#,
         one,
     ));
-    let mut wasp = Binary::run(&path);
+    let wasp = Binary::run(&path);
     let connect = || tokio::net::TcpStream::connect(wasp.addr);
     let mut arriving = connect().await.unwrap();
     assert_eq!(ask(&mut arriving).await, "HTTP/1.1 200 OK");
@@ -243,10 +240,7 @@ async fn sigterm_serves_a_request_whose_head_is_arriving() {
     assert!(answer.contains("connection: close"), "{answer}");
     assert!(answer.contains("/second"), "{answer}");
     drop(third);
-    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
-        .await
-        .unwrap();
-    assert_eq!(code, 0);
+    exits_0(wasp).await;
 }
 
 /// The graceful stop sends an idle HTTP/2 client a GOAWAY and closes its connection, even when
@@ -262,11 +256,9 @@ async fn sigterm_closes_an_idle_h2_client_that_does_not_answer() {
         r#"timeout = { http_keep_alive = "300s" }"#,
         one,
     ));
-    let mut wasp = Binary::run(&path);
+    let wasp = Binary::run(&path);
     let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
-    let mut start = H2_PREFACE.to_vec();
-    start.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
-    tcp.write_all(&start).await.unwrap();
+    tcp.write_all(&h2_start()).await.unwrap();
     let settings = H2Frame::read(&mut tcp)
         .await
         .expect("the server's SETTINGS");
@@ -284,10 +276,7 @@ async fn sigterm_closes_an_idle_h2_client_that_does_not_answer() {
     .await;
     assert!(closed.is_ok(), "closed long before the grace period");
     assert_eq!(goaway.map(|g| g.1), Some(0), "a GOAWAY with NO_ERROR");
-    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
-        .await
-        .unwrap();
-    assert_eq!(code, 0);
+    exits_0(wasp).await;
 }
 
 /// A request still waiting for its server when the grace period ends is logged (status -1, as
@@ -297,7 +286,7 @@ async fn a_request_cut_at_the_end_of_the_grace_period_is_logged() {
     let servers = Servers::new();
     let (gated, mut arrived, _gate) = servers.gated("gated").await;
     let (_dir, path) = config_file(&one_backend(r#"grace = "200ms""#, "", gated));
-    let mut wasp = Binary::run(&path);
+    let wasp = Binary::run(&path);
     let addr = wasp.addr;
     let held = tokio::spawn(async move { get(&format!("http://{addr}/cut")).await });
     arrived
@@ -312,10 +301,7 @@ async fn a_request_cut_at_the_end_of_the_grace_period_is_logged() {
         line.contains("t_connect="),
         "the server was reached: {line}"
     );
-    let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
-        .await
-        .unwrap();
-    assert_eq!(code, 0);
+    exits_0(wasp).await;
     held.abort();
 }
 
@@ -326,7 +312,7 @@ async fn a_second_sigterm_stops_at_once() {
     let servers = Servers::new();
     let (gated, mut arrived, _gate) = servers.gated("gated").await;
     let (_dir, path) = config_file(&one_backend(r#"grace = "300s""#, "", gated));
-    let mut wasp = Binary::run(&path);
+    let wasp = Binary::run(&path);
     let addr = wasp.addr;
     let held = tokio::spawn(async move { get(&format!("http://{addr}/held")).await });
     arrived
@@ -339,11 +325,16 @@ async fn a_second_sigterm_stops_at_once() {
     wasp.wait_for("second stop signal", WAIT);
     let line = wasp.wait_for("/held", WAIT);
     assert_eq!(field(&line, "status"), "-1", "{line}");
+    exits_0(wasp).await;
+    held.abort();
+}
+
+/// Waits for the process to exit, and checks it exited 0.
+async fn exits_0(mut wasp: Binary) {
     let code = tokio::task::spawn_blocking(move || wasp.wait_exit(WAIT))
         .await
         .unwrap();
     assert_eq!(code, 0);
-    held.abort();
 }
 
 /// Two loopback ports nothing listens on (bound together, so distinct, then closed), on an
@@ -759,8 +750,7 @@ async fn by_default_an_http2_client_cannot_flood_the_log() {
     // Acknowledgements of PINGs the proxy never sent: the HTTP/2 library logs each one at
     // `warn`, 150 bytes of log for 17 sent, unless wasp's default filter keeps them out.
     let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
-    let mut flood = H2_PREFACE.to_vec();
-    flood.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
+    let mut flood = h2_start();
     for _ in 0..200 {
         flood.extend(H2Frame::encode(H2Frame::PING, 1, 0, &[0; 8]));
     }

@@ -658,7 +658,14 @@ pub fn server_state(
 }
 
 /// The HTTP/2 client connection preface.
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What an HTTP/2 client sends first: the preface and an empty SETTINGS frame.
+pub fn h2_start() -> Vec<u8> {
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]));
+    start
+}
 
 /// One HTTP/2 frame: its type, flags, stream and payload.
 #[derive(Debug)]
