@@ -212,7 +212,8 @@ pub struct ServerState {
     last_failure_log: AtomicU64,
     /// The latest active health check, if one ran.
     last_check: ArcSwapOption<CheckResult>,
-    /// When `health` last changed (or the state was created). Written on changes only.
+    /// When `health` or `admin` last changed (or the state was created). Written on changes
+    /// only.
     last_change: Mutex<Instant>,
     /// Woken when the admin state changes: a checker idle while the server is in maintenance
     /// checks it at once when it leaves.
@@ -323,16 +324,21 @@ impl ServerState {
         let changed = self.health.swap(code, Ordering::AcqRel) != code;
         if changed {
             self.observed_errors.store(0, Ordering::Relaxed);
-            *self
-                .last_change
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = now();
+            self.changed_now();
             self.backend.bump();
         }
         changed
     }
 
-    /// When the health last changed (the state's creation if it never did).
+    fn changed_now(&self) {
+        *self
+            .last_change
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = now();
+    }
+
+    /// When the status (health, or admin state) last changed (the state's creation if it
+    /// never did), as HAProxy's `lastchg`.
     pub fn last_change(&self) -> Instant {
         *self
             .last_change
@@ -396,6 +402,7 @@ impl ServerState {
         let code = admin_code(state);
         let changed = self.admin.swap(code, Ordering::AcqRel) != code;
         if changed {
+            self.changed_now();
             self.backend.bump();
             self.admin_changed.notify_waiters();
         }
@@ -646,6 +653,19 @@ pub(crate) mod tests {
             server: "s".into(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         }
+    }
+
+    /// The time of the last change follows the status the stats show: health, and admin state.
+    #[tokio::test(start_paused = true)]
+    async fn an_admin_change_is_a_change() {
+        let table = StateTable::new();
+        let s = table.server(key(1), &conf(1));
+        let created = s.last_change();
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert!(!s.set_admin(AdminState::Ready), "no change");
+        assert_eq!(s.last_change(), created);
+        assert!(s.set_admin(AdminState::Maint));
+        assert_eq!(s.last_change() - created, std::time::Duration::from_secs(5));
     }
 
     #[test]
