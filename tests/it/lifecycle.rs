@@ -194,6 +194,19 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
     exits_0(wasp).await;
 }
 
+/// wasp in front of an echo server with a grace period far longer than the test waits and
+/// these client `timeouts` (a TOML inline table's contents): only a stop that does not wait
+/// for the grace ends in time. The temporary folder holds the config.
+async fn long_stop(servers: &Servers, timeouts: &str) -> (Binary, tempfile::TempDir) {
+    let one = servers.echo("one").await;
+    let (dir, path) = config_file(&one_backend(
+        r#"grace = "300s""#,
+        &format!("timeout = {{ {timeouts} }}"),
+        one,
+    ));
+    (Binary::run(&path), dir)
+}
+
 /// A keep-alive connection holding part of its next request head when the stop begins is not
 /// idle: the request is served (with `Connection: close`), where hyper alone would close the
 /// connection and lose it. An idle connection beside it is closed.
@@ -201,13 +214,11 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
 async fn sigterm_serves_a_request_whose_head_is_arriving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let servers = Servers::new();
-    let one = servers.echo("one").await;
-    let (_dir, path) = config_file(&one_backend(
-        r#"grace = "300s""#,
-        r#"timeout = { http_request = "300s", http_keep_alive = "300s" }"#,
-        one,
-    ));
-    let wasp = Binary::run(&path);
+    let (wasp, _dir) = long_stop(
+        &servers,
+        r#"http_request = "300s", http_keep_alive = "300s""#,
+    )
+    .await;
     let connect = || tokio::net::TcpStream::connect(wasp.addr);
     let mut arriving = connect().await.unwrap();
     assert_eq!(ask(&mut arriving).await, "HTTP/1.1 200 OK");
@@ -250,13 +261,7 @@ async fn sigterm_serves_a_request_whose_head_is_arriving() {
 async fn sigterm_closes_an_idle_h2_client_that_does_not_answer() {
     use tokio::io::AsyncWriteExt;
     let servers = Servers::new();
-    let one = servers.echo("one").await;
-    let (_dir, path) = config_file(&one_backend(
-        r#"grace = "300s""#,
-        r#"timeout = { http_keep_alive = "300s" }"#,
-        one,
-    ));
-    let wasp = Binary::run(&path);
+    let (wasp, _dir) = long_stop(&servers, r#"http_keep_alive = "300s""#).await;
     let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
     tcp.write_all(&h2_start()).await.unwrap();
     let settings = H2Frame::read(&mut tcp)
