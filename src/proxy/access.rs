@@ -91,27 +91,7 @@ impl Record {
     fn server_name(&self) -> Option<&str> {
         Some(&self.backend()?.servers.get(self.server?)?.name)
     }
-}
 
-impl Finish for Record {
-    fn finish(mut self: Box<Self>, bytes: u64, complete: bool) {
-        self.done = true;
-        self.count_and_log(i32::from(self.status), bytes, complete);
-    }
-}
-
-impl Drop for Record {
-    /// A request dropped before its response started: counted (status class "other") and
-    /// logged with status -1.
-    fn drop(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.count_and_log(-1, 0, false);
-        }
-    }
-}
-
-impl Record {
     /// Counts the exchange (a negative status counts as class "other") and writes its line.
     fn count_and_log(&self, logged: i32, bytes: u64, complete: bool) {
         let status = u16::try_from(logged).unwrap_or(0);
@@ -146,5 +126,23 @@ impl Record {
             t_response = self.t_response.map(ms),
             t_total = ms(now - self.head_started.min(self.received)),
         );
+    }
+}
+
+impl Finish for Record {
+    fn finish(mut self: Box<Self>, bytes: u64, complete: bool) {
+        self.done = true;
+        self.count_and_log(i32::from(self.status), bytes, complete);
+    }
+}
+
+impl Drop for Record {
+    /// A request dropped before its response started: counted (status class "other") and
+    /// logged with status -1.
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.count_and_log(-1, 0, false);
+        }
     }
 }
