@@ -289,15 +289,7 @@ async fn sigterm_closes_an_idle_h2_client_that_does_not_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_cut_at_the_end_of_the_grace_period_is_logged() {
     let servers = Servers::new();
-    let (gated, mut arrived, _gate) = servers.gated("gated").await;
-    let (_dir, path) = config_file(&one_backend(r#"grace = "200ms""#, "", gated));
-    let wasp = Binary::run(&path);
-    let addr = wasp.addr;
-    let held = tokio::spawn(async move { get(&format!("http://{addr}/cut")).await });
-    arrived
-        .recv()
-        .await
-        .expect("the request reached its server");
+    let (wasp, _held) = held_request(&servers, r#"grace = "200ms""#, "/cut").await;
     wasp.signal("TERM");
     let line = wasp.wait_for("/cut", WAIT);
     assert_eq!(field(&line, "status"), "-1", "{line}");
@@ -307,7 +299,6 @@ async fn a_request_cut_at_the_end_of_the_grace_period_is_logged() {
         "the server was reached: {line}"
     );
     exits_0(wasp).await;
-    held.abort();
 }
 
 /// A second SIGTERM during the grace period stops at once (HAProxy's hard stop after a soft
@@ -315,15 +306,7 @@ async fn a_request_cut_at_the_end_of_the_grace_period_is_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_stops_at_once() {
     let servers = Servers::new();
-    let (gated, mut arrived, _gate) = servers.gated("gated").await;
-    let (_dir, path) = config_file(&one_backend(r#"grace = "300s""#, "", gated));
-    let wasp = Binary::run(&path);
-    let addr = wasp.addr;
-    let held = tokio::spawn(async move { get(&format!("http://{addr}/held")).await });
-    arrived
-        .recv()
-        .await
-        .expect("the request reached its server");
+    let (wasp, _held) = held_request(&servers, r#"grace = "300s""#, "/held").await;
     wasp.signal("TERM");
     wasp.wait_for("waiting for in-flight requests", WAIT);
     wasp.signal("TERM");
@@ -331,7 +314,39 @@ async fn a_second_sigterm_stops_at_once() {
     let line = wasp.wait_for("/held", WAIT);
     assert_eq!(field(&line, "status"), "-1", "{line}");
     exits_0(wasp).await;
-    held.abort();
+}
+
+/// A request to `path` that its server holds: the client waits until the value is dropped.
+struct Held {
+    client: tokio::task::JoinHandle<(http::StatusCode, http::HeaderMap, String)>,
+    _gate: crate::support::Gate,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.client.abort();
+    }
+}
+
+/// wasp with `global` in front of a server that holds every request, and one request to
+/// `path` that has reached that server.
+async fn held_request(servers: &Servers, global: &str, path: &str) -> (Binary, Held) {
+    let (gated, mut arrived, gate) = servers.gated("gated").await;
+    let (dir, config) = config_file(&one_backend(global, "", gated));
+    let wasp = Binary::run(&config);
+    let url = format!("http://{}{path}", wasp.addr);
+    let client = tokio::spawn(async move { get(&url).await });
+    arrived
+        .recv()
+        .await
+        .expect("the request reached its server");
+    let held = Held {
+        client,
+        _gate: gate,
+        _dir: dir,
+    };
+    (wasp, held)
 }
 
 /// Waits for the process to exit, and checks it exited 0.
