@@ -127,7 +127,7 @@ impl LeastConn {
                     weight,
                 };
                 // With equal weights none beats an idle server; with others a heavier busy
-                // one may (`less_loaded`).
+                // one may (`less_loaded_with_this_one`).
                 if UNIFORM && active == 0 {
                     return true;
                 }

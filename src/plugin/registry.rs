@@ -174,16 +174,20 @@ impl Plugin {
             .then_some(window)
     }
 
+    fn forget_costly_times(&self) {
+        self.costly_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Stops calling the plugin for [`SUSPEND_FOR`] after [`SUSPEND_AFTER`] costly faults,
     /// `how` close together.
     fn suspend(&self, role: PluginRole, how: &str) {
         let until = monotonic_ns().saturating_add(SUSPEND_FOR.as_nanos() as u64);
         self.suspended_until.store(until, Ordering::Relaxed);
         self.stats.suspensions.fetch_add(1, Ordering::Relaxed);
-        self.costly_times
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.forget_costly_times();
         let policy = self.on_error().name();
         tracing::warn!(
             plugin = &*self.name,
@@ -198,10 +202,7 @@ impl Plugin {
     /// A new version is called at once, whatever the last one did.
     fn resume(&self) {
         self.costly_streak.store(0, Ordering::Relaxed);
-        self.costly_times
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.forget_costly_times();
         self.suspended_until.store(0, Ordering::Relaxed);
     }
 

@@ -548,6 +548,21 @@ mod tests {
         (io, client, shared)
     }
 
+    /// [`after_reading`] the HTTP/2 connection preface.
+    async fn after_h2_preface() -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>) {
+        after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await
+    }
+
+    /// Reads whatever comes until a read fails; that error.
+    async fn read_until_error(io: &mut ClientIo<DuplexStream>) -> io::Error {
+        let mut buf = [0u8; 64];
+        loop {
+            if let Err(e) = io.read(&mut buf).await {
+                return e;
+            }
+        }
+    }
+
     /// [`after_reading`] a whole HTTP/1.1 request head.
     async fn after_a_request_head() -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>) {
         after_reading(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await
@@ -632,8 +647,7 @@ mod tests {
     #[test]
     fn h2_response_waiting_for_the_client_closes_the_connection_after_client() {
         paused(async {
-            let (mut io, _client, shared) =
-                after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let (mut io, _client, shared) = after_h2_preface().await;
             let mut buf = [0u8; 64];
             let _request = shared.begin_request();
             let waiting = shared.watch_stream();
@@ -665,9 +679,7 @@ mod tests {
     #[test]
     fn an_idle_h2_connection_closes_after_http_keep_alive_whatever_it_sends() {
         paused(async {
-            let (mut io, mut client, shared) =
-                after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-            let mut buf = [0u8; 64];
+            let (mut io, mut client, shared) = after_h2_preface().await;
             let request = shared.begin_request();
             // The response goes out while the stream is still open; the stream ends 7 s later,
             // in a task of its own, with nothing written on the connection then. The client
@@ -683,12 +695,7 @@ mod tests {
                 }
                 client
             });
-            let err = loop {
-                match io.read(&mut buf).await {
-                    Ok(_) => continue,
-                    Err(e) => break e,
-                }
-            };
+            let err = read_until_error(&mut io).await;
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
             assert!(shared.stop.stopping(), "a graceful shutdown was asked for");
             assert_eq!(
@@ -703,8 +710,7 @@ mod tests {
     #[test]
     fn an_idle_h2_connection_asks_for_its_graceful_shutdown_at_http_keep_alive() {
         paused(async {
-            let (mut io, _client, shared) =
-                after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let (mut io, _client, shared) = after_h2_preface().await;
             let mut buf = [0u8; 64];
             let start = Instant::now();
             let almost = Duration::from_secs(5) - Duration::from_millis(1);
@@ -726,9 +732,7 @@ mod tests {
     #[test]
     fn a_stopping_h2_connection_is_cut_the_grace_after_its_last_stream() {
         paused(async {
-            let (mut io, mut client, shared) =
-                after_reading(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-            let mut buf = [0u8; 64];
+            let (mut io, mut client, shared) = after_h2_preface().await;
             let request = shared.begin_request();
             let start = Instant::now();
             // The proxy's stop begins at 2 s with a stream in flight, which ends at 4 s; the
@@ -743,12 +747,7 @@ mod tests {
                 drop(request);
                 client
             });
-            let err = loop {
-                match io.read(&mut buf).await {
-                    Ok(_) => continue,
-                    Err(e) => break e,
-                }
-            };
+            let err = read_until_error(&mut io).await;
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
             assert_eq!(
                 start.elapsed(),

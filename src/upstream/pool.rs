@@ -181,8 +181,7 @@ impl Pools {
     /// Sends `req` to the server at `scheme://authority` (whose [`Pools::key`] is `key`) on
     /// the current worker's pool. An HTTP/1.1 request carries its target in origin form, an
     /// HTTP/2 one in absolute form. `connected` gets the timing of the connection the request
-    /// went out on, for the access log of a request that gets no answer (whose response
-    /// carries it otherwise).
+    /// went out on (the access log's `t_connect`), whether an answer comes or not.
     pub fn send<'a>(
         &'a self,
         key: usize,
