@@ -1,7 +1,8 @@
 //! The body of a response to the client: a server's response or a local answer, carrying the
 //! request's [`Finish`] hook so the access-log line is written when the response has been fully
 //! sent (or abandoned), with the bytes actually sent. Over HTTP/2 it also tells the connection
-//! when it waits for the client to take its data ([`StreamProgress`]).
+//! when it waits for the client to take its data ([`StreamProgress`]); over HTTP/1 a large
+//! response holds its data back while the client takes none ([`ConnShared::client_blocked`]).
 
 use std::fmt;
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::clock;
-use crate::proxy::client_io::StreamProgress;
+use crate::proxy::client_io::{ConnShared, StreamProgress};
 use crate::upstream::ResponseBody;
 use crate::upstream::body::{BodyError, IdleBody};
 
@@ -29,12 +30,19 @@ pub trait Finish: Send + 'static {
 /// read can be hundreds of KiB) is cut to it. One HTTP/2 frame's worth by default.
 const H2_PIECE: usize = 16 * 1024;
 
+/// An HTTP/1.1 response body longer than this (or of unknown length) waits while its client
+/// takes no data ([`ProxyBody::pace`]). A shorter one fits hyper's write buffer whole: there
+/// is nothing to hold back, and no reason to pay for the watch.
+const PACE_ABOVE: u64 = 16 * 1024;
+
 enum Kind {
     Local(Option<Bytes>),
     // Not boxed: it is `Unpin`, and a box would cost an allocation per response.
     Upstream(IdleBody<ResponseBody>),
     /// An HTTP/2 response: one of the above, watched.
     Http2(Box<Watched>),
+    /// A large HTTP/1 response: one of the above, paced by its client.
+    Paced(Box<Paced>),
     /// The body failed; the error is returned by the next poll ([`ProxyBody::poll_frame`]).
     Failed(Option<BodyError>),
 }
@@ -47,6 +55,12 @@ struct Watched {
     rest: Bytes,
 }
 
+/// An HTTP/1 response body and the connection whose client it waits for.
+struct Paced {
+    kind: Kind,
+    conn: Arc<ConnShared>,
+}
+
 impl Kind {
     #[inline]
     fn poll_frame(
@@ -57,6 +71,12 @@ impl Kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
             Kind::Http2(watched) => watched.poll_frame(cx),
+            Kind::Paced(paced) => {
+                if paced.conn.client_blocked(cx) {
+                    return Poll::Pending;
+                }
+                paced.kind.poll_frame(cx)
+            }
             Kind::Failed(error) => Poll::Ready(error.take().map(Err)),
         }
     }
@@ -67,6 +87,7 @@ impl Kind {
             Kind::Local(bytes) => bytes.is_none(),
             Kind::Upstream(body) => body.is_end_stream(),
             Kind::Http2(watched) => watched.rest.is_empty() && watched.kind.is_end_stream(),
+            Kind::Paced(paced) => paced.kind.is_end_stream(),
             Kind::Failed(_) => false,
         }
     }
@@ -76,6 +97,7 @@ impl Kind {
             Kind::Local(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Local(None) | Kind::Failed(_) => SizeHint::with_exact(0),
             Kind::Upstream(body) => body.size_hint(),
+            Kind::Paced(paced) => paced.kind.size_hint(),
             Kind::Http2(watched) => {
                 let inner = watched.kind.size_hint();
                 let rest = watched.rest.len() as u64;
@@ -172,6 +194,22 @@ impl ProxyBody {
         }));
     }
 
+    /// Makes this HTTP/1 response's body wait while the client of `conn` takes no data, if it
+    /// is a server's and longer than [`PACE_ABOVE`] (or of unknown length).
+    pub fn pace(&mut self, conn: &Arc<ConnShared>) {
+        let Kind::Upstream(body) = &self.kind else {
+            return;
+        };
+        if !worth_pacing(&body.size_hint()) {
+            return;
+        }
+        let kind = std::mem::replace(&mut self.kind, Kind::Local(None));
+        self.kind = Kind::Paced(Box::new(Paced {
+            kind,
+            conn: Arc::clone(conn),
+        }));
+    }
+
     /// The server's body failed (it closed after the head, sent a malformed chunk, went
     /// silent): the error waits one poll. hyper writes what it holds (the head, data not yet
     /// sent) only once the body waits; on an error at once it would drop it unsent, and a
@@ -193,6 +231,11 @@ impl ProxyBody {
             f.finish(self.sent, complete);
         }
     }
+}
+
+/// Whether a body of this size can hold more than hyper takes at once ([`PACE_ABOVE`]).
+fn worth_pacing(size: &SizeHint) -> bool {
+    size.exact().is_none_or(|n| n > PACE_ABOVE)
 }
 
 impl Body for ProxyBody {
@@ -237,5 +280,78 @@ impl Drop for ProxyBody {
         // local body that hyper never polled (e.g. HEAD) is complete all the same.
         let complete = self.is_end_stream();
         self.done(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, duplex};
+
+    use super::*;
+    use crate::proxy::client_io::{ClientIo, ClientTimeouts};
+
+    fn poll(body: &mut ProxyBody) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(body).poll_frame(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[test]
+    fn a_paced_body_hands_over_nothing_while_its_client_takes_no_data() {
+        crate::proxy::workers::runtime_builder()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(async {
+                let (server_end, mut client) = duplex(16);
+                let conn = Arc::new(ConnShared::default());
+                let timeouts = ClientTimeouts {
+                    client: Duration::from_secs(30),
+                    http_request: Duration::from_secs(10),
+                    http_keep_alive: Duration::from_secs(10),
+                };
+                let mut io = ClientIo::new(server_end, Arc::clone(&conn), timeouts, false);
+                let mut body = ProxyBody::local(Bytes::from_static(b"data"), None);
+                let kind = std::mem::replace(&mut body.kind, Kind::Local(None));
+                body.kind = Kind::Paced(Box::new(Paced {
+                    kind,
+                    conn: Arc::clone(&conn),
+                }));
+                // A write refused: the client takes no data.
+                io.write_all(&[0u8; 16]).await.unwrap();
+                let refused = std::future::poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut io).poll_write(cx, b"more").is_pending())
+                })
+                .await;
+                assert!(refused);
+                assert!(poll(&mut body).is_pending());
+                assert!(poll(&mut body).is_pending());
+                assert_eq!(body.sent, 0);
+                assert!(!body.is_end_stream());
+                // The client reads and a write goes through: the data comes.
+                let mut buf = [0u8; 16];
+                client.read_exact(&mut buf).await.unwrap();
+                io.write_all(b"more").await.unwrap();
+                let Poll::Ready(Some(Ok(frame))) = poll(&mut body) else {
+                    panic!("no data once the client reads");
+                };
+                assert_eq!(frame.into_data().unwrap(), "data");
+                assert!(body.is_end_stream());
+            });
+    }
+
+    #[test]
+    fn only_large_or_unsized_server_bodies_are_paced() {
+        assert!(!worth_pacing(&SizeHint::with_exact(0)));
+        assert!(!worth_pacing(&SizeHint::with_exact(PACE_ABOVE)));
+        assert!(worth_pacing(&SizeHint::with_exact(PACE_ABOVE + 1)));
+        assert!(worth_pacing(&SizeHint::new()), "chunked: of unknown length");
+        let conn = Arc::new(ConnShared::default());
+        let mut local = ProxyBody::local(Bytes::from(vec![0u8; 64 * 1024]), None);
+        local.pace(&conn);
+        assert!(
+            matches!(local.kind, Kind::Local(_)),
+            "a local answer is never paced"
+        );
     }
 }

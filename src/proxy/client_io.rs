@@ -19,7 +19,11 @@
 //!   send the final GOAWAY (the last stream it took) and close. A client that does not
 //!   answer, and has no stream in flight, is cut [`H2_GOAWAY_GRACE`] after the shutdown began,
 //!   whoever began it: an idle timeout here, or the proxy's graceful stop.
-//! - **Writing**: a client that accepts no bytes for `client` (a blocked write) is cut.
+//! - **Writing**: a client that accepts no bytes for `client` (a blocked write) is cut. While
+//!   an HTTP/1 client's socket refuses bytes, a large response's body hands hyper no more data
+//!   ([`ConnShared::client_blocked`]): what waits for a client that does not read is what
+//!   hyper already holds (one server read), not as much as its write buffer takes (64 KiB
+//!   more), and the server connection is not read meanwhile.
 //! - **HTTP/2 flow control**: a client can stop a response without ever blocking a write, by
 //!   granting no window: its stream just stops asking for data. Each HTTP/2 response body
 //!   reports when it handed data over and when more was asked for ([`StreamProgress`]); a
@@ -76,6 +80,10 @@ pub struct ConnShared {
     /// The connection's stop signal: an idle HTTP/2 connection asks for its own graceful
     /// shutdown with it.
     stop: StopHandle,
+    /// The socket refused the last write: the client is not taking data.
+    write_blocked: AtomicBool,
+    /// A response body waiting for the client to take data ([`Self::client_blocked`]).
+    writable: AtomicWaker,
 }
 
 impl Default for ConnShared {
@@ -97,6 +105,29 @@ impl ConnShared {
             streams: Mutex::default(),
             idle: AtomicWaker::new(),
             stop,
+            write_blocked: AtomicBool::new(false),
+            writable: AtomicWaker::new(),
+        }
+    }
+
+    /// Whether the client is not taking data (the socket refused the last write); if so, the
+    /// task of `cx` is woken when a write goes through again. A response body holds its data
+    /// back meanwhile: hyper would otherwise buffer up to 64 KiB more for a client that may
+    /// never read it, and a server read for each poll.
+    pub fn client_blocked(&self, cx: &Context<'_>) -> bool {
+        if !self.write_blocked.load(Ordering::Acquire) {
+            return false;
+        }
+        self.writable.register(cx.waker());
+        // A write may have gone through between the load and the registration.
+        self.write_blocked.load(Ordering::Acquire)
+    }
+
+    fn set_write_blocked(&self, blocked: bool) {
+        if blocked {
+            self.write_blocked.store(true, Ordering::Release);
+        } else if self.write_blocked.swap(false, Ordering::AcqRel) {
+            self.writable.wake();
         }
     }
 
@@ -458,7 +489,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
     ) -> Poll<io::Result<T>> {
         match res {
             Poll::Ready(r) => {
-                self.write_blocked_since = None;
+                if self.write_blocked_since.take().is_some() {
+                    self.shared.set_write_blocked(false);
+                }
                 if r.is_ok() {
                     let now = clock::recent();
                     // A response just went out: if it ended the last request in flight, the
@@ -471,7 +504,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let since = *self.write_blocked_since.get_or_insert_with(clock::recent);
+                let since = match self.write_blocked_since {
+                    Some(since) => since,
+                    None => {
+                        self.shared.set_write_blocked(true);
+                        *self.write_blocked_since.insert(clock::recent())
+                    }
+                };
                 if self
                     .write_timer
                     .poll_expired(since + self.timeouts.client, cx)
@@ -641,6 +680,45 @@ mod tests {
             let err = io.write_all(&[0u8; 1024]).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
             assert_eq!(start.elapsed(), Duration::from_secs(30));
+        });
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Woken(AtomicUsize);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_client_is_blocked_from_a_refused_write_until_a_write_goes_through() {
+        paused(async {
+            let (server_end, mut client) = duplex(16);
+            let shared = Arc::new(ConnShared::default());
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts(), false);
+            let woken = Arc::new(Woken::default());
+            let waker = std::task::Waker::from(Arc::clone(&woken));
+            let body = Context::from_waker(&waker);
+            assert!(!shared.client_blocked(&body));
+            // The client's buffer is full: the next write is refused.
+            io.write_all(&[0u8; 16]).await.unwrap();
+            assert!(!shared.client_blocked(&body));
+            let refused = std::future::poll_fn(|cx| {
+                Poll::Ready(Pin::new(&mut io).poll_write(cx, b"more").is_pending())
+            })
+            .await;
+            assert!(refused);
+            assert!(shared.client_blocked(&body));
+            assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+            // The client reads: the write goes through, and what waited for it is woken.
+            let mut buf = [0u8; 16];
+            client.read_exact(&mut buf).await.unwrap();
+            io.write_all(b"more").await.unwrap();
+            assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+            assert!(!shared.client_blocked(&body));
         });
     }
 

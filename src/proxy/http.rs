@@ -121,11 +121,13 @@ pub async fn serve(
 }
 
 /// An HTTP/2 response's body reports its progress to the connection's stall check
-/// (`client_io`); an HTTP/1 one is left as it is.
+/// (`client_io`); a large HTTP/1 one waits while its client takes no data.
 #[inline]
 fn watched(h2: bool, info: &ConnInfo, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     if h2 {
         resp.body_mut().watch(info.conn.watch_stream());
+    } else {
+        resp.body_mut().pace(&info.conn);
     }
     resp
 }

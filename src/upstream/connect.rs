@@ -12,7 +12,7 @@ use std::time::Duration;
 use hyper::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, Take};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -105,11 +105,11 @@ impl Connector {
             .map_err(|e| ConnectError::Tcp(e.into()))?
             .into_inner();
         let stream = match &self.tls {
-            None => Stream::Plain(tcp),
+            None => Stream::Plain(tcp.take(READ_PIECE)),
             Some(t) => {
                 let handshake = t.connector.connect(t.name.clone(), tcp);
                 match tokio::time::timeout_at(start + self.timeout, handshake).await {
-                    Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                    Ok(Ok(s)) => Stream::Tls(Box::new(s.take(READ_PIECE))),
                     Ok(Err(e)) => return Err(ConnectError::Tls(e)),
                     Err(_) => return Err(ConnectError::TlsTimeout(self.timeout)),
                 }
@@ -124,11 +124,27 @@ impl Connector {
     }
 }
 
-/// A connection to a server: plain TCP or TLS over TCP.
+/// The most one read from a server takes (HAProxy's buffers are 16 KiB). A read is what waits
+/// for a client that does not read its response (`client_io`), and what an idle pooled
+/// connection's buffer keeps: reads as large as the socket has ready (up to hyper's 64 KiB
+/// limit) held 366 KiB per such client against 91 (docs/benchmarks.md).
+const READ_PIECE: u64 = 32 * 1024;
+
+/// A connection to a server: plain TCP or TLS over TCP, read [`READ_PIECE`] at most at a time.
 #[derive(Debug)]
 pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(Take<TcpStream>),
+    Tls(Box<Take<TlsStream<TcpStream>>>),
+}
+
+/// One read of at most [`READ_PIECE`] bytes.
+fn read_piece<R: AsyncRead + Unpin>(
+    r: &mut Take<R>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    r.set_limit(READ_PIECE);
+    Pin::new(r).poll_read(cx, buf)
 }
 
 impl AsyncRead for Stream {
@@ -138,8 +154,8 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Plain(s) => read_piece(s, cx, buf),
+            Stream::Tls(s) => read_piece(s, cx, buf),
         }
     }
 }
@@ -151,22 +167,22 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Plain(s) => Pin::new(s.get_mut()).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Plain(s) => Pin::new(s.get_mut()).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Plain(s) => Pin::new(s.get_mut()).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_shutdown(cx),
         }
     }
 
@@ -176,15 +192,45 @@ impl AsyncWrite for Stream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Plain(s) => Pin::new(s.get_mut()).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Plain(s) => s.get_ref().is_write_vectored(),
+            Stream::Tls(s) => s.get_ref().is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_from_a_server_takes_one_piece_at_most() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let len = 3 * READ_PIECE as usize;
+        // Written at once where the socket's buffer takes it all, in its own task where not.
+        tokio::spawn(async move { server.write_all(&vec![b'x'; len]).await.unwrap() });
+        let mut stream = Stream::Plain(tcp.take(READ_PIECE));
+        let mut buf = vec![0u8; 4 * READ_PIECE as usize];
+        let mut total = 0;
+        while total < len {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0 && n <= READ_PIECE as usize, "read {n} bytes");
+            total += n;
+        }
+        // Each read is a fresh piece: the limit does not run down.
+        assert_eq!(total, len);
     }
 }

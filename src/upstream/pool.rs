@@ -90,8 +90,9 @@ impl UpstreamError {
     }
 }
 
-/// The most an HTTP/1.1 server connection reads at once (and the longest response head).
-const UPSTREAM_READ_MAX: usize = 64 * 1024;
+/// The longest response head an HTTP/1.1 server may send (each read takes 16 KiB at most:
+/// `connect::READ_PIECE`).
+const UPSTREAM_HEAD_MAX: usize = 64 * 1024;
 
 /// An idle HTTP/1.1 connection.
 struct Idle {
@@ -263,10 +264,8 @@ impl Pools {
         // larger writes; measured cheaper per request (docs/benchmarks.md).
         let (sender, conn) = http1::Builder::new()
             .writev(false)
-            // Reads of at most this much: a response read ahead of a slow client waits in
-            // the client's write buffer, so this bounds the memory each such client holds
-            // (hyper's default, about 400 KiB, let 1000 slow readers hold 0.8 GiB).
-            .max_buf_size(UPSTREAM_READ_MAX)
+            // hyper's default, about 400 KiB, is also how far its read buffer grows.
+            .max_buf_size(UPSTREAM_HEAD_MAX)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Handshake(e)))?;
