@@ -138,11 +138,16 @@ pub enum Stream {
 }
 
 /// One read of at most [`READ_PIECE`] bytes.
+#[inline]
 fn read_piece<R: AsyncRead + Unpin>(
     r: &mut Take<R>,
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
+    if buf.remaining() <= READ_PIECE as usize {
+        // The usual read (hyper asks for 8 KiB until responses are large): no limit to set.
+        return Pin::new(r.get_mut()).poll_read(cx, buf);
+    }
     r.set_limit(READ_PIECE);
     Pin::new(r).poll_read(cx, buf)
 }
