@@ -1,5 +1,6 @@
-//! Counting cost on the request path: what `access::Record::finish` adds per request (one
-//! request and response counted on a frontend and a backend, one response on a server), and
+//! Counting cost on the request path: what counting adds per request (the request counted on
+//! its frontend and backend as it is routed, the response on those and its server when it
+//! ends; the server's request is counted with its in-flight count), and
 //! what two workers pay when they count into their own shards vs into one shared one.
 //!
 //! Run: `cargo bench --bench counters` (`-- --quick` for a short run).
@@ -12,11 +13,13 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasp::counters::{Traffic, set_shard};
 
-/// One request's counting, as `Record::finish` does it.
+/// One request's counting, as `serve` and `Record::finish` do it.
 fn count_one(frontend: &Traffic, backend: &Traffic, server: &Traffic, i: u64) {
     let t = Some(Duration::from_micros(200 + (i & 1023)));
-    frontend.count_exchange(200, 0, 120, t);
-    backend.count_exchange(200, 0, 120, t);
+    frontend.count_request();
+    backend.count_request();
+    frontend.count_response(200, 0, 120, t);
+    backend.count_response(200, 0, 120, t);
     server.count_response(200, 0, 120, t);
 }
 

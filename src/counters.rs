@@ -129,8 +129,7 @@ impl Traffic {
         }
     }
 
-    /// Counts a request and its response at once (frontends and backends count both when the
-    /// response ends).
+    /// Counts a request and its response at once (a request hyper refused before wasp saw it).
     #[inline]
     pub fn count_exchange(
         &self,

@@ -92,19 +92,17 @@ impl Record {
         Some(&self.backend()?.servers.get(self.server?)?.name)
     }
 
-    /// Counts the exchange (a negative status counts as class "other") and writes its line.
+    /// Counts the response (a negative status counts as class "other": the request was counted
+    /// when it arrived, was routed and was sent) and writes its line.
     fn count_and_log(&self, logged: i32, bytes: u64, complete: bool) {
         let status = u16::try_from(logged).unwrap_or(0);
         let counted = [
             self.frontend_state().map(|f| &f.traffic),
             self.backend().map(|b| &b.state.traffic),
+            self.active.as_ref().map(|a| &a.server().traffic),
         ];
         for traffic in counted.into_iter().flatten() {
-            traffic.count_exchange(status, self.bytes_in, bytes, self.t_response);
-        }
-        if let Some(active) = &self.active {
-            let server = &active.server().traffic;
-            server.count_response(status, self.bytes_in, bytes, self.t_response);
+            traffic.count_response(status, self.bytes_in, bytes, self.t_response);
         }
         if !self.log {
             return;

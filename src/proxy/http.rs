@@ -104,6 +104,9 @@ pub async fn serve(
     };
     record.frontend = Some(index);
     let frontend = &snapshot.frontends[index];
+    // Requests are counted as they arrive (and by their backend once routed), as HAProxy
+    // counts sessions; the response when it ends (`access`).
+    frontend.state.traffic.count_request();
     let (backend, attempt, record) = match prepare(&snapshot, frontend, &info, req, record) {
         Prepared::Forward(backend, attempt, record) => (backend, attempt, record),
         Prepared::Answer(answer) => return Ok(watched(h2, &info, answer)),
@@ -218,7 +221,9 @@ fn prepare<'s>(
     let backend = match frontend.router.route(&view) {
         RouteDecision::Backend(i) => {
             record.backend = Some(i);
-            &snapshot.backends[i]
+            let backend = &snapshot.backends[i];
+            backend.state.traffic.count_request();
+            backend
         }
         RouteDecision::NoBackend => return Prepared::Answer(local(Failure::NoBackend, record)),
         RouteDecision::Respond(answer) => return Prepared::Answer(respond_direct(*answer, record)),

@@ -391,6 +391,64 @@ impl Metrics {
     }
 }
 
+/// As HAProxy counts sessions: a request is counted by its frontend, backend and server as it
+/// goes through them, its response when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_is_counted_everywhere_it_went_and_its_response_when_it_ends() {
+    let servers = Servers::new();
+    let (g, mut arrived, gate) = servers.gated("g").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [admin]
+        bind = "127.0.0.1:0"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        servers = [ {{ name = "g", addr = "{g}" }} ]
+        "#
+    ))
+    .await;
+    let addr = admin(&proxy).await;
+    let url = proxy.url("/held");
+    let held = tokio::spawn(async move { get(&url).await });
+    arrived.recv().await.expect("the request reaches g");
+
+    // (requests, 2xx responses) of the frontend, the backend and the server; the backend's and
+    // the server's session totals.
+    let counts = |s: &Value| {
+        let frontend = &s["frontends"][0]["traffic"];
+        let backend = &s["backends"][0];
+        let server = server(s, "app", "g");
+        (
+            [frontend, &backend["traffic"], &server["traffic"]]
+                .map(|t| (t["requests"].as_u64(), t["responses"]["2xx"].as_u64())),
+            backend["sessions"]["total"].as_u64(),
+            server["sessions"]["total"].as_u64(),
+        )
+    };
+    let in_flight = stats(addr).await;
+    assert_eq!(
+        counts(&in_flight),
+        ([(Some(1), Some(0)); 3], Some(1), Some(1)),
+        "{in_flight:#}"
+    );
+    gate.open(1);
+    let (status, _, _) = held.await.unwrap();
+    assert_eq!(status, 200);
+    let done = wait_stats(addr, "the response counted", |s| {
+        s["frontends"][0]["traffic"]["responses"]["2xx"] == 1
+    })
+    .await;
+    assert_eq!(
+        counts(&done),
+        ([(Some(1), Some(1)); 3], Some(1), Some(1)),
+        "{done:#}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
     let servers = Servers::new();
