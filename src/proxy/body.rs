@@ -285,12 +285,10 @@ impl Drop for ProxyBody {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::proxy::client_io::{ClientIo, ClientTimeouts};
+    use crate::proxy::client_io::tests::refusing_writes;
 
     fn poll(body: &mut ProxyBody) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         Pin::new(body).poll_frame(&mut Context::from_waker(std::task::Waker::noop()))
@@ -303,27 +301,10 @@ mod tests {
             .build()
             .unwrap()
             .block_on(async {
-                let (server_end, mut client) = duplex(16);
-                let conn = Arc::new(ConnShared::default());
-                let timeouts = ClientTimeouts {
-                    client: Duration::from_secs(30),
-                    http_request: Duration::from_secs(10),
-                    http_keep_alive: Duration::from_secs(10),
-                };
-                let mut io = ClientIo::new(server_end, Arc::clone(&conn), timeouts, false);
+                let (mut io, mut client, conn, _) = refusing_writes().await;
                 let mut body = ProxyBody::local(Bytes::from_static(b"data"), None);
                 let kind = std::mem::replace(&mut body.kind, Kind::Local(None));
-                body.kind = Kind::Paced(Box::new(Paced {
-                    kind,
-                    conn: Arc::clone(&conn),
-                }));
-                // A write refused: the client takes no data.
-                io.write_all(&[0u8; 16]).await.unwrap();
-                let refused = std::future::poll_fn(|cx| {
-                    Poll::Ready(Pin::new(&mut io).poll_write(cx, b"more").is_pending())
-                })
-                .await;
-                assert!(refused);
+                body.kind = Kind::Paced(Box::new(Paced { kind, conn }));
                 assert!(poll(&mut body).is_pending());
                 assert!(poll(&mut body).is_pending());
                 assert_eq!(body.sent, 0);

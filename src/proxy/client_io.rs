@@ -560,7 +560,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     use super::*;
@@ -693,24 +693,33 @@ mod tests {
         }
     }
 
+    /// A connection whose client has taken no data: the socket (16 bytes of buffer) is full,
+    /// and the last write was refused. With the client's end, the connection's shared state,
+    /// and whether that saw the client as blocked before the refused write (it must not).
+    pub(crate) async fn refusing_writes()
+    -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>, bool) {
+        let (server_end, client) = duplex(16);
+        let shared = Arc::new(ConnShared::default());
+        let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts(), false);
+        io.write_all(&[0u8; 16]).await.unwrap();
+        let noop = Context::from_waker(std::task::Waker::noop());
+        let blocked_before = shared.client_blocked(&noop);
+        let refused = std::future::poll_fn(|cx| {
+            Poll::Ready(Pin::new(&mut io).poll_write(cx, b"more").is_pending())
+        })
+        .await;
+        assert!(refused);
+        (io, client, shared, blocked_before)
+    }
+
     #[test]
     fn a_client_is_blocked_from_a_refused_write_until_a_write_goes_through() {
         paused(async {
-            let (server_end, mut client) = duplex(16);
-            let shared = Arc::new(ConnShared::default());
-            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts(), false);
+            let (mut io, mut client, shared, blocked_before) = refusing_writes().await;
+            assert!(!blocked_before, "the full socket took its last write");
             let woken = Arc::new(Woken::default());
             let waker = std::task::Waker::from(Arc::clone(&woken));
             let body = Context::from_waker(&waker);
-            assert!(!shared.client_blocked(&body));
-            // The client's buffer is full: the next write is refused.
-            io.write_all(&[0u8; 16]).await.unwrap();
-            assert!(!shared.client_blocked(&body));
-            let refused = std::future::poll_fn(|cx| {
-                Poll::Ready(Pin::new(&mut io).poll_write(cx, b"more").is_pending())
-            })
-            .await;
-            assert!(refused);
             assert!(shared.client_blocked(&body));
             assert_eq!(woken.0.load(Ordering::SeqCst), 0);
             // The client reads: the write goes through, and what waited for it is woken.

@@ -94,6 +94,23 @@ async fn shares(proxy: &Proxy, path: &str, requests: usize) -> HashMap<String, u
     seen
 }
 
+/// The admin listener, a frontend `web` and a backend `app` with the one server `g` at `g`.
+fn one_server(g: SocketAddr) -> String {
+    format!(
+        r#"
+        [global]
+        access_log = false
+        [admin]
+        bind = "127.0.0.1:0"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        servers = [ {{ name = "g", addr = "{g}" }} ]
+        "#
+    )
+}
+
 fn two_servers(a: SocketAddr, b: SocketAddr, extra: &str) -> String {
     format!(
         r#"
@@ -397,20 +414,7 @@ impl Metrics {
 async fn a_request_in_flight_is_counted_everywhere_it_went_and_its_response_when_it_ends() {
     let servers = Servers::new();
     let (g, mut arrived, gate) = servers.gated("g").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [global]
-        access_log = false
-        [admin]
-        bind = "127.0.0.1:0"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        [backend.app]
-        servers = [ {{ name = "g", addr = "{g}" }} ]
-        "#
-    ))
-    .await;
+    let proxy = Proxy::start(&one_server(g)).await;
     let addr = admin(&proxy).await;
     let url = proxy.url("/held");
     let held = tokio::spawn(async move { get(&url).await });
@@ -803,20 +807,7 @@ fn a_non_loopback_admin_bind_without_auth_is_refused() {
 async fn healthz_answers_503_while_draining() {
     let servers = Servers::new();
     let (g, mut arrived, gate) = servers.gated("g").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [global]
-        access_log = false
-        [admin]
-        bind = "127.0.0.1:0"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        [backend.app]
-        servers = [ {{ name = "g", addr = "{g}" }} ]
-        "#
-    ))
-    .await;
+    let proxy = Proxy::start(&one_server(g)).await;
     let addr = admin(&proxy).await;
     assert_eq!(call(addr, Method::GET, "/healthz", None).await.0, 200);
     let url = proxy.url("/");

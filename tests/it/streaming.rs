@@ -30,11 +30,9 @@ fn sample_peak(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_gib_up_and_down_with_bounded_memory() {
-    let servers = Servers::new();
-    let backend = servers.behaviour().await;
-    let (_dir, path) = config_file(&format!(
+/// wasp in front of the one server `backend` (and the config's directory, kept until dropped).
+fn in_front_of(backend: std::net::SocketAddr) -> (tempfile::TempDir, Binary) {
+    let (dir, path) = config_file(&format!(
         r#"
             [global]
             access_log = false
@@ -45,7 +43,14 @@ async fn one_gib_up_and_down_with_bounded_memory() {
             servers = [ {{ name = "b", addr = "{backend}" }} ]
             "#
     ));
-    let wasp = Binary::run(&path);
+    (dir, Binary::run(&path))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_up_and_down_with_bounded_memory() {
+    let servers = Servers::new();
+    let backend = servers.behaviour().await;
+    let (_dir, wasp) = in_front_of(backend);
     let client = streaming_client();
     // Warm up one request so that idle includes the pools and buffers every request needs.
     let warm = Request::get(format!("http://{}/bytes/1024", wasp.addr))
@@ -148,16 +153,7 @@ async fn a_client_that_stops_reading_gets_all_of_a_large_response_and_the_next_o
     use tokio::io::AsyncWriteExt;
     let servers = Servers::new();
     let backend = servers.behaviour().await;
-    let (_dir, path) = config_file(&format!(
-        r#"
-            [frontend.web]
-            bind = "127.0.0.1:0"
-            default_backend = "app"
-            [backend.app]
-            servers = [ {{ name = "b", addr = "{backend}" }} ]
-            "#
-    ));
-    let wasp = Binary::run(&path);
+    let (_dir, wasp) = in_front_of(backend);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut tcp = socket.connect(wasp.addr).await.unwrap();
