@@ -94,8 +94,9 @@ async fn shares(proxy: &Proxy, path: &str, requests: usize) -> HashMap<String, u
     seen
 }
 
-/// The admin listener, a frontend `web` and a backend `app` with the one server `g` at `g`.
-fn one_server(g: SocketAddr) -> String {
+/// The admin listener, a frontend `web` and a backend `app` with the one server `name` at
+/// `addr`.
+fn one_server(name: &str, addr: SocketAddr) -> String {
     format!(
         r#"
         [global]
@@ -106,7 +107,7 @@ fn one_server(g: SocketAddr) -> String {
         bind = "127.0.0.1:0"
         default_backend = "app"
         [backend.app]
-        servers = [ {{ name = "g", addr = "{g}" }} ]
+        servers = [ {{ name = "{name}", addr = "{addr}" }} ]
         "#
     )
 }
@@ -414,7 +415,7 @@ impl Metrics {
 async fn a_request_in_flight_is_counted_everywhere_it_went_and_its_response_when_it_ends() {
     let servers = Servers::new();
     let (g, mut arrived, gate) = servers.gated("g").await;
-    let proxy = Proxy::start(&one_server(g)).await;
+    let proxy = Proxy::start(&one_server("g", g)).await;
     let addr = admin(&proxy).await;
     let url = proxy.url("/held");
     let held = tokio::spawn(async move { get(&url).await });
@@ -551,20 +552,7 @@ async fn servers_added_and_removed_under_load_fail_no_request() {
         servers.echo("b").await,
         servers.echo("c").await,
     );
-    let proxy = Proxy::start(&format!(
-        r#"
-        [global]
-        access_log = false
-        [admin]
-        bind = "127.0.0.1:0"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        [backend.app]
-        servers = [ {{ name = "a", addr = "{a}" }} ]
-        "#
-    ))
-    .await;
+    let proxy = Proxy::start(&one_server("a", a)).await;
     let addr = admin(&proxy).await;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -807,7 +795,7 @@ fn a_non_loopback_admin_bind_without_auth_is_refused() {
 async fn healthz_answers_503_while_draining() {
     let servers = Servers::new();
     let (g, mut arrived, gate) = servers.gated("g").await;
-    let proxy = Proxy::start(&one_server(g)).await;
+    let proxy = Proxy::start(&one_server("g", g)).await;
     let addr = admin(&proxy).await;
     assert_eq!(call(addr, Method::GET, "/healthz", None).await.0, 200);
     let url = proxy.url("/");
