@@ -266,6 +266,9 @@ impl Pools {
             .writev(false)
             // hyper's default, about 400 KiB, is also how far its read buffer grows.
             .max_buf_size(UPSTREAM_HEAD_MAX)
+            // Exact: the read buffer's limit alone let a head arriving in large reads pass it
+            // by up to one read, on some connections and not others.
+            .max_header_size(UPSTREAM_HEAD_MAX)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Handshake(e)))?;

@@ -285,6 +285,113 @@ async fn oversized_head_is_431() {
     assert_eq!(raw_status(&ok), 200);
 }
 
+/// `lead` (a request or status line and headers, each line ending in CRLF), one filler
+/// header and the blank line: a head of exactly `len` bytes.
+fn head_of(lead: &str, len: usize) -> Vec<u8> {
+    let fill = len - lead.len() - "x-filler: \r\n\r\n".len();
+    format!("{lead}x-filler: {}\r\n\r\n", "y".repeat(fill)).into_bytes()
+}
+
+/// Sends `head` on `tcp` and reads one answer (up to its blank line and a `Content-Length`
+/// body); its status.
+async fn exchange(tcp: &mut TcpStream, head: &[u8]) -> u16 {
+    tcp.write_all(head).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if got.len() >= end + 4 + length {
+            return raw_status(&head);
+        }
+    }
+}
+
+/// A request head of exactly `max_header_size` bytes is served, on a new connection and on one
+/// that served a request before. (A longer one is a 431 once wasp has read `max_header_size`
+/// bytes of it without its end: `oversized_head_is_431`.)
+#[tokio::test]
+async fn a_request_head_may_be_max_header_size_long() {
+    let servers = Servers::new();
+    let proxy = to_echo(&servers, "").await;
+    let lead = "GET / HTTP/1.1\r\nHost: a\r\n";
+    let limit = 64 * 1024;
+    let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(exchange(&mut fresh, &head_of(lead, limit)).await, 200);
+    let mut used = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(exchange(&mut used, &head_of(lead, 100)).await, 200);
+    assert_eq!(exchange(&mut used, &head_of(lead, limit)).await, 200);
+}
+
+/// A server's response head may be 64 KiB long and not a byte more (502), on a new server
+/// connection and on a pooled one.
+#[tokio::test]
+async fn a_response_head_may_be_64_kib_long_and_not_a_byte_more() {
+    let servers = Servers::new();
+    let limit = 64 * 1024;
+    // `/big/N`: a head of N bytes; anything else a small answer.
+    let server = servers
+        .serve_each(|mut tcp| async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                got.drain(..end + 4);
+                let lead = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n";
+                let answer = match head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.strip_prefix("/big/"))
+                {
+                    Some(n) => head_of(lead, n.parse().unwrap()),
+                    None => head_of(lead, 100),
+                };
+                if tcp.write_all(&answer).await.is_err() || tcp.write_all(b"ok").await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "s", addr = "{server}" }}"#),
+        "",
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes();
+    for len in [limit, limit + 1] {
+        let want = if len == limit { 200 } else { 502 };
+        // A 502 closes the server connection: the next request makes a new one.
+        assert_eq!(
+            exchange(&mut tcp, &get(&format!("/big/{len}"))).await,
+            want,
+            "{len} bytes, new"
+        );
+        assert_eq!(exchange(&mut tcp, &get("/small")).await, 200);
+        assert_eq!(
+            exchange(&mut tcp, &get(&format!("/big/{len}"))).await,
+            want,
+            "{len} bytes, pooled"
+        );
+    }
+}
+
 #[tokio::test]
 async fn more_than_100_header_lines_is_431() {
     let servers = Servers::new();
