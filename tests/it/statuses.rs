@@ -368,21 +368,23 @@ async fn a_response_head_may_be_64_kib_long_and_not_a_byte_more() {
             }
         })
         .await;
-    let proxy = Proxy::start(&one_backend(
-        &format!(r#"{{ name = "s", addr = "{server}" }}"#),
-        "",
-    ))
-    .await;
-    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes();
     for len in [limit, limit + 1] {
         let want = if len == limit { 200 } else { 502 };
-        // A 502 closes the server connection: the next request makes a new one.
+        // A proxy of its own: its first request makes a new server connection.
+        let proxy = Proxy::start(&one_backend(
+            &format!(r#"{{ name = "s", addr = "{server}" }}"#),
+            "",
+        ))
+        .await;
+        let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(
             exchange(&mut tcp, &get(&format!("/big/{len}"))).await,
             want,
             "{len} bytes, new"
         );
+        // Served on a new server connection too when the 502 closed the last one; the next
+        // request goes out on the connection it leaves in the pool.
         assert_eq!(exchange(&mut tcp, &get("/small")).await, 200);
         assert_eq!(
             exchange(&mut tcp, &get(&format!("/big/{len}"))).await,
