@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, Take};
 use tokio::time::Instant;
 
 use crate::clock;
@@ -284,7 +284,8 @@ enum Phase {
 /// A client socket with the timeouts described in the module doc.
 #[derive(Debug)]
 pub struct ClientIo<IO> {
-    io: IO,
+    /// The socket; its read limit is only set for a read that must stop at `max_head`.
+    io: Take<IO>,
     shared: Arc<ConnShared>,
     timeouts: ClientTimeouts,
     proto: Proto,
@@ -300,14 +301,20 @@ pub struct ClientIo<IO> {
     shutdown_since: Option<Instant>,
     /// HTTP/1: a request head is arriving, and the stop signal is held for it.
     holding: bool,
+    /// HTTP/1: the longest request head (`max_header_size`). hyper refuses a head once its
+    /// buffer holds that many bytes without the head's end, but a read can take more than
+    /// that at once, and a head ending in it passed: reads stop at this many bytes of a head.
+    max_head: usize,
+    /// HTTP/1: the bytes of the current request head read so far.
+    head_read: usize,
 }
 
-impl<IO> ClientIo<IO> {
+impl<IO: AsyncRead> ClientIo<IO> {
     /// `h2`: HTTP/2 was agreed by ALPN (otherwise the first bytes tell).
     pub fn new(io: IO, shared: Arc<ConnShared>, timeouts: ClientTimeouts, h2: bool) -> Self {
         let now = shared.accepted;
         Self {
-            io,
+            io: io.take(u64::MAX),
             shared,
             timeouts,
             proto: if h2 { Proto::Http2 } else { Proto::Unknown },
@@ -323,11 +330,19 @@ impl<IO> ClientIo<IO> {
             stall_check: now,
             shutdown_since: None,
             holding: false,
+            max_head: usize::MAX,
+            head_read: 0,
         }
     }
 
+    /// Makes request heads longer than `max` bytes fail exactly there (HTTP/1).
+    pub fn max_head(mut self, max: usize) -> Self {
+        self.max_head = max;
+        self
+    }
+
     pub fn get_ref(&self) -> &IO {
-        &self.io
+        self.io.get_ref()
     }
 
     /// Keeps `phase` in step with the requests: a new request means its head was complete
@@ -343,6 +358,7 @@ impl<IO> ClientIo<IO> {
         if requests != self.seen_requests {
             self.seen_requests = requests;
             self.phase = if busy { Phase::InFlight } else { idle };
+            self.head_read = 0;
             if self.holding {
                 // The head arrived: a stop now finds a request in flight (hyper ends it with
                 // `Connection: close`), not an idle connection.
@@ -351,6 +367,7 @@ impl<IO> ClientIo<IO> {
             }
         } else if self.phase == Phase::InFlight && !busy {
             self.phase = idle;
+            self.head_read = 0;
         }
         if self.proto == Proto::Http2
             && self.shutdown_since.is_none()
@@ -387,6 +404,25 @@ impl<IO> ClientIo<IO> {
     }
 }
 
+impl<IO: AsyncRead> ClientIo<IO> {
+    /// How much the next read may take when it must stop short of `remaining` (the room in
+    /// the reader's buffer): the rest of `max_head` while an HTTP/1 head is arriving.
+    #[inline]
+    fn head_room(&mut self, remaining: usize) -> Option<usize> {
+        if self.max_head.saturating_sub(self.head_read) >= remaining {
+            return None;
+        }
+        // The phase may not know yet that the head was taken (a request is in flight).
+        self.sync_phase(clock::recent());
+        if self.proto == Proto::Http2 || !matches!(self.phase, Phase::AwaitingHead { .. }) {
+            return None;
+        }
+        // Nothing left: hyper, which holds the whole head so far, refuses it before reading.
+        let room = self.max_head.saturating_sub(self.head_read);
+        (room > 0 && room < remaining).then_some(room)
+    }
+}
+
 fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("client {what} timeout"))
 }
@@ -399,7 +435,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
+        let polled = match this.head_room(buf.remaining()) {
+            Some(room) => {
+                this.io.set_limit(room as u64);
+                Pin::new(&mut this.io).poll_read(cx, buf)
+            }
+            None => Pin::new(this.io.get_mut()).poll_read(cx, buf),
+        };
+        match polled {
             Poll::Ready(Ok(())) => {
                 let fresh = &buf.filled()[before..];
                 if fresh.is_empty() {
@@ -436,6 +479,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                     this.holding = true;
                     this.shared.stop.hold();
                 }
+                if this.proto != Proto::Http2 && matches!(this.phase, Phase::AwaitingHead { .. }) {
+                    this.head_read += fresh.len();
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -464,8 +510,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                     if this.proto != Proto::Http2 && (first || started) {
                         // Best effort: hyper is not writing while it waits for a head.
                         this.shared.timed_out_head.store(true, Ordering::Release);
-                        let _ = Pin::new(&mut this.io).poll_write(cx, RESPONSE_408);
-                        let _ = Pin::new(&mut this.io).poll_flush(cx);
+                        let _ = Pin::new(this.io.get_mut()).poll_write(cx, RESPONSE_408);
+                        let _ = Pin::new(this.io.get_mut()).poll_flush(cx);
                         return Poll::Ready(Err(timed_out("request")));
                     }
                     if this.proto == Proto::Http2 && this.shutdown_since.is_none() {
@@ -530,7 +576,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let res = Pin::new(&mut this.io).poll_write(cx, buf);
+        let res = Pin::new(this.io.get_mut()).poll_write(cx, buf);
         this.on_write(res, cx)
     }
 
@@ -540,22 +586,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let res = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        let res = Pin::new(this.io.get_mut()).poll_write_vectored(cx, bufs);
         this.on_write(res, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.io.get_ref().is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let res = Pin::new(&mut this.io).poll_flush(cx);
+        let res = Pin::new(this.io.get_mut()).poll_flush(cx);
         this.on_write(res, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        Pin::new(self.io.get_mut()).poll_shutdown(cx)
     }
 }
 

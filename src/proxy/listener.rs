@@ -335,12 +335,10 @@ impl Connection {
             proxy,
         } = self;
         let conn = Arc::new(ConnShared::new(watcher.stop_handle()));
-        let io = TokioIo::new(ClientIo::new(
-            io,
-            Arc::clone(&conn),
-            timeouts,
-            alpn == Alpn::H2,
-        ));
+        let io = TokioIo::new(
+            ClientIo::new(io, Arc::clone(&conn), timeouts, alpn == Alpn::H2)
+                .max_head(max_header_size),
+        );
         let info = Arc::new(ConnInfo {
             bind,
             client,
