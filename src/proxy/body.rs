@@ -186,12 +186,13 @@ impl ProxyBody {
 
     /// Makes this the body of an HTTP/2 response, whose progress `progress` reports.
     pub fn watch(&mut self, progress: Arc<StreamProgress>) {
-        let kind = std::mem::replace(&mut self.kind, Kind::Local(None));
-        self.kind = Kind::Http2(Box::new(Watched {
-            kind,
-            progress,
-            rest: Bytes::new(),
-        }));
+        self.wrap(|kind| {
+            Kind::Http2(Box::new(Watched {
+                kind,
+                progress,
+                rest: Bytes::new(),
+            }))
+        });
     }
 
     /// Makes this HTTP/1 response's body wait while the client of `conn` takes no data, if it
@@ -203,11 +204,18 @@ impl ProxyBody {
         if !worth_pacing(&body.size_hint()) {
             return;
         }
+        self.wrap(|kind| {
+            Kind::Paced(Box::new(Paced {
+                kind,
+                conn: Arc::clone(conn),
+            }))
+        });
+    }
+
+    /// Puts this body's kind inside another one, which `outer` makes of it.
+    fn wrap(&mut self, outer: impl FnOnce(Kind) -> Kind) {
         let kind = std::mem::replace(&mut self.kind, Kind::Local(None));
-        self.kind = Kind::Paced(Box::new(Paced {
-            kind,
-            conn: Arc::clone(conn),
-        }));
+        self.kind = outer(kind);
     }
 
     /// The server's body failed (it closed after the head, sent a malformed chunk, went
@@ -303,8 +311,7 @@ mod tests {
             .block_on(async {
                 let (mut io, mut client, conn, _) = refusing_writes().await;
                 let mut body = ProxyBody::local(Bytes::from_static(b"data"), None);
-                let kind = std::mem::replace(&mut body.kind, Kind::Local(None));
-                body.kind = Kind::Paced(Box::new(Paced { kind, conn }));
+                body.wrap(|kind| Kind::Paced(Box::new(Paced { kind, conn })));
                 assert!(poll(&mut body).is_pending());
                 assert!(poll(&mut body).is_pending());
                 assert_eq!(body.sent, 0);

@@ -48,6 +48,7 @@ use tokio::time::Instant;
 use crate::clock;
 use crate::proxy::graceful::StopHandle;
 use crate::proxy::timer::LazyTimer;
+use crate::upstream::connect::read_at_most;
 
 /// The bytes of an HTTP/1.1 408, written straight to the socket when a head times out.
 const RESPONSE_408: &[u8] =
@@ -405,7 +406,7 @@ impl<IO: AsyncRead> ClientIo<IO> {
 }
 
 impl<IO: AsyncRead> ClientIo<IO> {
-    /// How much the next read may take when it must stop short of `remaining` (the room in
+    /// How much the next read may take when that may be less than `remaining` (the room in
     /// the reader's buffer): the rest of `max_head` while an HTTP/1 head is arriving.
     #[inline]
     fn head_room(&mut self, remaining: usize) -> Option<usize> {
@@ -419,7 +420,7 @@ impl<IO: AsyncRead> ClientIo<IO> {
         }
         // Nothing left: hyper, which holds the whole head so far, refuses it before reading.
         let room = self.max_head.saturating_sub(self.head_read);
-        (room > 0 && room < remaining).then_some(room)
+        (room > 0).then_some(room)
     }
 }
 
@@ -435,14 +436,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        let polled = match this.head_room(buf.remaining()) {
-            Some(room) => {
-                this.io.set_limit(room as u64);
-                Pin::new(&mut this.io).poll_read(cx, buf)
-            }
-            None => Pin::new(this.io.get_mut()).poll_read(cx, buf),
-        };
-        match polled {
+        let max = this.head_room(buf.remaining()).unwrap_or(usize::MAX);
+        match read_at_most(&mut this.io, max, cx, buf) {
             Poll::Ready(Ok(())) => {
                 let fresh = &buf.filled()[before..];
                 if fresh.is_empty() {

@@ -105,11 +105,11 @@ impl Connector {
             .map_err(|e| ConnectError::Tcp(e.into()))?
             .into_inner();
         let stream = match &self.tls {
-            None => Stream::Plain(tcp.take(READ_PIECE)),
+            None => Stream::Plain(tcp.take(u64::MAX)),
             Some(t) => {
                 let handshake = t.connector.connect(t.name.clone(), tcp);
                 match tokio::time::timeout_at(start + self.timeout, handshake).await {
-                    Ok(Ok(s)) => Stream::Tls(Box::new(s.take(READ_PIECE))),
+                    Ok(Ok(s)) => Stream::Tls(Box::new(s.take(u64::MAX))),
                     Ok(Err(e)) => return Err(ConnectError::Tls(e)),
                     Err(_) => return Err(ConnectError::TlsTimeout(self.timeout)),
                 }
@@ -128,27 +128,30 @@ impl Connector {
 /// for a client that does not read its response (`client_io`), and what an idle pooled
 /// connection's buffer keeps: reads as large as the socket has ready (up to hyper's 64 KiB
 /// limit) held 366 KiB per such client against 91 (docs/benchmarks.md).
-const READ_PIECE: u64 = 32 * 1024;
+const READ_PIECE: usize = 32 * 1024;
 
-/// A connection to a server: plain TCP or TLS over TCP, read [`READ_PIECE`] at most at a time.
+/// A connection to a server: plain TCP or TLS over TCP, read [`READ_PIECE`] at most at a time
+/// (the `Take`'s limit is set for each read that needs it: [`read_at_most`]).
 #[derive(Debug)]
 pub enum Stream {
     Plain(Take<TcpStream>),
     Tls(Box<Take<TlsStream<TcpStream>>>),
 }
 
-/// One read of at most [`READ_PIECE`] bytes.
+/// One read of at most `max` bytes: through the [`Take`]'s limit only when `buf` has room for
+/// more, else straight from the reader (the usual small read costs nothing extra). Used for
+/// server reads ([`READ_PIECE`]) and for client reads that must stop at the head limit.
 #[inline]
-fn read_piece<R: AsyncRead + Unpin>(
+pub(crate) fn read_at_most<R: AsyncRead + Unpin>(
     r: &mut Take<R>,
+    max: usize,
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
-    if buf.remaining() <= READ_PIECE as usize {
-        // The usual read (hyper asks for 8 KiB until responses are large): no limit to set.
+    if buf.remaining() <= max {
         return Pin::new(r.get_mut()).poll_read(cx, buf);
     }
-    r.set_limit(READ_PIECE);
+    r.set_limit(max as u64);
     Pin::new(r).poll_read(cx, buf)
 }
 
@@ -159,8 +162,8 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => read_piece(s, cx, buf),
-            Stream::Tls(s) => read_piece(s, cx, buf),
+            Stream::Plain(s) => read_at_most(s, READ_PIECE, cx, buf),
+            Stream::Tls(s) => read_at_most(s, READ_PIECE, cx, buf),
         }
     }
 }
@@ -224,15 +227,15 @@ mod tests {
             .await
             .unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
-        let len = 3 * READ_PIECE as usize;
+        let len = 3 * READ_PIECE;
         // Written at once where the socket's buffer takes it all, in its own task where not.
         tokio::spawn(async move { server.write_all(&vec![b'x'; len]).await.unwrap() });
-        let mut stream = Stream::Plain(tcp.take(READ_PIECE));
-        let mut buf = vec![0u8; 4 * READ_PIECE as usize];
+        let mut stream = Stream::Plain(tcp.take(u64::MAX));
+        let mut buf = vec![0u8; 4 * READ_PIECE];
         let mut total = 0;
         while total < len {
             let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0 && n <= READ_PIECE as usize, "read {n} bytes");
+            assert!(n > 0 && n <= READ_PIECE, "read {n} bytes");
             total += n;
         }
         // Each read is a fresh piece: the limit does not run down.
