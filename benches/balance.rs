@@ -86,7 +86,7 @@ impl Req {
             scheme: "http",
             host: "shop.example.com",
             path: &self.path,
-            query: &self.query,
+            query: Some(&self.query),
             headers: &self.headers,
             client: self.client,
             local_port: 80,

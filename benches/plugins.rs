@@ -62,7 +62,7 @@ impl Req {
             scheme: "http",
             host: "shop.example.com",
             path,
-            query: "",
+            query: None,
             headers: &self.headers,
             client: self.client,
             local_port: 80,

@@ -76,7 +76,7 @@ impl Req {
             scheme: "http",
             host: &self.host,
             path: &self.path,
-            query: &self.query,
+            query: Some(&self.query),
             headers: &self.headers,
             client: self.client,
             local_port: 80,

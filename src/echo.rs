@@ -23,7 +23,8 @@ pub struct Echo<'a> {
     pub server: &'a str,
     pub method: &'a str,
     pub path: &'a str,
-    pub query: &'a str,
+    /// After the first `?`; `None` (JSON `null`) when the target had none.
+    pub query: Option<&'a str>,
     pub version: String,
     /// In arrival order; a JSON object (a repeated header's values joined with `, `).
     #[serde(serialize_with = "headers_as_object")]
@@ -56,9 +57,9 @@ fn headers_as_object<S: serde::Serializer>(
 impl Echo<'_> {
     fn text(&self) -> String {
         let mut out = format!("{}\n{} {}", self.server, self.method, self.path);
-        if !self.query.is_empty() {
+        if let Some(query) = self.query {
             out.push('?');
-            out.push_str(self.query);
+            out.push_str(query);
         }
         out.push(' ');
         out.push_str(&self.version);
@@ -127,7 +128,7 @@ async fn answer(
         server: &name,
         method: parts.method.as_str(),
         path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
+        query: parts.uri.query(),
         version: format!("{:?}", parts.version),
         headers: parts
             .headers

@@ -134,7 +134,7 @@ impl Req {
             scheme: "http",
             host: "example.com",
             path: &self.path,
-            query: &self.query,
+            query: Some(&self.query),
             headers: &self.headers,
             client: self.client,
             local_port: 80,

@@ -26,9 +26,9 @@ impl Uri {
     fn key(&self, req: &RequestView<'_>) -> u64 {
         let mut h = KeyHasher::new();
         h.write(req.path.as_bytes());
-        if self.whole && !req.query.is_empty() {
+        if let Some(query) = req.query.filter(|q| self.whole && !q.is_empty()) {
             h.write(b"?");
-            h.write(req.query.as_bytes());
+            h.write(query.as_bytes());
         }
         h.finish()
     }

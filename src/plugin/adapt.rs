@@ -63,7 +63,7 @@ pub fn with_request<R>(v: &RequestView<'_>, f: impl FnOnce(wit::Request<'_>) -> 
         scheme: v.scheme,
         host: v.host,
         path: v.path,
-        query: v.query,
+        query: v.query.unwrap_or(""),
         headers: &headers,
         client_ip,
         client_port: v.client.port(),

@@ -129,7 +129,7 @@ fn path_router_and_acl_rules_route_lab2_alike() {
             scheme: "http",
             host: "example.com",
             path,
-            query: "",
+            query: None,
             headers: &headers,
             client: ([127, 0, 0, 1], 5000).into(),
             local_port: 80,

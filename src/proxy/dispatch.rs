@@ -172,7 +172,7 @@ pub(crate) async fn dispatch(
             scheme: info.scheme,
             host: host.as_deref().unwrap_or(""),
             path: attempt.path_and_query.path(),
-            query: attempt.path_and_query.query().unwrap_or(""),
+            query: attempt.path_and_query.query(),
             headers: &headers,
             client: info.client,
             local_port: info.local_port,

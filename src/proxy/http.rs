@@ -195,7 +195,7 @@ fn prepare<'s>(
         },
     };
     let host = authority.as_ref().map(canon::host);
-    let query = parts.uri.query().unwrap_or("");
+    let query = parts.uri.query();
     if frontend.redirect == Some(Redirect::Https) && info.scheme == "http" {
         return Prepared::Answer(to_https(
             &parts.method,
@@ -242,10 +242,9 @@ fn prepare<'s>(
             if record.log {
                 record.path.clone_from(normal);
             }
-            let text = if query.is_empty() {
-                normal.clone()
-            } else {
-                format!("{normal}?{query}")
+            let text = match query {
+                None => normal.clone(),
+                Some(query) => format!("{normal}?{query}"),
             };
             match PathAndQuery::try_from(text) {
                 Ok(pq) => pq,
@@ -317,14 +316,14 @@ fn to_https(
     method: &Method,
     host: Option<&str>,
     path: &str,
-    query: &str,
+    query: Option<&str>,
     mut record: Box<Record>,
 ) -> Response<ProxyBody> {
     let Some(host) = host.filter(|h| !h.is_empty()) else {
         return local(Failure::BadRequest, record);
     };
     let mut location = format!("https://{host}{path}");
-    if !query.is_empty() {
+    if let Some(query) = query {
         location.push('?');
         location.push_str(query);
     }

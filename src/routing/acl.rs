@@ -13,19 +13,20 @@
 //! - `hdr(host)` reads the Host header as sent (with its port, if any); when the request has no
 //!   Host header (HTTP/2 carries `:authority`) it falls back to the canonical host. Host names
 //!   are case-insensitive, so `host` and `hdr(host)` always compare without case.
-//! - `url_param(name)` yields the value of every `name=value` in the query, split on `&`,
-//!   without percent-decoding; `name` without `=` is absent, `name=` is an empty value.
+//! - `query` is what follows the first `?`: absent without one, empty after a bare `?`.
+//! - `url_param(name)` yields the value of every `name=value` in the query, split on `&`, `;`
+//!   and `?` as in HAProxy, without percent-decoding; `name` without `=` is absent, `name=` is an empty value.
 //! - `src` is the client address; an IPv4-mapped IPv6 client (`::ffff:a.b.c.d`) is matched as
 //!   the IPv4 address it carries.
 //! - An absent sample (no such header or parameter) makes the ACL false, even for `-m len 0`.
 
 use std::cmp::Ordering;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use http::HeaderName;
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
-use crate::config::acl::{AclSpec, AclTest, Fetch, IpNet, MatchMethod, Pattern};
+use crate::config::acl::{AclSpec, AclTest, Fetch, IpNet, MatchMethod, Pattern, sample_ip};
 use crate::routing::{ConnView, RequestView};
 
 /// Above this many literal patterns, `sub` uses one automaton instead of a loop.
@@ -108,7 +109,7 @@ impl CompiledTest {
 #[inline(never)]
 fn src_in(client: SocketAddr, nets: &[IpNet]) -> bool {
     let ip = client.ip().to_canonical();
-    nets.iter().any(|n| n.contains_canonical(ip))
+    nets.iter().any(|n| n.matches_sample(ip))
 }
 
 fn in_ranges(ranges: &[(u64, u64)], n: u64) -> bool {
@@ -170,9 +171,9 @@ impl Sample {
     fn any(&self, req: &RequestView<'_>, mut f: impl FnMut(&[u8]) -> bool) -> bool {
         match self {
             Self::Path => f(req.path.as_bytes()),
-            // No query string (or an empty one) and no host are absent samples, so that
-            // `-m found` means something: HAProxy has no sample without a `?` or a Host.
-            Self::Query => !req.query.is_empty() && f(req.query.as_bytes()),
+            // As HAProxy's `query`: absent without a `?`, empty after a bare one (`/x?`). No
+            // host (HTTP/1.0 without Host) is an absent sample too.
+            Self::Query => req.query.is_some_and(|q| f(q.as_bytes())),
             Self::Host => !req.host.is_empty() && f(req.host.as_bytes()),
             Self::Method => f(req.method.as_str().as_bytes()),
             Self::Sni => !req.sni.is_empty() && f(req.sni.as_bytes()),
@@ -184,14 +185,22 @@ impl Sample {
                 occurrence,
                 host_fallback,
             } => any_header(req, name, *split, *occurrence, *host_fallback, f),
-            Self::UrlParam(name) => req.query.as_bytes().split(|&b| b == b'&').any(|param| {
-                param.len() > name.len()
-                    && param[name.len()] == b'='
-                    && param.starts_with(name)
-                    && f(&param[name.len() + 1..])
+            Self::UrlParam(name) => req.query.is_some_and(|q| {
+                q.as_bytes().split(|&b| is_param_delimiter(b)).any(|param| {
+                    param.len() > name.len()
+                        && param[name.len()] == b'='
+                        && param.starts_with(name)
+                        && f(&param[name.len() + 1..])
+                })
             }),
         }
     }
+}
+
+/// What ends a query parameter for `url_param`: HAProxy's `&` and `;`, and its default
+/// delimiter `?` (`/u?a=1?q=2` has a parameter `q`).
+fn is_param_delimiter(b: u8) -> bool {
+    matches!(b, b'&' | b';' | b'?')
 }
 
 /// `Sample::any` for headers, kept out of line so the common path/host tests stay small.
@@ -405,10 +414,9 @@ impl Matcher {
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
                 .is_some_and(|n| in_ranges(ranges, n)),
-            Self::Ip(nets) => std::str::from_utf8(value)
-                .ok()
-                .and_then(|s| s.parse::<IpAddr>().ok())
-                .is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
+            Self::Ip(nets) => {
+                sample_ip(value).is_some_and(|ip| nets.iter().any(|n| n.matches_sample(ip)))
+            }
         }
     }
 }
@@ -574,7 +582,7 @@ mod tests {
         method: Method,
         host: &'static str,
         path: &'static str,
-        query: &'static str,
+        query: Option<&'static str>,
         headers: HeaderMap,
         client: SocketAddr,
         sni: &'static str,
@@ -586,7 +594,7 @@ mod tests {
                 method: Method::GET,
                 host: "example.com",
                 path,
-                query: "",
+                query: None,
                 headers: HeaderMap::new(),
                 client: "192.0.2.10:40000".parse().unwrap(),
                 sni: "",
@@ -638,7 +646,7 @@ mod tests {
 
     fn with_query(text: &str, query: &'static str) -> bool {
         let req = Req {
-            query,
+            query: Some(query),
             ..Req::new("/")
         };
         acl(text).matches(&req.view())
@@ -809,12 +817,18 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_query_or_host_is_not_found() {
+    fn no_query_or_host_is_not_found_but_an_empty_query_is() {
         let query = acl("query -m found");
+        let empty = acl("query -m len 0");
         let mut r = Req::new("/");
         assert!(!query.matches(&r.view()), "no query string");
-        r.query = "a=1";
+        assert!(!empty.matches(&r.view()), "no query string");
+        r.query = Some("");
+        assert!(query.matches(&r.view()), "a bare '?'");
+        assert!(empty.matches(&r.view()), "a bare '?'");
+        r.query = Some("a=1");
         assert!(query.matches(&r.view()));
+        assert!(!empty.matches(&r.view()));
         let host = acl("host -m found");
         r.host = "";
         assert!(!host.matches(&r.view()), "HTTP/1.0 without Host");
@@ -958,6 +972,31 @@ mod tests {
             "hdr(x-real-ip) -m ip ::1",
             &[("x-real-ip", "::1")]
         ));
+        // As HAProxy reads addresses: a port (or anything not a digit or dot) may follow an
+        // IPv4 address, leading zeros are decimal; an IPv6 address must be whole.
+        let ip = |value| with_headers("hdr_ip(x-ip) 10.0.0.0/8", &[("x-ip", value)]);
+        for value in ["10.1.2.3:80", "010.1.2.3", "10.1.2.3abc", "::ffff:10.1.2.3"] {
+            assert!(ip(value), "{value}");
+        }
+        for value in [
+            "10.1.2",
+            "10.1.2.3.4",
+            "10.1.2.256",
+            "1O.1.2.3",
+            "",
+            "10..2.3",
+            "::1",
+        ] {
+            assert!(!ip(value), "{value}");
+        }
+        assert!(with_headers(
+            "hdr_ip(x-ip) 2001:db8::/32",
+            &[("x-ip", "2001:db8::7")]
+        ));
+        assert!(!with_headers(
+            "hdr_ip(x-ip) 2001:db8::/32",
+            &[("x-ip", "2001:db8::7:80x")]
+        ));
     }
 
     #[test]
@@ -997,6 +1036,15 @@ mod tests {
         assert!(with_query("urlp_beg(lang) -i EN", "lang=en-GB"));
         // Names are case-sensitive, as in HAProxy.
         assert!(!with_query("urlp(ID) 1", "id=1"));
+        // ';' and '?' end a parameter too, as in HAProxy.
+        assert!(with_query("urlp(q) abc", "x=1;q=abc"));
+        assert!(with_query("urlp(q) abc", "q=abc;x=1"));
+        assert!(with_query("urlp(q) abc", "?q=abc"));
+        assert!(with_query("urlp(q) abc", "q=abc?q=z"));
+        assert!(with_query("urlp(q) z", "q=abc?q=z"));
+        assert!(!with_query("urlp(q) abc;x=1", "q=abc;x=1"));
+        assert!(!with_query("urlp(q) -m found", "a=1"));
+        assert!(!acl("urlp(q) -m found").matches(&Req::new("/").view()));
     }
 
     #[test]
@@ -1011,6 +1059,17 @@ mod tests {
         assert!(!from("src 10.0.0.0/8", "[::1]:5000"));
         assert!(from("src ::1 127.0.0.1", "[::1]:5000"));
         assert!(from("src -m found", "[::1]:5000"));
+        // Across families, as HAProxy matches: an IPv4 client is ::ffff:a.b.c.d to an IPv6
+        // network; an IPv6 client carrying an IPv4 address (IPv4-compatible, 6to4) is that
+        // address to an IPv4 network.
+        assert!(from("src ::/0", "10.1.2.3:5000"));
+        assert!(from("src ::ffff:0:0/96", "10.1.2.3:5000"));
+        assert!(!from("src 2001:db8::/32", "10.1.2.3:5000"));
+        assert!(from("src 10.1.0.0/16", "[::10.1.2.3]:5000"));
+        assert!(from("src 10.1.0.0/16", "[2002:a01:203::1]:5000"));
+        assert!(!from("src 10.2.0.0/16", "[2002:a01:203::1]:5000"));
+        assert!(from("src 0.0.0.0/0", "[::1]:5000"));
+        assert!(!from("src 0.0.0.0/0", "[2001:db8::1]:5000"));
     }
 
     #[test]

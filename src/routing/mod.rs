@@ -28,8 +28,9 @@ pub struct RequestView<'a> {
     pub host: &'a str,
     /// Normalised path, always starting with `/`.
     pub path: &'a str,
-    /// Raw query string without the `?`; empty when absent.
-    pub query: &'a str,
+    /// Raw query string after the first `?`, without it; `None` when the target has no `?`
+    /// (`/x?` has an empty one, as in HAProxy's `query` fetch).
+    pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub client: SocketAddr,
     /// The port the client connected to (HAProxy's `dst_port`).
@@ -68,7 +69,7 @@ impl<'a> ConnView<'a> {
             scheme: "tcp",
             host: name,
             path: "/",
-            query: "",
+            query: None,
             headers: no_headers,
             client: self.client,
             local_port: self.local.port(),

@@ -335,7 +335,7 @@ mod tests {
             scheme: "http",
             host: "example.com",
             path,
-            query: "",
+            query: None,
             headers: &headers,
             client,
             local_port: 80,

@@ -111,6 +111,58 @@ async fn hdr_host_routes_on_the_host_the_server_gets() {
 }
 
 #[tokio::test]
+async fn query_and_url_param_route_as_in_haproxy_and_the_server_gets_the_target() {
+    let servers = Servers::new();
+    let (plain, query, param) = (
+        servers.echo("plain").await,
+        servers.echo("query").await,
+        servers.echo("param").await,
+    );
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "plain"
+        acl = {{ q_abc = "urlp(q) abc", has_query = "query -m found" }}
+        use_backend = [
+          {{ backend = "param", if = "q_abc" }},
+          {{ backend = "query", if = "has_query" }},
+        ]
+
+        [backend.plain]
+        servers = [ {{ name = "plain", addr = "{plain}" }} ]
+        [backend.query]
+        servers = [ {{ name = "query", addr = "{query}" }} ]
+        [backend.param]
+        servers = [ {{ name = "param", addr = "{param}" }} ]
+        "#
+    ))
+    .await;
+    // A bare `?` is an empty query (found), no `?` none; `;` and `?` end a parameter. The
+    // server gets the target as normalised, its query as sent.
+    for (target, expect, forwarded) in [
+        ("/x", "plain", "GET /x "),
+        ("/x?", "query", "GET /x? "),
+        ("/a/../x?", "query", "GET /x? "),
+        ("/x?q=abcd", "query", "GET /x?q=abcd "),
+        ("/u?x=1;q=abc", "param", "GET /u?x=1;q=abc "),
+        ("/u??q=abc", "param", "GET /u??q=abc "),
+        ("/u?q=z?q=abc", "param", "GET /u?q=z?q=abc "),
+    ] {
+        let answer = raw(
+            proxy.addr(),
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            WAIT,
+        )
+        .await;
+        assert_eq!(raw_status(&answer), 200, "{target}: {answer}");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(server_name(body), expect, "{target}: {answer}");
+        assert!(body.contains(forwarded), "{target}: {answer}");
+    }
+}
+
+#[tokio::test]
 async fn targets_and_hosts_that_name_no_one_place_are_400() {
     let servers = Servers::new();
     let proxy = to_echo(&servers, "").await;
