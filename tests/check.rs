@@ -335,9 +335,15 @@ fn undefined_acl() {
             r#"    = help: did you mean "is_basket"?"#,
             r#"undefined_acl.toml:8:41: error: frontend.web.use_backend[1].unless: unknown acl "missing""#,
             r#"    = help: acls in this frontend: "is_item", "is_basket""#,
-            r#"undefined_acl.toml:13:41: error: frontend.bare.use_backend[0].if: unknown acl "is_item""#,
+            r#"undefined_acl.toml:10:30: error: frontend.web.use_backend[2].if: unknown fetch "pth""#,
+            r#"    = help: did you mean "path"?"#,
+            r#"undefined_acl.toml:10:49: error: frontend.web.use_backend[2].if: missing pattern after "path_beg""#,
+            r#"    = help: write FETCH PATTERN..., e.g. "path_beg /api""#,
+            r#"undefined_acl.toml:10:52: error: frontend.web.use_backend[2].if: unknown acl "is_itm""#,
+            r#"    = help: did you mean "is_item"?"#,
+            r#"undefined_acl.toml:15:41: error: frontend.bare.use_backend[0].if: unknown acl "is_item""#,
             r#"    = help: this frontend defines no acls; add acl = { NAME = "FETCH PATTERN" }"#,
-            r#"check: 3 errors"#,
+            r#"check: 6 errors"#,
         ],
     );
 }
@@ -386,7 +392,8 @@ fn empty_backend() {
     );
 }
 
-/// Two sections on one address, reported at the second.
+/// Two sections on one address, reported at the second; a bind whose other settings are
+/// invalid counts too.
 #[test]
 fn bind_conflict() {
     expect(
@@ -397,7 +404,15 @@ fn bind_conflict() {
             r#"    = help: first bound at frontend.a.bind[0]"#,
             r#"bind_conflict.toml:14:9: error: frontend.c.bind[0]: address 0.0.0.0:8404 overlaps 127.0.0.1:8404 bound by [admin]"#,
             r#"    = help: first bound at admin.bind"#,
-            r#"check: 2 errors"#,
+            r#"bind_conflict.toml:19:17: error: frontend.d.bind.addr: address 127.0.0.1:8080 is already bound by frontend "a""#,
+            r#"    = help: first bound at frontend.a.bind[0]"#,
+            r#"bind_conflict.toml:19:66: error: frontend.d.bind.accept_proxy[1]: invalid address or cidr "300.0.0.1""#,
+            r#"    = help: e.g. 10.0.0.1, 10.0.0.0/8, 10.0.0.0/255.0.0.0, ::1 or 2001:db8::/32"#,
+            r#"bind_conflict.toml:23:27: error: frontend.e.bind[1].addr: duplicate bind address 0.0.0.0:9090"#,
+            r#"    = help: already bound by frontend.e.bind[0]"#,
+            r#"bind_conflict.toml:23:51: error: frontend.e.bind[1].tls.cert: missing.pem: cannot read: No such file or directory (os error 2)"#,
+            r#"bind_conflict.toml:23:72: error: frontend.e.bind[1].tls.key: missing.key: cannot read: No such file or directory (os error 2)"#,
+            r#"check: 7 errors"#,
         ],
     );
 }

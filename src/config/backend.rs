@@ -305,42 +305,42 @@ fn check_params(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> (CheckParams, Optio
 
 /// `expect = "200"`, `"200-299"`, `"200,204,300-399"`, or an array of such.
 fn expect(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Vec<(u16, u16)>> {
-    let texts: Vec<(String, usize)> = match item.value.get_ref() {
-        toml::de::DeValue::Array(_) => {
-            let mut out = Vec::new();
-            for i in item.array(sink)? {
-                match i.value.get_ref() {
-                    toml::de::DeValue::Integer(_) => {
-                        out.push((i.int(sink)?.to_string(), i.start()))
-                    }
-                    _ => {
-                        let s = i.str(sink)?;
-                        out.push((s.value.to_owned(), s.start));
-                    }
-                }
-            }
-            out
-        }
-        toml::de::DeValue::Integer(_) => vec![(item.int(sink)?.to_string(), item.start())],
-        _ => {
-            let s = item.str(sink)?;
-            vec![(s.value.to_owned(), s.start)]
-        }
+    let items = match item.value.get_ref() {
+        toml::de::DeValue::Array(_) => item.array(sink)?,
+        _ => vec![item.clone()],
     };
+    // Every invalid entry is reported, not only the first.
+    let mut valid = true;
     let mut ranges = Vec::new();
-    for (text, at) in texts {
+    for i in &items {
+        let (text, at) = match i.value.get_ref() {
+            toml::de::DeValue::Integer(_) => match i.int(sink) {
+                Some(n) => (n.to_string(), i.start()),
+                None => {
+                    valid = false;
+                    continue;
+                }
+            },
+            _ => match i.str(sink) {
+                Some(s) => (s.value.to_owned(), s.start),
+                None => {
+                    valid = false;
+                    continue;
+                }
+            },
+        };
         for part in text.split(',').map(str::trim) {
             match status_range(part) {
                 Some(r) => ranges.push(r),
                 None => {
-                    sink.error(at, &item.path, format!("invalid status \"{part}\""))
+                    sink.error(at, &i.path, format!("invalid status \"{part}\""))
                         .help("expected a status or a range of statuses, e.g. 200, \"200-399\"");
-                    return None;
+                    valid = false;
                 }
             }
         }
     }
-    Some(ranges)
+    valid.then_some(ranges)
 }
 
 fn status_range(s: &str) -> Option<(u16, u16)> {
@@ -379,6 +379,28 @@ fn http_check(s: &str) -> Option<(http::Method, String)> {
 #[cfg(test)]
 mod tests {
     use super::http_check;
+    use crate::config::tests::messages;
+
+    #[test]
+    fn every_invalid_expected_status_is_reported() {
+        let src = r#"
+[frontend.web]
+bind = "127.0.0.1:8080"
+default_backend = "app"
+[backend.app]
+servers = [{ name = "s", addr = "127.0.0.1:2" }]
+check = { interval = "1s", http = "GET /", expect = ["200-299", "abc", 99, "300-200, 204, x"] }
+"#;
+        assert_eq!(
+            messages(src),
+            [
+                "7:65 backend.app.check.expect[1]: invalid status \"abc\"",
+                "7:72 backend.app.check.expect[2]: invalid status \"99\"",
+                "7:76 backend.app.check.expect[3]: invalid status \"300-200\"",
+                "7:76 backend.app.check.expect[3]: invalid status \"x\"",
+            ]
+        );
+    }
 
     #[test]
     fn health_check_requests() {

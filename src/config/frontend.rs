@@ -146,13 +146,11 @@ fn binds(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<RawBind> {
             let proxy_item = t.take("accept_proxy");
             let accept_proxy = proxy_item.as_ref().and_then(|x| trusted_peers(x, sink));
             t.finish(sink);
-            // An invalid key was reported; the bind is left out.
-            let valid = tls_item.is_some() == tls.is_some()
-                && proxy_item.is_some() == accept_proxy.is_some();
-            match addr {
-                Some(a) if valid => (a, tls, accept_proxy),
-                _ => continue,
-            }
+            // An invalid `tls` or `accept_proxy` was reported; the address still takes part in
+            // the checks for addresses bound twice, here and across frontends. With an error
+            // reported, the config never serves.
+            let Some(a) = addr else { continue };
+            (a, tls, accept_proxy)
         } else {
             let Some(b) = bind_one(i, sink) else { continue };
             (b, None, None)
@@ -217,6 +215,12 @@ fn acl_error(sink: &mut Sink<'_>, s: &Str<'_>, path: &str, e: AclError) {
     }
 }
 
+fn acl_errors(sink: &mut Sink<'_>, s: &Str<'_>, path: &str, errors: Vec<AclError>) {
+    for e in errors {
+        acl_error(sink, s, path, e);
+    }
+}
+
 fn acls(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<(String, Option<AclSpec>)> {
     let Some(mut t) = item.table(sink) else {
         return Vec::new();
@@ -247,8 +251,8 @@ fn acls(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Vec<(String, Option<AclSpec
                         None => a,
                     })
                 }
-                Err(e) => {
-                    acl_error(sink, &s, &text.path, e);
+                Err(errors) => {
+                    acl_errors(sink, &s, &text.path, errors);
                     valid = false;
                 }
             }
@@ -327,14 +331,10 @@ fn rules(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> (Vec<R
 
 fn condition(item: &Item<'_, '_>, acl_names: &[&str], sink: &mut Sink<'_>) -> Option<Condition> {
     let s = item.str(sink)?;
-    let c = match acl::parse_condition(s.value) {
-        Ok(c) => c,
-        Err(e) => {
-            acl_error(sink, &s, &item.path, e);
-            return None;
-        }
-    };
-    let mut valid = true;
+    // Names are checked in a condition with errors too: every problem in one run.
+    let (c, errors) = acl::parse_condition_partly(s.value);
+    let mut valid = errors.is_empty();
+    acl_errors(sink, &s, &item.path, errors);
     for (offset, name) in c.acl_names() {
         if acl_names.contains(&name) {
             continue;

@@ -36,6 +36,13 @@ pub struct AclError {
     pub help: Option<String>,
 }
 
+/// A text's errors are reported all at once; one error is a list of one.
+impl From<AclError> for Vec<AclError> {
+    fn from(e: AclError) -> Self {
+        vec![e]
+    }
+}
+
 impl AclError {
     fn new(offset: usize, message: impl Into<String>) -> Self {
         Self {
@@ -332,8 +339,8 @@ impl AclSpec {
     }
 }
 
-/// Parses one ACL line, e.g. `path_beg -i /item /basket`.
-pub fn parse_acl(text: &str) -> Result<AclSpec, AclError> {
+/// Parses one ACL line, e.g. `path_beg -i /item /basket`; on failure, every error found.
+pub fn parse_acl(text: &str) -> Result<AclSpec, Vec<AclError>> {
     let tokens = tokenize(text)?;
     let test = parse_test(&tokens, text.len())?;
     Ok(AclSpec { tests: vec![test] })
@@ -392,18 +399,50 @@ impl Condition {
 
 const NAMES_HELP: &str = r#"a condition names acls: "is_api", "is_api !is_admin", "a or b""#;
 
-/// Parses a condition, e.g. `is_item !is_admin or is_basket` or `{ path_beg /api } is_internal`.
-pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
-    let tokens = tokenize(text)?;
+/// Parses a condition, e.g. `is_item !is_admin or is_basket` or `{ path_beg /api } is_internal`;
+/// on failure, every error found.
+pub fn parse_condition(text: &str) -> Result<Condition, Vec<AclError>> {
+    let (c, errors) = parse_condition_partly(text);
+    if errors.is_empty() {
+        Ok(c)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses a condition as far as it can: the terms read (an inline ACL with errors is left
+/// out; reading stops at an error in the condition's own syntax) and the errors found, so that
+/// `wasp check` also reports the unknown names among the terms.
+pub fn parse_condition_partly(text: &str) -> (Condition, Vec<AclError>) {
+    let mut errors = Vec::new();
+    let any_of = alternatives(text, &mut errors);
+    let c = Condition {
+        any_of: Some(any_of),
+    };
+    (c, errors)
+}
+
+/// The alternatives of a condition, each a conjunction of terms; errors go to `errors`.
+fn alternatives(text: &str, errors: &mut Vec<AclError>) -> Vec<Vec<Term>> {
+    let mut any_of = Vec::new();
+    let tokens = match tokenize(text) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(e);
+            return any_of;
+        }
+    };
     if tokens.is_empty() {
-        return Err(AclError::new(0, "empty condition").help(NAMES_HELP));
+        errors.push(AclError::new(0, "empty condition").help(NAMES_HELP));
+        return any_of;
     }
     let dangling_bang = |at| AclError::new(at, "missing acl name after \"!\"");
-    let mut any_of = Vec::new();
     let mut all_of: Vec<Term> = Vec::new();
     // A pending `!` word: where it is and whether the `!`s so far negate.
     let mut pending: Option<(usize, bool)> = None;
     let mut i = 0;
+    // Set when the condition's syntax is broken: reading stops there.
+    let mut broken: Option<AclError> = None;
     while let Some(t) = tokens.get(i) {
         i += 1;
         // Operators and braces are only recognised unquoted.
@@ -411,22 +450,28 @@ pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
         match word {
             "or" | "||" => {
                 if let Some((at, _)) = pending {
-                    return Err(dangling_bang(at));
+                    broken = Some(dangling_bang(at));
+                    break;
                 }
                 if all_of.is_empty() {
                     let msg = format!("unexpected \"{word}\"");
-                    return Err(AclError::new(t.offset, msg));
+                    broken = Some(AclError::new(t.offset, msg));
+                    break;
                 }
                 any_of.push(std::mem::take(&mut all_of));
                 continue;
             }
             "and" | "&&" => {
-                return Err(AclError::new(t.offset, format!("unexpected \"{word}\""))
-                    .help("acls separated by spaces are ANDed: write \"a b\", not \"a and b\""));
+                broken = Some(
+                    AclError::new(t.offset, format!("unexpected \"{word}\""))
+                        .help("acls separated by spaces are ANDed: write \"a b\", not \"a and b\""),
+                );
+                break;
             }
             "}" => {
                 let msg = "unexpected \"}\" without a matching \"{\"";
-                return Err(AclError::new(t.offset, msg));
+                broken = Some(AclError::new(t.offset, msg));
+                break;
             }
             _ => {}
         }
@@ -439,22 +484,30 @@ pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
         } else if t.verbatim && name == "{" {
             let close = tokens[i..].iter().position(|c| c.verbatim && c.text == "}");
             let Some(close) = close.map(|c| c + i) else {
-                return Err(AclError::new(
+                broken = Some(AclError::new(
                     t.offset + bangs,
                     "unclosed \"{\": missing \"}\"",
                 ));
+                break;
             };
-            let test = parse_test(&tokens[i..close], tokens[close].offset)?;
-            let acl = AclRef::Inline {
-                spec: AclSpec { tests: vec![test] },
-                offset: t.offset + bangs,
-            };
-            all_of.push(Term { negate, acl });
+            match parse_test(&tokens[i..close], tokens[close].offset) {
+                Ok(test) => {
+                    let acl = AclRef::Inline {
+                        spec: AclSpec { tests: vec![test] },
+                        offset: t.offset + bangs,
+                    };
+                    all_of.push(Term { negate, acl });
+                }
+                Err(e) => errors.extend(e),
+            }
             i = close + 1;
         } else if name.starts_with('{') || name.ends_with('}') {
             let msg = format!("invalid acl name \"{name}\"");
-            return Err(AclError::new(t.offset + bangs, msg)
-                .help("inline acls need spaces around braces: \"{ path_beg /api }\""));
+            broken = Some(
+                AclError::new(t.offset + bangs, msg)
+                    .help("inline acls need spaces around braces: \"{ path_beg /api }\""),
+            );
+            break;
         } else {
             // Any other word is a name; one that no `acl` defines is the loader's
             // "unknown acl" diagnostic (with suggestions), reported for every such name.
@@ -465,16 +518,18 @@ pub fn parse_condition(text: &str) -> Result<Condition, AclError> {
             all_of.push(Term { negate, acl });
         }
     }
-    if let Some((at, _)) = pending {
-        return Err(dangling_bang(at));
+    let failed = broken.is_some() || !errors.is_empty();
+    if let Some(e) = broken {
+        errors.push(e);
+    } else if let Some((at, _)) = pending {
+        errors.push(dangling_bang(at));
+    } else if all_of.is_empty() && !failed {
+        errors.push(AclError::new(text.len(), "missing acl name").help(NAMES_HELP));
     }
-    if all_of.is_empty() {
-        return Err(AclError::new(text.len(), "missing acl name").help(NAMES_HELP));
+    if !all_of.is_empty() {
+        any_of.push(all_of);
     }
-    any_of.push(all_of);
-    Ok(Condition {
-        any_of: Some(any_of),
-    })
+    any_of
 }
 
 #[cfg(test)]
@@ -505,18 +560,93 @@ mod tests {
             .collect()
     }
 
+    /// The one error of an ACL line.
     fn err(text: &str) -> AclError {
+        only(text, errs(text))
+    }
+
+    fn errs(text: &str) -> Vec<AclError> {
         match parse_acl(text) {
             Ok(spec) => panic!("{text:?} parsed: {spec:?}"),
             Err(e) => e,
         }
     }
 
+    /// The one error of a condition.
     fn cond_err(text: &str) -> AclError {
+        only(text, cond_errs(text))
+    }
+
+    fn cond_errs(text: &str) -> Vec<AclError> {
         match parse_condition(text) {
             Ok(c) => panic!("{text:?} parsed: {c:?}"),
             Err(e) => e,
         }
+    }
+
+    fn only(text: &str, mut errors: Vec<AclError>) -> AclError {
+        assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+        errors.remove(0)
+    }
+
+    /// Offsets and messages of `errors`.
+    fn found(errors: &[AclError]) -> Vec<(usize, &str)> {
+        errors
+            .iter()
+            .map(|e| (e.offset, e.message.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn every_invalid_pattern_of_a_line_is_an_error() {
+        assert_eq!(
+            found(&errs("src 10.0.0.0/33 ::1/129 300.1.1.1 10.0.0.1")),
+            [
+                (13, "prefix length 33 is out of range 0..=32"),
+                (20, "prefix length 129 is out of range 0..=128"),
+                (24, "invalid address or cidr \"300.1.1.1\""),
+            ]
+        );
+        assert_eq!(
+            found(&errs("path_reg ^/(a ok ^/[b")).len(),
+            2,
+            "two invalid regexes"
+        );
+        assert_eq!(
+            found(&errs("path_len 1:x 2 y ge")),
+            [
+                (9, "invalid length \"1:x\""),
+                (15, "invalid length \"y\""),
+                (19, "\"ge\" needs an integer after it"),
+            ]
+        );
+        assert_eq!(
+            found(&errs("path_dir / ok //")),
+            [
+                (9, "pattern \"/\" has nothing besides delimiters"),
+                (14, "pattern \"//\" has nothing besides delimiters"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_condition_reports_every_inline_error_and_keeps_its_names() {
+        let text = "a { pth /x } { path_beg } !b or c";
+        let errors = cond_errs(text);
+        assert_eq!(
+            found(&errors),
+            [
+                (4, "unknown fetch \"pth\""),
+                (23, "missing pattern after \"path_beg\"")
+            ]
+        );
+        let (c, _) = super::parse_condition_partly(text);
+        let names: Vec<&str> = c.acl_names().into_iter().map(|(_, n)| n).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        // Reading stops at a broken condition; what came before it is kept.
+        let (c, errors) = super::parse_condition_partly("x or or y");
+        assert_eq!(found(&errors), [(5, "unexpected \"or\"")]);
+        assert_eq!(c.acl_names(), [(0, "x")]);
     }
 
     #[test]
@@ -1090,7 +1220,7 @@ mod tests {
                 }
             }
             for result in [parse_acl(&text).map(drop), parse_condition(&text).map(drop)] {
-                if let Err(e) = result {
+                for e in result.err().unwrap_or_default() {
                     assert!(e.offset <= text.len(), "{text:?}: {e:?}");
                     assert!(text.is_char_boundary(e.offset), "{text:?}: {e:?}");
                 }

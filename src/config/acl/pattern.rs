@@ -10,11 +10,12 @@ use crate::config::acl::lexer::Token;
 use crate::config::acl::{AclError, AclTest, Fetch, IpNet, MatchMethod, Pattern};
 
 /// Parses one ACL line given as words; `end` is the offset just past it (for "missing" errors).
-pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclError> {
+/// Every invalid pattern is an error of its own.
+pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, Vec<AclError>> {
     let Some((first, rest)) = tokens.split_first() else {
-        return Err(
-            AclError::new(end, "empty acl").help("write FETCH PATTERN..., e.g. \"path_beg /api\"")
-        );
+        let e =
+            AclError::new(end, "empty acl").help("write FETCH PATTERN..., e.g. \"path_beg /api\"");
+        return Err(e.into());
     };
     let (fetch, implied, default) = parse_fetch(first)?;
     let mut method = implied.unwrap_or(default);
@@ -30,19 +31,19 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
             }
             "-m" => {
                 if implied.is_some() {
-                    return Err(AclError::new(
-                        t.offset,
-                        format!(
-                            "\"{}\" already implies \"-m {}\"",
-                            first.text,
-                            method.name()
-                        ),
-                    )
-                    .help("use the plain fetch with -m, e.g. \"path -m sub /x\""));
+                    let message = format!(
+                        "\"{}\" already implies \"-m {}\"",
+                        first.text,
+                        method.name()
+                    );
+                    let e = AclError::new(t.offset, message)
+                        .help("use the plain fetch with -m, e.g. \"path -m sub /x\"");
+                    return Err(e.into());
                 }
                 let Some(m) = rest.get(i + 1) else {
-                    return Err(AclError::new(t.end, "\"-m\" needs a match method")
-                        .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip, int"));
+                    let e = AclError::new(t.end, "\"-m\" needs a match method")
+                        .help("one of str, beg, end, sub, dir, dom, reg, len, found, ip, int");
+                    return Err(e.into());
                 };
                 method = MatchMethod::ALL
                     .iter()
@@ -55,15 +56,17 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
                 i += 1;
             }
             "-f" | "-M" => {
-                return Err(AclError::new(t.offset, "pattern files are not supported")
-                    .help("list the patterns on the acl line"));
+                let e = AclError::new(t.offset, "pattern files are not supported")
+                    .help("list the patterns on the acl line");
+                return Err(e.into());
             }
             _ if word.len() > 1
                 && word.starts_with('-')
                 && word[1..].bytes().all(|b| b.is_ascii_alphabetic()) =>
             {
-                return Err(AclError::new(t.offset, format!("unknown flag \"{word}\""))
-                    .help("flags are -i and -m METHOD; write \"--\" before a pattern that starts with '-'"));
+                let e = AclError::new(t.offset, format!("unknown flag \"{word}\""))
+                    .help("flags are -i and -m METHOD; write \"--\" before a pattern that starts with '-'");
+                return Err(e.into());
             }
             _ => break,
         }
@@ -71,14 +74,13 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
     }
     let patterns = &rest[i..];
     if fetch == Fetch::Src && !matches!(method, MatchMethod::Ip | MatchMethod::Found) {
-        return Err(AclError::new(
-            first.offset,
-            format!(
-                "\"src\" is an address: \"-m {}\" does not apply",
-                method.name()
-            ),
-        )
-        .help("match it against addresses and CIDRs, e.g. \"src 10.0.0.0/8 ::1\""));
+        let message = format!(
+            "\"src\" is an address: \"-m {}\" does not apply",
+            method.name()
+        );
+        let e = AclError::new(first.offset, message)
+            .help("match it against addresses and CIDRs, e.g. \"src 10.0.0.0/8 ::1\"");
+        return Err(e.into());
     }
     let integer = fetch == Fetch::DstPort;
     if integer != (method == MatchMethod::Int) && method != MatchMethod::Found {
@@ -91,25 +93,24 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
         } else {
             format!("\"-m int\" does not apply to \"{}\"", first.text)
         };
-        return Err(AclError::new(first.offset, message)
-            .help("match dst_port against ports and ranges, e.g. \"dst_port 443 8000:8080\""));
+        let e = AclError::new(first.offset, message)
+            .help("match dst_port against ports and ranges, e.g. \"dst_port 443 8000:8080\"");
+        return Err(e.into());
     }
     let patterns = match method {
         MatchMethod::Found => match patterns.first() {
-            Some(p) => return Err(AclError::new(p.offset, "\"-m found\" takes no pattern")),
+            Some(p) => {
+                return Err(AclError::new(p.offset, "\"-m found\" takes no pattern").into());
+            }
             None => Vec::new(),
         },
         _ if patterns.is_empty() => {
             let at = tokens.last().map_or(end, |t| t.end);
-            return Err(
-                AclError::new(at, format!("missing pattern after \"{}\"", first.text))
-                    .help("write FETCH PATTERN..., e.g. \"path_beg /api\""),
-            );
+            let e = AclError::new(at, format!("missing pattern after \"{}\"", first.text))
+                .help("write FETCH PATTERN..., e.g. \"path_beg /api\"");
+            return Err(e.into());
         }
-        MatchMethod::Reg => patterns
-            .iter()
-            .map(|p| parse_regex(p, ignore_case))
-            .collect::<Result<_, _>>()?,
+        MatchMethod::Reg => every(patterns.iter().map(|p| parse_regex(p, ignore_case)))?,
         MatchMethod::Len => parse_lengths(patterns)?,
         MatchMethod::Int => parse_lengths(patterns)?
             .into_iter()
@@ -118,26 +119,21 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
                 other => other,
             })
             .collect(),
-        MatchMethod::Ip => patterns.iter().map(parse_ip).collect::<Result<_, _>>()?,
+        MatchMethod::Ip => every(patterns.iter().map(parse_ip))?,
         MatchMethod::Dir | MatchMethod::Dom => {
             let delims: &[char] = if method == MatchMethod::Dir {
                 &['/', '?']
             } else {
                 &['/', '?', '.', ':']
             };
-            if let Some(p) = patterns
-                .iter()
-                .find(|p| p.text.trim_matches(delims).is_empty())
-            {
-                return Err(AclError::new(
-                    p.offset,
-                    format!("pattern \"{}\" has nothing besides delimiters", p.text),
-                ));
-            }
-            patterns
-                .iter()
-                .map(|p| Pattern::Str(p.text.clone()))
-                .collect()
+            every(patterns.iter().map(|p| {
+                if p.text.trim_matches(delims).is_empty() {
+                    let message = format!("pattern \"{}\" has nothing besides delimiters", p.text);
+                    Err(AclError::new(p.offset, message))
+                } else {
+                    Ok(Pattern::Str(p.text.clone()))
+                }
+            }))?
         }
         _ => patterns
             .iter()
@@ -150,6 +146,24 @@ pub(super) fn parse_test(tokens: &[Token], end: usize) -> Result<AclTest, AclErr
         ignore_case,
         patterns,
     })
+}
+
+/// The patterns if all are valid, else the error of every invalid one.
+fn every(
+    results: impl Iterator<Item = Result<Pattern, AclError>>,
+) -> Result<Vec<Pattern>, Vec<AclError>> {
+    let (mut patterns, mut errors) = (Vec::new(), Vec::new());
+    for result in results {
+        match result {
+            Ok(p) => patterns.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(patterns)
+    } else {
+        Err(errors)
+    }
 }
 
 fn parse_regex(t: &Token, ignore_case: bool) -> Result<Pattern, AclError> {
@@ -175,48 +189,51 @@ fn parse_regex(t: &Token, ignore_case: bool) -> Result<Pattern, AclError> {
 }
 
 /// Lengths: `N`, `N:M`, `N:`, `:M`, or an operator word (`eq ge gt le lt`) before `N`.
-fn parse_lengths(tokens: &[Token]) -> Result<Vec<Pattern>, AclError> {
-    let mut out = Vec::new();
+fn parse_lengths(tokens: &[Token]) -> Result<Vec<Pattern>, Vec<AclError>> {
+    let mut lengths = Vec::new();
     let mut op: Option<&Token> = None;
-    let invalid = |t: &Token| {
-        AclError::new(t.offset, format!("invalid length \"{}\"", t.text))
-            .help("an integer, a range such as 10:20, 10: or :20, or eq/ge/gt/le/lt followed by an integer")
-    };
     for t in tokens {
-        let word = t.text.as_str();
-        if matches!(word, "eq" | "ge" | "gt" | "le" | "lt") && op.is_none() {
+        if matches!(t.text.as_str(), "eq" | "ge" | "gt" | "le" | "lt") && op.is_none() {
             op = Some(t);
             continue;
         }
-        let int = |s: &str| s.parse::<u64>().map_err(|_| invalid(t));
-        let (min, max) = match (op.take().map(|o| o.text.as_str()), word.split_once(':')) {
-            (None, Some((a, b))) if !(a.is_empty() && b.is_empty()) => {
-                let min = if a.is_empty() { 0 } else { int(a)? };
-                let max = if b.is_empty() { u64::MAX } else { int(b)? };
-                (min, max)
-            }
-            (None, None) | (Some("eq"), None) => (int(word)?, int(word)?),
-            (Some("ge"), None) => (int(word)?, u64::MAX),
-            (Some("gt"), None) => (int(word)?.saturating_add(1), u64::MAX),
-            (Some("le"), None) => (0, int(word)?),
-            (Some("lt"), None) => match int(word)?.checked_sub(1) {
-                Some(max) => (0, max),
-                None => (1, 0), // "lt 0": matches nothing
-            },
-            _ => return Err(invalid(t)),
-        };
-        if min > max && word.contains(':') {
-            return Err(AclError::new(t.offset, format!("empty range \"{word}\"")));
+        lengths.push(length(t, op.take().map(|o| o.text.as_str())));
+    }
+    if let Some(o) = op {
+        let message = format!("\"{}\" needs an integer after it", o.text);
+        lengths.push(Err(AclError::new(o.end, message)));
+    }
+    every(lengths.into_iter())
+}
+
+/// One length pattern, after its operator word if it has one.
+fn length(t: &Token, op: Option<&str>) -> Result<Pattern, AclError> {
+    let word = t.text.as_str();
+    let invalid = || {
+        AclError::new(t.offset, format!("invalid length \"{word}\""))
+            .help("an integer, a range such as 10:20, 10: or :20, or eq/ge/gt/le/lt followed by an integer")
+    };
+    let int = |s: &str| s.parse::<u64>().map_err(|_| invalid());
+    let (min, max) = match (op, word.split_once(':')) {
+        (None, Some((a, b))) if !(a.is_empty() && b.is_empty()) => {
+            let min = if a.is_empty() { 0 } else { int(a)? };
+            let max = if b.is_empty() { u64::MAX } else { int(b)? };
+            (min, max)
         }
-        out.push(Pattern::Len { min, max });
+        (None, None) | (Some("eq"), None) => (int(word)?, int(word)?),
+        (Some("ge"), None) => (int(word)?, u64::MAX),
+        (Some("gt"), None) => (int(word)?.saturating_add(1), u64::MAX),
+        (Some("le"), None) => (0, int(word)?),
+        (Some("lt"), None) => match int(word)?.checked_sub(1) {
+            Some(max) => (0, max),
+            None => (1, 0), // "lt 0": matches nothing
+        },
+        _ => return Err(invalid()),
+    };
+    if min > max && word.contains(':') {
+        return Err(AclError::new(t.offset, format!("empty range \"{word}\"")));
     }
-    match op {
-        Some(o) => Err(AclError::new(
-            o.end,
-            format!("\"{}\" needs an integer after it", o.text),
-        )),
-        None => Ok(out),
-    }
+    Ok(Pattern::Len { min, max })
 }
 
 /// An address, `ADDR/PREFIX`, or (IPv4) `ADDR/NETMASK`, as a `src` or `-m ip` pattern.
