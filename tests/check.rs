@@ -643,7 +643,9 @@ fn mode_mismatch() {
             db_http_only,
             r#"mode_mismatch.toml:27:66: error: backend.db.servers[0].tls: tls applies to http mode only"#,
             db_http_only,
-            r#"check: 11 errors, 1 warning"#,
+            r#"mode_mismatch.toml:32:8: error: frontend.typo.mode: unknown mode "tcpp""#,
+            r#"    = help: did you mean "tcp"?"#,
+            r#"check: 12 errors, 1 warning"#,
         ],
     );
 }

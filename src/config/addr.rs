@@ -19,6 +19,8 @@ pub(crate) enum AddrError {
     PortZero,
     #[error("IPv6 address in \"{0}\" needs brackets")]
     Ipv6NeedsBrackets(String),
+    #[error("missing \"]\" in \"{0}\"")]
+    UnclosedBracket(String),
     #[error("bind address \"{0}\" is not an IP address")]
     BindHost(String),
     #[error("bind address \"{addr}\" is the IPv4 address {v4} in IPv6 form")]
@@ -35,7 +37,7 @@ impl AddrError {
             }
             AddrError::BadPort { .. } => "a port is a number up to 65535".to_owned(),
             AddrError::PortZero => "write the port the server listens on".to_owned(),
-            AddrError::Ipv6NeedsBrackets(_) => {
+            AddrError::Ipv6NeedsBrackets(_) | AddrError::UnclosedBracket(_) => {
                 "write \"[ADDRESS]:PORT\", e.g. \"[::1]:8080\"".to_owned()
             }
             AddrError::BindHost(_) => {
@@ -131,7 +133,7 @@ fn split_host_port(s: &str) -> Result<(&str, u16), AddrError> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
-            .ok_or_else(|| AddrError::MissingPort(s.to_owned()))?;
+            .ok_or_else(|| AddrError::UnclosedBracket(s.to_owned()))?;
         let port = after
             .strip_prefix(':')
             .ok_or_else(|| AddrError::MissingPort(s.to_owned()))?;
@@ -148,10 +150,14 @@ fn split_host_port(s: &str) -> Result<(&str, u16), AddrError> {
     if port.is_empty() {
         return Err(AddrError::MissingPort(s.to_owned()));
     }
-    let port = port.parse::<u16>().map_err(|_| AddrError::BadPort {
-        port: port.to_owned(),
-        addr: s.to_owned(),
-    })?;
+    // Digits only: Rust's integer parse would also take a sign (`:+80`).
+    let port = Some(port)
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| AddrError::BadPort {
+            port: port.to_owned(),
+            addr: s.to_owned(),
+        })?;
     Ok((host, port))
 }
 
@@ -192,6 +198,18 @@ mod tests {
             Err(AddrError::BadPort {
                 port: "99999".into(),
                 addr: "127.0.0.1:99999".into()
+            })
+        );
+        assert_eq!(bind("[::1"), Err(AddrError::UnclosedBracket("[::1".into())));
+        assert_eq!(
+            bind("[::1:80"),
+            Err(AddrError::UnclosedBracket("[::1:80".into()))
+        );
+        assert_eq!(
+            bind("127.0.0.1:+8080"),
+            Err(AddrError::BadPort {
+                port: "+8080".into(),
+                addr: "127.0.0.1:+8080".into()
             })
         );
         assert_eq!(

@@ -12,8 +12,8 @@ use crate::config::model::{
 use crate::config::modes::{self, ModeUse};
 use crate::config::tls::{UpstreamKeys, upstream_keys};
 use crate::config::values::{
-    At, PartialTimeouts, Side, balance_at, check_name, maxconn, mode, observe, retries, section,
-    timeouts,
+    At, PartialTimeouts, Side, balance_at, check_name, maxconn, observe, retries, section,
+    take_mode, timeouts,
 };
 use crate::config::walk::{Item, Table};
 
@@ -28,6 +28,8 @@ pub(crate) struct RawBackend {
     pub(crate) at: usize,
     pub(crate) path: String,
     pub(crate) mode: Option<Mode>,
+    /// `mode` was written but is invalid (reported).
+    pub(crate) mode_invalid: bool,
     pub(crate) balance: Option<At<Balance>>,
     /// `check.judge`, with where it was written.
     pub(crate) judge: Option<At<String>>,
@@ -50,7 +52,7 @@ pub(crate) struct RawBackend {
 pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<RawBackend> {
     let mut t = section("backend", name, item, sink)?;
     let uses = modes::backend_uses(&t);
-    let mode = t.take("mode").and_then(|i| mode(&i, sink));
+    let (mode, mode_invalid) = take_mode(&mut t, sink);
     let balance = t.take("balance").and_then(|i| balance_at(&i, sink));
     let proto = t
         .take("proto")
@@ -69,6 +71,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         at: t.start(),
         path: t.path().to_owned(),
         mode,
+        mode_invalid,
         balance,
         judge: None,
         servers,
@@ -345,9 +348,11 @@ fn expect(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Vec<(u16, u16)>> {
 
 fn status_range(s: &str) -> Option<(u16, u16)> {
     let status = |t: &str| {
-        t.trim()
-            .parse::<u16>()
-            .ok()
+        let t = t.trim();
+        t.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| t.parse::<u16>().ok())
+            .flatten()
             .filter(|n| (100..=599).contains(n))
     };
     match s.split_once('-') {
@@ -389,7 +394,7 @@ bind = "127.0.0.1:8080"
 default_backend = "app"
 [backend.app]
 servers = [{ name = "s", addr = "127.0.0.1:2" }]
-check = { interval = "1s", http = "GET /", expect = ["200-299", "abc", 99, "300-200, 204, x"] }
+check = { interval = "1s", http = "GET /", expect = ["200-299", "abc", 99, "300-200, 204, x", "+200"] }
 "#;
         assert_eq!(
             messages(src),
@@ -398,6 +403,7 @@ check = { interval = "1s", http = "GET /", expect = ["200-299", "abc", 99, "300-
                 "7:72 backend.app.check.expect[2]: invalid status \"99\"",
                 "7:76 backend.app.check.expect[3]: invalid status \"300-200\"",
                 "7:76 backend.app.check.expect[3]: invalid status \"x\"",
+                "7:95 backend.app.check.expect[4]: invalid status \"+200\"",
             ]
         );
     }

@@ -13,7 +13,7 @@ use crate::config::model::{Mode, Redirect, TlsConfig};
 use crate::config::modes::{self, ModeUse};
 use crate::config::tls::bind_tls;
 use crate::config::values::{
-    At, PartialTimeouts, Side, bind_one, check_name, header_size, mode, section, timeouts,
+    At, PartialTimeouts, Side, bind_one, check_name, header_size, section, take_mode, timeouts,
 };
 use crate::config::walk::{Item, Str};
 
@@ -25,6 +25,8 @@ pub(crate) struct RawFrontend {
     pub(crate) binds: Vec<RawBind>,
     pub(crate) redirect: Option<Redirect>,
     pub(crate) mode: Option<Mode>,
+    /// `mode` was written but is invalid (reported).
+    pub(crate) mode_invalid: bool,
     /// Every ACL name, with its spec when it parsed.
     pub(crate) acls: Vec<(String, Option<AclSpec>)>,
     pub(crate) rules: Vec<RawRule>,
@@ -80,7 +82,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         }
         Some(r)
     });
-    let mode = t.take("mode").and_then(|i| mode(&i, sink));
+    let (mode, mode_invalid) = take_mode(&mut t, sink);
     let acls = t.take("acl").map(|i| acls(&i, sink)).unwrap_or_default();
     let default_item = t.take("default_backend");
     let default_backend = default_item.as_ref().and_then(|i| backend_ref(i, sink));
@@ -98,6 +100,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         binds,
         redirect,
         mode,
+        mode_invalid,
         rules,
         default_backend,
         routes: default_item.is_some() || rules_item.is_some(),

@@ -194,6 +194,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn max_header_size_has_a_ceiling() {
+        let src = |size: &str| {
+            format!(
+                "[frontend.web]\nbind = \"127.0.0.1:8080\"\ndefault_backend = \"app\"\nmax_header_size = {size}\n[backend.app]\nservers = [{{ name = \"s\", addr = \"127.0.0.1:2\" }}]\n"
+            )
+        };
+        assert_eq!(messages(&src("\"16m\"")), Vec::<String>::new());
+        assert_eq!(
+            messages(&src("\"99999999999m\"")),
+            ["4:19 frontend.web.max_header_size: max_header_size 104857599998951424 is too large"]
+        );
+        assert_eq!(
+            messages(&src("16777217")),
+            ["4:19 frontend.web.max_header_size: max_header_size 16777217 is too large"]
+        );
+    }
+
+    #[test]
     fn other_toml_spellings_are_equivalent() {
         // Dotted keys, sub-tables and arrays of tables instead of inline tables.
         let src = r#"

@@ -14,6 +14,9 @@ use crate::config::acl::{AclSpec, Condition, IpNet};
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 /// Smallest `max_header_size` accepted: HAProxy's smallest sensible `tune.bufsize`.
 pub const MIN_MAX_HEADER_SIZE: usize = 8192;
+/// Largest `max_header_size` accepted: a head is buffered whole, so a limit past this is
+/// none at all against a client sending an endless head.
+pub const MAX_MAX_HEADER_SIZE: usize = 16 * 1024 * 1024;
 /// Default number of extra attempts after a failed upstream connect.
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Default grace period for in-flight requests on shutdown.

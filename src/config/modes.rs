@@ -170,15 +170,24 @@ pub(crate) fn backend_uses(t: &Table<'_, '_>) -> Vec<ModeUse> {
 /// Reports mode mismatches: a frontend routing to a backend of the other mode, and every use
 /// of a key or fetch that the section's mode does not have.
 pub(crate) fn check(raw: &Raw, sink: &mut Sink<'_>) {
-    let default = raw.defaults.mode;
+    let d = &raw.defaults;
+    // A section's mode; `None` when it (or `[defaults]`' mode it falls back on) is invalid.
+    let effective = |own: Option<Mode>, invalid: bool| match own {
+        _ if invalid => None,
+        Some(m) => Some(m),
+        None if d.mode_invalid => None,
+        None => Some(d.mode.unwrap_or(Mode::Http)),
+    };
     let backend_mode = |name: &str| {
         raw.backends
             .iter()
             .find(|b| b.name == name)
-            .map(|b| b.mode.or(default).unwrap_or(Mode::Http))
+            .and_then(|b| effective(b.mode, b.mode_invalid))
     };
     for f in &raw.frontends {
-        let mode = f.mode.or(default).unwrap_or(Mode::Http);
+        let Some(mode) = effective(f.mode, f.mode_invalid) else {
+            continue;
+        };
         report(&f.uses, mode, "frontend", &f.name, sink);
         let refs = f
             .default_backend
@@ -213,7 +222,9 @@ pub(crate) fn check(raw: &Raw, sink: &mut Sink<'_>) {
         }
     }
     for b in &raw.backends {
-        let mode = b.mode.or(default).unwrap_or(Mode::Http);
+        let Some(mode) = effective(b.mode, b.mode_invalid) else {
+            continue;
+        };
         report(&b.uses, mode, "backend", &b.name, sink);
     }
 }

@@ -16,7 +16,7 @@ use crate::config::frontend::{self, RawFrontend};
 use crate::config::model::{Balance, Global, LogFormat, Mode};
 use crate::config::plugin::{self, RawPlugin};
 use crate::config::values::{
-    At, PartialTimeouts, Side, balance_at, header_size, mode, retries, timeouts,
+    At, PartialTimeouts, Side, balance_at, header_size, retries, take_mode, timeouts,
 };
 use crate::config::walk::{Item, Table};
 
@@ -34,6 +34,8 @@ const SCHED_SLICE_MAX: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(crate) struct Defaults {
     pub(crate) mode: Option<Mode>,
+    /// `mode` was written but is invalid (reported).
+    pub(crate) mode_invalid: bool,
     pub(crate) timeouts: PartialTimeouts,
     pub(crate) retries: Option<u32>,
     pub(crate) forwardfor: Option<bool>,
@@ -130,8 +132,10 @@ fn sched_slice(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Duration> {
 }
 
 fn defaults(mut t: Table<'_, '_>, sink: &mut Sink<'_>) -> Defaults {
+    let (mode, mode_invalid) = take_mode(&mut t, sink);
     let d = Defaults {
-        mode: t.take("mode").and_then(|i| mode(&i, sink)),
+        mode,
+        mode_invalid,
         timeouts: timeouts(t.take("timeout"), Side::Defaults, sink),
         retries: retries(&mut t, sink),
         forwardfor: t.take_bool(sink, "forwardfor"),

@@ -8,7 +8,7 @@ use toml::de::DeValue;
 
 use crate::config::addr;
 use crate::config::diag::Sink;
-use crate::config::model::{Balance, MIN_MAX_HEADER_SIZE, Mode, Observe};
+use crate::config::model::{Balance, MAX_MAX_HEADER_SIZE, MIN_MAX_HEADER_SIZE, Mode, Observe};
 use crate::config::size;
 use crate::config::walk::{Item, Table};
 
@@ -79,6 +79,18 @@ pub(crate) fn bind_one(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<At<So
 
 pub(crate) fn mode(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Mode> {
     item.keyword(sink, "mode", &[("http", Mode::Http), ("tcp", Mode::Tcp)])
+}
+
+/// A section's `mode`, and whether it was written but invalid (reported): nothing is then
+/// judged by a mode the user did not mean.
+pub(crate) fn take_mode(t: &mut Table<'_, '_>, sink: &mut Sink<'_>) -> (Option<Mode>, bool) {
+    match t.take("mode") {
+        Some(i) => {
+            let m = mode(&i, sink);
+            (m, m.is_none())
+        }
+        None => (None, false),
+    }
 }
 
 /// The algorithm names `balance` takes (besides `hdr(NAME)`), for messages.
@@ -216,7 +228,18 @@ pub(crate) fn header_size(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<us
         }
     };
     match usize::try_from(n) {
-        Ok(n) if n >= MIN_MAX_HEADER_SIZE => Some(n),
+        Ok(n) if (MIN_MAX_HEADER_SIZE..=MAX_MAX_HEADER_SIZE).contains(&n) => Some(n),
+        Ok(n) if n > MAX_MAX_HEADER_SIZE => {
+            sink.error(
+                item.start(),
+                &item.path,
+                format!("max_header_size {n} is too large"),
+            )
+            .help(format!(
+                "the maximum is {MAX_MAX_HEADER_SIZE} bytes (\"16m\")"
+            ));
+            None
+        }
         _ => {
             sink.error(
                 item.start(),

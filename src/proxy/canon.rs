@@ -127,14 +127,18 @@ fn canonical(
 }
 
 /// An authority's port, when it has one, is a number a TCP port can be (`http`'s parser
-/// takes any digits: `example.com:99999`). An empty port (`example.com:`) is allowed.
+/// takes any digits: `example.com:99999`), in digits only (not `:+80`). An empty port
+/// (`example.com:`) is allowed.
 fn check_port(authority: &Authority) -> Result<(), CanonError> {
     match authority.as_str().rsplit_once(':') {
         // The last colon of an IPv6 host without a port is inside its brackets.
-        Some((host, port)) if !port.contains(']') && !port.is_empty() && !host.is_empty() => port
-            .parse::<u16>()
-            .map(drop)
-            .map_err(|_| CanonError::InvalidPort),
+        Some((host, port)) if !port.contains(']') && !port.is_empty() && !host.is_empty() => {
+            let digits = port.bytes().all(|b| b.is_ascii_digit());
+            match port.parse::<u16>() {
+                Ok(_) if digits => Ok(()),
+                _ => Err(CanonError::InvalidPort),
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -470,7 +474,13 @@ mod tests {
                 "{good}"
             );
         }
-        for bad in ["a.example:65536", "a.example:99999", "[::1]:123456"] {
+        for bad in [
+            "a.example:65536",
+            "a.example:99999",
+            "[::1]:123456",
+            "a.example:+80",
+            "[::1]:+80",
+        ] {
             assert_eq!(
                 authority(Version::HTTP_11, &origin, &headers(&[bad])),
                 Err(CanonError::InvalidPort),
