@@ -71,6 +71,20 @@ pub enum RuntimeError {
     Server(String),
     #[error("wasp is stopping")]
     Stopping,
+    #[error("{}: the configuration listens nowhere (no frontend and no [admin]); was the file read half-written?", path.display())]
+    NoListener { path: PathBuf },
+}
+
+/// A configuration with nothing to listen on is refused at start and on reload, as HAProxy
+/// will not start without a listener: a file read while it was being rewritten (empty, or cut
+/// short) must not close every listener of a running proxy, the admin API's included.
+fn listens_somewhere(config: &Config) -> Result<(), RuntimeError> {
+    if config.frontends.is_empty() && config.admin.is_none() {
+        return Err(RuntimeError::NoListener {
+            path: config.path.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// A running proxy: its live snapshot, listeners and run-time state. Dereferences to [`Core`],
@@ -360,6 +374,7 @@ impl Core {
                 report,
             });
         };
+        listens_somewhere(&config)?;
         warn_start_only(&self.at_start, &config.global);
         let plugins = config.plugins.clone();
         match self.apply(config).await {
@@ -558,7 +573,13 @@ impl Core {
             .collect();
         for key in gone {
             if let Some(handle) = listeners.remove(&key) {
+                let id = handle.id;
                 handle.stop().await;
+                // Its connections have no frontend left: they finish what is in flight and
+                // close, rather than answer 503 to every request after it.
+                if let Some(graceful) = self.graceful.upgrade() {
+                    graceful.stop_listener(id);
+                }
             }
         }
         tracing::info!(file = %config.path.display(), "configuration loaded");
@@ -647,6 +668,10 @@ fn control_error(e: RuntimeError) -> ControlError {
         RuntimeError::Server(e) => ControlError::Invalid(e),
         RuntimeError::Plugin(e @ PluginError::Unknown(_)) => ControlError::NotFound(e.to_string()),
         RuntimeError::Stopping => ControlError::Stopping,
+        e @ RuntimeError::NoListener { .. } => ControlError::Rejected {
+            message: format!("{e}; the previous configuration keeps serving"),
+            diagnostics: Vec::new(),
+        },
         other => ControlError::Failed(other.to_string()),
     }
 }
@@ -760,6 +785,7 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     let mut hup = signal(SignalKind::hangup()).map_err(RuntimeError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
+    listens_somewhere(&config)?;
     let runtime = Runtime::start(config).await?;
     loop {
         tokio::select! {

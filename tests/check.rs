@@ -433,6 +433,20 @@ fn duplicate_bind() {
     );
 }
 
+/// A config with nothing to listen on checks with a warning: `wasp run` refuses it.
+#[test]
+fn listens_nowhere() {
+    expect(
+        "listens_nowhere",
+        0,
+        &[
+            r#"listens_nowhere.toml:1:1: warning: the configuration listens nowhere: no frontend and no [admin]"#,
+            r#"    = help: wasp run does not start with it, nor reload to it (a file caught half-written reads as empty)"#,
+            r#"check: 1 warning"#,
+        ],
+    );
+}
+
 /// Warnings only: exit 0.
 #[test]
 fn unused_backend() {

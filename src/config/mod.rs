@@ -291,9 +291,13 @@ http = "HEAD /"
     }
 
     #[test]
-    fn empty_file_is_a_valid_config() {
+    fn empty_file_is_a_valid_config_that_listens_nowhere() {
         let (config, report) = load_str("", Path::new("t.toml"));
         assert!(config.is_some_and(|c| c.frontends.is_empty()));
-        assert_eq!(report.render(), "check: ok\n");
+        assert_eq!(report.errors(), 0);
+        assert_eq!(
+            messages(""),
+            ["1:1 : the configuration listens nowhere: no frontend and no [admin]"]
+        );
     }
 }

@@ -24,6 +24,11 @@ pub(crate) fn build(raw: Raw, file: &Path, sink: &mut Sink<'_>) -> Result<Config
     check_backend_refs(&raw, sink);
     check_listeners(&raw, sink);
     modes::check(&raw, sink);
+    if raw.frontends.is_empty() && raw.admin.is_none() && !sink.has_errors() {
+        // HAProxy's "has no error but will not start (no listener)".
+        sink.warning(0, "", "the configuration listens nowhere: no frontend and no [admin]")
+            .help("wasp run does not start with it, nor reload to it (a file caught half-written reads as empty)");
+    }
     let uses = check_plugin_refs(&raw, sink);
     let plugins = raw
         .plugins

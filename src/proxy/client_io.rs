@@ -5,7 +5,8 @@
 //!
 //! - **Waiting for a request head** (nothing in flight): the head must arrive within
 //!   `http_request`, counted from accept for the first request and from the first byte for later
-//!   ones; otherwise the client gets `408 Request Timeout` and the connection closes. An idle
+//!   ones, with no pause longer than `client` (from accept, or the last bytes of the head);
+//!   otherwise the client gets `408 Request Timeout` and the connection closes. An idle
 //!   keep-alive connection that sends nothing for `http_keep_alive` is closed silently.
 //! - **A request in flight**: no read deadline here (request bodies have their own idle
 //!   timeout, and a slow server is `timeout server`'s business).
@@ -122,6 +123,12 @@ impl ConnShared {
         self.writable.register(cx.waker());
         // A write may have gone through between the load and the registration.
         self.write_blocked.load(Ordering::Acquire)
+    }
+
+    /// Asks the connection to shut down gracefully: it finishes what is in flight and takes
+    /// nothing new (an HTTP/2 client gets a GOAWAY).
+    pub fn shut_down(&self) {
+        self.stop.stop();
     }
 
     fn set_write_blocked(&self, blocked: bool) {
@@ -308,6 +315,9 @@ pub struct ClientIo<IO> {
     max_head: usize,
     /// HTTP/1: the bytes of the current request head read so far.
     head_read: usize,
+    /// HTTP/1: when the current request head (or, before its first byte, the connection's
+    /// first request) last got bytes: `client` inactivity applies while a head arrives.
+    head_active: Instant,
 }
 
 impl<IO: AsyncRead> ClientIo<IO> {
@@ -333,6 +343,7 @@ impl<IO: AsyncRead> ClientIo<IO> {
             holding: false,
             max_head: usize::MAX,
             head_read: 0,
+            head_active: now,
         }
     }
 
@@ -396,7 +407,10 @@ impl<IO: AsyncRead> ClientIo<IO> {
                 },
             ) => {
                 if first || started {
-                    Some(since + self.timeouts.http_request)
+                    // The whole head within `http_request`, and no pause in it longer than
+                    // `client`, as HAProxy applies both while it waits for a request.
+                    let whole = since + self.timeouts.http_request;
+                    Some(whole.min(self.head_active + self.timeouts.client))
                 } else {
                     Some(since + self.timeouts.http_keep_alive)
                 }
@@ -476,6 +490,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                 }
                 if this.proto != Proto::Http2 && matches!(this.phase, Phase::AwaitingHead { .. }) {
                     this.head_read += fresh.len();
+                    this.head_active = now;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -684,6 +699,64 @@ pub(crate) mod tests {
             let mut got = vec![0u8; RESPONSE_408.len()];
             client.read_exact(&mut got).await.unwrap();
             assert!(got.starts_with(b"HTTP/1.1 408"));
+        });
+    }
+
+    /// `client` applies while a head arrives, as in HAProxy: a silent client, or a pause in a
+    /// head, longer than it gets a 408 before `http_request`; a head that keeps coming gets
+    /// `http_request`.
+    #[test]
+    fn a_pause_in_a_head_longer_than_client_gets_408() {
+        paused(async {
+            let short_client = ClientTimeouts {
+                client: Duration::from_secs(2),
+                ..timeouts()
+            };
+            let (server_end, _client) = duplex(4096);
+            let shared = Arc::new(ConnShared::default());
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), short_client, false);
+            let start = Instant::now();
+            let err = read_until_error(&mut io).await;
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_secs(2),
+                "nothing after accept"
+            );
+            assert!(shared.timed_out_head());
+
+            let (server_end, mut client) = duplex(4096);
+            let mut io = ClientIo::new(server_end, Arc::default(), short_client, false);
+            let start = Instant::now();
+            let dribble = tokio::spawn(async move {
+                for b in b"GET / HTTP/1.1\r\nhost: a\r\n" {
+                    client.write_all(&[*b]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                client
+            });
+            let err = read_until_error(&mut io).await;
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_secs(10),
+                "a byte every 1.5 s"
+            );
+            dribble.abort();
+
+            let (server_end, mut client) = duplex(4096);
+            let mut io = ClientIo::new(server_end, Arc::default(), short_client, false);
+            client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            assert!(io.read(&mut buf).await.unwrap() > 0);
+            let start = Instant::now();
+            let err = read_until_error(&mut io).await;
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_secs(2),
+                "a pause in the head"
+            );
         });
     }
 

@@ -54,6 +54,8 @@ struct Open {
 /// One connection's stop signal.
 #[derive(Debug, Default)]
 struct Signal {
+    /// The listener that accepted the connection (see [`Graceful::watcher_of`]).
+    listener: u64,
     stop: AtomicBool,
     /// Set while an HTTP/1 request head is arriving: the connection is not idle, and is asked
     /// to shut down only once its request has begun (hyper would close it as idle).
@@ -111,7 +113,16 @@ impl Graceful {
     /// Registers a new connection; it counts as open until the watcher is dropped. A
     /// connection opened after the stop began is told to stop at once.
     pub fn watcher(&self) -> Watcher {
-        let signal = Arc::new(Signal::default());
+        self.watcher_of(0)
+    }
+
+    /// [`Graceful::watcher`] for a connection that `listener` accepted, so that
+    /// [`Graceful::stop_listener`] reaches it.
+    pub fn watcher_of(&self, listener: u64) -> Watcher {
+        let signal = Arc::new(Signal {
+            listener,
+            ..Signal::default()
+        });
         let mut open = self.registry.open();
         // Read under the lock the stop takes, so that no connection misses the stop.
         if self.registry.stopping.load(Ordering::Acquire) {
@@ -130,6 +141,17 @@ impl Graceful {
     /// Connections open now.
     pub fn count(&self) -> usize {
         self.registry.open().signals.len()
+    }
+
+    /// Tells the connections `listener` accepted to stop (finish what is in flight, take
+    /// nothing new): a reload removed it. Idle HTTP/1 connections close, HTTP/2 ones get a
+    /// GOAWAY, as HAProxy's old process closes its connections after a reload.
+    pub fn stop_listener(&self, listener: u64) {
+        let open = self.registry.open();
+        for signal in open.signals.values().filter(|s| s.listener == listener) {
+            signal.stop.store(true, Ordering::Release);
+            signal.waker.wake();
+        }
     }
 
     /// Tells every connection to stop (finish what is in flight, take nothing new) and waits

@@ -91,10 +91,12 @@ pub async fn serve(
         record.path = req.uri().path().to_owned();
     }
     let Some(index) = snapshot.frontend_index(&info.bind) else {
-        // The connection outlived its listener's frontend (a reload removed it): a 503, after
-        // which an HTTP/1 connection closes, as HAProxy's old process closes its connections.
-        // Kept open, it would answer every later request the same way.
+        // The connection outlived its listener's frontend (a reload removed it; the reload
+        // also asks its connections to close, and this request came first): a 503, after which
+        // the connection closes, as HAProxy's old process closes its connections (HTTP/2: a
+        // GOAWAY). Kept open, it would answer every later request the same way.
         let mut answer = local(Failure::NoBackend, record);
+        info.conn.shut_down();
         if !h2 {
             answer
                 .headers_mut()

@@ -18,6 +18,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +89,8 @@ pub struct ListenerHandle {
     pub key: ListenKey,
     /// The address actually bound (differs when the configured port is 0).
     pub local: SocketAddr,
+    /// Names this listener's connections in the stop registry ([`Graceful::stop_listener`]).
+    pub id: u64,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -114,6 +117,9 @@ pub fn spawn_listener(
 ) -> io::Result<ListenerHandle> {
     let local = listener.local_addr()?;
     let stop = CancellationToken::new();
+    // Unique for the life of the process (0 is no listener's).
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let tasks = workers.spawn_on_each(|me| {
         // Inside the worker's runtime context: the descriptor registers with that runtime.
         let socket = TcpListener::from_std(listener.try_clone()?)?;
@@ -125,6 +131,7 @@ pub fn spawn_listener(
             key.clone(),
             Arc::clone(&proxy),
             Arc::clone(&graceful),
+            id,
             stop.clone(),
         ))
     })?;
@@ -133,6 +140,7 @@ pub fn spawn_listener(
     Ok(ListenerHandle {
         key,
         local,
+        id,
         stop,
         tasks,
     })
@@ -149,6 +157,7 @@ async fn accept_loop(
     key: ListenKey,
     proxy: Arc<Proxy>,
     graceful: Arc<Graceful>,
+    id: u64,
     stop: CancellationToken,
 ) {
     loop {
@@ -163,7 +172,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((tcp, client)) => {
-                let watcher = graceful.watcher();
+                let watcher = graceful.watcher_of(id);
                 let (key, proxy, port) = (key.clone(), Arc::clone(&proxy), local.port());
                 let (worker, load) = placement.place(me);
                 if worker == me {
@@ -406,9 +415,16 @@ impl Connection {
             }
             // hyper's own answers to these have no body.
             Some(he) if he.is_parse() => connection_error(client, &state, 400, &he.to_string(), 0),
-            _ => {
-                tracing::debug!(client = %client, frontend = &*frontend, error = %e, "connection closed")
+            // HAProxy's `CR` (the client aborted while its request was arriving).
+            Some(he) if he.is_incomplete_message() => {
+                client_fault(client, &state, "client closed during the request head")
             }
+            _ => match h2_protocol_error(&*e) {
+                Some(error) => client_fault(client, &state, &error),
+                None => {
+                    tracing::debug!(client = %client, frontend = &*frontend, error = %e, "connection closed")
+                }
+            },
         }
     }
 }
@@ -426,6 +442,29 @@ fn h2_header_list_limit(max_header_size: usize) -> u32 {
     u32::try_from(limit).unwrap_or(u32::MAX)
 }
 
+/// The HTTP/2 protocol error a client made that ended its connection (a GOAWAY wasp sent),
+/// for its log line: a malformed request the HTTP/2 library refused before wasp saw it.
+fn h2_protocol_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            let ours = h2.is_go_away() && !h2.is_remote();
+            return (ours && h2.reason() != Some(h2::Reason::NO_ERROR))
+                .then(|| format!("HTTP/2 protocol error: {h2}"));
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// Logs (status -1: no response) and counts as an error a request the client broke off or
+/// malformed past answering, as HAProxy logs `<BADREQ>` and counts a request error.
+fn client_fault(client: SocketAddr, state: &FrontendState, error: &str) {
+    state.traffic.count_error();
+    let frontend = state.name();
+    tracing::info!(target: access::TARGET, client = %client, frontend, status = -1, error, "request refused");
+}
+
 /// Logs and counts a request hyper refused before wasp saw it (hyper already answered it).
 fn connection_error(
     client: SocketAddr,
@@ -437,7 +476,7 @@ fn connection_error(
     state.traffic.count_exchange(status, 0, bytes_out, None);
     state.traffic.count_error();
     let frontend = state.name();
-    tracing::info!(target: access::TARGET, client = %client, frontend, status, error, "bad request");
+    tracing::info!(target: access::TARGET, client = %client, frontend, status, error, "request refused");
 }
 
 #[cfg(test)]

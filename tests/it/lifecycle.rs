@@ -104,6 +104,33 @@ async fn bad_config_on_sighup_keeps_the_old_one_serving() {
     );
 }
 
+/// A file read while it is being rewritten (`cp` truncates first) is empty: reloading to it
+/// would close every listener. It is refused, as HAProxy will not start without a listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_a_config_that_listens_nowhere_is_refused() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (_dir, path) = config_file(&config("one", one, one, one, ""));
+    let wasp = Binary::run(&path);
+    let half =
+        "# half written\n[backend.app]\nservers = [{ name = \"s\", addr = \"127.0.0.1:9\" }]\n";
+    for text in ["", half] {
+        std::fs::write(&path, text).unwrap();
+        wasp.signal("HUP");
+        let lines = wasp.lines_until("reload rejected", WAIT);
+        assert!(
+            lines.iter().any(|l| l.contains("listens nowhere")),
+            "{text:?}: {lines:#?}"
+        );
+        let (status, _, body) = get(&format!("http://{}/", wasp.addr)).await;
+        assert_eq!(
+            (status.as_u16(), server_name(&body)),
+            (200, "one"),
+            "{text:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_says_which_start_only_settings_it_left_as_they_were() {
     let servers = Servers::new();
@@ -790,7 +817,7 @@ async fn by_default_an_http2_client_cannot_flood_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_removes_a_bind_closes_its_keep_alive_connections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let two = servers.echo("two").await;
@@ -813,22 +840,37 @@ async fn a_reload_that_removes_a_bind_closes_its_keep_alive_connections() {
     let removed: SocketAddr = field(&line, "listener").parse().unwrap();
     let mut tcp = tokio::net::TcpStream::connect(removed).await.unwrap();
     assert!(ask(&mut tcp).await.ends_with("200 OK"));
+    // An HTTP/2 connection, idle after one request.
+    let h2 = tokio::net::TcpStream::connect(removed).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2),
+    )
+    .await
+    .unwrap();
+    let h2_conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{removed}/"))
+        .body(crate::support::empty())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
 
     std::fs::write(&path, config("one", one, two, one, long_idle)).unwrap();
     wasp.signal("HUP");
     wasp.wait_for("configuration loaded", WAIT);
-    // The open connection's next request has no frontend left: it is answered, and then the
-    // connection is closed rather than kept to answer 503 to every request after it.
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    // The connections have no frontend left: they are closed, as HAProxy's old process closes
+    // its idle connections, rather than kept to answer 503 to every later request. The HTTP/1
+    // one is closed as it is idle; the HTTP/2 one gets a GOAWAY, and its client closes it.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
         .await
+        .expect("the HTTP/1 connection is closed, long before its idle timeout")
         .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+    assert_eq!(String::from_utf8_lossy(&rest), "");
+    tokio::time::timeout(WAIT, h2_conn)
         .await
-        .expect("the connection is closed after the answer, long before its idle timeout")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        .expect("the HTTP/2 connection ends, long before its idle timeout")
+        .unwrap()
+        .expect("it ends with a GOAWAY, not an error");
 }
 
 #[test]
@@ -862,4 +904,48 @@ fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
     );
     // The cause once, not once for the message and once again for its source.
     assert_eq!(line.matches("in use").count(), 1, "{line}");
+}
+
+#[test]
+fn a_config_that_listens_nowhere_does_not_start() {
+    let (_dir, path) = config_file("# nothing yet\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run wasp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("listens nowhere (no frontend and no [admin])"),
+        "{stderr}"
+    );
+}
+
+/// A request the client broke off, or malformed past answering, gets its access-log line
+/// (status -1: nothing was sent), as HAProxy logs `<BADREQ>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_broken_off_or_malformed_past_answering_are_logged() {
+    use tokio::io::AsyncWriteExt;
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (_dir, path) = config_file(&config("one", one, one, one, ""));
+    let wasp = Binary::run(&path);
+
+    let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
+    tcp.write_all(b"GET /partial HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    drop(tcp);
+    let line = wasp.wait_for("client closed during the request head", WAIT);
+    assert!(line.contains("status=-1"), "{line}");
+
+    // A header block that cannot be decoded (HPACK index 0): the connection ends with a GOAWAY.
+    let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
+    let mut start = h2_start();
+    start.extend(H2Frame::encode(H2Frame::HEADERS, 0x5, 1, &[0x80]));
+    tcp.write_all(&start).await.unwrap();
+    let line = wasp.wait_for("HTTP/2 protocol error", WAIT);
+    assert!(line.contains("status=-1"), "{line}");
 }
