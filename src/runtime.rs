@@ -679,10 +679,19 @@ fn control_error(e: RuntimeError) -> ControlError {
 /// Warns of each `[global]` setting read at start only that the file now sets differently
 /// from the running process: a reload leaves it as it was.
 fn warn_start_only(running: &config::Global, file: &config::Global) {
+    // The values in effect: a key written out at its default, or removed where the default is
+    // what runs, changes nothing.
+    let workers = |g: &config::Global| g.workers.unwrap_or_else(Workers::default_count);
+    // For the workers that run (their number is read at start too).
+    let count = workers(running);
+    let pinned = |g: &config::Global| {
+        g.pin_workers
+            .unwrap_or_else(|| Workers::pin_by_default(count))
+    };
     let changed = [
-        ("workers", running.workers != file.workers),
+        ("workers", workers(running) != workers(file)),
         ("log_format", running.log_format != file.log_format),
-        ("cpu_affinity", running.pin_workers != file.pin_workers),
+        ("cpu_affinity", pinned(running) != pinned(file)),
         ("sched_slice", running.sched_slice != file.sched_slice),
     ];
     for (key, _) in changed.iter().filter(|(_, c)| *c) {
@@ -695,8 +704,14 @@ fn warn_start_only(running: &config::Global, file: &config::Global) {
 /// Logs each diagnostic of a config report at its severity.
 pub fn log_diagnostics(report: &config::Report) {
     for d in &report.diagnostics {
-        let text = d.render(&report.file);
-        let text = text.trim_end();
+        // One log line each: the help `wasp check` prints on a line of its own follows `; `.
+        let rendered = d.render(&report.file);
+        let text = rendered
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         match d.severity {
             config::Severity::Error => tracing::error!("{text}"),
             config::Severity::Warning => tracing::warn!("{text}"),

@@ -488,9 +488,48 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
+        // A wrapper may show its source's text as its own (`tcp connect error: tcp connect
+        // error: ...`): each text once.
+        let more = err.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         source = err.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_chain;
+
+    /// An error showing `text`, caused by `source`.
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<Wrap>>);
+
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_cause_is_named_once() {
+        let refused = Wrap("connection refused", None);
+        let tcp = Wrap("tcp connect error", Some(Box::new(refused)));
+        // A transparent wrapper: the same text as its source.
+        let same = Wrap("tcp connect error", Some(Box::new(tcp)));
+        let top = Wrap("client error (Connect)", Some(Box::new(same)));
+        assert_eq!(
+            source_chain(&top),
+            "client error (Connect): tcp connect error: connection refused"
+        );
+    }
 }

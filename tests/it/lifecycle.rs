@@ -164,6 +164,27 @@ async fn a_reload_says_which_start_only_settings_it_left_as_they_were() {
     );
 }
 
+/// A start-only key written out at the value in effect, or removed where its default is what
+/// runs, changed nothing: no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_only_key_removed_at_its_running_value_is_no_change() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let explicit =
+        config("one", one, one, one, "").replace("workers = 4", &format!("workers = {cpus}"));
+    let (_dir, path) = config_file(&explicit);
+    let wasp = Binary::run(&path);
+    std::fs::write(&path, explicit.replace(&format!("workers = {cpus}"), "")).unwrap();
+    wasp.signal("HUP");
+    let lines = wasp.lines_until("configuration loaded", WAIT);
+    let warned: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("read at start"))
+        .collect();
+    assert!(warned.is_empty(), "{warned:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_opens_and_closes_listeners() {
     let servers = Servers::new();
