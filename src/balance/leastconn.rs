@@ -1,7 +1,8 @@
 //! `balance leastconn`: the server with the fewest requests in flight relative to its weight.
 //!
-//! A pick scans every server once, comparing `(active + 1) / weight` (HAProxy's key: the load
-//! with this request) by cross-multiplication (a plain comparison of `active` when all
+//! A pick scans every server once, comparing HAProxy's key: 0 for an idle server (any idle
+//! server comes before any busy one, whatever the weights), else `(active + 1) / weight` (the
+//! load with this request), by cross-multiplication (a plain comparison of `active` when all
 //! candidates have the same weight, the common case). The scan
 //! is the whole cost of this algorithm, so it is kept tight: besides each server's live
 //! `active` counter it reads one compact slot per server (its weight, and its `maxconn`, 0 when
@@ -12,8 +13,8 @@
 //! the worst outcome is a slightly less balanced choice.
 //!
 //! The scan starts one position further at every pick and keeps the first of equally loaded
-//! servers, so ties (an idle backend, equal loads) are spread round-robin; with equal weights an
-//! idle server ends the scan early since nothing can beat it.
+//! servers, so ties (an idle backend, equal loads) are spread round-robin; an idle server ends
+//! the scan early since nothing can beat it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -126,9 +127,8 @@ impl LeastConn {
                     active,
                     weight,
                 };
-                // With equal weights none beats an idle server; with others a heavier busy
-                // one may (`less_loaded_with_this_one`).
-                if UNIFORM && active == 0 {
+                // Nothing beats an idle server.
+                if active == 0 {
                     return true;
                 }
             }
@@ -172,13 +172,20 @@ impl Balancer for LeastConn {
     }
 }
 
-/// Whether server a would be less loaded than server b with this request:
-/// `(a_active + 1) / a_weight < (b_active + 1) / b_weight`, without division (HAProxy's
-/// leastconn key). Counting the request makes weight count on an idle backend too: a server
-/// of weight 4 with one request (2/4) is less loaded than an idle one of weight 1 (1/1).
+/// Whether server a comes before server b by HAProxy's leastconn key: 0 for an idle server,
+/// else `(active + 1) / weight`, the load with this request (compared without division). An
+/// idle server comes first whatever the weights (HAProxy's idle servers take turns); between
+/// busy ones, counting the request makes the weight count: with 4/2/2 in flight on weights
+/// 2/1/1, (4+1)/2 beats (2+1)/1 where the loads alone would tie.
 fn less_loaded_with_this_one(a_active: u32, a_weight: u32, b_active: u32, b_weight: u32) -> bool {
-    (u64::from(a_active) + 1) * u64::from(b_weight)
-        < (u64::from(b_active) + 1) * u64::from(a_weight)
+    match (a_active, b_active) {
+        (0, _) => b_active != 0,
+        (_, 0) => false,
+        _ => {
+            (u64::from(a_active) + 1) * u64::from(b_weight)
+                < (u64::from(b_active) + 1) * u64::from(a_weight)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -218,19 +225,41 @@ mod tests {
     }
 
     /// HAProxy's key counts the request being placed: with weights 2/1/1 and 4/2/2 in flight,
-    /// (4+1)/2 beats (2+1)/1, where the loads alone (2, 2, 2) would tie; and a weight-4 server
-    /// with one request (2/4) beats an idle weight-1 one (1/1).
+    /// (4+1)/2 beats (2+1)/1, where the loads alone (2, 2, 2) would tie.
     #[test]
     fn the_request_being_placed_counts() {
         let lab = Lab::new(&[2, 1, 1]);
         let balancer = lc(&lab);
         let _held = [hold(&lab, 0, 4), hold(&lab, 1, 2), hold(&lab, 2, 2)];
         assert_eq!(lab.picks(&balancer, 6, &[]), vec![Some(0); 6]);
+    }
 
+    /// As in HAProxy, an idle server's key is 0: it comes before any busy one whatever the
+    /// weights (a weight-4 server with one request waits while a weight-1 one is idle), and
+    /// idle servers take turns: sequential requests on weights 4/1/1 go s1 s2 s3 s1 ...
+    #[test]
+    fn an_idle_server_comes_first_whatever_the_weights() {
         let lab = Lab::new(&[1, 4]);
         let balancer = lc(&lab);
         let _busy = hold(&lab, 1, 1);
-        assert_eq!(lab.picks(&balancer, 4, &[]), vec![Some(1); 4]);
+        assert_eq!(lab.picks(&balancer, 4, &[]), vec![Some(0); 4]);
+
+        let lab = Lab::new(&[4, 1, 1]);
+        let balancer = lc(&lab);
+        assert_eq!(
+            lab.picks(&balancer, 6, &[]),
+            [0, 1, 2, 0, 1, 2].map(Some).to_vec()
+        );
+        // Three held 1.5 s requests, then a fourth: one each, then the heaviest.
+        let mut held = Vec::new();
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let i = lab.picks(&balancer, 1, &[])[0].expect("a server");
+            order.push(i);
+            held.push(lab.servers[i].begin_request());
+        }
+        order[..3].sort_unstable();
+        assert_eq!(order, [0, 1, 2, 0]);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
 use http::{
@@ -291,9 +292,13 @@ pub(crate) async fn dispatch(
     local(exhausted, record)
 }
 
+/// The longest wait before a retry on the server that just failed (without `redispatch`).
+const TURN_AROUND: Duration = Duration::from_secs(1);
+
 /// The server for the next attempt: the balancer's pick among servers not tried yet (a new lap
-/// once all have been tried), the failed one again without `redispatch`, or a wait in the queue
-/// while every usable server (or the backend) is at its `maxconn`.
+/// once all have been tried), the failed one again without `redispatch` (after HAProxy's
+/// turn-around time), or a wait in the queue while every usable server (or the backend) is at
+/// its `maxconn`.
 pub(crate) async fn choose(
     backend: &Backend,
     view: &RequestView<'_>,
@@ -305,6 +310,9 @@ pub(crate) async fn choose(
         && let Some(p) = previous
         && backend.servers[p].state.usable()
     {
+        // HAProxy's turn-around timer before a retry on the same server, which may be
+        // restarting: `timeout connect`, at most a second.
+        tokio::time::sleep(backend.timeouts.connect.min(TURN_AROUND)).await;
         return Ok(p);
     }
     let mut ticket = None;

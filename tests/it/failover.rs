@@ -99,6 +99,37 @@ async fn killing_and_restarting_a_server_under_load_fails_no_request() {
     );
 }
 
+/// Without `redispatch`, a retry goes to the same server after HAProxy's turn-around time
+/// (`timeout connect`, at most a second), not at once: a server that refused may be restarting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_the_same_server_waits_its_turn_around_time() {
+    let servers = Servers::new();
+    let dead = servers.closed_port().await;
+    let proxy = crate::support::Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        redispatch = false
+        retries = 2
+        timeout = {{ connect = "300ms" }}
+        servers = [ {{ name = "dead", addr = "{dead}" }} ]
+        "#
+    ))
+    .await;
+    let start = Instant::now();
+    let (status, _, _) = crate::support::get(&proxy.url("/")).await;
+    assert_eq!(status.as_u16(), 503);
+    assert!(
+        start.elapsed() >= Duration::from_millis(600),
+        "two retries, each after 300 ms: {:?}",
+        start.elapsed()
+    );
+}
+
 /// A retry after a failed connect does not wait for the failed attempt's own slot: with a
 /// backend `maxconn` of 1, the request goes straight to the next server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
