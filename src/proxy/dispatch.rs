@@ -34,7 +34,7 @@ use crate::proxy::timer::within;
 use crate::proxy::upgrade;
 use crate::routing::RequestView;
 use crate::snapshot::{Backend, Frontend, Server};
-use crate::upstream::body::{BodyError, IdleBody, Reclaimable, UpstreamBody};
+use crate::upstream::body::{BodyError, IdleBody, Progress, Reclaimable, UpstreamBody};
 use crate::upstream::{ResponseBody, UpstreamError};
 
 /// The parts of a forwarded request that each attempt needs.
@@ -202,12 +202,18 @@ pub(crate) async fn dispatch(
                 &mut record.connection,
             ));
             // `timeout server` counts from the request, or from the last piece of its body the
-            // server took: an upload slower than the timeout is not the server's delay.
+            // server took, and does not run while the client is awaited: an upload slower than
+            // the timeout, or one the client stalls, is not the server's delay (a stalled one
+            // ends at `timeout client`, a 408 that is not counted against the server).
             let mut from = sent;
             loop {
                 match within(from, backend.timeouts.server, timer, send.as_mut()).await {
-                    None => match attempt.body.as_ref().and_then(Reclaimable::last_sent) {
-                        Some(later) if later > from => from = later,
+                    None => match attempt.body.as_ref().map(Reclaimable::progress) {
+                        Some(p) if p.awaiting_client => from = clock::recent(),
+                        Some(Progress {
+                            last_sent: Some(later),
+                            ..
+                        }) if later > from => from = later,
                         _ => break None,
                     },
                     done => break done,

@@ -177,8 +177,17 @@ pub struct Reclaimable {
 
 struct Shared {
     slot: Mutex<Option<ClientBody>>,
+    progress: Mutex<Progress>,
+}
+
+/// How the body's way to the server goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
     /// When the server last took a piece of the body (or its end).
-    last_sent: Mutex<Option<Instant>>,
+    pub last_sent: Option<Instant>,
+    /// The server's connection asked for more and the client has sent nothing yet: the wait
+    /// is the client's (`timeout client`), not the server's.
+    pub awaiting_client: bool,
 }
 
 impl fmt::Debug for Reclaimable {
@@ -195,7 +204,7 @@ impl Reclaimable {
         Self {
             shared: Arc::new(Shared {
                 slot: Mutex::new(Some(body)),
-                last_sent: Mutex::new(None),
+                progress: Mutex::default(),
             }),
             hint,
         }
@@ -210,10 +219,12 @@ impl Reclaimable {
             .unwrap_or(false)
     }
 
-    /// When the server last took a piece of the body, or its end (`None`: nothing yet).
-    /// `timeout server` counts from there: a long upload is not the server's delay.
-    pub fn last_sent(&self) -> Option<Instant> {
-        self.shared.last_sent.lock().ok().and_then(|t| *t)
+    /// When the server last took a piece of the body, or its end (`None`: nothing yet), and
+    /// whether it waits for the client now. `timeout server` counts from the last piece, and
+    /// not while the client is the one awaited: a long or stalled upload is not the server's
+    /// delay.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress.lock().map(|p| *p).unwrap_or_default()
     }
 
     fn take(&self) -> Option<ClientBody> {
@@ -221,8 +232,17 @@ impl Reclaimable {
     }
 
     fn mark_sent(&self) {
-        if let Ok(mut t) = self.shared.last_sent.lock() {
-            *t = Some(clock::recent());
+        if let Ok(mut p) = self.shared.progress.lock() {
+            *p = Progress {
+                last_sent: Some(clock::recent()),
+                awaiting_client: false,
+            };
+        }
+    }
+
+    fn mark_awaiting_client(&self) {
+        if let Ok(mut p) = self.shared.progress.lock() {
+            p.awaiting_client = true;
         }
     }
 }
@@ -265,8 +285,10 @@ impl Body for UpstreamBody {
         match this {
             UpstreamBody::Streaming(body, slot) => {
                 let polled = Pin::new(body.as_mut()).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None | Some(Ok(_)))) {
-                    slot.mark_sent();
+                match polled {
+                    Poll::Ready(None | Some(Ok(_))) => slot.mark_sent(),
+                    Poll::Pending => slot.mark_awaiting_client(),
+                    Poll::Ready(Some(Err(_))) => {}
                 }
                 polled
             }

@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    Binary, Proxy, Servers, client, config_file, empty, field, get, h2_client, one_backend, raw,
-    raw_status, send, server_name, to_echo,
+    Binary, Proxy, Servers, client, config_file, empty, field, get, h2_client, observed_one,
+    one_backend, raw, raw_status, send, server_name, to_echo,
 };
 
 /// Sends `req` (which asks for JSON) and returns the status and what the echo server says
@@ -585,6 +585,37 @@ async fn an_http2_clients_split_cookie_is_joined_for_routing_and_the_server() {
         ["cookie: a=1; b=2"],
         "one Cookie header reaches the HTTP/1.1 server: {body}"
     );
+}
+
+/// A stalled upload is the client's delay, not the server's: with `timeout server` shorter
+/// than `timeout client` it still ends at `client` with a 408, and a server judged by live
+/// traffic is not marked down for it (HAProxy answers 504 and counts it against the server, so
+/// that any client could take servers down).
+#[tokio::test]
+async fn a_stalled_upload_is_not_the_servers_timeout() {
+    let servers = Servers::new();
+    let sink = servers.behaviour().await;
+    let config = observed_one("sink", sink, 1)
+        .replace(
+            "default_backend = \"app\"",
+            "default_backend = \"app\"\n        timeout = { client = \"1s\" }",
+        )
+        .replace(
+            "observe = \"layer7\"",
+            "observe = \"layer7\"\n        timeout = { server = \"300ms\" }",
+        );
+    let proxy = Proxy::start(&config).await;
+    // Promises 100 bytes, sends 10, then stalls.
+    let answer = raw(
+        proxy.addr(),
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 408, "{answer}");
+    // Not marked down (one observed error would do it): the next request is served.
+    let (status, _, body) = get(&proxy.url("/")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok"));
 }
 
 #[tokio::test]
