@@ -816,11 +816,15 @@ pub async fn run(config: Config) -> Result<(), RuntimeError> {
     tracing::info!("stopping: no new connections; in-flight requests may finish");
     // The grace period of the configuration in force now (a reload may have changed it).
     let grace = runtime.proxy.snapshot().global.grace;
-    // A second signal stops at once, as HAProxy's hard stop after a soft one.
+    // A second signal stops at once, as HAProxy's hard stop after a soft one. A reload asked
+    // for meanwhile is refused, and says so.
     let second = async {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => tracing::warn!("SIGHUP ignored: wasp is stopping"),
+            }
         }
     };
     runtime.shutdown_unless(grace, second).await;

@@ -357,6 +357,9 @@ async fn a_second_sigterm_stops_at_once() {
     let (wasp, _held) = held_request(&servers, r#"grace = "300s""#, "/held").await;
     wasp.signal("TERM");
     wasp.wait_for("waiting for in-flight requests", WAIT);
+    // A reload during the stop is refused, and says so.
+    wasp.signal("HUP");
+    wasp.wait_for("SIGHUP ignored: wasp is stopping", WAIT);
     wasp.signal("TERM");
     wasp.wait_for("second stop signal", WAIT);
     let line = wasp.wait_for("/held", WAIT);
