@@ -76,7 +76,13 @@ pub async fn serve(
     let _ = client_tcp.set_nodelay(true);
 
     let head = if frontend.inspects_sni {
-        peek_sni(&mut client_tcp, CLIENT_HELLO_LIMIT, frontend.inspect_delay).await
+        peek_sni(
+            &mut client_tcp,
+            CLIENT_HELLO_LIMIT,
+            frontend.inspect_delay,
+            frontend.timeouts.client,
+        )
+        .await
     } else {
         Ok((None, Vec::new()))
     };

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::SendProxy;
 use crate::proxy::timer::LazyTimer;
+use crate::tls::hello::{self, Hello};
 
 /// The PROXY protocol header announcing a connection from `client` to `local` (the address
 /// the client connected to).
@@ -53,33 +54,37 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 
 /// Reads the start of a TLS connection until its ClientHello is complete (at most `limit`
 /// bytes, for at most `timeout`) and returns the server name it asks for, with every byte
-/// read so far, to be sent on to the server untouched.
+/// read so far, to be sent on to the server untouched. A client silent for `idle` meanwhile
+/// (`timeout client`) fails it with `TimedOut`, as HAProxy closes such a client without
+/// connecting to a server.
 pub async fn peek_sni<R: AsyncRead + Unpin>(
     stream: &mut R,
     limit: usize,
     timeout: Duration,
+    idle: Duration,
 ) -> io::Result<(Option<String>, Vec<u8>)> {
     let mut buffered = Vec::with_capacity(1024);
     let read = async {
-        let mut acceptor = rustls::server::Acceptor::default();
         loop {
             let mut chunk = [0u8; 2048];
-            let n = stream.read(&mut chunk).await?;
+            // Never past `limit`: a longer hello is no hello.
+            let room = limit.saturating_sub(buffered.len()).min(chunk.len());
+            let n = match tokio::time::timeout(idle, stream.read(&mut chunk[..room])).await {
+                Ok(read) => read?,
+                Err(_) => {
+                    let e = io::Error::new(io::ErrorKind::TimedOut, "client timeout");
+                    return Err(e);
+                }
+            };
             if n == 0 {
                 return Ok::<_, io::Error>(None);
             }
             buffered.extend_from_slice(&chunk[..n]);
-            let mut fed = &chunk[..n];
-            while !fed.is_empty() {
-                acceptor.read_tls(&mut fed)?;
-            }
-            match acceptor.accept() {
-                Ok(Some(accepted)) => {
-                    return Ok(accepted.client_hello().server_name().map(str::to_owned));
-                }
-                Ok(None) if buffered.len() < limit => continue,
-                // Not TLS, or not a ClientHello wasp can read: no name, bytes forwarded as they are.
-                Ok(None) | Err(_) => return Ok(None),
+            match hello::server_name(&buffered) {
+                Hello::Complete(name) => return Ok(name),
+                Hello::Incomplete if buffered.len() < limit => continue,
+                // Not TLS, or a hello too long or malformed: no name, bytes forwarded as they are.
+                Hello::Incomplete | Hello::NotHello => return Ok(None),
             }
         }
     };
@@ -326,18 +331,70 @@ mod tests {
             let name = rustls::pki_types::ServerName::try_from("shop.example").unwrap();
             let _ = connector.connect(name, client_side).await;
         });
-        let (name, bytes) = peek_sni(&mut server_side, 16 * 1024, Duration::from_secs(5))
+        let five = Duration::from_secs(5);
+        let (name, bytes) = peek_sni(&mut server_side, 16 * 1024, five, five)
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("shop.example"));
         assert_eq!(bytes[0], 0x16, "a TLS handshake record, kept to forward");
-        let (none, plain) = peek_sni(
-            &mut &b"GET / HTTP/1.1\r\n\r\n"[..],
+        let (none, plain) = peek_sni(&mut &b"GET / HTTP/1.1\r\n\r\n"[..], 1024, five, five)
+            .await
+            .unwrap();
+        assert_eq!((none, plain.len()), (None, 18));
+    }
+
+    /// A TLS 1.0 hello, which rustls would not read, sent in pieces: its name, and every byte.
+    #[tokio::test]
+    async fn the_name_of_an_old_hello_in_pieces_is_read() {
+        use crate::tls::hello::tests::{hello_message, records, sni};
+        let hello = records(&hello_message(0x0301, &[sni(b"legacy.example")]), 50);
+        let (mut server_side, mut client_side) = duplex(16 * 1024);
+        let sent = hello.clone();
+        tokio::spawn(async move {
+            for piece in sent.chunks(7) {
+                client_side.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            client_side
+        });
+        let five = Duration::from_secs(5);
+        let (name, bytes) = peek_sni(&mut server_side, 32 * 1024, five, five)
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("legacy.example"));
+        assert_eq!(bytes, hello);
+    }
+
+    /// A client silent for `timeout client` while its hello is awaited is cut then, before
+    /// `inspect_delay`, as HAProxy closes it; with the delay shorter, the delay ends the wait
+    /// and the connection goes on without a name.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_cut_at_timeout_client_during_inspection() {
+        let (mut server_side, mut client_side) = duplex(1024);
+        client_side.write_all(b"\x16\x03\x01").await.unwrap();
+        let start = Instant::now();
+        let err = peek_sni(
+            &mut server_side,
             1024,
+            Duration::from_secs(3),
             Duration::from_secs(1),
         )
         .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+
+        let start = Instant::now();
+        let (name, bytes) = peek_sni(
+            &mut server_side,
+            1024,
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+        )
+        .await
         .unwrap();
-        assert_eq!((none, plain.len()), (None, 18));
+        assert_eq!((name, bytes.len()), (None, 0));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        drop(client_side);
     }
 }

@@ -1,11 +1,12 @@
 //! TLS termination: certificates loaded and checked (`certs`), chosen per connection by SNI
-//! (`sni`), and the rustls server configuration of a listener: TLS 1.2 and 1.3 only with
+//! (`sni`); the server name of a ClientHello read without terminating TLS (`hello`, TCP mode); and the rustls server configuration of a listener: TLS 1.2 and 1.3 only with
 //! rustls' default cipher suites (no renegotiation or compression exist in rustls), ALPN `h2`
 //! then `http/1.1` (none for a client that offers neither), optional client-certificate
 //! verification. `client` builds the rustls configuration wasp uses towards TLS servers.
 
 pub mod certs;
 pub mod client;
+pub mod hello;
 pub mod sni;
 
 use std::sync::Arc;

@@ -408,7 +408,7 @@ async fn sni_routes_tls_to_two_backends_without_terminating_it() {
         mode = "tcp"
         bind = "127.0.0.1:0"
         inspect_delay = "5s"
-        acl = {{ is_shop = "req.ssl_sni -i shop.example", is_blog = "req.ssl_sni -m end .blog.example blog.example", local = "src 127.0.0.0/8" }}
+        acl = {{ is_shop = "req.ssl_sni -i shop.example", is_blog = "req.ssl_sni -i -m end .blog.example blog.example", local = "src 127.0.0.0/8" }}
         use_backend = [
           {{ backend = "shop", if = "is_shop local" }},
           {{ backend = "blog", if = "is_blog" }},
