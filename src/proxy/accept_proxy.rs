@@ -190,15 +190,21 @@ enum Endpoints {
     V6(ppp::v2::IPv6),
 }
 
-/// A parser's complaint in wasp's words: lower case, no final period.
+/// A parser's complaint in wasp's words: lower case, no final period, and control characters
+/// escaped (it may quote what the peer sent, such as `\r\n`, and a log line must stay one line).
 fn invalid(e: impl std::fmt::Display) -> HeaderError {
     let text = e.to_string();
-    let text = text.trim_end_matches('.');
-    let mut chars = text.chars();
-    HeaderError::Invalid(match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    })
+    let mut words = String::with_capacity(text.len());
+    for (i, c) in text.trim_end_matches('.').chars().enumerate() {
+        if c.is_control() {
+            words.extend(c.escape_default());
+        } else if i == 0 {
+            words.extend(c.to_lowercase());
+        } else {
+            words.push(c);
+        }
+    }
+    HeaderError::Invalid(words)
 }
 
 #[cfg(test)]
@@ -365,10 +371,16 @@ mod tests {
             b"PROXY TCP4 2001:db8::1 192.0.2.2 1 2\r\n",
             b"PROXY TCP4 192.0.2.1 192.0.2.2 01 2\r\n",
             b"PROXY TCP5 192.0.2.1 192.0.2.2 1 2\r\n",
+            // The parser quotes the line's end it wanted.
+            b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 8080 extra\r\n",
             &v3,
             &udp,
         ] {
             let e = parse(header).unwrap_err();
+            assert!(
+                !e.to_string().contains(['\r', '\n']),
+                "one log line: {e}"
+            );
             assert!(
                 matches!(&e, HeaderError::Invalid(m) if m.chars().next().is_some_and(char::is_lowercase)),
                 "{header:?}: {e}"
