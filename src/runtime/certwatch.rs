@@ -4,6 +4,11 @@
 //! the request path. New handshakes get the new certificates; established connections keep
 //! their sessions. A file that does not load (half written, a key that does not match) leaves
 //! that listener's certificates as they were, with an error logged; the next change retries.
+//!
+//! A file counts as changed when a change touches it or a symlink on its way: Kubernetes
+//! mounts a Secret as `tls.crt -> ..data/tls.crt` with `..data -> ..2026_11_27...`, and updates
+//! it by renaming a new `..data` link over the old one, so the only event in the folder names
+//! `..data`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -29,7 +34,7 @@ pub fn spawn_cert_watch(proxy: Arc<Proxy>) -> Result<CertWatch, notify::Error> {
         let snapshot = proxy.snapshot();
         let affected: Vec<Arc<TlsListener>> = snapshot
             .tls_listeners()
-            .filter(|l| files(l).any(|f| changed.contains(&f)))
+            .filter(|l| files(l).any(|f| on_the_way(&f).any(|p| changed.contains(&p))))
             .cloned()
             .collect();
         drop(snapshot);
@@ -78,6 +83,46 @@ fn files(listener: &TlsListener) -> impl Iterator<Item = PathBuf> + '_ {
         .iter()
         .flat_map(|c| [&c.cert, &c.key])
         .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+}
+
+/// `file` and the paths its symlinks lead through, in its folder: for `d/tls.crt ->
+/// ..data/tls.crt`, also `d/..data/tls.crt` and `d/..data`. At most 8 links are followed.
+fn on_the_way(file: &Path) -> impl Iterator<Item = PathBuf> {
+    let mut paths = vec![file.to_path_buf()];
+    let mut current = file.to_path_buf();
+    for _ in 0..8 {
+        let (Ok(target), Some(folder)) = (std::fs::read_link(&current), current.parent()) else {
+            break;
+        };
+        let folder = folder.to_path_buf();
+        let next = lexically_normal(&folder.join(target));
+        // The link's target and the folders between it and this folder (`..data`).
+        let mut step = next.as_path();
+        while step != folder && step.starts_with(&folder) {
+            paths.push(step.to_path_buf());
+            match step.parent() {
+                Some(p) => step = p,
+                None => break,
+            }
+        }
+        current = next;
+    }
+    paths.into_iter()
+}
+
+/// `path` with `.` and `..` components resolved by their names alone.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn names(listener: &TlsListener) -> String {

@@ -341,6 +341,52 @@ async fn reloaded_certificates_serve_new_connections_while_old_ones_keep_working
     );
 }
 
+/// A certificate from a Kubernetes Secret volume: `tls.crt -> ..data/tls.crt`, `..data ->
+/// ..v1`, updated by renaming a new `..data` link over the old one (the only event in the
+/// folder names `..data`), is reloaded as a file written in place is.
+#[tokio::test]
+async fn a_kubernetes_style_secret_update_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let secret = dir.path().join("secret");
+    let version = |name: &str| {
+        let v = secret.join(name);
+        std::fs::create_dir_all(&v).unwrap();
+        let made = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.leaf(made.path(), "site", &["site.test"]);
+        std::fs::copy(&cert, v.join("tls.crt")).unwrap();
+        std::fs::copy(&key, v.join("tls.key")).unwrap();
+        der(&cert)
+    };
+    let first = version("..v1");
+    symlink("..v1", secret.join("..data")).unwrap();
+    symlink("..data/tls.crt", secret.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", secret.join("tls.key")).unwrap();
+    let servers = Servers::new();
+    let echo = servers.echo("node1").await;
+    let proxy = Proxy::start(&format!(
+        "[frontend.web]\nbind = [{{ addr = \"127.0.0.1:0\", tls = {} }}]\ndefault_backend = \"app\"\n\
+         [backend.app]\nservers = [{{ name = \"s1\", addr = \"{echo}\" }}]\n",
+        tls_table(&secret.join("tls.crt"), &secret.join("tls.key"))
+    ))
+    .await;
+    let addr = proxy.addr();
+    assert_eq!(presented(&tls(addr, "site.test", &ca.pem, &[]).await), first);
+
+    let second = version("..v2");
+    symlink("..v2", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while presented(&tls(addr, "site.test", &ca.pem, &[]).await) != second {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the updated Secret's certificate was not served within 10s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A TLS server with a certificate for `names` from `ca`, answering its name and the HTTP
 /// version of the request; speaks HTTP/2 when `h2`.
 async fn tls_backend(ca: &TestCa, dir: &Path, name: &str, names: &[&str], h2: bool) -> SocketAddr {
