@@ -377,10 +377,7 @@ mod tests {
             &udp,
         ] {
             let e = parse(header).unwrap_err();
-            assert!(
-                !e.to_string().contains(['\r', '\n']),
-                "one log line: {e}"
-            );
+            assert!(!e.to_string().contains(['\r', '\n']), "one log line: {e}");
             assert!(
                 matches!(&e, HeaderError::Invalid(m) if m.chars().next().is_some_and(char::is_lowercase)),
                 "{header:?}: {e}"

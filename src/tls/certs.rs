@@ -167,7 +167,12 @@ fn combine(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Certificate, CertError> {
-    let (names, not_after, not_after_text) = inspect(&chain[0], &pair.cert)?;
+    let Inspected {
+        names,
+        not_after,
+        not_after_text,
+        public_key,
+    } = inspect(&chain[0], &pair.cert)?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -175,16 +180,19 @@ fn combine(
             path: pair.key.clone(),
             message: e.to_string(),
         })?;
-    let certified = CertifiedKey::new(chain, signing);
-    match certified.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(_) => {
-            return Err(CertError::Mismatch {
-                cert: pair.cert.clone(),
-                key: pair.key.clone(),
-            });
-        }
+    // The key's public half against the certificate's, compared here rather than by rustls'
+    // `keys_match`, whose certificate parser takes X.509 v3 only: a v1 certificate (what
+    // `openssl x509 -req` makes without extensions) would read as a key that does not match.
+    if signing
+        .public_key()
+        .is_some_and(|spki| spki.as_ref() != public_key.as_slice())
+    {
+        return Err(CertError::Mismatch {
+            cert: pair.cert.clone(),
+            key: pair.key.clone(),
+        });
     }
+    let certified = CertifiedKey::new(chain, signing);
     Ok(Certificate {
         pair: pair.clone(),
         key: Arc::new(certified),
@@ -225,10 +233,17 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
 }
 
 /// The DNS names and the expiry (as a time and as text) of an end-entity certificate.
-fn inspect(
-    der: &CertificateDer<'_>,
-    path: &Path,
-) -> Result<(Vec<String>, SystemTime, String), CertError> {
+/// What wasp reads of a leaf certificate.
+struct Inspected {
+    /// DNS names (subject alternative names, else the common name), lower case.
+    names: Vec<String>,
+    not_after: SystemTime,
+    not_after_text: String,
+    /// The DER of its SubjectPublicKeyInfo.
+    public_key: Vec<u8>,
+}
+
+fn inspect(der: &CertificateDer<'_>, path: &Path) -> Result<Inspected, CertError> {
     let bad = |message: String| CertError::Certificate {
         path: path.to_owned(),
         message,
@@ -252,8 +267,12 @@ fn inspect(
         );
     }
     let secs = cert.validity().not_after.timestamp();
-    let not_after = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    Ok((names, not_after, cert.validity().not_after.to_string()))
+    Ok(Inspected {
+        names,
+        not_after: UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
+        not_after_text: cert.validity().not_after.to_string(),
+        public_key: cert.public_key().raw.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -281,6 +300,26 @@ pub(crate) mod tests {
             cert.remaining(SystemTime::now())
                 .is_some_and(|d| d > Duration::from_secs(86_400))
         );
+    }
+
+    /// An X.509 v1 certificate (`openssl x509 -req` without extensions; HAProxy serves it)
+    /// loads with its key, and with another key is a mismatch, not an unreadable certificate.
+    #[test]
+    fn a_version_1_certificate_loads_with_its_key() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        let pair = CertPair {
+            cert: fixtures.join("v1.pem"),
+            key: fixtures.join("v1.key"),
+        };
+        let cert = load(&pair).expect("loads");
+        assert_eq!(cert.names, ["v1.example"]);
+        let dir = tempfile::tempdir().unwrap();
+        let other = self_signed(dir.path(), "other", &["other.example"]);
+        let mismatched = CertPair {
+            cert: pair.cert.clone(),
+            key: other.key,
+        };
+        assert!(matches!(load(&mismatched), Err(CertError::Mismatch { .. })));
     }
 
     #[test]

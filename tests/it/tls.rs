@@ -372,7 +372,10 @@ async fn a_kubernetes_style_secret_update_is_reloaded() {
     ))
     .await;
     let addr = proxy.addr();
-    assert_eq!(presented(&tls(addr, "site.test", &ca.pem, &[]).await), first);
+    assert_eq!(
+        presented(&tls(addr, "site.test", &ca.pem, &[]).await),
+        first
+    );
 
     let second = version("..v2");
     symlink("..v2", secret.join("..data_tmp")).unwrap();
