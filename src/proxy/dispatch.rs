@@ -84,6 +84,17 @@ impl Attempt {
                 // one.
                 headers.insert(header::HOST, host);
             }
+            // hyper frames a body of unknown length on GET or HEAD as none at all ("almost
+            // never have bodies"): one the client sent (chunked, or HTTP/2 DATA without a
+            // length) goes chunked, as HAProxy forwards it, not dropped.
+            if matches!(self.method, Method::GET | Method::HEAD)
+                && self.body.as_ref().is_some_and(|b| !b.length_known())
+            {
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
             Uri::from(self.path_and_query.clone())
         };
         let body = match &self.body {

@@ -210,6 +210,11 @@ impl Reclaimable {
         }
     }
 
+    /// Whether the body's length is known (a `Content-Length`, or HTTP/2's end of stream).
+    pub fn length_known(&self) -> bool {
+        self.hint.exact().is_some()
+    }
+
     /// Whether the body is still unread, i.e. a new attempt can carry it.
     pub fn is_intact(&self) -> bool {
         self.shared

@@ -162,6 +162,39 @@ async fn query_and_url_param_route_as_in_haproxy_and_the_server_gets_the_target(
     }
 }
 
+/// A GET or HEAD body of unknown length (chunked from an HTTP/1.1 client) reaches an HTTP/1.1
+/// server chunked, as HAProxy forwards it: hyper alone would frame it as no body at all.
+#[tokio::test]
+async fn a_chunked_get_body_reaches_the_server() {
+    let servers = Servers::new();
+    let proxy = to_echo(&servers, "").await;
+    for method in ["GET", "HEAD"] {
+        let answer = raw(
+            proxy.addr(),
+            format!(
+                "{method} /search HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                 Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+            WAIT,
+        )
+        .await;
+        assert_eq!(raw_status(&answer), 200, "{method}: {answer}");
+        if method == "GET" {
+            assert!(answer.contains("body: 11 bytes"), "{answer}");
+        }
+    }
+    // Without a body, no framing is added.
+    let answer = raw(proxy.addr(), GET_CLOSE, WAIT).await;
+    assert!(answer.contains("body: 0 bytes"), "{answer}");
+    assert!(
+        !answer
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked\n"),
+        "{answer}"
+    );
+}
+
 #[tokio::test]
 async fn targets_and_hosts_that_name_no_one_place_are_400() {
     let servers = Servers::new();
