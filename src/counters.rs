@@ -243,6 +243,15 @@ impl Sessions {
         SessionGuard(self)
     }
 
+    /// Counts a connection already counted by [`Sessions::open`] as open again, without
+    /// counting it in the total: an upgraded connection's tunnel, which outlives hyper's
+    /// serving of it.
+    pub fn hold(&self) -> SessionGuard<'_> {
+        let now = self.current.fetch_add(1, Ordering::Relaxed) + 1;
+        raise(&self.max, now);
+        SessionGuard(self)
+    }
+
     pub fn current(&self) -> u64 {
         self.current.load(Ordering::Relaxed)
     }

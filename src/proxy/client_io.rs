@@ -47,7 +47,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, Take};
 use tokio::time::Instant;
 
 use crate::clock;
-use crate::proxy::graceful::StopHandle;
+use crate::proxy::graceful::{OpenGuard, StopHandle};
 use crate::proxy::timer::LazyTimer;
 use crate::upstream::connect::read_at_most;
 
@@ -86,6 +86,8 @@ pub struct ConnShared {
     write_blocked: AtomicBool,
     /// A response body waiting for the client to take data ([`Self::client_blocked`]).
     writable: AtomicWaker,
+    /// The connection's place among the open ones ([`Self::counted_open`]).
+    open: Option<OpenGuard>,
 }
 
 impl Default for ConnShared {
@@ -109,7 +111,15 @@ impl ConnShared {
             stop,
             write_blocked: AtomicBool::new(false),
             writable: AtomicWaker::new(),
+            open: None,
         }
+    }
+
+    /// Keeps the connection counted as open for as long as this state lives: an upgraded
+    /// connection's tunnel holds it (through the socket, and its request's [`InFlight`]).
+    pub fn counted_open(mut self, open: OpenGuard) -> Self {
+        self.open = Some(open);
+        self
     }
 
     /// Whether the client is not taking data (the socket refused the last write); if so, the

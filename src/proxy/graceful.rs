@@ -132,9 +132,13 @@ impl Graceful {
         open.next += 1;
         open.signals.insert(id, Arc::clone(&signal));
         Watcher {
-            registry: Arc::clone(&self.registry),
+            open: OpenGuard {
+                _registration: Arc::new(Registration {
+                    registry: Arc::clone(&self.registry),
+                    id,
+                }),
+            },
             signal,
-            id,
         }
     }
 
@@ -210,15 +214,29 @@ impl StopHandle {
     }
 }
 
-/// A connection's registration; dropping it marks the connection closed.
+/// A connection's registration and stop signal; the connection counts as open until this and
+/// every [`OpenGuard`] taken from it are dropped.
 #[derive(Debug)]
 pub struct Watcher {
-    registry: Arc<Registry>,
+    open: OpenGuard,
     signal: Arc<Signal>,
+}
+
+/// Keeps a connection counted as open (for `maxconn`, the stop, the open-connection gauges)
+/// while held: a connection upgraded to a tunnel (WebSocket) outlives hyper's serving of it.
+#[derive(Debug, Clone)]
+pub struct OpenGuard {
+    _registration: Arc<Registration>,
+}
+
+/// A connection's place in the registry, freed when the last holder drops it.
+#[derive(Debug)]
+struct Registration {
+    registry: Arc<Registry>,
     id: u64,
 }
 
-impl Drop for Watcher {
+impl Drop for Registration {
     fn drop(&mut self) {
         let mut open = self.registry.open();
         open.signals.remove(&self.id);
@@ -236,6 +254,11 @@ impl Watcher {
     /// The connection's own handle on its stop signal.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(Arc::clone(&self.signal))
+    }
+
+    /// Keeps the connection counted as open beyond this watcher.
+    pub fn open_guard(&self) -> OpenGuard {
+        self.open.clone()
     }
 
     /// Runs `conn`, asking it to shut down gracefully once the stop begins (or once

@@ -343,7 +343,8 @@ impl Connection {
             local_port,
             proxy,
         } = self;
-        let conn = Arc::new(ConnShared::new(watcher.stop_handle()));
+        let conn =
+            Arc::new(ConnShared::new(watcher.stop_handle()).counted_open(watcher.open_guard()));
         let io = TokioIo::new(
             ClientIo::new(io, Arc::clone(&conn), timeouts, alpn == Alpn::H2)
                 .max_head(max_header_size),

@@ -66,6 +66,10 @@ impl Tunnel {
                     return;
                 }
             };
+            // The client connection's session: hyper's serving of it ends with the hand-over,
+            // the connection does not. (Its place under `maxconn` goes on through the socket's
+            // state, which the upgraded connection holds.)
+            let _session = self.frontend.as_deref().map(|f| f.sessions.hold());
             let (relayed, result) = relay(
                 TokioIo::new(client),
                 TokioIo::new(server),

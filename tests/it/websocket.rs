@@ -165,6 +165,47 @@ async fn websocket_echo_through_the_proxy() {
     assert!(rest.is_empty());
 }
 
+/// An open tunnel is an open client connection: it counts under `[global] maxconn`, as in
+/// HAProxy (hyper's serving of the connection ends with the upgrade; the connection does not).
+#[tokio::test]
+async fn open_tunnels_count_under_maxconn() {
+    let proxy = Proxy::start(&format!(
+        "[global]\nworkers = 1\nmaxconn = 2\n{}",
+        config(ws_echo().await, "")
+    ))
+    .await;
+    let seen = "upgrade=websocket xff=127.0.0.1\n";
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let (mut tcp, head) = upgrade(proxy.addr(), "/chat").await;
+        assert_eq!(raw_status(&head), 101, "{head}");
+        assert_eq!(read_exact_in_time(&mut tcp, seen.len()).await, seen);
+        tunnels.push(tcp);
+    }
+    // The frontend counts them as its current sessions.
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let sessions = &snapshot.frontends[0].state.sessions;
+    crate::support::wait_until(LIMIT, "two current sessions", || sessions.current() == 2).await;
+    // A third client waits in the listen queue while both tunnels are open...
+    let mut third = TcpStream::connect(proxy.addr()).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1];
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read(&mut first)).await;
+    assert!(waited.is_err(), "served while both tunnels were open");
+    // ...and is served once one closes.
+    let mut closing = tunnels.pop().unwrap();
+    closing.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, third.read_to_end(&mut answer))
+        .await
+        .expect("served once a tunnel closed")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
+}
+
 #[tokio::test]
 async fn an_idle_tunnel_is_closed_after_timeout_tunnel() {
     let proxy = Proxy::start(&config(
