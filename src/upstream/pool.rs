@@ -90,7 +90,7 @@ impl UpstreamError {
     }
 }
 
-/// The longest response head an HTTP/1.1 server may send (each read takes 16 KiB at most:
+/// The longest response head an HTTP/1.1 server may send (each read takes 32 KiB at most:
 /// `connect::READ_PIECE`).
 const UPSTREAM_HEAD_MAX: usize = 64 * 1024;
 
