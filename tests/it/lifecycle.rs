@@ -897,8 +897,8 @@ async fn a_reload_that_removes_a_bind_closes_its_keep_alive_connections() {
         .expect("it ends with a GOAWAY, not an error");
 }
 
-#[test]
-fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
+#[tokio::test]
+async fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let (_dir, path) = config_file(&format!(
@@ -910,11 +910,16 @@ fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
         servers = [ {{ name = "one", addr = "127.0.0.1:1" }} ]
         "#
     ));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+    // Bounded: a wasp that started anyway would run until killed.
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
         .args(["run", "-c"])
         .arg(&path)
         .env("RUST_LOG", "off")
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("wasp stops at once")
         .expect("run wasp");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -930,14 +935,19 @@ fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
     assert_eq!(line.matches("in use").count(), 1, "{line}");
 }
 
-#[test]
-fn a_config_that_listens_nowhere_does_not_start() {
+#[tokio::test]
+async fn a_config_that_listens_nowhere_does_not_start() {
     let (_dir, path) = config_file("# nothing yet\n");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+    // Bounded: a wasp that started anyway would run until killed.
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
         .args(["run", "-c"])
         .arg(&path)
         .env("RUST_LOG", "off")
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("wasp refuses to start, at once")
         .expect("run wasp");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
