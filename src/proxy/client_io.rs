@@ -668,6 +668,14 @@ pub(crate) mod tests {
         }
     }
 
+    /// How long [`read_until_error`] takes, which must end in a timeout.
+    async fn time_to_timeout(io: &mut ClientIo<DuplexStream>) -> Duration {
+        let start = Instant::now();
+        let err = read_until_error(io).await;
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        start.elapsed()
+    }
+
     /// [`after_reading`] a whole HTTP/1.1 request head.
     async fn after_a_request_head() -> (ClientIo<DuplexStream>, DuplexStream, Arc<ConnShared>) {
         after_reading(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await
@@ -725,11 +733,8 @@ pub(crate) mod tests {
             let (server_end, _client) = duplex(4096);
             let shared = Arc::new(ConnShared::default());
             let mut io = ClientIo::new(server_end, Arc::clone(&shared), short_client, false);
-            let start = Instant::now();
-            let err = read_until_error(&mut io).await;
-            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
             assert_eq!(
-                start.elapsed(),
+                time_to_timeout(&mut io).await,
                 Duration::from_secs(2),
                 "nothing after accept"
             );
@@ -737,7 +742,6 @@ pub(crate) mod tests {
 
             let (server_end, mut client) = duplex(4096);
             let mut io = ClientIo::new(server_end, Arc::default(), short_client, false);
-            let start = Instant::now();
             let dribble = tokio::spawn(async move {
                 for b in b"GET / HTTP/1.1\r\nhost: a\r\n" {
                     client.write_all(&[*b]).await.unwrap();
@@ -745,10 +749,8 @@ pub(crate) mod tests {
                 }
                 client
             });
-            let err = read_until_error(&mut io).await;
-            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
             assert_eq!(
-                start.elapsed(),
+                time_to_timeout(&mut io).await,
                 Duration::from_secs(10),
                 "a byte every 1.5 s"
             );
@@ -759,11 +761,8 @@ pub(crate) mod tests {
             client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
             let mut buf = [0u8; 64];
             assert!(io.read(&mut buf).await.unwrap() > 0);
-            let start = Instant::now();
-            let err = read_until_error(&mut io).await;
-            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
             assert_eq!(
-                start.elapsed(),
+                time_to_timeout(&mut io).await,
                 Duration::from_secs(2),
                 "a pause in the head"
             );

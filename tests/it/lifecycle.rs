@@ -104,14 +104,21 @@ async fn bad_config_on_sighup_keeps_the_old_one_serving() {
     );
 }
 
+/// wasp running [`config`] with every backend on one echo server, "one": the servers, the
+/// config file's folder (both to keep bound for the test) and path, and the binary.
+async fn running_one() -> (Servers, tempfile::TempDir, std::path::PathBuf, Binary) {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let (dir, path) = config_file(&config("one", one, one, one, ""));
+    let wasp = Binary::run(&path);
+    (servers, dir, path, wasp)
+}
+
 /// A file read while it is being rewritten (`cp` truncates first) is empty: reloading to it
 /// would close every listener. It is refused, as HAProxy will not start without a listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_to_a_config_that_listens_nowhere_is_refused() {
-    let servers = Servers::new();
-    let one = servers.echo("one").await;
-    let (_dir, path) = config_file(&config("one", one, one, one, ""));
-    let wasp = Binary::run(&path);
+    let (_servers, _dir, path, wasp) = running_one().await;
     let half =
         "# half written\n[backend.app]\nservers = [{ name = \"s\", addr = \"127.0.0.1:9\" }]\n";
     for text in ["", half] {
@@ -133,10 +140,7 @@ async fn a_reload_to_a_config_that_listens_nowhere_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_says_which_start_only_settings_it_left_as_they_were() {
-    let servers = Servers::new();
-    let one = servers.echo("one").await;
-    let (_dir, path) = config_file(&config("one", one, one, one, ""));
-    let wasp = Binary::run(&path);
+    let (_servers, _dir, path, wasp) = running_one().await;
     let read_at_start = |lines: &[String]| {
         lines
             .iter()
@@ -151,7 +155,9 @@ async fn a_reload_says_which_start_only_settings_it_left_as_they_were() {
         Vec::<String>::new(),
         "nothing changed"
     );
-    let fewer = config("one", one, one, one, "").replace("workers = 4", "workers = 2");
+    let fewer = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("workers = 4", "workers = 2");
     std::fs::write(&path, fewer).unwrap();
     wasp.signal("HUP");
     let warned = read_at_start(&wasp.lines_until("configuration loaded", WAIT));
@@ -897,6 +903,24 @@ async fn a_reload_that_removes_a_bind_closes_its_keep_alive_connections() {
         .expect("it ends with a GOAWAY, not an error");
 }
 
+/// Runs `wasp run -c path`, which must refuse to start (exit 1); its stderr. Bounded: a wasp
+/// that started anyway would run until killed.
+async fn refused_start(path: &std::path::Path) -> String {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["run", "-c"])
+        .arg(path)
+        .env("RUST_LOG", "off")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("wasp refuses to start, at once")
+        .expect("run wasp");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -910,19 +934,7 @@ async fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
         servers = [ {{ name = "one", addr = "127.0.0.1:1" }} ]
         "#
     ));
-    // Bounded: a wasp that started anyway would run until killed.
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "off")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(WAIT, run)
-        .await
-        .expect("wasp stops at once")
-        .expect("run wasp");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused_start(&path).await;
     let line = stderr
         .lines()
         .find(|l| l.contains("error"))
@@ -938,19 +950,7 @@ async fn a_bind_address_in_use_stops_start_up_with_one_clear_line() {
 #[tokio::test]
 async fn a_config_that_listens_nowhere_does_not_start() {
     let (_dir, path) = config_file("# nothing yet\n");
-    // Bounded: a wasp that started anyway would run until killed.
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "off")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(WAIT, run)
-        .await
-        .expect("wasp refuses to start, at once")
-        .expect("run wasp");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused_start(&path).await;
     assert!(
         stderr.contains("listens nowhere (no frontend and no [admin])"),
         "{stderr}"
@@ -962,10 +962,7 @@ async fn a_config_that_listens_nowhere_does_not_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_broken_off_or_malformed_past_answering_are_logged() {
     use tokio::io::AsyncWriteExt;
-    let servers = Servers::new();
-    let one = servers.echo("one").await;
-    let (_dir, path) = config_file(&config("one", one, one, one, ""));
-    let wasp = Binary::run(&path);
+    let (_servers, _dir, _path, wasp) = running_one().await;
 
     let mut tcp = tokio::net::TcpStream::connect(wasp.addr).await.unwrap();
     tcp.write_all(b"GET /partial HTTP/1.1\r\nHost: a\r\n")
