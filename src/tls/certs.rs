@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, RootCertStore};
 
 /// A certificate file and its private key file (PEM), paths resolved against the config
 /// file's directory.
@@ -205,24 +205,50 @@ fn combine(
 /// Loads a CA bundle (one or more PEM certificates), as used to verify client certificates or
 /// servers.
 pub fn load_ca(path: &Path) -> Result<RootCertStore, CertError> {
+    load_ca_listed(path).map(|(roots, _)| roots)
+}
+
+/// A CA bundle as trust anchors, and its certificates as written (to recognise one of them
+/// presented as a server's own certificate).
+pub fn load_ca_listed(
+    path: &Path,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), CertError> {
     let pem = read(path)?;
     let mut roots = RootCertStore::empty();
+    let mut listed = Vec::new();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| CertError::Pem {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        roots.add(cert).map_err(|e| CertError::Certificate {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        roots
+            .add(cert.clone())
+            .map_err(|e| CertError::Certificate {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        listed.push(cert);
     }
     if roots.is_empty() {
         return Err(CertError::NoCertificate {
             path: path.to_owned(),
         });
     }
-    Ok(roots)
+    Ok((roots, listed))
+}
+
+/// Whether `now` is within a certificate's validity period.
+pub fn check_validity(der: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| CertificateError::BadEncoding)?;
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    if now < cert.validity().not_before.timestamp() {
+        return Err(CertificateError::NotValidYet.into());
+    }
+    if now > cert.validity().not_after.timestamp() {
+        return Err(CertificateError::Expired.into());
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {

@@ -2,14 +2,22 @@
 //! verified against the bundled Mozilla roots (`webpki-roots`, so that nothing depends on the
 //! machine's certificate store) or against a configured CA bundle, and not at all only when a
 //! backend says `verify = "none"`. ALPN offers `h2` or `http/1.1` after the backend's `proto`.
+//!
+//! A certificate that is itself in the configured CA bundle is trusted as it is, as OpenSSL
+//! (and so HAProxy's `ca-file`) trusts it: the self-signed certificate `openssl req -x509`
+//! makes is also a CA (`CA:TRUE`), which webpki refuses as a server's own certificate. Its
+//! name and validity period are still checked.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::config::UpstreamTls;
 use crate::tls::TlsError;
@@ -20,11 +28,24 @@ pub fn client_config(settings: &UpstreamTls, h2: bool) -> Result<Arc<ClientConfi
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let mut config = if settings.verify {
-        let roots = match &settings.ca {
-            Some(ca) => certs::load_ca(ca)?,
-            None => RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
+        match &settings.ca {
+            Some(ca) => {
+                let (roots, listed) = certs::load_ca_listed(ca)?;
+                let chains =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOrListed { chains, listed }))
+                    .with_no_client_auth()
+            }
+            None => builder
+                .with_root_certificates(RootCertStore::from_iter(
+                    webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+                ))
+                .with_no_client_auth(),
+        }
     } else {
         builder
             .dangerous()
@@ -47,6 +68,65 @@ pub fn server_name(settings: &UpstreamTls, addr: IpAddr) -> ServerName<'static> 
         .as_deref()
         .and_then(|s| ServerName::try_from(s.to_owned()).ok())
         .unwrap_or_else(|| ServerName::IpAddress(addr.into()))
+}
+
+/// A server certificate verified by a chain to the CA bundle, or found in the bundle itself
+/// (then only its name and validity period are checked).
+#[derive(Debug)]
+struct ChainOrListed {
+    chains: Arc<WebPkiServerVerifier>,
+    /// The bundle's certificates, as written.
+    listed: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for ChainOrListed {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chained = self.chains.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        if chained.is_ok() || !self.listed.iter().any(|c| c == end_entity) {
+            return chained;
+        }
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| CertificateError::BadEncoding)?;
+        cert.verify_is_valid_for_subject_name(server_name)
+            .map_err(|_| CertificateError::NotValidForName)?;
+        certs::check_validity(end_entity, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chains.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chains.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chains.supported_verify_schemes()
+    }
 }
 
 /// `verify = "none"`: any certificate is accepted; handshake signatures are still checked, so

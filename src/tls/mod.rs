@@ -29,6 +29,8 @@ pub enum TlsError {
     },
     #[error("tls: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("tls: {0}")]
+    Verifier(String),
 }
 
 /// The TLS side of one listener: its rustls configuration and its replaceable certificates.

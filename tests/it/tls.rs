@@ -394,8 +394,13 @@ async fn a_kubernetes_style_secret_update_is_reloaded() {
 /// version of the request; speaks HTTP/2 when `h2`.
 async fn tls_backend(ca: &TestCa, dir: &Path, name: &str, names: &[&str], h2: bool) -> SocketAddr {
     let (cert, key) = ca.leaf(dir, name, names);
-    let chain = vec![der(&cert)];
-    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    tls_backend_with(&cert, &key, name, h2).await
+}
+
+/// A TLS echo backend presenting the certificate at `cert`, answering with `name`.
+async fn tls_backend_with(cert: &Path, key: &Path, name: &str, h2: bool) -> SocketAddr {
+    let chain = vec![der(cert)];
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -488,6 +493,69 @@ async fn upstream_tls_is_verified_unless_told_not_to() {
     let (status, _, body) = crate::support::get(&unverified.url("/")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(server_name(&body), "secure");
+}
+
+/// A self-signed certificate that is also a CA (`openssl req -x509`'s default), written as
+/// `stem.pem` and `stem.key`; `expired` puts its validity period in the past.
+fn self_signed_ca(dir: &Path, stem: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut params = CertificateParams::new(names).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+#[tokio::test]
+async fn a_self_signed_ca_certificate_named_in_ca_is_trusted_for_its_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_ca(dir.path(), "self", &["backend.test"], false);
+    let backend = tls_backend_with(&cert, &key, "self", false).await;
+    let (old, old_key) = self_signed_ca(dir.path(), "old", &["backend.test"], true);
+    let expired = tls_backend_with(&old, &old_key, "old", false).await;
+    let other_ca = TestCa::new(dir.path(), "other-ca");
+    let status = |addr: SocketAddr, ca: PathBuf, sni: &'static str| async move {
+        let proxy = Proxy::start(&format!(
+            "[frontend.web]\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n\
+             [backend.app]\nretries = 0\nservers = [{{ name = \"s1\", addr = \"{addr}\", \
+             tls = true, ca = \"{}\", sni = \"{sni}\" }}]\n",
+            ca.display()
+        ))
+        .await;
+        let (status, _, body) = crate::support::get(&proxy.url("/")).await;
+        (status, body)
+    };
+    // The certificate itself as the CA bundle, as HAProxy's ca-file takes it: served.
+    let (code, body) = status(backend, cert.clone(), "backend.test").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(server_name(&body), "self");
+    // Its name is still checked,
+    assert_eq!(
+        status(backend, cert, "other.test").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // and so is its validity period,
+    assert_eq!(
+        status(expired, old, "backend.test").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // and a bundle without it does not trust it.
+    assert_eq!(
+        status(backend, other_ca.pem.clone(), "backend.test")
+            .await
+            .0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]
