@@ -282,9 +282,29 @@ pub struct ClientTimeouts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
-    Unknown,
+    /// Not told yet: the bytes so far (this many) are the start of the HTTP/2 preface, as
+    /// those of an HTTP/1 method starting with `P` can be. Timed as HTTP/1 meanwhile.
+    Unknown(usize),
     Http1,
     Http2,
+}
+
+impl Proto {
+    /// What the connection is after `fresh` more bytes.
+    fn after(self, fresh: &[u8]) -> Proto {
+        let Proto::Unknown(seen) = self else {
+            return self;
+        };
+        let rest = &H2_PREFACE_START[seen..];
+        let n = fresh.len().min(rest.len());
+        if fresh[..n] != rest[..n] {
+            Proto::Http1
+        } else if n == rest.len() {
+            Proto::Http2
+        } else {
+            Proto::Unknown(seen + n)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,7 +358,7 @@ impl<IO: AsyncRead> ClientIo<IO> {
             io: io.take(u64::MAX),
             shared,
             timeouts,
-            proto: if h2 { Proto::Http2 } else { Proto::Unknown },
+            proto: if h2 { Proto::Http2 } else { Proto::Unknown(0) },
             phase: Phase::AwaitingHead {
                 since: now,
                 first: true,
@@ -469,13 +489,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
                 }
                 // Inactivity and head clocks: as exact as `clock::recent` (module doc).
                 let now = clock::recent();
-                if this.proto == Proto::Unknown {
-                    let n = fresh.len().min(H2_PREFACE_START.len());
-                    this.proto = if fresh[..n] == H2_PREFACE_START[..n] {
-                        Proto::Http2
-                    } else {
-                        Proto::Http1
-                    };
+                if let Proto::Unknown(_) = this.proto {
+                    this.proto = this.proto.after(fresh);
+                    if this.proto == Proto::Http2 {
+                        // The first bytes were timed as an HTTP/1 head's: not any more.
+                        this.head_read = 0;
+                        if this.holding {
+                            this.holding = false;
+                            this.shared.stop.release();
+                        }
+                    }
                 }
                 this.sync_phase(now);
                 // HTTP/2 frames are no request head: its idle clock runs on (`read_deadline`).
@@ -717,6 +740,80 @@ pub(crate) mod tests {
             let mut got = vec![0u8; RESPONSE_408.len()];
             client.read_exact(&mut got).await.unwrap();
             assert!(got.starts_with(b"HTTP/1.1 408"));
+        });
+    }
+
+    #[test]
+    fn the_protocol_is_told_once_the_bytes_rule_one_out() {
+        let after = |pieces: &[&[u8]]| {
+            pieces
+                .iter()
+                .fold(Proto::Unknown(0), |proto, piece| proto.after(piece))
+        };
+        assert_eq!(after(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), Proto::Http2);
+        assert_eq!(after(&[b"P", b"RI * HT", b"TP/2.0"]), Proto::Http2);
+        assert_eq!(after(&[b"P"]), Proto::Unknown(1));
+        assert_eq!(after(&[b"PR", b"I * "]), Proto::Unknown(6));
+        assert_eq!(after(&[b"P", b"OST / HTTP/1.1\r\n"]), Proto::Http1);
+        assert_eq!(after(&[b"PRI * HTTP/1.1\r\n"]), Proto::Http1);
+        assert_eq!(after(&[b"GET / HTTP/1.1\r\n"]), Proto::Http1);
+        assert_eq!(after(&[b"PRI * HTTP/2.0", b"GET"]), Proto::Http2);
+    }
+
+    /// A head whose first read is a lone `P` (of `POST`, `PUT`, `PATCH`) is an HTTP/1 head
+    /// like any other: 408 at `http_request`, not HTTP/2's idle clock.
+    #[test]
+    fn a_head_starting_with_a_lone_p_gets_408_after_http_request() {
+        paused(async {
+            let (server_end, mut client) = duplex(4096);
+            let shared = Arc::new(ConnShared::default());
+            let long_keep_alive = ClientTimeouts {
+                http_keep_alive: Duration::from_secs(30),
+                ..timeouts()
+            };
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), long_keep_alive, false);
+            let start = Instant::now();
+            client.write_all(b"P").await.unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.write_all(b"OST / HTTP/1.1\r\n").await.unwrap();
+            assert!(io.read(&mut buf).await.unwrap() > 0);
+            let err = io.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(start.elapsed(), Duration::from_secs(10));
+            assert!(shared.timed_out_head());
+            let mut got = vec![0u8; RESPONSE_408.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got.starts_with(b"HTTP/1.1 408"));
+        });
+    }
+
+    /// An HTTP/2 preface that arrives in pieces is HTTP/2 once whole: its first bytes, timed
+    /// as an HTTP/1 head's until then, hold nothing, and the idle connection is asked to shut
+    /// down at `http_keep_alive`, not answered a 408.
+    #[test]
+    fn a_preface_in_pieces_is_http2_once_whole() {
+        paused(async {
+            let (server_end, mut client) = duplex(4096);
+            let shared = Arc::new(ConnShared::default());
+            let mut io = ClientIo::new(server_end, Arc::clone(&shared), timeouts(), false);
+            let start = Instant::now();
+            let mut buf = [0u8; 64];
+            client.write_all(b"PRI * H").await.unwrap();
+            assert_eq!(io.read(&mut buf).await.unwrap(), 7);
+            assert!(shared.stop.held(), "timed as a head while it may be one");
+            client
+                .write_all(b"TTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            assert!(io.read(&mut buf).await.unwrap() > 0);
+            assert!(!shared.stop.held(), "an HTTP/2 connection holds no head");
+            let err = read_until_error(&mut io).await;
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert!(shared.stop.stopping(), "a graceful shutdown was asked for");
+            assert!(!shared.timed_out_head());
+            assert_eq!(start.elapsed(), Duration::from_secs(5) + H2_GOAWAY_GRACE);
         });
     }
 

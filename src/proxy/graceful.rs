@@ -205,6 +205,12 @@ impl StopHandle {
         self.0.held.store(true, Ordering::Release);
     }
 
+    /// Whether a request head holds the stop off.
+    #[cfg(test)]
+    pub fn held(&self) -> bool {
+        self.0.held.load(Ordering::Acquire)
+    }
+
     /// The request whose head arrived has begun (or the connection is idle again): a stop that
     /// began meanwhile asks the connection now.
     pub fn release(&self) {
