@@ -9,9 +9,10 @@
 //! anything larger, anything that is not a PROXY header, and a connection that closes before
 //! the end of its header are errors, and the caller closes the connection without a word.
 //!
-//! A v2 `LOCAL` header (a load balancer's own health check), v1 `UNKNOWN`, and v2 address
-//! families other than IPv4 and IPv6 announce no client: the connection's own addresses stay.
-//! A v2 header announcing a datagram (UDP) connection is refused. TLVs are skipped.
+//! A v2 `LOCAL` header (a load balancer's own health check, whatever its address block says),
+//! v1 `UNKNOWN`, and v2 `PROXY` headers of a family other than TCP over IPv4 or IPv6 (UDP,
+//! UNIX, unspecified) announce no client: the connection's own addresses stay, as in HAProxy.
+//! TLVs are skipped, but must fill the header exactly.
 
 use std::io;
 use std::net::SocketAddr;
@@ -155,15 +156,24 @@ pub fn parse(header: &[u8]) -> Result<Announced, HeaderError> {
             ppp::v1::Addresses::Unknown => return Ok(Announced::Local),
         }
     } else {
+        // As HAProxy reads it: the command first; a `LOCAL` header's address block, whatever
+        // its family, says nothing, nor does a `PROXY` one of a family other than TCP over
+        // IPv4 or IPv6 (UDP, UNIX, unspecified): both keep the connection's own addresses.
+        match header[12] {
+            0x20 => return Ok(Announced::Local),
+            0x21 => {}
+            v if v >> 4 != 2 => return Err(invalid(format!("unsupported version {}", v >> 4))),
+            v => return Err(invalid(format!("unsupported command {}", v & 0x0f))),
+        }
+        if !matches!(header[13], 0x11 | 0x21) {
+            return Ok(Announced::Local);
+        }
         let parsed = ppp::v2::Header::try_from(header).map_err(invalid)?;
+        // The TLVs must fill the rest of the header exactly (HAProxy refuses one that overruns it).
+        for tlv in parsed.tlvs() {
+            tlv.map_err(invalid)?;
+        }
         match parsed.addresses {
-            _ if parsed.command == ppp::v2::Command::Local => return Ok(Announced::Local),
-            // A datagram's addresses cannot stand for a stream connection (HAProxy refuses it).
-            _ if parsed.protocol == ppp::v2::Protocol::Datagram => {
-                return Err(HeaderError::Invalid(
-                    "a UDP connection announced on a TCP one".to_owned(),
-                ));
-            }
             ppp::v2::Addresses::IPv4(a) => Endpoints::V4(a),
             ppp::v2::Addresses::IPv6(a) => Endpoints::V6(a),
             ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => {
@@ -353,12 +363,8 @@ mod tests {
         .build()
         .unwrap();
         assert_eq!(parse(&unspec).unwrap(), Announced::Local);
-    }
-
-    #[test]
-    fn malformed_headers_are_invalid() {
-        let mut v3 = v2(ppp::v2::Command::Proxy, "192.0.2.1:1", "192.0.2.2:2", 0);
-        v3[12] = 0x31;
+        // A datagram connection, or a family wasp does not know, keeps the connection's own
+        // addresses as HAProxy keeps them; a LOCAL header says nothing whatever its family.
         let udp = ppp::v2::Builder::with_addresses(
             ppp::v2::Version::Two | ppp::v2::Command::Proxy,
             ppp::v2::Protocol::Datagram,
@@ -366,6 +372,38 @@ mod tests {
         )
         .build()
         .unwrap();
+        assert_eq!(parse(&udp).unwrap(), Announced::Local);
+        for family in [0x00, 0x11, 0x12, 0x13, 0x41, 0xff] {
+            let mut local = local.clone();
+            local[13] = family;
+            assert_eq!(parse(&local).unwrap(), Announced::Local, "{family:#x}");
+        }
+        let mut other = v2(ppp::v2::Command::Proxy, "192.0.2.1:1", "192.0.2.2:2", 0);
+        other[13] = 0x41;
+        assert_eq!(parse(&other).unwrap(), Announced::Local);
+        // An empty LOCAL header: the preamble alone.
+        assert_eq!(
+            parse(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00").unwrap(),
+            Announced::Local
+        );
+    }
+
+    #[test]
+    fn malformed_headers_are_invalid() {
+        let mut v3 = v2(ppp::v2::Command::Proxy, "192.0.2.1:1", "192.0.2.2:2", 0);
+        v3[12] = 0x31;
+        let mut command = v2(ppp::v2::Command::Proxy, "192.0.2.1:1", "192.0.2.2:2", 0);
+        command[12] = 0x22;
+        // A TLV announcing 80 bytes with 1 there, and 2 bytes too few for a TLV's own header.
+        let mut overrun = v2(ppp::v2::Command::Proxy, "192.0.2.1:1", "192.0.2.2:2", 1);
+        overrun[16 + 12 + 1..16 + 12 + 3].copy_from_slice(&80u16.to_be_bytes());
+        let mut leftover = v2(ppp::v2::Command::Proxy, "192.0.2.1:1", "192.0.2.2:2", 0);
+        leftover.extend_from_slice(&[1, 0]);
+        let len = u16::from_be_bytes([leftover[14], leftover[15]]) + 2;
+        leftover[14..16].copy_from_slice(&len.to_be_bytes());
+        let mut short = v2(ppp::v2::Command::Proxy, "192.0.2.1:1", "192.0.2.2:2", 0);
+        short.truncate(16 + 8);
+        short[14..16].copy_from_slice(&8u16.to_be_bytes());
         for header in [
             &b"PROXY TCP4 192.0.2.1 192.0.2.2 1\r\n"[..],
             b"PROXY TCP4 2001:db8::1 192.0.2.2 1 2\r\n",
@@ -374,7 +412,10 @@ mod tests {
             // The parser quotes the line's end it wanted.
             b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 8080 extra\r\n",
             &v3,
-            &udp,
+            &command,
+            &overrun,
+            &leftover,
+            &short,
         ] {
             let e = parse(header).unwrap_err();
             assert!(!e.to_string().contains(['\r', '\n']), "one log line: {e}");
