@@ -280,23 +280,27 @@ async fn a_trusted_peer_without_a_valid_header_is_closed_without_an_answer() {
     let bad_address = b"PROXY TCP4 192.0.2.300 198.51.100.2 1 2\r\n".to_vec();
     // Refused at once, not after the 30 s `timeout client` (the answer's wait is shorter).
     let bare_lf = b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\nGET / HTTP/1.1\r\n\r\n".to_vec();
-    let udp = ppp::v2::Builder::with_addresses(
+    // A v2 header whose TLV announces 80 bytes where 1 is left.
+    let mut overrun = ppp::v2::Builder::with_addresses(
         ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-        ppp::v2::Protocol::Datagram,
+        ppp::v2::Protocol::Stream,
         (
             "192.0.2.7:1".parse::<SocketAddr>().unwrap(),
             "198.51.100.2:2".parse::<SocketAddr>().unwrap(),
         ),
     )
+    .write_tlv(ppp::v2::Type::NoOp, &[0])
+    .unwrap()
     .build()
     .unwrap();
+    overrun[29..31].copy_from_slice(&80u16.to_be_bytes());
     for bytes in [
         GET.to_vec(),
         b"HELLO\r\n".to_vec(),
         too_long.into_bytes(),
         bad_address,
         bare_lf,
-        [&udp[..], GET].concat(),
+        [&overrun[..], GET].concat(),
     ] {
         let answer = exchange(connect_from([127, 0, 0, 1], proxy.addr()).await, &[&bytes]).await;
         assert_eq!(
