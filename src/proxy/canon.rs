@@ -4,7 +4,8 @@
 //! rule and reach something else on the server. The rules:
 //!
 //! - **Authority.** HTTP/1.1 needs exactly one `Host` header (none or several: 400), even with
-//!   an absolute-form target; HTTP/1.0 may omit it. An absolute-form request URI's authority
+//!   an absolute-form target; HTTP/1.0 may omit it. An empty `Host` (RFC 9112's for a target
+//!   without an authority) names no authority, as a missing one on HTTP/1.0. An absolute-form request URI's authority
 //!   wins over `Host`; an authority-form target (`GET example.com:80`) is a 400. For HTTP/2,
 //!   `:authority` is used, and a `host` header that disagrees with it is a 400. A port that
 //!   does not fit in 16 bits is a 400. The canonical authority replaces the `Host` header
@@ -95,6 +96,9 @@ fn canonical(
     cache: &HostCache,
 ) -> Result<Option<Authority>, CanonError> {
     let from_header = match host {
+        // An empty Host is what a target without an authority calls for (RFC 9112, 3.2):
+        // present, naming nothing. Over HTTP/2 it would disagree with any `:authority`.
+        Some(v) if v.is_empty() && version != Version::HTTP_2 => None,
         Some(v) => Some(cache.parse(v)?),
         // HTTP/1.1 requires Host even with an absolute-form target (RFC 9112, 3.2).
         None if version == Version::HTTP_11 => return Err(CanonError::MissingHost),
@@ -409,6 +413,29 @@ mod tests {
         assert_eq!(
             authority(Version::HTTP_10, &origin, &headers(&[])),
             Ok(None)
+        );
+        assert_eq!(
+            authority(Version::HTTP_11, &origin, &headers(&[""])),
+            Ok(None),
+            "an empty Host is present and names nothing"
+        );
+        assert_eq!(
+            authority(
+                Version::HTTP_11,
+                &"http://a.example/x".parse().unwrap(),
+                &headers(&[""])
+            )
+            .unwrap()
+            .map(|a| a.to_string()),
+            Some("a.example".to_owned())
+        );
+        assert_eq!(
+            authority(
+                Version::HTTP_2,
+                &"http://a.example/x".parse().unwrap(),
+                &headers(&[""])
+            ),
+            Err(CanonError::InvalidHost)
         );
         assert_eq!(
             authority(Version::HTTP_11, &origin, &headers(&["a", "b"])),
