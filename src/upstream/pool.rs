@@ -84,10 +84,25 @@ impl UpstreamError {
     }
 
     /// Whether the server answered with something that is not an HTTP response (a malformed
-    /// or oversized head): an answer, not a hang-up.
+    /// or oversized head, or over HTTP/2 a frame or header block the HTTP/2 library refused):
+    /// an answer, not a hang-up.
     pub fn is_junk(&self) -> bool {
-        matches!(self, UpstreamError::Send(e) if e.is_parse())
+        matches!(self, UpstreamError::Send(e) if e.is_parse() || h2_refused(e))
     }
+}
+
+/// Whether the HTTP/2 library ended the stream or the connection itself (a reset or GOAWAY of
+/// its own, with an error) because of what the server sent. Replaying the request would only
+/// bring the same answer, and end the next shared connection with every stream on it.
+fn h2_refused(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_library() && h2.reason().is_some_and(|r| r != h2::Reason::NO_ERROR);
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The longest response head an HTTP/1.1 server may send (each read takes 32 KiB at most:

@@ -602,3 +602,70 @@ async fn an_idle_h2_connection_is_shut_down_with_goaway() {
     let goaway = frames.iter().find(|f| f.kind == H2Frame::GOAWAY);
     assert_eq!(goaway.map(|f| f.goaway().1), Some(0), "{frames:?}");
 }
+
+/// An HTTP/2 server answering every request with a header value holding CR LF, which no HTTP/2
+/// library accepts; it counts the requests it got.
+async fn malformed_h2_server() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let _ = tcp
+                    .write_all(&H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]))
+                    .await;
+                // :status 200, then `x-a: a\r\nb` as a literal without indexing.
+                let mut block = vec![0x88, 0x00, 3];
+                block.extend_from_slice(b"x-a");
+                block.push(4);
+                block.extend_from_slice(b"a\r\nb");
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(head[2]) | usize::from(head[1]) << 8;
+                    let mut payload = vec![0; len];
+                    if tcp.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+                    let answer = match head[3] {
+                        H2Frame::SETTINGS if head[4] & 1 == 0 => {
+                            H2Frame::encode(H2Frame::SETTINGS, 1, 0, &[])
+                        }
+                        H2Frame::HEADERS => {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            H2Frame::encode(H2Frame::HEADERS, 0x5, stream, &block)
+                        }
+                        _ => continue,
+                    };
+                    if tcp.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// A response the HTTP/2 library refuses is the server's answer, as a malformed HTTP/1 head
+/// is: a 502 at once. Replayed (`retries` times), it ended a shared connection each time,
+/// with the other requests on it.
+#[tokio::test]
+async fn an_h2_response_the_library_refuses_is_a_502_not_a_retry() {
+    let (server, requests) = malformed_h2_server().await;
+    let proxy = Proxy::start(&to_h2_server(server)).await;
+    let (status, _, _) = crate::support::get(&proxy.url("/bad")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "sent once, not retried");
+}
