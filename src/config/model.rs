@@ -17,6 +17,9 @@ pub const MIN_MAX_HEADER_SIZE: usize = 8192;
 /// Largest `max_header_size` accepted: a head is buffered whole, so a limit past this is
 /// none at all against a client sending an endless head.
 pub const MAX_MAX_HEADER_SIZE: usize = 16 * 1024 * 1024;
+/// The longest response head a server may send over HTTP/1.1, on live traffic (a longer one is
+/// a 502) and to an HTTP health check (a failed check).
+pub const SERVER_HEAD_MAX: usize = 64 * 1024;
 /// Default number of extra attempts after a failed upstream connect.
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Default grace period for in-flight requests on shutdown.

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{HttpCheck, UpstreamTls};
+use crate::config::{HttpCheck, SERVER_HEAD_MAX, UpstreamTls};
 use crate::health::result::{BODY_PREFIX_LIMIT, CheckResponse, Observation, Outcome, ProbeError};
 use crate::tls::client::{client_config, server_name};
 
@@ -219,7 +219,12 @@ async fn exchange<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    // The head limit of live traffic: a server whose answers would all be 502s for their
+    // size does not pass its check.
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(SERVER_HEAD_MAX)
+        .max_header_size(SERVER_HEAD_MAX)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(invalid)?;
     let work = async move {
@@ -414,6 +419,32 @@ mod tests {
                 "{addr}: {outcome:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_live_limit_is_an_invalid_response() {
+        let head = |filler: usize| -> &'static [u8] {
+            let text = format!(
+                "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+                "a".repeat(filler)
+            );
+            Box::leak(text.into_bytes().into_boxed_slice())
+        };
+        let (big, _h1) = answering(head(70 * 1024)).await;
+        let outcome = HttpProbe::new(big, second(), &http_check(None))
+            .probe()
+            .await
+            .outcome;
+        assert!(
+            matches!(outcome, Outcome::Failed(ProbeError::InvalidResponse(_))),
+            "{outcome:?}"
+        );
+        let (large, _h2) = answering(head(60 * 1024)).await;
+        let outcome = HttpProbe::new(large, second(), &http_check(None))
+            .probe()
+            .await
+            .outcome;
+        assert!(matches!(outcome, Outcome::Response(_)), "{outcome:?}");
     }
 
     #[tokio::test]

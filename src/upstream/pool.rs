@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::clock;
-use crate::config::Proto;
+use crate::config::{Proto, SERVER_HEAD_MAX};
 use crate::upstream::body::UpstreamBody;
 use crate::upstream::connect::{ConnectError, ConnectTiming, Connector};
 
@@ -104,10 +104,6 @@ fn h2_refused(e: &hyper::Error) -> bool {
     }
     false
 }
-
-/// The longest response head an HTTP/1.1 server may send (each read takes 32 KiB at most:
-/// `connect::READ_PIECE`).
-const UPSTREAM_HEAD_MAX: usize = 64 * 1024;
 
 /// An idle HTTP/1.1 connection.
 struct Idle {
@@ -280,10 +276,10 @@ impl Pools {
         let (sender, conn) = http1::Builder::new()
             .writev(false)
             // hyper's default, about 400 KiB, is also how far its read buffer grows.
-            .max_buf_size(UPSTREAM_HEAD_MAX)
+            .max_buf_size(SERVER_HEAD_MAX)
             // Exact: the read buffer's limit alone let a head arriving in large reads pass it
             // by up to one read, on some connections and not others.
-            .max_header_size(UPSTREAM_HEAD_MAX)
+            .max_header_size(SERVER_HEAD_MAX)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Handshake(e)))?;
