@@ -160,6 +160,11 @@ impl ConnShared {
         self.head_start_ns.store(ns, Ordering::Relaxed);
     }
 
+    /// The requests whose head was complete so far, the current one included.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
     /// Marks a request as in flight until the returned guard is dropped (when its response
     /// has been sent or abandoned).
     pub fn begin_request(self: &Arc<Self>) -> InFlight {

@@ -174,6 +174,11 @@ pub(crate) async fn dispatch(
     // What the client gets when every attempt failed: 503 after connect failures (no server
     // could take it), 502 when the last server took it and hung up.
     let mut exhausted = Failure::NoServer;
+    // HAProxy's `http-reuse safe`: a connection's first request does not go out on an idle
+    // server connection, which the server may be closing just then. wasp replays such a
+    // request when it may (`replayable`); one that may not be replayed gets a new connection
+    // instead of a 502 in that race.
+    let fresh = !attempt.replayable() && info.conn.requests() <= 1;
     for n in 0..attempts {
         let headers = match first.take() {
             Some(h) => h,
@@ -210,6 +215,7 @@ pub(crate) async fn dispatch(
                 &server.scheme,
                 &server.authority,
                 req,
+                fresh,
                 &mut record.connection,
             ));
             // `timeout server` counts from the request, or from the last piece of its body the

@@ -105,6 +105,15 @@ fn h2_refused(e: &hyper::Error) -> bool {
     false
 }
 
+/// Where an HTTP/1.1 request's connection comes from and goes back to: the pool of `worker`
+/// for server `key`; `fresh`: a new connection rather than an idle one.
+#[derive(Clone, Copy)]
+struct Slot {
+    worker: usize,
+    key: usize,
+    fresh: bool,
+}
+
 /// An idle HTTP/1.1 connection.
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
@@ -193,22 +202,29 @@ impl Pools {
     /// Sends `req` to the server at `scheme://authority` (whose [`Pools::key`] is `key`) on
     /// the current worker's pool. An HTTP/1.1 request carries its target in origin form, an
     /// HTTP/2 one in absolute form. `connected` gets the timing of the connection the request
-    /// went out on (the access log's `t_connect`), whether an answer comes or not.
+    /// went out on (the access log's `t_connect`), whether an answer comes or not. `fresh`:
+    /// over HTTP/1.1, a new connection rather than an idle one (which the server may be
+    /// closing as the request goes out).
     pub fn send<'a>(
         &'a self,
         key: usize,
         scheme: &'a Scheme,
         authority: &'a Authority,
         req: Request<UpstreamBody>,
+        fresh: bool,
         connected: &'a mut Option<ConnectTiming>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + 'a {
         let worker = super::pool_index() % self.0.workers.len();
         // Either future itself, not one awaiting it: a layer less to move the request and the
         // response through.
         match self.0.proto {
-            Proto::Http1 => {
-                Either::Left(self.send_h1(worker, key, scheme, authority, req, connected))
-            }
+            Proto::Http1 => Either::Left(self.send_h1(
+                Slot { worker, key, fresh },
+                scheme,
+                authority,
+                req,
+                connected,
+            )),
             // Boxed: its state is the larger, and inline every HTTP/1 request's future would
             // carry (and copy) it too.
             Proto::H2 => Either::Right(Box::pin(
@@ -219,15 +235,20 @@ impl Pools {
 
     async fn send_h1(
         &self,
-        worker: usize,
-        key: usize,
+        slot: Slot,
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
         connected: &mut Option<ConnectTiming>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let Slot { worker, key, fresh } = slot;
         loop {
-            let (mut conn, reused) = match self.checkout(worker, key) {
+            let idle = if fresh {
+                None
+            } else {
+                self.checkout(worker, key)
+            };
+            let (mut conn, reused) = match idle {
                 Some(idle) => ((idle.sender, idle.timing), true),
                 // Boxed: the connect state is large and rarely needed; inline, every request's
                 // future would carry (and copy) it.

@@ -237,6 +237,61 @@ async fn a_get_a_server_dropped_unanswered_is_replayed_with_the_same_headers() {
     assert_eq!(statuses, [200, 502], "one to each server");
 }
 
+/// A server that answers the first request of each connection and keeps the connection open,
+/// then takes the next request on it and closes without an answer: the race of an idle
+/// connection the server closes as a request goes out on it.
+async fn answers_once_per_connection() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut answered = false;
+                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                    seen.extend_from_slice(&buf[..n]);
+                    if !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    if answered {
+                        return;
+                    }
+                    // Whatever follows the first head (its body, if any) is not a head.
+                    answered = true;
+                    seen.clear();
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if tcp.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// HAProxy's `http-reuse safe`: a client connection's first request that may not be replayed
+/// (here a POST) goes out on a new server connection, not on an idle one the server may be
+/// closing; on an idle one it got a 502.
+#[tokio::test]
+async fn a_first_request_that_cannot_be_replayed_takes_a_new_server_connection() {
+    let server = answers_once_per_connection().await;
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "s", addr = "{server}" }}"#),
+        "",
+    ))
+    .await;
+    // Leaves an idle connection in the pool, which the server closes at its next request.
+    let (status, _, body) = get(&proxy.url("/first")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    let post = Request::post(proxy.url("/once"))
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    let (status, _, body) = send(&client(), post).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+}
+
 #[tokio::test]
 async fn malformed_requests_are_400() {
     let servers = Servers::new();
