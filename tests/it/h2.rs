@@ -311,9 +311,10 @@ async fn h2_client_granting_no_window_is_cut_after_timeout_client() {
 async fn h2_slow_steady_reader_is_not_cut() {
     let servers = Servers::new();
     let server = servers.behaviour().await;
-    let proxy = Proxy::start(&stall_config(server, false, "500ms")).await;
-    // A 16 KiB window, 16 KiB read every 50 ms (about 320 KB/s): the download takes well over
-    // three times `timeout client`, never waiting that long for one piece.
+    let proxy = Proxy::start(&stall_config(server, false, "1s")).await;
+    // A 16 KiB window and a pause of 25 ms after each piece read: the download takes several
+    // times `timeout client` (about 10 s), never waiting that long for one piece (a second:
+    // room for a busy machine's scheduling delays).
     let (mut sender, _task) = h2_connect(proxy.addr(), 16 * 1024).await;
     let total = 1024 * 1024;
     let resp = sender
