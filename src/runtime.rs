@@ -419,7 +419,7 @@ impl Core {
     pub async fn apply(&self, config: Config) -> Result<(), RuntimeError> {
         let mut listeners = self.listeners.lock().await;
         let overlay = self.layers().overlay.rebased(&config);
-        self.apply_locked(&mut listeners, Arc::new(config), overlay)
+        self.apply_locked(&mut listeners, Arc::new(config), overlay, Plugging::Load)
             .await
     }
 
@@ -434,7 +434,8 @@ impl Core {
             (Arc::clone(&layers.file), layers.overlay.clone())
         };
         overlay.add(&file, backend, server)?;
-        self.apply_locked(&mut listeners, file, overlay).await
+        self.apply_locked(&mut listeners, file, overlay, Plugging::Live)
+            .await
     }
 
     /// Removes a server from a backend at run time; requests in flight to it finish.
@@ -445,7 +446,8 @@ impl Core {
             (Arc::clone(&layers.file), layers.overlay.clone())
         };
         overlay.remove(&file, backend, server)?;
-        self.apply_locked(&mut listeners, file, overlay).await
+        self.apply_locked(&mut listeners, file, overlay, Plugging::Live)
+            .await
     }
 
     async fn apply_locked(
@@ -453,6 +455,7 @@ impl Core {
         listeners: &mut HashMap<ListenKey, ListenerHandle>,
         file: Arc<Config>,
         overlay: Overlay,
+        plugging: Plugging,
     ) -> Result<(), RuntimeError> {
         let (Some(graceful), false) = (
             self.graceful.upgrade(),
@@ -461,7 +464,10 @@ impl Core {
             return Err(RuntimeError::Stopping);
         };
         let config = Arc::new(overlay.apply(&file));
-        let set = prepare_plugins(&self.plugins, &config).await?;
+        let set = match plugging {
+            Plugging::Load => prepare_plugins(&self.plugins, &config).await?,
+            Plugging::Live => self.plugins.unchanged(),
+        };
         let snapshot = build_snapshot(Arc::clone(&config), &self.states, &self.clients, &set)?;
         let wanted = listen_keys(&config);
         let mut opened = Vec::new();
@@ -720,6 +726,15 @@ pub fn log_diagnostics(report: &config::Report) {
 }
 
 /// Loads the plugins `config` names (compiling what changed) on a blocking thread.
+/// Where a new snapshot's plugins come from.
+#[derive(Debug, Clone, Copy)]
+enum Plugging {
+    /// The files the config names (a start or reload): changed ones are loaded.
+    Load,
+    /// The live versions, as they are (the config file has not changed).
+    Live,
+}
+
 async fn prepare_plugins(
     plugins: &Arc<Plugins>,
     config: &Arc<Config>,

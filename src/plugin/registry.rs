@@ -426,6 +426,18 @@ impl Plugins {
         Ok(set)
     }
 
+    /// The live plugins as they are, for a snapshot of the same file (a server added or
+    /// removed at run time): nothing is read, so a plugin file the watcher rejected since
+    /// (the live version keeps serving) does not fail the change.
+    pub fn unchanged(&self) -> PluginSet {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        PluginSet {
+            plugins: inner.live.clone(),
+            pending: Vec::new(),
+            paths: inner.paths.clone(),
+        }
+    }
+
     /// Makes `set` the live plugins: new versions swapped in, removed plugins forgotten.
     pub fn commit(&self, set: &PluginSet) {
         for (plugin, loaded, roles) in &set.pending {

@@ -1016,3 +1016,43 @@ async fn admin_api_lists_counts_and_reloads_plugins() {
     assert_eq!(row[1], "2", "version column: {table}");
     assert_eq!(row[3], "router", "roles column: {table}");
 }
+
+/// A server added or removed at run time changes nothing of the plugins: a broken plugin file
+/// on disk (which hot-loading rejects, the live version serving on) does not fail the change.
+#[tokio::test]
+async fn servers_change_at_run_time_while_a_plugin_file_is_broken() {
+    let servers = Servers::new();
+    let app = servers.echo("app").await;
+    let extra = servers.echo("extra").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("router.wasm");
+    std::fs::write(&file, std::fs::read(wasm("path-router")).unwrap()).unwrap();
+    let section = format!(
+        "[plugin.r]\npath = \"{}\"\ntimeout = \"1s\"\nconfig = {{ routes = \"/=app\" }}\n",
+        file.display()
+    );
+    let proxy = Proxy::start(&routed_by(app, "r", &section)).await;
+    replace_file(&file, b"not a wasm file");
+    let spec = |name: &str, addr: std::net::SocketAddr| wasp::config::ServerSpec {
+        name: name.to_owned(),
+        addr: addr.to_string(),
+        weight: 1,
+        check: false,
+        backup: false,
+        maxconn: None,
+        state: wasp::config::AdminState::Ready,
+    };
+    proxy
+        .runtime
+        .add_server("app", spec("extra", extra))
+        .await
+        .expect("a server added");
+    proxy
+        .runtime
+        .remove_server("app", "app")
+        .await
+        .expect("a server removed");
+    let (status, _, body) = get(&proxy.url("/x")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server_name(&body), "extra", "routed by the live plugin");
+}
