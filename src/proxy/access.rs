@@ -64,7 +64,8 @@ pub struct Record {
     pub done: bool,
 }
 
-fn ms(d: Duration) -> f64 {
+/// A duration in milliseconds, to the microsecond (`2.628`, not `2.6283819999999998`).
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
@@ -142,5 +143,22 @@ impl Drop for Record {
             self.done = true;
             self.count_and_log(-1, 0, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ms;
+
+    #[test]
+    fn milliseconds_print_to_the_microsecond() {
+        assert_eq!(
+            ms(Duration::from_nanos(2_628_381_999)).to_string(),
+            "2628.381"
+        );
+        assert_eq!(ms(Duration::from_nanos(2_628_382)).to_string(), "2.628");
+        assert_eq!(ms(Duration::ZERO).to_string(), "0");
     }
 }

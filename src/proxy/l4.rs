@@ -161,7 +161,7 @@ pub async fn serve(
             sni = sni.as_deref(),
             bytes_in = relayed.up,
             bytes_out = relayed.down,
-            t_total = started.elapsed().as_secs_f64() * 1000.0,
+            t_total = access::ms(started.elapsed()),
             error,
             "session closed"
         );
