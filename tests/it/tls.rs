@@ -52,14 +52,24 @@ impl TestCa {
         let params = CertificateParams::new(names).unwrap();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_path, key_path) = (
-            dir.join(format!("{stem}.pem")),
-            dir.join(format!("{stem}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
+        write_pair(dir, stem, &cert, &key)
     }
+}
+
+/// Writes `cert` and `key` as `stem.pem` and `stem.key`: (cert path, key path).
+fn write_pair(
+    dir: &Path,
+    stem: &str,
+    cert: &rcgen::Certificate,
+    key: &KeyPair,
+) -> (PathBuf, PathBuf) {
+    let (cert_path, key_path) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
 
 fn der(cert: &Path) -> CertificateDer<'static> {
@@ -507,13 +517,7 @@ fn self_signed_ca(dir: &Path, stem: &str, names: &[&str], expired: bool) -> (Pat
     }
     let key = KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
+    write_pair(dir, stem, &cert, &key)
 }
 
 #[tokio::test]
