@@ -16,7 +16,9 @@
 //!   one. The normalised path is what ACLs match *and* what the server receives. Encoded slashes
 //!   (`%2F`) and backslashes stay as they are, since many applications rely on them, but a
 //!   segment that would become a dot segment once they are decoded (`..%2F`, `..\`) is refused
-//!   with 400, so no server that decodes them can be walked out of a routed prefix.
+//!   with 400, so no server that decodes them can be walked out of a routed prefix; so is a
+//!   dot segment with a path parameter (`..;x`, `.;x`), which servers that drop parameters
+//!   (Tomcat, Jetty) read as `..` or `.`.
 //! - **Cookies.** An HTTP/2 client may split its `Cookie` header into several fields (browsers
 //!   do, one per cookie, for header compression). They are joined into one, separated by
 //!   `"; "`, as RFC 9113 (8.2.3) requires before a request goes to an HTTP/1.1 server, and
@@ -45,6 +47,8 @@ pub enum CanonError {
     InvalidPort,
     #[error("path escapes its prefix through an encoded separator")]
     EncodedTraversal,
+    #[error("dot segment with a path parameter")]
+    DotParameter,
 }
 
 /// The last `Host` a connection sent, parsed. A client sends the same `Host` on every request
@@ -235,6 +239,13 @@ pub fn path(path: &str) -> Result<Cow<'_, str>, CanonError> {
                 if hides_dot_segment(seg) {
                     return Err(CanonError::EncodedTraversal);
                 }
+                // `..;x` is `..` to a server that drops path parameters (Tomcat, Jetty).
+                if seg
+                    .split_once(';')
+                    .is_some_and(|(head, _)| !matches!(dot_kind(head), Dot::None))
+                {
+                    return Err(CanonError::DotParameter);
+                }
                 out.push(seg);
             }
         }
@@ -376,6 +387,20 @@ mod tests {
         assert_eq!(norm("//item///x"), "/item/x");
         assert_eq!(norm("/.."), "/");
         assert_eq!(norm("/a/..."), "/a/...", "three dots is a name");
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        assert_eq!(path("/item/..;/admin"), Err(CanonError::DotParameter));
+        assert_eq!(
+            path("/item/..;jsessionid=1/admin"),
+            Err(CanonError::DotParameter)
+        );
+        assert_eq!(path("/.;/admin"), Err(CanonError::DotParameter));
+        assert_eq!(path("/item/%2e%2E;x/admin"), Err(CanonError::DotParameter));
+        assert_eq!(norm("/item;v=1/x"), "/item;v=1/x", "other parameters stay");
+        assert_eq!(norm("/a/;/b"), "/a/;/b");
+        assert_eq!(norm("/a/...;x"), "/a/...;x", "three dots is a name");
     }
 
     #[test]

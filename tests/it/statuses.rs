@@ -315,6 +315,13 @@ async fn malformed_requests_are_400() {
     )
     .await;
     assert_eq!(raw_status(&traversal), 400, "{traversal}");
+    let parameter = raw(
+        proxy.addr(),
+        b"GET /item/..;/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+        limit,
+    )
+    .await;
+    assert_eq!(raw_status(&parameter), 400, "{parameter}");
 }
 
 #[tokio::test]
