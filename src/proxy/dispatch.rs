@@ -208,7 +208,9 @@ pub(crate) async fn dispatch(
         let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
         record.server = Some(idx);
         record.sent = sent;
-        record.connection = None;
+        if n > 0 {
+            record.connection.clear();
+        }
         let outcome = {
             let mut send = std::pin::pin!(server.pools.send(
                 server.pool_key,
@@ -216,12 +218,15 @@ pub(crate) async fn dispatch(
                 &server.authority,
                 req,
                 fresh,
-                &mut record.connection,
+                &record.connection,
             ));
             // `timeout server` counts from the request, or from the last piece of its body the
             // server took, and does not run while the client is awaited: an upload slower than
             // the timeout, or one the client stalls, is not the server's delay (a stalled one
-            // ends at `timeout client`, a 408 that is not counted against the server).
+            // ends at `timeout client`, a 408 that is not counted against the server). Bytes
+            // from an HTTP/1.1 server that are not yet the response (interim `1xx` answers, a
+            // head arriving slowly) are activity too, as in HAProxy; over HTTP/2 the
+            // connection's bytes may be other streams'.
             let mut from = sent;
             loop {
                 match within(from, backend.timeouts.server, timer, send.as_mut()).await {
@@ -231,7 +236,10 @@ pub(crate) async fn dispatch(
                             last_sent: Some(later),
                             ..
                         }) if later > from => from = later,
-                        _ => break None,
+                        _ => match record.connection.heard_after(from) {
+                            Some(heard) if !server.pools.is_h2() => from = heard,
+                            _ => break None,
+                        },
                     },
                     done => break done,
                 }

@@ -105,6 +105,33 @@ fn h2_refused(e: &hyper::Error) -> bool {
     false
 }
 
+/// The connection a request went out on, as its [`ConnectTiming`]: set by [`Pools::send`]
+/// when it picks one, read while the request waits (when did the server last send bytes?) and
+/// after (the access log's `t_connect`).
+#[derive(Debug, Default)]
+pub struct SentOn(Mutex<Option<ConnectTiming>>);
+
+impl SentOn {
+    fn set(&self, timing: ConnectTiming) {
+        *lock(&self.0) = Some(timing);
+    }
+
+    /// Forgets the connection of an earlier attempt.
+    pub fn clear(&self) {
+        *lock(&self.0) = None;
+    }
+
+    /// When the server last sent bytes on the connection, if that was after `t`.
+    pub fn heard_after(&self, t: Instant) -> Option<Instant> {
+        lock(&self.0).as_ref().and_then(|c| c.heard.after(t))
+    }
+
+    /// When the connection was established, and how long its connect took.
+    pub fn connect(&self) -> Option<(Instant, Duration)> {
+        lock(&self.0).as_ref().map(|c| (c.established, c.took))
+    }
+}
+
 /// Where an HTTP/1.1 request's connection comes from and goes back to: the pool of `worker`
 /// for server `key`; `fresh`: a new connection rather than an idle one.
 #[derive(Clone, Copy)]
@@ -212,7 +239,7 @@ impl Pools {
         authority: &'a Authority,
         req: Request<UpstreamBody>,
         fresh: bool,
-        connected: &'a mut Option<ConnectTiming>,
+        connected: &'a SentOn,
     ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + 'a {
         let worker = super::pool_index() % self.0.workers.len();
         // Either future itself, not one awaiting it: a layer less to move the request and the
@@ -239,7 +266,7 @@ impl Pools {
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
-        connected: &mut Option<ConnectTiming>,
+        connected: &SentOn,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let Slot { worker, key, fresh } = slot;
         loop {
@@ -254,7 +281,7 @@ impl Pools {
                 // future would carry (and copy) it.
                 None => (Box::pin(self.connect_h1(scheme, authority)).await?, false),
             };
-            *connected = Some(conn.1);
+            connected.set(conn.1.clone());
             match conn.0.try_send_request(req).await {
                 Ok(resp) => {
                     let checkin = Checkin {
@@ -318,7 +345,7 @@ impl Pools {
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
-        connected: &mut Option<ConnectTiming>,
+        connected: &SentOn,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         // The shared connection is tried once; a request it gave back unsent goes over a new
         // one of its own, and no further.
@@ -336,7 +363,7 @@ impl Pools {
                     .insert(authority.clone(), H2Slot::Ready(shared.clone()));
                 shared
             };
-            *connected = Some(timing);
+            connected.set(timing.clone());
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
                 Err(mut e) => match e.take_message() {
@@ -603,7 +630,7 @@ impl ResponseBody {
 
     fn release(&mut self) {
         if let Some(c) = self.checkin.take() {
-            c.release(self.timing);
+            c.release(self.timing.clone());
         }
     }
 }
