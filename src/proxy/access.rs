@@ -24,7 +24,7 @@ use crate::proxy::LocalSnapshot;
 use crate::proxy::body::Finish;
 use crate::proxy::client_io::InFlight;
 use crate::snapshot::Backend;
-use crate::upstream::pool::SentOn;
+use crate::upstream::connect::ConnectTiming;
 
 /// Tracing target of access-log events, for filtering (`RUST_LOG=wasp::access=off`).
 pub const TARGET: &str = "wasp::access";
@@ -55,7 +55,7 @@ pub struct Record {
     /// When the request went to the last server tried, and the connection it went out on
     /// (set when the request has one, even if no answer came): `t_connect`.
     pub sent: Instant,
-    pub connection: SentOn,
+    pub connection: Option<ConnectTiming>,
     pub t_response: Option<Duration>,
     pub in_flight: Option<InFlight>,
     /// The in-flight unit of the last server tried (whose counters get the response).
@@ -73,9 +73,9 @@ impl Record {
     /// The connect of the connection the request went out on, or 0 on one that was open
     /// before (pooled, or shared over HTTP/2); `None` when no server was reached.
     fn t_connect(&self) -> Option<Duration> {
-        let (established, took) = self.connection.connect()?;
-        Some(if established >= self.sent {
-            took
+        let c = self.connection.as_ref()?;
+        Some(if c.established >= self.sent {
+            c.took
         } else {
             Duration::ZERO
         })

@@ -208,9 +208,7 @@ pub(crate) async fn dispatch(
         let timer = (attempt.version != Version::HTTP_2).then_some(&info.h1_timer);
         record.server = Some(idx);
         record.sent = sent;
-        if n > 0 {
-            record.connection.clear();
-        }
+        record.connection = None;
         let outcome = {
             let mut send = std::pin::pin!(server.pools.send(
                 server.pool_key,
@@ -218,15 +216,12 @@ pub(crate) async fn dispatch(
                 &server.authority,
                 req,
                 fresh,
-                &record.connection,
+                &mut record.connection,
             ));
             // `timeout server` counts from the request, or from the last piece of its body the
             // server took, and does not run while the client is awaited: an upload slower than
             // the timeout, or one the client stalls, is not the server's delay (a stalled one
-            // ends at `timeout client`, a 408 that is not counted against the server). Bytes
-            // from an HTTP/1.1 server that are not yet the response (interim `1xx` answers, a
-            // head arriving slowly) are activity too, as in HAProxy; over HTTP/2 the
-            // connection's bytes may be other streams'.
+            // ends at `timeout client`, a 408 that is not counted against the server).
             let mut from = sent;
             loop {
                 match within(from, backend.timeouts.server, timer, send.as_mut()).await {
@@ -236,10 +231,7 @@ pub(crate) async fn dispatch(
                             last_sent: Some(later),
                             ..
                         }) if later > from => from = later,
-                        _ => match record.connection.heard_after(from) {
-                            Some(heard) if !server.pools.is_h2() => from = heard,
-                            _ => break None,
-                        },
+                        _ => break None,
                     },
                     done => break done,
                 }

@@ -26,7 +26,6 @@ use crate::proxy::upgrade;
 use crate::routing::{LocalResponse, RequestView, RouteDecision};
 use crate::snapshot::{Backend, Frontend, ListenKey, Snapshot};
 use crate::upstream::body::{ClientBody, IdleBody, Reclaimable};
-use crate::upstream::pool::SentOn;
 
 /// What a request knows about the connection it arrived on.
 #[derive(Debug)]
@@ -82,7 +81,7 @@ pub async fn serve(
         head_started,
         received,
         sent: received,
-        connection: SentOn::default(),
+        connection: None,
         t_response: None,
         in_flight: Some(in_flight),
         active: None,

@@ -6,7 +6,6 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,51 +19,14 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tower_service::Service;
 
-use crate::clock;
-
 /// Timing of the connect that created an upstream connection; every response received on that
 /// connection carries it (`ResponseBody::timing`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConnectTiming {
     /// When the connection was established.
     pub established: Instant,
     /// How long the connect took.
     pub took: Duration,
-    /// When the server last sent bytes on it.
-    pub heard: Heard,
-}
-
-/// When a connection last brought bytes from its server: `timeout server` is the server's
-/// inactivity, which bytes that are not yet a response (interim `1xx` answers, a head
-/// arriving slowly) interrupt too.
-#[derive(Debug, Clone)]
-pub struct Heard {
-    since: Instant,
-    /// Nanoseconds from `since` to the last read that brought bytes (0: none yet).
-    ns: Arc<AtomicU64>,
-}
-
-impl Heard {
-    fn new(since: Instant) -> Self {
-        Self {
-            since,
-            ns: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn mark(&self) {
-        let ns = clock::recent()
-            .saturating_duration_since(self.since)
-            .as_nanos();
-        self.ns
-            .store(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    /// When the server last sent bytes, if that was after `t`.
-    pub fn after(&self, t: Instant) -> Option<Instant> {
-        let last = self.since + Duration::from_nanos(self.ns.load(Ordering::Relaxed));
-        (last > t).then_some(last)
-    }
 }
 
 /// Why a connection to a server could not be made.
@@ -142,25 +104,23 @@ impl Connector {
             .await
             .map_err(|e| ConnectError::Tcp(e.into()))?
             .into_inner();
-        let io = match &self.tls {
-            None => Io::Plain(tcp.take(u64::MAX)),
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp.take(u64::MAX)),
             Some(t) => {
                 let handshake = t.connector.connect(t.name.clone(), tcp);
                 match tokio::time::timeout_at(start + self.timeout, handshake).await {
-                    Ok(Ok(s)) => Io::Tls(Box::new(s.take(u64::MAX))),
+                    Ok(Ok(s)) => Stream::Tls(Box::new(s.take(u64::MAX))),
                     Ok(Err(e)) => return Err(ConnectError::Tls(e)),
                     Err(_) => return Err(ConnectError::TlsTimeout(self.timeout)),
                 }
             }
         };
         let established = Instant::now();
-        let heard = Heard::new(established);
         let timing = ConnectTiming {
             established,
             took: established - start,
-            heard: heard.clone(),
         };
-        Ok((Stream { io, heard }, timing))
+        Ok((stream, timing))
     }
 }
 
@@ -171,16 +131,9 @@ impl Connector {
 const READ_PIECE: usize = 32 * 1024;
 
 /// A connection to a server: plain TCP or TLS over TCP, read [`READ_PIECE`] at most at a time
-/// (the `Take`'s limit is set for each read that needs it: [`read_at_most`]); each read that
-/// brings bytes is marked in [`Heard`].
+/// (the `Take`'s limit is set for each read that needs it: [`read_at_most`]).
 #[derive(Debug)]
-pub struct Stream {
-    io: Io,
-    heard: Heard,
-}
-
-#[derive(Debug)]
-enum Io {
+pub enum Stream {
     Plain(Take<TcpStream>),
     Tls(Box<Take<TlsStream<TcpStream>>>),
 }
@@ -208,16 +161,10 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = match &mut this.io {
-            Io::Plain(s) => read_at_most(s, READ_PIECE, cx, buf),
-            Io::Tls(s) => read_at_most(s, READ_PIECE, cx, buf),
-        };
-        if buf.filled().len() > before {
-            this.heard.mark();
+        match self.get_mut() {
+            Stream::Plain(s) => read_at_most(s, READ_PIECE, cx, buf),
+            Stream::Tls(s) => read_at_most(s, READ_PIECE, cx, buf),
         }
-        read
     }
 }
 
@@ -227,23 +174,23 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s.get_mut()).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s.get_mut()).poll_write(cx, buf),
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s.get_mut()).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s.get_mut()).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s.get_mut()).poll_flush(cx),
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s.get_mut()).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s.get_mut()).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.get_mut()).poll_shutdown(cx),
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s.get_mut()).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_shutdown(cx),
         }
     }
 
@@ -252,16 +199,16 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s.get_mut()).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => Pin::new(s.get_mut()).poll_write_vectored(cx, bufs),
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s.get_mut()).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.get_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            Io::Plain(s) => s.get_ref().is_write_vectored(),
-            Io::Tls(s) => s.get_ref().is_write_vectored(),
+        match self {
+            Stream::Plain(s) => s.get_ref().is_write_vectored(),
+            Stream::Tls(s) => s.get_ref().is_write_vectored(),
         }
     }
 }
@@ -283,10 +230,7 @@ mod tests {
         let len = 3 * READ_PIECE;
         // Written at once where the socket's buffer takes it all, in its own task where not.
         tokio::spawn(async move { server.write_all(&vec![b'x'; len]).await.unwrap() });
-        let mut stream = Stream {
-            io: Io::Plain(tcp.take(u64::MAX)),
-            heard: Heard::new(Instant::now()),
-        };
+        let mut stream = Stream::Plain(tcp.take(u64::MAX));
         let mut buf = vec![0u8; 4 * READ_PIECE];
         let mut total = 0;
         while total < len {

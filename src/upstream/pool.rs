@@ -105,33 +105,6 @@ fn h2_refused(e: &hyper::Error) -> bool {
     false
 }
 
-/// The connection a request went out on, as its [`ConnectTiming`]: set by [`Pools::send`]
-/// when it picks one, read while the request waits (when did the server last send bytes?) and
-/// after (the access log's `t_connect`).
-#[derive(Debug, Default)]
-pub struct SentOn(Mutex<Option<ConnectTiming>>);
-
-impl SentOn {
-    fn set(&self, timing: ConnectTiming) {
-        *lock(&self.0) = Some(timing);
-    }
-
-    /// Forgets the connection of an earlier attempt.
-    pub fn clear(&self) {
-        *lock(&self.0) = None;
-    }
-
-    /// When the server last sent bytes on the connection, if that was after `t`.
-    pub fn heard_after(&self, t: Instant) -> Option<Instant> {
-        lock(&self.0).as_ref().and_then(|c| c.heard.after(t))
-    }
-
-    /// When the connection was established, and how long its connect took.
-    pub fn connect(&self) -> Option<(Instant, Duration)> {
-        lock(&self.0).as_ref().map(|c| (c.established, c.took))
-    }
-}
-
 /// Where an HTTP/1.1 request's connection comes from and goes back to: the pool of `worker`
 /// for server `key`; `fresh`: a new connection rather than an idle one.
 #[derive(Clone, Copy)]
@@ -239,7 +212,7 @@ impl Pools {
         authority: &'a Authority,
         req: Request<UpstreamBody>,
         fresh: bool,
-        connected: &'a SentOn,
+        connected: &'a mut Option<ConnectTiming>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + 'a {
         let worker = super::pool_index() % self.0.workers.len();
         // Either future itself, not one awaiting it: a layer less to move the request and the
@@ -266,7 +239,7 @@ impl Pools {
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
-        connected: &SentOn,
+        connected: &mut Option<ConnectTiming>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let Slot { worker, key, fresh } = slot;
         loop {
@@ -281,7 +254,7 @@ impl Pools {
                 // future would carry (and copy) it.
                 None => (Box::pin(self.connect_h1(scheme, authority)).await?, false),
             };
-            connected.set(conn.1.clone());
+            *connected = Some(conn.1);
             match conn.0.try_send_request(req).await {
                 Ok(resp) => {
                     let checkin = Checkin {
@@ -345,7 +318,7 @@ impl Pools {
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
-        connected: &SentOn,
+        connected: &mut Option<ConnectTiming>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         // The shared connection is tried once; a request it gave back unsent goes over a new
         // one of its own, and no further.
@@ -363,7 +336,7 @@ impl Pools {
                     .insert(authority.clone(), H2Slot::Ready(shared.clone()));
                 shared
             };
-            connected.set(timing.clone());
+            *connected = Some(timing);
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
                 Err(mut e) => match e.take_message() {
@@ -630,7 +603,7 @@ impl ResponseBody {
 
     fn release(&mut self) {
         if let Some(c) = self.checkin.take() {
-            c.release(self.timing.clone());
+            c.release(self.timing);
         }
     }
 }

@@ -93,43 +93,6 @@ async fn upstream_that_never_answers_is_504_within_server_timeout() {
     );
 }
 
-/// `timeout server` is the server's inactivity, as in HAProxy: interim responses sent now and
-/// then keep a long request alive past it (here 3.5 s of `102 Processing` every 0.7 s, with a
-/// 2 s `timeout server`).
-#[tokio::test]
-async fn interim_responses_restart_timeout_server() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tcp.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the request came");
-            head.extend_from_slice(&buf[..n]);
-        }
-        for _ in 0..5 {
-            tcp.write_all(b"HTTP/1.1 102 Processing\r\n\r\n")
-                .await
-                .unwrap();
-            // The server's pace, well inside the timeout: not a wait for an event.
-            tokio::time::sleep(Duration::from_millis(700)).await;
-        }
-        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
-            .await
-            .unwrap();
-        let _ = tcp.read(&mut buf).await;
-    });
-    let proxy = Proxy::start(&one_backend(
-        &format!(r#"{{ name = "busy", addr = "{addr}" }}"#),
-        "",
-    ))
-    .await;
-    let (status, _, body) = get(&proxy.url("/long")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "done"));
-}
-
 #[tokio::test]
 async fn upstream_closing_early_is_502() {
     let servers = Servers::new();
