@@ -725,7 +725,6 @@ pub fn log_diagnostics(report: &config::Report) {
     }
 }
 
-/// Loads the plugins `config` names (compiling what changed) on a blocking thread.
 /// Where a new snapshot's plugins come from.
 #[derive(Debug, Clone, Copy)]
 enum Plugging {
@@ -735,6 +734,7 @@ enum Plugging {
     Live,
 }
 
+/// Loads the plugins `config` names (compiling what changed) on a blocking thread.
 async fn prepare_plugins(
     plugins: &Arc<Plugins>,
     config: &Arc<Config>,

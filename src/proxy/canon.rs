@@ -5,12 +5,13 @@
 //!
 //! - **Authority.** HTTP/1.1 needs exactly one `Host` header (none or several: 400), even with
 //!   an absolute-form target; HTTP/1.0 may omit it. An empty `Host` (RFC 9112's for a target
-//!   without an authority) names no authority, as a missing one on HTTP/1.0. An absolute-form request URI's authority
-//!   wins over `Host`; an authority-form target (`GET example.com:80`) is a 400. For HTTP/2,
-//!   `:authority` is used, and a `host` header that disagrees with it is a 400. A port that
-//!   does not fit in 16 bits is a 400. The canonical authority replaces the `Host` header
-//!   before routing, so `hdr(host)` sees what the server will. The canonical *host* (for the
-//!   `host` ACL) is the authority without port, lower-cased.
+//!   without an authority) names no authority, as a missing one on HTTP/1.0. An absolute-form
+//!   request URI's authority wins over `Host`; an authority-form target (`GET
+//!   example.com:80`) is a 400. For HTTP/2, `:authority` is used, and a `host` header that
+//!   disagrees with it is a 400. A port that does not fit in 16 bits is a 400. The canonical
+//!   authority replaces the `Host` header before routing, so `hdr(host)` sees what the server
+//!   will. The canonical *host* (for the `host` ACL) is the authority without port,
+//!   lower-cased.
 //! - **Path.** Dot segments are resolved as RFC 3986 does (`/a/./b/../c` is `/a/c`, never
 //!   above the root), including percent-encoded dots (`%2e`, `%2E`); runs of slashes merge into
 //!   one. The normalised path is what ACLs match *and* what the server receives. Encoded slashes
