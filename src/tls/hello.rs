@@ -83,21 +83,16 @@ fn header_may_be_tls(header: &[u8]) -> bool {
 fn hello_name(message: &[u8]) -> Option<Option<String>> {
     let mut r = Reader(&message[4..]);
     r.take(2 + 32)?; // legacy_version, random
-    let session = r.u8()?;
-    r.take(session.into())?;
-    let suites = r.u16()?;
-    r.take(suites.into())?;
-    let compression = r.u8()?;
-    r.take(compression.into())?;
+    r.vec8()?; // session id
+    r.vec16()?; // cipher suites
+    r.vec8()?; // compression methods
     if r.0.is_empty() {
         return Some(None); // no extensions
     }
-    let len = r.u16()?;
-    let mut extensions = Reader(r.take(len.into())?);
+    let mut extensions = Reader(r.vec16()?);
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
-        let len = extensions.u16()?;
-        let data = extensions.take(len.into())?;
+        let data = extensions.vec16()?;
         if kind == SERVER_NAME {
             return host_name(data);
         }
@@ -108,12 +103,10 @@ fn hello_name(message: &[u8]) -> Option<Option<String>> {
 /// The first `host_name` of a `server_name` extension.
 fn host_name(data: &[u8]) -> Option<Option<String>> {
     let mut r = Reader(data);
-    let len = r.u16()?;
-    let mut list = Reader(r.take(len.into())?);
+    let mut list = Reader(r.vec16()?);
     while !list.0.is_empty() {
         let kind = list.u8()?;
-        let len = list.u16()?;
-        let name = list.take(len.into())?;
+        let name = list.vec16()?;
         if kind == HOST_NAME {
             let text = std::str::from_utf8(name)
                 .ok()
@@ -140,6 +133,18 @@ impl<'a> Reader<'a> {
 
     fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// A vector with a one-byte length before it.
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let len = self.u8()?;
+        self.take(len.into())
+    }
+
+    /// A vector with a two-byte length before it.
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let len = self.u16()?;
+        self.take(len.into())
     }
 }
 
