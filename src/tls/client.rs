@@ -27,30 +27,31 @@ use crate::tls::certs::{self, provider};
 pub fn client_config(settings: &UpstreamTls, h2: bool) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let mut config = if settings.verify {
-        match &settings.ca {
-            Some(ca) => {
-                let (roots, listed) = certs::load_ca_listed(ca)?;
-                let chains =
-                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                        .build()
-                        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOrListed { chains, listed }))
-                    .with_no_client_auth()
-            }
-            None => builder
-                .with_root_certificates(RootCertStore::from_iter(
-                    webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
-                ))
-                .with_no_client_auth(),
+    let trust = match &settings.ca {
+        _ if !settings.verify => Some(Trust::Any),
+        Some(ca) => {
+            let (roots, listed) = certs::load_ca_listed(ca)?;
+            let chains = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            Some(Trust::Bundle { chains, listed })
         }
-    } else {
-        builder
+        None => None,
+    };
+    let mut config = match trust {
+        Some(trust) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-            .with_no_client_auth()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+                provider: provider(),
+                trust,
+            }))
+            .with_no_client_auth(),
+        // A chain to the bundled Mozilla roots: rustls' own verifier.
+        None => builder
+            .with_root_certificates(RootCertStore::from_iter(
+                webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+            ))
+            .with_no_client_auth(),
     };
     config.alpn_protocols = vec![if h2 {
         b"h2".to_vec()
@@ -70,16 +71,29 @@ pub fn server_name(settings: &UpstreamTls, addr: IpAddr) -> ServerName<'static> 
         .unwrap_or_else(|| ServerName::IpAddress(addr.into()))
 }
 
-/// A server certificate verified by a chain to the CA bundle, or found in the bundle itself
-/// (then only its name and validity period are checked).
+/// How a server's certificate is trusted when the rustls default (a chain to the bundled
+/// Mozilla roots) is not what the backend says. Handshake signatures are checked either way,
+/// so the peer must hold the key of the certificate it sent.
 #[derive(Debug)]
-struct ChainOrListed {
-    chains: Arc<WebPkiServerVerifier>,
-    /// The bundle's certificates, as written.
-    listed: Vec<CertificateDer<'static>>,
+struct ServerVerifier {
+    provider: Arc<CryptoProvider>,
+    trust: Trust,
 }
 
-impl ServerCertVerifier for ChainOrListed {
+#[derive(Debug)]
+enum Trust {
+    /// `verify = "none"`: any certificate.
+    Any,
+    /// A chain to the `ca` bundle, or a certificate found in the bundle itself (then only its
+    /// name and validity period are checked).
+    Bundle {
+        chains: Arc<WebPkiServerVerifier>,
+        /// The bundle's certificates, as written.
+        listed: Vec<CertificateDer<'static>>,
+    },
+}
+
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -88,14 +102,12 @@ impl ServerCertVerifier for ChainOrListed {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let chained = self.chains.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
-        if chained.is_ok() || !self.listed.iter().any(|c| c == end_entity) {
+        let Trust::Bundle { chains, listed } = &self.trust else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let chained =
+            chains.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        if chained.is_ok() || !listed.iter().any(|c| c == end_entity) {
             return chained;
         }
         let cert = webpki::EndEntityCert::try_from(end_entity)
@@ -112,51 +124,11 @@ impl ServerCertVerifier for ChainOrListed {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chains.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chains.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chains.supported_verify_schemes()
-    }
-}
-
-/// `verify = "none"`: any certificate is accepted; handshake signatures are still checked, so
-/// the peer must hold the key of the certificate it sent.
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -170,11 +142,13 @@ impl ServerCertVerifier for AcceptAny {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
