@@ -1,7 +1,7 @@
 //! TCP mode sessions: route a whole connection (on the client address, the port it connected
 //! to and, when a rule asks for it, the TLS server name peeked from its ClientHello), pick a
 //! server with the backend's algorithm, connect with retries, send the PROXY protocol header
-//! and relay bytes both ways (`tcp::relay`) until both sides are closed.
+//! and relay bytes both ways (`relay::relay`) until both sides are closed.
 //!
 //! Nothing the client sends is interpreted beyond the ClientHello, which is forwarded as it
 //! came. A session that cannot be routed or connected is closed (TCP has no error answer).
@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::HeaderMap;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -21,10 +20,12 @@ use crate::proxy::Proxy;
 use crate::proxy::access;
 use crate::proxy::dispatch::{Event, choose, observe};
 use crate::proxy::graceful::Watcher;
+use crate::proxy::relay::{Ending, relay};
 use crate::proxy::respond::Failure;
-use crate::proxy::tcp::{Relayed, peek_sni, proxy_header, relay};
+use crate::proxy::tcp::{peek_sni, proxy_header};
 use crate::routing::{ConnView, RouteDecision};
 use crate::snapshot::{Backend, Frontend, ListenKey};
+use crate::upstream::connect;
 
 /// Most bytes read while waiting for a complete ClientHello (a TLS record is at most 16 KiB
 /// plus its header; a ClientHello spanning more than two records is not worth waiting for).
@@ -130,16 +131,16 @@ pub async fn serve(
     // Nothing below needs the snapshot: a long session must not keep an old config alive.
     drop(snapshot);
 
-    let mut server_tcp = connected.stream;
-    let (relayed, result) = if first.is_empty() {
-        relay(client_tcp, server_tcp, client_idle, server_idle).await
-    } else if let Err(e) = server_tcp.write_all(&first).await {
-        (Relayed::default(), Err(e))
-    } else {
-        let (mut relayed, result) = relay(client_tcp, server_tcp, client_idle, server_idle).await;
-        relayed.up += head.len() as u64;
-        (relayed, result)
-    };
+    let (mut relayed, result) = relay(
+        client_tcp,
+        connected.stream,
+        first,
+        (client_idle, server_idle),
+        Ending::CloseLast,
+    )
+    .await;
+    // The inspected hello came from the client: its bytes count (the PROXY header does not).
+    relayed.up += head.len() as u64;
     frontend_state
         .traffic
         .count_session(relayed.up, relayed.down);
@@ -189,21 +190,18 @@ async fn connect(backend: &Backend, conn: &ConnView<'_>) -> Result<Connected, Se
         let server = &backend.servers[idx];
         let active = server.state.begin_request();
         let addr = server.state.key.addr;
-        let error =
-            match tokio::time::timeout(backend.timeouts.connect, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    observe(backend, server, Event::Answered { error: false });
-                    return Ok(Connected {
-                        stream,
-                        server: Arc::clone(&server.name),
-                        send_proxy: server.send_proxy,
-                        active,
-                    });
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("timed out after {:?}", backend.timeouts.connect),
-            };
+        let error = match connect::tcp(addr, backend.timeouts.connect).await {
+            Ok(stream) => {
+                observe(backend, server, Event::Answered { error: false });
+                return Ok(Connected {
+                    stream,
+                    server: Arc::clone(&server.name),
+                    send_proxy: server.send_proxy,
+                    active,
+                });
+            }
+            Err(e) => e.to_string(),
+        };
         server.state.record_connect_failure();
         if server.state.should_log_failure() {
             tracing::warn!(

@@ -173,12 +173,12 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, client)) => {
                 let watcher = graceful.watcher_of(id);
-                let (key, proxy, port) = (key.clone(), Arc::clone(&proxy), local.port());
+                let (key, proxy) = (key.clone(), Arc::clone(&proxy));
                 let (worker, load) = placement.place(me);
                 if worker == me {
                     tokio::spawn(async move {
                         let _load = load;
-                        serve_connection(tcp, client, key, port, proxy, watcher).await;
+                        serve_connection(tcp, client, key, local, proxy, watcher).await;
                     });
                     continue;
                 }
@@ -188,7 +188,7 @@ async fn accept_loop(
                         let _load = load;
                         match TcpStream::from_std(tcp) {
                             Ok(tcp) => {
-                                serve_connection(tcp, client, key, port, proxy, watcher).await
+                                serve_connection(tcp, client, key, local, proxy, watcher).await
                             }
                             Err(e) => {
                                 tracing::warn!(%client, error = %e, "cannot adopt connection")
@@ -213,7 +213,7 @@ async fn serve_connection(
     mut tcp: TcpStream,
     peer: SocketAddr,
     bind: ListenKey,
-    local_port: u16,
+    listening: SocketAddr,
     proxy: Arc<Proxy>,
     watcher: Watcher,
 ) {
@@ -254,7 +254,15 @@ async fn serve_connection(
     };
     if frontend.mode == Mode::Tcp {
         drop(snapshot);
-        let local = local.unwrap_or_else(|| tcp.local_addr().unwrap_or(bind.addr));
+        // The address the client connected to: the listener's, unless it listens on every
+        // address (then the socket is asked which one).
+        let local = local.unwrap_or_else(|| {
+            if listening.ip().is_unspecified() {
+                tcp.local_addr().unwrap_or(listening)
+            } else {
+                listening
+            }
+        });
         return l4::serve(tcp, client, local, bind, proxy, watcher).await;
     }
     let _ = tcp.set_nodelay(true);
@@ -270,7 +278,7 @@ async fn serve_connection(
         },
         max_header_size: frontend.max_header_size,
         bind,
-        local_port: local.map_or(local_port, |l| l.port()),
+        local_port: local.map_or(listening.port(), |l| l.port()),
         proxy: Arc::clone(&proxy),
     };
     drop(snapshot);

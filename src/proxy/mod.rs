@@ -21,6 +21,7 @@ pub mod headers;
 pub mod http;
 pub mod l4;
 pub mod listener;
+pub mod relay;
 pub mod respond;
 pub mod sched;
 pub mod tcp;

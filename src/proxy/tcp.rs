@@ -1,19 +1,14 @@
-//! L4 (TCP mode) building blocks: relaying bytes both ways with HAProxy's idle timeouts and
-//! half-close, writing a PROXY protocol header, and reading the TLS server name from a
-//! ClientHello without consuming it (for SNI routing without terminating TLS).
+//! L4 (TCP mode) building blocks: writing a PROXY protocol header, and reading the TLS server
+//! name from a ClientHello without consuming it (for SNI routing without terminating TLS).
+//! Relaying the bytes is [`crate::proxy::relay`]'s.
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::SendProxy;
-use crate::proxy::timer::LazyTimer;
 use crate::tls::hello::{self, Hello};
 
 /// The PROXY protocol header announcing a connection from `client` to `local` (the address
@@ -95,159 +90,10 @@ pub async fn peek_sni<R: AsyncRead + Unpin>(
     Ok((name, buffered))
 }
 
-/// Byte counts of a finished relay.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Relayed {
-    /// Client to server.
-    pub up: u64,
-    /// Server to client.
-    pub down: u64,
-}
-
-/// Buffer per direction of a relay: large enough that a bulk transfer moves in few system
-/// calls, small enough that many idle sessions cost little (two per session).
-pub const RELAY_BUFFER: usize = 64 * 1024;
-
-/// Relays bytes between `client` and `server` until both directions are closed. An EOF on one
-/// side is passed on as a half-close (shutdown of the other side's write half) while the other
-/// direction goes on. `client_idle` / `server_idle` are HAProxy's `timeout client` / `timeout
-/// server`: the relay fails with `TimedOut` when a side that is expected to send stays silent
-/// that long while nothing moves in the other direction either. The bytes read from each side
-/// are counted whether the relay ends well or not.
-pub async fn relay<C, S>(
-    client: C,
-    server: S,
-    client_idle: Duration,
-    server_idle: Duration,
-) -> (Relayed, io::Result<()>)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let activity = Activity::new();
-    let mut client = Idle::new(client, client_idle, &activity, &activity.up);
-    let mut server = Idle::new(server, server_idle, &activity, &activity.down);
-    let result = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut server,
-        RELAY_BUFFER,
-        RELAY_BUFFER,
-    )
-    .await;
-    let relayed = Relayed {
-        up: activity.up.load(Ordering::Relaxed),
-        down: activity.down.load(Ordering::Relaxed),
-    };
-    (relayed, result.map(|_| ()))
-}
-
-/// When bytes last moved in either direction of a relay, and how many were read each way.
-struct Activity {
-    base: Instant,
-    nanos: AtomicU64,
-    /// Read from the client.
-    up: AtomicU64,
-    /// Read from the server.
-    down: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            base: Instant::now(),
-            nanos: AtomicU64::new(0),
-            up: AtomicU64::new(0),
-            down: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.store(nanos, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.base + Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
-    }
-}
-
-/// One side of a relay: reads time out after `idle` without traffic in either direction;
-/// bytes read are added to `read`.
-struct Idle<'a, T> {
-    io: T,
-    idle: Duration,
-    activity: &'a Activity,
-    read: &'a AtomicU64,
-    timer: LazyTimer,
-}
-
-impl<'a, T> Idle<'a, T> {
-    fn new(io: T, idle: Duration, activity: &'a Activity, read: &'a AtomicU64) -> Self {
-        Self {
-            io,
-            idle,
-            activity,
-            read,
-            timer: LazyTimer::default(),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Idle<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.activity.touch();
-                let n = (buf.filled().len() - before) as u64;
-                this.read.fetch_add(n, Ordering::Relaxed);
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let deadline = this.activity.last() + this.idle;
-                if this.timer.poll_expired(deadline, cx) {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "idle timeout",
-                    )));
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let res = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(_))) {
-            this.activity.touch();
-        }
-        res
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncWriteExt, duplex};
+    use tokio::time::Instant;
 
     use super::*;
 
@@ -269,53 +115,6 @@ mod tests {
             "10.0.0.1:2".parse().unwrap(),
         );
         assert_eq!(mixed, b"PROXY TCP6 2001:db8::1 ::ffff:10.0.0.1 1 2\r\n");
-    }
-
-    #[tokio::test]
-    async fn relay_passes_half_close_and_counts_bytes() {
-        let (client, mut client_peer) = duplex(64);
-        let (server, mut server_peer) = duplex(64);
-        let relay = tokio::spawn(relay(
-            client,
-            server,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-        ));
-        client_peer.write_all(b"ping").await.unwrap();
-        client_peer.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        server_peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"ping", "the client's EOF reached the server");
-        // The other direction still works after the half-close.
-        server_peer.write_all(b"pong!").await.unwrap();
-        drop(server_peer);
-        let mut back = Vec::new();
-        client_peer.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"pong!");
-        let (relayed, result) = relay.await.unwrap();
-        result.unwrap();
-        assert_eq!(relayed, Relayed { up: 4, down: 5 });
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn silent_sides_time_out() {
-        let (client, _client_peer) = duplex(64);
-        let (server, _server_peer) = duplex(64);
-        let start = Instant::now();
-        let (_, result) = relay(
-            client,
-            server,
-            Duration::from_secs(3),
-            Duration::from_secs(5),
-        )
-        .await;
-        let err = result.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(
-            start.elapsed(),
-            Duration::from_secs(3),
-            "the shorter idle timeout"
-        );
     }
 
     #[tokio::test]

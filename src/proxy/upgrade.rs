@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use crate::health::state::{ActiveGuard, BackendState, FrontendState};
 use crate::proxy::client_io::InFlight;
 use crate::proxy::headers::Scan;
-use crate::proxy::tcp::relay;
+use crate::proxy::relay::{Ending, relay};
 
 /// The protocol an HTTP/1.1 request asks to switch to: `Connection` lists `upgrade` and an
 /// `Upgrade` header names a protocol other than `h2c`. `scan` is the request's.
@@ -73,8 +73,10 @@ impl Tunnel {
             let (relayed, result) = relay(
                 TokioIo::new(client),
                 TokioIo::new(server),
-                self.idle,
-                self.idle,
+                Vec::new(),
+                (self.idle, self.idle),
+                // The client's side may be TLS: its close_notify is sent at the shutdown.
+                Ending::ShutdownBoth,
             )
             .await;
             let counted = [

@@ -4,6 +4,7 @@
 //! remembers when and how fast it was made ([`ConnectTiming`]).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -124,6 +125,43 @@ impl Connector {
     }
 }
 
+/// A TCP connection to `addr`, with `TCP_NODELAY`, made within `timeout` (TCP mode
+/// sessions). A connect the kernel completes at once, as on loopback or to a server on the same
+/// host, is used at once: no wait for the event loop's next round (the client's first bytes
+/// reach the server in the same pass) and no timer. Otherwise it waits, as tokio's connect
+/// does, for the socket to become writable, then reads its error.
+pub async fn tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, ipproto};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, Some(ipproto::TCP))?;
+    rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
+    let in_progress = match rustix::net::connect(&fd, &addr) {
+        Ok(()) => false,
+        Err(rustix::io::Errno::INPROGRESS) => true,
+        Err(e) => return Err(e.into()),
+    };
+    let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+    // Connected already when it has a peer (ENOTCONN while the handshake goes on, or after it
+    // failed: the wait below then returns at once with the error).
+    if in_progress && stream.peer_addr().is_err() {
+        match tokio::time::timeout(timeout, stream.writable()).await {
+            Ok(ready) => ready?,
+            Err(_) => {
+                let e = format!("timed out after {timeout:?}");
+                return Err(io::Error::new(io::ErrorKind::TimedOut, e));
+            }
+        }
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(stream)
+}
+
 /// The most one read from a server takes (HAProxy's buffers are 16 KiB). A read is what waits
 /// for a client that does not read its response (`client_io`), and what an idle pooled
 /// connection's buffer keeps: reads as large as the socket has ready (up to hyper's 64 KiB
@@ -240,5 +278,52 @@ mod tests {
         }
         // Each read is a fresh piece: the limit does not run down.
         assert_eq!(total, len);
+    }
+
+    #[tokio::test]
+    async fn a_tcp_connect_on_loopback_is_made_at_once_with_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = tcp(addr, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), addr);
+        assert!(stream.nodelay().unwrap());
+        let (mut server, _) = listener.accept().await.unwrap();
+        server.write_all(b"hi").await.unwrap();
+        let mut got = [0u8; 2];
+        let mut stream = stream;
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+    }
+
+    #[tokio::test]
+    async fn a_refused_tcp_connect_is_an_error() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // The listener is gone: nothing listens there.
+        let err = tcp(addr, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    /// A server whose listen queue is full drops the SYN: the connect waits, and ends at the
+    /// timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_tcp_connect_that_gets_no_answer_times_out() {
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        // A queue of one connection, taken by the first.
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let _first = std::net::TcpStream::connect(addr).unwrap();
+        let start = tokio::time::Instant::now();
+        let err = tcp(addr, Duration::from_secs(3)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "timed out after 3s");
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 }
