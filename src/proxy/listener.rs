@@ -46,6 +46,7 @@ use crate::proxy::timer::LazyTimer;
 use crate::proxy::workers::{Placement, Workers};
 use crate::proxy::{access, l4};
 use crate::snapshot::ListenKey;
+use crate::tls::TlsListener;
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 1024;
@@ -263,7 +264,9 @@ async fn serve_connection(
                 listening
             }
         });
-        return l4::serve(tcp, client, local, bind, proxy, watcher).await;
+        // Boxed, as the TLS path below: a connection's task is as large as the largest path
+        // its future may take, for as long as the connection lasts.
+        return Box::pin(l4::serve(tcp, client, local, bind, proxy, watcher)).await;
     }
     let _ = tcp.set_nodelay(true);
     let tls = snapshot.tls_for(&bind).map(Arc::clone);
@@ -282,36 +285,12 @@ async fn serve_connection(
         proxy: Arc::clone(&proxy),
     };
     drop(snapshot);
-    let Some(tls) = tls else {
-        return conn.serve(tcp, None, Alpn::None, watcher).await;
-    };
-    let handshake = async move {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
-        let config = Arc::clone(tls.config_for(start.client_hello().alpn()));
-        drop(tls);
-        start.into_stream(config).await
-    };
-    let stream = match tokio::time::timeout(conn.timeouts.http_request, handshake).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(client = %client, frontend = &*conn.frontend, error = %e, "tls handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(client = %client, frontend = &*conn.frontend, "tls handshake timed out");
-            return;
-        }
-    };
-    let (_, session) = stream.get_ref();
-    let sni = session
-        .server_name()
-        .map(|n| Arc::from(n.to_ascii_lowercase()));
-    let alpn = match session.alpn_protocol() {
-        Some(b"h2") => Alpn::H2,
-        Some(_) => Alpn::Http1,
-        None => Alpn::None,
-    };
-    conn.serve(stream, Some(sni), alpn, watcher).await;
+    match tls {
+        None => conn.serve(tcp, None, Alpn::None, watcher).await,
+        // Boxed: a TLS connection's future (handshake, TLS stream) is about three times a
+        // plain one's (docs/benchmarks.md), and would otherwise size every connection's task.
+        Some(tls) => Box::pin(conn.serve_tls(tcp, tls, watcher)).await,
+    }
 }
 
 /// The protocol ALPN agreed on.
@@ -336,6 +315,38 @@ struct Connection {
 }
 
 impl Connection {
+    /// Makes the TLS handshake on `tcp` (within `timeout http_request`), then serves HTTP on it.
+    async fn serve_tls(self, tcp: TcpStream, tls: Arc<TlsListener>, watcher: Watcher) {
+        let handshake = async move {
+            let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
+            let config = Arc::clone(tls.config_for(start.client_hello().alpn()));
+            drop(tls);
+            start.into_stream(config).await
+        };
+        let (client, frontend) = (self.client, &*self.frontend);
+        let stream = match tokio::time::timeout(self.timeouts.http_request, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %client, frontend, error = %e, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %client, frontend, "tls handshake timed out");
+                return;
+            }
+        };
+        let (_, session) = stream.get_ref();
+        let sni = session
+            .server_name()
+            .map(|n| Arc::from(n.to_ascii_lowercase()));
+        let alpn = match session.alpn_protocol() {
+            Some(b"h2") => Alpn::H2,
+            Some(_) => Alpn::Http1,
+            None => Alpn::None,
+        };
+        self.serve(stream, Some(sni), alpn, watcher).await;
+    }
+
     /// Serves HTTP on `io`; `tls` is `Some(sni)` on a TLS connection.
     async fn serve<IO>(self, io: IO, tls: Option<Option<Arc<str>>>, alpn: Alpn, watcher: Watcher)
     where
