@@ -30,6 +30,9 @@
 #                `mode tcp` in front of the same nginx backends; throughput of a BIG_MB file
 #                (default 1024) over one connection and over STREAMS (default 4) at once, and
 #                new connections per second (wrk with `Connection: close`, -c CONNECTIONS)
+#   IDLE=1       the idle-connection benchmark instead (see "Idle connections" below): the
+#                memory each of wasp and HAProxy holds per idle connection, HTTP keep-alive
+#                and TCP mode, for IDLE_CONNS (default 2000) connections
 #   WASP_BIN     use this wasp binary instead of building one
 #   PGO=1        benchmark the profile-guided build instead of the plain release build: runs
 #                benches/pgo.sh first (about 20 minutes on 2 cores), which trains with this script's
@@ -811,6 +814,104 @@ run_tcp_bench() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Idle connections (IDLE=1)
+#
+# What an open connection that does nothing costs each proxy: IDLE_CONNS client connections,
+# opened one after another, each sending one request (GET /item/1) and reading its answer, then
+# left open; the proxy's VmRSS growth divided by their number. In HTTP mode (lab 2, keep-alive
+# timeouts raised to 60 s) an idle connection is a keep-alive client waiting for its next
+# request; in TCP mode (the TCP-mode configs) it is a session whose client and server both stay
+# silent. 500 connections opened and closed first warm the allocators and the server pools.
+
+# Prints "RSS-before RSS-after bytes-per-connection" for N idle connections to PORT of PID.
+idle_rss() {
+    python3 - "$1" "$2" "$3" <<'EOF'
+import resource, socket, sys, time
+pid, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+if hard < n + 600:
+    sys.exit(f"open-file limit {hard} is too low for {n} connections")
+def rss():
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+def open_idle(k):
+    socks = []
+    for _ in range(k):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /item/1 HTTP/1.1\r\nHost: lab\r\n\r\n")
+        got = b""
+        while b"\r\n\r\nnode" not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                sys.exit("the proxy closed a connection before answering")
+            got += chunk
+        socks.append(s)
+    return socks
+for s in open_idle(500):
+    s.close()
+time.sleep(1)
+before = rss()
+idle = open_idle(n)
+time.sleep(1)
+after = rss()
+print(before, after, round((after - before) * 1024 / n))
+EOF
+}
+
+run_idle_bench() {
+    IDLE_CONNS=${IDLE_CONNS:-2000}
+    [[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS must be a positive integer"
+    mkdir -p "$TMP/backends/www" "$TMP/idle" "$TMP/haproxy" "$TMP/haproxy-tcp"
+    local ports i
+    read -r -a ports <<<"$(free_ports 8)"
+    for i in 1 2 3 4; do NODE_PORT[$i]=${ports[$((i - 1))]}; done
+
+    echo "== wasp idle connection benchmark =="
+    echo "date        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "kernel      $(uname -sr)"
+    echo "wasp        $("$WASP_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown), $BUILD_KIND), workers = 2"
+    echo "haproxy     $(haproxy -v | awk 'NR == 1 {print $3}'), nbthread 2"
+    echo "connections $IDLE_CONNS idle per proxy and mode, after one request each"
+    echo
+
+    start_backends
+    write_wasp_conf "$TMP/idle/wasp-http.toml" "${ports[4]}" false
+    sed -i 's/client = "10s"/client = "60s"/; s/http_request = "10s"/http_request = "60s", http_keep_alive = "60s"/' \
+        "$TMP/idle/wasp-http.toml"
+    write_haproxy_conf "$TMP/idle/haproxy-http.cfg" "${ports[5]}"
+    sed -i 's/timeout client 10s/timeout client 60s/; s/timeout http-request 10s/timeout http-request 60s/' \
+        "$TMP/idle/haproxy-http.cfg"
+    write_wasp_tcp_conf "$TMP/idle/wasp-tcp.toml" "${ports[6]}"
+    write_haproxy_tcp_conf "$TMP/idle/haproxy-tcp.cfg" "${ports[7]}"
+
+    printf '%-8s %-5s %12s %12s %16s\n' proxy mode "RSS before" "RSS after" "bytes per conn"
+    local name proxy mode port pid out before after per
+    for name in wasp-http haproxy-http wasp-tcp haproxy-tcp; do
+        proxy=${name%-*} mode=${name#*-}
+        case $name in
+            wasp-http) port=${ports[4]} ;;
+            haproxy-http) port=${ports[5]} ;;
+            wasp-tcp) port=${ports[6]} ;;
+            haproxy-tcp) port=${ports[7]} ;;
+        esac
+        case $proxy in
+            wasp) start_bg "idle-$name" "$TMP/idle/$name.log" "$WASP_BIN" run -c "$TMP/idle/$name.toml" ;;
+            haproxy)
+                haproxy -c -q -f "$TMP/idle/$name.cfg" || die "haproxy rejected $TMP/idle/$name.cfg"
+                start_bg "idle-$name" "$TMP/idle/$name.log" haproxy -db -f "$TMP/idle/$name.cfg"
+                ;;
+        esac
+        pid=${PID_OF[idle-$name]}
+        wait_http "$name" "$pid" "http://127.0.0.1:$port/" "${LOG_OF[idle-$name]}"
+        out=$(idle_rss "$pid" "$port" "$IDLE_CONNS") || die "measuring $name failed"
+        read -r before after per <<<"$out"
+        printf '%-8s %-5s %8s KiB %8s KiB %16s\n' "$proxy" "$mode" "$before" "$after" "$per"
+        stop_pid "$pid"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
 
 # TLS=1: HTTPS keep-alive, new handshakes and h2, wasp vs HAProxy
 
@@ -948,6 +1049,10 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/wasp-load.XXXXXX")
 chmod 755 "$TMP" # nginx workers run as nobody and must reach their temp paths
 if [[ ${TCP:-0} == 1 ]]; then
     run_tcp_bench
+    exit 0
+fi
+if [[ ${IDLE:-0} == 1 ]]; then
+    run_idle_bench
     exit 0
 fi
 write_wrk_script
