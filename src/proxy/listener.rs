@@ -287,8 +287,8 @@ async fn serve_connection(
     drop(snapshot);
     match tls {
         None => conn.serve(tcp, None, Alpn::None, watcher).await,
-        // Boxed: a TLS connection's future (handshake, TLS stream) is about three times a
-        // plain one's (docs/benchmarks.md), and would otherwise size every connection's task.
+        // Boxed: a TLS connection's future (handshake, TLS stream) is more than twice a plain
+        // one's, and would otherwise size every connection's task (docs/benchmarks.md).
         Some(tls) => Box::pin(conn.serve_tls(tcp, tls, watcher)).await,
     }
 }
