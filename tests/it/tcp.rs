@@ -1,6 +1,6 @@
-//! TCP mode end to end: round-robin over TCP servers, half-close, retries of failed connects,
-//! SNI routing without terminating TLS, PROXY protocol headers, a 1 GiB transfer with bounded
-//! memory, and the sessions and bytes the stats count.
+//! TCP mode end to end: round-robin over TCP servers, half-close, retries of refused and timed
+//! out connects, SNI routing without terminating TLS, PROXY protocol headers, a 1 GiB transfer
+//! with bounded memory, and the sessions and bytes the stats count.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -225,6 +225,42 @@ async fn failed_connects_are_retried_on_the_next_server() {
         snapshot.frontends[0].state.traffic.totals().errors == 1
     })
     .await;
+}
+
+/// A server whose listen queue is full (one connection, never accepted): the kernel drops a
+/// new connect's SYN, so the connect waits. Held as long as the returned pair lives.
+fn unanswered_server() -> (SocketAddr, (TcpListener, std::net::TcpStream)) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The queue's one place, taken.
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    (addr, (listener, filler))
+}
+
+/// A connect that gets no answer is cut at `timeout connect`, counted against its server, and
+/// the session goes on to the next server.
+#[tokio::test]
+async fn a_connect_without_answer_times_out_and_is_retried() {
+    let (silent, _held) = unanswered_server();
+    let live = tcp_echo("live").await;
+    let proxy = Proxy::start(&tcp_config(
+        "",
+        &format!(
+            r#"retries = 1
+            timeout = {{ connect = "300ms" }}
+            servers = [{{ name = "silent", addr = "{silent}" }}, {{ name = "live", addr = "{live}" }}]"#
+        ),
+    ))
+    .await;
+    // Round-robin starts with the silent server.
+    let answer = exchange(proxy.addr(), b"x").await;
+    assert_eq!(answer, "live\nxend\n");
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let servers = &snapshot.backends[0].servers;
+    assert_eq!(servers[0].state.connect_failures(), 1, "the silent server");
+    assert_eq!(servers[1].state.connect_failures(), 0, "the live server");
 }
 
 /// Reads a PROXY header from `tcp`'s recorded bytes: (the header, the payload after it).
