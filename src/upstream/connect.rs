@@ -1,7 +1,8 @@
-//! New connections to servers: TCP (hyper-util's resolver and connector, with the `connect`
-//! timeout and `TCP_NODELAY`), then TLS when the server wants it. The handshake is part of the
-//! connect, bounded by the same timeout, and its failure is a connect failure. Each connection
-//! remembers when and how fast it was made ([`ConnectTiming`]).
+//! New connections to servers: TCP (with the `connect` timeout and `TCP_NODELAY`; [`tcp`] for
+//! an address, hyper-util's resolver and connector for a name), then TLS when the server wants
+//! it. The handshake is part of the connect, bounded by the same timeout, and its failure is a
+//! connect failure. Each connection remembers when and how fast it was made
+//! ([`ConnectTiming`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -98,13 +99,22 @@ impl Connector {
     /// Connects to the server `uri` names (scheme and authority).
     pub async fn connect(&self, uri: Uri) -> Result<(Stream, ConnectTiming), ConnectError> {
         let start = Instant::now();
-        let tcp = self
-            .tcp
-            .clone()
-            .call(uri)
-            .await
-            .map_err(|e| ConnectError::Tcp(e.into()))?
-            .into_inner();
+        // Servers' authorities are the addresses resolved at load: connected to directly
+        // ([`tcp`]: at once when the kernel completes the connect at once). A name goes through
+        // hyper-util's resolver.
+        let address = uri.authority().and_then(|a| a.as_str().parse().ok());
+        let tcp = match address {
+            Some(addr) => tcp(addr, self.timeout)
+                .await
+                .map_err(|e| ConnectError::Tcp(e.into()))?,
+            None => self
+                .tcp
+                .clone()
+                .call(uri)
+                .await
+                .map_err(|e| ConnectError::Tcp(e.into()))?
+                .into_inner(),
+        };
         let stream = match &self.tls {
             None => Stream::Plain(tcp.take(u64::MAX)),
             Some(t) => {

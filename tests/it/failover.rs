@@ -1,12 +1,12 @@
-//! Failover under load: one of three servers is killed and restarted during a 10-second run at
-//! 50 connections, and no client request fails.
+//! Failover: one of three servers is killed and restarted during a 10-second run at 50
+//! connections, and no client request fails; retries after refused and unanswered connects.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Servers, client, empty, server_name};
+use crate::support::{Servers, Unanswered, client, empty, server_name};
 use http::Request;
 use http_body_util::BodyExt;
 
@@ -128,6 +128,43 @@ async fn a_retry_on_the_same_server_waits_its_turn_around_time() {
         "two retries, each after 300 ms: {:?}",
         start.elapsed()
     );
+}
+
+/// A connect that gets no answer (the server's listen queue is full) is cut at `timeout
+/// connect`, counted against its server, and the request goes to the next server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_without_answer_times_out_and_the_next_server_answers() {
+    let servers = Servers::new();
+    let live = servers.echo("live").await;
+    let silent = Unanswered::bind();
+    let proxy = crate::support::Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        retries = 1
+        timeout = {{ connect = "300ms" }}
+        servers = [ {{ name = "silent", addr = "{}" }}, {{ name = "live", addr = "{live}" }} ]
+        "#,
+        silent.addr()
+    ))
+    .await;
+    // Round-robin starts with the silent server.
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::support::get(&proxy.url("/")),
+    )
+    .await
+    .expect("an answer once the connect timed out");
+    assert_eq!(status.as_u16(), 200, "{body}");
+    assert_eq!(server_name(&body), "live");
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let servers = &snapshot.backends[0].servers;
+    assert_eq!(servers[0].state.connect_failures(), 1, "the silent server");
+    assert_eq!(servers[1].state.connect_failures(), 0, "the live server");
 }
 
 /// A retry after a failed connect does not wait for the failed attempt's own slot: with a

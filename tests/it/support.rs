@@ -348,6 +348,32 @@ impl HeldPort {
     }
 }
 
+/// A server whose listen queue is full (one connection, never accepted): the kernel drops a
+/// new connect's SYN, so a connect to it waits until its timeout. Held while it lives.
+#[derive(Debug)]
+pub struct Unanswered {
+    listener: TcpListener,
+    _filler: std::net::TcpStream,
+}
+
+impl Unanswered {
+    pub fn bind() -> Unanswered {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let listener = socket.listen(0).unwrap();
+        // The queue's one place, taken.
+        let filler = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        Unanswered {
+            listener,
+            _filler: filler,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap()
+    }
+}
+
 /// Asserts that nothing listens on `addr` any more: the port can be held (which a listening
 /// socket would prevent), and a connect to it is refused while it is held.
 pub async fn assert_closed(addr: SocketAddr, what: &str) {

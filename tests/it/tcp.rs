@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::support::{Binary, Proxy, Servers, config_file, rss_kib_of, wait_until};
+use crate::support::{Binary, Proxy, Servers, Unanswered, config_file, rss_kib_of, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -227,30 +227,19 @@ async fn failed_connects_are_retried_on_the_next_server() {
     .await;
 }
 
-/// A server whose listen queue is full (one connection, never accepted): the kernel drops a
-/// new connect's SYN, so the connect waits. Held as long as the returned pair lives.
-fn unanswered_server() -> (SocketAddr, (TcpListener, std::net::TcpStream)) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap();
-    // The queue's one place, taken.
-    let filler = std::net::TcpStream::connect(addr).unwrap();
-    (addr, (listener, filler))
-}
-
 /// A connect that gets no answer is cut at `timeout connect`, counted against its server, and
 /// the session goes on to the next server.
 #[tokio::test]
 async fn a_connect_without_answer_times_out_and_is_retried() {
-    let (silent, _held) = unanswered_server();
+    let silent = Unanswered::bind();
     let live = tcp_echo("live").await;
     let proxy = Proxy::start(&tcp_config(
         "",
         &format!(
             r#"retries = 1
             timeout = {{ connect = "300ms" }}
-            servers = [{{ name = "silent", addr = "{silent}" }}, {{ name = "live", addr = "{live}" }}]"#
+            servers = [{{ name = "silent", addr = "{}" }}, {{ name = "live", addr = "{live}" }}]"#,
+            silent.addr()
         ),
     ))
     .await;
