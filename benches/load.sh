@@ -30,6 +30,9 @@
 #                `mode tcp` in front of the same nginx backends; throughput of a BIG_MB file
 #                (default 1024) over one connection and over STREAMS (default 4) at once, and
 #                new connections per second (wrk with `Connection: close`, -c CONNECTIONS)
+#   SERVER_CLOSE=1  the nginx backends close every connection after one response
+#                (`keepalive_requests 1`), so that each request through a proxy needs a new
+#                connection to a server: the cost of server connects
 #   IDLE=1       the idle-connection benchmark instead (see "Idle connections" below): the
 #                memory each of wasp and HAProxy holds per idle connection, HTTP keep-alive
 #                and TCP mode, for IDLE_CONNS (default 2000) connections
@@ -84,6 +87,8 @@ OUT_DIR=${OUT_DIR:-}
 ROUTING_CHECK=${ROUTING_CHECK:-strict}
 FORWARDFOR=${FORWARDFOR:-lab}
 SCHED_SLICE=${SCHED_SLICE:-100us}
+# SERVER_CLOSE=1: the backends close every connection after one response.
+if [[ ${SERVER_CLOSE:-0} == 1 ]]; then BACKEND_REQUESTS=1; else BACKEND_REQUESTS=1000000; fi
 
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "load.sh: DURATION must be a positive integer" >&2; exit 2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "load.sh: ROUNDS must be a positive integer" >&2; exit 2; }
@@ -242,7 +247,7 @@ events { worker_connections 4096; }
 http {
     access_log off;
     default_type text/plain;
-    keepalive_requests 1000000;
+    keepalive_requests $BACKEND_REQUESTS;
     keepalive_timeout 75s;
     sendfile on;
     client_body_temp_path $TMP/backends/client_body;
@@ -1091,7 +1096,7 @@ echo "nginx       $nginx_version, proxy: 2 workers, upstream keepalive 64; backe
 echo "wrk         $wrk_version, -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, paths /item/1 /basket/1 / in rotation"
 echo "rounds      $ROUNDS, order: $PROXIES direct, each round starting one further along (~$((ROUNDS * n_runs * DURATION)) s of load)"
 echo "forwarding  FORWARDFOR=$FORWARDFOR: $(case $FORWARDFOR in lab) echo "wasp adds X-Forwarded-For/-Proto/-Host, HAProxy and nginx add none" ;; same) echo "every proxy adds X-Forwarded-For/-Proto/-Host" ;; off) echo "no proxy adds forwarding headers" ;; esac)"
-echo "backends    node1..node4 on 127.0.0.1:${NODE_PORT[1]} ${NODE_PORT[2]} ${NODE_PORT[3]} ${NODE_PORT[4]}"
+echo "backends    node1..node4 on 127.0.0.1:${NODE_PORT[1]} ${NODE_PORT[2]} ${NODE_PORT[3]} ${NODE_PORT[4]}$([[ $BACKEND_REQUESTS == 1 ]] && echo ", closing every connection after one response (SERVER_CLOSE=1)")"
 echo "note        proxies, backends and wrk all share these CPUs"
 echo
 
