@@ -135,11 +135,11 @@ impl Connector {
     }
 }
 
-/// A TCP connection to `addr`, with `TCP_NODELAY`, made within `timeout` (TCP mode
-/// sessions). A connect the kernel completes at once, as on loopback or to a server on the same
-/// host, is used at once: no wait for the event loop's next round (the client's first bytes
-/// reach the server in the same pass) and no timer. Otherwise it waits, as tokio's connect
-/// does, for the socket to become writable, then reads its error.
+/// A TCP connection to `addr`, with `TCP_NODELAY`, made within `timeout` (TCP-mode sessions,
+/// and HTTP servers through [`Connector`]). A connect the kernel completes at once, as on
+/// loopback or to a server on the same host, is used at once: no wait for the event loop's
+/// next round (the first bytes go out in the same pass) and no timer. Otherwise it waits, as
+/// tokio's connect does, for the socket to become writable, then reads its error.
 pub async fn tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, ipproto};
     let family = match addr {
