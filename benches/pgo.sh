@@ -35,8 +35,9 @@ done
 # environment down, so without this its ROUNDS, DURATION, PROXIES, TLS, OUT_DIR and the rest
 # would decide how long and on what the profile is trained (ROUNDS=10 DURATION=10 made the
 # training take 25 minutes instead of one).
-unset BIG_MB CONNECTIONS DURATION FORWARDFOR OUT_DIR PGO PROXIES QUICK ROUNDS ROUTING_CHECK \
-    SCHED_SLICE SCRAPE SCRAPER_NICE STREAMS TCP THREADS TLS WASP_BASE_BIN WASP_BIN
+unset BIG_MB CONNECTIONS DURATION FORWARDFOR IDLE IDLE_CONNS OUT_DIR PGO PROXIES QUICK ROUNDS \
+    ROUTING_CHECK SCHED_SLICE SCRAPE SCRAPER_NICE SERVER_CLOSE STREAMS TCP THREADS TLS WASP_BASE_BIN \
+    WASP_BIN
 
 log() { printf '[pgo] %s\n' "$*" >&2; }
 die() { printf 'pgo.sh: error: %s\n' "$*" >&2; exit 1; }
