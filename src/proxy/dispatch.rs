@@ -212,7 +212,6 @@ pub(crate) async fn dispatch(
         let outcome = {
             let mut send = std::pin::pin!(server.pools.send(
                 server.pool_key,
-                &server.scheme,
                 &server.authority,
                 req,
                 fresh,

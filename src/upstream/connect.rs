@@ -1,8 +1,7 @@
-//! New connections to servers: TCP (with the `connect` timeout and `TCP_NODELAY`; [`tcp`] for
-//! an address, hyper-util's resolver and connector for a name), then TLS when the server wants
-//! it. The handshake is part of the connect, bounded by the same timeout, and its failure is a
-//! connect failure. Each connection remembers when and how fast it was made
-//! ([`ConnectTiming`]).
+//! New connections to servers: TCP ([`tcp`], with the `connect` timeout and `TCP_NODELAY`),
+//! then TLS when the server wants it. The handshake is part of the connect, bounded by the same
+//! timeout, and its failure is a connect failure. Each connection remembers when and how fast
+//! it was made ([`ConnectTiming`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,15 +10,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::uri::Authority;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, Take};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tower_service::Service;
 
 /// Timing of the connect that created an upstream connection; every response received on that
 /// connection carries it (`ResponseBody::timing`).
@@ -65,20 +62,13 @@ impl std::fmt::Debug for TlsConnect {
 /// Makes connections to servers: TCP with a timeout, then TLS when configured.
 #[derive(Debug, Clone)]
 pub struct Connector {
-    tcp: HttpConnector,
     timeout: Duration,
     tls: Option<TlsConnect>,
 }
 
 impl Connector {
     pub fn new(connect_timeout: Duration) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(connect_timeout));
-        // TLS servers get `https` URIs; the handshake is this connector's.
-        tcp.enforce_http(false);
         Self {
-            tcp,
             timeout: connect_timeout,
             tls: None,
         }
@@ -96,25 +86,18 @@ impl Connector {
         self
     }
 
-    /// Connects to the server `uri` names (scheme and authority).
-    pub async fn connect(&self, uri: Uri) -> Result<(Stream, ConnectTiming), ConnectError> {
+    /// Connects to the server at `authority`: the address its name resolved to at load.
+    pub async fn connect(
+        &self,
+        authority: &Authority,
+    ) -> Result<(Stream, ConnectTiming), ConnectError> {
         let start = Instant::now();
-        // Servers' authorities are the addresses resolved at load: connected to directly
-        // ([`tcp`]: at once when the kernel completes the connect at once). A name goes through
-        // hyper-util's resolver.
-        let address = uri.authority().and_then(|a| a.as_str().parse().ok());
-        let tcp = match address {
-            Some(addr) => tcp(addr, self.timeout)
-                .await
-                .map_err(|e| ConnectError::Tcp(e.into()))?,
-            None => self
-                .tcp
-                .clone()
-                .call(uri)
-                .await
-                .map_err(|e| ConnectError::Tcp(e.into()))?
-                .into_inner(),
-        };
+        let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
+            ConnectError::Tcp(format!("{authority} is not an address and port").into())
+        })?;
+        let tcp = tcp(addr, self.timeout)
+            .await
+            .map_err(|e| ConnectError::Tcp(e.into()))?;
         let stream = match &self.tls {
             None => Stream::Plain(tcp.take(u64::MAX)),
             Some(t) => {

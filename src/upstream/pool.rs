@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustc_hash::FxHashMap;
 use tokio::sync::watch;
@@ -199,7 +199,7 @@ impl Pools {
         self.0.proto == Proto::H2
     }
 
-    /// Sends `req` to the server at `scheme://authority` (whose [`Pools::key`] is `key`) on
+    /// Sends `req` to the server at `authority` (whose [`Pools::key`] is `key`) on
     /// the current worker's pool. An HTTP/1.1 request carries its target in origin form, an
     /// HTTP/2 one in absolute form. `connected` gets the timing of the connection the request
     /// went out on (the access log's `t_connect`), whether an answer comes or not. `fresh`:
@@ -208,7 +208,6 @@ impl Pools {
     pub fn send<'a>(
         &'a self,
         key: usize,
-        scheme: &'a Scheme,
         authority: &'a Authority,
         req: Request<UpstreamBody>,
         fresh: bool,
@@ -218,25 +217,18 @@ impl Pools {
         // Either future itself, not one awaiting it: a layer less to move the request and the
         // response through.
         match self.0.proto {
-            Proto::Http1 => Either::Left(self.send_h1(
-                Slot { worker, key, fresh },
-                scheme,
-                authority,
-                req,
-                connected,
-            )),
+            Proto::Http1 => {
+                Either::Left(self.send_h1(Slot { worker, key, fresh }, authority, req, connected))
+            }
             // Boxed: its state is the larger, and inline every HTTP/1 request's future would
             // carry (and copy) it too.
-            Proto::H2 => Either::Right(Box::pin(
-                self.send_h2(worker, scheme, authority, req, connected),
-            )),
+            Proto::H2 => Either::Right(Box::pin(self.send_h2(worker, authority, req, connected))),
         }
     }
 
     async fn send_h1(
         &self,
         slot: Slot,
-        scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
         connected: &mut Option<ConnectTiming>,
@@ -252,7 +244,7 @@ impl Pools {
                 Some(idle) => ((idle.sender, idle.timing), true),
                 // Boxed: the connect state is large and rarely needed; inline, every request's
                 // future would carry (and copy) it.
-                None => (Box::pin(self.connect_h1(scheme, authority)).await?, false),
+                None => (Box::pin(self.connect_h1(authority)).await?, false),
             };
             *connected = Some(conn.1);
             match conn.0.try_send_request(req).await {
@@ -288,10 +280,9 @@ impl Pools {
 
     async fn connect_h1(
         &self,
-        scheme: &Scheme,
         authority: &Authority,
     ) -> Result<(http1::SendRequest<UpstreamBody>, ConnectTiming), UpstreamError> {
-        let (stream, timing) = self.connect(scheme, authority).await?;
+        let (stream, timing) = self.connect(authority).await?;
         // One buffer per write (head and body copied together) rather than writev: fewer,
         // larger writes; measured cheaper per request (docs/benchmarks.md).
         let (sender, conn) = http1::Builder::new()
@@ -315,7 +306,6 @@ impl Pools {
     async fn send_h2(
         &self,
         worker: usize,
-        scheme: &Scheme,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
         connected: &mut Option<ConnectTiming>,
@@ -325,13 +315,13 @@ impl Pools {
         let mut may_reuse = true;
         loop {
             let Shared { mut sender, timing } = if may_reuse {
-                match self.shared_h2(worker, scheme, authority).await? {
+                match self.shared_h2(worker, authority).await? {
                     Some(shared) => shared,
                     // The connection waited for went away unmade: look again.
                     None => continue,
                 }
             } else {
-                let shared = Box::pin(self.connect_h2(scheme, authority)).await?;
+                let shared = Box::pin(self.connect_h2(authority)).await?;
                 lock(&self.0.workers[worker].h2)
                     .insert(authority.clone(), H2Slot::Ready(shared.clone()));
                 shared
@@ -361,7 +351,6 @@ impl Pools {
     async fn shared_h2(
         &self,
         worker: usize,
-        scheme: &Scheme,
         authority: &Authority,
     ) -> Result<Option<Shared>, UpstreamError> {
         let slots = &self.0.workers[worker].h2;
@@ -384,7 +373,7 @@ impl Pools {
         };
         let mut rx = match found {
             Found::Open(shared) => return Ok(Some(shared)),
-            Found::Make(tx) => return self.make_h2(slots, scheme, authority, tx).await.map(Some),
+            Found::Make(tx) => return self.make_h2(slots, authority, tx).await.map(Some),
             Found::Wait(rx) => rx,
         };
         match rx.wait_for(Option::is_some).await {
@@ -401,7 +390,6 @@ impl Pools {
     async fn make_h2(
         &self,
         slots: &Mutex<FxHashMap<Authority, H2Slot>>,
-        scheme: &Scheme,
         authority: &Authority,
         tx: watch::Sender<Option<Option<Shared>>>,
     ) -> Result<Shared, UpstreamError> {
@@ -427,7 +415,7 @@ impl Pools {
             authority,
             armed: true,
         };
-        let made = Box::pin(self.connect_h2(scheme, authority)).await;
+        let made = Box::pin(self.connect_h2(authority)).await;
         let shared = made.as_ref().ok().cloned();
         {
             let mut h2 = lock(slots);
@@ -441,12 +429,8 @@ impl Pools {
         made
     }
 
-    async fn connect_h2(
-        &self,
-        scheme: &Scheme,
-        authority: &Authority,
-    ) -> Result<Shared, UpstreamError> {
-        let (stream, timing) = self.connect(scheme, authority).await?;
+    async fn connect_h2(&self, authority: &Authority) -> Result<Shared, UpstreamError> {
+        let (stream, timing) = self.connect(authority).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
@@ -465,18 +449,11 @@ impl Pools {
 
     async fn connect(
         &self,
-        scheme: &Scheme,
         authority: &Authority,
     ) -> Result<(super::connect::Stream, ConnectTiming), UpstreamError> {
-        let uri = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| UpstreamError::Connect(ConnectError::Tcp(e.into())))?;
         self.0
             .connector
-            .connect(uri)
+            .connect(authority)
             .await
             .map_err(UpstreamError::Connect)
     }
