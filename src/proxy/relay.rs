@@ -1,9 +1,10 @@
 //! Relaying bytes both ways between a client and a server (TCP mode sessions, upgraded
 //! connections), with HAProxy's idle timeouts and half-close.
 //!
-//! Each direction has one buffer of up to [`RELAY_BUFFER`] bytes, allocated at its first read
-//! and never zeroed (reads go into its spare capacity): a short session, such as one request
-//! on a connection the client closes, costs an allocation per direction and no more.
+//! Each direction has one buffer of up to [`RELAY_BUFFER`] bytes, allocated when a read is
+//! made and never zeroed (reads go into its spare capacity). It is held only while bytes move:
+//! once everything read has been written and the reader has nothing more, it goes back to the
+//! allocator, so an idle session holds no buffer (HAProxy releases empty buffers the same way).
 
 use std::future::Future;
 use std::io;
@@ -28,8 +29,8 @@ pub struct Relayed {
     pub down: u64,
 }
 
-/// Buffer per direction of a relay: large enough that a bulk transfer moves in few system
-/// calls, small enough that many idle sessions cost little (two per session).
+/// Buffer per direction of a relay while bytes move: large enough that a bulk transfer moves in
+/// few system calls. An idle direction holds none.
 pub const RELAY_BUFFER: usize = 64 * 1024;
 
 /// How a relay ends once both directions have.
@@ -188,13 +189,22 @@ impl Pipe {
                     ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 }
                 self.done = true;
+                self.buf = BytesMut::new();
                 return Poll::Ready(Ok(()));
             }
-            // Empty: the whole buffer is free again (allocated at the first read, reused).
+            // Empty: the whole buffer is free again.
             self.buf.clear();
             self.buf.reserve(RELAY_BUFFER);
-            if ready!(poll_read_buf(Pin::new(&mut *reader), cx, &mut self.buf))? == 0 {
-                self.eof = true;
+            match poll_read_buf(Pin::new(&mut *reader), cx, &mut self.buf)? {
+                Poll::Ready(0) => self.eof = true,
+                Poll::Ready(_) => {}
+                Poll::Pending => {
+                    // Nothing waits in this direction: the buffer goes back to the allocator
+                    // until the next bytes come, so that an idle session holds none (as
+                    // HAProxy releases its empty buffers).
+                    self.buf = BytesMut::new();
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -563,5 +573,56 @@ mod tests {
             assert!(poll.is_pending());
             assert_eq!(pipe.buf.len(), RELAY_BUFFER - 1000);
         }
+    }
+
+    /// Gives its chunks one per read, then has nothing more (waits), or ends with `eof`.
+    struct Trickle {
+        chunks: std::collections::VecDeque<&'static [u8]>,
+        eof: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.chunks.pop_front() {
+                Some(chunk) => buf.put_slice(chunk),
+                None if self.eof => {}
+                None => return Poll::Pending,
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Once what a side sent has been passed on and it has nothing more, its direction holds
+    /// no buffer (an idle session costs no relay memory); the next bytes get one again, and a
+    /// finished direction keeps none.
+    #[test]
+    fn an_idle_direction_holds_no_buffer() {
+        let mut pipe = Pipe::new(BytesMut::new());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut reader = Trickle {
+            chunks: [&b"hello"[..], b" world"].into(),
+            eof: false,
+        };
+        let mut writer = Vec::new();
+        assert!(
+            pipe.poll_copy(&mut cx, &mut reader, &mut writer, false)
+                .is_pending()
+        );
+        assert_eq!(writer, b"hello world");
+        assert_eq!(pipe.buf.capacity(), 0);
+
+        reader.chunks.push_back(b"!");
+        reader.eof = true;
+        assert!(
+            pipe.poll_copy(&mut cx, &mut reader, &mut writer, false)
+                .is_ready()
+        );
+        assert_eq!(writer, b"hello world!");
+        assert!(pipe.done);
+        assert_eq!(pipe.buf.capacity(), 0);
     }
 }
