@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
-use hyper_util::server::graceful::GracefulConnection;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
@@ -256,6 +255,13 @@ impl Drop for Registration {
     }
 }
 
+/// A connection that can be asked to finish what it is serving and close.
+pub trait GracefulConn: Future {
+    /// Begins the graceful shutdown: no new request is taken (an HTTP/2 client gets a
+    /// GOAWAY), those in flight finish.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
 impl Watcher {
     /// The connection's own handle on its stop signal.
     pub fn stop_handle(&self) -> StopHandle {
@@ -269,7 +275,7 @@ impl Watcher {
 
     /// Runs `conn`, asking it to shut down gracefully once the stop begins (or once
     /// [`StopHandle::stop`] asks for it), and no request head is arriving.
-    pub fn watch<C: GracefulConnection>(self, conn: C) -> Watched<C> {
+    pub fn watch<C: GracefulConn>(self, conn: C) -> Watched<C> {
         Watched {
             conn,
             watcher: self,
@@ -292,7 +298,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<C: GracefulConnection> Future for Watched<C> {
+impl<C: GracefulConn> Future for Watched<C> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

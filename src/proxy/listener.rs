@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::server::Acceptor;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,6 +39,7 @@ use crate::proxy::Proxy;
 use crate::proxy::accept_proxy::{self, Announced, HeaderError};
 use crate::proxy::canon::HostCache;
 use crate::proxy::client_io::{BODY_408_LEN, ClientIo, ClientTimeouts, ConnShared};
+use crate::proxy::detect::{Builders, Served};
 use crate::proxy::graceful::{Graceful, Watcher};
 use crate::proxy::headers::client_value;
 use crate::proxy::http::{ConnInfo, serve};
@@ -364,10 +365,8 @@ impl Connection {
         } = self;
         let conn =
             Arc::new(ConnShared::new(watcher.stop_handle()).counted_open(watcher.open_guard()));
-        let io = TokioIo::new(
-            ClientIo::new(io, Arc::clone(&conn), timeouts, alpn == Alpn::H2)
-                .max_head(max_header_size),
-        );
+        let io = ClientIo::new(io, Arc::clone(&conn), timeouts, alpn == Alpn::H2)
+            .max_head(max_header_size);
         let info = Arc::new(ConnInfo {
             bind,
             client,
@@ -385,9 +384,8 @@ impl Connection {
             serve(Arc::clone(&info), req, in_flight)
         });
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .keep_alive(true)
             // HAProxy's default (no `abortonclose`): a client that shuts down its sending side
             // after its request still gets the response. hyper's default instead reads while
@@ -400,29 +398,24 @@ impl Connection {
             // Head and body copied into one buffer per write rather than writev (as the
             // upstream side does): measured cheaper per request (docs/benchmarks.md).
             .writev(false);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)
             .max_header_list_size(h2_header_list_limit(max_header_size))
             .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
             .max_send_buf_size(H2_MAX_SEND_BUF);
+        let builders = Builders { http1, http2 };
+        // The version ALPN chose is the only one served on the connection (as HAProxy's);
+        // without ALPN, HTTP/2 when the client starts with its preface, else HTTP/1. HTTP/1
+        // is served with upgrades (WebSocket). The builders are gone before the connection
+        // is served, so its task does not carry them.
         let served = match alpn {
-            // HTTP/2 chosen by ALPN: nothing else is served on the connection (hyper-util
-            // honours `http2_only` without upgrades, which HTTP/2 has no use for).
-            Alpn::H2 => {
-                let h2 = builder.http2_only();
-                watcher.watch(h2.serve_connection(io, service)).await
-            }
-            // HTTP/1.1 chosen by ALPN, or no ALPN: with upgrades (WebSocket), where hyper-util
-            // cannot be held to HTTP/1 (`http1_only` does nothing there): a client that chose
-            // HTTP/1.1 and sends the HTTP/2 preface anyway is served HTTP/2.
-            Alpn::Http1 | Alpn::None => {
-                watcher
-                    .watch(builder.serve_connection_with_upgrades(io, service))
-                    .await
-            }
+            Alpn::H2 => Served::http2(io, service, &{ builders }),
+            Alpn::Http1 => Served::http1(io, service, &{ builders }),
+            Alpn::None => Served::detect(io, service, builders),
         };
+        let served = watcher.watch(served).await;
 
         if conn.timed_out_head() {
             connection_error(client, &state, 408, "request head timeout", BODY_408_LEN);

@@ -15,6 +15,7 @@ pub mod access;
 pub mod body;
 pub mod canon;
 pub mod client_io;
+pub mod detect;
 pub mod dispatch;
 pub mod graceful;
 pub mod headers;
