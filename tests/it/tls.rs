@@ -284,6 +284,42 @@ async fn alpn_negotiates_h2() {
     assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
 }
 
+/// The version ALPN chose is the only one served: over `http/1.1` the HTTP/2 preface is a
+/// malformed request, and the connection is closed without a byte of HTTP/2 (hyper answers
+/// this one with nothing). Without ALPN, a client that starts with it gets HTTP/2.
+#[tokio::test]
+async fn alpn_http11_is_http1_only_and_without_alpn_the_preface_is_http2() {
+    let Site {
+        ca,
+        proxy,
+        dir: _dir,
+        _servers,
+        ..
+    } = site("").await;
+    let mut stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"http/1.1"]).await;
+    stream.write_all(&crate::support::h2_start()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.is_empty(), "{answer:?}");
+
+    let stream = tls(proxy.addr(), "site.test", &ca.pem, &[]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://site.test/prior")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn reloaded_certificates_serve_new_connections_while_old_ones_keep_working() {
     let Site {
