@@ -25,10 +25,13 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustix::net::SocketFlags;
 use rustls::server::Acceptor;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -124,7 +127,7 @@ pub fn spawn_listener(
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let tasks = workers.spawn_on_each(|me| {
         // Inside the worker's runtime context: the descriptor registers with that runtime.
-        let socket = TcpListener::from_std(listener.try_clone()?)?;
+        let socket = register(listener.try_clone()?)?;
         Ok(accept_loop(
             socket,
             me,
@@ -152,7 +155,7 @@ pub fn spawn_listener(
 /// what it accepts on this worker, or on the worker `placement` picks instead.
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop(
-    listener: TcpListener,
+    listener: AsyncFd<std::net::TcpListener>,
     me: usize,
     placement: Placement,
     local: SocketAddr,
@@ -170,34 +173,25 @@ async fn accept_loop(
         }
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = accept(&listener) => accepted,
         };
         match accepted {
             Ok((tcp, client)) => {
                 let watcher = graceful.watcher_of(id);
                 let (key, proxy) = (key.clone(), Arc::clone(&proxy));
                 let (worker, load) = placement.place(me);
+                // The socket registers with the event loop of the worker that serves it.
+                let serve = async move {
+                    let _load = load;
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => serve_connection(tcp, client, key, local, proxy, watcher).await,
+                        Err(e) => tracing::warn!(%client, error = %e, "cannot adopt connection"),
+                    }
+                };
                 if worker == me {
-                    tokio::spawn(async move {
-                        let _load = load;
-                        serve_connection(tcp, client, key, local, proxy, watcher).await;
-                    });
-                    continue;
-                }
-                // Move the socket to the other worker: deregister here, register there.
-                match tcp.into_std() {
-                    Ok(tcp) => placement.spawn_on(worker, async move {
-                        let _load = load;
-                        match TcpStream::from_std(tcp) {
-                            Ok(tcp) => {
-                                serve_connection(tcp, client, key, local, proxy, watcher).await
-                            }
-                            Err(e) => {
-                                tracing::warn!(%client, error = %e, "cannot adopt connection")
-                            }
-                        }
-                    }),
-                    Err(e) => tracing::warn!(%client, error = %e, "cannot hand over connection"),
+                    tokio::spawn(serve);
+                } else {
+                    placement.spawn_on(worker, serve);
                 }
             }
             Err(e) => {
@@ -208,6 +202,38 @@ async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// Registers a worker's descriptor of a listening socket with that worker's event loop.
+#[allow(unsafe_code)]
+fn register(listener: std::net::TcpListener) -> io::Result<AsyncFd<std::net::TcpListener>> {
+    // SAFETY: the listener owns its descriptor: it stays open, and the same, until the
+    // `AsyncFd`, which owns the listener from here on, drops it.
+    Ok(unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }?)
+}
+
+/// Accepts a connection, non-blocking and not yet registered with any event loop: tokio's own
+/// accept registers every socket with the accepting worker, and one handed to the other worker
+/// then cost an `epoll_ctl` to take it out and one more to add it there.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|listener| {
+            rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+                .map_err(io::Error::from)
+        });
+        let Ok(accepted) = accepted else {
+            // WouldBlock: the readiness is cleared; wait for the next connection.
+            continue;
+        };
+        let (fd, peer) = accepted?;
+        let peer = peer
+            .and_then(|peer| SocketAddr::try_from(peer).ok())
+            .ok_or_else(|| io::Error::other("accepted a connection without an IP peer address"))?;
+        return Ok((std::net::TcpStream::from(fd), peer));
     }
 }
 
@@ -494,6 +520,10 @@ fn connection_error(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[test]
@@ -504,5 +534,25 @@ mod tests {
         assert_eq!(h2_header_list_limit(8192), 8192);
         // Raised above the default: big heads are wanted, over HTTP/2 too.
         assert_eq!(h2_header_list_limit(128 * 1024), 128 * 1024);
+    }
+
+    /// An accepted socket comes with its peer's address, non-blocking, and registered with no
+    /// event loop yet (the worker that serves it registers it).
+    #[tokio::test]
+    async fn accept_gives_a_plain_non_blocking_socket_and_its_peer() {
+        let listener = register(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+        let addr = listener.get_ref().local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = accept(&listener).await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        let err = (&accepted).read(&mut [0u8; 8]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // Not registered with this runtime: it registers here without complaint, and works.
+        let mut accepted = TcpStream::from_std(accepted).unwrap();
+        let mut client = client;
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        accepted.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
     }
 }
