@@ -25,7 +25,8 @@
 #                wasp+scrape is wasp with its [admin] listener on and a scraper fetching
 #                /metrics every 100 ms for the whole wrk run (the scrape count is reported)
 #   WASP_BASE_BIN  path to another wasp binary (e.g. a build of main); adds it as proxy
-#                "wasp-base" when PROXIES names it, for before/after comparisons
+#                "wasp-base" when PROXIES names it, for before/after comparisons (with TCP=1
+#                it is always measured, in each round after wasp)
 #   TCP=1        the TCP-mode benchmark instead (see "TCP mode" below): wasp and HAProxy in
 #                `mode tcp` in front of the same nginx backends; throughput of a BIG_MB file
 #                (default 1024) over one connection and over STREAMS (default 4) at once, and
@@ -33,6 +34,8 @@
 #   SERVER_CLOSE=1  the nginx backends close every connection after one response
 #                (`keepalive_requests 1`), so that each request through a proxy needs a new
 #                connection to a server: the cost of server connects
+#   CLIENT_CLOSE=1  wrk's requests ask for `Connection: close`, so that every request comes on
+#                a new client connection: the cost of accepting and serving new connections
 #   IDLE=1       the idle-connection benchmark instead (see "Idle connections" below): the
 #                memory each of wasp and HAProxy holds per idle connection, HTTP keep-alive
 #                and TCP mode, for IDLE_CONNS (default 2000) connections
@@ -433,13 +436,18 @@ EOF
 }
 
 write_wrk_script() {
-    cat >"$TMP/mix.lua" <<'EOF'
+    local headers=nil
+    # CLIENT_CLOSE=1: every request asks for the connection's close, so wrk opens a new one
+    # for the next.
+    [[ ${CLIENT_CLOSE:-0} == 1 ]] && headers='{ ["Connection"] = "close" }'
+    cat >"$TMP/mix.lua" <<EOF
 -- Rotate over lab 2's three routes so every request path is exercised in equal shares.
 local paths = { "/item/1", "/basket/1", "/" }
+local headers = $headers
 local i = 0
 request = function()
     i = i % #paths + 1
-    return wrk.format(nil, paths[i])
+    return wrk.format(nil, paths[i], headers)
 end
 EOF
 }
@@ -759,9 +767,12 @@ run_tcp_bench() {
     # A sparse file: nginx sends it with sendfile(2), so the backend costs little CPU.
     truncate -s "${BIG_MB}M" "$TMP/backends/www/big.bin"
     local ports i
-    read -r -a ports <<<"$(free_ports 6)"
+    read -r -a ports <<<"$(free_ports 7)"
     for i in 1 2 3 4; do NODE_PORT[$i]=${ports[$((i - 1))]}; done
-    local wasp_port=${ports[4]} haproxy_port=${ports[5]}
+    local wasp_port=${ports[4]} haproxy_port=${ports[5]} base_port=${ports[6]}
+    # WASP_BASE_BIN: another wasp binary, measured in the same rounds as "wasp-base".
+    local names=(wasp haproxy direct)
+    [[ -n ${WASP_BASE_BIN:-} ]] && names=(wasp wasp-base haproxy direct)
 
     echo "== wasp load benchmark: TCP mode =="
     echo "date        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -772,7 +783,8 @@ run_tcp_bench() {
     echo "haproxy     $(haproxy -v | awk 'NR == 1 {print $3}'), nbthread 2, mode tcp"
     echo "backends    nginx, 1 worker, node1..node4; /big.bin = $BIG_MB MiB (sendfile)"
     echo "transfers   curl, 1 stream and $STREAMS streams of $BIG_MB MiB; conn/s: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, Connection: close"
-    echo "rounds      $ROUNDS, order per round: wasp haproxy direct"
+    [[ -n ${WASP_BASE_BIN:-} ]] && echo "wasp-base   $WASP_BASE_BIN, workers = 2, mode tcp"
+    echo "rounds      $ROUNDS, order per round: ${names[*]}"
     echo "note        proxies, backends, curl and wrk all share these CPUs"
     echo
 
@@ -780,12 +792,19 @@ run_tcp_bench() {
     write_wasp_tcp_conf "$TMP/wasp-tcp/wasp.toml" "$wasp_port"
     start_bg wasp-tcp "$TMP/wasp-tcp/output.log" "$WASP_BIN" run -c "$TMP/wasp-tcp/wasp.toml"
     wait_http wasp-tcp "${PID_OF[wasp-tcp]}" "http://127.0.0.1:$wasp_port/" "${LOG_OF[wasp-tcp]}"
+    if [[ -n ${WASP_BASE_BIN:-} ]]; then
+        mkdir -p "$TMP/wasp-base-tcp"
+        write_wasp_tcp_conf "$TMP/wasp-base-tcp/wasp.toml" "$base_port"
+        start_bg wasp-base-tcp "$TMP/wasp-base-tcp/output.log" "$WASP_BASE_BIN" run -c "$TMP/wasp-base-tcp/wasp.toml"
+        wait_http wasp-base-tcp "${PID_OF[wasp-base-tcp]}" "http://127.0.0.1:$base_port/" "${LOG_OF[wasp-base-tcp]}"
+    fi
     write_haproxy_tcp_conf "$TMP/haproxy-tcp/haproxy.cfg" "$haproxy_port"
     haproxy -c -q -f "$TMP/haproxy-tcp/haproxy.cfg" || die "haproxy rejected its tcp config"
     start_bg haproxy-tcp "$TMP/haproxy-tcp/output.log" haproxy -db -f "$TMP/haproxy-tcp/haproxy.cfg"
     wait_http haproxy-tcp "${PID_OF[haproxy-tcp]}" "http://127.0.0.1:$haproxy_port/" "${LOG_OF[haproxy-tcp]}"
-    local rss_wasp rss_haproxy round
+    local rss_wasp rss_base=0 rss_haproxy round
     rss_wasp=$(rss_kib "${PID_OF[wasp-tcp]}")
+    [[ -n ${WASP_BASE_BIN:-} ]] && rss_base=$(rss_kib "${PID_OF[wasp-base-tcp]}")
     rss_haproxy=$(rss_kib "${PID_OF[haproxy-tcp]}")
 
     # The first read of the fresh sparse file fills the page cache (measured here: 567 MB/s
@@ -795,6 +814,7 @@ run_tcp_bench() {
 
     for ((round = 1; round <= ROUNDS; round++)); do
         run_tcp_round wasp "$round" "$wasp_port" "${PID_OF[wasp-tcp]}"
+        [[ -n ${WASP_BASE_BIN:-} ]] && run_tcp_round wasp-base "$round" "$base_port" "${PID_OF[wasp-base-tcp]}"
         run_tcp_round haproxy "$round" "$haproxy_port" "${PID_OF[haproxy-tcp]}"
         run_tcp_round direct "$round" "${NODE_PORT[1]}"
     done
@@ -802,17 +822,18 @@ run_tcp_bench() {
     echo
     echo "== results (TCP mode): median over $ROUNDS round(s) =="
     echo "load avg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-    printf '%-8s %10s %12s %10s %12s %10s %10s\n' proxy "MB/s 1x" "MB/s ${STREAMS}x" "conn/s" "MiB/CPU-s" "idle RSS" "RSS after"
+    printf '%-9s %10s %12s %10s %12s %10s %10s\n' proxy "MB/s 1x" "MB/s ${STREAMS}x" "conn/s" "MiB/CPU-s" "idle RSS" "RSS after"
     local p lines idle after
-    for p in wasp haproxy direct; do
+    for p in "${names[@]}"; do
         lines=${TCP_RESULTS[$p]}
         idle="-"
         after="-"
         case $p in
             wasp) idle="$((rss_wasp / 1024)) MiB" after="$(($(rss_kib "${PID_OF[wasp-tcp]}") / 1024)) MiB" ;;
+            wasp-base) idle="$((rss_base / 1024)) MiB" after="$(($(rss_kib "${PID_OF[wasp-base-tcp]}") / 1024)) MiB" ;;
             haproxy) idle="$((rss_haproxy / 1024)) MiB" after="$(($(rss_kib "${PID_OF[haproxy-tcp]}") / 1024)) MiB" ;;
         esac
-        printf '%-8s %10s %12s %10.0f %12s %10s %10s\n' "$p" "$(median "$lines" 1)" "$(median "$lines" 2)" \
+        printf '%-9s %10s %12s %10.0f %12s %10s %10s\n' "$p" "$(median "$lines" 1)" "$(median "$lines" 2)" \
             "$(median "$lines" 3)" "$(median "$lines" 4)" "$idle" "$after"
     done
     echo "(direct = straight at backend node1, no proxy; MiB/CPU-s = MiB relayed per second of the proxy's CPU time, user + system)"
@@ -1097,6 +1118,7 @@ echo "wrk         $wrk_version, -t$THREADS -c$CONNECTIONS -d${DURATION}s --laten
 echo "rounds      $ROUNDS, order: $PROXIES direct, each round starting one further along (~$((ROUNDS * n_runs * DURATION)) s of load)"
 echo "forwarding  FORWARDFOR=$FORWARDFOR: $(case $FORWARDFOR in lab) echo "wasp adds X-Forwarded-For/-Proto/-Host, HAProxy and nginx add none" ;; same) echo "every proxy adds X-Forwarded-For/-Proto/-Host" ;; off) echo "no proxy adds forwarding headers" ;; esac)"
 echo "backends    node1..node4 on 127.0.0.1:${NODE_PORT[1]} ${NODE_PORT[2]} ${NODE_PORT[3]} ${NODE_PORT[4]}$([[ $BACKEND_REQUESTS == 1 ]] && echo ", closing every connection after one response (SERVER_CLOSE=1)")"
+[[ ${CLIENT_CLOSE:-0} == 1 ]] && echo "clients     a new connection for every request (CLIENT_CLOSE=1: Connection: close)"
 echo "note        proxies, backends and wrk all share these CPUs"
 echo
 
