@@ -280,59 +280,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http::{Request, Response};
     use http_body_util::Full;
     use hyper::service::service_fn;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::*;
+    use crate::proxy::test_io::Counted;
 
     fn builders() -> Builders {
         Builders {
             http1: http1::Builder::new(),
             http2: http2::Builder::new(TokioExecutor::new()),
-        }
-    }
-
-    /// A socket that counts the reads that brought bytes.
-    struct Counted {
-        io: DuplexStream,
-        reads: Arc<AtomicUsize>,
-    }
-
-    impl AsyncRead for Counted {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let before = buf.filled().len();
-            ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
-            if buf.filled().len() > before {
-                self.reads.fetch_add(1, Ordering::Relaxed);
-            }
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    impl AsyncWrite for Counted {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.io).poll_write(cx, buf)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_shutdown(cx)
         }
     }
 
@@ -349,11 +309,7 @@ mod tests {
     #[tokio::test]
     async fn a_head_in_one_segment_takes_one_read() {
         let (mut client, server) = duplex(64 * 1024);
-        let reads = Arc::new(AtomicUsize::new(0));
-        let io = Counted {
-            io: server,
-            reads: Arc::clone(&reads),
-        };
+        let (io, counts) = Counted::new(server);
         let served = tokio::spawn(Served::detect(io, service_fn(hello), builders()));
         client
             .write_all(b"GET /one/read HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -364,7 +320,7 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.ends_with("false /one/read"), "{answer}");
         served.await.unwrap().unwrap();
-        assert_eq!(reads.load(Ordering::Relaxed), 1);
+        assert_eq!(counts.reads(), 1);
     }
 
     /// The HTTP/2 preface is told apart however it is split, and anything that strays from it

@@ -26,6 +26,8 @@ pub mod relay;
 pub mod respond;
 pub mod sched;
 pub mod tcp;
+#[cfg(test)]
+pub(crate) mod test_io;
 pub mod timer;
 pub mod upgrade;
 pub mod workers;

@@ -316,12 +316,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
-
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::*;
+    use crate::proxy::test_io::Counted;
 
     #[tokio::test]
     async fn relay_passes_half_close_and_counts_bytes() {
@@ -396,41 +394,6 @@ mod tests {
         assert_eq!(relayed, Relayed { up: 3, down: 0 });
     }
 
-    /// A side whose shutdowns are counted.
-    struct Counted<T> {
-        io: T,
-        shutdowns: Arc<AtomicUsize>,
-    }
-
-    impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_read(cx, buf)
-        }
-    }
-
-    impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.io).poll_write(cx, buf)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            self.shutdowns.fetch_add(1, Ordering::Relaxed);
-            Pin::new(&mut self.io).poll_shutdown(cx)
-        }
-    }
-
     /// The client ends first, then the server: the server is shut down for writing when the
     /// client's EOF comes; the client, whose direction ends last, is shut down only with
     /// `ShutdownBoth`, and with `CloseLast` gets its EOF from being closed.
@@ -439,15 +402,8 @@ mod tests {
         for (ending, client_shutdowns) in [(Ending::CloseLast, 0), (Ending::ShutdownBoth, 1)] {
             let (client, mut client_peer) = duplex(64);
             let (server, mut server_peer) = duplex(64);
-            let (on_client, on_server) = (Arc::new(AtomicUsize::new(0)), Arc::default());
-            let client = Counted {
-                io: client,
-                shutdowns: Arc::clone(&on_client),
-            };
-            let server = Counted {
-                io: server,
-                shutdowns: Arc::clone(&on_server),
-            };
+            let (client, on_client) = Counted::new(client);
+            let (server, on_server) = Counted::new(server);
             let five = Duration::from_secs(5);
             let relay = tokio::spawn(relay(client, server, Vec::new(), (five, five), ending));
             client_peer.write_all(b"ping").await.unwrap();
@@ -463,12 +419,8 @@ mod tests {
             let (relayed, result) = relay.await.unwrap();
             result.unwrap();
             assert_eq!(relayed, Relayed { up: 4, down: 4 });
-            assert_eq!(on_server.load(Ordering::Relaxed), 1, "{ending:?}");
-            assert_eq!(
-                on_client.load(Ordering::Relaxed),
-                client_shutdowns,
-                "{ending:?}"
-            );
+            assert_eq!(on_server.shutdowns(), 1, "{ending:?}");
+            assert_eq!(on_client.shutdowns(), client_shutdowns, "{ending:?}");
         }
     }
 

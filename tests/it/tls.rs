@@ -267,17 +267,7 @@ async fn alpn_negotiates_h2() {
     .await;
     let stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"h2", b"http/1.1"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("https://site.test/h2")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.version(), Version::HTTP_2);
-    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = h2_get(stream, "https://site.test/h2").await;
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let body = String::from_utf8_lossy(&body);
     assert_eq!(server_name(&body), "node1");
@@ -307,17 +297,21 @@ async fn alpn_http11_is_http1_only_and_without_alpn_the_preface_is_http2() {
 
     let stream = tls(proxy.addr(), "site.test", &ca.pem, &[]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    h2_get(stream, "https://site.test/prior").await;
+}
+
+/// A GET over HTTP/2 on `stream`, answered 200 over HTTP/2.
+async fn h2_get(stream: TlsStream<TcpStream>, uri: &str) -> Response<Incoming> {
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let req = Request::get("https://site.test/prior")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.version(), Version::HTTP_2);
     assert_eq!(resp.status(), StatusCode::OK);
+    resp
 }
 
 #[tokio::test]
