@@ -287,12 +287,7 @@ async fn alpn_http11_is_http1_only_and_without_alpn_the_preface_is_http2() {
         ..
     } = site("").await;
     let mut stream = tls(proxy.addr(), "site.test", &ca.pem, &[b"http/1.1"]).await;
-    stream.write_all(&crate::support::h2_start()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
-        answer.extend_from_slice(&chunk[..n]);
-    }
+    let answer = send_raw(&mut stream, &crate::support::h2_start()).await;
     assert!(answer.is_empty(), "{answer:?}");
 
     let stream = tls(proxy.addr(), "site.test", &ca.pem, &[]).await;
