@@ -375,12 +375,45 @@ impl Unanswered {
 }
 
 /// Asserts that nothing listens on `addr` any more: the port can be held (which a listening
-/// socket would prevent), and a connect to it is refused while it is held.
+/// socket would prevent), and a connect to it is refused while it is held. A port that cannot
+/// be held may have been taken, once freed, as the local port of another test's outgoing
+/// connection (which `SO_REUSEADDR` does not bind past): then the kernel's socket table must
+/// show no listener on it.
 pub async fn assert_closed(addr: SocketAddr, what: &str) {
-    let held = HeldPort::bind(addr)
-        .unwrap_or_else(|e| panic!("{what}: {addr} is still bound by a listener: {e}"));
-    assert!(TcpStream::connect(addr).await.is_err(), "{what}: {addr}");
-    drop(held);
+    match HeldPort::bind(addr) {
+        Ok(held) => {
+            assert!(TcpStream::connect(addr).await.is_err(), "{what}: {addr}");
+            drop(held);
+        }
+        Err(e) => assert!(
+            !listening_on(addr),
+            "{what}: {addr} is still bound by a listener: {e}"
+        ),
+    }
+}
+
+/// Whether a TCP socket listens on IPv4 `addr`, from `/proc/net/tcp`.
+fn listening_on(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr}: only IPv4 loopback addresses are checked");
+    };
+    // The local address as the kernel prints it: the IPv4 address as a native-endian u32 in
+    // hex, then the port in hex.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(l), Some(_remote), Some(state)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        // State 0A is LISTEN.
+        l == local && state == "0A"
+    })
 }
 
 /// The status a [`Servers::status`] server answers with; change it at any time.
@@ -969,4 +1002,14 @@ impl BodyText {
     pub fn set(&self, body: &str) {
         *self.0.lock().unwrap() = body.to_owned();
     }
+}
+
+/// The socket-table check of [`assert_closed`] sees a listener, and no longer once it is closed.
+#[test]
+fn listening_on_sees_a_listener_until_it_closes() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    assert!(listening_on(addr));
+    drop(listener);
+    assert!(!listening_on(addr));
 }
