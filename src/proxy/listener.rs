@@ -259,7 +259,8 @@ async fn serve_connection(
         // (and the address it connected to) as if it had connected itself.
         let timeout = frontend.timeouts.client;
         drop(snapshot);
-        match accept_proxy::read_header(&mut tcp, timeout).await {
+        // Boxed: its 1 KiB buffer would otherwise be part of every connection's task.
+        match Box::pin(accept_proxy::read_header(&mut tcp, timeout)).await {
             Ok(Announced::Client {
                 client: announced,
                 local: to,
@@ -291,8 +292,8 @@ async fn serve_connection(
                 listening
             }
         });
-        // Boxed, as the TLS path below: a connection's task is as large as the largest path
-        // its future may take, for as long as the connection lasts.
+        // Each path is boxed: a connection's task is as large as the largest path its future
+        // may take, for as long as the connection lasts, so the task itself stays small.
         return Box::pin(l4::serve(tcp, client, local, bind, proxy, watcher)).await;
     }
     let _ = tcp.set_nodelay(true);
@@ -312,10 +313,11 @@ async fn serve_connection(
         proxy: Arc::clone(&proxy),
     };
     drop(snapshot);
+    // Boxed, as the TCP-mode path above: inline, the HTTP path (3 KB) would size the task of
+    // every TCP-mode session, and a TLS connection's (the handshake, the TLS stream; more than
+    // twice a plain one's) that of every connection (docs/benchmarks.md).
     match tls {
-        None => conn.serve(tcp, None, Alpn::None, watcher).await,
-        // Boxed: a TLS connection's future (handshake, TLS stream) is more than twice a plain
-        // one's, and would otherwise size every connection's task (docs/benchmarks.md).
+        None => Box::pin(conn.serve(tcp, None, Alpn::None, watcher)).await,
         Some(tls) => Box::pin(conn.serve_tls(tcp, tls, watcher)).await,
     }
 }
