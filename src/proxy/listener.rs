@@ -437,13 +437,16 @@ impl Connection {
         // The version ALPN chose is the only one served on the connection (as HAProxy's);
         // without ALPN, HTTP/2 when the client starts with its preface, else HTTP/1. HTTP/1
         // is served with upgrades (WebSocket). The builders are gone before the connection
-        // is served, so its task does not carry them.
-        let served = match alpn {
-            Alpn::H2 => Served::http2(io, service, &{ builders }),
-            Alpn::Http1 => Served::http1(io, service, &{ builders }),
-            Alpn::None => Served::detect(io, service, builders),
-        };
-        let served = watcher.watch(served).await;
+        // is served, so its task does not carry them, and the connection goes straight into
+        // the watcher: a named local for it would take a second slot of its size in this
+        // future (rustc keeps a local's slot until the end of its scope).
+        let served = watcher
+            .watch(match alpn {
+                Alpn::H2 => Served::http2(io, service, &{ builders }),
+                Alpn::Http1 => Served::http1(io, service, &{ builders }),
+                Alpn::None => Served::detect(io, service, builders),
+            })
+            .await;
 
         if conn.timed_out_head() {
             connection_error(client, &state, 408, "request head timeout", BODY_408_LEN);
