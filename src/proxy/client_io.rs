@@ -56,7 +56,10 @@ const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
 /// The length of [`RESPONSE_408`]'s body, for the byte counters.
 pub(crate) const BODY_408_LEN: u64 = 16;
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Its request line, `PRI * HTTP/2.0`: enough to tell HTTP/2 from HTTP/1 for the timeouts.
+const H2_PREFACE_START: &[u8] = H2_PREFACE.split_at(14).0;
 /// How long an HTTP/2 connection being shut down may stay open with no stream in flight: time
 /// for the client to answer the shutdown's PING (one round trip), after which hyper closes it
 /// itself. A client that has not answered by then is cut.

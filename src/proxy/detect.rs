@@ -25,10 +25,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
+use crate::proxy::client_io::H2_PREFACE;
 use crate::proxy::graceful::GracefulConn;
-
-/// The HTTP/2 connection preface (RFC 9113, section 3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most a connection's first read takes: a usual request head whole.
 pub const FIRST_READ: usize = 4096;
@@ -205,11 +203,11 @@ fn poll_detect<I: AsyncRead + Unpin>(
         if ready!(poll_read_buf(Pin::new(&mut *io), cx, first))? == 0 {
             return Poll::Ready(Ok(false));
         }
-        let seen = first.len().min(PREFACE.len());
-        if first[..seen] != PREFACE[..seen] {
+        let seen = first.len().min(H2_PREFACE.len());
+        if first[..seen] != H2_PREFACE[..seen] {
             return Poll::Ready(Ok(false));
         }
-        if seen == PREFACE.len() {
+        if seen == H2_PREFACE.len() {
             return Poll::Ready(Ok(true));
         }
     }
@@ -353,7 +351,7 @@ mod tests {
                 Poll::Pending => panic!("undecided after {pieces:?}"),
             }
         };
-        assert!(detect(&[PREFACE]));
+        assert!(detect(&[H2_PREFACE]));
         assert!(detect(&[b"P", b"RI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"]));
         assert!(!detect(&[b"GET / HTTP/1.1\r\n\r\n"]));
         assert!(!detect(&[b"P", b"OST / HTTP/1.1\r\n\r\n"]));
