@@ -16,7 +16,6 @@ use http::uri::{Authority, PathAndQuery};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
-use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::balance::PickContext;
@@ -31,7 +30,7 @@ use crate::proxy::headers::{Forwarding, strip_response};
 use crate::proxy::http::{ConnInfo, local};
 use crate::proxy::respond::Failure;
 use crate::proxy::timer::within;
-use crate::proxy::upgrade;
+use crate::proxy::upgrade::{self, Upgrade};
 use crate::routing::RequestView;
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::upstream::body::{BodyError, IdleBody, Progress, Reclaimable, UpstreamBody};
@@ -50,8 +49,8 @@ pub(crate) struct Attempt {
     /// Added to each attempt's headers (`forwardfor`).
     pub(crate) forwarding: Option<Forwarding>,
     pub(crate) body: Option<Reclaimable>,
-    /// The client connection's hand-over, when the request asks for an upgrade.
-    pub(crate) upgrade: Option<OnUpgrade>,
+    /// The switch the request asks for (WebSocket), with the client's side of it.
+    pub(crate) upgrade: Option<Upgrade>,
     /// The client sent `TE: trailers`: the response keeps its `Trailer` header.
     pub(crate) trailers: bool,
 }
@@ -106,6 +105,9 @@ impl Attempt {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
+        if let Some(upgrade) = &self.upgrade {
+            upgrade.ask(&mut req, server.pools.is_h2());
+        }
         req
     }
 
@@ -245,10 +247,25 @@ pub(crate) async fn dispatch(
                         error: layer7_error(resp.status()),
                     },
                 );
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    return switch(resp, attempt.upgrade.take(), backend, info, record);
+                let from_h2 = server.pools.is_h2();
+                match attempt.upgrade.take() {
+                    Some(up) if up.accepted(resp.status(), from_h2) => {
+                        return switch(resp, up, from_h2, backend, info, record);
+                    }
+                    Some(up) if up.misleads(resp.status(), from_h2) => {
+                        tracing::debug!(
+                            backend = &*backend.name,
+                            status = resp.status().as_u16(),
+                            "WebSocket request from an HTTP/2 client answered without a switch"
+                        );
+                        return local(Failure::UpstreamFailed, record);
+                    }
+                    // A 101 the client did not ask for is a broken answer.
+                    _ if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        return local(Failure::UpstreamFailed, record);
+                    }
+                    _ => return relay(resp, backend, record, attempt.trailers),
                 }
-                return relay(resp, backend, record, attempt.trailers);
             }
             Some(Err(e)) if e.is_connect() => {
                 server.state.record_connect_failure();
@@ -467,37 +484,44 @@ fn relay(
     Response::from_parts(parts, body)
 }
 
-/// A 101 from the server: the 101 goes to the client and a tunnel takes both connections
-/// over once hyper has handed them out. A 101 the client did not ask for is a broken answer.
+/// The server accepted the switch: its acceptance goes to the client in the client's protocol
+/// (`upgrade`), and a tunnel takes both sides over once hyper has handed them out. `from_h2`:
+/// the server was reached over HTTP/2.
 fn switch(
     mut resp: Response<ResponseBody>,
-    client: Option<OnUpgrade>,
+    up: Upgrade,
+    from_h2: bool,
     backend: &Backend,
     info: &ConnInfo,
     mut record: Box<Record>,
 ) -> Response<ProxyBody> {
-    let proto = resp.headers().get(header::UPGRADE).cloned();
-    let (Some(client), Some(proto)) = (client, proto) else {
+    if let Err(why) = up.check(resp.headers(), from_h2) {
+        tracing::debug!(backend = &*backend.name, why, "protocol switch refused");
         return local(Failure::UpstreamFailed, record);
-    };
+    }
+    let switched = resp.headers().get(header::UPGRADE).cloned();
     let server = hyper::upgrade::on(&mut resp);
-    // The 101 is the server's response, counted now; the tunnel keeps its in-flight unit.
+    // The acceptance is the server's response, counted now; the tunnel keeps its in-flight
+    // unit.
     let active = record.active.take();
     if let Some(a) = &active {
-        a.server()
-            .traffic
-            .count_response(101, 0, 0, Some(clock::since(record.received)));
+        a.server().traffic.count_response(
+            resp.status().as_u16(),
+            0,
+            0,
+            Some(clock::since(record.received)),
+        );
     }
-    upgrade::Tunnel {
+    let tunnel = upgrade::Tunnel {
         idle: backend.timeouts.websocket(),
         in_flight: Some(info.conn.begin_request()),
         active,
         frontend: record.frontend_state().cloned(),
         backend: Arc::clone(&backend.state),
-    }
-    .spawn(client, server);
+    };
     let mut out = relay(resp, backend, record, false);
-    upgrade::restore(out.headers_mut(), proto);
+    up.answer(switched, from_h2, &mut out);
+    tunnel.spawn(up.client, server);
     out
 }
 

@@ -22,7 +22,7 @@ use crate::proxy::dispatch::{Attempt, dispatch};
 use crate::proxy::headers::{Forwarding, Scan};
 use crate::proxy::respond::{Failure, direct, failure, redirect, redirect_status};
 use crate::proxy::timer::LazyTimer;
-use crate::proxy::upgrade;
+use crate::proxy::upgrade::{self, Asked, Switch, Upgrade};
 use crate::routing::{LocalResponse, RequestView, RouteDecision};
 use crate::snapshot::{Backend, Frontend, ListenKey, Snapshot};
 use crate::upstream::body::{ClientBody, IdleBody, Reclaimable};
@@ -155,13 +155,28 @@ fn prepare<'s>(
     mut record: Box<Record>,
 ) -> Prepared<'s> {
     let scan = Scan::of(req.headers());
-    let upgrade = upgrade::requested(req.version(), req.headers(), &scan)
-        .map(|proto| (proto, hyper::upgrade::on(&mut req)));
-    let (mut parts, body) = req.into_parts();
-    // CONNECT is not proxied. A transfer coding besides `chunked` (`gzip, chunked`) would be
-    // lost when the request is re-framed.
-    if parts.method == Method::CONNECT || scan.other_coding {
+    // A transfer coding besides `chunked` (`gzip, chunked`) would be lost when the request is
+    // re-framed.
+    if scan.other_coding {
         return Prepared::Answer(local(Failure::BadRequest, record));
+    }
+    let upgrade = match upgrade::requested(&req, &scan) {
+        Switch::No => None,
+        Switch::Asked(asked) => Some(Upgrade::on(asked, &mut req)),
+        // CONNECT is not proxied, but for WebSocket over HTTP/2.
+        Switch::Refused => return Prepared::Answer(local(Failure::BadRequest, record)),
+    };
+    let (mut parts, body) = req.into_parts();
+    let h2_websocket = upgrade
+        .as_ref()
+        .is_some_and(|u| matches!(u.asked, Asked::Http2WebSocket { .. }));
+    if h2_websocket {
+        // Routed and logged as HAProxy sees it: a GET asking for `Upgrade: websocket`.
+        parts.method = Method::GET;
+        record.method = Method::GET;
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let (authority, sent_host) =
         match canon::authority(parts.version, &parts.uri, &parts.headers, &info.host) {
@@ -274,10 +289,10 @@ fn prepare<'s>(
     {
         headers.insert(header::HOST, v.clone());
     }
-    let upgrade = upgrade.map(|(proto, on)| {
-        upgrade::restore(headers, proto);
-        on
-    });
+    if h2_websocket {
+        // Each attempt asks in the server's protocol (`Upgrade::ask`).
+        headers.remove(header::UPGRADE);
+    }
     // Added by each attempt (dispatch), to its own copy of the headers.
     let forwarding = frontend.forwardfor.then(|| Forwarding {
         client: info.forwarded_for.clone(),

@@ -432,7 +432,9 @@ impl Connection {
             .max_concurrent_streams(H2_MAX_STREAMS)
             .max_header_list_size(h2_header_list_limit(max_header_size))
             .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
-            .max_send_buf_size(H2_MAX_SEND_BUF);
+            .max_send_buf_size(H2_MAX_SEND_BUF)
+            // WebSocket over HTTP/2 (RFC 8441), as HAProxy offers it (proxy::upgrade).
+            .enable_connect_protocol();
         let builders = Builders { http1, http2 };
         // The version ALPN chose is the only one served on the connection (as HAProxy's);
         // without ALPN, HTTP/2 when the client starts with its preface, else HTTP/1. HTTP/1

@@ -1,20 +1,40 @@
-//! HTTP/1.1 `Upgrade` (WebSocket) through the proxy.
+//! Protocol switches (WebSocket) through the proxy: HTTP/1.1 `Upgrade`, and HTTP/2's extended
+//! CONNECT (RFC 8441), translated both ways.
 //!
-//! An upgrade request is routed and balanced like any other request; only `Connection:
-//! upgrade` and its `Upgrade` header survive the hop-by-hop stripping on the way to the server.
-//! When the server answers `101 Switching Protocols`, the 101 goes back to the client and both
-//! connections are handed over by hyper (`hyper::upgrade::on`) to a tunnel that relays bytes
-//! both ways until either side closes, or nothing moves for the backend's `timeout tunnel`.
-//! Any other answer is an ordinary response, and the client connection stays HTTP.
+//! An upgrade request is routed and balanced like any other request. When the server accepts
+//! (an HTTP/1.1 server's `101 Switching Protocols`, an HTTP/2 server's 2xx to an extended
+//! CONNECT), the client gets its own protocol's acceptance and both connections (or streams)
+//! are handed over by hyper (`hyper::upgrade::on`) to a tunnel that relays bytes both ways until
+//! either side closes, or nothing moves for the backend's `timeout tunnel`. Any other answer is
+//! an ordinary response, and the client connection stays HTTP.
 //!
-//! Nothing the client sends after the request head reaches the server before the 101: hyper
+//! The four combinations, as HAProxy makes them:
+//!
+//! - HTTP/1.1 client, HTTP/1.1 server: only `Connection: upgrade` and its `Upgrade` header
+//!   survive the hop-by-hop stripping on the way to the server; the 101 goes back as it came.
+//! - HTTP/2 client (`CONNECT` with `:protocol websocket`), HTTP/1.1 server: the request is
+//!   routed as HAProxy sees it, a `GET` with `Upgrade: websocket`, and goes out so, with a
+//!   fresh `Sec-WebSocket-Key` (an HTTP/2 client sends none). The server's 101 must carry the
+//!   matching `Sec-WebSocket-Accept`, or it is a broken answer (502); the client gets a 200.
+//! - HTTP/1.1 client asking for `websocket`, HTTP/2 server (`proto = "h2"`): the request goes
+//!   out as an extended CONNECT, without the client's key; a 2xx from the server becomes a 101
+//!   with the `Sec-WebSocket-Accept` the client's key calls for.
+//! - HTTP/2 client, HTTP/2 server: the extended CONNECT goes through as it is.
+//!
+//! A server's 2xx that does not switch (an HTTP/1.1 server's 200 to an HTTP/2 client's
+//! WebSocket request) would tell that client its tunnel is open: it is a 502 instead.
+//!
+//! Nothing the client sends after the request head reaches the server before the switch: hyper
 //! keeps those bytes and hands them over with the upgraded connection (a 2026 Pingora advisory
 //! was about forwarding them early). `Upgrade: h2c` is never forwarded.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Version, header};
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
+use hyper::body::Incoming;
+use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -23,17 +43,222 @@ use crate::proxy::client_io::InFlight;
 use crate::proxy::headers::Scan;
 use crate::proxy::relay::{Ending, relay};
 
-/// The protocol an HTTP/1.1 request asks to switch to: `Connection` lists `upgrade` and an
-/// `Upgrade` header names a protocol other than `h2c`. `scan` is the request's.
-pub(crate) fn requested(version: Version, headers: &HeaderMap, scan: &Scan) -> Option<HeaderValue> {
-    if version != Version::HTTP_11 || !scan.connection_upgrade || !scan.has_upgrade() {
-        return None;
+static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
+/// How a client asked to switch protocols.
+#[derive(Debug, Clone)]
+pub(crate) enum Asked {
+    /// HTTP/1.1 `Connection: upgrade` with this `Upgrade` value, and the client's
+    /// `Sec-WebSocket-Key`, if any.
+    Http1 {
+        proto: HeaderValue,
+        key: Option<HeaderValue>,
+    },
+    /// An HTTP/2 extended CONNECT with `:protocol websocket` (RFC 8441). `key`: the
+    /// `Sec-WebSocket-Key` wasp sends an HTTP/1.1 server in its name.
+    Http2WebSocket { key: HeaderValue },
+}
+
+/// What the client's request head says about a protocol switch.
+#[derive(Debug)]
+pub(crate) enum Switch {
+    /// None asked for.
+    No,
+    Asked(Asked),
+    /// A `CONNECT` wasp does not proxy: a plain one (a TCP tunnel), or an extended one for a
+    /// protocol other than WebSocket.
+    Refused,
+}
+
+/// Reads the switch the request asks for: an HTTP/1.1 upgrade to a protocol other than `h2c`
+/// (`Connection` lists `upgrade` and an `Upgrade` header names it), or an HTTP/2 extended
+/// CONNECT for `websocket`. `scan` is the request's.
+pub(crate) fn requested<B>(req: &Request<B>, scan: &Scan) -> Switch {
+    if req.method() == Method::CONNECT {
+        let websocket = req.version() == Version::HTTP_2
+            && req
+                .extensions()
+                .get::<Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        return if websocket {
+            Switch::Asked(Asked::Http2WebSocket { key: new_key() })
+        } else {
+            Switch::Refused
+        };
     }
-    let proto = headers.get(header::UPGRADE)?;
+    let headers = req.headers();
+    if req.version() != Version::HTTP_11 || !scan.connection_upgrade || !scan.has_upgrade() {
+        return Switch::No;
+    }
+    let Some(proto) = headers.get(header::UPGRADE) else {
+        return Switch::No;
+    };
     let h2c = proto
         .to_str()
         .is_ok_and(|p| p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")));
-    (!h2c).then(|| proto.clone())
+    if h2c {
+        return Switch::No;
+    }
+    Switch::Asked(Asked::Http1 {
+        proto: proto.clone(),
+        key: headers.get(&SEC_WEBSOCKET_KEY).cloned(),
+    })
+}
+
+/// A switch asked for, and the client's side of it once hyper hands it over.
+#[derive(Debug)]
+pub(crate) struct Upgrade {
+    pub(crate) asked: Asked,
+    pub(crate) client: OnUpgrade,
+}
+
+impl Upgrade {
+    /// Takes the client's side of the request's switch.
+    pub(crate) fn on(asked: Asked, req: &mut Request<Incoming>) -> Upgrade {
+        Upgrade {
+            asked,
+            client: hyper::upgrade::on(req),
+        }
+    }
+
+    /// Whether the request goes to an HTTP/2 server (`to_h2`) as an extended CONNECT: a
+    /// WebSocket switch does; an HTTP/1.1 upgrade to another protocol cannot, and goes as a
+    /// plain request.
+    pub(crate) fn connects(&self, to_h2: bool) -> bool {
+        to_h2
+            && match &self.asked {
+                Asked::Http2WebSocket { .. } => true,
+                Asked::Http1 { proto, .. } => is_websocket(proto),
+            }
+    }
+
+    /// Makes the forwarded request ask the server for the switch in the server's protocol
+    /// (`to_h2`: HTTP/2). Its headers have lost their hop-by-hop ones.
+    pub(crate) fn ask<B>(&self, req: &mut Request<B>, to_h2: bool) {
+        if self.connects(to_h2) {
+            *req.method_mut() = Method::CONNECT;
+            req.extensions_mut()
+                .insert(Protocol::from_static("websocket"));
+            // RFC 8441 5: no key over HTTP/2.
+            req.headers_mut().remove(&SEC_WEBSOCKET_KEY);
+            return;
+        }
+        if to_h2 {
+            return;
+        }
+        let headers = req.headers_mut();
+        match &self.asked {
+            Asked::Http1 { proto, .. } => restore(headers, proto.clone()),
+            Asked::Http2WebSocket { key } => {
+                *req.method_mut() = Method::GET;
+                let headers = req.headers_mut();
+                restore(headers, HeaderValue::from_static("websocket"));
+                headers.insert(SEC_WEBSOCKET_KEY.clone(), key.clone());
+            }
+        }
+    }
+
+    /// Whether the server's answer `status` (from an HTTP/2 server when `from_h2`) is its
+    /// acceptance of the switch.
+    pub(crate) fn accepted(&self, status: StatusCode, from_h2: bool) -> bool {
+        if self.connects(from_h2) {
+            status.is_success()
+        } else {
+            status == StatusCode::SWITCHING_PROTOCOLS
+        }
+    }
+
+    /// Whether an answer that is not an acceptance must not reach the client as it is: a 2xx
+    /// to an HTTP/2 client's WebSocket request that did not go as an extended CONNECT would
+    /// tell the client its tunnel is open.
+    pub(crate) fn misleads(&self, status: StatusCode, from_h2: bool) -> bool {
+        matches!(self.asked, Asked::Http2WebSocket { .. })
+            && !self.connects(from_h2)
+            && status.is_success()
+    }
+
+    /// Checks the server's acceptance (its headers, `from_h2`): an HTTP/1.1 server's 101 must
+    /// name the protocol it switched to, and answer the key wasp sent for an HTTP/2 client.
+    /// `Err`: why it is a broken answer.
+    pub(crate) fn check(&self, server: &HeaderMap, from_h2: bool) -> Result<(), &'static str> {
+        if self.connects(from_h2) {
+            return Ok(());
+        }
+        let switched = server.get(header::UPGRADE);
+        match &self.asked {
+            Asked::Http1 { .. } if switched.is_none() => Err("101 without Upgrade"),
+            Asked::Http1 { .. } => Ok(()),
+            Asked::Http2WebSocket { .. } if !switched.is_some_and(is_websocket) => {
+                Err("101 to a protocol other than websocket")
+            }
+            Asked::Http2WebSocket { key }
+                if server.get(&SEC_WEBSOCKET_ACCEPT) != Some(&accept(key)) =>
+            {
+                Err("101 without the Sec-WebSocket-Accept of the key sent")
+            }
+            Asked::Http2WebSocket { .. } => Ok(()),
+        }
+    }
+
+    /// Turns the server's acceptance, relayed to the client without its hop-by-hop headers
+    /// (`resp`; `switched`: the server's `Upgrade`), into the acceptance in the client's
+    /// protocol.
+    pub(crate) fn answer<B>(
+        &self,
+        switched: Option<HeaderValue>,
+        from_h2: bool,
+        resp: &mut http::Response<B>,
+    ) {
+        let connected = self.connects(from_h2);
+        // Neither a 101 nor a 2xx to a CONNECT has a body.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+        match &self.asked {
+            Asked::Http1 { key, .. } if connected => {
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let headers = resp.headers_mut();
+                if let Some(key) = key {
+                    headers.insert(SEC_WEBSOCKET_ACCEPT.clone(), accept(key));
+                }
+                restore(headers, HeaderValue::from_static("websocket"));
+            }
+            Asked::Http1 { .. } => {
+                if let Some(proto) = switched {
+                    restore(resp.headers_mut(), proto);
+                }
+            }
+            Asked::Http2WebSocket { .. } => {
+                if !connected {
+                    *resp.status_mut() = StatusCode::OK;
+                    resp.headers_mut().remove(&SEC_WEBSOCKET_ACCEPT);
+                }
+            }
+        }
+    }
+}
+
+fn is_websocket(proto: &HeaderValue) -> bool {
+    proto.as_bytes().eq_ignore_ascii_case(b"websocket")
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 4.1). The key is a nonce
+/// that shows the server understood a WebSocket handshake, not a secret: fastrand's per-thread
+/// generator (seeded from the system's randomness) is enough.
+fn new_key() -> HeaderValue {
+    let bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 4.2.2): base64 of the SHA-1 of the
+/// key followed by the protocol's GUID.
+pub(crate) fn accept(key: &HeaderValue) -> HeaderValue {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(GUID);
+    let text = base64::engine::general_purpose::STANDARD.encode(ctx.finish());
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Puts `Connection: upgrade` and `Upgrade: proto` back after the hop-by-hop headers went.
@@ -103,42 +328,246 @@ impl Tunnel {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
+    fn request(method: Method, version: Version, pairs: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::new(());
+        *req.method_mut() = method;
+        *req.version_mut() = version;
+        for (k, v) in pairs {
+            req.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        req
     }
+
+    fn asked(req: &Request<()>) -> Option<Asked> {
+        match requested(req, &Scan::of(req.headers())) {
+            Switch::Asked(a) => Some(a),
+            Switch::No => None,
+            Switch::Refused => panic!("refused"),
+        }
+    }
+
+    fn is_refused(req: &Request<()>) -> bool {
+        matches!(requested(req, &Scan::of(req.headers())), Switch::Refused)
+    }
+
+    fn h2_connect(protocol: Option<&'static str>) -> Request<()> {
+        let mut req = request(Method::CONNECT, Version::HTTP_2, &[]);
+        if let Some(p) = protocol {
+            req.extensions_mut().insert(Protocol::from_static(p));
+        }
+        req
+    }
+
+    const WS: &[(&str, &str)] = &[
+        ("connection", "keep-alive, Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
 
     #[test]
     fn only_http11_upgrades_other_than_h2c() {
-        let ws = headers(&[
-            ("connection", "keep-alive, Upgrade"),
+        match asked(&request(Method::GET, Version::HTTP_11, WS)) {
+            Some(Asked::Http1 { proto, key }) => {
+                assert_eq!(proto, "websocket");
+                assert_eq!(key.unwrap(), "dGhlIHNhbXBsZSBub25jZQ==");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(asked(&request(Method::GET, Version::HTTP_10, WS)).is_none());
+        let h2c = [("connection", "upgrade"), ("upgrade", "h2c")];
+        assert!(asked(&request(Method::GET, Version::HTTP_11, &h2c)).is_none());
+        let no_token = [("connection", "keep-alive"), ("upgrade", "websocket")];
+        assert!(asked(&request(Method::GET, Version::HTTP_11, &no_token)).is_none());
+        let no_proto = [("connection", "upgrade")];
+        assert!(asked(&request(Method::GET, Version::HTTP_11, &no_proto)).is_none());
+    }
+
+    #[test]
+    fn connect_is_refused_but_for_websocket_over_http2() {
+        assert!(is_refused(&request(Method::CONNECT, Version::HTTP_11, &[])));
+        assert!(is_refused(&h2_connect(None)));
+        assert!(is_refused(&h2_connect(Some("connect-udp"))));
+        match asked(&h2_connect(Some("websocket"))) {
+            Some(Asked::Http2WebSocket { key }) => {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(key.as_bytes())
+                    .unwrap();
+                assert_eq!(raw.len(), 16);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A fresh key each time.
+        let key = |r: &Request<()>| match asked(r) {
+            Some(Asked::Http2WebSocket { key }) => key,
+            other => panic!("{other:?}"),
+        };
+        let req = h2_connect(Some("websocket"));
+        assert_ne!(key(&req), key(&req));
+    }
+
+    #[test]
+    fn accept_answers_the_key_as_rfc_6455_shows() {
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(accept(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    fn upgrade(asked: Asked) -> Upgrade {
+        Upgrade {
+            asked,
+            client: hyper::upgrade::on(Request::new(())),
+        }
+    }
+
+    fn http1_ws() -> Upgrade {
+        upgrade(Asked::Http1 {
+            proto: HeaderValue::from_static("websocket"),
+            key: Some(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==")),
+        })
+    }
+
+    fn http2_ws() -> Upgrade {
+        upgrade(Asked::Http2WebSocket {
+            key: HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="),
+        })
+    }
+
+    /// The request an attempt sends for `up` to an HTTP/1.1 (`to_h2` false) or HTTP/2 server,
+    /// from a GET whose hop-by-hop headers are gone.
+    fn asked_of(up: &Upgrade, to_h2: bool, pairs: &[(&str, &str)]) -> Request<()> {
+        let mut req = request(Method::GET, Version::HTTP_11, pairs);
+        up.ask(&mut req, to_h2);
+        req
+    }
+
+    fn protocol(req: &Request<()>) -> Option<&str> {
+        req.extensions().get::<Protocol>().map(Protocol::as_str)
+    }
+
+    #[test]
+    fn each_server_protocol_is_asked_in_its_own_terms() {
+        let key = [("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")];
+        // HTTP/1.1 to HTTP/1.1: the client's Upgrade back.
+        let req = asked_of(&http1_ws(), false, &key);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(req.headers()["connection"], "upgrade");
+        assert_eq!(req.headers()["sec-websocket-key"], key[0].1);
+        assert_eq!(protocol(&req), None);
+        // HTTP/1.1 to HTTP/2: an extended CONNECT, without the key.
+        let req = asked_of(&http1_ws(), true, &key);
+        assert_eq!(req.method(), Method::CONNECT);
+        assert_eq!(protocol(&req), Some("websocket"));
+        assert!(req.headers().get("sec-websocket-key").is_none());
+        assert!(req.headers().get("upgrade").is_none());
+        // HTTP/2 to HTTP/1.1: a GET with Upgrade and wasp's key.
+        let req = asked_of(&http2_ws(), false, &[]);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(req.headers()["connection"], "upgrade");
+        assert_eq!(
+            req.headers()["sec-websocket-key"],
+            "AAAAAAAAAAAAAAAAAAAAAA=="
+        );
+        // HTTP/2 to HTTP/2: the extended CONNECT as it came.
+        let req = asked_of(&http2_ws(), true, &[]);
+        assert_eq!(req.method(), Method::CONNECT);
+        assert_eq!(protocol(&req), Some("websocket"));
+        assert!(req.headers().get("upgrade").is_none());
+        // Another protocol cannot go to an HTTP/2 server: a plain request.
+        let other = upgrade(Asked::Http1 {
+            proto: HeaderValue::from_static("foo"),
+            key: None,
+        });
+        let req = asked_of(&other, true, &[]);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(protocol(&req), None);
+        assert!(req.headers().get("upgrade").is_none());
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        request(Method::GET, Version::HTTP_11, pairs)
+            .headers()
+            .clone()
+    }
+
+    fn answered(
+        up: &Upgrade,
+        status: StatusCode,
+        server: &[(&str, &str)],
+        from_h2: bool,
+    ) -> http::Response<()> {
+        let mut resp = http::Response::new(());
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers(server);
+        resp.headers_mut().remove("upgrade");
+        resp.headers_mut().remove("connection");
+        up.answer(headers(server).get("upgrade").cloned(), from_h2, &mut resp);
+        resp
+    }
+
+    #[test]
+    fn an_http2_client_gets_a_200_for_a_101_with_the_right_accept() {
+        let up = http2_ws();
+        let right = accept(&HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="));
+        let right = right.to_str().unwrap();
+        let good = [("upgrade", "websocket"), ("sec-websocket-accept", right)];
+        assert!(up.accepted(StatusCode::SWITCHING_PROTOCOLS, false));
+        assert_eq!(up.check(&headers(&good), false), Ok(()));
+        let resp = answered(&up, StatusCode::SWITCHING_PROTOCOLS, &good, false);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get("sec-websocket-accept").is_none());
+        assert!(resp.headers().get("upgrade").is_none());
+
+        let wrong = [
             ("upgrade", "websocket"),
-        ]);
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        assert!(up.check(&headers(&wrong), false).is_err());
+        let missing = [("upgrade", "websocket")];
+        assert!(up.check(&headers(&missing), false).is_err());
+        let other = [("upgrade", "foo"), ("sec-websocket-accept", right)];
+        assert!(up.check(&headers(&other), false).is_err());
+        // A 200 from an HTTP/1.1 server did not switch, and would say it had.
+        assert!(!up.accepted(StatusCode::OK, false));
+        assert!(up.misleads(StatusCode::OK, false));
+        assert!(!up.misleads(StatusCode::NOT_FOUND, false));
+        // From an HTTP/2 server, its 2xx is the acceptance.
+        assert!(up.accepted(StatusCode::OK, true));
+        assert!(!up.misleads(StatusCode::OK, true));
+        let resp = answered(&up, StatusCode::OK, &[], true);
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn an_http1_client_gets_a_101_for_an_http2_servers_2xx() {
+        let up = http1_ws();
+        assert!(up.accepted(StatusCode::OK, true));
+        assert!(!up.accepted(StatusCode::SWITCHING_PROTOCOLS, true));
+        assert!(!up.misleads(StatusCode::OK, true));
+        assert_eq!(up.check(&HeaderMap::new(), true), Ok(()));
+        let resp = answered(&up, StatusCode::OK, &[("content-length", "0")], true);
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(resp.headers()["upgrade"], "websocket");
+        assert_eq!(resp.headers()["connection"], "upgrade");
         assert_eq!(
-            requested(Version::HTTP_11, &ws, &Scan::of(&ws))
-                .as_ref()
-                .map(|v| v.as_bytes()),
-            Some(&b"websocket"[..])
+            resp.headers()["sec-websocket-accept"],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        assert_eq!(requested(Version::HTTP_10, &ws, &Scan::of(&ws)), None);
-        let h2c = headers(&[("connection", "upgrade"), ("upgrade", "h2c")]);
-        assert_eq!(requested(Version::HTTP_11, &h2c, &Scan::of(&h2c)), None);
-        let no_token = headers(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
-        assert_eq!(
-            requested(Version::HTTP_11, &no_token, &Scan::of(&no_token)),
-            None
+        assert!(resp.headers().get("content-length").is_none());
+        // From an HTTP/1.1 server, the 101 as it came, with the protocol it names.
+        assert!(up.accepted(StatusCode::SWITCHING_PROTOCOLS, false));
+        assert!(up.check(&HeaderMap::new(), false).is_err());
+        let resp = answered(
+            &up,
+            StatusCode::SWITCHING_PROTOCOLS,
+            &[("upgrade", "websocket"), ("sec-websocket-accept", "x")],
+            false,
         );
-        let no_proto = headers(&[("connection", "upgrade")]);
-        assert_eq!(
-            requested(Version::HTTP_11, &no_proto, &Scan::of(&no_proto)),
-            None
-        );
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(resp.headers()["upgrade"], "websocket");
+        assert_eq!(resp.headers()["sec-websocket-accept"], "x");
     }
 }

@@ -1,27 +1,33 @@
-//! WebSocket (HTTP/1.1 Upgrade) through the proxy: the upgrade request is routed like any
-//! other, the 101 comes back, then bytes flow both ways until a side closes or the tunnel
-//! stays idle for `timeout tunnel`. A server that declines keeps the connection HTTP.
+//! WebSocket through the proxy: the upgrade request is routed like any other, the server's
+//! acceptance comes back, then bytes flow both ways until a side closes or the tunnel stays
+//! idle for `timeout tunnel`. A server that declines keeps the connection HTTP. Over HTTP/2
+//! (RFC 8441's extended CONNECT) from clients and to servers, translated to and from HTTP/1.1.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
+use hyper::ext::Protocol;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{Proxy, raw_status};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// A server that accepts `Upgrade: websocket` on any path but `/decline` and then echoes the
-/// upgraded bytes, prefixed once by the headers it saw that matter here.
+/// A server that accepts `Upgrade: websocket` (HTTP/1.1) and extended CONNECTs for
+/// `websocket` (HTTP/2, RFC 8441), and then echoes the upgraded
+/// bytes, prefixed once by what it saw that matters here. Over HTTP/1.1 its 101 answers the
+/// client's key as RFC 6455 says, but on paths ending in `/wrong-accept`; it declines paths
+/// ending in `/decline`.
 async fn ws_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -29,20 +35,34 @@ async fn ws_echo() -> SocketAddr {
         while let Ok((tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let service = service_fn(|mut req: Request<Incoming>| async move {
-                    let wants = req.headers().get(header::UPGRADE).cloned();
-                    if req.uri().path() == "/decline" || wants.is_none() {
+                    let protocol = req
+                        .extensions()
+                        .get::<Protocol>()
+                        .map(|p| p.as_str().to_owned());
+                    let wants = req
+                        .headers()
+                        .get(header::UPGRADE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                        .or(protocol);
+                    if req.uri().path().ends_with("/decline") || wants.is_none() {
                         return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
                             format!("plain {}", req.uri().path()),
                         ))));
                     }
+                    let key = req.headers().get("sec-websocket-key").cloned();
                     let seen = format!(
-                        "upgrade={} xff={}\n",
-                        wants.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                        "{} upgrade={} key={} xff={}\n",
+                        req.method(),
+                        wants.as_deref().unwrap_or(""),
+                        if key.is_some() { "yes" } else { "no" },
                         req.headers()
                             .get("x-forwarded-for")
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("-")
                     );
+                    let h2 = req.version() == http::Version::HTTP_2;
+                    let wrong = req.uri().path().ends_with("/wrong-accept");
                     let on = hyper::upgrade::on(&mut req);
                     tokio::spawn(async move {
                         let Ok(upgraded) = on.await else { return };
@@ -52,14 +72,26 @@ async fn ws_echo() -> SocketAddr {
                         let _ = tokio::io::copy(&mut r, &mut w).await;
                     });
                     let mut resp = Response::new(Full::new(Bytes::new()));
+                    if h2 {
+                        return Ok(resp);
+                    }
                     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                    resp.headers_mut()
-                        .insert(header::UPGRADE, "websocket".parse().unwrap());
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, "upgrade".parse().unwrap());
+                    let headers = resp.headers_mut();
+                    headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+                    headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
+                    if let Some(key) = key {
+                        let answer = if wrong {
+                            "AAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()
+                        } else {
+                            accept_of(key.as_bytes())
+                        };
+                        headers.insert("sec-websocket-accept", answer.parse().unwrap());
+                    }
                     Ok(resp)
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http2().enable_connect_protocol();
+                let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                     .await;
             });
@@ -67,6 +99,17 @@ async fn ws_echo() -> SocketAddr {
     });
     addr
 }
+
+/// RFC 6455 4.2.2: base64 of the SHA-1 of the key and the protocol's GUID.
+fn accept_of(key: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+/// What `ws_echo` says first on an HTTP/1.1 client's tunnel to it over HTTP/1.1.
+const SEEN_H1: &str = "GET upgrade=websocket key=yes xff=127.0.0.1\n";
 
 fn config(server: SocketAddr, backend_extra: &str) -> String {
     format!(
@@ -114,7 +157,7 @@ async fn read_head(tcp: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap().to_ascii_lowercase()
 }
 
-async fn read_exact_in_time(tcp: &mut TcpStream, n: usize) -> String {
+async fn read_exact_in_time(tcp: &mut (impl AsyncRead + Unpin), n: usize) -> String {
     let mut buf = vec![0u8; n];
     tokio::time::timeout(LIMIT, tcp.read_exact(&mut buf))
         .await
@@ -130,7 +173,7 @@ async fn websocket_echo_through_the_proxy() {
     assert_eq!(raw_status(&head), 101, "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");
-    let seen = "upgrade=websocket xff=127.0.0.1\n";
+    let seen = SEEN_H1;
     assert_eq!(read_exact_in_time(&mut tcp, seen.len()).await, seen);
     // A masked WebSocket text frame "hello", and back, twice: the tunnel carries any bytes.
     let frame = [
@@ -174,7 +217,7 @@ async fn open_tunnels_count_under_maxconn() {
         config(ws_echo().await, "")
     ))
     .await;
-    let seen = "upgrade=websocket xff=127.0.0.1\n";
+    let seen = SEEN_H1;
     let mut tunnels = Vec::new();
     for _ in 0..2 {
         let (mut tcp, head) = upgrade(proxy.addr(), "/chat").await;
@@ -218,7 +261,7 @@ async fn an_idle_tunnel_is_closed_after_timeout_tunnel() {
     .await;
     let (mut tcp, head) = upgrade(proxy.addr(), "/chat").await;
     assert_eq!(raw_status(&head), 101, "{head}");
-    let seen = "upgrade=websocket xff=127.0.0.1\n";
+    let seen = SEEN_H1;
     assert_eq!(read_exact_in_time(&mut tcp, seen.len()).await, seen);
     tcp.write_all(b"ping").await.unwrap();
     assert_eq!(read_exact_in_time(&mut tcp, 4).await, "ping");
@@ -260,4 +303,193 @@ async fn a_declined_upgrade_is_a_normal_response_and_the_connection_stays_http()
     let head = read_head(&mut tcp).await;
     assert_eq!(raw_status(&head), 200, "{head}");
     assert_eq!(read_exact_in_time(&mut tcp, 12).await, "plain /again");
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// An HTTP/2 (prior knowledge) connection to `addr`, once the server's settings have arrived
+/// (a first request answered): an extended CONNECT needs the permission they carry.
+async fn h2_connection(addr: SocketAddr) -> H2Sender {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let first = Request::get("http://chat.example/chat/decline")
+        .body(Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(LIMIT, sender.send_request(first))
+        .await
+        .expect("first answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    sender
+}
+
+/// Sends an extended CONNECT for `protocol` to `path`: its status, and the tunnel when it is a
+/// 2xx.
+async fn h2_connect(
+    sender: &mut H2Sender,
+    path: &str,
+    protocol: &'static str,
+) -> (StatusCode, Option<TokioIo<hyper::upgrade::Upgraded>>) {
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://chat.example{path}"))
+        .header("sec-websocket-version", "13")
+        .body(Empty::new())
+        .unwrap();
+    req.extensions_mut().insert(Protocol::from_static(protocol));
+    let mut resp = tokio::time::timeout(LIMIT, sender.send_request(req))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let status = resp.status();
+    if !status.is_success() {
+        return (status, None);
+    }
+    let upgraded = tokio::time::timeout(LIMIT, hyper::upgrade::on(&mut resp))
+        .await
+        .expect("tunnel in time")
+        .unwrap();
+    (status, Some(TokioIo::new(upgraded)))
+}
+
+/// Sends `hello` through `tunnel` and reads it back, then closes its sending side and sees the
+/// tunnel close.
+async fn echo_then_close(tunnel: &mut (impl AsyncRead + tokio::io::AsyncWrite + Unpin)) {
+    tunnel.write_all(b"hello").await.unwrap();
+    assert_eq!(read_exact_in_time(tunnel, 5).await, "hello");
+    tunnel.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, tunnel.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// RFC 8441 from the client: the extended CONNECT is routed as a GET asking for WebSocket
+/// (by its path, as HAProxy routes it), goes to the HTTP/1.1 server as an upgrade with a key
+/// of wasp's, and the server's 101 becomes the client's 200.
+#[tokio::test]
+async fn websocket_over_http2_to_an_http1_server() {
+    let proxy = Proxy::start(&config(ws_echo().await, "")).await;
+    let mut h2 = h2_connection(proxy.addr()).await;
+    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut tunnel = tunnel.unwrap();
+    assert_eq!(
+        read_exact_in_time(&mut tunnel, SEEN_H1.len()).await,
+        SEEN_H1
+    );
+    // A second tunnel on the same connection, while the first is open.
+    let (status, other) = h2_connect(&mut h2, "/chat", "websocket").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut other = other.unwrap();
+    assert_eq!(read_exact_in_time(&mut other, SEEN_H1.len()).await, SEEN_H1);
+    echo_then_close(&mut tunnel).await;
+    echo_then_close(&mut other).await;
+}
+
+/// An HTTP/1.1 server's answer that is not a proper switch must not tell an HTTP/2 client its
+/// tunnel is open: a 101 without the accept value of the key sent, and a 200 that switched
+/// nothing, are 502s; a 4xx passes as it is. The connection serves on.
+#[tokio::test]
+async fn an_http2_websocket_is_not_opened_by_a_broken_or_declining_answer() {
+    let proxy = Proxy::start(&config(ws_echo().await, "")).await;
+    let mut h2 = h2_connection(proxy.addr()).await;
+    let (status, _) = h2_connect(&mut h2, "/chat/wrong-accept", "websocket").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let (status, _) = h2_connect(&mut h2, "/chat/decline", "websocket").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    // Not routed anywhere (no rule, no default backend): the 503 as it is.
+    let (status, _) = h2_connect(&mut h2, "/elsewhere", "websocket").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut tunnel = tunnel.unwrap();
+    assert_eq!(
+        read_exact_in_time(&mut tunnel, SEEN_H1.len()).await,
+        SEEN_H1
+    );
+    echo_then_close(&mut tunnel).await;
+}
+
+/// A CONNECT for another protocol, or a plain one, is not proxied.
+#[tokio::test]
+async fn other_connects_over_http2_are_refused() {
+    let proxy = Proxy::start(&config(ws_echo().await, "")).await;
+    let mut h2 = h2_connection(proxy.addr()).await;
+    let (status, _) = h2_connect(&mut h2, "/chat", "connect-udp").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let plain = Request::builder()
+        .method(Method::CONNECT)
+        .uri("chat.example:443")
+        .body(Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(LIMIT, h2.send_request(plain))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Toward an HTTP/2 server (`proto = "h2"`) a WebSocket goes as an extended CONNECT: an
+/// HTTP/1.1 client's upgrade is translated (its key stays with wasp, which answers it in the
+/// 101), an HTTP/2 client's goes as it came.
+#[tokio::test]
+async fn websocket_to_an_http2_server_from_either_client() {
+    let proxy = Proxy::start(&config(ws_echo().await, r#"proto = "h2""#)).await;
+    let seen = "CONNECT upgrade=websocket key=no xff=127.0.0.1\n";
+
+    let (mut tcp, head) = upgrade(proxy.addr(), "/chat").await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    // RFC 6455's own example key and answer (the head is read in lower case).
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert_eq!(read_exact_in_time(&mut tcp, seen.len()).await, seen);
+    echo_then_close(&mut tcp).await;
+
+    let mut h2 = h2_connection(proxy.addr()).await;
+    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut tunnel = tunnel.unwrap();
+    assert_eq!(read_exact_in_time(&mut tunnel, seen.len()).await, seen);
+    echo_then_close(&mut tunnel).await;
+}
+
+/// A graceful stop waits for an HTTP/2 client's open WebSocket as for a request in flight: the
+/// tunnel carries bytes while the stop waits, and the stop ends once the tunnel has closed.
+#[tokio::test]
+async fn a_graceful_stop_waits_for_an_open_http2_websocket() {
+    let proxy = Proxy::start(&config(ws_echo().await, "")).await;
+    let addr = proxy.addr();
+    let mut h2 = h2_connection(addr).await;
+    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut tunnel = tunnel.unwrap();
+    assert_eq!(
+        read_exact_in_time(&mut tunnel, SEEN_H1.len()).await,
+        SEEN_H1
+    );
+    let mut stop = tokio::spawn(proxy.runtime.shutdown(Duration::from_secs(60)));
+    crate::support::wait_until(LIMIT, "the listener closed by the stop", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    tunnel.write_all(b"still").await.unwrap();
+    assert_eq!(read_exact_in_time(&mut tunnel, 5).await, "still");
+    let waited = tokio::time::timeout(Duration::from_millis(300), &mut stop).await;
+    assert!(waited.is_err(), "the stop ended with the tunnel open");
+    echo_then_close(&mut tunnel).await;
+    tokio::time::timeout(LIMIT, stop)
+        .await
+        .expect("the stop ends once the tunnel closed")
+        .unwrap();
 }
