@@ -34,7 +34,7 @@ pub(crate) struct TestCa {
 }
 
 impl TestCa {
-    fn new(dir: &Path, stem: &str) -> Self {
+    pub(crate) fn new(dir: &Path, stem: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -47,7 +47,7 @@ impl TestCa {
     }
 
     /// A certificate for `names` signed by this CA, written as `stem.pem` and `stem.key`.
-    fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    pub(crate) fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let params = CertificateParams::new(names).unwrap();
         let key = KeyPair::generate().unwrap();
@@ -91,7 +91,12 @@ pub(crate) fn connector(ca: &Path, alpn: &[&[u8]]) -> TlsConnector {
 }
 
 /// A TLS connection to `addr` asking for `sni`, verified against `ca`.
-async fn tls(addr: SocketAddr, sni: &str, ca: &Path, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+pub(crate) async fn tls(
+    addr: SocketAddr,
+    sni: &str,
+    ca: &Path,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     connector(ca, alpn)
         .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
@@ -128,7 +133,7 @@ async fn h1_get(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn tls_table(cert: &Path, key: &Path) -> String {
+pub(crate) fn tls_table(cert: &Path, key: &Path) -> String {
     format!(
         "{{ cert = \"{}\", key = \"{}\" }}",
         cert.display(),

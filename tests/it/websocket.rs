@@ -310,9 +310,13 @@ type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
 /// An HTTP/2 (prior knowledge) connection to `addr`, once the server's settings have arrived
 /// (a first request answered): an extended CONNECT needs the permission they carry.
 async fn h2_connection(addr: SocketAddr) -> H2Sender {
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    h2_over(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// [`h2_connection`] over `io` (a TLS stream that chose `h2`).
+async fn h2_over(io: impl AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static) -> H2Sender {
     let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .unwrap();
     tokio::spawn(conn);
@@ -492,4 +496,36 @@ async fn a_graceful_stop_waits_for_an_open_http2_websocket() {
         .await
         .expect("the stop ends once the tunnel closed")
         .unwrap();
+}
+
+/// The same over TLS, as browsers open it: ALPN `h2`, then an extended CONNECT.
+#[tokio::test]
+async fn websocket_over_http2_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::tls::TestCa::new(dir.path(), "ca");
+    let (cert, key) = ca.leaf(dir.path(), "site", &["chat.example"]);
+    let proxy = Proxy::start(&format!(
+        r#"
+        [frontend.web]
+        bind = [{{ addr = "127.0.0.1:0", tls = {} }}]
+        acl = {{ is_chat = "path_beg /chat" }}
+        use_backend = [{{ backend = "chat", if = "is_chat" }}]
+        [backend.chat]
+        servers = [{{ name = "ws", addr = "{}" }}]
+        "#,
+        crate::tls::tls_table(&cert, &key),
+        ws_echo().await
+    ))
+    .await;
+    let stream = crate::tls::tls(proxy.addr(), "chat.example", &ca.pem, &[b"h2"]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut h2 = h2_over(stream).await;
+    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut tunnel = tunnel.unwrap();
+    assert_eq!(
+        read_exact_in_time(&mut tunnel, SEEN_H1.len()).await,
+        SEEN_H1
+    );
+    echo_then_close(&mut tunnel).await;
 }
