@@ -66,8 +66,9 @@ pub(crate) enum Switch {
     /// None asked for.
     No,
     Asked(Asked),
-    /// A `CONNECT` wasp does not proxy: a plain one (a TCP tunnel), or an extended one for a
-    /// protocol other than WebSocket.
+    /// A request wasp refuses (400): a `CONNECT` it does not proxy (a plain one, a TCP tunnel,
+    /// or an extended one for a protocol other than WebSocket), or a WebSocket upgrade without
+    /// its `Sec-WebSocket-Key` (as HAProxy refuses it).
     Refused,
 }
 
@@ -100,9 +101,13 @@ pub(crate) fn requested<B>(req: &Request<B>, scan: &Scan) -> Switch {
     if h2c {
         return Switch::No;
     }
+    let key = headers.get(&SEC_WEBSOCKET_KEY).cloned();
+    if key.is_none() && is_websocket(proto) {
+        return Switch::Refused;
+    }
     Switch::Asked(Asked::Http1 {
         proto: proto.clone(),
-        key: headers.get(&SEC_WEBSOCKET_KEY).cloned(),
+        key,
     })
 }
 
@@ -179,7 +184,9 @@ impl Upgrade {
     }
 
     /// Checks the server's acceptance (its headers, `from_h2`): an HTTP/1.1 server's 101 must
-    /// name the protocol it switched to, and answer the key wasp sent for an HTTP/2 client.
+    /// name the protocol it switched to, answer a WebSocket request with a
+    /// `Sec-WebSocket-Accept` (its presence, as HAProxy checks it), and answer the key wasp
+    /// sent for an HTTP/2 client with the right one.
     /// `Err`: why it is a broken answer.
     pub(crate) fn check(&self, server: &HeaderMap, from_h2: bool) -> Result<(), &'static str> {
         if self.connects(from_h2) {
@@ -188,6 +195,11 @@ impl Upgrade {
         let switched = server.get(header::UPGRADE);
         match &self.asked {
             Asked::Http1 { .. } if switched.is_none() => Err("101 without Upgrade"),
+            Asked::Http1 { proto, .. }
+                if is_websocket(proto) && !server.contains_key(&SEC_WEBSOCKET_ACCEPT) =>
+            {
+                Err("101 to a WebSocket request without Sec-WebSocket-Accept")
+            }
             Asked::Http1 { .. } => Ok(()),
             Asked::Http2WebSocket { .. } if !switched.is_some_and(is_websocket) => {
                 Err("101 to a protocol other than websocket")
@@ -383,6 +395,15 @@ mod tests {
         assert!(asked(&request(Method::GET, Version::HTTP_11, &no_token)).is_none());
         let no_proto = [("connection", "upgrade")];
         assert!(asked(&request(Method::GET, Version::HTTP_11, &no_proto)).is_none());
+        // A WebSocket upgrade needs its key; another protocol has none to give.
+        let keyless = [("connection", "upgrade"), ("upgrade", "websocket")];
+        assert!(is_refused(&request(
+            Method::GET,
+            Version::HTTP_11,
+            &keyless
+        )));
+        let other = [("connection", "upgrade"), ("upgrade", "foo")];
+        assert!(asked(&request(Method::GET, Version::HTTP_11, &other)).is_some());
     }
 
     #[test]
@@ -557,9 +578,16 @@ mod tests {
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
         assert!(resp.headers().get("content-length").is_none());
-        // From an HTTP/1.1 server, the 101 as it came, with the protocol it names.
+        // From an HTTP/1.1 server, the 101 as it came, with the protocol it names, and with
+        // an accept value (which wasp leaves to the client to check).
         assert!(up.accepted(StatusCode::SWITCHING_PROTOCOLS, false));
         assert!(up.check(&HeaderMap::new(), false).is_err());
+        assert!(
+            up.check(&headers(&[("upgrade", "websocket")]), false)
+                .is_err()
+        );
+        let server = [("upgrade", "websocket"), ("sec-websocket-accept", "x")];
+        assert_eq!(up.check(&headers(&server), false), Ok(()));
         let resp = answered(
             &up,
             StatusCode::SWITCHING_PROTOCOLS,

@@ -26,8 +26,8 @@ const LIMIT: Duration = Duration::from_secs(10);
 /// A server that accepts `Upgrade: websocket` (HTTP/1.1) and extended CONNECTs for
 /// `websocket` (HTTP/2, RFC 8441), and then echoes the upgraded
 /// bytes, prefixed once by what it saw that matters here. Over HTTP/1.1 its 101 answers the
-/// client's key as RFC 6455 says, but on paths ending in `/wrong-accept`; it declines paths
-/// ending in `/decline`.
+/// client's key as RFC 6455 says, but on paths ending in `/wrong-accept` (a wrong value) and
+/// `/no-accept` (none); it declines paths ending in `/decline`.
 async fn ws_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -63,6 +63,7 @@ async fn ws_echo() -> SocketAddr {
                     );
                     let h2 = req.version() == http::Version::HTTP_2;
                     let wrong = req.uri().path().ends_with("/wrong-accept");
+                    let no_accept = req.uri().path().ends_with("/no-accept");
                     let on = hyper::upgrade::on(&mut req);
                     tokio::spawn(async move {
                         let Ok(upgraded) = on.await else { return };
@@ -79,7 +80,7 @@ async fn ws_echo() -> SocketAddr {
                     let headers = resp.headers_mut();
                     headers.insert(header::UPGRADE, "websocket".parse().unwrap());
                     headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
-                    if let Some(key) = key {
+                    if let Some(key) = key.filter(|_| !no_accept) {
                         let answer = if wrong {
                             "AAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()
                         } else {
@@ -528,4 +529,24 @@ async fn websocket_over_http2_over_tls() {
         SEEN_H1
     );
     echo_then_close(&mut tunnel).await;
+}
+
+/// As in HAProxy, an HTTP/1.1 WebSocket upgrade needs its key (else 400), and a server's 101 to
+/// one needs a `Sec-WebSocket-Accept` (else 502).
+#[tokio::test]
+async fn an_http1_websocket_needs_its_key_and_its_accept() {
+    let proxy = Proxy::start(&config(ws_echo().await, "")).await;
+    let head = crate::support::raw(
+        proxy.addr(),
+        b"GET /chat HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        LIMIT,
+    )
+    .await;
+    assert_eq!(raw_status(&head), 400, "{head}");
+    let (_tcp, head) = upgrade(proxy.addr(), "/chat/no-accept").await;
+    assert_eq!(raw_status(&head), 502, "{head}");
+    let (mut tcp, head) = upgrade(proxy.addr(), "/chat").await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    assert_eq!(read_exact_in_time(&mut tcp, SEEN_H1.len()).await, SEEN_H1);
 }
