@@ -361,6 +361,16 @@ async fn h2_connect(
     (status, Some(TokioIo::new(upgraded)))
 }
 
+/// A WebSocket over HTTP/2 to `/chat`: answered 200, and the tunnel once the server's first
+/// line, `seen`, came through it.
+async fn h2_tunnel(sender: &mut H2Sender, seen: &str) -> TokioIo<hyper::upgrade::Upgraded> {
+    let (status, tunnel) = h2_connect(sender, "/chat", "websocket").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut tunnel = tunnel.unwrap();
+    assert_eq!(read_exact_in_time(&mut tunnel, seen.len()).await, seen);
+    tunnel
+}
+
 /// Sends `hello` through `tunnel` and reads it back, then closes its sending side and sees the
 /// tunnel close.
 async fn echo_then_close(tunnel: &mut (impl AsyncRead + tokio::io::AsyncWrite + Unpin)) {
@@ -382,18 +392,9 @@ async fn echo_then_close(tunnel: &mut (impl AsyncRead + tokio::io::AsyncWrite + 
 async fn websocket_over_http2_to_an_http1_server() {
     let proxy = Proxy::start(&config(ws_echo().await, "")).await;
     let mut h2 = h2_connection(proxy.addr()).await;
-    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
-    assert_eq!(status, StatusCode::OK);
-    let mut tunnel = tunnel.unwrap();
-    assert_eq!(
-        read_exact_in_time(&mut tunnel, SEEN_H1.len()).await,
-        SEEN_H1
-    );
+    let mut tunnel = h2_tunnel(&mut h2, SEEN_H1).await;
     // A second tunnel on the same connection, while the first is open.
-    let (status, other) = h2_connect(&mut h2, "/chat", "websocket").await;
-    assert_eq!(status, StatusCode::OK);
-    let mut other = other.unwrap();
-    assert_eq!(read_exact_in_time(&mut other, SEEN_H1.len()).await, SEEN_H1);
+    let mut other = h2_tunnel(&mut h2, SEEN_H1).await;
     echo_then_close(&mut tunnel).await;
     echo_then_close(&mut other).await;
 }
@@ -412,13 +413,7 @@ async fn an_http2_websocket_is_not_opened_by_a_broken_or_declining_answer() {
     // Not routed anywhere (no rule, no default backend): the 503 as it is.
     let (status, _) = h2_connect(&mut h2, "/elsewhere", "websocket").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
-    assert_eq!(status, StatusCode::OK);
-    let mut tunnel = tunnel.unwrap();
-    assert_eq!(
-        read_exact_in_time(&mut tunnel, SEEN_H1.len()).await,
-        SEEN_H1
-    );
+    let mut tunnel = h2_tunnel(&mut h2, SEEN_H1).await;
     echo_then_close(&mut tunnel).await;
 }
 
@@ -462,10 +457,7 @@ async fn websocket_to_an_http2_server_from_either_client() {
     echo_then_close(&mut tcp).await;
 
     let mut h2 = h2_connection(proxy.addr()).await;
-    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
-    assert_eq!(status, StatusCode::OK);
-    let mut tunnel = tunnel.unwrap();
-    assert_eq!(read_exact_in_time(&mut tunnel, seen.len()).await, seen);
+    let mut tunnel = h2_tunnel(&mut h2, seen).await;
     echo_then_close(&mut tunnel).await;
 }
 
@@ -476,13 +468,7 @@ async fn a_graceful_stop_waits_for_an_open_http2_websocket() {
     let proxy = Proxy::start(&config(ws_echo().await, "")).await;
     let addr = proxy.addr();
     let mut h2 = h2_connection(addr).await;
-    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
-    assert_eq!(status, StatusCode::OK);
-    let mut tunnel = tunnel.unwrap();
-    assert_eq!(
-        read_exact_in_time(&mut tunnel, SEEN_H1.len()).await,
-        SEEN_H1
-    );
+    let mut tunnel = h2_tunnel(&mut h2, SEEN_H1).await;
     let mut stop = tokio::spawn(proxy.runtime.shutdown(Duration::from_secs(60)));
     crate::support::wait_until(LIMIT, "the listener closed by the stop", || {
         std::net::TcpStream::connect(addr).is_err()
@@ -521,13 +507,7 @@ async fn websocket_over_http2_over_tls() {
     let stream = crate::tls::tls(proxy.addr(), "chat.example", &ca.pem, &[b"h2"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut h2 = h2_over(stream).await;
-    let (status, tunnel) = h2_connect(&mut h2, "/chat", "websocket").await;
-    assert_eq!(status, StatusCode::OK);
-    let mut tunnel = tunnel.unwrap();
-    assert_eq!(
-        read_exact_in_time(&mut tunnel, SEEN_H1.len()).await,
-        SEEN_H1
-    );
+    let mut tunnel = h2_tunnel(&mut h2, SEEN_H1).await;
     echo_then_close(&mut tunnel).await;
 }
 
