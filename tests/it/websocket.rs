@@ -530,3 +530,25 @@ async fn an_http1_websocket_needs_its_key_and_its_accept() {
     assert_eq!(raw_status(&head), 101, "{head}");
     assert_eq!(read_exact_in_time(&mut tcp, SEEN_H1.len()).await, SEEN_H1);
 }
+
+/// An HTTP/2 server that does not allow extended CONNECT cannot take a WebSocket: the client
+/// gets a 502, over either protocol, and its connection serves on.
+#[tokio::test]
+async fn a_websocket_to_an_http2_server_without_extended_connect_is_a_502() {
+    let servers = crate::support::Servers::new();
+    let plain_h2 = servers.echo("node1").await;
+    let proxy = Proxy::start(&config(plain_h2, r#"proto = "h2""#)).await;
+    let (_tcp, head) = upgrade(proxy.addr(), "/chat").await;
+    assert_eq!(raw_status(&head), 502, "{head}");
+    let mut h2 = h2_connection(proxy.addr()).await;
+    let (status, _) = h2_connect(&mut h2, "/chat", "websocket").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let again = Request::get("http://chat.example/chat")
+        .body(Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(LIMIT, h2.send_request(again))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
