@@ -152,9 +152,8 @@ impl Upgrade {
         if to_h2 {
             return;
         }
-        let headers = req.headers_mut();
         match &self.asked {
-            Asked::Http1 { proto, .. } => restore(headers, proto.clone()),
+            Asked::Http1 { proto, .. } => restore(req.headers_mut(), proto.clone()),
             Asked::Http2WebSocket { key } => {
                 *req.method_mut() = Method::GET;
                 let headers = req.headers_mut();
@@ -264,7 +263,7 @@ fn new_key() -> HeaderValue {
 
 /// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 4.2.2): base64 of the SHA-1 of the
 /// key followed by the protocol's GUID.
-pub(crate) fn accept(key: &HeaderValue) -> HeaderValue {
+fn accept(key: &HeaderValue) -> HeaderValue {
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key.as_bytes());
