@@ -67,8 +67,8 @@ pub(crate) enum Switch {
     No,
     Asked(Asked),
     /// A request wasp refuses (400): a `CONNECT` it does not proxy (a plain one, a TCP tunnel,
-    /// or an extended one for a protocol other than WebSocket), or a WebSocket upgrade without
-    /// its `Sec-WebSocket-Key` (as HAProxy refuses it).
+    /// an extended one for a protocol other than WebSocket or with a `Content-Length`), or a
+    /// WebSocket upgrade without its `Sec-WebSocket-Key` (as HAProxy refuses it).
     Refused,
 }
 
@@ -77,7 +77,10 @@ pub(crate) enum Switch {
 /// CONNECT for `websocket`. `scan` is the request's.
 pub(crate) fn requested<B>(req: &Request<B>, scan: &Scan) -> Switch {
     if req.method() == Method::CONNECT {
+        // RFC 9110 9.3.6: a CONNECT has no content. One that gives a length (even 0, which
+        // the HTTP/2 library would then hold the tunnel's first bytes to) is refused.
         let websocket = req.version() == Version::HTTP_2
+            && !req.headers().contains_key(header::CONTENT_LENGTH)
             && req
                 .extensions()
                 .get::<Protocol>()
@@ -410,6 +413,11 @@ mod tests {
         assert!(is_refused(&request(Method::CONNECT, Version::HTTP_11, &[])));
         assert!(is_refused(&h2_connect(None)));
         assert!(is_refused(&h2_connect(Some("connect-udp"))));
+        let mut with_length = h2_connect(Some("websocket"));
+        with_length
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(is_refused(&with_length));
         match asked(&h2_connect(Some("websocket"))) {
             Some(Asked::Http2WebSocket { key }) => {
                 let raw = base64::engine::general_purpose::STANDARD

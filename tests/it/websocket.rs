@@ -417,13 +417,29 @@ async fn an_http2_websocket_is_not_opened_by_a_broken_or_declining_answer() {
     echo_then_close(&mut tunnel).await;
 }
 
-/// A CONNECT for another protocol, or a plain one, is not proxied.
+/// A CONNECT for another protocol, a plain one, or one with a length is not proxied.
 #[tokio::test]
 async fn other_connects_over_http2_are_refused() {
     let proxy = Proxy::start(&config(ws_echo().await, "")).await;
     let mut h2 = h2_connection(proxy.addr()).await;
     let (status, _) = h2_connect(&mut h2, "/chat", "connect-udp").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A CONNECT has no content (RFC 9110 9.3.6): one that gives a length, even 0, is refused.
+    let mut with_length = Request::builder()
+        .method(Method::CONNECT)
+        .uri("http://chat.example/chat")
+        .header("sec-websocket-version", "13")
+        .header("content-length", "0")
+        .body(Empty::new())
+        .unwrap();
+    with_length
+        .extensions_mut()
+        .insert(Protocol::from_static("websocket"));
+    let resp = tokio::time::timeout(LIMIT, h2.send_request(with_length))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let plain = Request::builder()
         .method(Method::CONNECT)
         .uri("chat.example:443")
