@@ -21,9 +21,10 @@ use tokio::time::Instant;
 
 use crate::health::state::{ActiveGuard, FrontendState};
 use crate::proxy::LocalSnapshot;
-use crate::proxy::body::Finish;
+use crate::proxy::body::{End, Finish};
 use crate::proxy::client_io::InFlight;
 use crate::snapshot::Backend;
+use crate::upstream::body::Reclaimable;
 use crate::upstream::connect::ConnectTiming;
 
 /// Tracing target of access-log events, for filtering (`RUST_LOG=wasp::access=off`).
@@ -48,8 +49,9 @@ pub struct Record {
     pub method: Method,
     pub path: String,
     pub status: u16,
-    /// Request body bytes, as announced by `Content-Length` (0 when absent).
-    pub bytes_in: u64,
+    /// The request's body on its way to servers, whose bytes read from the client are the
+    /// request's bytes in (`None`: no body, or none forwarded).
+    pub body: Option<Reclaimable>,
     pub head_started: Instant,
     pub received: Instant,
     /// When the request went to the last server tried, and the connection it went out on
@@ -97,13 +99,14 @@ impl Record {
     /// when it arrived, was routed and was sent) and writes its line.
     fn count_and_log(&self, logged: i32, bytes: u64, complete: bool) {
         let status = u16::try_from(logged).unwrap_or(0);
+        let bytes_in = self.body.as_ref().map_or(0, Reclaimable::received);
         let counted = [
             self.frontend_state().map(|f| &f.traffic),
             self.backend().map(|b| &b.state.traffic),
             self.active.as_ref().map(|a| &a.server().traffic),
         ];
         for traffic in counted.into_iter().flatten() {
-            traffic.count_response(status, self.bytes_in, bytes, self.t_response);
+            traffic.count_response(status, bytes_in, bytes, self.t_response);
         }
         if !self.log {
             return;
@@ -129,9 +132,16 @@ impl Record {
 }
 
 impl Finish for Record {
-    fn finish(mut self: Box<Self>, bytes: u64, complete: bool) {
+    fn finish(mut self: Box<Self>, bytes: u64, end: End) {
         self.done = true;
-        self.count_and_log(i32::from(self.status), bytes, complete);
+        if end == End::ServerFailed
+            && let Some(active) = &self.active
+        {
+            // The server broke off its response body (closed, malformed, silent past
+            // `timeout server`): its error, as HAProxy counts it (`eresp`).
+            active.server().record_response_error();
+        }
+        self.count_and_log(i32::from(self.status), bytes, end == End::Complete);
     }
 }
 

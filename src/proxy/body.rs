@@ -21,7 +21,20 @@ use crate::upstream::body::{BodyError, IdleBody};
 /// Called once when a response to the client is finished, with the body bytes sent and
 /// whether it completed.
 pub trait Finish: Send + 'static {
-    fn finish(self: Box<Self>, bytes: u64, complete: bool);
+    /// The response body ended (`end`) after `bytes` body bytes went to the client.
+    fn finish(self: Box<Self>, bytes: u64, end: End);
+}
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// All of it was sent.
+    Complete,
+    /// The client went away, or its connection failed, before the end.
+    Cut,
+    /// The server's body failed before the end (it closed, sent a malformed chunk, or went
+    /// silent for `timeout server`).
+    ServerFailed,
 }
 
 /// The most an HTTP/2 response hands over at a time. hyper asks for the next piece once the
@@ -236,7 +249,15 @@ impl ProxyBody {
 
     fn done(&mut self, complete: bool) {
         if let Some(f) = self.finish.take() {
-            f.finish(self.sent, complete);
+            let end = if complete {
+                End::Complete
+            } else if matches!(self.kind, Kind::Failed(_)) {
+                // Only a server's body fails (`defer`).
+                End::ServerFailed
+            } else {
+                End::Cut
+            };
+            f.finish(self.sent, end);
         }
     }
 }

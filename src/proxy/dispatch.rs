@@ -200,7 +200,15 @@ pub(crate) async fn dispatch(
         };
         let idx = match choose(backend, &view, &mut tried, previous, queue_deadline).await {
             Ok(i) => i,
-            Err(why) => return local(why, record),
+            Err(why) => {
+                if n == 0 && why == Failure::NoServer {
+                    // No server could take the request at all: the backend's error, as
+                    // HAProxy counts a backend without an active server (`econ`); failed
+                    // attempts were counted as they failed.
+                    backend.state.traffic.count_error();
+                }
+                return local(why, record);
+            }
         };
         let server = &backend.servers[idx];
         // The last attempt's unit stays with the record, whose server gets the response.

@@ -77,7 +77,7 @@ pub async fn serve(
         method: req.method().clone(),
         path: String::new(),
         status: 0,
-        bytes_in: req.body().size_hint().exact().unwrap_or(0),
+        body: None,
         head_started,
         received,
         sent: received,
@@ -308,10 +308,12 @@ fn prepare<'s>(
         // response; on HTTP/2 an unread body's stream is reset instead.
         let hold = (parts.version != Version::HTTP_2)
             .then(|| Box::new(info.conn.hold_for_body()) as Box<dyn Send + Sync>);
-        Some(Reclaimable::new(ClientBody::new(
+        let body = Reclaimable::new(ClientBody::new(
             IdleBody::new(body, frontend.timeouts.client),
             hold,
-        )))
+        ));
+        record.body = Some(body.clone());
+        Some(body)
     };
     let attempt = Attempt {
         version: parts.version,

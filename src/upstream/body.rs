@@ -9,6 +9,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -178,6 +179,8 @@ pub struct Reclaimable {
 struct Shared {
     slot: Mutex<Option<ClientBody>>,
     progress: Mutex<Progress>,
+    /// Body bytes read from the client and handed to a server.
+    received: AtomicU64,
 }
 
 /// How the body's way to the server goes.
@@ -205,6 +208,7 @@ impl Reclaimable {
             shared: Arc::new(Shared {
                 slot: Mutex::new(Some(body)),
                 progress: Mutex::default(),
+                received: AtomicU64::new(0),
             }),
             hint,
         }
@@ -230,6 +234,13 @@ impl Reclaimable {
     /// delay.
     pub fn progress(&self) -> Progress {
         self.shared.progress.lock().map(|p| *p).unwrap_or_default()
+    }
+
+    /// The body bytes read from the client and handed to a server so far (what the access
+    /// log and the counters call bytes in): what arrived, not what a `Content-Length`
+    /// announced.
+    pub fn received(&self) -> u64 {
+        self.shared.received.load(Ordering::Relaxed)
     }
 
     fn take(&self) -> Option<ClientBody> {
@@ -290,8 +301,16 @@ impl Body for UpstreamBody {
         match this {
             UpstreamBody::Streaming(body, slot) => {
                 let polled = Pin::new(body.as_mut()).poll_frame(cx);
-                match polled {
-                    Poll::Ready(None | Some(Ok(_))) => slot.mark_sent(),
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            slot.shared
+                                .received
+                                .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                        slot.mark_sent();
+                    }
+                    Poll::Ready(None) => slot.mark_sent(),
                     Poll::Pending => slot.mark_awaiting_client(),
                     Poll::Ready(Some(Err(_))) => {}
                 }

@@ -5,6 +5,7 @@ mod support;
 
 mod accept_proxy;
 mod admin;
+mod counting;
 
 mod failover;
 mod framing;
