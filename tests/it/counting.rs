@@ -137,7 +137,7 @@ async fn a_server_that_breaks_off_its_body_counts_an_error() {
 
 /// A backend whose only server is in maintenance answers 503 and counts it as its error (as
 /// HAProxy counts a backend without an active server); a backend whose server refuses the
-/// connect counts that failure once, not twice.
+/// connect counts that failure, once.
 #[tokio::test]
 async fn a_backend_with_no_server_to_offer_counts_an_error() {
     let servers = Servers::new();
