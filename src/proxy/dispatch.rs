@@ -293,6 +293,16 @@ pub(crate) async fn dispatch(
                     return local(Failure::UpstreamFailed, record);
                 }
             }
+            Some(Err(UpstreamError::NoExtendedConnect)) => {
+                // A WebSocket the server cannot take over HTTP/2: nothing was sent, and the
+                // server is not at fault (nor would another attempt fare better).
+                tracing::debug!(
+                    backend = &*backend.name,
+                    server = &*server.name,
+                    "WebSocket not sent: the server does not allow extended CONNECT"
+                );
+                return local(Failure::UpstreamFailed, record);
+            }
             Some(Err(ref e)) if let Some(body) = client_body_error(e) => {
                 // The client's request body failed (malformed chunks, the client gone or
                 // silent): the client's fault, never counted against the server.

@@ -26,6 +26,7 @@ use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper::ext::Protocol;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustc_hash::FxHashMap;
@@ -37,6 +38,7 @@ use crate::clock;
 use crate::config::{Proto, SERVER_HEAD_MAX};
 use crate::upstream::body::UpstreamBody;
 use crate::upstream::connect::{ConnectError, ConnectTiming, Connector};
+use crate::upstream::peer::{self, FirstRead, Settings};
 
 /// How long an idle pooled connection is kept before it is closed.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,6 +77,10 @@ pub enum UpstreamError {
     /// The request was (maybe partly) sent, and no response came back.
     #[error("{0}")]
     Send(#[source] hyper::Error),
+    /// The request is a WebSocket over HTTP/2 (an extended CONNECT), which the server's
+    /// settings do not allow: nothing was sent.
+    #[error("the server does not allow extended CONNECT (RFC 8441)")]
+    NoExtendedConnect,
 }
 
 impl UpstreamError {
@@ -126,6 +132,8 @@ struct Idle {
 struct Shared {
     sender: http2::SendRequest<UpstreamBody>,
     timing: ConnectTiming,
+    /// What the server's settings allow.
+    settings: Settings,
 }
 
 /// A server's HTTP/2 connection on one worker: made, or being made by one request while the
@@ -314,7 +322,11 @@ impl Pools {
         // one of its own, and no further.
         let mut may_reuse = true;
         loop {
-            let Shared { mut sender, timing } = if may_reuse {
+            let Shared {
+                mut sender,
+                timing,
+                settings,
+            } = if may_reuse {
                 match self.shared_h2(worker, authority).await? {
                     Some(shared) => shared,
                     // The connection waited for went away unmade: look again.
@@ -327,6 +339,10 @@ impl Pools {
                 shared
             };
             *connected = Some(timing);
+            // RFC 8441 3: `:protocol` only to a server that said it takes it.
+            if req.extensions().get::<Protocol>().is_some() && !settings.allow_connect().await {
+                return Err(UpstreamError::NoExtendedConnect);
+            }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
                 Err(mut e) => match e.take_message() {
@@ -431,6 +447,7 @@ impl Pools {
 
     async fn connect_h2(&self, authority: &Authority) -> Result<Shared, UpstreamError> {
         let (stream, timing) = self.connect(authority).await?;
+        let (stream, heard) = FirstRead::new(stream);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
@@ -439,12 +456,18 @@ impl Pools {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Handshake(e)))?;
+        let (conn, settings) =
+            peer::drive(conn, heard, |c| c.is_extended_connect_protocol_enabled());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "server connection ended");
             }
         });
-        Ok(Shared { sender, timing })
+        Ok(Shared {
+            sender,
+            timing,
+            settings,
+        })
     }
 
     async fn connect(

@@ -547,8 +547,8 @@ async fn an_http1_websocket_needs_its_key_and_its_accept() {
     assert_eq!(read_exact_in_time(&mut tcp, SEEN_H1.len()).await, SEEN_H1);
 }
 
-/// An HTTP/2 server that does not allow extended CONNECT cannot take a WebSocket: the client
-/// gets a 502, over either protocol, and its connection serves on.
+/// An HTTP/2 server that does not allow extended CONNECT cannot take a WebSocket: wasp does
+/// not send it one, the client gets a 502 over either protocol, and its connection serves on.
 #[tokio::test]
 async fn a_websocket_to_an_http2_server_without_extended_connect_is_a_502() {
     let servers = crate::support::Servers::new();
@@ -567,4 +567,9 @@ async fn a_websocket_to_an_http2_server_without_extended_connect_is_a_502() {
         .expect("answer in time")
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    // Nothing was sent (RFC 8441 3: no `:protocol` to a server that has not allowed it), so
+    // the server is not at fault: no error, no retry.
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let server = snapshot.backends[0].servers[0].state.traffic.totals();
+    assert_eq!((server.errors, server.retries), (0, 0));
 }

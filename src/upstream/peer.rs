@@ -1,0 +1,248 @@
+//! What an HTTP/2 server's settings allow, as its connection sees them: whether it accepts
+//! extended CONNECT (RFC 8441, WebSocket over HTTP/2).
+//!
+//! A client must not send `:protocol` until the server has said, in its SETTINGS, that it
+//! takes it (RFC 8441 3); the HTTP/2 library neither holds such a request back nor refuses
+//! it. A server's SETTINGS frame is the first thing it sends (RFC 9113 3.4). hyper reads and
+//! processes frames in a task of its own, and only the connection handle that wasp's task
+//! drives can tell the setting. So the socket marks its first read and wakes that task
+//! ([`FirstRead`]), which publishes the setting then and after every later poll ([`drive`]);
+//! on a worker's single-threaded runtime hyper's task has finished with the frame by then. A
+//! request that needs the setting waits for that first word ([`Settings::allow_connect`]).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+/// Whether a socket's first bytes have been read, and who to wake when they are.
+#[derive(Default)]
+pub(crate) struct Heard {
+    read: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Heard {
+    fn mark(&self) {
+        if !self.read.swap(true, Ordering::Relaxed) {
+            self.waker.wake();
+        }
+    }
+
+    fn is_read(&self) -> bool {
+        self.read.load(Ordering::Relaxed)
+    }
+}
+
+/// A socket that marks when its first bytes have been read.
+pub(crate) struct FirstRead<S> {
+    inner: S,
+    heard: Arc<Heard>,
+}
+
+impl<S> FirstRead<S> {
+    /// `inner`, and the mark its first read sets.
+    pub(crate) fn new(inner: S) -> (Self, Arc<Heard>) {
+        let heard = Arc::new(Heard::default());
+        let io = FirstRead {
+            inner,
+            heard: Arc::clone(&heard),
+        };
+        (io, heard)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.heard.mark();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// An HTTP/2 server's settings that requests may need: `None` until its first SETTINGS has
+/// been read, then whether it allows extended CONNECT.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings(watch::Receiver<Option<bool>>);
+
+impl Settings {
+    /// Whether the server allows extended CONNECT, once it has said (waiting for its first
+    /// SETTINGS on a new connection; the caller bounds the wait). `false` also when the
+    /// connection ended first.
+    pub(crate) async fn allow_connect(&self) -> bool {
+        let mut rx = self.0.clone();
+        rx.wait_for(Option::is_some)
+            .await
+            .is_ok_and(|known| *known == Some(true))
+    }
+}
+
+/// Drives an HTTP/2 connection (`conn`, whose socket's first read marks `heard`) to its end,
+/// publishing the server's extended CONNECT setting once the server has been heard from and
+/// after every poll since; `enabled` reads the setting off the connection. Returns the
+/// connection's outcome, and what requests read the setting from.
+pub(crate) fn drive<C, T>(
+    conn: C,
+    heard: Arc<Heard>,
+    enabled: fn(&C) -> bool,
+) -> (impl Future<Output = T>, Settings)
+where
+    C: Future<Output = T>,
+{
+    let (tx, rx) = watch::channel(None);
+    let mut conn = Box::pin(conn);
+    let driven = std::future::poll_fn(move |cx| {
+        if !heard.is_read() {
+            heard.waker.register(cx.waker());
+        }
+        let polled = conn.as_mut().poll(cx);
+        if heard.is_read() {
+            let now = Some(enabled(conn.as_ref().get_ref()));
+            tx.send_if_modified(|known| {
+                let changed = *known != now;
+                *known = now;
+                changed
+            });
+        }
+        polled
+    });
+    (driven, Settings(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_read_with_bytes_sets_the_mark() {
+        let (mut near, far) = tokio::io::duplex(64);
+        let (mut io, heard) = FirstRead::new(far);
+        let mut buf = [0u8; 8];
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut empty = ReadBuf::new(&mut buf);
+        assert!(
+            Pin::new(&mut io)
+                .poll_read(&mut cx, &mut empty)
+                .is_pending()
+        );
+        assert!(!heard.is_read());
+        near.write_all(b"settings").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 8);
+        assert!(heard.is_read());
+    }
+
+    /// A stand-in connection: pending until told to end (then woken through `wake`), with a
+    /// setting the test flips.
+    struct Conn {
+        enabled: Arc<AtomicBool>,
+        end: Arc<AtomicBool>,
+        wake: Arc<AtomicWaker>,
+    }
+
+    impl Future for Conn {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.wake.register(cx.waker());
+            if self.end.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    fn setting(c: &Conn) -> bool {
+        c.enabled.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn requests_wait_for_the_first_word_and_see_the_latest_setting() {
+        let enabled = Arc::new(AtomicBool::new(true));
+        let end = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(AtomicWaker::new());
+        let heard = Arc::new(Heard::default());
+        let conn = Conn {
+            enabled: Arc::clone(&enabled),
+            end: Arc::clone(&end),
+            wake: Arc::clone(&wake),
+        };
+        let (driven, settings) = drive(conn, Arc::clone(&heard), setting);
+        let driver = tokio::spawn(driven);
+        // Nothing heard yet: a request waits, even though the setting reads true.
+        let waiting = tokio::spawn({
+            let settings = settings.clone();
+            async move { settings.allow_connect().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The server's first bytes wake the driver, which publishes the setting.
+        heard.mark();
+        assert!(waiting.await.unwrap());
+        // A later SETTINGS turning it off is seen once the connection is polled again.
+        enabled.store(false, Ordering::Relaxed);
+        end.store(true, Ordering::Relaxed);
+        wake.wake();
+        driver.await.unwrap();
+        assert!(!settings.allow_connect().await);
+        // A connection that ends before the server said anything allows nothing.
+        let (never, unheard) = drive(
+            Conn {
+                enabled: Arc::new(AtomicBool::new(true)),
+                end: Arc::new(AtomicBool::new(true)),
+                wake: Arc::new(AtomicWaker::new()),
+            },
+            Arc::new(Heard::default()),
+            setting,
+        );
+        never.await;
+        assert!(!unheard.allow_connect().await);
+    }
+}
