@@ -8,22 +8,24 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Proxy, Servers, raw, raw_status, wait_until};
+use crate::support::{Proxy, Servers, one_backend, raw, raw_status, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-fn config(servers: &str) -> String {
-    format!(
-        r#"
-        [frontend.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-        [backend.app]
-        retries = 0
-        servers = [{servers}]
-        "#
-    )
+/// Sends `request` on a connection of its own and checks the answer's status; returns once the
+/// frontend has counted the response.
+async fn counted(proxy: &Proxy, request: &[u8], status: u16) {
+    let answer = raw(proxy.addr(), request, LIMIT).await;
+    assert_eq!(raw_status(&answer), status, "{answer}");
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let frontend = &snapshot.frontends[0].state.traffic;
+    wait_until(LIMIT, "the response counted", || {
+        frontend.totals().responses.iter().sum::<u64>() == 1
+    })
+    .await;
 }
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
 
 /// A server that reads whatever comes and never answers.
 async fn sink(servers: &Servers) -> SocketAddr {
@@ -45,10 +47,10 @@ async fn sink(servers: &Servers) -> SocketAddr {
 #[tokio::test]
 async fn bytes_in_are_what_arrived() {
     let servers = Servers::new();
-    let proxy = Proxy::start(&config(&format!(
-        r#"{{ name = "s", addr = "{}" }}"#,
-        sink(&servers).await
-    )))
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "s", addr = "{}" }}"#, sink(&servers).await),
+        "",
+    ))
     .await;
     let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
     tcp.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
@@ -65,33 +67,24 @@ async fn bytes_in_are_what_arrived() {
     assert_eq!(frontend.totals().bytes_in, 100);
     assert_eq!(snapshot.backends[0].state.traffic.totals().bytes_in, 100);
 
-    let echo = Servers::new();
-    let proxy = Proxy::start(&config(&format!(
-        r#"{{ name = "s", addr = "{}" }}"#,
-        echo.echo("node1").await
-    )))
+    let proxy = Proxy::start(&one_backend(
+        &format!(
+            r#"{{ name = "s", addr = "{}" }}"#,
+            servers.echo("node1").await
+        ),
+        "",
+    ))
     .await;
-    let head = raw(
-        proxy.addr(),
-        b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
-          3e8\r\n"
-            .iter()
-            .copied()
-            .chain([b'y'; 1000])
-            .chain(*b"\r\n0\r\n\r\n")
-            .collect::<Vec<u8>>()
-            .as_slice(),
-        LIMIT,
-    )
-    .await;
-    assert_eq!(raw_status(&head), 200, "{head}");
+    let chunked: Vec<u8> = b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+          Transfer-Encoding: chunked\r\n\r\n3e8\r\n"
+        .iter()
+        .copied()
+        .chain([b'y'; 1000])
+        .chain(*b"\r\n0\r\n\r\n")
+        .collect();
+    counted(&proxy, &chunked, 200).await;
     let snapshot = proxy.runtime.proxy().snapshot();
-    let frontend = &snapshot.frontends[0].state.traffic;
-    wait_until(LIMIT, "the chunked upload counted", || {
-        frontend.totals().responses.iter().sum::<u64>() == 1
-    })
-    .await;
-    assert_eq!(frontend.totals().bytes_in, 1000);
+    assert_eq!(snapshot.frontends[0].state.traffic.totals().bytes_in, 1000);
 }
 
 /// A server that sends a head for 100,000 bytes, 5,000 of them, and hangs up: the client gets
@@ -115,69 +108,34 @@ async fn a_server_that_breaks_off_its_body_counts_an_error() {
             let _ = tcp.write_all(&[b'z'; 5000]).await;
         })
         .await;
-    let proxy = Proxy::start(&config(&format!(r#"{{ name = "s", addr = "{cut}" }}"#))).await;
-    let answer = raw(
-        proxy.addr(),
-        b"GET /cut HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        LIMIT,
-    )
+    let proxy = Proxy::start(&one_backend(
+        &format!(r#"{{ name = "s", addr = "{cut}" }}"#),
+        "",
+    ))
     .await;
-    assert_eq!(raw_status(&answer), 200, "{answer}");
+    counted(&proxy, GET, 200).await;
     let snapshot = proxy.runtime.proxy().snapshot();
     let backend = &snapshot.backends[0];
     let server = &backend.servers[0].state.traffic;
-    wait_until(LIMIT, "the cut response counted", || {
-        server.totals().responses.iter().sum::<u64>() == 1
-    })
-    .await;
     assert_eq!(server.totals().errors, 1);
     assert_eq!(backend.state.traffic.totals().errors, 1);
     assert_eq!(server.totals().bytes_out, 5000);
 }
 
-/// A backend whose only server is in maintenance answers 503 and counts it as its error (as
-/// HAProxy counts a backend without an active server); a backend whose server refuses the
-/// connect counts that failure, once.
+/// A backend whose only server is in maintenance answers 503 and counts it as its error, as
+/// HAProxy counts a backend without an active server.
 #[tokio::test]
 async fn a_backend_with_no_server_to_offer_counts_an_error() {
     let servers = Servers::new();
-    let proxy = Proxy::start(&config(&format!(
-        r#"{{ name = "s", addr = "{}", state = "maint" }}"#,
-        servers.echo("node1").await
-    )))
+    let proxy = Proxy::start(&one_backend(
+        &format!(
+            r#"{{ name = "s", addr = "{}", state = "maint" }}"#,
+            servers.echo("node1").await
+        ),
+        "",
+    ))
     .await;
-    let answer = raw(
-        proxy.addr(),
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        LIMIT,
-    )
-    .await;
-    assert_eq!(raw_status(&answer), 503, "{answer}");
+    counted(&proxy, GET, 503).await;
     let snapshot = proxy.runtime.proxy().snapshot();
-    let backend = &snapshot.backends[0].state.traffic;
-    wait_until(LIMIT, "the 503 counted", || {
-        backend.totals().responses.iter().sum::<u64>() == 1
-    })
-    .await;
-    assert_eq!(backend.totals().errors, 1);
-
-    let proxy = Proxy::start(&config(&format!(
-        r#"{{ name = "s", addr = "{}" }}"#,
-        servers.closed_port().await
-    )))
-    .await;
-    let answer = raw(
-        proxy.addr(),
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        LIMIT,
-    )
-    .await;
-    assert_eq!(raw_status(&answer), 503, "{answer}");
-    let snapshot = proxy.runtime.proxy().snapshot();
-    let backend = &snapshot.backends[0].state.traffic;
-    wait_until(LIMIT, "the 503 counted", || {
-        backend.totals().responses.iter().sum::<u64>() == 1
-    })
-    .await;
-    assert_eq!(backend.totals().errors, 1);
+    assert_eq!(snapshot.backends[0].state.traffic.totals().errors, 1);
 }
