@@ -18,8 +18,8 @@ use crate::proxy::client_io::{ConnShared, StreamProgress};
 use crate::upstream::ResponseBody;
 use crate::upstream::body::{BodyError, IdleBody};
 
-/// Called once when a response to the client is finished, with the body bytes sent and
-/// whether it completed.
+/// Called once when a response to the client is finished, with the body bytes sent and how
+/// the body ended.
 pub trait Finish: Send + 'static {
     /// The response body ended (`end`) after `bytes` body bytes went to the client.
     fn finish(self: Box<Self>, bytes: u64, end: End);
