@@ -1,7 +1,8 @@
 //! Which HTTP a client connection speaks, and hyper's connection that serves it.
 //!
-//! A connection that ALPN did not settle (cleartext, or TLS without ALPN) is HTTP/2 when it starts with the HTTP/2 connection preface, HTTP/1 otherwise. The first
-//! read takes whatever the client has sent, up to [`FIRST_READ`] bytes, and hyper is given
+//! A connection that ALPN did not settle (cleartext, or TLS without ALPN) is HTTP/2 when it
+//! starts with the HTTP/2 connection preface, HTTP/1 otherwise. The first read takes whatever
+//! the client has sent, up to [`FIRST_READ`] bytes, and hyper is given
 //! those bytes before the socket's next ones: a request head that arrived in one segment is
 //! parsed from that one read, into hyper's first 8 KiB buffer.
 //!
@@ -103,21 +104,29 @@ where
 
     /// HTTP/1 (with upgrades) on `io` (chosen by ALPN).
     pub fn http1(io: I, service: S, builders: &Builders) -> Self {
-        let io = TokioIo::new(Rewind::new(Bytes::new(), io));
         Served {
-            state: State::Http1 {
-                conn: builders.http1.serve_connection(io, service).with_upgrades(),
-            },
+            state: Self::serving(false, Rewind::new(Bytes::new(), io), service, builders),
         }
     }
 
     /// HTTP/2 on `io` (chosen by ALPN).
     pub fn http2(io: I, service: S, builders: &Builders) -> Self {
-        let io = TokioIo::new(Rewind::new(Bytes::new(), io));
         Served {
-            state: State::Http2 {
+            state: Self::serving(true, Rewind::new(Bytes::new(), io), service, builders),
+        }
+    }
+
+    /// hyper's connection serving `io`: HTTP/2, or HTTP/1 with upgrades.
+    fn serving(http2: bool, io: Rewind<I>, service: S, builders: &Builders) -> State<I, S> {
+        let io = TokioIo::new(io);
+        if http2 {
+            State::Http2 {
                 conn: Box::pin(builders.http2.serve_connection(io, service)),
-            },
+            }
+        } else {
+            State::Http1 {
+                conn: builders.http1.serve_connection(io, service).with_upgrades(),
+            }
         }
     }
 }
@@ -156,16 +165,8 @@ where
                     else {
                         return Poll::Ready(Ok(()));
                     };
-                    let io = TokioIo::new(Rewind::new(first.split().freeze(), socket));
-                    state.set(if http2 {
-                        State::Http2 {
-                            conn: Box::pin(builders.http2.serve_connection(io, service)),
-                        }
-                    } else {
-                        State::Http1 {
-                            conn: builders.http1.serve_connection(io, service).with_upgrades(),
-                        }
-                    });
+                    let io = Rewind::new(first.split().freeze(), socket);
+                    state.set(Self::serving(http2, io, service, &builders));
                 }
                 StateProj::Http1 { conn } => return conn.poll(cx).map_err(Into::into),
                 StateProj::Http2 { conn } => return conn.as_mut().poll(cx).map_err(Into::into),
