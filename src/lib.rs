@@ -26,6 +26,7 @@
 //! runtime   process lifecycle: run, reload on SIGHUP, graceful stop; run-time server overlay;
 //!           certificate reload when the files change
 //! watch     debounced folder watching (plugin hot-loading, certificate reload)
+//! write_through  `AsyncWrite` passed through, for socket wrappers that only read differently
 //! echo      the lab's echo server; demo: the reference lab in one process
 //! ```
 //!
@@ -54,6 +55,7 @@ pub mod snapshot;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
+mod write_through;
 
 #[cfg(test)]
 pub(crate) mod test_log;
