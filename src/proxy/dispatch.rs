@@ -534,6 +534,7 @@ fn switch(
         idle: backend.timeouts.websocket(),
         in_flight: Some(info.conn.begin_request()),
         active,
+        stream: resp.body_mut().take_stream(),
         frontend: record.frontend_state().cloned(),
         backend: Arc::clone(&backend.state),
     };

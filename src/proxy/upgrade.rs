@@ -42,6 +42,7 @@ use crate::health::state::{ActiveGuard, BackendState, FrontendState};
 use crate::proxy::client_io::InFlight;
 use crate::proxy::headers::Scan;
 use crate::proxy::relay::{Ending, relay};
+use crate::upstream::pool::OpenStream;
 
 static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
@@ -289,6 +290,8 @@ pub(crate) struct Tunnel {
     pub(crate) in_flight: Option<InFlight>,
     /// The server's in-flight unit (its `maxconn` and `leastconn` count the tunnel).
     pub(crate) active: Option<ActiveGuard>,
+    /// Over HTTP/2 to the server, the tunnel's stream, counted on its shared connection.
+    pub(crate) stream: Option<OpenStream>,
     pub(crate) frontend: Option<Arc<FrontendState>>,
     pub(crate) backend: Arc<BackendState>,
 }
@@ -334,6 +337,7 @@ impl Tunnel {
                 "tunnel closed"
             );
             drop(self.in_flight);
+            drop(self.stream);
         });
     }
 }

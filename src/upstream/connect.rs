@@ -74,6 +74,11 @@ impl Connector {
         }
     }
 
+    /// How long a connect may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn with_tls(
         mut self,
         config: Arc<rustls::ClientConfig>,

@@ -1,20 +1,24 @@
 //! What an HTTP/2 server's settings allow, as its connection sees them: whether it accepts
-//! extended CONNECT (RFC 8441, WebSocket over HTTP/2).
+//! extended CONNECT (RFC 8441, WebSocket over HTTP/2), and how many concurrent streams it
+//! takes (`SETTINGS_MAX_CONCURRENT_STREAMS`, which the pool fills before it opens another
+//! connection).
 //!
 //! A client must not send `:protocol` until the server has said, in its SETTINGS, that it
 //! takes it (RFC 8441 3); the HTTP/2 library neither holds such a request back nor refuses
 //! it. A server's SETTINGS frame is the first thing it sends (RFC 9113 3.4). hyper reads and
 //! processes frames in a task of its own, and only the connection handle that wasp's task
 //! drives can tell the setting. So the socket marks its first read and wakes that task
-//! ([`FirstRead`]), which publishes the setting then and after every later poll ([`drive`]);
+//! ([`FirstRead`]), which publishes the settings then and after every later poll ([`drive`]);
 //! on a worker's single-threaded runtime hyper's task has finished with the frame by then. A
-//! request that needs the setting waits for that first word ([`Settings::allow_connect`]).
+//! request that needs extended CONNECT waits for that first word ([`Settings::allow_connect`]);
+//! the stream limit is read as it stands (before the first SETTINGS, the HTTP/2 library's own
+//! assumption of 100).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
@@ -76,44 +80,76 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
 
 crate::write_through::write_through!(FirstRead, inner);
 
-/// An HTTP/2 server's settings that requests may need: `None` until its first SETTINGS has
-/// been read, then whether it allows extended CONNECT.
+/// What a connection reads off its HTTP/2 library after a poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Said {
+    /// Whether the server allows extended CONNECT.
+    pub(crate) extended_connect: bool,
+    /// How many concurrent streams the server takes.
+    pub(crate) max_streams: usize,
+}
+
+/// An HTTP/2 server's settings that requests need: whether it allows extended CONNECT
+/// (`None` until its first SETTINGS has been read), and its stream limit as it stands.
 #[derive(Clone, Debug)]
-pub(crate) struct Settings(watch::Receiver<Option<bool>>);
+pub(crate) struct Settings {
+    connect: watch::Receiver<Option<bool>>,
+    max_streams: Arc<AtomicUsize>,
+}
 
 impl Settings {
     /// Whether the server allows extended CONNECT, once it has said (waiting for its first
     /// SETTINGS on a new connection; the caller bounds the wait). `false` also when the
     /// connection ended first.
     pub(crate) async fn allow_connect(&self) -> bool {
-        let mut rx = self.0.clone();
+        let mut rx = self.connect.clone();
         rx.wait_for(Option::is_some)
             .await
             .is_ok_and(|known| *known == Some(true))
     }
+
+    /// Waits until the server's first SETTINGS have been read, or the connection has ended.
+    pub(crate) async fn known(&self) {
+        let mut rx = self.connect.clone();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    /// How many concurrent streams the server takes on this connection, as last read.
+    pub(crate) fn max_streams(&self) -> usize {
+        self.max_streams.load(Ordering::Relaxed)
+    }
 }
 
 /// Drives an HTTP/2 connection (`conn`, whose socket's first read marks `heard`) to its end,
-/// publishing the server's extended CONNECT setting once the server has been heard from and
-/// after every poll since; `enabled` reads the setting off the connection. Returns the
-/// connection's outcome, and what requests read the setting from.
+/// publishing what `read` reads off it after every poll (the extended CONNECT setting only
+/// once the server has been heard from). Returns the connection's outcome, and what requests
+/// read the settings from.
 pub(crate) fn drive<C, T>(
     conn: C,
     heard: Arc<Heard>,
-    enabled: fn(&C) -> bool,
+    read: fn(&C) -> Said,
 ) -> (impl Future<Output = T>, Settings)
 where
     C: Future<Output = T>,
 {
     let (tx, rx) = watch::channel(None);
     let mut conn = Box::pin(conn);
+    let max_streams = Arc::new(AtomicUsize::new(read(conn.as_ref().get_ref()).max_streams));
+    let settings = Settings {
+        connect: rx,
+        max_streams: Arc::clone(&max_streams),
+    };
     let driven = std::future::poll_fn(move |cx| {
         if !heard.is_read() {
             heard.waker.register(cx.waker());
         }
         let polled = conn.as_mut().poll(cx);
+        let said = read(conn.as_ref().get_ref());
+        if max_streams.load(Ordering::Relaxed) != said.max_streams {
+            max_streams.store(said.max_streams, Ordering::Relaxed);
+        }
         if heard.is_read() {
-            let now = Some(enabled(conn.as_ref().get_ref()));
+            let now = Some(said.extended_connect);
             tx.send_if_modified(|known| {
                 let changed = *known != now;
                 *known = now;
@@ -122,7 +158,7 @@ where
         }
         polled
     });
-    (driven, Settings(rx))
+    (driven, settings)
 }
 
 #[cfg(test)]
@@ -151,10 +187,11 @@ mod tests {
         assert!(heard.is_read());
     }
 
-    /// A stand-in connection: pending until told to end (then woken through `wake`), with a
-    /// setting the test flips.
+    /// A stand-in connection: pending until told to end (then woken through `wake`), with
+    /// settings the test changes.
     struct Conn {
         enabled: Arc<AtomicBool>,
+        limit: Arc<AtomicUsize>,
         end: Arc<AtomicBool>,
         wake: Arc<AtomicWaker>,
     }
@@ -171,18 +208,23 @@ mod tests {
         }
     }
 
-    fn setting(c: &Conn) -> bool {
-        c.enabled.load(Ordering::Relaxed)
+    fn setting(c: &Conn) -> Said {
+        Said {
+            extended_connect: c.enabled.load(Ordering::Relaxed),
+            max_streams: c.limit.load(Ordering::Relaxed),
+        }
     }
 
     #[tokio::test]
     async fn requests_wait_for_the_first_word_and_see_the_latest_setting() {
         let enabled = Arc::new(AtomicBool::new(true));
+        let limit = Arc::new(AtomicUsize::new(100));
         let end = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(AtomicWaker::new());
         let heard = Arc::new(Heard::default());
         let conn = Conn {
             enabled: Arc::clone(&enabled),
+            limit: Arc::clone(&limit),
             end: Arc::clone(&end),
             wake: Arc::clone(&wake),
         };
@@ -195,19 +237,26 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        // The server's first bytes wake the driver, which publishes the setting.
+        // The stream limit reads as it stands, heard or not.
+        assert_eq!(settings.max_streams(), 100);
+        // The server's first bytes wake the driver, which publishes the settings.
+        limit.store(2, Ordering::Relaxed);
         heard.mark();
         assert!(waiting.await.unwrap());
+        assert_eq!(settings.max_streams(), 2);
         // A later SETTINGS turning it off is seen once the connection is polled again.
         enabled.store(false, Ordering::Relaxed);
+        limit.store(7, Ordering::Relaxed);
         end.store(true, Ordering::Relaxed);
         wake.wake();
         driver.await.unwrap();
         assert!(!settings.allow_connect().await);
+        assert_eq!(settings.max_streams(), 7);
         // A connection that ends before the server said anything allows nothing.
         let (never, unheard) = drive(
             Conn {
                 enabled: Arc::new(AtomicBool::new(true)),
+                limit: Arc::new(AtomicUsize::new(100)),
                 end: Arc::new(AtomicBool::new(true)),
                 wake: Arc::new(AtomicWaker::new()),
             },

@@ -10,9 +10,8 @@
 //! or a new connection. Idle connections are closed after [`POOL_IDLE_TIMEOUT`]; at most
 //! [`POOL_MAX_IDLE_PER_SERVER`] stay idle per server.
 //!
-//! HTTP/2 (`proto = "h2"`): one shared connection per server, multiplexing every request, and
-//! replaced once it closes. One request makes it while the others that need it wait; if that
-//! connect fails, so do they (as connect failures, which `retries` may send elsewhere).
+//! HTTP/2 (`proto = "h2"`): connections shared by many requests, filled up to the server's
+//! limit on concurrent streams before another is opened ([`multiplexed`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -25,12 +24,11 @@ use std::time::Duration;
 use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper::ext::Protocol;
+use hyper::client::conn::http1;
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustc_hash::FxHashMap;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 
@@ -38,7 +36,10 @@ use crate::clock;
 use crate::config::{Proto, SERVER_HEAD_MAX};
 use crate::upstream::body::UpstreamBody;
 use crate::upstream::connect::{ConnectError, ConnectTiming, Connector};
-use crate::upstream::peer::{self, FirstRead, Settings};
+
+mod multiplexed;
+
+pub(crate) use multiplexed::OpenStream;
 
 /// How long an idle pooled connection is kept before it is closed.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,27 +47,6 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const POOL_MAX_IDLE_PER_SERVER: usize = 256;
 /// How often a worker's pool closes connections idle for longer than [`POOL_IDLE_TIMEOUT`].
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
-/// HTTP/2 to servers: the flow-control window of each stream. What a server sent that the
-/// client has not taken yet waits in wasp's memory, up to this much per stream (hyper's
-/// default, 2 MiB, let a client that stops reading park 2 MiB per stream for `timeout client`).
-/// 256 KiB still keeps a stream at full speed up to about 2 Gbit/s at 1 ms of round trip; on
-/// loopback, through a second wasp, a 1 GB download ran at 540 to 780 MB/s against 700 to
-/// 1030 MB/s with hyper's defaults (a shared machine; 1 MiB measured 760 to 810 MB/s).
-const H2_STREAM_WINDOW: u32 = 256 * 1024;
-/// HTTP/2 to servers: the connection's window, shared by every client's streams on the worker.
-/// hyper's default (5 MiB, under three default stream windows) let three streams of clients
-/// that grant no window stall every other stream on the connection until `timeout client`
-/// cut them. At 256 stream windows, it runs out only after the server's own limit on
-/// concurrent streams (100 to 250 for common servers) has: a window is credit, not memory,
-/// and what is held is bounded by the streams' own windows.
-const H2_CONN_WINDOW: u32 = 256 * H2_STREAM_WINDOW;
-/// HTTP/2 to servers: request body bytes queued per stream beyond what the server's window
-/// lets out. hyper's default, 1 MiB, let a client park that much of its uploads per stream
-/// with a server that stops reading; 64 KiB as on the client side (`proxy::listener`).
-/// Measured: a 500 MB upload through a `proto = "h2"` backend on loopback, 670 to 840 MB/s
-/// with 1 MiB, 670 to 930 MB/s with 64 KiB.
-const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
 /// Why a request got no response from a server.
 #[derive(Debug, thiserror::Error)]
@@ -127,29 +107,12 @@ struct Idle {
     since: Instant,
 }
 
-/// A shared HTTP/2 connection.
-#[derive(Clone)]
-struct Shared {
-    sender: http2::SendRequest<UpstreamBody>,
-    timing: ConnectTiming,
-    /// What the server's settings allow.
-    settings: Settings,
-}
-
-/// A server's HTTP/2 connection on one worker: made, or being made by one request while the
-/// others wait for it (`None` until the attempt ends; `Some(None)`: it failed).
-enum H2Slot {
-    Ready(Shared),
-    Connecting(watch::Receiver<Option<Option<Shared>>>),
-}
-
-/// One worker's connections. Idle HTTP/1.1 connections are found by the server's
-/// [`Pools::key`], with no hashing per request; the HTTP/2 map is keyed by configured server
-/// addresses, never by client input, so a fast non-keyed hash is safe there.
+/// One worker's connections, found by the server's [`Pools::key`], with no hashing per
+/// request.
 #[derive(Default)]
 struct WorkerPool {
     idle: Mutex<Vec<VecDeque<Idle>>>,
-    h2: Mutex<FxHashMap<Authority, H2Slot>>,
+    h2: Mutex<Vec<multiplexed::Conns>>,
     sweeping: AtomicBool,
 }
 
@@ -230,7 +193,9 @@ impl Pools {
             }
             // Boxed: its state is the larger, and inline every HTTP/1 request's future would
             // carry (and copy) it too.
-            Proto::H2 => Either::Right(Box::pin(self.send_h2(worker, authority, req, connected))),
+            Proto::H2 => Either::Right(Box::pin(
+                self.send_h2(worker, key, authority, req, connected),
+            )),
         }
     }
 
@@ -262,7 +227,7 @@ impl Pools {
                         key,
                         sender: conn.0,
                     };
-                    return Ok(ResponseBody::wrap(resp, conn.1, Some(checkin)));
+                    return Ok(ResponseBody::wrap(resp, conn.1, After::Pool(checkin)));
                 }
                 Err(mut e) => match e.take_message() {
                     // A pooled connection the server had closed; nothing was sent.
@@ -311,165 +276,6 @@ impl Pools {
         Ok((sender, timing))
     }
 
-    async fn send_h2(
-        &self,
-        worker: usize,
-        authority: &Authority,
-        mut req: Request<UpstreamBody>,
-        connected: &mut Option<ConnectTiming>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        // The shared connection is tried once; a request it gave back unsent goes over a new
-        // one of its own, and no further.
-        let mut may_reuse = true;
-        loop {
-            let Shared {
-                mut sender,
-                timing,
-                settings,
-            } = if may_reuse {
-                match self.shared_h2(worker, authority).await? {
-                    Some(shared) => shared,
-                    // The connection waited for went away unmade: look again.
-                    None => continue,
-                }
-            } else {
-                let shared = Box::pin(self.connect_h2(authority)).await?;
-                lock(&self.0.workers[worker].h2)
-                    .insert(authority.clone(), H2Slot::Ready(shared.clone()));
-                shared
-            };
-            *connected = Some(timing);
-            // RFC 8441 3: `:protocol` only to a server that said it takes it.
-            if req.extensions().get::<Protocol>().is_some() && !settings.allow_connect().await {
-                return Err(UpstreamError::NoExtendedConnect);
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, None)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if may_reuse => {
-                        // Whatever refused it, new requests should not meet it again.
-                        let mut h2 = lock(&self.0.workers[worker].h2);
-                        if matches!(h2.get(authority), Some(H2Slot::Ready(_))) {
-                            h2.remove(authority);
-                        }
-                        may_reuse = false;
-                        req = unsent;
-                    }
-                    _ => return Err(UpstreamError::Send(e.into_error())),
-                },
-            }
-        }
-    }
-
-    /// The worker's open HTTP/2 connection to `authority`: the one there is, the one another
-    /// request is making (waited for; its failure is this request's), or a new one. `None`
-    /// when the request making it was dropped before it finished.
-    async fn shared_h2(
-        &self,
-        worker: usize,
-        authority: &Authority,
-    ) -> Result<Option<Shared>, UpstreamError> {
-        let slots = &self.0.workers[worker].h2;
-        enum Found {
-            Open(Shared),
-            Wait(watch::Receiver<Option<Option<Shared>>>),
-            Make(watch::Sender<Option<Option<Shared>>>),
-        }
-        let found = {
-            let mut h2 = lock(slots);
-            match h2.get(authority) {
-                Some(H2Slot::Ready(s)) if !s.sender.is_closed() => Found::Open(s.clone()),
-                Some(H2Slot::Connecting(rx)) => Found::Wait(rx.clone()),
-                _ => {
-                    let (tx, rx) = watch::channel(None);
-                    h2.insert(authority.clone(), H2Slot::Connecting(rx));
-                    Found::Make(tx)
-                }
-            }
-        };
-        let mut rx = match found {
-            Found::Open(shared) => return Ok(Some(shared)),
-            Found::Make(tx) => return self.make_h2(slots, authority, tx).await.map(Some),
-            Found::Wait(rx) => rx,
-        };
-        match rx.wait_for(Option::is_some).await {
-            Ok(outcome) => match outcome.clone().flatten() {
-                Some(shared) => Ok(Some(shared)),
-                None => Err(UpstreamError::Connect(ConnectError::Shared)),
-            },
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// Makes the connection the `Connecting` slot of `authority` stands for, and tells the
-    /// requests waiting for it.
-    async fn make_h2(
-        &self,
-        slots: &Mutex<FxHashMap<Authority, H2Slot>>,
-        authority: &Authority,
-        tx: watch::Sender<Option<Option<Shared>>>,
-    ) -> Result<Shared, UpstreamError> {
-        /// Clears the slot if this request is dropped half-way (its waiters then look again).
-        struct Unfinished<'a> {
-            slots: &'a Mutex<FxHashMap<Authority, H2Slot>>,
-            authority: &'a Authority,
-            armed: bool,
-        }
-        impl Drop for Unfinished<'_> {
-            fn drop(&mut self) {
-                if !self.armed {
-                    return;
-                }
-                let mut h2 = lock(self.slots);
-                if matches!(h2.get(self.authority), Some(H2Slot::Connecting(_))) {
-                    h2.remove(self.authority);
-                }
-            }
-        }
-        let mut unfinished = Unfinished {
-            slots,
-            authority,
-            armed: true,
-        };
-        let made = Box::pin(self.connect_h2(authority)).await;
-        let shared = made.as_ref().ok().cloned();
-        {
-            let mut h2 = lock(slots);
-            match &shared {
-                Some(s) => h2.insert(authority.clone(), H2Slot::Ready(s.clone())),
-                None => h2.remove(authority),
-            };
-        }
-        unfinished.armed = false;
-        tx.send_replace(Some(shared));
-        made
-    }
-
-    async fn connect_h2(&self, authority: &Authority) -> Result<Shared, UpstreamError> {
-        let (stream, timing) = self.connect(authority).await?;
-        let (stream, heard) = FirstRead::new(stream);
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONN_WINDOW)
-            .max_send_buf_size(H2_MAX_SEND_BUF)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(ConnectError::Handshake(e)))?;
-        let (conn, settings) =
-            peer::drive(conn, heard, |c| c.is_extended_connect_protocol_enabled());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "server connection ended");
-            }
-        });
-        Ok(Shared {
-            sender,
-            timing,
-            settings,
-        })
-    }
-
     async fn connect(
         &self,
         authority: &Authority,
@@ -497,6 +303,11 @@ impl WorkerPool {
             }
             list.push_back(idle);
         }
+        self.sweep_soon();
+    }
+
+    /// Makes sure this worker sweeps out stale connections.
+    fn sweep_soon(self: &Arc<Self>) {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
@@ -520,10 +331,9 @@ async fn sweep(pool: Weak<WorkerPool>) {
             }
         }
         drop(idle);
-        lock(&pool.h2).retain(|_, slot| match slot {
-            H2Slot::Ready(s) => !s.sender.is_closed(),
-            H2Slot::Connecting(_) => true,
-        });
+        for conns in lock(&pool.h2).iter_mut() {
+            conns.sweep();
+        }
     }
 }
 
@@ -566,17 +376,26 @@ impl Checkin {
     }
 }
 
-/// A server's response body; reading it to its end returns the connection to its pool.
+/// What is owed once a response is over: an HTTP/1.1 connection to give back to its pool, or
+/// a stream to count closed on a shared HTTP/2 connection.
+enum After {
+    Nothing,
+    Pool(Checkin),
+    Stream(OpenStream),
+}
+
+/// A server's response body; reading it to its end returns the connection to its pool (over
+/// HTTP/2, ends the stream's count on its connection).
 pub struct ResponseBody {
     inner: Incoming,
     timing: ConnectTiming,
-    checkin: Option<Checkin>,
+    after: After,
 }
 
 impl fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("pooled", &self.checkin.is_some())
+            .field("pooled", &matches!(self.after, After::Pool(_)))
             .finish_non_exhaustive()
     }
 }
@@ -585,25 +404,44 @@ impl ResponseBody {
     fn wrap(
         resp: Response<Incoming>,
         timing: ConnectTiming,
-        checkin: Option<Checkin>,
+        after: After,
     ) -> Response<ResponseBody> {
         let (parts, inner) = resp.into_parts();
-        // After a 101 the connection belongs to the tunnel.
-        let checkin = checkin.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS);
+        // A switch of protocols: after a 101 the connection belongs to the tunnel; over
+        // HTTP/2 the stream goes on as the tunnel ([`ResponseBody::take_stream`]), whatever
+        // its body says.
+        let tunnel = parts.extensions.get::<OnUpgrade>().is_some();
+        let after = match after {
+            After::Pool(_) if parts.status == StatusCode::SWITCHING_PROTOCOLS => After::Nothing,
+            after => after,
+        };
         let mut body = ResponseBody {
             inner,
             timing,
-            checkin,
+            after,
         };
-        if body.inner.is_end_stream() {
+        if body.inner.is_end_stream() && !tunnel {
             body.release();
         }
         Response::from_parts(parts, body)
     }
 
     fn release(&mut self) {
-        if let Some(c) = self.checkin.take() {
-            c.release(self.timing);
+        match std::mem::replace(&mut self.after, After::Nothing) {
+            After::Pool(c) => c.release(self.timing),
+            After::Stream(_) | After::Nothing => {}
+        }
+    }
+
+    /// The HTTP/2 stream this response came on, counted open until the returned guard is
+    /// dropped: a tunnel holds it for its life.
+    pub(crate) fn take_stream(&mut self) -> Option<OpenStream> {
+        match std::mem::replace(&mut self.after, After::Nothing) {
+            After::Stream(s) => Some(s),
+            other => {
+                self.after = other;
+                None
+            }
         }
     }
 }
@@ -623,7 +461,7 @@ impl Body for ResponseBody {
             Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
             Some(Ok(_)) => {}
             // The connection is broken: it closes when its sender is dropped.
-            Some(Err(_)) => this.checkin = None,
+            Some(Err(_)) => this.after = After::Nothing,
         }
         Poll::Ready(frame)
     }

@@ -1,18 +1,23 @@
 //! Upstream connection pooling: keep-alive reuse, connections the server closed, responses
 //! abandoned half-way.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::support::{Proxy, Servers, client};
+use crate::support::{Gate, Proxy, Servers, client};
 
 fn proxy_to(addr: std::net::SocketAddr) -> String {
     proxy_over(addr, "http1")
@@ -213,4 +218,79 @@ async fn a_response_abandoned_half_way_does_not_leave_its_connection_in_the_pool
         2,
         "the abandoned connection is closed; the later requests share a new one"
     );
+}
+
+/// An HTTP/2 server that allows `max_streams` concurrent streams per connection, counts the
+/// connections it accepts, reports each request's arrival and holds its answer until the
+/// gate lets it go.
+async fn limited_h2_server(
+    servers: &Servers,
+    max_streams: u32,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    mpsc::UnboundedReceiver<()>,
+    Gate,
+) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (arrived_tx, arrived) = mpsc::unbounded_channel();
+    let gate = Gate::closed();
+    let (count, permits) = (Arc::clone(&accepted), gate.clone());
+    let addr = servers
+        .serve_each(move |tcp| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (arrived_tx, permits) = (arrived_tx.clone(), permits.clone());
+            async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let (arrived_tx, permits) = (arrived_tx.clone(), permits.clone());
+                    async move {
+                        let _ = arrived_tx.send(());
+                        permits.pass().await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(max_streams)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            }
+        })
+        .await;
+    (addr, accepted, arrived, gate)
+}
+
+#[tokio::test]
+async fn http2_requests_past_the_servers_stream_limit_open_another_connection() {
+    let servers = Servers::new();
+    let (addr, accepted, mut arrived, gate) = limited_h2_server(&servers, 2).await;
+    let proxy = Proxy::start(&proxy_over(addr, "h2")).await;
+    let client = client();
+    let requests: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(client.get(proxy.url("/").parse().unwrap())))
+        .collect();
+    // All five reach the server while it holds every answer: two streams per connection
+    // allowed, so three connections (a request left waiting for a stream would never arrive:
+    // `timeout server` would end it first).
+    for n in 0..5 {
+        tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+            .await
+            .unwrap_or_else(|_| panic!("request {} never reached the server", n + 1))
+            .unwrap();
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    gate.open(5);
+    for request in requests {
+        let resp = request.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok\n");
+    }
+    // Streams that ended make room again: the next requests need no new connection.
+    for _ in 0..2 {
+        let pending = tokio::spawn(client.get(proxy.url("/").parse().unwrap()));
+        arrived.recv().await.unwrap();
+        gate.open(1);
+        assert_eq!(pending.await.unwrap().unwrap().status(), 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }

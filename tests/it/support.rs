@@ -129,9 +129,9 @@ impl Servers {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
-        let gate = Gate(Arc::new(tokio::sync::Semaphore::new(0)));
+        let gate = Gate::closed();
         let stop = self.stop.clone();
-        let permits = Arc::clone(&gate.0);
+        let permits = gate.clone();
         let name: Arc<str> = Arc::from(name);
         tokio::spawn(async move {
             loop {
@@ -140,15 +140,15 @@ impl Servers {
                     a = listener.accept() => a.unwrap(),
                 };
                 let (arrived_tx, permits, name) =
-                    (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
+                    (arrived_tx.clone(), permits.clone(), Arc::clone(&name));
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (arrived_tx, permits, name) =
-                            (arrived_tx.clone(), Arc::clone(&permits), Arc::clone(&name));
+                            (arrived_tx.clone(), permits.clone(), Arc::clone(&name));
                         let path = req.uri().path().to_owned();
                         async move {
                             let _ = arrived_tx.send(path);
-                            permits.acquire().await.expect("gate open").forget();
+                            permits.pass().await;
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
                                 "{name}\nreleased\n"
                             )))))
@@ -431,8 +431,18 @@ impl Status {
 pub struct Gate(Arc<tokio::sync::Semaphore>);
 
 impl Gate {
+    /// A gate that lets nothing through until opened.
+    pub fn closed() -> Gate {
+        Gate(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
     pub fn open(&self, requests: usize) {
         self.0.add_permits(requests);
+    }
+
+    /// Waits for one permit, and uses it up.
+    pub async fn pass(&self) {
+        self.0.acquire().await.expect("gate open").forget();
     }
 }
 

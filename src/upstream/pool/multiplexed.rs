@@ -1,0 +1,515 @@
+//! HTTP/2 connections to servers (`proto = "h2"`), per worker and server.
+//!
+//! Requests share a server's connection up to the number of concurrent streams the server
+//! allows (`SETTINGS_MAX_CONCURRENT_STREAMS`, as [`peer`](crate::upstream::peer) follows it); when every
+//! connection is full the worker opens another, as HAProxy does, up to
+//! [`MAX_CONNS_PER_SERVER`]. Past that, requests queue for a stream on the least busy one.
+//! The first connections in the list are filled first, so that the extra ones fall idle once
+//! the load drops; a connection with no stream begun for about [`POOL_IDLE_TIMEOUT`] is
+//! closed.
+//!
+//! One request makes a new connection while the others that need one wait for it. If that
+//! connect fails, they go to the least busy open connection or, with none open, fail with it
+//! (as connect failures, which `retries` may send elsewhere).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use http::uri::Authority;
+use hyper::client::conn::http2;
+use hyper::ext::Protocol;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::{After, POOL_IDLE_TIMEOUT, Pools, ResponseBody, SWEEP_EVERY, WorkerPool, lock};
+use crate::upstream::body::UpstreamBody;
+use crate::upstream::connect::{ConnectError, ConnectTiming};
+use crate::upstream::peer::{self, FirstRead, Said, Settings};
+use crate::upstream::pool::UpstreamError;
+
+/// The flow-control window of each stream. What a server sent that the client has not taken
+/// yet waits in wasp's memory, up to this much per stream (hyper's default, 2 MiB, let a client
+/// that stops reading park 2 MiB per stream for `timeout client`). 256 KiB still keeps a
+/// stream at full speed up to about 2 Gbit/s at 1 ms of round trip; on loopback, through a
+/// second wasp, a 1 GB download ran at 540 to 780 MB/s against 700 to 1030 MB/s with hyper's
+/// defaults (a shared machine; 1 MiB measured 760 to 810 MB/s).
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// The connection's window, shared by every client's streams on it. hyper's default (5 MiB,
+/// under three default stream windows) let three streams of clients that grant no window
+/// stall every other stream on the connection until `timeout client` cut them. At 256 stream
+/// windows, it runs out only after the server's own limit on concurrent streams (100 to 250
+/// for common servers) has: a window is credit, not memory, and what is held is bounded by
+/// the streams' own windows.
+const CONN_WINDOW: u32 = 256 * STREAM_WINDOW;
+/// Request body bytes queued per stream beyond what the server's window lets out. hyper's
+/// default, 1 MiB, let a client park that much of its uploads per stream with a server that
+/// stops reading; 64 KiB as on the client side (`proxy::listener`). Measured: a 500 MB upload
+/// through a `proto = "h2"` backend on loopback, 670 to 840 MB/s with 1 MiB, 670 to 930 MB/s
+/// with 64 KiB.
+const MAX_SEND_BUF: usize = 64 * 1024;
+/// Connections to one server per worker past which requests wait for a stream rather than
+/// open another: what a server that allows few streams, or none, can make a worker open.
+const MAX_CONNS_PER_SERVER: usize = 32;
+/// Sweeps in a row that find a connection unused before it is closed.
+const QUIET_SWEEPS: u32 = (POOL_IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs()) as u32;
+
+/// A server's HTTP/2 connection, as requests use it.
+#[derive(Clone)]
+pub(super) struct Shared {
+    sender: http2::SendRequest<UpstreamBody>,
+    timing: ConnectTiming,
+    /// What the server's settings allow.
+    settings: Settings,
+    load: Arc<Load>,
+}
+
+/// What a connection carries.
+#[derive(Default)]
+struct Load {
+    /// Streams open: requests sent or being sent whose response has not ended.
+    open: AtomicUsize,
+    /// Whether a stream began since the last sweep.
+    used: AtomicBool,
+    /// Sweeps in a row that found it unused (only the sweep touches it).
+    quiet: AtomicU32,
+}
+
+impl Shared {
+    fn open(&self) -> usize {
+        self.load.open.load(Ordering::Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        self.open() < self.settings.max_streams()
+    }
+
+    /// Counts a stream begun on this connection.
+    fn begin(&self) -> OpenStream {
+        self.load.open.fetch_add(1, Ordering::Relaxed);
+        self.load.used.store(true, Ordering::Relaxed);
+        OpenStream(Arc::clone(&self.load))
+    }
+}
+
+/// A request's stream on a shared connection, counted open until dropped.
+pub(crate) struct OpenStream(Arc<Load>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How the making of a connection ended: `Some(true)` made, `Some(false)` failed.
+type Made = watch::Receiver<Option<bool>>;
+
+/// A server's connections on one worker.
+#[derive(Default)]
+pub(super) struct Conns {
+    /// Open connections, filled in this order.
+    open: Vec<Shared>,
+    /// A connection one request is making, which the others that found no room wait for.
+    making: Option<Made>,
+}
+
+/// Where a request's stream goes.
+enum Found {
+    Open(Shared, OpenStream),
+    Wait(Made),
+    Make(watch::Sender<Option<bool>>),
+    /// Nothing open, and the connection waited for failed.
+    Failed,
+}
+
+impl Conns {
+    /// The first open connection with room for a stream; else the connection being made, or
+    /// a new one to make. With `fallback` (the one waited for failed), or at
+    /// [`MAX_CONNS_PER_SERVER`], the least busy open one instead.
+    fn find(&mut self, fallback: bool) -> Found {
+        self.open.retain(|c| !c.sender.is_closed());
+        if let Some(c) = self.open.iter().find(|c| c.has_room()) {
+            return Found::Open(c.clone(), c.begin());
+        }
+        if fallback || self.open.len() >= MAX_CONNS_PER_SERVER {
+            return match self.least_busy() {
+                Some((c, stream)) => Found::Open(c, stream),
+                None => Found::Failed,
+            };
+        }
+        match &self.making {
+            Some(made) => Found::Wait(made.clone()),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                self.making = Some(rx);
+                Found::Make(tx)
+            }
+        }
+    }
+
+    fn least_busy(&self) -> Option<(Shared, OpenStream)> {
+        let c = self.open.iter().min_by_key(|c| c.open())?;
+        Some((c.clone(), c.begin()))
+    }
+
+    /// Forgets the connection whose load is `load` (it refused a request).
+    fn forget(&mut self, load: &Arc<Load>) {
+        self.open.retain(|c| !Arc::ptr_eq(&c.load, load));
+    }
+
+    /// Forgets the connections that are closed or have been unused for [`QUIET_SWEEPS`]
+    /// sweeps (dropping the last sender of a connection with no stream closes it).
+    pub(super) fn sweep(&mut self) {
+        self.open.retain(|c| {
+            if c.sender.is_closed() {
+                return false;
+            }
+            let unused = c.open() == 0 && !c.load.used.swap(false, Ordering::Relaxed);
+            if !unused {
+                c.load.quiet.store(0, Ordering::Relaxed);
+                return true;
+            }
+            c.load.quiet.fetch_add(1, Ordering::Relaxed) + 1 < QUIET_SWEEPS
+        });
+    }
+}
+
+/// The connections of server `key` in `lists`.
+fn conns(lists: &mut Vec<Conns>, key: usize) -> &mut Conns {
+    if lists.len() <= key {
+        lists.resize_with(key + 1, Conns::default);
+    }
+    &mut lists[key]
+}
+
+impl Pools {
+    pub(super) async fn send_h2(
+        &self,
+        worker: usize,
+        key: usize,
+        authority: &Authority,
+        mut req: Request<UpstreamBody>,
+        connected: &mut Option<ConnectTiming>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let pool = &self.0.workers[worker];
+        // An open connection is tried once; a request it gave back unsent goes over a new one
+        // of its own, and no further.
+        let mut may_reuse = true;
+        loop {
+            let (shared, stream) = if may_reuse {
+                self.find_h2(pool, key, authority).await?
+            } else {
+                let shared = Box::pin(self.connect_h2(authority)).await?;
+                let stream = shared.begin();
+                self.enlist(pool, key, shared.clone(), None);
+                (shared, stream)
+            };
+            let Shared {
+                mut sender,
+                timing,
+                settings,
+                load,
+            } = shared;
+            *connected = Some(timing);
+            // RFC 8441 3: `:protocol` only to a server that said it takes it.
+            if req.extensions().get::<Protocol>().is_some() && !settings.allow_connect().await {
+                return Err(UpstreamError::NoExtendedConnect);
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, After::Stream(stream))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if may_reuse => {
+                        // Whatever refused it, new requests should not meet it again.
+                        conns(&mut lock(&pool.h2), key).forget(&load);
+                        may_reuse = false;
+                        req = unsent;
+                    }
+                    _ => return Err(UpstreamError::Send(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A stream for a request to server `key` on the worker's `pool`: on an open connection
+    /// with room, on the one another request is making (waited for), or on a new one.
+    async fn find_h2(
+        &self,
+        pool: &Arc<WorkerPool>,
+        key: usize,
+        authority: &Authority,
+    ) -> Result<(Shared, OpenStream), UpstreamError> {
+        let mut fallback = false;
+        loop {
+            let found = conns(&mut lock(&pool.h2), key).find(fallback);
+            match found {
+                Found::Open(shared, stream) => return Ok((shared, stream)),
+                Found::Make(tx) => return self.make_h2(pool, key, authority, tx).await,
+                Found::Failed => return Err(UpstreamError::Connect(ConnectError::Shared)),
+                Found::Wait(mut made) => match made.wait_for(Option::is_some).await {
+                    Ok(outcome) => fallback = *outcome == Some(false),
+                    // Its maker was dropped half-way: look again.
+                    Err(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Makes the connection that `tx` tells the waiting requests about, and takes a stream
+    /// on it (on a failure, on the least busy open connection, if any). Other requests get
+    /// streams on it once its settings are known ([`Pools::enlist`]).
+    async fn make_h2(
+        &self,
+        pool: &Arc<WorkerPool>,
+        key: usize,
+        authority: &Authority,
+        tx: watch::Sender<Option<bool>>,
+    ) -> Result<(Shared, OpenStream), UpstreamError> {
+        /// Clears the making if this request is dropped half-way (its waiters then look
+        /// again).
+        struct Unfinished<'a> {
+            pool: &'a WorkerPool,
+            key: usize,
+            armed: bool,
+        }
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                if self.armed {
+                    conns(&mut lock(&self.pool.h2), self.key).making = None;
+                }
+            }
+        }
+        let mut unfinished = Unfinished {
+            pool,
+            key,
+            armed: true,
+        };
+        let made = Box::pin(self.connect_h2(authority)).await;
+        unfinished.armed = false;
+        match made {
+            Ok(shared) => {
+                let stream = shared.begin();
+                self.enlist(pool, key, shared.clone(), Some(tx));
+                Ok((shared, stream))
+            }
+            Err(e) => {
+                let found = {
+                    let mut lists = lock(&pool.h2);
+                    let conns = conns(&mut lists, key);
+                    conns.making = None;
+                    conns.least_busy()
+                };
+                tx.send_replace(Some(false));
+                found.ok_or(e)
+            }
+        }
+    }
+
+    /// Offers a new connection to other requests once the server's first SETTINGS (its
+    /// stream limit) are known, or after the connect timeout without them: till then, the
+    /// HTTP/2 library assumes 100 streams, and requests would pile onto a connection that
+    /// may take fewer. With `made`, the connection is the one other requests wait for.
+    fn enlist(
+        &self,
+        pool: &Arc<WorkerPool>,
+        key: usize,
+        shared: Shared,
+        made: Option<watch::Sender<Option<bool>>>,
+    ) {
+        let pool = Arc::clone(pool);
+        let limit = self.0.connector.timeout();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(limit, shared.settings.known()).await;
+            let open = !shared.sender.is_closed();
+            {
+                let mut lists = lock(&pool.h2);
+                let conns = conns(&mut lists, key);
+                if open {
+                    conns.open.push(shared);
+                }
+                if made.is_some() {
+                    conns.making = None;
+                }
+            }
+            if open {
+                pool.sweep_soon();
+            }
+            if let Some(tx) = made {
+                tx.send_replace(Some(open));
+            }
+        });
+    }
+
+    async fn connect_h2(&self, authority: &Authority) -> Result<Shared, UpstreamError> {
+        let (stream, timing) = self.connect(authority).await?;
+        handshake(stream, timing)
+            .await
+            .map_err(|e| UpstreamError::Connect(ConnectError::Handshake(e)))
+    }
+}
+
+/// Starts HTTP/2 on a connection made as `timing` says, and the task that drives it.
+async fn handshake<S>(stream: S, timing: ConnectTiming) -> Result<Shared, hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (stream, heard) = FirstRead::new(stream);
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_send_buf_size(MAX_SEND_BUF)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    let (conn, settings) = peer::drive(conn, heard, |c| Said {
+        extended_connect: c.is_extended_connect_protocol_enabled(),
+        max_streams: c.current_max_send_streams(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "server connection ended");
+        }
+    });
+    Ok(Shared {
+        sender,
+        timing,
+        settings,
+        load: Arc::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// An HTTP/2 connection to an in-memory server that allows `max_streams` concurrent
+    /// streams, once the server's settings are known; and the server's end, which closes
+    /// the connection when dropped.
+    async fn connection(max_streams: u32) -> (Shared, tokio::task::JoinHandle<()>) {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(max_streams)
+                .serve_connection(TokioIo::new(far), service)
+                .await;
+        });
+        let timing = ConnectTiming {
+            established: Instant::now(),
+            took: Duration::ZERO,
+        };
+        let shared = handshake(near, timing).await.unwrap();
+        shared.settings.known().await;
+        assert_eq!(shared.settings.max_streams(), max_streams as usize);
+        (shared, server)
+    }
+
+    fn opened(found: Found) -> (Shared, OpenStream) {
+        match found {
+            Found::Open(shared, stream) => (shared, stream),
+            _ => panic!("expected a stream on an open connection"),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_connection_is_filled_to_the_servers_limit_before_another_is_made() {
+        let (first, _server) = connection(2).await;
+        let mut conns = Conns::default();
+        conns.open.push(first);
+        let (_, one) = opened(conns.find(false));
+        let (_, two) = opened(conns.find(false));
+        assert_eq!(conns.open[0].open(), 2);
+        // Full: the first request to find it so makes another; the next waits for that one.
+        let Found::Make(_tx) = conns.find(false) else {
+            panic!("a full connection should make another")
+        };
+        assert!(matches!(conns.find(false), Found::Wait(_)));
+        // A stream that ends makes room again.
+        drop(one);
+        let (_, three) = opened(conns.find(false));
+        // The connection waited for failed: the least busy open one takes the stream, over
+        // its limit (the HTTP/2 library queues it).
+        let (_, four) = opened(conns.find(true));
+        assert_eq!(conns.open[0].open(), 3);
+        drop((two, three, four));
+        assert_eq!(conns.open[0].open(), 0);
+        // With no connection open, a failed wait has nowhere to go.
+        assert!(matches!(Conns::default().find(true), Found::Failed));
+    }
+
+    #[tokio::test]
+    async fn at_the_connection_cap_requests_queue_on_the_least_busy() {
+        let mut conns = Conns::default();
+        let mut servers = Vec::new();
+        let mut streams = Vec::new();
+        for i in 0..MAX_CONNS_PER_SERVER {
+            let (shared, server) = connection(1).await;
+            // Every connection full, the last one least so (its stream is dropped below).
+            streams.push(shared.begin());
+            if i + 1 < MAX_CONNS_PER_SERVER {
+                streams.push(shared.begin());
+            }
+            conns.open.push(shared);
+            servers.push(server);
+        }
+        let (shared, _stream) = opened(conns.find(false));
+        assert!(Arc::ptr_eq(
+            &shared.load,
+            &conns.open[MAX_CONNS_PER_SERVER - 1].load
+        ));
+        assert!(conns.making.is_none(), "no connection past the cap");
+    }
+
+    #[tokio::test]
+    async fn connections_unused_for_the_idle_timeout_or_closed_are_forgotten() {
+        let (busy, _busy_server) = connection(10).await;
+        let (quiet, _quiet_server) = connection(10).await;
+        let (closing, closing_server) = connection(10).await;
+        let mut conns = Conns::default();
+        conns
+            .open
+            .extend([busy.clone(), quiet.clone(), closing.clone()]);
+        // One stream held open on the first, one begun and ended on the second.
+        let held = busy.begin();
+        drop(quiet.begin());
+        closing_server.abort();
+        let _ = closing_server.await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !closing.sender.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the connection closes with its server");
+        // The first sweep forgets the closed one; the second's use still counts.
+        conns.sweep();
+        assert_eq!(conns.open.len(), 2);
+        for _ in 0..QUIET_SWEEPS - 1 {
+            conns.sweep();
+        }
+        assert_eq!(
+            conns.open.len(),
+            2,
+            "unused for one sweep less than the limit"
+        );
+        conns.sweep();
+        assert_eq!(conns.open.len(), 1);
+        assert!(Arc::ptr_eq(&conns.open[0].load, &busy.load));
+        // A stream open the whole time keeps its connection.
+        for _ in 0..QUIET_SWEEPS * 2 {
+            conns.sweep();
+        }
+        assert_eq!(conns.open.len(), 1);
+        drop(held);
+    }
+}
