@@ -5,6 +5,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -19,7 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Proxy, raw_status};
+use crate::support::{Proxy, client, raw_status};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -29,10 +31,19 @@ const LIMIT: Duration = Duration::from_secs(10);
 /// client's key as RFC 6455 says, but on paths ending in `/wrong-accept` (a wrong value) and
 /// `/no-accept` (none); it declines paths ending in `/decline`.
 async fn ws_echo() -> SocketAddr {
+    ws_echo_with(None).await.0
+}
+
+/// [`ws_echo`], allowing `max_streams` concurrent streams per HTTP/2 connection (hyper's
+/// default without), and counting the connections it accepts.
+async fn ws_echo_with(max_streams: Option<u32>) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let service = service_fn(|mut req: Request<Incoming>| async move {
                     let protocol = req
@@ -91,14 +102,17 @@ async fn ws_echo() -> SocketAddr {
                     Ok(resp)
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http2().enable_connect_protocol();
+                builder
+                    .http2()
+                    .enable_connect_protocol()
+                    .max_concurrent_streams(max_streams);
                 let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                     .await;
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// RFC 6455 4.2.2: base64 of the SHA-1 of the key and the protocol's GUID.
@@ -475,6 +489,30 @@ async fn websocket_to_an_http2_server_from_either_client() {
     let mut h2 = h2_connection(proxy.addr()).await;
     let mut tunnel = h2_tunnel(&mut h2, seen).await;
     echo_then_close(&mut tunnel).await;
+}
+
+/// A WebSocket to an HTTP/2 server holds its stream for the tunnel's life: with the server
+/// allowing one stream per connection, a request while the tunnel is open goes over another
+/// connection instead of waiting behind it.
+#[tokio::test]
+async fn an_http2_websocket_holds_its_stream_on_the_shared_server_connection() {
+    let (server, accepted) = ws_echo_with(Some(1)).await;
+    let toml = format!(
+        "[global]\nworkers = 1\n{}",
+        config(server, "proto = \"h2\"\ntimeout = { server = \"3s\" }")
+    );
+    let proxy = Proxy::start(&toml).await;
+    let (mut tcp, head) = upgrade(proxy.addr(), "/chat").await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    let seen = "CONNECT upgrade=websocket key=no xff=127.0.0.1\n";
+    assert_eq!(read_exact_in_time(&mut tcp, seen.len()).await, seen);
+    let resp = client()
+        .get(proxy.url("/chat/room").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "not queued behind the tunnel's stream");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    echo_then_close(&mut tcp).await;
 }
 
 /// A graceful stop waits for an HTTP/2 client's open WebSocket as for a request in flight: the
