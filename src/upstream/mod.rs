@@ -1,6 +1,6 @@
 //! Reaching servers: connections (`connect`: TCP, then TLS when the server wants it, timed
-//! for the access log), per-worker pools of them (`pool`: HTTP/1.1 keep-alive, or one shared
-//! HTTP/2 connection for `proto = "h2"` backends, whose settings `peer` follows), and the
+//! for the access log), per-worker pools of them (`pool`: HTTP/1.1 keep-alive, or shared HTTP/2
+//! connections for `proto = "h2"` backends, whose settings `peer` follows), and the
 //! request bodies sent upstream (`body`). Pools are shared across configuration snapshots
 //! ([`ClientCache`]), so a reload keeps the pooled connections of servers that stay.
 

@@ -410,7 +410,8 @@ impl ResponseBody {
         // A switch of protocols: after a 101 the connection belongs to the tunnel; over
         // HTTP/2 the stream goes on as the tunnel ([`ResponseBody::take_stream`]), whatever
         // its body says.
-        let tunnel = parts.extensions.get::<OnUpgrade>().is_some();
+        let tunnel =
+            matches!(after, After::Stream(_)) && parts.extensions.get::<OnUpgrade>().is_some();
         let after = match after {
             After::Pool(_) if parts.status == StatusCode::SWITCHING_PROTOCOLS => After::Nothing,
             after => after,

@@ -246,11 +246,12 @@ impl Pools {
                 Found::Open(shared, stream) => return Ok((shared, stream)),
                 Found::Make(tx) => return self.make_h2(pool, key, authority, tx).await,
                 Found::Failed => return Err(UpstreamError::Connect(ConnectError::Shared)),
-                Found::Wait(mut made) => match made.wait_for(Option::is_some).await {
-                    Ok(outcome) => fallback = *outcome == Some(false),
-                    // Its maker was dropped half-way: look again.
-                    Err(_) => {}
-                },
+                // Look again once it is made or failed (or its maker was dropped half-way).
+                Found::Wait(mut made) => {
+                    if let Ok(outcome) = made.wait_for(Option::is_some).await {
+                        fallback = *outcome == Some(false);
+                    }
+                }
             }
         }
     }
