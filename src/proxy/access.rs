@@ -1,7 +1,7 @@
-//! The access log: one line per request, written when its response has been sent, or when the
-//! request is dropped without one (an HTTP/2 client that reset its stream while the request
-//! waited for its server, the end of the stop's grace period): then `status` is -1, as in
-//! HAProxy's log.
+//! The access log: one line per request, written when its response has been sent (for a
+//! switch of protocols, when the tunnel closes), or when the request is dropped without one (an
+//! HTTP/2 client that reset its stream while the request waited for its server, the end of the
+//! stop's grace period): then `status` is -1, as in HAProxy's log.
 //!
 //! Fields (stable keys): `client`, `frontend`, `backend`, `server`, `method`, `path`, `status`,
 //! `bytes` (response body bytes sent), `complete` (false when the response was cut short), and
@@ -95,19 +95,28 @@ impl Record {
         Some(&self.backend()?.servers.get(self.server?)?.name)
     }
 
+    /// The traffic counters of the request's frontend, backend and (last tried) server.
+    fn counted(&self) -> [Option<&crate::counters::Traffic>; 3] {
+        [
+            self.frontend_state().map(|f| &f.traffic),
+            self.backend().map(|b| &b.state.traffic),
+            self.active.as_ref().map(|a| &a.server().traffic),
+        ]
+    }
+
     /// Counts the response (a negative status counts as class "other": the request was counted
     /// when it arrived, was routed and was sent) and writes its line.
     fn count_and_log(&self, logged: i32, bytes: u64, complete: bool) {
         let status = u16::try_from(logged).unwrap_or(0);
         let bytes_in = self.body.as_ref().map_or(0, Reclaimable::received);
-        let counted = [
-            self.frontend_state().map(|f| &f.traffic),
-            self.backend().map(|b| &b.state.traffic),
-            self.active.as_ref().map(|a| &a.server().traffic),
-        ];
-        for traffic in counted.into_iter().flatten() {
+        for traffic in self.counted().into_iter().flatten() {
             traffic.count_response(status, bytes_in, bytes, self.t_response);
         }
+        self.write(logged, bytes, complete);
+    }
+
+    /// Writes the request's line (when the access log is on).
+    fn write(&self, logged: i32, bytes: u64, complete: bool) {
         if !self.log {
             return;
         }
@@ -128,6 +137,31 @@ impl Record {
             t_response = self.t_response.map(ms),
             t_total = ms(now - self.head_started.min(self.received)),
         );
+    }
+
+    /// A switch of protocols the server accepted: its response is counted now, as HAProxy
+    /// counts it; the request's line waits for the tunnel to close ([`Record::finish_tunnel`]).
+    pub(crate) fn count_switch(&self) {
+        for traffic in self.counted().into_iter().flatten() {
+            traffic.count_response(self.status, 0, 0, self.t_response);
+        }
+    }
+
+    /// The request's tunnel closed after `up` bytes from the client and `down` bytes to it
+    /// (`clean`: both sides ended it, neither an error nor `timeout tunnel`): the bytes are
+    /// counted, and the request's line is written as HAProxy writes a WebSocket's, at its
+    /// end: `bytes` are the tunnel's bytes to the client, and `t_total` spans the tunnel.
+    pub(crate) fn finish_tunnel(mut self: Box<Self>, up: u64, down: u64, clean: bool) {
+        self.done = true;
+        for traffic in self.counted().into_iter().flatten() {
+            traffic.count_bytes(up, down);
+        }
+        self.write(i32::from(self.status), down, clean);
+    }
+
+    /// The name of the request's backend (`-` before one was chosen).
+    pub(crate) fn backend_name(&self) -> &str {
+        self.backend().map_or("-", |b| b.state.name())
     }
 }
 

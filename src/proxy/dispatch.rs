@@ -9,7 +9,6 @@
 //! `junk-response`), is never retried, and a timeout is a 504, not a retry.
 
 use std::error::Error as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
@@ -258,7 +257,7 @@ pub(crate) async fn dispatch(
                 let from_h2 = server.pools.is_h2();
                 match attempt.upgrade.take() {
                     Some(up) if up.accepted(resp.status(), from_h2) => {
-                        return switch(resp, up, from_h2, backend, info, record);
+                        return switch(resp, up, from_h2, backend, record);
                     }
                     Some(up) if up.misleads(resp.status(), from_h2) => {
                         tracing::debug!(
@@ -481,11 +480,29 @@ fn relay(
     mut record: Box<Record>,
     trailers: bool,
 ) -> Response<ProxyBody> {
+    match head(resp, backend, &mut record, trailers) {
+        Some((parts, body)) => {
+            let body =
+                ProxyBody::upstream(IdleBody::new(body, backend.timeouts.server), Some(record));
+            Response::from_parts(parts, body)
+        }
+        None => local(Failure::UpstreamFailed, record),
+    }
+}
+
+/// The server's response head made ready for the client, and noted in `record`; `None` when
+/// it cannot be relayed.
+fn head(
+    resp: Response<ResponseBody>,
+    backend: &Backend,
+    record: &mut Record,
+    trailers: bool,
+) -> Option<(http::response::Parts, ResponseBody)> {
     let (mut parts, body) = resp.into_parts();
     record.t_response = Some(clock::since(record.received));
     if let Err(e) = strip_response(&mut parts.headers, trailers) {
         tracing::debug!(backend = &*backend.name, error = %e, "response not relayed");
-        return local(Failure::UpstreamFailed, record);
+        return None;
     }
     record.status = parts.status.as_u16();
     // wasp's own version, not the server's: an HTTP/1.0 status line would end the client's
@@ -498,19 +515,18 @@ fn relay(
     if let Some(reason) = reason {
         parts.extensions.insert(reason);
     }
-    let body = ProxyBody::upstream(IdleBody::new(body, backend.timeouts.server), Some(record));
-    Response::from_parts(parts, body)
+    Some((parts, body))
 }
 
 /// The server accepted the switch: its acceptance goes to the client in the client's protocol
 /// (`upgrade`), and a tunnel takes both sides over once hyper has handed them out. `from_h2`:
-/// the server was reached over HTTP/2.
+/// the server was reached over HTTP/2. The request's record goes with the tunnel, which
+/// writes its access-log line when it closes.
 fn switch(
     mut resp: Response<ResponseBody>,
     up: Upgrade,
     from_h2: bool,
     backend: &Backend,
-    info: &ConnInfo,
     mut record: Box<Record>,
 ) -> Response<ProxyBody> {
     if let Err(why) = up.check(resp.headers(), from_h2) {
@@ -519,27 +535,19 @@ fn switch(
     }
     let switched = resp.headers().get(header::UPGRADE).cloned();
     let server = hyper::upgrade::on(&mut resp);
-    // The acceptance is the server's response, counted now; the tunnel keeps its in-flight
-    // unit.
-    let active = record.active.take();
-    if let Some(a) = &active {
-        a.server().traffic.count_response(
-            resp.status().as_u16(),
-            0,
-            0,
-            Some(clock::since(record.received)),
-        );
-    }
+    let stream = resp.body_mut().take_stream();
+    let Some((parts, body)) = head(resp, backend, &mut record, false) else {
+        return local(Failure::UpstreamFailed, record);
+    };
+    record.count_switch();
+    let body = ProxyBody::upstream(IdleBody::new(body, backend.timeouts.server), None);
+    let mut out = Response::from_parts(parts, body);
+    up.answer(switched, from_h2, &mut out);
     let tunnel = upgrade::Tunnel {
         idle: backend.timeouts.websocket(),
-        in_flight: Some(info.conn.begin_request()),
-        active,
-        stream: resp.body_mut().take_stream(),
-        frontend: record.frontend_state().cloned(),
-        backend: Arc::clone(&backend.state),
+        record,
+        stream,
     };
-    let mut out = relay(resp, backend, record, false);
-    up.answer(switched, from_h2, &mut out);
     tunnel.spawn(up.client, server);
     out
 }

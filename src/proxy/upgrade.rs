@@ -28,7 +28,6 @@
 //! keeps those bytes and hands them over with the upgraded connection (a 2026 Pingora advisory
 //! was about forwarding them early). `Upgrade: h2c` is never forwarded.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -38,8 +37,7 @@ use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::health::state::{ActiveGuard, BackendState, FrontendState};
-use crate::proxy::client_io::InFlight;
+use crate::proxy::access::Record;
 use crate::proxy::headers::Scan;
 use crate::proxy::relay::{Ending, relay};
 use crate::upstream::pool::OpenStream;
@@ -286,58 +284,56 @@ pub(crate) fn restore(headers: &mut HeaderMap, proto: HeaderValue) {
 pub(crate) struct Tunnel {
     /// Idle timeout: the backend's `timeout tunnel`.
     pub(crate) idle: Duration,
-    /// Keeps the client connection "in a request", so its keep-alive timeout stays off.
-    pub(crate) in_flight: Option<InFlight>,
-    /// The server's in-flight unit (its `maxconn` and `leastconn` count the tunnel).
-    pub(crate) active: Option<ActiveGuard>,
+    /// The request that opened it. Its guards keep the client connection "in a request" (its
+    /// keep-alive timeout off) and hold the server's in-flight unit (its `maxconn` and
+    /// `leastconn` count the tunnel); its line is written when the tunnel closes.
+    pub(crate) record: Box<Record>,
     /// Over HTTP/2 to the server, the tunnel's stream, counted on its shared connection.
     pub(crate) stream: Option<OpenStream>,
-    pub(crate) frontend: Option<Arc<FrontendState>>,
-    pub(crate) backend: Arc<BackendState>,
 }
 
 impl Tunnel {
     /// Waits for both sides to be handed over, then relays until the tunnel ends.
     pub(crate) fn spawn(self, client: OnUpgrade, server: OnUpgrade) {
         tokio::spawn(async move {
+            let Tunnel {
+                idle,
+                record,
+                stream,
+            } = self;
             let (client, server) = match tokio::join!(client, server) {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
                     let error = c.err().or(s.err()).map(|e| e.to_string());
-                    tracing::debug!(backend = self.backend.name(), error, "upgrade abandoned");
+                    let backend = record.backend_name();
+                    tracing::debug!(backend, error, "upgrade abandoned");
+                    record.finish_tunnel(0, 0, false);
                     return;
                 }
             };
             // The client connection's session: hyper's serving of it ends with the hand-over,
             // the connection does not. (Its place under `maxconn` goes on through the socket's
             // state, which the upgraded connection holds.)
-            let _session = self.frontend.as_deref().map(|f| f.sessions.hold());
+            let session = record.frontend_state().map(|f| f.sessions.hold());
             let (relayed, result) = relay(
                 TokioIo::new(client),
                 TokioIo::new(server),
                 Vec::new(),
-                (self.idle, self.idle),
+                (idle, idle),
                 // The client's side may be TLS: its close_notify is sent at the shutdown.
                 Ending::ShutdownBoth,
             )
             .await;
-            let counted = [
-                self.frontend.as_deref().map(|f| &f.traffic),
-                Some(&self.backend.traffic),
-                self.active.as_ref().map(|a| &a.server().traffic),
-            ];
-            for traffic in counted.into_iter().flatten() {
-                traffic.count_bytes(relayed.up, relayed.down);
-            }
             tracing::debug!(
-                backend = self.backend.name(),
+                backend = record.backend_name(),
                 bytes_in = relayed.up,
                 bytes_out = relayed.down,
-                error = result.err().map(|e| e.to_string()),
+                error = result.as_ref().err().map(|e| e.to_string()),
                 "tunnel closed"
             );
-            drop(self.in_flight);
-            drop(self.stream);
+            drop(session);
+            record.finish_tunnel(relayed.up, relayed.down, result.is_ok());
+            drop(stream);
         });
     }
 }

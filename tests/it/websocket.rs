@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Proxy, client, raw_status};
+use crate::support::{Binary, Proxy, client, config_file, field, get, raw_status};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -489,6 +489,34 @@ async fn websocket_to_an_http2_server_from_either_client() {
     let mut h2 = h2_connection(proxy.addr()).await;
     let mut tunnel = h2_tunnel(&mut h2, seen).await;
     echo_then_close(&mut tunnel).await;
+}
+
+/// As HAProxy logs a WebSocket, the upgrade request's access-log line is written when the
+/// tunnel closes, with the tunnel's bytes to the client and its whole duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnels_access_log_line_is_written_when_it_closes() {
+    let (_dir, path) = config_file(&config(ws_echo().await, ""));
+    let wasp = Binary::run(&path);
+    let (mut tcp, head) = upgrade(wasp.addr, "/chat").await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    assert_eq!(read_exact_in_time(&mut tcp, SEEN_H1.len()).await, SEEN_H1);
+    // A request made after the switch is logged first: the tunnel's line waits for its end.
+    let (status, _, body) = get(&format!("http://{}/chat/after", wasp.addr)).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "plain /chat/after"));
+    let before = wasp.lines_until("path=\"/chat/after\"", LIMIT);
+    assert!(
+        !before.iter().any(|l| l.contains("path=\"/chat\"")),
+        "{before:#?}"
+    );
+    echo_then_close(&mut tcp).await;
+    let line = wasp.wait_for("path=\"/chat\"", LIMIT);
+    assert_eq!(field(&line, "status"), "101", "{line}");
+    assert_eq!(
+        field(&line, "bytes"),
+        (SEEN_H1.len() + 5).to_string(),
+        "{line}"
+    );
+    assert_eq!(field(&line, "complete"), "true", "{line}");
 }
 
 /// A WebSocket to an HTTP/2 server holds its stream for the tunnel's life: with the server
