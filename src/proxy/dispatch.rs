@@ -1,10 +1,11 @@
 //! From a backend to a response: pick a server, wait in the queue when every server is at its
 //! `maxconn`, send, retry what may be retried, count passive health, relay the answer.
 //!
-//! Retry rules (HAProxy's `retries` / `redispatch` / `retry-on conn-failure empty-response`):
-//! a failed connect is retried, on another server with `redispatch` (the default) or on the same
-//! one; a request that reached a server is replayed only when it is idempotent, has no body and
-//! the server closed or reset the connection without a byte of answer. A server that answered,
+//! Retry rules (HAProxy's `retries` / `redispatch` / `retry-on conn-failure empty-response
+//! refused-stream`): a failed connect is retried, on another server with `redispatch` (the
+//! default) or on the same one, and so is a request an HTTP/2 server refused unprocessed while
+//! its body is intact; a request that reached a server is replayed only when it is idempotent,
+//! has no body and the server closed or reset the connection without a byte of answer. A server that answered,
 //! even with an error status or with something that is not HTTP (a 502, as HAProxy without
 //! `junk-response`), is never retried, and a timeout is a 504, not a retry.
 
@@ -301,6 +302,21 @@ pub(crate) async fn dispatch(
                     "WebSocket not sent: the server does not allow extended CONNECT"
                 );
                 return local(Failure::UpstreamFailed, record);
+            }
+            Some(Err(UpstreamError::Refused(e))) => {
+                // An HTTP/2 server refused it unprocessed (a graceful GOAWAY, REFUSED_STREAM):
+                // not the server's failure, and nothing was served. Sent again while its body
+                // can be (HAProxy's `retry-on refused-stream`).
+                tracing::debug!(
+                    backend = &*backend.name,
+                    server = &*server.name,
+                    error = %source_chain(&e),
+                    "request refused unprocessed by the server"
+                );
+                exhausted = Failure::UpstreamFailed;
+                if attempt.body.as_ref().is_some_and(|b| !b.is_intact()) {
+                    return local(Failure::UpstreamFailed, record);
+                }
             }
             Some(Err(ref e)) if let Some(body) = client_body_error(e) => {
                 // The client's request body failed (malformed chunks, the client gone or

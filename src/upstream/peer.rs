@@ -7,12 +7,12 @@
 //! takes it (RFC 8441 3); the HTTP/2 library neither holds such a request back nor refuses
 //! it. A server's SETTINGS frame is the first thing it sends (RFC 9113 3.4). hyper reads and
 //! processes frames in a task of its own, and only the connection handle that wasp's task
-//! drives can tell the setting. So the socket marks its first read and wakes that task
-//! ([`FirstRead`]), which publishes the settings then and after every later poll ([`drive`]);
-//! on a worker's single-threaded runtime hyper's task has finished with the frame by then. A
-//! request that needs extended CONNECT waits for that first word ([`Settings::allow_connect`]);
-//! the stream limit is read as it stands (before the first SETTINGS, the HTTP/2 library's own
-//! assumption of 100).
+//! drives can tell the settings. So the socket wakes that task whenever it has read bytes
+//! ([`WakeOnRead`]), and the task publishes the settings after every poll ([`drive`]): on a
+//! worker's single-threaded runtime hyper's task has finished with the frames by then. A
+//! request that needs extended CONNECT waits for the server's first word
+//! ([`Settings::allow_connect`]); the stream limit is read as it stands (before the first
+//! SETTINGS, the HTTP/2 library's own assumption of 100).
 
 use std::future::Future;
 use std::io;
@@ -25,7 +25,7 @@ use atomic_waker::AtomicWaker;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::watch;
 
-/// Whether a socket's first bytes have been read, and who to wake when they are.
+/// Whether a socket has read bytes yet, and who to wake each time it does.
 #[derive(Default)]
 pub(crate) struct Heard {
     read: AtomicBool,
@@ -34,9 +34,8 @@ pub(crate) struct Heard {
 
 impl Heard {
     fn mark(&self) {
-        if !self.read.swap(true, Ordering::Relaxed) {
-            self.waker.wake();
-        }
+        self.read.store(true, Ordering::Relaxed);
+        self.waker.wake();
     }
 
     fn is_read(&self) -> bool {
@@ -44,17 +43,17 @@ impl Heard {
     }
 }
 
-/// A socket that marks when its first bytes have been read.
-pub(crate) struct FirstRead<S> {
+/// A socket that wakes its connection's driver each time it has read bytes.
+pub(crate) struct WakeOnRead<S> {
     inner: S,
     heard: Arc<Heard>,
 }
 
-impl<S> FirstRead<S> {
-    /// `inner`, and the mark its first read sets.
+impl<S> WakeOnRead<S> {
+    /// `inner`, and what its reads mark.
     pub(crate) fn new(inner: S) -> (Self, Arc<Heard>) {
         let heard = Arc::new(Heard::default());
-        let io = FirstRead {
+        let io = WakeOnRead {
             inner,
             heard: Arc::clone(&heard),
         };
@@ -62,7 +61,7 @@ impl<S> FirstRead<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for WakeOnRead<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -78,7 +77,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
     }
 }
 
-crate::write_through::write_through!(FirstRead, inner);
+crate::write_through::write_through!(WakeOnRead, inner);
 
 /// What a connection reads off its HTTP/2 library after a poll.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,9 +119,9 @@ impl Settings {
     }
 }
 
-/// Drives an HTTP/2 connection (`conn`, whose socket's first read marks `heard`) to its end,
-/// publishing what `read` reads off it after every poll (the extended CONNECT setting only
-/// once the server has been heard from). Returns the connection's outcome, and what requests
+/// Drives an HTTP/2 connection (`conn`, whose socket's reads mark `heard`) to its end,
+/// publishing what `read` reads off it after every poll, which every read of the socket
+/// brings about (the extended CONNECT setting only once the server has been heard from). Returns the connection's outcome, and what requests
 /// read the settings from.
 pub(crate) fn drive<C, T>(
     conn: C,
@@ -140,9 +139,7 @@ where
         max_streams: Arc::clone(&max_streams),
     };
     let driven = std::future::poll_fn(move |cx| {
-        if !heard.is_read() {
-            heard.waker.register(cx.waker());
-        }
+        heard.waker.register(cx.waker());
         let polled = conn.as_mut().poll(cx);
         let said = read(conn.as_ref().get_ref());
         if max_streams.load(Ordering::Relaxed) != said.max_streams {
@@ -169,22 +166,38 @@ mod tests {
 
     use super::*;
 
+    /// A waker that counts its wake-ups.
+    struct Counted(AtomicUsize);
+
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     #[tokio::test]
-    async fn the_first_read_with_bytes_sets_the_mark() {
+    async fn every_read_with_bytes_wakes_the_driver() {
         let (mut near, far) = tokio::io::duplex(64);
-        let (mut io, heard) = FirstRead::new(far);
+        let (mut io, heard) = WakeOnRead::new(far);
+        let driver = Arc::new(Counted(AtomicUsize::new(0)));
         let mut buf = [0u8; 8];
         let mut cx = Context::from_waker(Waker::noop());
         let mut empty = ReadBuf::new(&mut buf);
+        heard.waker.register(&Waker::from(Arc::clone(&driver)));
         assert!(
             Pin::new(&mut io)
                 .poll_read(&mut cx, &mut empty)
                 .is_pending()
         );
         assert!(!heard.is_read());
-        near.write_all(b"settings").await.unwrap();
-        assert_eq!(io.read(&mut buf).await.unwrap(), 8);
-        assert!(heard.is_read());
+        assert_eq!(driver.0.load(Ordering::Relaxed), 0, "no bytes, no wake-up");
+        for (n, frame) in [&b"settings"[..], b"later"].into_iter().enumerate() {
+            heard.waker.register(&Waker::from(Arc::clone(&driver)));
+            near.write_all(frame).await.unwrap();
+            assert_eq!(io.read(&mut buf).await.unwrap(), frame.len());
+            assert!(heard.is_read());
+            assert_eq!(driver.0.load(Ordering::Relaxed), n + 1);
+        }
     }
 
     /// A stand-in connection: pending until told to end (then woken through `wake`), with

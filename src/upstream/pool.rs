@@ -57,6 +57,11 @@ pub enum UpstreamError {
     /// The request was (maybe partly) sent, and no response came back.
     #[error("{0}")]
     Send(#[source] hyper::Error),
+    /// The HTTP/2 server refused the request unprocessed: its stream was above the last one
+    /// a `GOAWAY` let through, or reset with `REFUSED_STREAM` (RFC 9113 8.7), or the
+    /// connection was closing before it went out. It may be sent again, if its body can be.
+    #[error("refused unprocessed: {0}")]
+    Refused(#[source] hyper::Error),
     /// The request is a WebSocket over HTTP/2 (an extended CONNECT), which the server's
     /// settings do not allow: nothing was sent.
     #[error("the server does not allow extended CONNECT (RFC 8441)")]
@@ -77,18 +82,45 @@ impl UpstreamError {
     }
 }
 
+/// The HTTP/2 library's error behind `e`, if any.
+fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// How an HTTP/2 server said it did not process a request: a graceful `GOAWAY` whose last
+/// stream is below the request's (the connection is going away), or a reset of its stream with
+/// `REFUSED_STREAM` (RFC 9113 8.7). A `GOAWAY` with an error code is left out: the library may
+/// report it on streams the server did process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unprocessed {
+    GoingAway,
+    StreamRefused,
+}
+
+fn unprocessed(e: &hyper::Error) -> Option<Unprocessed> {
+    let h2 = h2_error(e).filter(|h2| h2.is_remote())?;
+    if h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR) {
+        Some(Unprocessed::GoingAway)
+    } else if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(Unprocessed::StreamRefused)
+    } else {
+        None
+    }
+}
+
 /// Whether the HTTP/2 library ended the stream or the connection itself (a reset or GOAWAY of
 /// its own, with an error) because of what the server sent. Replaying the request would only
 /// bring the same answer, and end the next shared connection with every stream on it.
 fn h2_refused(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.is_library() && h2.reason().is_some_and(|r| r != h2::Reason::NO_ERROR);
-        }
-        source = err.source();
-    }
-    false
+    h2_error(e)
+        .is_some_and(|h2| h2.is_library() && h2.reason().is_some_and(|r| r != h2::Reason::NO_ERROR))
 }
 
 /// Where an HTTP/1.1 request's connection comes from and goes back to: the pool of `worker`

@@ -670,3 +670,118 @@ async fn an_h2_response_the_library_refuses_is_a_502_not_a_retry() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(requests.load(Ordering::SeqCst), 1, "sent once, not retried");
 }
+
+/// How [`refusing_h2_server`] refuses.
+#[derive(Clone, Copy, PartialEq)]
+enum Refuse {
+    /// On its first connection, wait for two requests, then send a graceful GOAWAY letting
+    /// only the first through, and answer that one.
+    GoAway,
+    /// Reset the very first request's stream with REFUSED_STREAM.
+    Reset,
+}
+
+/// A raw HTTP/2 server that refuses a request unprocessed as `how` says, and answers every
+/// other request at once (`:status 200`, no body). It counts its connections.
+async fn refusing_h2_server(how: Refuse) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let _ = tcp
+                    .write_all(&H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]))
+                    .await;
+                let mut held = Vec::new();
+                let mut requests = 0;
+                while let Some(frame) = H2Frame::read(&mut tcp).await {
+                    let ok = |stream| H2Frame::encode(H2Frame::HEADERS, 0x5, stream, &[0x88]);
+                    let answer = match frame.kind {
+                        H2Frame::SETTINGS if frame.flags & 1 == 0 => {
+                            H2Frame::encode(H2Frame::SETTINGS, 1, 0, &[])
+                        }
+                        H2Frame::HEADERS if !first => ok(frame.stream),
+                        H2Frame::HEADERS if how == Refuse::Reset => {
+                            requests += 1;
+                            if requests > 1 {
+                                ok(frame.stream)
+                            } else {
+                                H2Frame::encode(3, 0, frame.stream, &7u32.to_be_bytes())
+                            }
+                        }
+                        H2Frame::HEADERS => {
+                            held.push(frame.stream);
+                            if held.len() < 2 {
+                                continue;
+                            }
+                            let mut goaway = held[0].to_be_bytes().to_vec();
+                            goaway.extend_from_slice(&0u32.to_be_bytes());
+                            let mut out = H2Frame::encode(H2Frame::GOAWAY, 0, 0, &goaway);
+                            out.extend(ok(held[0]));
+                            out
+                        }
+                        _ => continue,
+                    };
+                    if tcp.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+fn request(proxy: &Proxy, method: http::Method, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(proxy.url(path))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// The errors and retries counted on `proxy`'s first server.
+fn errors_and_retries(proxy: &Proxy) -> (u64, u64) {
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let traffic = snapshot.backends[0].servers[0].state.traffic.totals();
+    (traffic.errors, traffic.retries)
+}
+
+/// A request an HTTP/2 server refused unprocessed (above a graceful GOAWAY's last stream) is
+/// sent again, even a POST, on another connection; the refusal is not the server's error.
+#[tokio::test]
+async fn a_request_refused_by_a_goaway_is_sent_again() {
+    let (server, connections) = refusing_h2_server(Refuse::GoAway).await;
+    let proxy = Proxy::start(&format!("[global]\nworkers = 1\n{}", to_h2_server(server))).await;
+    let client = crate::support::client();
+    let get = tokio::spawn(client.request(request(&proxy, http::Method::GET, "/first")));
+    let post = tokio::spawn(client.request(request(&proxy, http::Method::POST, "/second")));
+    assert_eq!(get.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(post.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(errors_and_retries(&proxy), (0, 1));
+}
+
+/// A stream the server reset with REFUSED_STREAM is sent again too, on the same connection,
+/// which stays in use.
+#[tokio::test]
+async fn a_request_refused_with_refused_stream_is_sent_again() {
+    let (server, connections) = refusing_h2_server(Refuse::Reset).await;
+    let proxy = Proxy::start(&format!("[global]\nworkers = 1\n{}", to_h2_server(server))).await;
+    let client = crate::support::client();
+    let resp = client
+        .request(request(&proxy, http::Method::POST, "/refused"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(errors_and_retries(&proxy), (0, 1));
+}

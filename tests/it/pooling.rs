@@ -294,3 +294,37 @@ async fn http2_requests_past_the_servers_stream_limit_open_another_connection() 
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
+
+/// A server that accepts connections and never says a word (no HTTP/2 SETTINGS): its
+/// connection is not offered to other requests, and closes with the request that made it, so
+/// the next request tries a new connection.
+#[tokio::test]
+async fn an_http2_server_that_sends_no_settings_is_not_reused() {
+    let servers = Servers::new();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let addr = servers
+        .serve_each(move |mut tcp| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut buf = vec![0u8; 4096];
+                while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            }
+        })
+        .await;
+    let config = proxy_over(addr, "h2").replace(
+        r#"timeout = { connect = "1s", server = "5s" }"#,
+        r#"timeout = { connect = "200ms", server = "1500ms" }"#,
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = client();
+    for n in 1..=2 {
+        let resp = client.get(proxy.url("/").parse().unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 504);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            n,
+            "a connection of its own"
+        );
+    }
+}

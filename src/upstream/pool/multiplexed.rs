@@ -1,19 +1,24 @@
 //! HTTP/2 connections to servers (`proto = "h2"`), per worker and server.
 //!
 //! Requests share a server's connection up to the number of concurrent streams the server
-//! allows (`SETTINGS_MAX_CONCURRENT_STREAMS`, as [`peer`](crate::upstream::peer) follows it); when every
-//! connection is full the worker opens another, as HAProxy does, up to
+//! allows (`SETTINGS_MAX_CONCURRENT_STREAMS`, as [`peer`](crate::upstream::peer) follows it);
+//! when every connection is full the worker opens another, as HAProxy does, up to
 //! [`MAX_CONNS_PER_SERVER`]. Past that, requests queue for a stream on the least busy one.
 //! The first connections in the list are filled first, so that the extra ones fall idle once
 //! the load drops; a connection with no stream begun for about [`POOL_IDLE_TIMEOUT`] is
-//! closed.
+//! closed, and one whose server stops answering its pings is closed by the HTTP/2 library.
 //!
-//! One request makes a new connection while the others that need one wait for it. If that
-//! connect fails, they go to the least busy open connection or, with none open, fail with it
-//! (as connect failures, which `retries` may send elsewhere).
+//! A request that finds every connection full makes a new one, or waits for one being made
+//! when that one will have room for it too (as far as the server's other connections tell);
+//! so a server that allows few streams gets several connections made at once. A new
+//! connection is offered to other requests once the server's first SETTINGS have arrived. If
+//! its connect fails, or those SETTINGS do not come within `timeout connect`, the requests
+//! that waited go to the least busy open connection or, with none open, fail (as connect
+//! failures, which `retries` may send elsewhere).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::client::conn::http2;
@@ -23,10 +28,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use super::{After, POOL_IDLE_TIMEOUT, Pools, ResponseBody, SWEEP_EVERY, WorkerPool, lock};
+use super::{
+    After, POOL_IDLE_TIMEOUT, Pools, ResponseBody, SWEEP_EVERY, Unprocessed, WorkerPool, lock,
+};
 use crate::upstream::body::UpstreamBody;
 use crate::upstream::connect::{ConnectError, ConnectTiming};
-use crate::upstream::peer::{self, FirstRead, Said, Settings};
+use crate::upstream::peer::{self, Said, Settings, WakeOnRead};
 use crate::upstream::pool::UpstreamError;
 
 /// The flow-control window of each stream. What a server sent that the client has not taken
@@ -105,18 +112,27 @@ impl Drop for OpenStream {
 /// How the making of a connection ended: `Some(true)` made, `Some(false)` failed.
 type Made = watch::Receiver<Option<bool>>;
 
+/// Streams a connection being made is counted on for, before its server's SETTINGS say: the
+/// largest limit among the server's open connections, or the 100 the HTTP/2 library itself
+/// assumes of a server it has not heard from yet.
+const ASSUMED_STREAMS: usize = 100;
+
 /// A server's connections on one worker.
 #[derive(Default)]
 pub(super) struct Conns {
     /// Open connections, filled in this order.
     open: Vec<Shared>,
-    /// A connection one request is making, which the others that found no room wait for.
-    making: Option<Made>,
+    /// Connections being made, each by one request.
+    making: Vec<Made>,
+    /// Requests waiting for a connection being made.
+    waiting: usize,
 }
 
 /// Where a request's stream goes.
 enum Found {
     Open(Shared, OpenStream),
+    /// Wait for this connection being made (counted in [`Conns::waiting`] until the
+    /// [`Waiting`] guard is dropped), then look again.
     Wait(Made),
     Make(watch::Sender<Option<bool>>),
     /// Nothing open, and the connection waited for failed.
@@ -124,28 +140,45 @@ enum Found {
 }
 
 impl Conns {
-    /// The first open connection with room for a stream; else the connection being made, or
-    /// a new one to make. With `fallback` (the one waited for failed), or at
-    /// [`MAX_CONNS_PER_SERVER`], the least busy open one instead.
+    /// The first open connection with room for a stream; else a connection being made that
+    /// will have room for this request too, or a new one to make. With `fallback` (the one
+    /// waited for failed), or at [`MAX_CONNS_PER_SERVER`], the least busy open one instead.
     fn find(&mut self, fallback: bool) -> Found {
         self.open.retain(|c| !c.sender.is_closed());
         if let Some(c) = self.open.iter().find(|c| c.has_room()) {
             return Found::Open(c.clone(), c.begin());
         }
-        if fallback || self.open.len() >= MAX_CONNS_PER_SERVER {
-            return match self.least_busy() {
-                Some((c, stream)) => Found::Open(c, stream),
-                None => Found::Failed,
+        let at_cap = self.open.len() + self.making.len() >= MAX_CONNS_PER_SERVER;
+        if fallback || at_cap {
+            if let Some((c, stream)) = self.least_busy() {
+                return Found::Open(c, stream);
+            }
+            return match self.making.last() {
+                Some(made) if !fallback => {
+                    self.waiting += 1;
+                    Found::Wait(made.clone())
+                }
+                _ => Found::Failed,
             };
         }
-        match &self.making {
-            Some(made) => Found::Wait(made.clone()),
-            None => {
-                let (tx, rx) = watch::channel(None);
-                self.making = Some(rx);
-                Found::Make(tx)
-            }
+        // Each connection being made takes its maker's request, and as many more as the
+        // server is likely to allow.
+        let per_conn = self
+            .open
+            .iter()
+            .map(|c| c.settings.max_streams())
+            .max()
+            .unwrap_or(ASSUMED_STREAMS);
+        let room = self.making.len() * per_conn.saturating_sub(1);
+        if let Some(made) = self.making.last()
+            && self.waiting < room
+        {
+            self.waiting += 1;
+            return Found::Wait(made.clone());
         }
+        let (tx, rx) = watch::channel(None);
+        self.making.push(rx);
+        Found::Make(tx)
     }
 
     fn least_busy(&self) -> Option<(Shared, OpenStream)> {
@@ -156,6 +189,12 @@ impl Conns {
     /// Forgets the connection whose load is `load` (it refused a request).
     fn forget(&mut self, load: &Arc<Load>) {
         self.open.retain(|c| !Arc::ptr_eq(&c.load, load));
+    }
+
+    /// Ends the making that `tx` tells waiting requests about.
+    fn made(&mut self, tx: &watch::Sender<Option<bool>>) {
+        let mine = tx.subscribe();
+        self.making.retain(|rx| !rx.same_channel(&mine));
     }
 
     /// Forgets the connections that are closed or have been unused for [`QUIET_SWEEPS`]
@@ -183,6 +222,20 @@ fn conns(lists: &mut Vec<Conns>, key: usize) -> &mut Conns {
     &mut lists[key]
 }
 
+/// A request counted among those waiting for server `key`'s connections being made.
+struct Waiting<'a> {
+    pool: &'a WorkerPool,
+    key: usize,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut lists = lock(&self.pool.h2);
+        let conns = conns(&mut lists, self.key);
+        conns.waiting = conns.waiting.saturating_sub(1);
+    }
+}
+
 impl Pools {
     pub(super) async fn send_h2(
         &self,
@@ -193,18 +246,12 @@ impl Pools {
         connected: &mut Option<ConnectTiming>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let pool = &self.0.workers[worker];
-        // An open connection is tried once; a request it gave back unsent goes over a new one
-        // of its own, and no further.
-        let mut may_reuse = true;
+        // A request that a connection gave back unsent (it was closing) looks once more,
+        // with that connection forgotten.
+        let mut looks = 2;
         loop {
-            let (shared, stream) = if may_reuse {
-                self.find_h2(pool, key, authority).await?
-            } else {
-                let shared = Box::pin(self.connect_h2(authority)).await?;
-                let stream = shared.begin();
-                self.enlist(pool, key, shared.clone(), None);
-                (shared, stream)
-            };
+            looks -= 1;
+            let (shared, stream) = self.find_h2(pool, key, authority).await?;
             let Shared {
                 mut sender,
                 timing,
@@ -218,21 +265,28 @@ impl Pools {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(ResponseBody::wrap(resp, timing, After::Stream(stream))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if may_reuse => {
-                        // Whatever refused it, new requests should not meet it again.
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let error = e.into_error();
+                    let why = super::unprocessed(&error);
+                    if unsent.is_some() || why == Some(Unprocessed::GoingAway) {
+                        // A connection closing or going away: new requests should not meet
+                        // it again.
                         conns(&mut lock(&pool.h2), key).forget(&load);
-                        may_reuse = false;
-                        req = unsent;
                     }
-                    _ => return Err(UpstreamError::Send(e.into_error())),
-                },
+                    match unsent {
+                        Some(unsent) if looks > 0 => req = unsent,
+                        Some(_) => return Err(UpstreamError::Refused(error)),
+                        None if why.is_some() => return Err(UpstreamError::Refused(error)),
+                        None => return Err(UpstreamError::Send(error)),
+                    }
+                }
             }
         }
     }
 
     /// A stream for a request to server `key` on the worker's `pool`: on an open connection
-    /// with room, on the one another request is making (waited for), or on a new one.
+    /// with room, on one being made (waited for), or on a new one.
     async fn find_h2(
         &self,
         pool: &Arc<WorkerPool>,
@@ -248,6 +302,7 @@ impl Pools {
                 Found::Failed => return Err(UpstreamError::Connect(ConnectError::Shared)),
                 // Look again once it is made or failed (or its maker was dropped half-way).
                 Found::Wait(mut made) => {
+                    let _waiting = Waiting { pool, key };
                     if let Ok(outcome) = made.wait_for(Option::is_some).await {
                         fallback = *outcome == Some(false);
                     }
@@ -266,38 +321,37 @@ impl Pools {
         authority: &Authority,
         tx: watch::Sender<Option<bool>>,
     ) -> Result<(Shared, OpenStream), UpstreamError> {
-        /// Clears the making if this request is dropped half-way (its waiters then look
-        /// again).
+        /// Ends the making if this request is dropped half-way (its waiters then look again).
         struct Unfinished<'a> {
             pool: &'a WorkerPool,
             key: usize,
-            armed: bool,
+            tx: Option<watch::Sender<Option<bool>>>,
         }
         impl Drop for Unfinished<'_> {
             fn drop(&mut self) {
-                if self.armed {
-                    conns(&mut lock(&self.pool.h2), self.key).making = None;
+                if let Some(tx) = &self.tx {
+                    conns(&mut lock(&self.pool.h2), self.key).made(tx);
                 }
             }
         }
         let mut unfinished = Unfinished {
             pool,
             key,
-            armed: true,
+            tx: Some(tx),
         };
         let made = Box::pin(self.connect_h2(authority)).await;
-        unfinished.armed = false;
+        let tx = unfinished.tx.take().expect("the making's sender");
         match made {
             Ok(shared) => {
                 let stream = shared.begin();
-                self.enlist(pool, key, shared.clone(), Some(tx));
+                self.enlist(pool, key, shared.clone(), tx);
                 Ok((shared, stream))
             }
             Err(e) => {
                 let found = {
                     let mut lists = lock(&pool.h2);
                     let conns = conns(&mut lists, key);
-                    conns.making = None;
+                    conns.made(&tx);
                     conns.least_busy()
                 };
                 tx.send_replace(Some(false));
@@ -307,37 +361,38 @@ impl Pools {
     }
 
     /// Offers a new connection to other requests once the server's first SETTINGS (its
-    /// stream limit) are known, or after the connect timeout without them: till then, the
-    /// HTTP/2 library assumes 100 streams, and requests would pile onto a connection that
-    /// may take fewer. With `made`, the connection is the one other requests wait for.
+    /// stream limit) are known: till then, the HTTP/2 library assumes 100 streams, and
+    /// requests would pile onto a connection that may take fewer. A server that has not sent
+    /// them within the connect timeout has not finished connecting: its connection is left to
+    /// the request that made it, and closes with it. `tx` tells the requests waiting for it.
     fn enlist(
         &self,
         pool: &Arc<WorkerPool>,
         key: usize,
         shared: Shared,
-        made: Option<watch::Sender<Option<bool>>>,
+        tx: watch::Sender<Option<bool>>,
     ) {
         let pool = Arc::clone(pool);
         let limit = self.0.connector.timeout();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(limit, shared.settings.known()).await;
-            let open = !shared.sender.is_closed();
+            let heard = tokio::time::timeout(limit, shared.settings.known())
+                .await
+                .is_ok();
+            let usable = heard && !shared.sender.is_closed();
             {
                 let mut lists = lock(&pool.h2);
                 let conns = conns(&mut lists, key);
-                if open {
+                if usable {
                     conns.open.push(shared);
+                } else {
+                    tracing::debug!("server connection dropped: no SETTINGS within {limit:?}");
                 }
-                if made.is_some() {
-                    conns.making = None;
-                }
+                conns.made(&tx);
             }
-            if open {
+            if usable {
                 pool.sweep_soon();
             }
-            if let Some(tx) = made {
-                tx.send_replace(Some(open));
-            }
+            tx.send_replace(Some(usable));
         });
     }
 
@@ -349,17 +404,24 @@ impl Pools {
     }
 }
 
+/// How often a connection with streams open pings a server it has not heard from, and how
+/// long it waits for the answer before it closes the connection (hyper's keep-alive): a server
+/// that stops answering on one connection does not keep its requests going there.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
 /// Starts HTTP/2 on a connection made as `timing` says, and the task that drives it.
 async fn handshake<S>(stream: S, timing: ConnectTiming) -> Result<Shared, hyper::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (stream, heard) = FirstRead::new(stream);
+    let (stream, heard) = WakeOnRead::new(stream);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_send_buf_size(MAX_SEND_BUF)
+        .keep_alive_interval(PING_EVERY)
+        .keep_alive_timeout(PING_EVERY)
         .handshake(TokioIo::new(stream))
         .await?;
     let (conn, settings) = peer::drive(conn, heard, |c| Said {
@@ -430,11 +492,18 @@ mod tests {
         let (_, one) = opened(conns.find(false));
         let (_, two) = opened(conns.find(false));
         assert_eq!(conns.open[0].open(), 2);
-        // Full: the first request to find it so makes another; the next waits for that one.
+        // Full: the first request to find it so makes another; the next waits for that one,
+        // which will have room for one more than its maker's request as far as the server's
+        // other connection tells; the one after makes a third.
         let Found::Make(_tx) = conns.find(false) else {
             panic!("a full connection should make another")
         };
         assert!(matches!(conns.find(false), Found::Wait(_)));
+        assert_eq!(conns.waiting, 1);
+        let Found::Make(_tx2) = conns.find(false) else {
+            panic!("the connection being made is spoken for")
+        };
+        assert_eq!(conns.making.len(), 2);
         // A stream that ends makes room again.
         drop(one);
         let (_, three) = opened(conns.find(false));
@@ -446,6 +515,24 @@ mod tests {
         assert_eq!(conns.open[0].open(), 0);
         // With no connection open, a failed wait has nowhere to go.
         assert!(matches!(Conns::default().find(true), Found::Failed));
+    }
+
+    #[test]
+    fn with_nothing_known_a_connection_being_made_is_counted_on_for_100_streams() {
+        let mut conns = Conns::default();
+        let Found::Make(tx) = conns.find(false) else {
+            panic!("nothing open: make one")
+        };
+        for _ in 1..ASSUMED_STREAMS {
+            assert!(matches!(conns.find(false), Found::Wait(_)));
+        }
+        assert!(matches!(conns.find(false), Found::Make(_)));
+        // A making that ends leaves the list; its waiters' guards are theirs to drop.
+        conns.made(&tx);
+        assert_eq!(conns.making.len(), 1);
+        assert_eq!(conns.waiting, ASSUMED_STREAMS - 1);
+        // Its failure leaves the waiters nowhere to go.
+        assert!(matches!(conns.find(true), Found::Failed));
     }
 
     #[tokio::test]
@@ -468,7 +555,7 @@ mod tests {
             &shared.load,
             &conns.open[MAX_CONNS_PER_SERVER - 1].load
         ));
-        assert!(conns.making.is_none(), "no connection past the cap");
+        assert!(conns.making.is_empty(), "no connection past the cap");
     }
 
     #[tokio::test]
@@ -512,5 +599,39 @@ mod tests {
         }
         assert_eq!(conns.open.len(), 1);
         drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_stops_answering_loses_its_connection_to_the_pings() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        // Its SETTINGS (an empty frame), then silence: whatever comes is read and ignored.
+        let server = tokio::spawn(async move {
+            far.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            while far.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let timing = ConnectTiming {
+            established: Instant::now(),
+            took: Duration::ZERO,
+        };
+        let shared = handshake(near, timing).await.unwrap();
+        shared.settings.known().await;
+        let mut sender = shared.sender.clone();
+        let req = Request::get("http://server/")
+            .body(UpstreamBody::Empty)
+            .unwrap();
+        let waiting = tokio::spawn(async move { sender.send_request(req).await });
+        // A ping after PING_EVERY without a frame, and the connection closed PING_EVERY later.
+        tokio::time::sleep(PING_EVERY * 3).await;
+        assert!(
+            shared.sender.is_closed(),
+            "closed for the missing ping answer"
+        );
+        assert!(
+            waiting.await.unwrap().is_err(),
+            "its request fails, and does not hang"
+        );
+        server.abort();
     }
 }
