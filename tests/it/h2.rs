@@ -604,58 +604,69 @@ async fn an_idle_h2_connection_is_shut_down_with_goaway() {
     assert_eq!(goaway.map(|f| f.goaway().1), Some(0), "{frames:?}");
 }
 
-/// An HTTP/2 server answering every request with a header value holding CR LF, which no HTTP/2
-/// library accepts; it counts the requests it got.
-async fn malformed_h2_server() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// A raw HTTP/2 server on a free loopback port: each connection's preface is read and an empty
+/// SETTINGS frame sent, then `serve` has the connection, with its number (from 0).
+async fn raw_h2_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = Arc::clone(&requests);
+    let serve = Arc::new(serve);
     tokio::spawn(async move {
+        let mut accepted = 0;
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let counted = Arc::clone(&counted);
+            let (serve, number) = (Arc::clone(&serve), accepted);
+            accepted += 1;
             tokio::spawn(async move {
                 let mut preface = [0u8; 24];
                 if tcp.read_exact(&mut preface).await.is_err() {
                     return;
                 }
-                let _ = tcp
-                    .write_all(&H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]))
-                    .await;
-                // :status 200, then `x-a: a\r\nb` as a literal without indexing.
-                let mut block = vec![0x88, 0x00, 3];
-                block.extend_from_slice(b"x-a");
-                block.push(4);
-                block.extend_from_slice(b"a\r\nb");
-                loop {
-                    let mut head = [0u8; 9];
-                    if tcp.read_exact(&mut head).await.is_err() {
-                        return;
-                    }
-                    let len = usize::from(head[2]) | usize::from(head[1]) << 8;
-                    let mut payload = vec![0; len];
-                    if tcp.read_exact(&mut payload).await.is_err() {
-                        return;
-                    }
-                    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
-                    let answer = match head[3] {
-                        H2Frame::SETTINGS if head[4] & 1 == 0 => {
-                            H2Frame::encode(H2Frame::SETTINGS, 1, 0, &[])
-                        }
-                        H2Frame::HEADERS => {
-                            counted.fetch_add(1, Ordering::SeqCst);
-                            H2Frame::encode(H2Frame::HEADERS, 0x5, stream, &block)
-                        }
-                        _ => continue,
-                    };
-                    if tcp.write_all(&answer).await.is_err() {
-                        return;
-                    }
+                let settings = H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]);
+                if tcp.write_all(&settings).await.is_ok() {
+                    serve(tcp, number).await;
                 }
             });
         }
     });
+    addr
+}
+
+/// An HTTP/2 server answering every request with a header value holding CR LF, which no HTTP/2
+/// library accepts; it counts the requests it got.
+async fn malformed_h2_server() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncWriteExt;
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    let addr = raw_h2_server(move |mut tcp, _| {
+        let counted = Arc::clone(&counted);
+        async move {
+            // :status 200, then `x-a: a\r\nb` as a literal without indexing.
+            let mut block = vec![0x88, 0x00, 3];
+            block.extend_from_slice(b"x-a");
+            block.push(4);
+            block.extend_from_slice(b"a\r\nb");
+            while let Some(frame) = H2Frame::read(&mut tcp).await {
+                let answer = match frame.kind {
+                    H2Frame::SETTINGS if frame.flags & 1 == 0 => {
+                        H2Frame::encode(H2Frame::SETTINGS, 1, 0, &[])
+                    }
+                    H2Frame::HEADERS => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        H2Frame::encode(H2Frame::HEADERS, 0x5, frame.stream, &block)
+                    }
+                    _ => continue,
+                };
+                if tcp.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
     (addr, requests)
 }
 
@@ -684,59 +695,49 @@ enum Refuse {
 /// A raw HTTP/2 server that refuses a request unprocessed as `how` says, and answers every
 /// other request at once (`:status 200`, no body). It counts its connections.
 async fn refusing_h2_server(how: Refuse) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    use tokio::io::AsyncWriteExt;
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = Arc::clone(&connections);
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
-            tokio::spawn(async move {
-                let mut preface = [0u8; 24];
-                if tcp.read_exact(&mut preface).await.is_err() {
+    let addr = raw_h2_server(move |mut tcp, number| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut held = Vec::new();
+            let mut requests = 0;
+            while let Some(frame) = H2Frame::read(&mut tcp).await {
+                let ok = |stream| H2Frame::encode(H2Frame::HEADERS, 0x5, stream, &[0x88]);
+                let answer = match frame.kind {
+                    H2Frame::SETTINGS if frame.flags & 1 == 0 => {
+                        H2Frame::encode(H2Frame::SETTINGS, 1, 0, &[])
+                    }
+                    H2Frame::HEADERS if number > 0 => ok(frame.stream),
+                    H2Frame::HEADERS if how == Refuse::Reset => {
+                        requests += 1;
+                        if requests > 1 {
+                            ok(frame.stream)
+                        } else {
+                            H2Frame::encode(3, 0, frame.stream, &7u32.to_be_bytes())
+                        }
+                    }
+                    H2Frame::HEADERS => {
+                        held.push(frame.stream);
+                        if held.len() < 2 {
+                            continue;
+                        }
+                        let mut goaway = held[0].to_be_bytes().to_vec();
+                        goaway.extend_from_slice(&0u32.to_be_bytes());
+                        let mut out = H2Frame::encode(H2Frame::GOAWAY, 0, 0, &goaway);
+                        out.extend(ok(held[0]));
+                        out
+                    }
+                    _ => continue,
+                };
+                if tcp.write_all(&answer).await.is_err() {
                     return;
                 }
-                let _ = tcp
-                    .write_all(&H2Frame::encode(H2Frame::SETTINGS, 0, 0, &[]))
-                    .await;
-                let mut held = Vec::new();
-                let mut requests = 0;
-                while let Some(frame) = H2Frame::read(&mut tcp).await {
-                    let ok = |stream| H2Frame::encode(H2Frame::HEADERS, 0x5, stream, &[0x88]);
-                    let answer = match frame.kind {
-                        H2Frame::SETTINGS if frame.flags & 1 == 0 => {
-                            H2Frame::encode(H2Frame::SETTINGS, 1, 0, &[])
-                        }
-                        H2Frame::HEADERS if !first => ok(frame.stream),
-                        H2Frame::HEADERS if how == Refuse::Reset => {
-                            requests += 1;
-                            if requests > 1 {
-                                ok(frame.stream)
-                            } else {
-                                H2Frame::encode(3, 0, frame.stream, &7u32.to_be_bytes())
-                            }
-                        }
-                        H2Frame::HEADERS => {
-                            held.push(frame.stream);
-                            if held.len() < 2 {
-                                continue;
-                            }
-                            let mut goaway = held[0].to_be_bytes().to_vec();
-                            goaway.extend_from_slice(&0u32.to_be_bytes());
-                            let mut out = H2Frame::encode(H2Frame::GOAWAY, 0, 0, &goaway);
-                            out.extend(ok(held[0]));
-                            out
-                        }
-                        _ => continue,
-                    };
-                    if tcp.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, connections)
 }
 
