@@ -142,24 +142,28 @@ enum Found {
 impl Conns {
     /// The first open connection with room for a stream; else a connection being made that
     /// will have room for this request too, or a new one to make. With `fallback` (the one
-    /// waited for failed), or at [`MAX_CONNS_PER_SERVER`], the least busy open one instead.
+    /// waited for failed), the least busy open one instead; at [`MAX_CONNS_PER_SERVER`], the
+    /// least busy once those being made are open.
     fn find(&mut self, fallback: bool) -> Found {
         self.open.retain(|c| !c.sender.is_closed());
         if let Some(c) = self.open.iter().find(|c| c.has_room()) {
             return Found::Open(c.clone(), c.begin());
         }
-        let at_cap = self.open.len() + self.making.len() >= MAX_CONNS_PER_SERVER;
-        if fallback || at_cap {
-            if let Some((c, stream)) = self.least_busy() {
-                return Found::Open(c, stream);
-            }
-            return match self.making.last() {
-                Some(made) if !fallback => {
-                    self.waiting += 1;
-                    Found::Wait(made.clone())
-                }
-                _ => Found::Failed,
+        if fallback {
+            return match self.least_busy() {
+                Some((c, stream)) => Found::Open(c, stream),
+                None => Found::Failed,
             };
+        }
+        if self.open.len() + self.making.len() >= MAX_CONNS_PER_SERVER {
+            // At the cap: once the connections being made are open, the least busy of all
+            // (not the few open before them).
+            if let Some(made) = self.making.last() {
+                self.waiting += 1;
+                return Found::Wait(made.clone());
+            }
+            let (c, stream) = self.least_busy().expect("connections at the cap");
+            return Found::Open(c, stream);
         }
         // Each connection being made takes its maker's request, and as many more as the
         // server is likely to allow.
@@ -542,7 +546,7 @@ mod tests {
         let mut streams = Vec::new();
         for i in 0..MAX_CONNS_PER_SERVER {
             let (shared, server) = connection(1).await;
-            // Every connection full, the last one least so (its stream is dropped below).
+            // Every connection full, the last one least so.
             streams.push(shared.begin());
             if i + 1 < MAX_CONNS_PER_SERVER {
                 streams.push(shared.begin());
@@ -556,6 +560,20 @@ mod tests {
             &conns.open[MAX_CONNS_PER_SERVER - 1].load
         ));
         assert!(conns.making.is_empty(), "no connection past the cap");
+        // At the cap with connections still being made, a request waits for them rather than
+        // queue on the one open so far.
+        let mut cold = Conns::default();
+        cold.open.push(conns.open[0].clone());
+        let makers: Vec<_> = (1..MAX_CONNS_PER_SERVER)
+            .map(|_| {
+                let (tx, rx) = watch::channel(None);
+                cold.making.push(rx);
+                tx
+            })
+            .collect();
+        assert!(matches!(cold.find(false), Found::Wait(_)));
+        assert_eq!(cold.open[0].open(), 2, "no stream taken on the open one");
+        drop(makers);
     }
 
     #[tokio::test]
