@@ -5,9 +5,9 @@
 //! refused-stream`): a failed connect is retried, on another server with `redispatch` (the
 //! default) or on the same one, and so is a request an HTTP/2 server refused unprocessed while
 //! its body is intact; a request that reached a server is replayed only when it is idempotent,
-//! has no body and the server closed or reset the connection without a byte of answer. A server that answered,
-//! even with an error status or with something that is not HTTP (a 502, as HAProxy without
-//! `junk-response`), is never retried, and a timeout is a 504, not a retry.
+//! has no body and the server closed or reset the connection without a byte of answer. A
+//! server that answered, even with an error status or with something that is not HTTP (a 502,
+//! as HAProxy without `junk-response`), is never retried, and a timeout is a 504, not a retry.
 
 use std::error::Error as _;
 use std::time::Duration;

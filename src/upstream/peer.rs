@@ -121,8 +121,8 @@ impl Settings {
 
 /// Drives an HTTP/2 connection (`conn`, whose socket's reads mark `heard`) to its end,
 /// publishing what `read` reads off it after every poll, which every read of the socket
-/// brings about (the extended CONNECT setting only once the server has been heard from). Returns the connection's outcome, and what requests
-/// read the settings from.
+/// brings about (the extended CONNECT setting only once the server has been heard from).
+/// Returns the connection's outcome, and what requests read the settings from.
 pub(crate) fn drive<C, T>(
     conn: C,
     heard: Arc<Heard>,
