@@ -59,6 +59,10 @@ const MAX_SEND_BUF: usize = 64 * 1024;
 /// Connections to one server per worker past which requests wait for a stream rather than
 /// open another: what a server that allows few streams, or none, can make a worker open.
 const MAX_CONNS_PER_SERVER: usize = 32;
+/// Streams a connection being made is counted on for when none of the server's connections is
+/// open to tell (otherwise, the largest limit among them): the 100 the HTTP/2 library itself
+/// assumes of a server it has not heard from yet.
+const ASSUMED_STREAMS: usize = 100;
 /// Sweeps in a row that find a connection unused before it is closed.
 const QUIET_SWEEPS: u32 = (POOL_IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs()) as u32;
 
@@ -111,11 +115,6 @@ impl Drop for OpenStream {
 
 /// How the making of a connection ended: `Some(true)` made, `Some(false)` failed.
 type Made = watch::Receiver<Option<bool>>;
-
-/// Streams a connection being made is counted on for, before its server's SETTINGS say: the
-/// largest limit among the server's open connections, or the 100 the HTTP/2 library itself
-/// assumes of a server it has not heard from yet.
-const ASSUMED_STREAMS: usize = 100;
 
 /// A server's connections on one worker.
 #[derive(Default)]
