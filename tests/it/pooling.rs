@@ -1,5 +1,6 @@
 //! Upstream connection pooling: keep-alive reuse, connections the server closed, responses
-//! abandoned half-way.
+//! abandoned half-way; HTTP/2 servers' stream limits, and a server that never sends its
+//! SETTINGS.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
