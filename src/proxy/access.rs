@@ -125,7 +125,7 @@ impl Record {
             target: TARGET,
             client = %self.client,
             frontend = self.frontend_state().map_or("-", |f| f.name()),
-            backend = self.backend().map_or("-", |b| b.state.name()),
+            backend = self.backend_name(),
             server = self.server_name().unwrap_or("-"),
             method = self.method.as_str(),
             path = self.path.as_str(),

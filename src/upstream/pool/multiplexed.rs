@@ -66,19 +66,19 @@ const ASSUMED_STREAMS: usize = 100;
 /// Sweeps in a row that find a connection unused before it is closed.
 const QUIET_SWEEPS: u32 = (POOL_IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs()) as u32;
 
-/// A server's HTTP/2 connection, as requests use it.
+/// A server's HTTP/2 connection, as requests use it: a sender of their own, and one shared
+/// state (a request clones the two, nothing more).
 #[derive(Clone)]
 pub(super) struct Shared {
     sender: http2::SendRequest<UpstreamBody>,
+    state: Arc<State>,
+}
+
+/// What is known of a connection, and what it carries.
+struct State {
     timing: ConnectTiming,
     /// What the server's settings allow.
     settings: Settings,
-    load: Arc<Load>,
-}
-
-/// What a connection carries.
-#[derive(Default)]
-struct Load {
     /// Streams open: requests sent or being sent whose response has not ended.
     open: AtomicUsize,
     /// Whether a stream began since the last sweep.
@@ -89,23 +89,23 @@ struct Load {
 
 impl Shared {
     fn open(&self) -> usize {
-        self.load.open.load(Ordering::Relaxed)
+        self.state.open.load(Ordering::Relaxed)
     }
 
     fn has_room(&self) -> bool {
-        self.open() < self.settings.max_streams()
+        self.open() < self.state.settings.max_streams()
     }
 
     /// Counts a stream begun on this connection.
     fn begin(&self) -> OpenStream {
-        self.load.open.fetch_add(1, Ordering::Relaxed);
-        self.load.used.store(true, Ordering::Relaxed);
-        OpenStream(Arc::clone(&self.load))
+        self.state.open.fetch_add(1, Ordering::Relaxed);
+        self.state.used.store(true, Ordering::Relaxed);
+        OpenStream(Arc::clone(&self.state))
     }
 }
 
 /// A request's stream on a shared connection, counted open until dropped.
-pub(crate) struct OpenStream(Arc<Load>);
+pub(crate) struct OpenStream(Arc<State>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
@@ -169,7 +169,7 @@ impl Conns {
         let per_conn = self
             .open
             .iter()
-            .map(|c| c.settings.max_streams())
+            .map(|c| c.state.settings.max_streams())
             .max()
             .unwrap_or(ASSUMED_STREAMS);
         let room = self.making.len() * per_conn.saturating_sub(1);
@@ -189,9 +189,9 @@ impl Conns {
         Some((c.clone(), c.begin()))
     }
 
-    /// Forgets the connection whose load is `load` (it refused a request).
-    fn forget(&mut self, load: &Arc<Load>) {
-        self.open.retain(|c| !Arc::ptr_eq(&c.load, load));
+    /// Forgets the connection whose state is `state` (it refused a request).
+    fn forget(&mut self, state: &Arc<State>) {
+        self.open.retain(|c| !Arc::ptr_eq(&c.state, state));
     }
 
     /// Ends the making that `tx` tells waiting requests about.
@@ -207,12 +207,12 @@ impl Conns {
             if c.sender.is_closed() {
                 return false;
             }
-            let unused = c.open() == 0 && !c.load.used.swap(false, Ordering::Relaxed);
+            let unused = c.open() == 0 && !c.state.used.swap(false, Ordering::Relaxed);
             if !unused {
-                c.load.quiet.store(0, Ordering::Relaxed);
+                c.state.quiet.store(0, Ordering::Relaxed);
                 return true;
             }
-            c.load.quiet.fetch_add(1, Ordering::Relaxed) + 1 < QUIET_SWEEPS
+            c.state.quiet.fetch_add(1, Ordering::Relaxed) + 1 < QUIET_SWEEPS
         });
     }
 }
@@ -255,15 +255,12 @@ impl Pools {
         loop {
             looks -= 1;
             let (shared, stream) = self.find_h2(pool, key, authority).await?;
-            let Shared {
-                mut sender,
-                timing,
-                settings,
-                load,
-            } = shared;
+            let Shared { mut sender, state } = shared;
+            let timing = state.timing;
             *connected = Some(timing);
             // RFC 8441 3: `:protocol` only to a server that said it takes it.
-            if req.extensions().get::<Protocol>().is_some() && !settings.allow_connect().await {
+            if req.extensions().get::<Protocol>().is_some() && !state.settings.allow_connect().await
+            {
                 return Err(UpstreamError::NoExtendedConnect);
             }
             match sender.try_send_request(req).await {
@@ -275,7 +272,7 @@ impl Pools {
                     if unsent.is_some() || why == Some(Unprocessed::GoingAway) {
                         // A connection closing or going away: new requests should not meet
                         // it again.
-                        conns(&mut lock(&pool.h2), key).forget(&load);
+                        conns(&mut lock(&pool.h2), key).forget(&state);
                     }
                     match unsent {
                         Some(unsent) if looks > 0 => req = unsent,
@@ -378,7 +375,7 @@ impl Pools {
         let pool = Arc::clone(pool);
         let limit = self.0.connector.timeout();
         tokio::spawn(async move {
-            let heard = tokio::time::timeout(limit, shared.settings.known())
+            let heard = tokio::time::timeout(limit, shared.state.settings.known())
                 .await
                 .is_ok();
             let usable = heard && !shared.sender.is_closed();
@@ -438,9 +435,13 @@ where
     });
     Ok(Shared {
         sender,
-        timing,
-        settings,
-        load: Arc::default(),
+        state: Arc::new(State {
+            timing,
+            settings,
+            open: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
+            quiet: AtomicU32::new(0),
+        }),
     })
 }
 
@@ -475,8 +476,8 @@ mod tests {
             took: Duration::ZERO,
         };
         let shared = handshake(near, timing).await.unwrap();
-        shared.settings.known().await;
-        assert_eq!(shared.settings.max_streams(), max_streams as usize);
+        shared.state.settings.known().await;
+        assert_eq!(shared.state.settings.max_streams(), max_streams as usize);
         (shared, server)
     }
 
@@ -555,8 +556,8 @@ mod tests {
         }
         let (shared, _stream) = opened(conns.find(false));
         assert!(Arc::ptr_eq(
-            &shared.load,
-            &conns.open[MAX_CONNS_PER_SERVER - 1].load
+            &shared.state,
+            &conns.open[MAX_CONNS_PER_SERVER - 1].state
         ));
         assert!(conns.making.is_empty(), "no connection past the cap");
         // At the cap with connections still being made, a request waits for them rather than
@@ -609,7 +610,7 @@ mod tests {
         );
         conns.sweep();
         assert_eq!(conns.open.len(), 1);
-        assert!(Arc::ptr_eq(&conns.open[0].load, &busy.load));
+        assert!(Arc::ptr_eq(&conns.open[0].state, &busy.state));
         // A stream open the whole time keeps its connection.
         for _ in 0..QUIET_SWEEPS * 2 {
             conns.sweep();
@@ -633,7 +634,7 @@ mod tests {
             took: Duration::ZERO,
         };
         let shared = handshake(near, timing).await.unwrap();
-        shared.settings.known().await;
+        shared.state.settings.known().await;
         let mut sender = shared.sender.clone();
         let req = Request::get("http://server/")
             .body(UpstreamBody::Empty)
