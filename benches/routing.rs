@@ -117,6 +117,7 @@ fn frontend(acls: &[(String, String)], rules: &[(String, String)], default: &str
         forwardfor: true,
         max_header_size: 64 * 1024,
         router: None,
+        maxconn: None,
     }
 }
 

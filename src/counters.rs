@@ -12,12 +12,16 @@
 //! request: a sampler computes them from the totals ([`RateWindow`]).
 //!
 //! Connection counts ([`Sessions`]) are plain shared atomics: they change once per
-//! connection, not per request.
+//! connection, not per request. A frontend's `maxconn` is kept with its count
+//! ([`Sessions::room`]).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 /// Shards per counted object. Workers beyond this share shards (still correct: adds are atomic).
 pub const SHARDS: usize = 8;
@@ -226,30 +230,56 @@ impl TrafficTotals {
     }
 }
 
-/// Client connections of a frontend (HAProxy's sessions): open now, most at once, ever.
+/// Client connections of a frontend (HAProxy's sessions): open now, most at once, ever; and
+/// the frontend's limit on them (its `maxconn`), which the accept loops wait under.
 #[derive(Debug, Default)]
 pub struct Sessions {
     current: AtomicU64,
     max: AtomicU64,
     total: AtomicU64,
+    /// The most connections open at once (0: no limit of the frontend's own).
+    limit: AtomicU64,
+    /// Notified when a connection closes at the limit, or the limit is raised or lifted.
+    room: Notify,
 }
 
 impl Sessions {
     /// Counts a new connection until the guard is dropped.
     pub fn open(&self) -> SessionGuard<'_> {
-        let now = self.current.fetch_add(1, Ordering::Relaxed) + 1;
+        self.count_new();
+        SessionGuard(self)
+    }
+
+    /// [`Sessions::open`] for a guard that owns its frontend's state (an accepted connection
+    /// counted before its task runs).
+    pub fn open_owned<T: AsRef<Sessions>>(owner: Arc<T>) -> OwnedSession<T> {
+        (*owner).as_ref().count_new();
+        OwnedSession(owner)
+    }
+
+    fn count_new(&self) {
+        let now = self.current.fetch_add(1, Ordering::AcqRel) + 1;
         self.total.fetch_add(1, Ordering::Relaxed);
         raise(&self.max, now);
-        SessionGuard(self)
     }
 
     /// Counts a connection already counted by [`Sessions::open`] as open again, without
     /// counting it in the total: an upgraded connection's tunnel, which outlives hyper's
     /// serving of it.
     pub fn hold(&self) -> SessionGuard<'_> {
-        let now = self.current.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.current.fetch_add(1, Ordering::AcqRel) + 1;
         raise(&self.max, now);
         SessionGuard(self)
+    }
+
+    fn close(&self) {
+        let before = self.current.fetch_sub(1, Ordering::AcqRel);
+        // There is room again only when this one was at the limit (past it, there is none
+        // yet).
+        let limit = self.limit.load(Ordering::Acquire);
+        if limit != 0 && before == limit {
+            self.room.notify_waiters();
+        }
     }
 
     pub fn current(&self) -> u64 {
@@ -262,6 +292,34 @@ impl Sessions {
 
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// The frontend's own limit on open connections, if it has one.
+    pub fn limit(&self) -> Option<u64> {
+        Some(self.limit.load(Ordering::Acquire)).filter(|&l| l != 0)
+    }
+
+    /// Sets the frontend's limit (a configuration taking effect); connections already open
+    /// stay open.
+    pub fn set_limit(&self, limit: Option<u32>) {
+        let limit = limit.map_or(0, |l| u64::from(l.max(1)));
+        let before = self.limit.swap(limit, Ordering::AcqRel);
+        if limit == 0 || (before != 0 && limit > before) {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Waits until fewer connections than the limit are open (at once without a limit).
+    pub async fn room(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.limit() {
+                Some(limit) if self.current.load(Ordering::Acquire) >= limit => room.await,
+                _ => return,
+            }
+        }
     }
 }
 
@@ -280,7 +338,24 @@ pub struct SessionGuard<'a>(&'a Sessions);
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
-        self.0.current.fetch_sub(1, Ordering::Relaxed);
+        self.0.close();
+    }
+}
+
+/// One open connection of the [`Sessions`] of a `T` it holds (a frontend's state).
+#[derive(Debug)]
+pub struct OwnedSession<T: AsRef<Sessions>>(Arc<T>);
+
+impl<T: AsRef<Sessions>> OwnedSession<T> {
+    /// What the connection is counted in.
+    pub fn owner(&self) -> &Arc<T> {
+        &self.0
+    }
+}
+
+impl<T: AsRef<Sessions>> Drop for OwnedSession<T> {
+    fn drop(&mut self) {
+        (*self.0).as_ref().close();
     }
 }
 
@@ -362,6 +437,62 @@ mod tests {
         let _c = s.open();
         drop(b);
         assert_eq!((s.current(), s.max(), s.total()), (1, 2, 3));
+    }
+
+    /// Whether `fut` is still pending after one poll.
+    fn pending<F: Future>(fut: std::pin::Pin<&mut F>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        fut.poll(&mut cx).is_pending()
+    }
+
+    #[tokio::test]
+    async fn room_waits_at_the_limit_until_a_connection_closes() {
+        let s = Arc::new(FrontendSessions(Sessions::default()));
+        let room = || s.0.room();
+        assert!(!pending(std::pin::pin!(room())), "no limit: room at once");
+        s.0.set_limit(Some(2));
+        let a = Sessions::open_owned(Arc::clone(&s));
+        assert!(!pending(std::pin::pin!(room())), "one of two open");
+        let b = s.0.open();
+        let mut waiting = std::pin::pin!(room());
+        assert!(pending(waiting.as_mut()), "two of two open");
+        // Past the limit (a loop that was already in accept): no room when one of three
+        // closes, room when one of two does.
+        let c = s.0.open();
+        drop(c);
+        assert!(pending(waiting.as_mut()), "two of two still open");
+        drop(a);
+        assert!(!pending(waiting.as_mut()), "one closed at the limit");
+        assert_eq!(s.0.current(), 1);
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn raising_or_lifting_the_limit_makes_room() {
+        let s = Sessions::default();
+        s.set_limit(Some(1));
+        let _a = s.open();
+        let mut raised = std::pin::pin!(s.room());
+        assert!(pending(raised.as_mut()));
+        s.set_limit(Some(1));
+        assert!(pending(raised.as_mut()), "the same limit makes no room");
+        s.set_limit(Some(2));
+        assert!(!pending(raised.as_mut()), "raised to 2 with 1 open");
+        s.set_limit(Some(1));
+        let mut lifted = std::pin::pin!(s.room());
+        assert!(pending(lifted.as_mut()));
+        s.set_limit(None);
+        assert!(!pending(lifted.as_mut()), "no limit any more");
+        assert_eq!(s.limit(), None);
+    }
+
+    /// A frontend's state, as far as [`Sessions::open_owned`] needs one.
+    struct FrontendSessions(Sessions);
+
+    impl AsRef<Sessions> for FrontendSessions {
+        fn as_ref(&self) -> &Sessions {
+            &self.0
+        }
     }
 
     #[test]

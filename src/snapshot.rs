@@ -72,6 +72,9 @@ pub struct Frontend {
     pub timeouts: Timeouts,
     pub forwardfor: bool,
     pub max_header_size: usize,
+    /// The frontend's own `maxconn`; the accept loops read it from `state` once the snapshot
+    /// is installed ([`Snapshot::apply_limits`]).
+    pub maxconn: Option<u32>,
     /// Run-time state shared across snapshots: connections, counters.
     pub state: Arc<FrontendState>,
 }
@@ -199,6 +202,14 @@ impl Snapshot {
             .get(key)
             .and_then(|l| l.accept_proxy.as_deref())
             .is_some_and(|nets| nets.iter().any(|n| n.contains(peer)))
+    }
+
+    /// Makes each frontend's `maxconn` the one its connections are held to (the snapshot is
+    /// the one serving now).
+    pub fn apply_limits(&self) {
+        for f in &self.frontends {
+            f.state.sessions.set_limit(f.maxconn);
+        }
     }
 
     /// Every TLS listener of this snapshot (to reload their certificates).
@@ -344,6 +355,7 @@ pub fn build_snapshot(
             timeouts: f.timeouts,
             forwardfor: f.forwardfor,
             max_header_size: f.max_header_size,
+            maxconn: f.maxconn,
             state: states.frontend(&f.name),
         });
     }

@@ -63,6 +63,19 @@ fn maxconn_below_one_is_an_error() {
 }
 
 #[test]
+fn frontend_maxconn_below_one_is_an_error() {
+    expect(
+        "frontend_maxconn",
+        1,
+        &[
+            r#"frontend_maxconn.toml:5:11: error: frontend.web.maxconn: maxconn 0 is out of range"#,
+            r#"    = help: expected 1..=4294967295"#,
+            r#"check: 1 error"#,
+        ],
+    );
+}
+
+#[test]
 fn example_labs_pass_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for lab in [

@@ -20,7 +20,7 @@ th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:right;white
 th{background:#eaeef2;font-weight:600}
 th:first-child,td:first-child{text-align:left}
 .st{font-weight:700;border-radius:4px;padding:0 6px;color:#fff}
-.UP{background:var(--up)}.DOWN{background:var(--down)}.MAINT{background:var(--maint)}.DRAIN{background:var(--drain)}.OPEN{background:var(--up)}
+.UP{background:var(--up)}.DOWN{background:var(--down)}.MAINT{background:var(--maint)}.DRAIN{background:var(--drain)}.OPEN{background:var(--up)}.FULL{background:var(--drain)}
 .title{display:flex;justify-content:space-between;gap:8px;padding:6px 8px;font-weight:600;border-bottom:1px solid var(--line)}
 @media (max-width:700px){
  table,tbody,tr,td{display:block;width:100%}
@@ -168,7 +168,7 @@ pub fn render(view: &StatsView, refresh: Duration) -> String {
     for f in &view.frontends {
         out.push_str("<tr>");
         cell(&mut out, "Frontend", &esc(&f.name));
-        cell(&mut out, "Status", &badge("OPEN"));
+        cell(&mut out, "Status", &badge(f.status));
         cell(&mut out, "Bind", &esc(&f.binds.join(", ")));
         traffic_cells(&mut out, &f.sessions, f.rate, &f.traffic);
         out.push_str("</tr>");

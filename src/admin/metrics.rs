@@ -5,7 +5,8 @@
 //!
 //! - `wasp_frontend_requests`, `wasp_frontend_responses{code}`, `wasp_frontend_request_errors`,
 //!   `wasp_frontend_bytes_in`, `wasp_frontend_bytes_out`, `wasp_frontend_connections` (gauge),
-//!   `wasp_frontend_connections_max` (gauge), `wasp_frontend_connections_accepted`,
+//!   `wasp_frontend_connections_max` (gauge), `wasp_frontend_connections_limit` (gauge, the
+//!   frontend's `maxconn`, only where it has one), `wasp_frontend_connections_accepted`,
 //!   `wasp_frontend_response_time_seconds` (histogram) — label `frontend`;
 //! - the same `requests`, `responses`, `bytes_*`, `response_time_seconds` for `wasp_backend_*`
 //!   (label `backend`) and `wasp_server_*` (labels `backend`, `server`), plus
@@ -258,6 +259,14 @@ impl Collector for ViewCollector {
             view.frontends
                 .iter()
                 .map(|x| (fe(&x.name), gauge(x.sessions.max))),
+        )?;
+        f.gauges(
+            "wasp_frontend_connections_limit",
+            "The frontend's own limit on client connections (maxconn), where it has one.",
+            None,
+            view.frontends
+                .iter()
+                .filter_map(|x| Some((fe(&x.name), gauge(x.maxconn?)))),
         )?;
         f.counters(
             "wasp_frontend_connections_accepted",

@@ -89,6 +89,10 @@ pub struct ProcessView {
 pub struct FrontendView {
     pub name: String,
     pub binds: Vec<String>,
+    /// OPEN, or FULL while as many connections are open as its `maxconn` lets in.
+    pub status: &'static str,
+    /// Its own limit on client connections (`maxconn`), if it has one.
+    pub maxconn: Option<u64>,
     /// Client connections.
     pub sessions: SessionsView,
     /// Requests per second over the last 10 s.
@@ -319,9 +323,16 @@ pub fn plugin(live: &LivePlugin) -> PluginView {
 
 fn frontend(f: &Frontend, rates: &Rates) -> FrontendView {
     let s = &f.state.sessions;
+    let maxconn = f.maxconn.map(u64::from);
     FrontendView {
         name: f.name.to_string(),
         binds: f.binds.iter().map(ToString::to_string).collect(),
+        status: if maxconn.is_some_and(|m| s.current() >= m) {
+            "FULL"
+        } else {
+            "OPEN"
+        },
+        maxconn,
         sessions: SessionsView {
             current: s.current(),
             max: s.max(),

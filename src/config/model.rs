@@ -234,6 +234,9 @@ pub struct Frontend {
     pub max_header_size: usize,
     /// A router plugin that takes the routing decision (`defer` falls back to the rules above).
     pub router: Option<String>,
+    /// The most client connections open at once on this frontend's binds (HAProxy's frontend
+    /// `maxconn`); past it they wait in the listen queue. `None`: only `[global] maxconn`.
+    pub maxconn: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

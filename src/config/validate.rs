@@ -316,6 +316,7 @@ fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
             .or(d.max_header_size)
             .unwrap_or(DEFAULT_MAX_HEADER_SIZE),
         router: f.router.map(|r| r.value),
+        maxconn: f.maxconn,
     }
 }
 

@@ -558,6 +558,12 @@ impl FrontendState {
     }
 }
 
+impl AsRef<Sessions> for FrontendState {
+    fn as_ref(&self) -> &Sessions {
+        &self.sessions
+    }
+}
+
 /// Every frontend, server and backend wasp knows of, keyed by stable ids.
 #[derive(Debug, Default)]
 pub struct StateTable {

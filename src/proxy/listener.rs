@@ -37,6 +37,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DEFAULT_MAX_HEADER_SIZE, Mode};
+use crate::counters::{OwnedSession, Sessions};
 use crate::health::FrontendState;
 use crate::proxy::Proxy;
 use crate::proxy::accept_proxy::{self, Announced, HeaderError};
@@ -166,11 +167,16 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     loop {
-        // At `maxconn`, stop accepting: new clients wait in the listen queue.
+        // At `maxconn` (the process's, or the frontend's own), stop accepting: new clients wait
+        // in the listen queue.
         tokio::select! {
             _ = stop.cancelled() => break,
             () = graceful.room() => {}
         }
+        let frontend = tokio::select! {
+            _ = stop.cancelled() => break,
+            frontend = proxy.room_on(&key) => frontend,
+        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = accept(&listener) => accepted,
@@ -178,13 +184,18 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, client)) => {
                 let watcher = graceful.watcher_of(id);
+                // Counted at once, as the watcher is: the loop's next look for room sees it.
+                let session = frontend.map(Sessions::open_owned);
                 let (key, proxy) = (key.clone(), Arc::clone(&proxy));
                 let (worker, load) = placement.place(me);
                 // The socket registers with the event loop of the worker that serves it.
                 let serve = async move {
                     let _load = load;
                     match TcpStream::from_std(tcp) {
-                        Ok(tcp) => serve_connection(tcp, client, key, local, proxy, watcher).await,
+                        Ok(tcp) => {
+                            serve_connection(tcp, client, key, local, proxy, watcher, session)
+                                .await;
+                        }
                         Err(e) => tracing::warn!(%client, error = %e, "cannot adopt connection"),
                     }
                 };
@@ -244,15 +255,17 @@ async fn serve_connection(
     listening: SocketAddr,
     proxy: Arc<Proxy>,
     watcher: Watcher,
+    session: Option<OwnedSession<FrontendState>>,
 ) {
     let mut snapshot = proxy.snapshot();
     let Some(frontend) = snapshot.frontend_for(&bind) else {
         return;
     };
     // Counted from the accept, as in HAProxy: a connection still sending its PROXY header or
-    // its TLS handshake is open, and holds a place under `maxconn`.
-    let state = Arc::clone(&frontend.state);
-    let _session = state.sessions.open();
+    // its TLS handshake is open, and holds a place under `maxconn`. The accept loop counted it
+    // on the frontend that served the listener then.
+    let session = session.unwrap_or_else(|| Sessions::open_owned(Arc::clone(&frontend.state)));
+    let state = Arc::clone(session.owner());
     let (mut client, mut local) = (peer, None);
     if snapshot.expects_proxy_header(&bind, peer.ip()) {
         // The header stands for the peer's client: everything below sees the client's address

@@ -36,8 +36,10 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
-use crate::snapshot::Snapshot;
+use crate::health::state::FrontendState;
+use crate::snapshot::{ListenKey, Snapshot};
 
 /// A thread's own handle on a snapshot (see [`Proxy::local_snapshot`]).
 pub type LocalSnapshot = Arc<Arc<Snapshot>>;
@@ -50,12 +52,16 @@ thread_local! {
 #[derive(Debug)]
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
+    /// Notified when a new snapshot is installed.
+    installed: Notify,
 }
 
 impl Proxy {
     pub fn new(snapshot: Snapshot) -> Self {
+        snapshot.apply_limits();
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            installed: Notify::new(),
         }
     }
 
@@ -86,7 +92,36 @@ impl Proxy {
     }
 
     /// Makes `snapshot` the one new requests see. In-flight requests finish on the old one.
+    /// Its frontends' connection limits take effect with it.
     pub fn install(&self, snapshot: Snapshot) {
+        snapshot.apply_limits();
         self.snapshot.store(Arc::new(snapshot));
+        self.installed.notify_waiters();
+    }
+
+    /// Waits until the frontend serving listener `key` has room for another connection under
+    /// its own `maxconn`, and returns that frontend's state (the accept loop counts the
+    /// connection it accepts next on it at once, before its task runs). A reload that gives
+    /// the listener to another frontend, or changes the limit, is seen while waiting. `None`
+    /// when no frontend serves the listener.
+    pub async fn room_on(&self, key: &ListenKey) -> Option<Arc<FrontendState>> {
+        loop {
+            let state = Arc::clone(&self.snapshot.load().frontend_for(key)?.state);
+            if state.sessions.limit().is_none() {
+                return Some(state);
+            }
+            let installed = self.installed.notified();
+            tokio::pin!(installed);
+            installed.as_mut().enable();
+            // A snapshot installed since the look above is not notified: look again.
+            match self.snapshot.load().frontend_for(key) {
+                Some(f) if Arc::ptr_eq(&f.state, &state) => {}
+                _ => continue,
+            }
+            tokio::select! {
+                () = state.sessions.room() => return Some(state),
+                () = installed => {}
+            }
+        }
     }
 }

@@ -320,6 +320,7 @@ mod tests {
             forwardfor: true,
             max_header_size: 64 * 1024,
             router: None,
+            maxconn: None,
         }
     }
 

@@ -373,6 +373,78 @@ async fn metrics_parse_with_a_prometheus_parser_and_count_the_traffic() {
 }
 
 /// A parsed scrape with lookups by labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_at_its_maxconn_shows_full_with_its_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let servers = Servers::new();
+    let a = servers.echo("a").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [global]
+        access_log = false
+        [admin]
+        bind = "127.0.0.1:0"
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        maxconn = 1
+        timeout = {{ client = "300s", http_keep_alive = "300s" }}
+        [frontend.other]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backend.app]
+        servers = [ {{ name = "a", addr = "{a}" }} ]
+        "#
+    ))
+    .await;
+    let addr = admin(&proxy).await;
+    let frontend = |s: &Value, name: &str| {
+        s["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no frontend {name} in {s}"))
+    };
+    let s = stats(addr).await;
+    assert_eq!(frontend(&s, "web")["status"], "OPEN");
+    assert_eq!(frontend(&s, "web")["maxconn"], 1);
+    assert_eq!(frontend(&s, "other")["maxconn"], Value::Null);
+
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0; 12];
+    tcp.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let s = wait_stats(addr, "web full", |s| frontend(s, "web")["status"] == "FULL").await;
+    assert_eq!(frontend(&s, "web")["sessions"]["current"], 1);
+    assert_eq!(frontend(&s, "other")["status"], "OPEN");
+
+    let (status, text) = call(addr, Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let m = Metrics(prometheus_parse::Scrape::parse(lines).expect("valid exposition format"));
+    assert_eq!(
+        m.value("wasp_frontend_connections_limit", &[("frontend", "web")]),
+        1.0
+    );
+    assert!(
+        !text.contains("wasp_frontend_connections_limit{frontend=\"other\"}"),
+        "a frontend without maxconn has no limit sample:\n{text}"
+    );
+    let html = get(&format!("http://{addr}/")).await.2;
+    assert!(html.contains("st FULL"), "{html}");
+
+    drop(tcp);
+    wait_stats(addr, "web open again", |s| {
+        frontend(s, "web")["status"] == "OPEN"
+    })
+    .await;
+}
+
 struct Metrics(prometheus_parse::Scrape);
 
 impl Metrics {

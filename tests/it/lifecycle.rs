@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::{
-    Binary, H2Frame, Proxy, Servers, assert_closed, config_file, field, get, h2_start, server_name,
-    wait_until,
+    Binary, H2Frame, HeldPort, Proxy, Servers, assert_closed, config_file, field, get, h2_start,
+    server_name, wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -803,6 +803,149 @@ async fn a_reload_that_raises_maxconn_lets_waiting_clients_in() {
         .unwrap();
     assert_eq!(answer, "HTTP/1.1 200 OK");
     assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+}
+
+/// Two frontends on one worker (one accept loop per listener, so that the limits are exact)
+/// before the same echo server: `web`, with `maxconn = {web}` of its own when given, and `other`
+/// without one. Idle connections are kept far longer than the tests wait.
+fn two_frontends(one: SocketAddr, web: Option<u32>) -> String {
+    let limit = web.map(|n| format!("maxconn = {n}")).unwrap_or_default();
+    format!(
+        r#"
+        [global]
+        workers = 1
+        [defaults]
+        timeout = {{ client = "300s", http_request = "300s", http_keep_alive = "300s" }}
+
+        [frontend.web]
+        bind = "127.0.0.1:0"
+        default_backend = "one"
+        {limit}
+
+        [frontend.other]
+        bind = "127.0.0.1:0"
+        default_backend = "one"
+
+        [backend.one]
+        servers = [ {{ name = "one", addr = "{one}" }} ]
+        "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_at_its_maxconn_holds_its_new_clients_and_not_another_frontends() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let proxy = Proxy::start(&two_frontends(one, Some(2))).await;
+    let (web, other) = (proxy.addrs[0], proxy.addrs[1]);
+    let connect = |addr| tokio::net::TcpStream::connect(addr);
+    let (mut a, mut b) = (connect(web).await.unwrap(), connect(web).await.unwrap());
+    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+    assert_eq!(ask(&mut b).await, "HTTP/1.1 200 OK");
+    // The third connects (the kernel queues it) but is not accepted while two are open.
+    let mut c = connect(web).await.unwrap();
+    let third = tokio::spawn(async move { ask(&mut c).await });
+    // The other frontend has no limit of its own: served at once, more than two of them.
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = connect(other).await.unwrap();
+        assert_eq!(
+            ask(&mut tcp).await,
+            "HTTP/1.1 200 OK",
+            "a frontend without maxconn is served while another is full"
+        );
+        others.push(tcp);
+    }
+    assert!(
+        still_waiting(&third).await,
+        "a third connection was served at the frontend's maxconn = 2"
+    );
+    assert_eq!(
+        ask(&mut b).await,
+        "HTTP/1.1 200 OK",
+        "the open ones are served"
+    );
+    drop(a);
+    let answer = tokio::time::timeout(WAIT, third)
+        .await
+        .expect("the third is served once one closed")
+        .unwrap();
+    assert_eq!(answer, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_lifts_a_frontends_maxconn_lets_its_waiting_clients_in() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let proxy = Proxy::start(&two_frontends(one, Some(1))).await;
+    let web = proxy.addrs[0];
+    let mut a = tokio::net::TcpStream::connect(web).await.unwrap();
+    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+    let mut b = tokio::net::TcpStream::connect(web).await.unwrap();
+    let second = tokio::spawn(async move { ask(&mut b).await });
+    assert!(
+        still_waiting(&second).await,
+        "a second connection was served at the frontend's maxconn = 1"
+    );
+    std::fs::write(&proxy.path, two_frontends(one, None)).unwrap();
+    proxy.runtime.reload().await.expect("reload");
+    let answer = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second is served once the frontend has no limit, with the first open")
+        .unwrap();
+    assert_eq!(answer, "HTTP/1.1 200 OK");
+    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+}
+
+/// One worker, the listener `addr` served by frontend `name`, with `maxconn = {limit}` when
+/// given.
+fn one_frontend_at(addr: SocketAddr, name: &str, limit: Option<u32>, one: SocketAddr) -> String {
+    let limit = limit.map(|n| format!("maxconn = {n}")).unwrap_or_default();
+    format!(
+        r#"
+        [global]
+        workers = 1
+        [defaults]
+        timeout = {{ client = "300s", http_request = "300s", http_keep_alive = "300s" }}
+
+        [frontend.{name}]
+        bind = "{addr}"
+        default_backend = "one"
+        {limit}
+
+        [backend.one]
+        servers = [ {{ name = "one", addr = "{one}" }} ]
+        "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_gives_a_full_listener_to_another_frontend_lets_its_clients_in() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    // A fixed address, so that the listener stays open across the reload that renames its
+    // frontend (held until the proxy listens on it, so that no other test takes it).
+    let held = HeldPort::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = held.addr();
+    let proxy = Proxy::start(&one_frontend_at(addr, "web", Some(1), one)).await;
+    drop(held);
+    let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+    let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let second = tokio::spawn(async move { ask(&mut b).await });
+    assert!(
+        still_waiting(&second).await,
+        "a second connection was served at the frontend's maxconn = 1"
+    );
+    // The new frontend has no connection open and no limit: the accept loop waiting under the
+    // old one's limit must see it.
+    std::fs::write(&proxy.path, one_frontend_at(addr, "site", None, one)).unwrap();
+    proxy.runtime.reload().await.expect("reload");
+    let answer = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second is served by the listener's new frontend")
+        .unwrap();
+    assert_eq!(answer, "HTTP/1.1 200 OK");
 }
 
 /// Reads HTTP/2 frames from `tcp` until a PING acknowledging `payload` (the server has then
