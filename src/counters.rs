@@ -257,19 +257,43 @@ impl Sessions {
         OwnedSession(owner)
     }
 
-    fn count_new(&self) {
-        let now = self.current.fetch_add(1, Ordering::AcqRel) + 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
-        raise(&self.max, now);
+    /// Takes a place under the limit for a connection about to be accepted, if one is free:
+    /// counted open at once, so that no other accept takes it too (as HAProxy reserves its
+    /// frontend's place before it accepts). [`Reserved::confirm`] once the connection is
+    /// accepted; dropped unconfirmed (nothing to accept), the place is free again.
+    pub fn reserve<T: AsRef<Sessions>>(owner: Arc<T>) -> Option<Reserved<T>> {
+        let s = (*owner).as_ref();
+        let limit = s.limit.load(Ordering::Acquire);
+        if limit == 0 {
+            s.current.fetch_add(1, Ordering::AcqRel);
+        } else {
+            s.current
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    (c < limit).then_some(c + 1)
+                })
+                .ok()?;
+        }
+        Some(Reserved(Some(owner)))
     }
 
     /// Counts a connection already counted by [`Sessions::open`] as open again, without
     /// counting it in the total: an upgraded connection's tunnel, which outlives hyper's
     /// serving of it.
-    pub fn hold(&self) -> SessionGuard<'_> {
+    pub fn hold_owned<T: AsRef<Sessions>>(owner: Arc<T>) -> OwnedSession<T> {
+        let s = (*owner).as_ref();
+        let now = s.current.fetch_add(1, Ordering::AcqRel) + 1;
+        raise(&s.max, now);
+        OwnedSession(owner)
+    }
+
+    fn count_new(&self) {
         let now = self.current.fetch_add(1, Ordering::AcqRel) + 1;
+        self.count_accepted(now);
+    }
+
+    fn count_accepted(&self, now: u64) {
+        self.total.fetch_add(1, Ordering::Relaxed);
         raise(&self.max, now);
-        SessionGuard(self)
     }
 
     fn close(&self) {
@@ -339,6 +363,29 @@ pub struct SessionGuard<'a>(&'a Sessions);
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         self.0.close();
+    }
+}
+
+/// A place under a frontend's limit taken for a connection about to be accepted
+/// ([`Sessions::reserve`]).
+#[derive(Debug)]
+pub struct Reserved<T: AsRef<Sessions>>(Option<Arc<T>>);
+
+impl<T: AsRef<Sessions>> Reserved<T> {
+    /// The connection was accepted: it counts as accepted, and open until the guard drops.
+    pub fn confirm(mut self) -> OwnedSession<T> {
+        let owner = self.0.take().expect("a reservation is confirmed once");
+        let s = (*owner).as_ref();
+        s.count_accepted(s.current.load(Ordering::Acquire));
+        OwnedSession(owner)
+    }
+}
+
+impl<T: AsRef<Sessions>> Drop for Reserved<T> {
+    fn drop(&mut self) {
+        if let Some(owner) = &self.0 {
+            (**owner).as_ref().close();
+        }
     }
 }
 
@@ -484,6 +531,33 @@ mod tests {
         s.set_limit(None);
         assert!(!pending(lifted.as_mut()), "no limit any more");
         assert_eq!(s.limit(), None);
+    }
+
+    #[test]
+    fn a_reserved_place_counts_as_accepted_only_once_confirmed() {
+        let s = Arc::new(FrontendSessions(Sessions::default()));
+        s.0.set_limit(Some(2));
+        let a = Sessions::reserve(Arc::clone(&s)).expect("a free place");
+        let b = Sessions::reserve(Arc::clone(&s)).expect("the second place");
+        assert!(
+            Sessions::reserve(Arc::clone(&s)).is_none(),
+            "both places taken"
+        );
+        assert_eq!((s.0.current(), s.0.total()), (2, 0));
+        // Nothing to accept after all: the place is free again, and nothing was accepted.
+        drop(b);
+        assert_eq!((s.0.current(), s.0.total()), (1, 0));
+        let a = a.confirm();
+        assert_eq!((s.0.current(), s.0.max(), s.0.total()), (1, 1, 1));
+        drop(a);
+        assert_eq!(s.0.current(), 0);
+        // Without a limit every reservation succeeds.
+        s.0.set_limit(None);
+        let many: Vec<_> = (0..5)
+            .map(|_| Sessions::reserve(Arc::clone(&s)).unwrap().confirm())
+            .collect();
+        assert_eq!((s.0.current(), s.0.total()), (5, 6));
+        drop(many);
     }
 
     /// A frontend's state, as far as [`Sessions::open_owned`] needs one.

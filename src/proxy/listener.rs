@@ -37,7 +37,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DEFAULT_MAX_HEADER_SIZE, Mode};
-use crate::counters::{OwnedSession, Sessions};
+use crate::counters::{OwnedSession, Reserved, Sessions};
 use crate::health::FrontendState;
 use crate::proxy::Proxy;
 use crate::proxy::accept_proxy::{self, Announced, HeaderError};
@@ -173,19 +173,27 @@ async fn accept_loop(
             _ = stop.cancelled() => break,
             () = graceful.room() => {}
         }
-        let frontend = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => break,
-            frontend = proxy.room_on(&key) => frontend,
+            () = proxy.room_on(&key) => {}
+        }
+        // The place under the frontend's limit is taken once a client is there to accept, on
+        // the frontend serving the listener then (a reload may have changed it while this
+        // loop waited), so that loops of other workers and listeners cannot take it too.
+        let reserve = || match proxy.frontend_state(&key) {
+            Some(state) => Sessions::reserve(state).map(Some).ok_or(Full),
+            None => Ok(None),
         };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = accept(&listener) => accepted,
+            accepted = accept(&listener, reserve) => accepted,
         };
         match accepted {
-            Ok((tcp, client)) => {
+            // Another loop took the last place first: wait for room again.
+            Ok(None) => {}
+            Ok(Some((tcp, client, place))) => {
                 let watcher = graceful.watcher_of(id);
-                // Counted at once, as the watcher is: the loop's next look for room sees it.
-                let session = frontend.map(Sessions::open_owned);
+                let session = place.map(Reserved::confirm);
                 let (key, proxy) = (key.clone(), Arc::clone(&proxy));
                 let (worker, load) = placement.place(me);
                 // The socket registers with the event loop of the worker that serves it.
@@ -224,27 +232,38 @@ fn register(listener: std::net::TcpListener) -> io::Result<AsyncFd<std::net::Tcp
     Ok(unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }?)
 }
 
+/// No place is free under a frontend's `maxconn`.
+struct Full;
+
 /// Accepts a connection, non-blocking and not yet registered with any event loop: tokio's own
 /// accept registers every socket with the accepting worker, and one handed to the other worker
-/// then cost an `epoll_ctl` to take it out and one more to add it there.
-async fn accept(
+/// then cost an `epoll_ctl` to take it out and one more to add it there. Once a client is
+/// there, `reserve` takes its place (under a frontend's `maxconn`) before the accept; when it
+/// finds none, nothing is accepted (`None`) and the client stays in the listen queue.
+async fn accept<P>(
     listener: &AsyncFd<std::net::TcpListener>,
-) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    mut reserve: impl FnMut() -> Result<P, Full>,
+) -> io::Result<Option<(std::net::TcpStream, SocketAddr, P)>> {
     loop {
         let mut ready = listener.readable().await?;
+        // Full: the readiness is kept, for when there is room.
+        let Ok(place) = reserve() else {
+            return Ok(None);
+        };
         let accepted = ready.try_io(|listener| {
             rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
                 .map_err(io::Error::from)
         });
         let Ok(accepted) = accepted else {
-            // WouldBlock: the readiness is cleared; wait for the next connection.
+            // WouldBlock (another worker took the client): the readiness is cleared and the
+            // place given back; wait for the next connection.
             continue;
         };
         let (fd, peer) = accepted?;
         let peer = peer
             .and_then(|peer| SocketAddr::try_from(peer).ok())
             .ok_or_else(|| io::Error::other("accepted a connection without an IP peer address"))?;
-        return Ok((std::net::TcpStream::from(fd), peer));
+        return Ok(Some((std::net::TcpStream::from(fd), peer, place)));
     }
 }
 
@@ -563,7 +582,7 @@ mod tests {
         let listener = register(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
         let addr = listener.get_ref().local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
-        let (accepted, peer) = accept(&listener).await.unwrap();
+        let (accepted, peer, ()) = accept(&listener, || Ok(())).await.unwrap().unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
         let err = (&accepted).read(&mut [0u8; 8]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
@@ -574,5 +593,30 @@ mod tests {
         let mut got = [0u8; 4];
         accepted.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ping");
+    }
+
+    /// With no place free, a waiting client is left in the listen queue, and taken with its
+    /// place once there is one.
+    #[tokio::test]
+    async fn accept_takes_nothing_without_a_place() {
+        let listener = register(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+        let addr = listener.get_ref().local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let mut asked = 0;
+        let full = accept(&listener, || {
+            asked += 1;
+            Err::<(), _>(Full)
+        })
+        .await
+        .unwrap();
+        assert!(full.is_none());
+        assert_eq!(asked, 1, "asked once the client was there");
+        let (_, peer, place) = accept(&listener, || Ok("place")).await.unwrap().unwrap();
+        assert_eq!(
+            peer,
+            client.local_addr().unwrap(),
+            "the same client, still queued"
+        );
+        assert_eq!(place, "place");
     }
 }

@@ -99,16 +99,24 @@ impl Proxy {
         self.installed.notify_waiters();
     }
 
+    /// The state of the frontend serving listener `key` now.
+    pub fn frontend_state(&self, key: &ListenKey) -> Option<Arc<FrontendState>> {
+        self.snapshot
+            .load()
+            .frontend_for(key)
+            .map(|f| Arc::clone(&f.state))
+    }
+
     /// Waits until the frontend serving listener `key` has room for another connection under
-    /// its own `maxconn`, and returns that frontend's state (the accept loop counts the
-    /// connection it accepts next on it at once, before its task runs). A reload that gives
-    /// the listener to another frontend, or changes the limit, is seen while waiting. `None`
-    /// when no frontend serves the listener.
-    pub async fn room_on(&self, key: &ListenKey) -> Option<Arc<FrontendState>> {
+    /// its own `maxconn` (the accept loop then reserves the place as it accepts). A reload that
+    /// gives the listener to another frontend, or changes the limit, is seen while waiting.
+    pub async fn room_on(&self, key: &ListenKey) {
         loop {
-            let state = Arc::clone(&self.snapshot.load().frontend_for(key)?.state);
+            let Some(state) = self.frontend_state(key) else {
+                return;
+            };
             if state.sessions.limit().is_none() {
-                return Some(state);
+                return;
             }
             let installed = self.installed.notified();
             tokio::pin!(installed);
@@ -119,7 +127,7 @@ impl Proxy {
                 _ => continue,
             }
             tokio::select! {
-                () = state.sessions.room() => return Some(state),
+                () = state.sessions.room() => return,
                 () = installed => {}
             }
         }

@@ -28,6 +28,7 @@
 //! keeps those bytes and hands them over with the upgraded connection (a 2026 Pingora advisory
 //! was about forwarding them early). `Upgrade: h2c` is never forwarded.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -37,6 +38,7 @@ use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::counters::Sessions;
 use crate::proxy::access::Record;
 use crate::proxy::headers::Scan;
 use crate::proxy::relay::{Ending, relay};
@@ -295,6 +297,15 @@ pub(crate) struct Tunnel {
 impl Tunnel {
     /// Waits for both sides to be handed over, then relays until the tunnel ends.
     pub(crate) fn spawn(self, client: OnUpgrade, server: OnUpgrade) {
+        // The client connection's session: hyper's serving of it ends with the hand-over, the
+        // connection does not. Counted again now, before hyper's count of it can end, so that
+        // the frontend's count never drops below its open connections (nor lets a client in
+        // past its `maxconn`). (Its place under `[global] maxconn` goes on through the
+        // socket's state, which the upgraded connection holds.)
+        let session = self
+            .record
+            .frontend_state()
+            .map(|f| Sessions::hold_owned(Arc::clone(f)));
         tokio::spawn(async move {
             let Tunnel {
                 idle,
@@ -311,10 +322,6 @@ impl Tunnel {
                     return;
                 }
             };
-            // The client connection's session: hyper's serving of it ends with the hand-over,
-            // the connection does not. (Its place under `maxconn` goes on through the socket's
-            // state, which the upgraded connection holds.)
-            let session = record.frontend_state().map(|f| f.sessions.hold());
             let (relayed, result) = relay(
                 TokioIo::new(client),
                 TokioIo::new(server),

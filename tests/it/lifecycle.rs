@@ -948,6 +948,105 @@ async fn a_reload_that_gives_a_full_listener_to_another_frontend_lets_its_client
     assert_eq!(answer, "HTTP/1.1 200 OK");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_renames_a_frontend_counts_its_next_clients_on_the_new_one() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let held = HeldPort::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = held.addr();
+    let proxy = Proxy::start(&one_frontend_at(addr, "alpha", Some(5), one)).await;
+    drop(held);
+    // The accept loop waits for a client with the listener's old frontend in view.
+    std::fs::write(&proxy.path, one_frontend_at(addr, "beta", Some(2), one)).unwrap();
+    proxy.runtime.reload().await.expect("reload");
+    let connect = || tokio::net::TcpStream::connect(addr);
+    let (mut a, mut b) = (connect().await.unwrap(), connect().await.unwrap());
+    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+    assert_eq!(ask(&mut b).await, "HTTP/1.1 200 OK");
+    let snapshot = proxy.runtime.proxy().snapshot();
+    let beta = &snapshot.frontends[0];
+    assert_eq!(&*beta.name, "beta");
+    assert_eq!(
+        beta.state.sessions.current(),
+        2,
+        "both counted on the new frontend"
+    );
+    let mut c = connect().await.unwrap();
+    let third = tokio::spawn(async move { ask(&mut c).await });
+    assert!(
+        still_waiting(&third).await,
+        "a third connection was served at the new frontend's maxconn = 2"
+    );
+    drop(a);
+    let answer = tokio::time::timeout(WAIT, third)
+        .await
+        .expect("the third is served once one closed")
+        .unwrap();
+    assert_eq!(answer, "HTTP/1.1 200 OK");
+}
+
+/// HAProxy holds a frontend's `maxconn` exactly, across its binds and threads: a place is
+/// taken as a client is accepted, not before. (A loop waiting in accept with the room it saw
+/// before took one client past the limit on each idle listener.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontends_maxconn_is_exact_across_its_binds_and_workers() {
+    let servers = Servers::new();
+    let one = servers.echo("one").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [global]
+        workers = 2
+        [defaults]
+        timeout = {{ client = "300s", http_request = "300s", http_keep_alive = "300s" }}
+        [frontend.web]
+        bind = ["127.0.0.1:0", "127.0.0.2:0", "127.0.0.3:0"]
+        default_backend = "one"
+        maxconn = 4
+        [backend.one]
+        servers = [ {{ name = "one", addr = "{one}" }} ]
+        "#
+    ))
+    .await;
+    let binds = proxy.runtime.frontend_addrs("web").await;
+    assert_eq!(binds.len(), 3);
+    let mut open = Vec::new();
+    for n in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(binds[n % 3]).await.unwrap();
+        assert_eq!(ask(&mut tcp).await, "HTTP/1.1 200 OK");
+        open.push(tcp);
+    }
+    // One more on each bind: none is taken while four are open. (Each keeps its connection
+    // open once answered.)
+    let mut waiting = Vec::new();
+    for bind in &binds {
+        let mut tcp = tokio::net::TcpStream::connect(bind).await.unwrap();
+        waiting.push(tokio::spawn(async move { (ask(&mut tcp).await, tcp) }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = waiting.iter().filter(|w| w.is_finished()).count();
+    assert_eq!(
+        served, 0,
+        "clients served past maxconn = 4 over 3 binds and 2 workers"
+    );
+    drop(open.pop());
+    wait_until(WAIT, "a waiting client served once one closed", || {
+        waiting.iter().any(tokio::task::JoinHandle::is_finished)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut answers = Vec::new();
+    for w in waiting {
+        if w.is_finished() {
+            answers.push(w.await.unwrap().0);
+        }
+    }
+    assert_eq!(
+        answers,
+        ["HTTP/1.1 200 OK"],
+        "one place freed, one client in"
+    );
+}
+
 /// Reads HTTP/2 frames from `tcp` until a PING acknowledging `payload` (the server has then
 /// handled every frame sent before that PING).
 async fn read_until_ping_ack(tcp: &mut tokio::net::TcpStream, payload: &[u8; 8]) {

@@ -227,11 +227,30 @@ async fn websocket_echo_through_the_proxy() {
 /// HAProxy (hyper's serving of the connection ends with the upgrade; the connection does not).
 #[tokio::test]
 async fn open_tunnels_count_under_maxconn() {
-    let proxy = Proxy::start(&format!(
+    let toml = format!(
         "[global]\nworkers = 1\nmaxconn = 2\n{}",
         config(ws_echo().await, "")
-    ))
-    .await;
+    );
+    tunnels_hold_their_places(&toml).await;
+}
+
+/// The same under a frontend's own `maxconn`. The tunnel counts itself before hyper's count
+/// of its connection ends: counted after, the frontend's count dropped below its open
+/// connections for a moment, and a client connecting just after the two upgrades was let in.
+#[tokio::test]
+async fn open_tunnels_count_under_their_frontends_maxconn() {
+    let toml = format!("[global]\nworkers = 1\n{}", config(ws_echo().await, "")).replacen(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\nmaxconn = 2",
+        1,
+    );
+    tunnels_hold_their_places(&toml).await;
+}
+
+/// Two tunnels open through `toml`'s frontend, whose limit is two connections: a third client
+/// waits until one closes.
+async fn tunnels_hold_their_places(toml: &str) {
+    let proxy = Proxy::start(toml).await;
     let seen = SEEN_H1;
     let mut tunnels = Vec::new();
     for _ in 0..2 {
