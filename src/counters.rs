@@ -277,12 +277,10 @@ impl Sessions {
     }
 
     /// Counts a connection already counted by [`Sessions::open`] as open again, without
-    /// counting it in the total: an upgraded connection's tunnel, which outlives hyper's
-    /// serving of it.
+    /// counting it in the total or the most at once (it is counted twice only while hyper
+    /// hands it over): an upgraded connection's tunnel, which outlives hyper's serving of it.
     pub fn hold_owned<T: AsRef<Sessions>>(owner: Arc<T>) -> OwnedSession<T> {
-        let s = (*owner).as_ref();
-        let now = s.current.fetch_add(1, Ordering::AcqRel) + 1;
-        raise(&s.max, now);
+        (*owner).as_ref().current.fetch_add(1, Ordering::AcqRel);
         OwnedSession(owner)
     }
 

@@ -610,6 +610,10 @@ impl Control for Core {
         self.maxconn.load(Ordering::Acquire)
     }
 
+    fn connections(&self) -> usize {
+        self.graceful.upgrade().map_or(0, |g| g.count())
+    }
+
     fn reload(&self) -> admin::BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(async move { Core::reload(self).await.map_err(control_error) })
     }

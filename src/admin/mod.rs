@@ -44,6 +44,9 @@ pub trait Control: Send + Sync + 'static {
     fn workers(&self) -> usize;
     /// The most client connections open at once (`[global] maxconn`, or its default).
     fn maxconn(&self) -> usize;
+    /// Client connections open now, on every listener (those of frontends a reload removed or
+    /// renamed included).
+    fn connections(&self) -> usize;
     /// Re-reads and applies the config file, as SIGHUP does.
     fn reload(&self) -> BoxFuture<'_, Result<(), ControlError>>;
     /// Adds a server to a backend at run time.

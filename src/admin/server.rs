@@ -67,6 +67,7 @@ impl Context {
             draining: control.draining(),
             workers: control.workers(),
             maxconn: control.maxconn(),
+            connections: control.connections(),
         };
         let view = build(
             &snapshot,

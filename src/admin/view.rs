@@ -76,7 +76,8 @@ pub struct ProcessView {
     pub uptime_seconds: u64,
     /// Resident memory, when the OS tells (Linux).
     pub rss_bytes: Option<u64>,
-    /// Client connections open on every frontend.
+    /// Client connections open now, on every listener (those of frontends a reload removed
+    /// or renamed included: the frontends' own counts start again under a new name).
     pub connections: u64,
     /// The most client connections open at once (`[global] maxconn`).
     pub maxconn: usize,
@@ -251,6 +252,7 @@ pub struct ProcessFacts {
     pub draining: bool,
     pub workers: usize,
     pub maxconn: usize,
+    pub connections: usize,
 }
 
 /// Builds the view of `snapshot` (servers' run-time state comes through it) and `plugins`.
@@ -266,14 +268,13 @@ pub fn build(
         .iter()
         .map(|f| frontend(f, rates))
         .collect();
-    let connections = frontends.iter().map(|f| f.sessions.current).sum();
     StatsView {
         process: ProcessView {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
             uptime_seconds: process.started.elapsed().as_secs(),
             rss_bytes: rss_bytes(),
-            connections,
+            connections: process.connections as u64,
             maxconn: process.maxconn,
             workers: process.workers,
             draining: process.draining,

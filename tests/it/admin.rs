@@ -14,7 +14,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::support::{Proxy, Servers, assert_closed, client, get, send, server_name};
+use crate::support::{HeldPort, Proxy, Servers, assert_closed, client, get, send, server_name};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -443,6 +443,58 @@ async fn a_frontend_at_its_maxconn_shows_full_with_its_limit() {
         frontend(s, "web")["status"] == "OPEN"
     })
     .await;
+}
+
+/// The process's open connections count those of a frontend a reload renamed (whose own
+/// count starts again under the new name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_outlive_a_reload_that_renames_their_frontend() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let servers = Servers::new();
+    let a = servers.echo("a").await;
+    let held = HeldPort::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = held.addr();
+    let toml = |name: &str| {
+        format!(
+            r#"
+            [global]
+            access_log = false
+            [admin]
+            bind = "127.0.0.1:0"
+            [frontend.{name}]
+            bind = "{addr}"
+            default_backend = "app"
+            timeout = {{ client = "300s", http_keep_alive = "300s" }}
+            [backend.app]
+            servers = [ {{ name = "a", addr = "{a}" }} ]
+            "#
+        )
+    };
+    let proxy = Proxy::start(&toml("alpha")).await;
+    drop(held);
+    let admin_addr = admin(&proxy).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0; 12];
+    tcp.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    wait_stats(admin_addr, "one connection", |s| {
+        s["process"]["connections"] == 1
+    })
+    .await;
+    std::fs::write(&proxy.path, toml("beta")).unwrap();
+    proxy.runtime.reload().await.expect("reload");
+    let s = stats(admin_addr).await;
+    assert_eq!(s["frontends"][0]["name"], "beta");
+    assert_eq!(s["frontends"][0]["sessions"]["current"], 0, "{s}");
+    assert_eq!(
+        s["process"]["connections"], 1,
+        "the open one still counts: {s}"
+    );
+    drop(tcp);
+    wait_stats(admin_addr, "closed", |s| s["process"]["connections"] == 0).await;
 }
 
 struct Metrics(prometheus_parse::Scrape);

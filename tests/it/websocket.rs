@@ -263,6 +263,9 @@ async fn tunnels_hold_their_places(toml: &str) {
     let snapshot = proxy.runtime.proxy().snapshot();
     let sessions = &snapshot.frontends[0].state.sessions;
     crate::support::wait_until(LIMIT, "two current sessions", || sessions.current() == 2).await;
+    // Counted once each, at their most too (a tunnel counts itself while hyper still counts
+    // its connection, for a moment).
+    assert_eq!(sessions.max(), 2, "the most connections at once");
     // A third client waits in the listen queue while both tunnels are open...
     let mut third = TcpStream::connect(proxy.addr()).await.unwrap();
     third
