@@ -745,11 +745,40 @@ fn limited(one: SocketAddr, maxconn: usize) -> String {
     )
 }
 
-/// Whether `third` (a request on a connection made at the limit) is still unanswered a
+/// Whether `waiting` (a request on a connection made at the limit) is still unanswered a
 /// moment later: a window for something not to happen, not a wait for something that will.
-async fn still_waiting<T>(third: &tokio::task::JoinHandle<T>) -> bool {
+async fn still_waiting<T>(waiting: &tokio::task::JoinHandle<T>) -> bool {
     tokio::time::sleep(Duration::from_millis(300)).await;
-    !third.is_finished()
+    !waiting.is_finished()
+}
+
+/// `n` keep-alive clients of `addr`, each answered once (so each was accepted).
+async fn clients(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(ask(&mut tcp).await, "HTTP/1.1 200 OK");
+        open.push(tcp);
+    }
+    open
+}
+
+/// A client of `addr` that connects (the kernel queues it) and asks; asserts that it is not
+/// answered while the proxy is at its limit (`what` says which).
+async fn queued(addr: SocketAddr, what: &str) -> tokio::task::JoinHandle<String> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let waiting = tokio::spawn(async move { ask(&mut tcp).await });
+    assert!(still_waiting(&waiting).await, "served at the limit: {what}");
+    waiting
+}
+
+/// Asserts that `waiting` is answered now that there is room (`why` says why there is).
+async fn answered(waiting: tokio::task::JoinHandle<String>, why: &str) {
+    let answer = tokio::time::timeout(WAIT, waiting)
+        .await
+        .unwrap_or_else(|_| panic!("not served once {why}"))
+        .unwrap();
+    assert_eq!(answer, "HTTP/1.1 200 OK");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -757,28 +786,15 @@ async fn at_maxconn_new_clients_wait_until_a_connection_closes() {
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let proxy = Proxy::start(&limited(one, 2)).await;
-    let connect = || tokio::net::TcpStream::connect(proxy.addr());
-    let (mut a, mut b) = (connect().await.unwrap(), connect().await.unwrap());
-    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
-    assert_eq!(ask(&mut b).await, "HTTP/1.1 200 OK");
-    // The third connects (the kernel queues it) but is not accepted while two are open.
-    let mut c = connect().await.unwrap();
-    let third = tokio::spawn(async move { ask(&mut c).await });
-    assert!(
-        still_waiting(&third).await,
-        "a third connection was served at maxconn = 2"
-    );
+    let mut open = clients(proxy.addr(), 2).await;
+    let third = queued(proxy.addr(), "a third connection at maxconn = 2").await;
     assert_eq!(
-        ask(&mut b).await,
+        ask(&mut open[1]).await,
         "HTTP/1.1 200 OK",
         "the open ones are served"
     );
-    drop(a);
-    let answer = tokio::time::timeout(WAIT, third)
-        .await
-        .expect("the third is served once one closed")
-        .unwrap();
-    assert_eq!(answer, "HTTP/1.1 200 OK");
+    drop(open.remove(0));
+    answered(third, "one closed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -786,28 +802,17 @@ async fn a_reload_that_raises_maxconn_lets_waiting_clients_in() {
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let proxy = Proxy::start(&limited(one, 1)).await;
-    let connect = || tokio::net::TcpStream::connect(proxy.addr());
-    let mut a = connect().await.unwrap();
-    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
-    let mut b = connect().await.unwrap();
-    let second = tokio::spawn(async move { ask(&mut b).await });
-    assert!(
-        still_waiting(&second).await,
-        "a second connection was served at maxconn = 1"
-    );
+    let mut open = clients(proxy.addr(), 1).await;
+    let second = queued(proxy.addr(), "a second connection at maxconn = 1").await;
     std::fs::write(&proxy.path, limited(one, 2)).unwrap();
     proxy.runtime.reload().await.expect("reload");
-    let answer = tokio::time::timeout(WAIT, second)
-        .await
-        .expect("the second is served once the limit is 2, with the first still open")
-        .unwrap();
-    assert_eq!(answer, "HTTP/1.1 200 OK");
-    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+    answered(second, "the limit is 2, with the first still open").await;
+    assert_eq!(ask(&mut open[0]).await, "HTTP/1.1 200 OK");
 }
 
-/// Two frontends on one worker (one accept loop per listener, so that the limits are exact)
-/// before the same echo server: `web`, with `maxconn = {web}` of its own when given, and `other`
-/// without one. Idle connections are kept far longer than the tests wait.
+/// Two frontends on one worker (one accept loop per listener) before the same echo server:
+/// `web`, with `maxconn = {web}` of its own when given, and `other` without one. Idle
+/// connections are kept far longer than the tests wait.
 fn two_frontends(one: SocketAddr, web: Option<u32>) -> String {
     let limit = web.map(|n| format!("maxconn = {n}")).unwrap_or_default();
     format!(
@@ -838,39 +843,18 @@ async fn a_frontend_at_its_maxconn_holds_its_new_clients_and_not_another_fronten
     let one = servers.echo("one").await;
     let proxy = Proxy::start(&two_frontends(one, Some(2))).await;
     let (web, other) = (proxy.addrs[0], proxy.addrs[1]);
-    let connect = |addr| tokio::net::TcpStream::connect(addr);
-    let (mut a, mut b) = (connect(web).await.unwrap(), connect(web).await.unwrap());
-    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
-    assert_eq!(ask(&mut b).await, "HTTP/1.1 200 OK");
-    // The third connects (the kernel queues it) but is not accepted while two are open.
-    let mut c = connect(web).await.unwrap();
-    let third = tokio::spawn(async move { ask(&mut c).await });
+    let mut open = clients(web, 2).await;
+    let third = queued(web, "a third connection at the frontend's maxconn = 2").await;
     // The other frontend has no limit of its own: served at once, more than two of them.
-    let mut others = Vec::new();
-    for _ in 0..3 {
-        let mut tcp = connect(other).await.unwrap();
-        assert_eq!(
-            ask(&mut tcp).await,
-            "HTTP/1.1 200 OK",
-            "a frontend without maxconn is served while another is full"
-        );
-        others.push(tcp);
-    }
-    assert!(
-        still_waiting(&third).await,
-        "a third connection was served at the frontend's maxconn = 2"
-    );
+    let _others = clients(other, 3).await;
+    assert!(!third.is_finished(), "served at the frontend's maxconn = 2");
     assert_eq!(
-        ask(&mut b).await,
+        ask(&mut open[1]).await,
         "HTTP/1.1 200 OK",
         "the open ones are served"
     );
-    drop(a);
-    let answer = tokio::time::timeout(WAIT, third)
-        .await
-        .expect("the third is served once one closed")
-        .unwrap();
-    assert_eq!(answer, "HTTP/1.1 200 OK");
+    drop(open.remove(0));
+    answered(third, "one closed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -879,22 +863,12 @@ async fn a_reload_that_lifts_a_frontends_maxconn_lets_its_waiting_clients_in() {
     let one = servers.echo("one").await;
     let proxy = Proxy::start(&two_frontends(one, Some(1))).await;
     let web = proxy.addrs[0];
-    let mut a = tokio::net::TcpStream::connect(web).await.unwrap();
-    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
-    let mut b = tokio::net::TcpStream::connect(web).await.unwrap();
-    let second = tokio::spawn(async move { ask(&mut b).await });
-    assert!(
-        still_waiting(&second).await,
-        "a second connection was served at the frontend's maxconn = 1"
-    );
+    let mut open = clients(web, 1).await;
+    let second = queued(web, "a second connection at the frontend's maxconn = 1").await;
     std::fs::write(&proxy.path, two_frontends(one, None)).unwrap();
     proxy.runtime.reload().await.expect("reload");
-    let answer = tokio::time::timeout(WAIT, second)
-        .await
-        .expect("the second is served once the frontend has no limit, with the first open")
-        .unwrap();
-    assert_eq!(answer, "HTTP/1.1 200 OK");
-    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
+    answered(second, "the frontend has no limit, with the first open").await;
+    assert_eq!(ask(&mut open[0]).await, "HTTP/1.1 200 OK");
 }
 
 /// One worker, the listener `addr` served by frontend `name`, with `maxconn = {limit}` when
@@ -919,50 +893,40 @@ fn one_frontend_at(addr: SocketAddr, name: &str, limit: Option<u32>, one: Socket
     )
 }
 
+/// A proxy whose one frontend, `name` with `maxconn = {limit}`, listens on a fixed address,
+/// so that the listener stays open across reloads that rename the frontend (held until the
+/// proxy listens on it, so that no other test takes it).
+async fn at_fixed_address(name: &str, limit: u32, one: SocketAddr) -> (Proxy, SocketAddr) {
+    let held = HeldPort::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = held.addr();
+    let proxy = Proxy::start(&one_frontend_at(addr, name, Some(limit), one)).await;
+    drop(held);
+    (proxy, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_gives_a_full_listener_to_another_frontend_lets_its_clients_in() {
     let servers = Servers::new();
     let one = servers.echo("one").await;
-    // A fixed address, so that the listener stays open across the reload that renames its
-    // frontend (held until the proxy listens on it, so that no other test takes it).
-    let held = HeldPort::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    let addr = held.addr();
-    let proxy = Proxy::start(&one_frontend_at(addr, "web", Some(1), one)).await;
-    drop(held);
-    let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
-    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
-    let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let second = tokio::spawn(async move { ask(&mut b).await });
-    assert!(
-        still_waiting(&second).await,
-        "a second connection was served at the frontend's maxconn = 1"
-    );
+    let (proxy, addr) = at_fixed_address("web", 1, one).await;
+    let _open = clients(addr, 1).await;
+    let second = queued(addr, "a second connection at the frontend's maxconn = 1").await;
     // The new frontend has no connection open and no limit: the accept loop waiting under the
     // old one's limit must see it.
     std::fs::write(&proxy.path, one_frontend_at(addr, "site", None, one)).unwrap();
     proxy.runtime.reload().await.expect("reload");
-    let answer = tokio::time::timeout(WAIT, second)
-        .await
-        .expect("the second is served by the listener's new frontend")
-        .unwrap();
-    assert_eq!(answer, "HTTP/1.1 200 OK");
+    answered(second, "the listener has a new frontend").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_renames_a_frontend_counts_its_next_clients_on_the_new_one() {
     let servers = Servers::new();
     let one = servers.echo("one").await;
-    let held = HeldPort::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    let addr = held.addr();
-    let proxy = Proxy::start(&one_frontend_at(addr, "alpha", Some(5), one)).await;
-    drop(held);
+    let (proxy, addr) = at_fixed_address("alpha", 5, one).await;
     // The accept loop waits for a client with the listener's old frontend in view.
     std::fs::write(&proxy.path, one_frontend_at(addr, "beta", Some(2), one)).unwrap();
     proxy.runtime.reload().await.expect("reload");
-    let connect = || tokio::net::TcpStream::connect(addr);
-    let (mut a, mut b) = (connect().await.unwrap(), connect().await.unwrap());
-    assert_eq!(ask(&mut a).await, "HTTP/1.1 200 OK");
-    assert_eq!(ask(&mut b).await, "HTTP/1.1 200 OK");
+    let mut open = clients(addr, 2).await;
     let snapshot = proxy.runtime.proxy().snapshot();
     let beta = &snapshot.frontends[0];
     assert_eq!(&*beta.name, "beta");
@@ -971,18 +935,9 @@ async fn a_reload_that_renames_a_frontend_counts_its_next_clients_on_the_new_one
         2,
         "both counted on the new frontend"
     );
-    let mut c = connect().await.unwrap();
-    let third = tokio::spawn(async move { ask(&mut c).await });
-    assert!(
-        still_waiting(&third).await,
-        "a third connection was served at the new frontend's maxconn = 2"
-    );
-    drop(a);
-    let answer = tokio::time::timeout(WAIT, third)
-        .await
-        .expect("the third is served once one closed")
-        .unwrap();
-    assert_eq!(answer, "HTTP/1.1 200 OK");
+    let third = queued(addr, "a third connection at the new frontend's maxconn = 2").await;
+    drop(open.remove(0));
+    answered(third, "one closed").await;
 }
 
 /// HAProxy holds a frontend's `maxconn` exactly, across its binds and threads: a place is
@@ -1011,9 +966,7 @@ async fn a_frontends_maxconn_is_exact_across_its_binds_and_workers() {
     assert_eq!(binds.len(), 3);
     let mut open = Vec::new();
     for n in 0..4 {
-        let mut tcp = tokio::net::TcpStream::connect(binds[n % 3]).await.unwrap();
-        assert_eq!(ask(&mut tcp).await, "HTTP/1.1 200 OK");
-        open.push(tcp);
+        open.extend(clients(binds[n % 3], 1).await);
     }
     // One more on each bind: none is taken while four are open. (Each keeps its connection
     // open once answered.)
