@@ -75,6 +75,20 @@ fn frontend_maxconn_below_one_is_an_error() {
     );
 }
 
+/// A frontend's limit above the global one never takes effect: said, not refused.
+#[test]
+fn frontend_maxconn_above_the_global_one_is_a_warning() {
+    expect(
+        "frontend_maxconn_above_global",
+        0,
+        &[
+            r#"frontend_maxconn_above_global.toml:8:11: warning: frontend.web.maxconn: maxconn 500 is above [global] maxconn 100: the global limit comes first"#,
+            r#"    = help: lower it, or raise [global] maxconn"#,
+            r#"check: 1 warning"#,
+        ],
+    );
+}
+
 #[test]
 fn example_labs_pass_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -13,7 +13,7 @@ use crate::config::model::{Mode, Redirect, TlsConfig};
 use crate::config::modes::{self, ModeUse};
 use crate::config::tls::bind_tls;
 use crate::config::values::{
-    At, PartialTimeouts, Side, bind_one, check_name, header_size, maxconn, section, take_mode,
+    At, PartialTimeouts, Side, bind_one, check_name, header_size, maxconn_at, section, take_mode,
     timeouts,
 };
 use crate::config::walk::{Item, Str};
@@ -41,7 +41,7 @@ pub(crate) struct RawFrontend {
     pub(crate) forwardfor: Option<bool>,
     pub(crate) max_header_size: Option<usize>,
     pub(crate) inspect_delay: Option<Duration>,
-    pub(crate) maxconn: Option<u32>,
+    pub(crate) maxconn: Option<At<u32>>,
     /// Keys and fetches that need one mode, checked once the mode is known.
     pub(crate) uses: Vec<ModeUse>,
     /// `router = "PLUGIN"`.
@@ -115,7 +115,7 @@ pub(crate) fn walk(name: &str, item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Opti
         inspect_delay: t
             .take("inspect_delay")
             .and_then(|i| i.duration_nonzero(sink)),
-        maxconn: maxconn(&mut t, sink),
+        maxconn: maxconn_at(&mut t, sink),
         uses,
         router: t.take("router").and_then(|i| backend_ref(&i, sink)),
         acls,

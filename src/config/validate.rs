@@ -195,6 +195,19 @@ fn check_backend_refs(raw: &Raw, sink: &mut Sink<'_>) {
             sink.error(r.at, &r.path, format!("unknown backend \"{}\"", r.value))
                 .help(help);
         }
+        if let (Some(own), Some(global)) = (&f.maxconn, raw.global.maxconn)
+            && own.value as usize > global
+        {
+            sink.warning(
+                own.at,
+                &own.path,
+                format!(
+                    "maxconn {} is above [global] maxconn {global}: the global limit comes first",
+                    own.value
+                ),
+            )
+            .help("lower it, or raise [global] maxconn");
+        }
         if !f.routes && f.router.is_none() {
             sink.warning(f.at, &f.path, "frontend has no backend").help(
                 "every request will get 503; add default_backend = \"NAME\" or use_backend rules",
@@ -316,7 +329,7 @@ fn frontend(f: RawFrontend, d: &Defaults) -> Frontend {
             .or(d.max_header_size)
             .unwrap_or(DEFAULT_MAX_HEADER_SIZE),
         router: f.router.map(|r| r.value),
-        maxconn: f.maxconn,
+        maxconn: f.maxconn.map(|m| m.value),
     }
 }
 

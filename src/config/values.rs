@@ -199,8 +199,18 @@ pub(crate) fn observe(item: &Item<'_, '_>, sink: &mut Sink<'_>) -> Option<Observ
 
 /// Connection limits (`maxconn`): 1 and up.
 pub(crate) fn maxconn(t: &mut Table<'_, '_>, sink: &mut Sink<'_>) -> Option<u32> {
-    let n = t.take_int_in(sink, "maxconn", 1, Some(i64::from(u32::MAX)))?;
-    u32::try_from(n).ok()
+    maxconn_at(t, sink).map(|m| m.value)
+}
+
+/// [`maxconn`] with where it was written.
+pub(crate) fn maxconn_at(t: &mut Table<'_, '_>, sink: &mut Sink<'_>) -> Option<At<u32>> {
+    let item = t.take("maxconn")?;
+    let n = item.int_in(sink, "maxconn", 1, Some(i64::from(u32::MAX)))?;
+    Some(At {
+        value: u32::try_from(n).ok()?,
+        at: item.start(),
+        path: item.path.clone(),
+    })
 }
 
 pub(crate) fn retries(t: &mut Table<'_, '_>, sink: &mut Sink<'_>) -> Option<u32> {
