@@ -12,9 +12,10 @@
 //! **The limit.** HAProxy's `maxconn`: once that many connections are open, the accept loops
 //! wait ([`Graceful::room`]) and new clients wait in the kernel's listen queue until one
 //! closes. Without it a proxy would accept until it runs out of file descriptors, and then
-//! every accepted request would fail for want of one to reach a server with. Each accept loop
-//! checks for room before it accepts, so loops waiting in `accept` at the same time can take
-//! the count past the limit by at most one each (one per worker and listener).
+//! every accepted request would fail for want of one to reach a server with. An accept loop
+//! takes its connection's place once a client is there to accept and before the accept
+//! ([`Graceful::reserve`]), so that loops of other workers and listeners cannot take it too:
+//! the limit holds exactly.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -118,11 +119,27 @@ impl Graceful {
     /// [`Graceful::watcher`] for a connection that `listener` accepted, so that
     /// [`Graceful::stop_listener`] reaches it.
     pub fn watcher_of(&self, listener: u64) -> Watcher {
+        self.register(listener, false)
+            .expect("registered without a limit")
+    }
+
+    /// [`Graceful::watcher_of`] for a connection about to be accepted, if fewer than the limit
+    /// are open: its place is taken before the accept (as HAProxy takes it), so that accept
+    /// loops of other workers and listeners cannot take it too. Dropped unused (nothing to
+    /// accept after all), the place is free again.
+    pub fn reserve(&self, listener: u64) -> Option<Watcher> {
+        self.register(listener, true)
+    }
+
+    fn register(&self, listener: u64, limited: bool) -> Option<Watcher> {
         let signal = Arc::new(Signal {
             listener,
             ..Signal::default()
         });
         let mut open = self.registry.open();
+        if limited && open.signals.len() >= self.limit() {
+            return None;
+        }
         // Read under the lock the stop takes, so that no connection misses the stop.
         if self.registry.stopping.load(Ordering::Acquire) {
             signal.stop.store(true, Ordering::Release);
@@ -130,7 +147,7 @@ impl Graceful {
         let id = open.next;
         open.next += 1;
         open.signals.insert(id, Arc::clone(&signal));
-        Watcher {
+        Some(Watcher {
             open: OpenGuard {
                 _registration: Arc::new(Registration {
                     registry: Arc::clone(&self.registry),
@@ -138,7 +155,7 @@ impl Graceful {
                 }),
             },
             signal,
-        }
+        })
     }
 
     /// Connections open now.
@@ -328,6 +345,22 @@ mod tests {
     async fn pending<F: Future>(fut: Pin<&mut F>) -> bool {
         let mut fut = fut;
         std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_pending())).await
+    }
+
+    #[tokio::test]
+    async fn a_reserved_place_counts_and_is_free_again_when_dropped_unused() {
+        let g = Graceful::new(2);
+        let a = g.reserve(1).expect("a free place");
+        let _b = g.watcher_of(1);
+        assert_eq!(g.count(), 2);
+        assert!(g.reserve(1).is_none(), "both places taken");
+        let mut room = std::pin::pin!(g.room());
+        assert!(pending(room.as_mut()).await);
+        // Nothing to accept after all: the place is free again, and a waiting loop told so.
+        drop(a);
+        assert_eq!(g.count(), 1);
+        assert!(!pending(room.as_mut()).await);
+        assert!(g.reserve(1).is_some());
     }
 
     #[tokio::test]

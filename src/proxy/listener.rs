@@ -177,12 +177,17 @@ async fn accept_loop(
             _ = stop.cancelled() => break,
             () = proxy.room_on(&key) => {}
         }
-        // The place under the frontend's limit is taken once a client is there to accept, on
-        // the frontend serving the listener then (a reload may have changed it while this
-        // loop waited), so that loops of other workers and listeners cannot take it too.
-        let reserve = || match proxy.frontend_state(&key) {
-            Some(state) => Sessions::reserve(state).map(Some).ok_or(Full),
-            None => Ok(None),
+        // The places under both limits are taken once a client is there to accept (under the
+        // frontend's, on the frontend serving the listener then: a reload may have changed it
+        // while this loop waited), so that loops of other workers and listeners cannot take
+        // them too.
+        let reserve = || {
+            let watcher = graceful.reserve(id).ok_or(Full)?;
+            let place = match proxy.frontend_state(&key) {
+                Some(state) => Some(Sessions::reserve(state).ok_or(Full)?),
+                None => None,
+            };
+            Ok((watcher, place))
         };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -191,8 +196,7 @@ async fn accept_loop(
         match accepted {
             // Another loop took the last place first: wait for room again.
             Ok(None) => {}
-            Ok(Some((tcp, client, place))) => {
-                let watcher = graceful.watcher_of(id);
+            Ok(Some((tcp, client, (watcher, place)))) => {
                 let session = place.map(Reserved::confirm);
                 let (key, proxy) = (key.clone(), Arc::clone(&proxy));
                 let (worker, load) = placement.place(me);

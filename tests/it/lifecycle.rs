@@ -945,18 +945,32 @@ async fn a_reload_that_renames_a_frontend_counts_its_next_clients_on_the_new_one
 /// before took one client past the limit on each idle listener.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frontends_maxconn_is_exact_across_its_binds_and_workers() {
+    exact_across_binds_and_workers("", "maxconn = 4").await;
+}
+
+/// The same for `[global] maxconn`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_maxconn_is_exact_across_binds_and_workers() {
+    exact_across_binds_and_workers("maxconn = 4", "").await;
+}
+
+/// Two workers, a frontend with three binds and a limit of 4 (`global` or `frontend` says
+/// where): four clients are served, one more on each bind waits, and one gets in when one of
+/// the four closes.
+async fn exact_across_binds_and_workers(global: &str, frontend: &str) {
     let servers = Servers::new();
     let one = servers.echo("one").await;
     let proxy = Proxy::start(&format!(
         r#"
         [global]
         workers = 2
+        {global}
         [defaults]
         timeout = {{ client = "300s", http_request = "300s", http_keep_alive = "300s" }}
         [frontend.web]
         bind = ["127.0.0.1:0", "127.0.0.2:0", "127.0.0.3:0"]
         default_backend = "one"
-        maxconn = 4
+        {frontend}
         [backend.one]
         servers = [ {{ name = "one", addr = "{one}" }} ]
         "#
