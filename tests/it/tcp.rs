@@ -174,6 +174,40 @@ async fn half_close_the_client_still_gets_the_reply() {
     assert_eq!(seen.recv().await.unwrap(), b"hello world");
 }
 
+/// A TCP frontend's `maxconn`: a session open through it holds its place; the next client
+/// waits in the listen queue (its connect succeeds, nothing reaches the server) until the
+/// session closes.
+#[tokio::test]
+async fn a_tcp_frontend_at_its_maxconn_holds_new_clients_until_a_session_ends() {
+    let echo = tcp_echo("e").await;
+    let proxy = Proxy::start(&format!(
+        "[global]\nworkers = 1\n{}",
+        tcp_config(
+            "maxconn = 1",
+            &format!(r#"servers = [{{ name = "e", addr = "{echo}" }}]"#),
+        )
+    ))
+    .await;
+    let mut first = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut greeting = [0; 2];
+    first.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"e\n", "the first session reaches the server");
+    // The second connects (the kernel queues it) but is not accepted: no greeting.
+    let mut second = TcpStream::connect(proxy.addr()).await.unwrap();
+    let waited =
+        tokio::time::timeout(Duration::from_millis(300), second.read_exact(&mut greeting)).await;
+    assert!(
+        waited.is_err(),
+        "a second session was relayed at maxconn = 1"
+    );
+    drop(first);
+    tokio::time::timeout(LIMIT, second.read_exact(&mut greeting))
+        .await
+        .expect("relayed once the first session closed")
+        .unwrap();
+    assert_eq!(&greeting, b"e\n");
+}
+
 #[tokio::test]
 async fn failed_connects_are_retried_on_the_next_server() {
     let servers = Servers::new();
