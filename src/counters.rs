@@ -244,14 +244,8 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Counts a new connection until the guard is dropped.
-    pub fn open(&self) -> SessionGuard<'_> {
-        self.count_new();
-        SessionGuard(self)
-    }
-
-    /// [`Sessions::open`] for a guard that owns its frontend's state (an accepted connection
-    /// counted before its task runs).
+    /// Counts a new connection until the guard, which holds what the count is kept in (a
+    /// frontend's state), is dropped.
     pub fn open_owned<T: AsRef<Sessions>>(owner: Arc<T>) -> OwnedSession<T> {
         (*owner).as_ref().count_new();
         OwnedSession(owner)
@@ -276,7 +270,7 @@ impl Sessions {
         Some(Reserved(Some(owner)))
     }
 
-    /// Counts a connection already counted by [`Sessions::open`] as open again, without
+    /// Counts a connection already counted by [`Sessions::open_owned`] as open again, without
     /// counting it in the total or the most at once (it is counted twice only while hyper
     /// hands it over): an upgraded connection's tunnel, which outlives hyper's serving of it.
     pub fn hold_owned<T: AsRef<Sessions>>(owner: Arc<T>) -> OwnedSession<T> {
@@ -354,13 +348,9 @@ pub fn raise(max: &AtomicU64, value: u64) {
     }
 }
 
-/// One open connection of a [`Sessions`].
-#[derive(Debug)]
-pub struct SessionGuard<'a>(&'a Sessions);
-
-impl Drop for SessionGuard<'_> {
-    fn drop(&mut self) {
-        self.0.close();
+impl AsRef<Sessions> for Sessions {
+    fn as_ref(&self) -> &Sessions {
+        self
     }
 }
 
@@ -475,11 +465,11 @@ mod tests {
 
     #[test]
     fn sessions_track_current_max_total() {
-        let s = Sessions::default();
-        let a = s.open();
-        let b = s.open();
+        let s = Arc::new(Sessions::default());
+        let a = Sessions::open_owned(Arc::clone(&s));
+        let b = Sessions::open_owned(Arc::clone(&s));
         drop(a);
-        let _c = s.open();
+        let _c = Sessions::open_owned(Arc::clone(&s));
         drop(b);
         assert_eq!((s.current(), s.max(), s.total()), (1, 2, 3));
     }
@@ -492,31 +482,31 @@ mod tests {
 
     #[tokio::test]
     async fn room_waits_at_the_limit_until_a_connection_closes() {
-        let s = Arc::new(FrontendSessions(Sessions::default()));
-        let room = || s.0.room();
+        let s = Arc::new(Sessions::default());
+        let room = || s.room();
         assert!(!pending(std::pin::pin!(room())), "no limit: room at once");
-        s.0.set_limit(Some(2));
+        s.set_limit(Some(2));
         let a = Sessions::open_owned(Arc::clone(&s));
         assert!(!pending(std::pin::pin!(room())), "one of two open");
-        let b = s.0.open();
+        let b = Sessions::open_owned(Arc::clone(&s));
         let mut waiting = std::pin::pin!(room());
         assert!(pending(waiting.as_mut()), "two of two open");
         // Past the limit (a loop that was already in accept): no room when one of three
         // closes, room when one of two does.
-        let c = s.0.open();
+        let c = Sessions::open_owned(Arc::clone(&s));
         drop(c);
         assert!(pending(waiting.as_mut()), "two of two still open");
         drop(a);
         assert!(!pending(waiting.as_mut()), "one closed at the limit");
-        assert_eq!(s.0.current(), 1);
+        assert_eq!(s.current(), 1);
         drop(b);
     }
 
     #[tokio::test]
     async fn raising_or_lifting_the_limit_makes_room() {
-        let s = Sessions::default();
+        let s = Arc::new(Sessions::default());
         s.set_limit(Some(1));
-        let _a = s.open();
+        let _a = Sessions::open_owned(Arc::clone(&s));
         let mut raised = std::pin::pin!(s.room());
         assert!(pending(raised.as_mut()));
         s.set_limit(Some(1));
@@ -533,38 +523,29 @@ mod tests {
 
     #[test]
     fn a_reserved_place_counts_as_accepted_only_once_confirmed() {
-        let s = Arc::new(FrontendSessions(Sessions::default()));
-        s.0.set_limit(Some(2));
+        let s = Arc::new(Sessions::default());
+        s.set_limit(Some(2));
         let a = Sessions::reserve(Arc::clone(&s)).expect("a free place");
         let b = Sessions::reserve(Arc::clone(&s)).expect("the second place");
         assert!(
             Sessions::reserve(Arc::clone(&s)).is_none(),
             "both places taken"
         );
-        assert_eq!((s.0.current(), s.0.total()), (2, 0));
+        assert_eq!((s.current(), s.total()), (2, 0));
         // Nothing to accept after all: the place is free again, and nothing was accepted.
         drop(b);
-        assert_eq!((s.0.current(), s.0.total()), (1, 0));
+        assert_eq!((s.current(), s.total()), (1, 0));
         let a = a.confirm();
-        assert_eq!((s.0.current(), s.0.max(), s.0.total()), (1, 1, 1));
+        assert_eq!((s.current(), s.max(), s.total()), (1, 1, 1));
         drop(a);
-        assert_eq!(s.0.current(), 0);
+        assert_eq!(s.current(), 0);
         // Without a limit every reservation succeeds.
-        s.0.set_limit(None);
+        s.set_limit(None);
         let many: Vec<_> = (0..5)
             .map(|_| Sessions::reserve(Arc::clone(&s)).unwrap().confirm())
             .collect();
-        assert_eq!((s.0.current(), s.0.total()), (5, 6));
+        assert_eq!((s.current(), s.total()), (5, 6));
         drop(many);
-    }
-
-    /// A frontend's state, as far as [`Sessions::open_owned`] needs one.
-    struct FrontendSessions(Sessions);
-
-    impl AsRef<Sessions> for FrontendSessions {
-        fn as_ref(&self) -> &Sessions {
-            &self.0
-        }
     }
 
     #[test]

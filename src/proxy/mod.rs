@@ -112,12 +112,11 @@ impl Proxy {
     /// gives the listener to another frontend, or changes the limit, is seen while waiting.
     pub async fn room_on(&self, key: &ListenKey) {
         loop {
-            let Some(state) = self.frontend_state(key) else {
-                return;
+            // The usual case, a frontend without a limit of its own, takes no reference.
+            let state = match self.snapshot.load().frontend_for(key) {
+                Some(f) if f.state.sessions.limit().is_some() => Arc::clone(&f.state),
+                _ => return,
             };
-            if state.sessions.limit().is_none() {
-                return;
-            }
             let installed = self.installed.notified();
             tokio::pin!(installed);
             installed.as_mut().enable();
